@@ -278,6 +278,9 @@ class Plan:
     actions: Tuple[Action, ...] = ()
     refusals: Tuple[str, ...] = ()
     held: Optional[str] = None  # set when nothing is done on purpose, with the reason
+    # The refusal is expected to clear within seconds (the peer is demoting right now, a resource
+    # just came up): the daemon runs the next cycle soon instead of a full interval later.
+    retry_soon: bool = False
 
     @property
     def converged(self) -> bool:

@@ -1,0 +1,398 @@
+"""One reconcile cycle: observe -> decide -> execute -> publish a snapshot -> one sentence.
+
+``Controller`` owns what must live between cycles: the last snapshot (published by replacing one
+reference, so the exporter and the control socket read it without a lock and never wait for a
+cycle), cumulative counters, the time of the last gratuitous ARP, the duplicate-address probe's
+latest answer and the tgtd restart back-off. Everything that *decides* is in ``decide.py``; this
+module only gathers inputs and carries out the plan.
+
+A lock serialises cycles with the operator's role commands (become-primary, ...), so a manual
+change never runs beside a cycle. Every cycle ends in exactly one log line, e.g.::
+
+    ok: promoted iscsi1, target serving, VIP bound: host is pool master
+    held: pool role unknown: pool.conf says 'broken'; holding, nothing changed
+    held: not promoting iscsi1: peer is Primary (host is pool master)
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import __version__
+from .decide import current_storage_role, decide, desired_role, vip_release_known
+from .execute import Systems, execute
+from .model import (
+    ActionResult,
+    AnnounceVip,
+    BindVip,
+    Counters,
+    CycleResult,
+    HistogramData,
+    ManualMode,
+    Observation,
+    Outcome,
+    Plan,
+    PoolObservation,
+    PoolRole,
+    StartTargetDaemon,
+    Snapshot,
+    StorageRole,
+    action_name,
+)
+from .state import ManualModeStore
+from .statusfile import write_status
+from .systems.runner import CommandStats
+
+log = logging.getLogger("iscsi_ha.cycle")
+
+CYCLE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MAX_TGTD_BACKOFF = 300.0
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    resources: Tuple[str, ...]
+    interval: float = 5.0
+    deadline: float = 10.0
+    announce_interval: float = 60.0
+    probe_interval: float = 10.0
+    restart_backoff: float = 2.0
+    status_file: Optional[str] = None
+    observe_srs: bool = True
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: CycleSettings,
+        systems: Systems,
+        read_pool: Callable[[], PoolObservation],
+        manual_store: ManualModeStore,
+        stats: Optional[CommandStats] = None,
+        probe_vip: Optional[Callable[[], Optional[bool]]] = None,
+        drbd_version: str = "",
+        hostname: Optional[str] = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.systems = systems
+        self.read_pool = read_pool
+        self.manual_store = manual_store
+        self.stats = stats or CommandStats()
+        self.probe_vip_now = probe_vip
+        self.drbd_version = drbd_version
+        self.hostname = hostname or socket.gethostname()
+        self.clock = clock
+        self.monotonic = monotonic
+        self.lock = threading.RLock()  # held for a whole cycle or a role command
+        self.started = clock()
+
+        self._snapshot: Optional[Snapshot] = None
+        self._cycles: Dict[str, int] = {}
+        self._actions: Dict[Tuple[str, str], int] = {}
+        self._overruns = 0
+        self._tgtd_restarts = 0
+        self._hist_counts = [0] * (len(CYCLE_BUCKETS) + 1)
+        self._hist_sum = 0.0
+        self._hist_n = 0
+        self._last_announce: Optional[float] = None
+        self._probe: Optional[Tuple[float, Optional[bool]]] = None  # (monotonic, answer)
+        self._tgtd_seen_running = False
+        self._tgtd_backoff = settings.restart_backoff
+        self._tgtd_next_start = 0.0
+        self._manual_problem: Optional[str] = None
+        self.publish(None, ManualMode())
+
+    # ---------------------------------------------------------------- snapshot hand-over
+
+    def snapshot(self) -> Optional[Snapshot]:
+        """The latest snapshot; never blocks (a plain reference read)."""
+        return self._snapshot
+
+    def publish(self, last: Optional[CycleResult], manual: ManualMode) -> None:
+        calls, seconds, timeouts = self.stats.copy()
+        counters = Counters(
+            cycles=dict(self._cycles),
+            actions=dict(self._actions),
+            command_timeouts=timeouts,
+            command_calls=calls,
+            command_seconds=seconds,
+            target_daemon_restarts=self._tgtd_restarts,
+            cycle_overruns=self._overruns,
+            cycle_duration=HistogramData(
+                CYCLE_BUCKETS, tuple(_cumulative(self._hist_counts)), self._hist_sum, self._hist_n
+            ),
+        )
+        srs = last.observation.srs if last and last.observation else None
+        self._snapshot = Snapshot(
+            version=__version__,
+            hostname=self.hostname,
+            drbd_version=self.drbd_version,
+            started=self.started,
+            interval=self.settings.interval,
+            last=last,
+            manual=manual,
+            counters=counters,
+            xenapi_reachable=srs.reachable if srs is not None else None,
+        )
+
+    # ---------------------------------------------------------------- the cycle
+
+    def run_cycle(self, dry_run: bool = False) -> CycleResult:
+        with self.lock:
+            return self._run_cycle(dry_run)
+
+    def _run_cycle(self, dry_run: bool) -> CycleResult:
+        started = self.clock()
+        t0 = self.monotonic()
+        manual = ManualMode()
+        obs: Optional[Observation] = None
+        plan: Optional[Plan] = None
+        results: Tuple[ActionResult, ...] = ()
+        try:
+            manual = self.load_manual()
+            obs = self.observe(manual)
+            plan = self._with_backoff(decide(obs, manual))
+            if not dry_run:
+                results = execute(plan, self.systems)
+                self._after_execute(results)
+            outcome, message = summarise(plan, results, dry_run)
+            if self._manual_problem:
+                message += f" (warning: {self._manual_problem})"
+        except Exception as exc:  # the catch-all that keeps the loop alive
+            log.exception("cycle failed")
+            outcome, message = Outcome.ERROR, f"cycle failed: {type(exc).__name__}: {exc}"
+        duration = self.monotonic() - t0
+        overran = duration > self.settings.deadline
+        if overran:
+            message += f" (cycle overran its {self.settings.deadline:g}s deadline: {duration:.1f}s)"
+        result = CycleResult(started, duration, obs, plan, results, outcome, message, overran,
+                             dry_run)
+        if not dry_run:
+            self._count(result)
+            if self.settings.status_file:
+                try:
+                    write_status(self.settings.status_file, result, manual, self.clock())
+                except OSError as exc:
+                    log.error("cannot write status file %s: %s", self.settings.status_file, exc)
+        self.publish(result, manual)
+        return result
+
+    def load_manual(self) -> ManualMode:
+        manual, problem = self.manual_store.load()
+        if problem and problem != self._manual_problem:
+            log.warning(problem)
+        self._manual_problem = problem
+        return manual
+
+    def observe(self, manual: ManualMode) -> Observation:
+        s = self.systems
+        pool = self.read_pool()
+        resources = s.drbd.observe(self.settings.resources)
+        target = s.target.observe()
+        vip = s.vip.observe()
+        self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
+        obs = Observation(pool=pool, resources=resources, target=target, vip=vip)
+        desired, _ = desired_role(obs, manual)
+
+        # Duplicate-address check (arping -D): the holder uses the periodic probe's answer; a
+        # host about to bind probes now unless the peer is known to have released the VIP.
+        now = self.monotonic()
+        if vip.local:
+            conflict = self._fresh_probe(now)
+        elif desired is StorageRole.PRIMARY and not vip_release_known(obs):
+            conflict = self.probe_vip_now() if self.probe_vip_now else None
+            self._probe = (now, conflict)
+        else:
+            conflict = None
+        due = (
+            vip.local
+            and self.settings.announce_interval > 0
+            and (self._last_announce is None
+                 or now - self._last_announce >= self.settings.announce_interval)
+        )
+        vip = replace(vip, conflict=conflict, announce_due=bool(due))
+
+        srs = None
+        if (s.sr is not None and self.settings.observe_srs and pool.role is PoolRole.MASTER
+                and desired is StorageRole.PRIMARY):
+            srs = s.sr.observe()
+        return replace(obs, vip=vip, srs=srs)
+
+    def _fresh_probe(self, now: float) -> Optional[bool]:
+        if self._probe is None:
+            return None
+        at, answer = self._probe
+        return answer if now - at <= 3 * self.settings.probe_interval else None
+
+    def run_vip_probe(self) -> None:
+        """Background job: while the VIP is local, check that nobody else answers for it."""
+        if self.probe_vip_now is None:
+            return
+        try:
+            if not self.systems.vip.observe().local:
+                return
+            self._probe = (self.monotonic(), self.probe_vip_now())
+        except Exception:
+            log.exception("VIP probe failed")
+
+    def _with_backoff(self, plan: Plan) -> Plan:
+        """Hold a tgtd restart while its back-off runs (a daemon that keeps dying must not be
+        restarted in a tight loop)."""
+        if not any(isinstance(a, StartTargetDaemon) for a in plan.actions):
+            return plan
+        now = self.monotonic()
+        if now < self._tgtd_next_start:
+            wait = self._tgtd_next_start - now
+            why = f"tgtd is not running; next start attempt in {wait:.0f}s (back-off)"
+            return Plan(plan.desired, plan.reason, held=why)
+        return plan
+
+    def _after_execute(self, results: Sequence[ActionResult]) -> None:
+        now = self.monotonic()
+        for r in results:
+            if isinstance(r.action, StartTargetDaemon):
+                if self._tgtd_seen_running:
+                    self._tgtd_restarts += 1
+                self._tgtd_next_start = now + self._tgtd_backoff
+                self._tgtd_backoff = min(self._tgtd_backoff * 2, MAX_TGTD_BACKOFF)
+            if isinstance(r.action, (AnnounceVip, BindVip)) and r.ok:
+                self._last_announce = now
+        if not any(isinstance(r.action, StartTargetDaemon) for r in results) and \
+                now >= self._tgtd_next_start + 60:
+            self._tgtd_backoff = self.settings.restart_backoff  # stable again: reset
+
+    def _count(self, result: CycleResult) -> None:
+        self._cycles[result.outcome.value] = self._cycles.get(result.outcome.value, 0) + 1
+        for r in result.results:
+            key = (action_name(r.action), r.result_label)
+            self._actions[key] = self._actions.get(key, 0) + 1
+        if result.overran:
+            self._overruns += 1
+        self._hist_sum += result.duration
+        self._hist_n += 1
+        for i, bound in enumerate(CYCLE_BUCKETS):
+            if result.duration <= bound:
+                self._hist_counts[i] += 1
+                break
+        else:
+            self._hist_counts[-1] += 1
+        log.log(logging.WARNING if result.outcome is Outcome.ERROR else logging.INFO,
+                "%s: %s", result.outcome.value, result.message)
+
+    # ---------------------------------------------------------------- operator commands
+
+    def command(self, name: str) -> Tuple[int, str]:
+        """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused."""
+        with self.lock:
+            handler = {
+                "manual-mode-enable": self._manual_enable,
+                "manual-mode-disable": self._manual_disable,
+                "become-primary": lambda: self._become(StorageRole.PRIMARY),
+                "become-secondary": lambda: self._become(StorageRole.SECONDARY),
+            }.get(name)
+            if handler is None:
+                return 2, f"unknown command {name!r}"
+            return handler()
+
+    def _manual_enable(self) -> Tuple[int, str]:
+        manual = self.load_manual()
+        if manual.enabled and not self._manual_problem:
+            return 0, "manual mode is already enabled"
+        self.manual_store.save(ManualMode(enabled=True, requested=None, since=self.clock()))
+        self._manual_problem = None
+        return 0, "manual mode enabled: automatic role changes are stopped on this host"
+
+    def _manual_disable(self) -> Tuple[int, str]:
+        manual = self.load_manual()
+        if not manual.enabled:
+            return 0, "manual mode is already disabled"
+        obs = self.observe(manual)
+        native, why = desired_role(obs, ManualMode())
+        current = current_storage_role(obs.resources)
+        if native is None:
+            return 1, f"refused: cannot leave manual mode while the {why}"
+        if current is not native or (native is StorageRole.PRIMARY and not obs.vip.local):
+            fix = "become-primary" if native is StorageRole.PRIMARY else "become-secondary"
+            have = current.value if current else "mixed"
+            return 1, (
+                f"refused: storage role is {have} but this {why} (native role {native.value}); "
+                f"run `iscsi-cfg {fix}` first"
+            )
+        self.manual_store.save(ManualMode())
+        return 0, f"manual mode disabled: storage role follows the pool role again ({why})"
+
+    def _become(self, role: StorageRole) -> Tuple[int, str]:
+        manual = self.load_manual()
+        if not manual.enabled:
+            return 1, (f"refused: become-{role.value} works only in manual mode; "
+                       "run `iscsi-cfg manual-mode-enable` first")
+        if role is StorageRole.PRIMARY:
+            obs = self.observe(ManualMode(enabled=True, requested=role))
+            peers = [r.name for r in obs.resources if r.peer_role == "Primary"]
+            if peers:
+                return 1, (f"refused: the peer is Primary for {', '.join(peers)}; run "
+                           "`iscsi-cfg become-secondary` on the peer first")
+            if obs.vip.conflict:
+                return 1, (f"refused: VIP {obs.vip.address} is not local but another host "
+                           "answers for it")
+        self.manual_store.save(replace(manual, requested=role))
+        result = self._run_cycle(dry_run=False)
+        code = 0 if result.outcome is Outcome.OK else 1
+        return code, result.message
+
+
+def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tuple[Outcome, str]:
+    """The cycle's one sentence and its outcome."""
+    why = plan.reason
+    if plan.held is not None:
+        return Outcome.HELD, f"held: {plan.held}"
+    if dry_run:
+        planned = ", ".join(action_name(a) for a in plan.actions) or "nothing"
+        refused = f"; then refused: {'; '.join(plan.refusals)}" if plan.refusals else ""
+        return Outcome.OK, f"dry run, would do: {planned}{refused}: {why}"
+    done = [_phrase(r) for r in results if r.ok and _phrase(r)]
+    failed = next((r for r in results if not r.ok), None)
+    if failed is not None:
+        before = f" (done first: {', '.join(done)})" if done else ""
+        kind = Outcome.HELD if failed.refused else Outcome.ERROR
+        verb = "refused" if failed.refused else "failed"
+        return kind, f"{verb}: {action_name(failed.action)}: {failed.message}{before}: {why}"
+    if plan.refusals:
+        before = f"{', '.join(done)}; " if done else ""
+        return Outcome.HELD, f"held: {before}{'; '.join(plan.refusals)} ({why})"
+    if not done:
+        return Outcome.OK, f"no action: {why}"
+    return Outcome.OK, f"{', '.join(done)}: {why}"
+
+
+def _phrase(r: ActionResult) -> str:
+    a = r.action
+    name = action_name(a)
+    res = getattr(a, "resource", "")
+    return {
+        "drbd_up": f"brought {res} up",
+        "promote": f"promoted {res}",
+        "demote": f"demoted {res}",
+        "target_start": "started tgtd",
+        "target_serve": "target serving",
+        "target_stop": "target stopped",
+        "vip_add": "VIP bound",
+        "vip_del": "VIP removed",
+        "vip_announce": "",  # implied by "VIP bound"; periodic ones are not news
+        "sr_plug": f"plugged {len(getattr(a, 'pbds', ()))} PBD(s)",
+    }.get(name, name)
+
+
+def _cumulative(counts: List[int]) -> List[int]:
+    out, total = [], 0
+    for c in counts:
+        total += c
+        out.append(total)
+    return out

@@ -1,0 +1,193 @@
+"""decide(): the whole policy of iscsi-ha, as one pure function.
+
+    decide(observation, manual_mode) -> Plan
+
+No I/O, no clock, no sleep: everything it needs is in its arguments, so every rule below is tested
+as a table of inputs and expected plans (tests/test_decide.py), and by properties that must hold for
+any input (tests/test_decide_properties.py).
+
+The policy (SPEC §3-§4):
+
+* The desired storage role follows the pool role: master -> primary, slave -> secondary, unknown ->
+  hold (change nothing). In manual mode it is what the operator last asked for, or what is there.
+* Promote, in order: bring resources up; start the tgt daemon; make every resource Primary; serve
+  the target; bind the VIP and announce it; plug the SRs (pool master only). A refusal anywhere stops
+  the plan at that point, so there is never a target without Primary or a VIP without a target.
+* Demote, in order: VIP away; target stops serving; every resource Secondary.
+* Never promote while the peer is Primary, while in split brain, without quorum, or when the local
+  disk is not UpToDate and the peer cannot supply good data. Never bind the VIP while another host
+  answers for it. Never resolve a split brain.
+
+Invariant: applying a plan's actions to the world and deciding again yields either an empty plan
+(converged) or a refusal; an already converged state yields an empty plan.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+from .model import (
+    Action,
+    AnnounceVip,
+    BindVip,
+    Demote,
+    DrbdResource,
+    ManualMode,
+    Observation,
+    Plan,
+    PlugPbds,
+    PoolRole,
+    Promote,
+    ServeTarget,
+    StartTargetDaemon,
+    StopServingTarget,
+    StorageRole,
+    UnbindVip,
+    UpResource,
+)
+
+
+def decide(obs: Observation, manual: ManualMode) -> Plan:
+    desired, reason = desired_role(obs, manual)
+    if desired is None:
+        return Plan(desired=None, reason=reason, held=reason)
+    unreadable = obs.unreadable()
+    if unreadable:
+        held = "; ".join(unreadable)
+        return Plan(desired=None, reason=reason, held=held)
+    if desired is StorageRole.PRIMARY:
+        return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER)
+    return _demote_plan(obs, reason)
+
+
+def desired_role(obs: Observation, manual: ManualMode) -> Tuple[Optional[StorageRole], str]:
+    """The storage role this host should have, and why. (None, why) means hold."""
+    if manual.enabled:
+        if manual.requested is not None:
+            return manual.requested, f"manual mode: operator asked for {manual.requested.value}"
+        current = current_storage_role(obs.resources)
+        if current is None:
+            return None, (
+                "manual mode with resources in mixed roles: run become-primary or become-secondary"
+            )
+        return current, f"manual mode: keeping the current role ({current.value})"
+    pool = obs.pool
+    if pool.role is PoolRole.MASTER:
+        return StorageRole.PRIMARY, "host is pool master"
+    if pool.role is PoolRole.SLAVE:
+        master = f" (master is {pool.master_address})" if pool.master_address else ""
+        return StorageRole.SECONDARY, f"host is pool slave{master}"
+    detail = f": {pool.detail}" if pool.detail else ""
+    return None, f"pool role unknown{detail}; holding, nothing changed"
+
+
+def current_storage_role(resources: Tuple[DrbdResource, ...]) -> Optional[StorageRole]:
+    """Primary if every resource is Primary, secondary if none is, None when mixed."""
+    primaries = [r.role == "Primary" for r in resources]
+    if primaries and all(primaries):
+        return StorageRole.PRIMARY
+    if not any(primaries):
+        return StorageRole.SECONDARY
+    return None
+
+
+def promotion_refusal(res: DrbdResource) -> Optional[str]:
+    """Why ``res`` must not be made Primary now, or None when it is safe."""
+    if res.split_brain:
+        return f"not promoting {res.name}: split brain, left to the operator (see the runbook)"
+    if res.peer_role == "Primary":
+        return f"not promoting {res.name}: peer is Primary"
+    if not res.quorum:
+        return f"not promoting {res.name}: no quorum"
+    if res.disk != "UpToDate":
+        if not res.peer_reachable:
+            return (
+                f"not promoting {res.name}: local disk is {res.disk} and the peer is unreachable "
+                f"({res.connection}): no access to UpToDate data"
+            )
+        if res.peer_disk != "UpToDate":
+            return (
+                f"not promoting {res.name}: no UpToDate data on either side "
+                f"({res.disk}/{res.peer_disk})"
+            )
+    return None
+
+
+def vip_release_known(obs: Observation) -> bool:
+    """True when the peer is known to have let go of the VIP, so no ARP probe is needed.
+
+    The peer demotes in the order VIP -> target -> DRBD, so a reachable peer whose resources are
+    all Secondary has already removed the VIP. Only then may a promotion skip the duplicate-address
+    probe, which costs a full ~2 s when nobody answers (SPEC §2: never on the hot path of a
+    promotion the controller already knows is safe).
+    """
+    return bool(obs.resources) and all(
+        r.peer_reachable and r.peer_role == "Secondary" for r in obs.resources
+    )
+
+
+def _promote_plan(obs: Observation, reason: str, plug_srs: bool) -> Plan:
+    actions: List[Action] = []
+    refusals: List[str] = []
+
+    came_up = [r.name for r in obs.resources if not r.configured]
+    actions.extend(UpResource(name) for name in came_up)
+    if not obs.target.daemon_running:
+        actions.append(StartTargetDaemon())
+    if came_up:
+        # A resource that was just brought up needs a moment to find its peer; promoting it
+        # before then could make a second Primary. The next cycle decides with fresh eyes.
+        return Plan(StorageRole.PRIMARY, reason, tuple(actions),
+                    (f"waiting for {', '.join(came_up)} to connect after up",), retry_soon=True)
+
+    to_promote = [r for r in obs.resources if r.role != "Primary"]
+    for res in to_promote:
+        why = promotion_refusal(res)
+        if why:
+            refusals.append(why)
+    if refusals:
+        # All or nothing: a half-promoted set of LUNs is worse than none. A peer that is still
+        # Primary is usually demoting right now (it saw the same pool.conf change): look again soon.
+        peer_demoting = any(r.peer_role == "Primary" and not r.split_brain for r in to_promote)
+        return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals),
+                    retry_soon=peer_demoting)
+    actions.extend(Promote(r.name) for r in to_promote)
+
+    if not obs.target.serving:
+        actions.append(ServeTarget())
+
+    vip = obs.vip
+    if not vip.local:
+        if vip.conflict:
+            refusals.append(
+                f"not binding VIP {vip.address}: another host answers for it (duplicate address)"
+            )
+            return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals))
+        if vip.conflict is None and not vip_release_known(obs):
+            refusals.append(
+                f"not binding VIP {vip.address}: could not check that no other host holds it"
+            )
+            return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals))
+        actions.extend((BindVip(), AnnounceVip()))
+    elif vip.announce_due:
+        actions.append(AnnounceVip())
+
+    if plug_srs and obs.srs is not None:
+        pbds = obs.srs.unattached_pbds()
+        if pbds:
+            actions.append(PlugPbds(pbds))
+    return Plan(StorageRole.PRIMARY, reason, tuple(actions))
+
+
+def _demote_plan(obs: Observation, reason: str) -> Plan:
+    actions: List[Action] = []
+    actions.extend(UpResource(r.name) for r in obs.resources if not r.configured)
+    if obs.vip.local:
+        actions.append(UnbindVip())
+    if obs.target.target_present or obs.target.serving:
+        actions.append(StopServingTarget())
+    actions.extend(Demote(r.name) for r in obs.resources if r.configured and r.role == "Primary")
+    if not obs.target.daemon_running:
+        # Keep an empty daemon on the standby: a later promotion then only configures the target.
+        actions.append(StartTargetDaemon())
+    return Plan(StorageRole.SECONDARY, reason, tuple(actions))

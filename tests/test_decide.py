@@ -1,0 +1,248 @@
+"""decide(): the decision table, the refusals, and convergence on a fake world."""
+
+import itertools
+
+import pytest
+
+from iscsi_ha.controller.decide import decide, promotion_refusal
+from iscsi_ha.controller.model import (
+    AnnounceVip,
+    BindVip,
+    Demote,
+    ManualMode,
+    PlugPbds,
+    PoolRole,
+    Promote,
+    ServeTarget,
+    StartTargetDaemon,
+    StopServingTarget,
+    StorageRole,
+    UnbindVip,
+    UpResource,
+    action_name,
+)
+from worlds import FakeWorld, res, sr_with, world
+
+AUTO = ManualMode()
+MANUAL = ManualMode(enabled=True)
+
+
+def names(plan):
+    return [action_name(a) for a in plan.actions]
+
+
+# ------------------------------------------------------------------ desired role
+
+
+def test_master_promotes_in_the_safe_order():
+    plan = decide(world(PoolRole.MASTER, conflict=False), AUTO)
+    assert plan.desired is StorageRole.PRIMARY
+    assert plan.actions == (Promote("iscsi1"), ServeTarget(), BindVip(), AnnounceVip())
+    assert plan.reason == "host is pool master"
+    assert not plan.refusals
+
+
+def test_slave_demotes_in_the_safe_order():
+    obs = world(PoolRole.SLAVE, resources=(res(role="Primary"),), serving=True, vip_local=True)
+    plan = decide(obs, AUTO)
+    assert plan.desired is StorageRole.SECONDARY
+    assert plan.actions == (UnbindVip(), StopServingTarget(), Demote("iscsi1"))
+    assert "master is 10.99.0.1" in plan.reason
+
+
+def test_unknown_pool_role_holds_and_says_why():
+    obs = world(PoolRole.UNKNOWN, resources=(res(role="Primary"),), serving=True, vip_local=True)
+    plan = decide(obs, AUTO)
+    assert plan.actions == ()
+    assert plan.desired is None
+    assert "pool role unknown" in plan.held and "broken" in plan.held
+
+
+def test_unreadable_output_holds_with_the_text():
+    bad = res(error="cannot read `drbdadm cstate iscsi1`: 'garbage'")
+    plan = decide(world(PoolRole.MASTER, resources=(bad,)), AUTO)
+    assert plan.actions == ()
+    assert plan.held == "cannot read `drbdadm cstate iscsi1`: 'garbage'"
+
+
+def test_manual_mode_without_request_keeps_current_role_even_on_a_slave():
+    obs = world(PoolRole.SLAVE, resources=(res(role="Primary"),), serving=True, vip_local=True)
+    plan = decide(obs, MANUAL)
+    assert plan.desired is StorageRole.PRIMARY
+    assert plan.actions == ()
+    assert plan.reason.startswith("manual mode: keeping")
+
+
+def test_manual_mode_request_overrides_pool_role():
+    obs = world(PoolRole.MASTER, resources=(res(role="Primary"),), serving=True, vip_local=True)
+    plan = decide(obs, ManualMode(enabled=True, requested=StorageRole.SECONDARY))
+    assert plan.actions == (UnbindVip(), StopServingTarget(), Demote("iscsi1"))
+    assert "operator asked for secondary" in plan.reason
+
+
+def test_manual_mode_with_mixed_roles_holds():
+    obs = world(resources=(res("a", role="Primary"), res("b")))
+    plan = decide(obs, MANUAL)
+    assert plan.held and "mixed roles" in plan.held
+
+
+# ------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(
+    "resource, expected",
+    [
+        (res(peer_role="Primary"), "not promoting iscsi1: peer is Primary"),
+        (res(split_brain=True, connection="StandAlone", peer_role="Unknown"), "split brain"),
+        (res(quorum=False), "no quorum"),
+        (res(disk="Outdated", connection="WFConnection", peer_role="Unknown",
+             peer_disk="DUnknown"), "local disk is Outdated and the peer is unreachable"),
+        (res(disk="Inconsistent", peer_disk="Inconsistent"), "no UpToDate data on either side"),
+    ],
+)
+def test_promotion_refusals(resource, expected):
+    plan = decide(world(PoolRole.MASTER, resources=(resource,)), AUTO)
+    assert not any(isinstance(a, (Promote, ServeTarget, BindVip)) for a in plan.actions)
+    assert any(expected in r for r in plan.refusals), plan.refusals
+
+
+def test_inconsistent_local_disk_is_fine_when_the_connected_peer_is_uptodate():
+    plan = decide(world(resources=(res(disk="Inconsistent", connection="SyncTarget"),)), AUTO)
+    assert Promote("iscsi1") in plan.actions
+
+
+def test_disconnected_uptodate_promotes_failover_case():
+    r = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    plan = decide(world(resources=(r,), conflict=False), AUTO)
+    assert plan.actions[0] == Promote("iscsi1")
+
+
+def test_one_refused_resource_stops_all_promotions():
+    plan = decide(world(resources=(res("a"), res("b", peer_role="Primary"))), AUTO)
+    assert not any(isinstance(a, Promote) for a in plan.actions)
+    assert plan.retry_soon  # the peer is probably demoting right now
+
+
+def test_vip_conflict_refuses_bind_but_keeps_target():
+    plan = decide(world(conflict=True), AUTO)
+    assert names(plan) == ["promote", "target_serve"]
+    assert "another host answers" in plan.refusals[0]
+
+
+def test_unprobed_vip_refused_unless_peer_released_it():
+    peer_gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    plan = decide(world(resources=(peer_gone,), conflict=None), AUTO)
+    assert BindVip() not in plan.actions and "could not check" in plan.refusals[0]
+    # Connected peer that is Secondary: it removed the VIP before demoting; no probe needed.
+    plan = decide(world(conflict=None), AUTO)
+    assert BindVip() in plan.actions
+
+
+def test_resource_down_is_brought_up_and_promotion_waits():
+    plan = decide(world(resources=(res(configured=False, role="Unknown"),), daemon=False), AUTO)
+    assert plan.actions == (UpResource("iscsi1"), StartTargetDaemon())
+    assert plan.retry_soon and "waiting for iscsi1" in plan.refusals[0]
+
+
+def test_standby_keeps_an_empty_daemon():
+    plan = decide(world(PoolRole.SLAVE, daemon=False), AUTO)
+    assert plan.actions == (StartTargetDaemon(),)
+
+
+def test_partial_target_on_standby_is_removed():
+    plan = decide(world(PoolRole.SLAVE, serving=False, target_present=True), AUTO)
+    assert plan.actions == (StopServingTarget(),)
+
+
+def test_srs_plugged_on_master_only():
+    converged = dict(resources=(res(role="Primary"),), serving=True, vip_local=True)
+    plan = decide(world(PoolRole.MASTER, srs=sr_with(attached=False), **converged), AUTO)
+    assert plan.actions == (PlugPbds(("pbd-1",)),)
+    manual_primary_on_slave = ManualMode(enabled=True, requested=StorageRole.PRIMARY)
+    plan = decide(world(PoolRole.SLAVE, srs=sr_with(attached=False), **converged),
+                  manual_primary_on_slave)
+    assert plan.actions == ()
+
+
+def test_periodic_announce():
+    obs = world(resources=(res(role="Primary"),), serving=True, vip_local=True, announce_due=True)
+    assert decide(obs, AUTO).actions == (AnnounceVip(),)
+
+
+# ------------------------------------------------------------------ the full table
+
+POOL = list(PoolRole)
+LOCAL = ["Primary", "Secondary"]
+PEER = ["Primary", "Secondary", "Unknown"]
+CONN = ["Connected", "WFConnection", "StandAlone", "SyncSource"]
+DISK = ["UpToDate", "Outdated", "Inconsistent"]
+MODES = [AUTO, MANUAL, ManualMode(True, StorageRole.PRIMARY), ManualMode(True, StorageRole.SECONDARY)]
+
+
+def expected_role(pool, local, mode):
+    if mode.enabled:
+        if mode.requested:
+            return mode.requested
+        return StorageRole.PRIMARY if local == "Primary" else StorageRole.SECONDARY
+    return {PoolRole.MASTER: StorageRole.PRIMARY, PoolRole.SLAVE: StorageRole.SECONDARY}.get(pool)
+
+
+@pytest.mark.parametrize(
+    "pool, local, peer, conn, disk, peer_disk, mode",
+    list(itertools.product(POOL, LOCAL, PEER, CONN, DISK, DISK, MODES)),
+)
+def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode):
+    reachable = conn in ("Connected", "SyncSource")
+    r = res(role=local, peer_role=peer if reachable else "Unknown", connection=conn, disk=disk,
+            peer_disk=peer_disk if reachable else "DUnknown")
+    plan = decide(world(pool, resources=(r,), conflict=False), mode)
+    want = expected_role(pool, local, mode)
+    assert plan.desired is want
+    if want is None:
+        assert plan.actions == () and plan.held
+        return
+    if want is StorageRole.SECONDARY:
+        assert Promote("iscsi1") not in plan.actions
+        assert (Demote("iscsi1") in plan.actions) == (local == "Primary")
+        return
+    promotes = Promote("iscsi1") in plan.actions
+    if local == "Primary":
+        assert not promotes and not plan.refusals
+        assert BindVip() in plan.actions
+        return
+    safe = promotion_refusal(r) is None
+    assert promotes == safe
+    if r.peer_role == "Primary" or (disk != "UpToDate" and not r.peer_reachable):
+        assert not promotes
+    if not safe:
+        assert plan.refusals and ServeTarget() not in plan.actions
+
+
+# ------------------------------------------------------------------ convergence
+
+
+@pytest.mark.parametrize(
+    "obs, mode",
+    [
+        (world(PoolRole.MASTER, resources=(res("a"), res("b")), daemon=False,
+               srs=sr_with(False)), AUTO),
+        (world(PoolRole.SLAVE, resources=(res("a", role="Primary"), res("b", role="Primary")),
+               serving=True, vip_local=True, daemon=True), AUTO),
+        (world(PoolRole.MASTER, resources=(res(configured=False, role="Unknown"),)), AUTO),
+        (world(PoolRole.SLAVE, resources=(res(),)), ManualMode(True, StorageRole.PRIMARY)),
+    ],
+)
+def test_apply_first_action_then_decide_again_converges(obs, mode):
+    """Patroni-style: apply one action, re-decide, expect the rest of the plan; finish empty."""
+    w = FakeWorld(obs)
+    plan = decide(w.obs, mode)
+    for _ in range(20):
+        if not plan.actions:
+            break
+        first, rest = plan.actions[0], plan.actions[1:]
+        assert w.apply(first)
+        plan = decide(w.obs, mode)
+        if not isinstance(first, UpResource):
+            assert plan.actions == rest
+    assert plan.actions == () and plan.refusals == ()
+    assert decide(w.obs, mode).converged

@@ -16,12 +16,13 @@ change never runs beside a cycle. Every cycle ends in exactly one log line, e.g.
 
 from __future__ import annotations
 
+import collections
 import logging
 import socket
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
 from .decide import current_storage_role, decide, desired_role, vip_release_known
@@ -39,8 +40,8 @@ from .model import (
     Plan,
     PoolObservation,
     PoolRole,
-    StartTargetDaemon,
     Snapshot,
+    StartTargetDaemon,
     StorageRole,
     action_name,
 )
@@ -107,6 +108,8 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
+        # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
+        self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
         self.publish(None, ManualMode())
 
     # ---------------------------------------------------------------- snapshot hand-over
@@ -283,8 +286,17 @@ class Controller:
                 break
         else:
             self._hist_counts[-1] += 1
+        self.history.append((result.started, result.outcome.value, result.message))
         log.log(logging.WARNING if result.outcome is Outcome.ERROR else logging.INFO,
                 "%s: %s", result.outcome.value, result.message)
+
+    def reconfigure(self, settings: CycleSettings, systems: Systems,
+                    read_pool: Callable[[], PoolObservation],
+                    probe_vip: Optional[Callable[[], Optional[bool]]]) -> None:
+        """Swap in a reloaded configuration between two cycles (SIGHUP)."""
+        with self.lock:
+            self.settings, self.systems, self.read_pool = settings, systems, read_pool
+            self.probe_vip_now = probe_vip
 
     # ---------------------------------------------------------------- operator commands
 

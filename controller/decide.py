@@ -11,8 +11,8 @@ The policy (SPEC §3-§4):
 * The desired storage role follows the pool role: master -> primary, slave -> secondary, unknown ->
   hold (change nothing). In manual mode it is what the operator last asked for, or what is there.
 * Promote, in order: bring resources up; start the tgt daemon; make every resource Primary; serve
-  the target; bind the VIP and announce it; plug the SRs (pool master only). A refusal anywhere stops
-  the plan at that point, so there is never a target without Primary or a VIP without a target.
+  the target; bind the VIP and announce it; plug the SRs (pool master only). A refusal anywhere
+  stops the plan there: never a target without Primary, never a VIP without a target.
 * Demote, in order: VIP away; target stops serving; every resource Secondary.
 * Never promote while the peer is Primary, while in split brain, without quorum, or when the local
   disk is not UpToDate and the peer cannot supply good data. Never bind the VIP while another host

@@ -274,7 +274,7 @@ class Plan:
     """
 
     desired: Optional[StorageRole]
-    reason: str  # why this role ("host is pool master", "manual mode: operator asked for secondary")
+    reason: str  # why this role ("host is pool master", "manual mode: operator asked for ...")
     actions: Tuple[Action, ...] = ()
     refusals: Tuple[str, ...] = ()
     held: Optional[str] = None  # set when nothing is done on purpose, with the reason
@@ -347,7 +347,9 @@ class CycleResult:
             "message": self.message,
             "overran": self.overran,
             "dry_run": self.dry_run,
-            "observation": _plain(dataclasses.asdict(self.observation)) if self.observation else None,
+            "observation": (
+                _plain(dataclasses.asdict(self.observation)) if self.observation else None
+            ),
             "plan": [action_to_dict(a) for a in self.plan.actions] if self.plan else [],
             "desired": self.plan.desired.value if self.plan and self.plan.desired else None,
             "reason": self.plan.reason if self.plan else "",

@@ -3,7 +3,6 @@
 import itertools
 
 import pytest
-
 from iscsi_ha.controller.decide import decide, promotion_refusal
 from iscsi_ha.controller.model import (
     AnnounceVip,
@@ -176,7 +175,9 @@ LOCAL = ["Primary", "Secondary"]
 PEER = ["Primary", "Secondary", "Unknown"]
 CONN = ["Connected", "WFConnection", "StandAlone", "SyncSource"]
 DISK = ["UpToDate", "Outdated", "Inconsistent"]
-MODES = [AUTO, MANUAL, ManualMode(True, StorageRole.PRIMARY), ManualMode(True, StorageRole.SECONDARY)]
+MODES = [
+    AUTO, MANUAL, ManualMode(True, StorageRole.PRIMARY), ManualMode(True, StorageRole.SECONDARY)
+]
 
 
 def expected_role(pool, local, mode):

@@ -2,7 +2,6 @@
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from iscsi_ha.controller.decide import decide
 from iscsi_ha.controller.model import (
     DRBD_CONNECTION_STATES,

@@ -12,7 +12,6 @@ from dataclasses import replace
 from typing import Tuple
 
 from iscsi_ha.controller.model import (  # noqa: F401
-    PoolObservation,
     Action,
     AnnounceVip,
     BindVip,

@@ -1,0 +1,35 @@
+# The two commands a newcomer needs (both set themselves up; run as root on Debian 12):
+#   make demo   a two-node lab on this machine: controllers, metrics, a failover (Ctrl-C ends it)
+#   make test   the whole test suite, as CI runs it
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test unit demo demo-once lint typecheck bench clean
+
+setup:
+	scripts/setup-env.sh
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m lab.demo
+
+demo-once: setup
+	$(PY) -m lab.demo --once
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+typecheck: setup
+	$(VENV)/bin/mypy controller/decide.py controller/model.py
+
+bench: setup
+	$(PY) bench/bench_scrape.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

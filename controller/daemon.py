@@ -1,0 +1,352 @@
+"""``iscsi-ha``: the composition root. Config in, adapters built, scheduler, exporter, socket, signals.
+
+    iscsi-ha run  [--config FILE]                      the controller (systemd runs this)
+    iscsi-ha once [--config FILE] [--dry-run] [--json] one cycle, its outcome printed
+    iscsi-ha --version
+
+Nothing here decides anything: it wires ``config`` to the adapters in ``systems/``, hands them to a
+``cycle.Controller`` and runs that controller's cycle as an APScheduler interval job
+(``max_instances=1``, ``coalesce=True``, a misfire grace of one interval). Three things make a cycle
+run before its interval is up: a change of pool.conf (polled twice a second, a file read), a plan
+that asks to look again soon (the peer is demoting right now), and an operator's role command.
+
+SIGTERM and SIGINT stop the controller **without** demoting: stopping the service must never take
+storage away from running VMs. DRBD, tgtd and the VIP stay as they are until a controller runs
+again. SIGHUP reloads the configuration; an invalid file is logged and the old one kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+import threading
+from typing import List, Optional
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
+from .cycle import Controller, CycleSettings
+from .execute import Systems
+from .state import ManualModeStore
+from .systems.drbd import Drbd
+from .systems.pool import read_pool_conf
+from .systems.runner import CommandStats, ProcessRunner
+from .systems.target import Target
+from .systems.vip import Vip
+
+log = logging.getLogger("iscsi_ha")
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
+QUICK_RETRY_DELAY = 0.5  # seconds before looking again when the peer is demoting right now
+MAX_QUICK_RETRIES = 20  # bounded: after ~10 s the normal interval takes over
+WATCH_PERIOD = 0.5
+
+
+def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
+    stats = stats if stats is not None else CommandStats()
+    settings, systems, read_pool, probe = build_systems(cfg, stats)
+    return Controller(
+        settings,
+        systems,
+        read_pool,
+        ManualModeStore(cfg.paths.state_dir),
+        stats=stats,
+        probe_vip=probe,
+        drbd_version=_safe_version(systems.drbd),
+        hostname=cfg.node_name,
+    )
+
+
+def build_systems(cfg: Config, stats: CommandStats):
+    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats)
+    drbd = Drbd(
+        runner,
+        version=cfg.drbd.version,
+        drbdadm=cfg.drbd.drbdadm,
+        drbdsetup=cfg.drbd.drbdsetup,
+        proc_drbd=cfg.drbd.proc_drbd,
+        kernel_log=tuple(cfg.drbd.kernel_log),
+    )
+    target = Target(
+        runner,
+        tgtadm=cfg.target.tgtadm,
+        tgtd=cfg.target.tgtd,
+        control_port=cfg.target.control_port,
+        tid=cfg.target.tid,
+        iqn=cfg.target.iqn,
+        luns=tuple((lun.number, lun.path) for lun in cfg.target.luns),
+        initiator_address=cfg.target.initiator_address,
+        stop_timeout=cfg.target.stop_timeout,
+        log_file=cfg.target.log_file,
+    )
+    vip = Vip(
+        runner,
+        address=cfg.vip.address,
+        interface=cfg.vip.interface,
+        ip=cfg.vip.ip,
+        arping=cfg.vip.arping,
+        announce_count=cfg.vip.announce_count,
+    )
+    sr = None
+    if cfg.xenapi.enabled:
+        from .systems.sr import SrAdapter
+        from .systems.xenapi import XenApiClient
+
+        client = XenApiClient(
+            url=cfg.xenapi.url,
+            socket_path=cfg.xenapi.socket,
+            username=cfg.xenapi.username,
+            password=read_xenapi_password(cfg) or "",
+            timeout=cfg.xenapi.timeout,
+            verify_tls=cfg.xenapi.verify_tls,
+            stats=stats,
+        )
+        sr = SrAdapter(client)
+    settings = CycleSettings(
+        resources=tuple(cfg.resources),
+        interval=cfg.interval,
+        deadline=cfg.cycle_deadline,
+        announce_interval=cfg.vip.announce_interval,
+        probe_interval=cfg.vip.probe_interval,
+        restart_backoff=cfg.target.restart_backoff,
+        status_file=cfg.paths.status_file,
+        observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
+    )
+    pool_conf = cfg.pool.conf
+    return settings, Systems(drbd, target, vip, sr), (lambda: read_pool_conf(pool_conf)), \
+        vip.probe_conflict
+
+
+def _safe_version(drbd) -> str:
+    try:
+        return drbd.version()
+    except Exception:  # the version is decoration; never a reason not to start
+        return ""
+
+
+# ------------------------------------------------------------------------ the running daemon
+
+
+class Daemon:
+    """The scheduler, the pool.conf watcher, the exporter and the control socket around a
+    Controller; ``run()`` blocks until SIGTERM/SIGINT."""
+
+    def __init__(self, config_path: str, cfg: Config) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.config_path = config_path
+        self.cfg = cfg
+        self.stats = CommandStats()
+        self.controller = build_controller(cfg, self.stats)
+        self.stop_event = threading.Event()
+        self.pending = threading.Event()
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"max_instances": 1, "coalesce": True,
+                          "misfire_grace_time": max(1, int(cfg.interval))},
+            timezone=datetime.timezone.utc,
+        )
+        self._pool_text: Optional[str] = _read_text(cfg.pool.conf)
+        self.exporter = None
+        self.control = None
+
+    # -- jobs
+
+    def cycle_job(self) -> None:
+        """One cycle, then more at once while something asks for it (bounded)."""
+        for attempt in range(MAX_QUICK_RETRIES + 1):
+            self.pending.clear()
+            result = self.controller.run_cycle()
+            quick = bool(result.plan and result.plan.retry_soon)
+            if self.stop_event.is_set() or not (self.pending.is_set() or quick):
+                return
+            if quick and not self.pending.is_set() and attempt < MAX_QUICK_RETRIES:
+                self.stop_event.wait(QUICK_RETRY_DELAY)
+
+    def trigger(self, why: str) -> None:
+        log.info("running a cycle now: %s", why)
+        self.pending.set()
+        try:
+            self.scheduler.modify_job("cycle", next_run_time=datetime.datetime.now(
+                datetime.timezone.utc))
+        except Exception:  # the scheduler is shutting down
+            pass
+
+    def watch_job(self) -> None:
+        text = _read_text(self.cfg.pool.conf)
+        if text != self._pool_text:
+            self._pool_text = text
+            self.trigger("pool.conf changed")
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if cfg.exporter.enabled:
+            from prometheus_client import CollectorRegistry
+
+            from ..exporter.collector import SnapshotCollector
+            from ..exporter.server import start_exporter
+
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(SnapshotCollector(self.controller.snapshot))
+            self.exporter = start_exporter(cfg.exporter.listen, registry,
+                                           self.controller.snapshot, cfg.exporter.web_config_file)
+            log.info("metrics on %s", cfg.exporter.listen)
+        try:
+            from .control import ControlServer
+        except ImportError:  # pragma: no cover - the control socket ships with the CLI
+            ControlServer = None  # type: ignore[assignment,misc]
+        if ControlServer is not None:
+            self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
+            self.control.start()
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
+                               next_run_time=now)
+        self.scheduler.add_job(self.watch_job, "interval", seconds=WATCH_PERIOD, id="watch")
+        if cfg.vip.probe_interval > 0:
+            self.scheduler.add_job(self.controller.run_vip_probe, "interval",
+                                   seconds=cfg.vip.probe_interval, id="vip-probe")
+        self.scheduler.start()
+        log.info("iscsi-ha %s started: %s, every %gs, resources %s", __version__,
+                 cfg.node_name, cfg.interval, ", ".join(cfg.resources))
+
+    def reload(self) -> None:
+        try:
+            cfg = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        settings, systems, read_pool, probe = build_systems(cfg, self.stats)
+        self.controller.reconfigure(settings, systems, read_pool, probe)
+        if cfg.interval != self.cfg.interval:
+            self.scheduler.reschedule_job("cycle", trigger="interval", seconds=cfg.interval)
+        for key in ("exporter", "paths"):
+            if getattr(cfg, key) != getattr(self.cfg, key):
+                log.warning("%s settings changed: they take effect after a restart", key)
+        self.cfg = cfg
+        log.info("configuration reloaded from %s", self.config_path)
+        self.trigger("configuration reloaded")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        # wait=True: a running cycle finishes (every command in it has a timeout). No demotion.
+        self.scheduler.shutdown(wait=True)
+        if self.control is not None:
+            self.control.stop()
+        if self.exporter is not None:
+            self.exporter.stop()
+        log.info("stopped; storage roles left as they are")
+
+    def run(self) -> int:
+        reload_requested = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+        self.start()
+        try:
+            while not self.stop_event.is_set():
+                self.stop_event.wait(0.5)
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    self.reload()
+        finally:
+            self.stop()
+        return EXIT_OK
+
+
+def _read_text(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def setup_logging(level: str, use_syslog: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(stderr)
+    if use_syslog and os.path.exists("/dev/log"):
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+            handler.setFormatter(logging.Formatter("iscsi-ha[%(process)d]: %(message)s"))
+            root.addHandler(handler)
+        except OSError:
+            pass
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="iscsi-ha",
+        description="Keeps DRBD Primary, the iSCSI target and the floating IP on the pool master "
+        "of a two-host XenServer / XCP-ng pool, and exports what it sees as Prometheus metrics.",
+        epilog="Stopping the controller never demotes: storage stays where it is. "
+        "Operator commands (status, manual mode) are in iscsi-cfg.",
+    )
+    p.add_argument("--version", action="version",
+                   version=f"iscsi-ha {__version__} (python {sys.version.split()[0]})")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the controller until SIGTERM (what systemd starts)",
+                         description="Run the controller loop, the metrics endpoint and the "
+                         "control socket until SIGTERM. SIGHUP reloads the configuration.")
+    once = sub.add_parser("once", help="run one cycle and print its outcome",
+                          description="Observe, decide and (unless --dry-run) act once, then "
+                          "print the outcome. Exit 0 when the cycle ran (even if it held on "
+                          "purpose), 1 when an action failed, 2 on a configuration error.")
+    for sp in (run, once):
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override logging.level from the configuration")
+    once.add_argument("--dry-run", action="store_true",
+                      help="observe and print the plan, change nothing")
+    once.add_argument("--json", action="store_true",
+                      help="print one JSON object: observation, plan, outcome, ...")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"iscsi-ha: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    level = args.log_level or cfg.logging.level
+    if args.command == "once":
+        setup_logging(level if args.log_level else "warning", use_syslog=False)
+        return run_once(cfg, args.dry_run, args.json)
+    setup_logging(level, cfg.logging.syslog)
+    try:
+        daemon = Daemon(args.config, cfg)
+    except OSError as exc:
+        print(f"iscsi-ha: cannot start: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    return daemon.run()
+
+
+def run_once(cfg: Config, dry_run: bool, as_json: bool) -> int:
+    controller = build_controller(cfg)
+    result = controller.run_cycle(dry_run=dry_run)
+    if as_json:
+        out = result.to_dict()
+        out["host"] = cfg.node_name or socket.gethostname()
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(f"{result.outcome.value}: {result.message}")
+    return EXIT_ERROR if result.outcome.value == "error" else EXIT_OK

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what iscsi-ha's tests and demo lab need on a fresh Debian 12 machine (run as root):
+# the Debian packages of the real components the tests drive, and a virtualenv with the project.
+# Idempotent and quick on a second run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv python3-dev      # the project's virtualenv
+  iproute2 iputils-arping iputils-ping   # VIP and ARP; iputils' arping (NOT the 'arping' package)
+  tgt libiscsi-bin              # the real iSCSI target daemon and a userspace iSCSI client
+  prometheus prometheus-alertmanager   # promtool, amtool, and the live alert checks
+  drbd-utils                    # real drbdadm/drbdsetup formats (no kernel module here)
+  rpm                           # rpmbuild for the dom0 package check
+  openssl                       # certificates for the exporter's TLS tests
+)
+VENV=${VENV:-.venv}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  case "$pkg" in \#*) continue ;; esac
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${missing[*]}"
+  # Keep the packages' own services (tgtd, prometheus, alertmanager) from starting: the tests
+  # start their own instances on private ports and stop them by PID.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created_policy=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$created_policy" = 1 ] && rm -f "$policy"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating virtualenv $VENV"
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(cat setup.py | sha1sum | cut -c1-12)"
+if [ ! -e "$stamp" ]; then
+  echo "== installing iscsi-ha and its test dependencies into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[test]"
+  touch "$stamp"
+fi

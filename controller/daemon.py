@@ -334,6 +334,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     setup_logging(level, cfg.logging.syslog)
     try:
         daemon = Daemon(args.config, cfg)
+    except ConfigError as exc:  # e.g. the XenAPI password file cannot be read
+        print(f"iscsi-ha: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         print(f"iscsi-ha: cannot start: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -341,7 +344,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def run_once(cfg: Config, dry_run: bool, as_json: bool) -> int:
-    controller = build_controller(cfg)
+    try:
+        controller = build_controller(cfg)
+    except ConfigError as exc:
+        print(f"iscsi-ha: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
     result = controller.run_cycle(dry_run=dry_run)
     if as_json:
         out = result.to_dict()

@@ -1,0 +1,925 @@
+"""Configuration: one YAML file, checked whole before anything is touched.
+
+An HA daemon that starts with a half-understood configuration is worse than one that does not
+start: a typo in ``vip.adress`` silently left at its default would bind the wrong address on the
+wrong host. So every key is known (an unknown one is an error, with a "did you mean" hint), every
+value is type-checked the way YAML actually parses it (``interval: yes`` is a boolean, not a
+number; ``tid: true`` is not an int even though Python says ``bool`` is one), and *all* problems are
+collected and reported together, one per line, as ``FILE: key.path: what is wrong (how to fix it)``.
+An operator fixes the file once, not once per error.
+
+The schema lives in the frozen dataclasses below: their field names are the YAML keys and their
+defaults are the documented defaults (``examples/iscsi-ha.yaml`` shows each one, and a test checks
+that the two agree). Three defaults are derived: ``node_name`` (the host name), ``cycle_deadline``
+(twice the interval) and ``target.luns`` (one LUN per resource, in order).
+
+The XenAPI password is deliberately *not* part of ``Config``: a config object gets logged, dumped
+by ``iscsi-cfg get`` and sent over the control socket, and a secret that is never in it cannot leak
+from it. ``read_xenapi_password()`` fetches it (environment first, then the file) at the moment of
+logging in. Error messages never quote the value of an unknown key, for the same reason: a
+misplaced ``password: ...`` must not end up in a journal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
+# The exporter work owns the final choice of port; every default and message derives from this.
+DEFAULT_EXPORTER_PORT = 9856
+# target.restart_backoff doubles after each failed restart, up to this ceiling.
+MAX_RESTART_BACKOFF = 300.0
+
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+# RFC 3720 section 3.2.6.3.1: "iqn." + year-month the naming authority owned its domain + "." +
+# the reversed domain name, then optionally ":" and a unique string. Names are compared after
+# stringprep, which lower-cases them, so we insist on lower case up front.
+_IQN = re.compile(
+    r"^iqn\.\d{4}-(0[1-9]|1[0-2])"
+    r"\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*"
+    r"(:[a-z0-9.:-]+)?$"
+)
+_IQN_MAX_BYTES = 223  # RFC 3720: iSCSI names are at most 223 bytes
+_IFNAMSIZ = 15  # Linux interface names: at most 15 characters
+
+
+class ConfigError(Exception):
+    """An invalid or unreadable configuration.
+
+    ``problems`` holds one "key.path: what is wrong" entry per problem; ``str()`` puts the file in
+    front of each, one per line, ready for the log or the terminal.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems: Tuple[str, ...] = tuple(problems)
+        super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lun:
+    number: int  # "lun" in YAML; 0 is tgt's own controller LUN, so ours start at 1
+    path: str
+
+
+@dataclass(frozen=True)
+class DrbdConfig:
+    version: str = "auto"  # "auto" | "8.4" | "9"
+    drbdadm: str = "drbdadm"
+    drbdsetup: str = "drbdsetup"
+    proc_drbd: str = "/proc/drbd"
+    # argv whose output is searched for "Split-Brain detected but unresolved"
+    kernel_log: Tuple[str, ...] = ("dmesg",)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    conf: str = "/etc/xensource/pool.conf"
+
+
+@dataclass(frozen=True)
+class XenApiConfig:
+    enabled: bool = True
+    url: str = "local"  # "local" = the xapi Unix socket; or http(s)://HOST
+    socket: str = "/var/lib/xcp/xapi"
+    username: str = "root"
+    password_file: Optional[str] = "/etc/iscsi-ha/xapi-password"
+    password_env: Optional[str] = "ISCSI_HA_XAPI_PASSWORD"  # wins over the file when set
+    timeout: float = 10.0
+    verify_tls: bool = False  # XenServer ships self-signed certificates
+    plug_srs: bool = True
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    tgtadm: str = "tgtadm"
+    tgtd: str = "tgtd"
+    control_port: int = 0  # tgtd -C N / tgtadm -C N
+    tid: int = 1
+    iqn: str = "iqn.2024-01.org.iscsi-ha:storage"
+    initiator_address: str = "ALL"
+    luns: Tuple[Lun, ...] = ()  # empty = derived by Config: one per resource
+    stop_timeout: float = 5.0
+    restart_backoff: float = 2.0
+    log_file: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    address: str  # "10.10.10.3/24", normalised
+    interface: str = "xenbr0"
+    ip: str = "ip"  # the ip(8) command
+    arping: str = "arping"
+    announce_interval: float = 60.0  # 0 = no periodic gratuitous ARP
+    announce_count: int = 2
+    probe_interval: float = 10.0
+
+    @property
+    def bare_address(self) -> str:
+        """The address without its prefix ("10.10.10.3"), as arping wants it."""
+        return self.address.split("/", 1)[0]
+
+    @property
+    def prefixlen(self) -> int:
+        return int(self.address.split("/", 1)[1])
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = "/etc/iscsi-ha/state"
+    status_file: str = "/etc/iscsi-ha/state/status"
+    control_socket: str = "/run/iscsi-ha/control.sock"
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    enabled: bool = True
+    listen: str = f"0.0.0.0:{DEFAULT_EXPORTER_PORT}"
+    web_config_file: Optional[str] = None
+
+    @property
+    def host(self) -> str:
+        """The listen host without IPv6 brackets; "" means every interface."""
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"  # debug | info | warning | error
+    syslog: bool = True
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    allowed_uids: Tuple[int, ...] = (0,)
+
+
+def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
+    return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. Build it with ``load_config`` / ``parse_config``.
+
+    Constructing it directly (in tests) skips validation but still fills the derived defaults.
+    """
+
+    resources: Tuple[str, ...]
+    vip: VipConfig
+    node_name: str = field(default_factory=socket.gethostname)
+    interval: float = 5.0
+    cycle_deadline: float = 0.0  # 0 = derived: twice the interval (filled in by __post_init__)
+    command_timeout: float = 10.0
+    drbd: DrbdConfig = field(default_factory=DrbdConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    xenapi: XenApiConfig = field(default_factory=XenApiConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+
+    def __post_init__(self) -> None:
+        # Frozen: derived defaults are set once, here, so every Config is complete.
+        if not self.cycle_deadline:
+            object.__setattr__(self, "cycle_deadline", 2 * self.interval)
+        if not self.target.luns:
+            luns = default_luns(self.resources)
+            object.__setattr__(self, "target", dataclasses.replace(self.target, luns=luns))
+
+    def to_dict(self, redact: bool = True,
+                environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+        """Plain data in the YAML shape, for ``iscsi-cfg get`` and the control socket.
+
+        Nothing secret is ever in a Config, so both forms are safe to print. ``redact=True`` (the
+        display form) adds ``xenapi.password_source``: where the password would come from, never
+        the value. ``redact=False`` gives exactly the keys ``parse_config`` accepts, so it
+        round-trips.
+        """
+        out: Dict[str, Any] = {}
+        for name in _TOP_ORDER:
+            value = getattr(self, name)
+            out[name] = _plain(value)
+        if redact:
+            out["xenapi"]["password_source"] = password_source(self, environ)
+        return out
+
+
+_TOP_ORDER = (
+    "node_name", "interval", "cycle_deadline", "command_timeout", "resources", "drbd", "pool",
+    "xenapi", "target", "vip", "paths", "exporter", "logging", "control",
+)
+_SECTIONS: Dict[str, type] = {
+    "drbd": DrbdConfig, "pool": PoolConfig, "xenapi": XenApiConfig, "target": TargetConfig,
+    "vip": VipConfig, "paths": PathsConfig, "exporter": ExporterConfig,
+    "logging": LoggingConfig, "control": ControlConfig,
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Lun):
+        return {"lun": value.number, "path": value.path}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The secret
+# --------------------------------------------------------------------------------------------
+
+
+def read_xenapi_password(cfg: Config,
+                         environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The XenAPI password: the environment variable if set and non-empty, else the file.
+
+    None when neither is there (a local socket login needs no password on XenServer). An
+    unreadable file raises ConfigError naming the file, never its content.
+    """
+    env = os.environ if environ is None else environ
+    x = cfg.xenapi
+    if x.password_env and env.get(x.password_env):
+        return env[x.password_env]
+    if not x.password_file:
+        return None
+    try:
+        with open(x.password_file, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(x.password_file, [f"xenapi.password_file: cannot read: {why}"]) from None
+    # Editors add a final newline; a password never ends in one.
+    password = text.rstrip("\r\n")
+    return password or None
+
+
+def password_source(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> str:
+    """Where read_xenapi_password() would take the password from, in words."""
+    env = os.environ if environ is None else environ
+    x = cfg.xenapi
+    if x.password_env and env.get(x.password_env):
+        return f"environment variable {x.password_env}"
+    if x.password_file and os.path.exists(x.password_file):
+        return f"file {x.password_file}"
+    tried = [f"environment variable {x.password_env}" if x.password_env else "",
+             f"file {x.password_file}" if x.password_file else ""]
+    tried = [t for t in tried if t]
+    if not tried:
+        return "not set"
+    return "not set (" + ("neither " + " nor ".join(tried) if len(tried) > 1 else tried[0]) + ")"
+
+
+# --------------------------------------------------------------------------------------------
+# Value checks: each returns the clean value or raises _Invalid with what is wrong and the fix
+# --------------------------------------------------------------------------------------------
+
+
+class _Invalid(Exception):
+    """One or more problems with a value, as (sub-path suffix, message) pairs."""
+
+    def __init__(self, message: str = "", problems: Optional[List[Tuple[str, str]]] = None):
+        super().__init__(message)
+        self.problems = problems if problems is not None else [("", message)]
+
+
+Check = Callable[[Any], Any]
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {'true' if value else 'false'}"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def _type_hint(value: Any, wanted: str) -> str:
+    """A fix for the usual YAML surprises, to append to a type error."""
+    if isinstance(value, bool) and wanted != "bool":
+        return " (in YAML yes/no/on/off/true/false are booleans)"
+    if isinstance(value, str) and wanted in ("number", "int"):
+        try:
+            float(value)
+            return " (remove the quotes: a quoted value is a string)"
+        except ValueError:
+            return ""
+    if isinstance(value, str) and wanted == "bool" and value.lower() in (
+        "true", "false", "yes", "no", "on", "off"
+    ):
+        return " (remove the quotes: a quoted value is a string)"
+    if isinstance(value, int) and not isinstance(value, bool) and wanted == "bool":
+        return " (write true or false)"
+    if isinstance(value, (int, float)) and wanted == "str":
+        return f" (quote it: '{value}')"
+    return ""
+
+
+def _seconds(allow_zero: bool = False, maximum: Optional[float] = None) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Invalid(f"must be a number of seconds, got {_describe(value)}"
+                           + _type_hint(value, "number"))
+        if not math.isfinite(value):
+            raise _Invalid(f"must be a finite number of seconds, got {value!r}")
+        if allow_zero and value < 0:
+            raise _Invalid(f"must be 0 (off) or more, got {value!r}")
+        if not allow_zero and value <= 0:
+            raise _Invalid(f"must be greater than 0, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise _Invalid(f"must be at most {maximum:g}, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int) -> Check:
+    def check(value: Any) -> int:
+        # bool is an int subclass in Python; in a config file `true` is never meant as 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = _type_hint(value, "int")
+            if isinstance(value, float) and value.is_integer():
+                hint = f" (write {int(value)})"
+            raise _Invalid(f"must be an integer, got {_describe(value)}{hint}")
+        if value < minimum:
+            raise _Invalid(f"must be {minimum} or more, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_describe(value)}" + _type_hint(value, "bool"))
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_describe(value)}" + _type_hint(value, "str"))
+    if not value.strip():
+        raise _Invalid("must not be empty")
+    if any(ord(c) < 32 for c in value):
+        raise _Invalid("must not contain control characters (tabs, newlines)")
+    return value
+
+
+def _command(value: Any) -> str:
+    text = _string(value)
+    if any(c.isspace() for c in text):
+        raise _Invalid(f"{text!r} is run without a shell: give one command name or path, "
+                       "without arguments")
+    return text
+
+
+def _path(value: Any) -> str:
+    text = _string(value)
+    if not os.path.isabs(text):
+        raise _Invalid(f"{text!r} must be an absolute path (starting with /)")
+    return text
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    optional.nullable = True  # type: ignore[attr-defined]
+    return optional
+
+
+def _choice(options: Sequence[str], lower: bool = True) -> Check:
+    def check(value: Any) -> str:
+        text = _string(value)
+        key = text.lower() if lower else text
+        if key not in options:
+            close = difflib.get_close_matches(key, options, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _Invalid(f"{text!r} must be one of {', '.join(options)}{hint}")
+        return key
+
+    return check
+
+
+def _list_of(item: Check, what: str, example: str, unique: bool = False) -> Check:
+    def check(value: Any) -> Tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(f"must be a list of {what}, e.g. {example}; got {_describe(value)}")
+        if not value:
+            raise _Invalid(f"must list at least one of {what}, e.g. {example}")
+        problems: List[Tuple[str, str]] = []
+        out: List[Any] = []
+        first: Dict[Any, int] = {}
+        for i, raw in enumerate(value):
+            try:
+                clean = item(raw)
+            except _Invalid as exc:
+                problems.extend((f"[{i}]{sub}", msg) for sub, msg in exc.problems)
+                continue
+            if unique and clean in first:
+                problems.append((f"[{i}]", f"{clean!r} is already listed at [{first[clean]}]"))
+                continue
+            first.setdefault(clean, i)
+            out.append(clean)
+        if problems:
+            raise _Invalid(problems=problems)
+        return tuple(out)
+
+    return check
+
+
+def _resource_name(value: Any) -> str:
+    name = _string(value)
+    # "." and ".." match the character set but would walk out of /dev/drbd/by-res/.
+    if not RESOURCE_NAME.match(name) or name in (".", ".."):
+        raise _Invalid(f"{name!r} is not a DRBD resource name (letters, digits, _ . - only)")
+    return name
+
+
+def _drbd_version(value: Any) -> str:
+    # `version: 9` and `version: 8.4` parse as numbers in YAML; both are clearly meant.
+    if value == 9 and not isinstance(value, bool):
+        return "9"
+    if isinstance(value, float) and value == 8.4:
+        return "8.4"
+    if isinstance(value, str) and value in ("auto", "8.4", "9"):
+        return value
+    raise _Invalid(f"must be auto, \"8.4\" or \"9\", got {_describe(value)} "
+                   "(use \"9\" for every DRBD 9.x)")
+
+
+def _kernel_log(value: Any) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        raise _Invalid(f"must be a command as a list of arguments, e.g. [{value}] or "
+                       "[journalctl, -k, -n, \"1000\"]")
+    return _list_of(_string, "arguments", "[dmesg]")(value)  # type: ignore[no-any-return]
+
+
+def _xenapi_url(value: Any) -> str:
+    text = _string(value)
+    if text == "local":
+        return text
+    parts = urlsplit(text)
+    if parts.username is not None or parts.password is not None:
+        # Do not echo the URL: it holds a credential.
+        raise _Invalid("must not contain a user or password: use xenapi.username and "
+                       "xenapi.password_file / xenapi.password_env")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _Invalid(f"{text!r} is neither 'local' (the xapi socket) nor an http(s) URL, "
+                       "e.g. https://xcp-host1")
+    return text
+
+
+def _env_name(value: Any) -> str:
+    text = _string(value)
+    if not _ENV_NAME.match(text):
+        raise _Invalid(f"{text!r} is not an environment variable name (letters, digits, _)")
+    return text
+
+
+def _iqn(value: Any) -> str:
+    text = _string(value)
+    fix = "(expected iqn.YYYY-MM.reversed.domain[:name], e.g. iqn.2024-01.org.iscsi-ha:storage)"
+    if text != text.lower() and _IQN.match(text.lower()):
+        raise _Invalid(f"{text!r} must be lower case (iSCSI names are compared lower-cased)")
+    if not _IQN.match(text):
+        raise _Invalid(f"{text!r} is not an iSCSI qualified name {fix}")
+    if len(text.encode()) > _IQN_MAX_BYTES:
+        raise _Invalid(f"is {len(text.encode())} bytes long; iSCSI names are at most "
+                       f"{_IQN_MAX_BYTES}")
+    return text
+
+
+def _initiator_address(value: Any) -> str:
+    text = _string(value)
+    if text == "ALL":
+        return text
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        hint = " (write ALL in capitals)" if text.lower() == "all" else ""
+        raise _Invalid(f"{text!r} must be ALL, an IP address or a network like 10.10.10.0/24"
+                       + hint) from None
+    return text
+
+
+def _interface(value: Any) -> str:
+    text = _string(value)
+    if len(text) > _IFNAMSIZ or "/" in text or any(c.isspace() for c in text) or text in (
+        ".", ".."
+    ):
+        raise _Invalid(f"{text!r} is not a network interface name (at most {_IFNAMSIZ} "
+                       "characters, no / or spaces)")
+    return text
+
+
+def _vip_address(value: Any) -> str:
+    example = "e.g. 10.10.10.3/24"
+    if not isinstance(value, str):
+        raise _Invalid(f"must be an IPv4 interface ADDRESS/PREFIX ({example}), "
+                       f"got {_describe(value)}")
+    text = value.strip()
+    if "/" not in text:
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            pass
+        else:
+            raise _Invalid(f"{value!r} has no prefix length: write it as ADDRESS/PREFIX, "
+                           f"e.g. {text}/24 for the netmask 255.255.255.0")
+    try:
+        iface = ipaddress.IPv4Interface(text)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IPv4 interface (expected ADDRESS/PREFIX, "
+                       f"{example})") from None
+    net = iface.network
+    if net.prefixlen == 0:
+        raise _Invalid(f"{value!r}: a /0 prefix covers every address; use the prefix of the "
+                       "VIP's subnet, e.g. /24")
+    if net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
+        which = "network" if iface.ip == net.network_address else "broadcast"
+        raise _Invalid(f"{value!r} is the {which} address of {net}, not a host address")
+    if iface.ip.is_loopback or iface.ip.is_multicast or iface.ip.is_unspecified:
+        raise _Invalid(f"{value!r} cannot be a floating address (loopback, multicast or 0.0.0.0)")
+    # Normalised, so "10.10.10.3/255.255.255.0" and "10.10.10.3/24" are the same config.
+    return f"{iface.ip}/{net.prefixlen}"
+
+
+def _listen(value: Any) -> str:
+    text = _string(value)
+    port_ = DEFAULT_EXPORTER_PORT
+    fix = f"expected HOST:PORT, e.g. 0.0.0.0:{port_} or [::]:{port_}"
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise _Invalid(f"{text!r} has no port ({fix})")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise _Invalid(f"{text!r}: the port must be a number from 1 to 65535 ({fix})")
+    if host.startswith("[") or host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1] if host[:1] == "[" and host[-1:] == "]" else "!")
+        except ValueError:
+            raise _Invalid(f"{text!r}: {host!r} is not an IPv6 address in brackets "
+                           f"({fix})") from None
+    elif ":" in host:
+        raise _Invalid(f"{text!r}: put an IPv6 address in brackets ({fix})")
+    elif host and not _HOSTNAME.match(host):
+        raise _Invalid(f"{text!r}: {host!r} is not a host name or address ({fix})")
+    return text
+
+
+def _uid(value: Any) -> int:
+    return _integer(0)(value)  # type: ignore[no-any-return]
+
+
+def _lun_entry(value: Any) -> Tuple[int, str]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
+                       f"got {_describe(value)}")
+    problems: List[Tuple[str, str]] = []
+    for key in value:
+        if key not in ("lun", "path"):
+            close = difflib.get_close_matches(str(key), ("lun", "path"), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known here: lun, path"
+            problems.append((f".{key}", f"unknown key; {hint}"))
+    number: Any = None
+    path: Any = None
+    for key, check in (("lun", _integer(1)), ("path", _path)):
+        if key not in value:
+            problems.append((f".{key}", "is required"))
+            continue
+        try:
+            if key == "lun":
+                number = check(value[key])
+            else:
+                path = check(value[key])
+        except _Invalid as exc:
+            problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
+    if problems:
+        raise _Invalid(problems=problems)
+    return number, path
+
+
+def _luns(value: Any) -> Tuple[Lun, ...]:
+    entries = _list_of(_lun_entry, "LUNs", "[{lun: 1, path: /dev/drbd/by-res/iscsi1/0}]")(value)
+    problems: List[Tuple[str, str]] = []
+    numbers: Dict[int, int] = {}
+    paths: Dict[str, int] = {}
+    for i, (number, path) in enumerate(entries):
+        if number in numbers:
+            problems.append((f"[{i}].lun", f"LUN {number} is already used by [{numbers[number]}]"))
+        if path in paths:
+            problems.append((f"[{i}].path", f"{path!r} is already exported by [{paths[path]}]"))
+        numbers.setdefault(number, i)
+        paths.setdefault(path, i)
+    if problems:
+        raise _Invalid(problems=problems)
+    return tuple(Lun(n, p) for n, p in entries)
+
+
+_CHECKS: Dict[type, Dict[str, Check]] = {
+    Config: {
+        "node_name": _string,
+        "interval": _seconds(),
+        "cycle_deadline": _seconds(),
+        "command_timeout": _seconds(),
+        "resources": _list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]",
+                              unique=True),
+    },
+    DrbdConfig: {
+        "version": _drbd_version, "drbdadm": _command, "drbdsetup": _command,
+        "proc_drbd": _path, "kernel_log": _kernel_log,
+    },
+    PoolConfig: {"conf": _path},
+    XenApiConfig: {
+        "enabled": _boolean, "url": _xenapi_url, "socket": _path, "username": _string,
+        "password_file": _optional(_path), "password_env": _optional(_env_name),
+        "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
+    },
+    TargetConfig: {
+        "tgtadm": _command, "tgtd": _command, "control_port": _integer(0), "tid": _integer(1),
+        "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,
+        "stop_timeout": _seconds(), "restart_backoff": _seconds(maximum=MAX_RESTART_BACKOFF),
+        "log_file": _optional(_path),
+    },
+    VipConfig: {
+        "address": _vip_address, "interface": _interface, "ip": _command, "arping": _command,
+        "announce_interval": _seconds(allow_zero=True), "announce_count": _integer(1),
+        "probe_interval": _seconds(),
+    },
+    PathsConfig: {"state_dir": _path, "status_file": _path, "control_socket": _path},
+    ExporterConfig: {"enabled": _boolean, "listen": _listen, "web_config_file": _optional(_path)},
+    LoggingConfig: {
+        "level": _choice(("debug", "info", "warning", "error")), "syslog": _boolean,
+    },
+    ControlConfig: {"allowed_uids": _list_of(_uid, "user ids", "[0]")},
+}
+
+_REQUIRED_HINTS = {
+    "resources": "is required: the DRBD resources to manage, e.g. resources: [iscsi1]",
+    "vip.address": "is required: the floating IPv4 address with its prefix, e.g. "
+                   "vip: {address: 10.10.10.3/24}",
+}
+
+# Keys people will try that must not exist, with the fix.
+_KEY_HINTS = {
+    "xenapi.password": "the password is never kept in this file: put it in the file named by "
+                       "xenapi.password_file or in the environment variable named by "
+                       "xenapi.password_env",
+}
+_LEGACY_PREFIXES = ("DRBD_", "MONITOR_", "MAIL_", "SMTP_", "ISCSI_", "ENABLE_LOGGING")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a mapping against the schema
+# --------------------------------------------------------------------------------------------
+
+
+def _all_keys() -> Dict[str, List[str]]:
+    """Every key name of every section -> the dotted paths it exists at."""
+    where: Dict[str, List[str]] = {}
+    for cls in [Config, *_SECTIONS.values()]:
+        section = next((n for n, c in _SECTIONS.items() if c is cls), "")
+        for f in dataclasses.fields(cls):
+            where.setdefault(f.name, []).append(f"{section}.{f.name}" if section else f.name)
+    return where
+
+
+def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]:
+    """(path, message) for a key the schema does not have. The value is never quoted."""
+    if not isinstance(key, str):
+        return f"{prefix}{key!r}", "keys must be strings"
+    path = f"{prefix}.{key}" if prefix else key
+    if path in _KEY_HINTS:
+        return path, f"unknown key: {_KEY_HINTS[path]}"
+    if not prefix and key.upper() == key and key.startswith(_LEGACY_PREFIXES):
+        return path, ("unknown key: this is a setting of the legacy shell-style iscsi-ha.conf; "
+                      "convert that file with `iscsi-cfg import-conf FILE`")
+    # A real key in the wrong section ("interface" at the top) beats a spelling guess.
+    elsewhere = [p for p in _all_keys().get(key, []) if p != path]
+    if elsewhere:
+        return path, (f"unknown key here; did you mean {elsewhere[0]!r}? "
+                      "(it belongs in that section)")
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        where = f"{prefix}.{close[0]}" if prefix else close[0]
+        return path, f"unknown key; did you mean {where!r}?"
+    return path, f"unknown key (known here: {', '.join(known)})"
+
+
+class _Reader:
+    def __init__(self) -> None:
+        self.problems: List[str] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def read(self, data: Mapping[Any, Any], cls: type, prefix: str,
+             skip: Sequence[str] = ()) -> Dict[str, Any]:
+        """Check the keys of one mapping against ``cls``; return the valid values by name.
+
+        Absent keys are left out, so the dataclass default applies.
+        """
+        fields = [f for f in dataclasses.fields(cls) if f.name not in skip]
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in known:
+                self.add(*_unknown_key(key, known, prefix))
+        values: Dict[str, Any] = {}
+        checks = _CHECKS[cls]
+        for f in fields:
+            path = f"{prefix}.{f.name}" if prefix else f.name
+            required = (f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING)
+            check = checks[f.name]
+            value = data.get(f.name)
+            if value is None and not getattr(check, "nullable", False):
+                if required:
+                    self.add(path, _REQUIRED_HINTS.get(path, "is required"))
+                elif f.name in data:
+                    self.add(path, "has no value; remove the key to use the default "
+                                   f"({_show_default(f)})")
+                continue
+            if f.name not in data:
+                continue
+            try:
+                values[f.name] = check(value)
+            except _Invalid as exc:
+                for sub, message in exc.problems:
+                    self.add(path + sub, message)
+        return values
+
+    def section(self, data: Mapping[Any, Any], name: str) -> Mapping[Any, Any]:
+        value = data.get(name)
+        # `drbd:` with every setting commented out is None: that means "all defaults".
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.add(name, f"must be a mapping of settings, got {_describe(value)}")
+            return {}
+        return value
+
+
+_DERIVED_DEFAULTS = {
+    "node_name": "the host name",
+    "cycle_deadline": "twice the interval",
+    "luns": "one LUN per resource",
+}
+
+
+def _show_default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    if f.name in _DERIVED_DEFAULTS:
+        return _DERIVED_DEFAULTS[f.name]
+    default = f.default
+    if isinstance(default, tuple):
+        return "[" + ", ".join(str(d) for d in default) + "]"
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, float) and default.is_integer():
+        return str(int(default))
+    return str(default)
+
+
+def parse_config(mapping: Any, source: str = "<file>") -> Config:
+    """Validate already-parsed YAML (a mapping) and build the Config; ConfigError lists all
+    problems."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(source, [_not_a_mapping(mapping)])
+    r = _Reader()
+    top = r.read(mapping, Config, "", skip=tuple(_SECTIONS))
+    sections: Dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        sections[name] = r.read(r.section(mapping, name), cls, name)
+    if r.problems:
+        raise ConfigError(source, r.problems)
+    vip = VipConfig(**sections.pop("vip"))
+    built = {name: _SECTIONS[name](**values) for name, values in sections.items()}
+    return Config(vip=vip, **top, **built)
+
+
+def _not_a_mapping(data: Any) -> str:
+    # Only the type is named: the "config" may be some other file (even the password file).
+    if data is None:
+        return ("is empty: set at least resources and vip.address "
+                "(examples/iscsi-ha.yaml shows every key)")
+    if isinstance(data, str) and "=" in data:
+        return ("is not a YAML mapping: it looks like the legacy shell-style iscsi-ha.conf; "
+                "convert it with `iscsi-cfg import-conf FILE`")
+    kinds: Dict[type, str] = {str: "a single string", list: "a list"}
+    kind = kinds.get(type(data), f"a {type(data).__name__}")
+    return f"must be a YAML mapping of settings (key: value lines), got {kind}"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the file
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that notes duplicate keys (PyYAML silently keeps the last one)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: List[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        seen: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                self.duplicates.append(
+                    f"line {line}: key {key!r} appears twice in one mapping (first on line "
+                    f"{seen[key]}); keep one"
+                )
+            else:
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # Built from the parts, not str(exc): that quotes a snippet of the file, which may hold a
+    # value we must not print.
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = exc.problem or exc.context or "cannot be parsed"
+        context = f" ({exc.context})" if exc.context and exc.problem else ""
+        return f"{where}invalid YAML: {what}{context}"
+    return "invalid YAML: the file cannot be parsed (check for stray control characters)"
+
+
+def load_config(path: Any = DEFAULT_CONFIG_PATH) -> Config:
+    """Read, parse and validate a configuration file; ConfigError says everything wrong with it."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ConfigError(source, [
+            "no such file: create it from examples/iscsi-ha.yaml, or convert a legacy "
+            "iscsi-ha.conf with `iscsi-cfg import-conf FILE`"
+        ]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, ["is a directory, not a configuration file"]) from None
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"is not UTF-8 text (bad byte at offset {exc.start})"]) from None
+    loader = _StrictLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    finally:
+        loader.dispose()
+    if not loader.duplicates:
+        return parse_config(data, source)
+    # Report the duplicates together with whatever else is wrong.
+    try:
+        parse_config(data, source)
+        problems: Sequence[str] = ()
+    except ConfigError as exc:
+        problems = exc.problems
+    raise ConfigError(source, [*loader.duplicates, *problems])

@@ -37,7 +37,7 @@ import yaml
 
 DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
-DEFAULT_EXPORTER_PORT = 9856
+DEFAULT_EXPORTER_PORT = 19856
 # target.restart_backoff doubles after each failed restart, up to this ceiling.
 MAX_RESTART_BACKOFF = 300.0
 

@@ -194,7 +194,7 @@ class Daemon:
             from ..exporter.server import start_exporter
 
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(SnapshotCollector(self.controller.snapshot))
+            SnapshotCollector(self.controller.snapshot, registry)
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
@@ -236,7 +236,8 @@ class Daemon:
     def stop(self) -> None:
         self.stop_event.set()
         # wait=True: a running cycle finishes (every command in it has a timeout). No demotion.
-        self.scheduler.shutdown(wait=True)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.stop()
         if self.exporter is not None:
@@ -244,11 +245,11 @@ class Daemon:
         log.info("stopped; storage roles left as they are")
 
     def run(self) -> int:
+        """Block until SIGTERM/SIGINT (``start()`` must have been called)."""
         reload_requested = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
-        self.start()
         try:
             while not self.stop_event.is_set():
                 self.stop_event.wait(0.5)
@@ -340,6 +341,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         print(f"iscsi-ha: cannot start: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    try:
+        daemon.start()
+    except Exception as exc:  # a bad web config, a port in use, a socket already served
+        from ..exporter.webconfig import WebConfigError
+
+        print(f"iscsi-ha: cannot start: {exc}", file=sys.stderr)
+        daemon.stop()
+        return EXIT_CONFIG if isinstance(exc, WebConfigError) else EXIT_ERROR
     return daemon.run()
 
 

@@ -1,1 +1,1 @@
-"""Prometheus exporter for iscsi-ha: renders the controller's last snapshot, never runs a command."""
+"""Prometheus exporter for iscsi-ha: renders the last snapshot; a scrape never runs a command."""

@@ -91,7 +91,7 @@ def test_every_default(tmp_path):
     assert (p.state_dir, p.status_file, p.control_socket) == (
         "/etc/iscsi-ha/state", "/etc/iscsi-ha/state/status", "/run/iscsi-ha/control.sock")
     e = cfg.exporter
-    assert (e.enabled, e.listen, e.web_config_file) == (True, "0.0.0.0:9856", None)
+    assert (e.enabled, e.listen, e.web_config_file) == (True, "0.0.0.0:19856", None)
     assert (e.host, e.port) == ("0.0.0.0", DEFAULT_EXPORTER_PORT)
     assert (cfg.logging.level, cfg.logging.syslog) == ("info", True)
     assert cfg.control.allowed_uids == (0,)

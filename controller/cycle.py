@@ -12,6 +12,7 @@ change never runs beside a cycle. Every cycle ends in exactly one log line, e.g.
     ok: promoted iscsi1, target serving, VIP bound: host is pool master
     held: pool role unknown: pool.conf says 'broken'; holding, nothing changed
     held: not promoting iscsi1: peer is Primary (host is pool master)
+    error: promote failed: (-2) Need access to UpToDate data: host is pool master
 """
 
 from __future__ import annotations
@@ -364,7 +365,7 @@ def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tup
     """The cycle's one sentence and its outcome."""
     why = plan.reason
     if plan.held is not None:
-        return Outcome.HELD, f"held: {plan.held}"
+        return Outcome.HELD, plan.held
     if dry_run:
         planned = ", ".join(action_name(a) for a in plan.actions) or "nothing"
         refused = f"; then refused: {'; '.join(plan.refusals)}" if plan.refusals else ""
@@ -375,10 +376,10 @@ def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tup
         before = f" (done first: {', '.join(done)})" if done else ""
         kind = Outcome.HELD if failed.refused else Outcome.ERROR
         verb = "refused" if failed.refused else "failed"
-        return kind, f"{verb}: {action_name(failed.action)}: {failed.message}{before}: {why}"
+        return kind, f"{action_name(failed.action)} {verb}: {failed.message}{before}: {why}"
     if plan.refusals:
         before = f"{', '.join(done)}; " if done else ""
-        return Outcome.HELD, f"held: {before}{'; '.join(plan.refusals)} ({why})"
+        return Outcome.HELD, f"{before}{'; '.join(plan.refusals)} ({why})"
     if not done:
         return Outcome.OK, f"no action: {why}"
     return Outcome.OK, f"{', '.join(done)}: {why}"

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Write or read whole blocks of an iSCSI LUN with libiscsi (``libiscsi.so.7``) through ctypes.
+
+libiscsi-bin ships no tool that writes caller-supplied data (``iscsi-inq``, ``iscsi-ls``,
+``iscsi-readcapacity16``, ``iscsi-perf``, ``iscsi-swp``, ``iscsi-test-cu`` only), and the machine
+has no kernel initiator, so the lab's client does its block I/O here. The lab runs it inside the
+client namespace under timeout(1) (libiscsi's sync calls have no deadline of their own, although
+``iscsi_set_timeout`` bounds each PDU)::
+
+    iscsi_block.py write iscsi://10.99.0.3/IQN/1 LBA HEX     -> {"ok": true}
+    iscsi_block.py read  iscsi://10.99.0.3/IQN/1 LBA BLOCKS  -> {"ok": true, "data": HEX}
+
+Only stable ABI is used: the ``*_iov_sync`` calls read into and write from our own buffers, and
+of ``struct scsi_task`` only its first member (``int status``) is read. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import sys
+from typing import Any, Dict, Tuple
+
+BLOCK = 512
+ISCSI_SESSION_NORMAL = 2
+ISCSI_HEADER_DIGEST_NONE = 0
+SCSI_STATUS_GOOD = 0
+
+
+class ScsiIovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+def parse_url(url: str) -> Tuple[str, str, int]:
+    """iscsi://HOST[:PORT]/IQN/LUN -> (portal, iqn, lun)."""
+    if not url.startswith("iscsi://"):
+        raise ValueError(f"not an iscsi:// URL: {url!r}")
+    portal, iqn, lun = url[len("iscsi://"):].split("/", 2)
+    if ":" not in portal:
+        portal += ":3260"
+    return portal, iqn, int(lun)
+
+
+def _lib() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libiscsi.so.7")
+    lib.iscsi_create_context.restype = ctypes.c_void_p
+    lib.iscsi_create_context.argtypes = [ctypes.c_char_p]
+    lib.iscsi_get_error.restype = ctypes.c_char_p
+    lib.iscsi_get_error.argtypes = [ctypes.c_void_p]
+    for name in ("iscsi_set_targetname",):
+        getattr(lib, name).argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.iscsi_set_session_type.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.iscsi_set_header_digest.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.iscsi_set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.iscsi_full_connect_sync.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    lib.iscsi_logout_sync.argtypes = [ctypes.c_void_p]
+    lib.iscsi_destroy_context.argtypes = [ctypes.c_void_p]
+    lib.scsi_free_scsi_task.argtypes = [ctypes.c_void_p]
+    io_args = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,  # iscsi, lun, lba
+    ]
+    lib.iscsi_write16_iov_sync.restype = ctypes.c_void_p
+    lib.iscsi_write16_iov_sync.argtypes = io_args + [
+        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,  # data, datalen, blocksize
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.POINTER(ScsiIovec), ctypes.c_int,
+    ]
+    lib.iscsi_read16_iov_sync.restype = ctypes.c_void_p
+    lib.iscsi_read16_iov_sync.argtypes = io_args + [
+        ctypes.c_uint32, ctypes.c_int,  # datalen, blocksize
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+        ctypes.POINTER(ScsiIovec), ctypes.c_int,
+    ]
+    return lib
+
+
+def transfer(url: str, op: str, lba: int, arg: str) -> Dict[str, Any]:
+    portal, iqn, lun = parse_url(url)
+    lib = _lib()
+    ctx = lib.iscsi_create_context(b"iqn.2024-01.org.iscsi-ha:lab-client")
+    if not ctx:
+        return {"ok": False, "error": "iscsi_create_context failed"}
+
+    def error(what: str) -> Dict[str, Any]:
+        detail = lib.iscsi_get_error(ctx) or b""
+        return {"ok": False, "error": f"{what}: {detail.decode(errors='replace')}"}
+
+    try:
+        lib.iscsi_set_targetname(ctx, iqn.encode())
+        lib.iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL)
+        lib.iscsi_set_header_digest(ctx, ISCSI_HEADER_DIGEST_NONE)
+        lib.iscsi_set_timeout(ctx, 3)
+        if lib.iscsi_full_connect_sync(ctx, portal.encode(), lun) != 0:
+            return error(f"login to {portal} {iqn} lun {lun}")
+        if op == "write":
+            data = bytes.fromhex(arg)
+            if not data or len(data) % BLOCK:
+                return {"ok": False, "error": f"data must be whole {BLOCK}-byte blocks"}
+            buf = ctypes.create_string_buffer(data, len(data))
+            iov = ScsiIovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+            task = lib.iscsi_write16_iov_sync(
+                ctx, lun, lba, None, len(data), BLOCK, 0, 0, 0, 0, 0, ctypes.byref(iov), 1
+            )
+            result: Dict[str, Any] = {"ok": True}
+        else:
+            size = int(arg) * BLOCK
+            buf = ctypes.create_string_buffer(size)
+            iov = ScsiIovec(ctypes.cast(buf, ctypes.c_void_p), size)
+            task = lib.iscsi_read16_iov_sync(
+                ctx, lun, lba, size, BLOCK, 0, 0, 0, 0, 0, ctypes.byref(iov), 1
+            )
+            result = {"ok": True, "data": buf.raw[:size].hex()}
+        if not task:
+            return error(f"{op} at lba {lba}")
+        status = ctypes.cast(task, ctypes.POINTER(ctypes.c_int)).contents.value
+        lib.scsi_free_scsi_task(task)
+        if status != SCSI_STATUS_GOOD:
+            return {"ok": False, "error": f"{op} at lba {lba}: SCSI status {status:#x}"}
+        lib.iscsi_logout_sync(ctx)
+        return result
+    finally:
+        lib.iscsi_destroy_context(ctx)
+
+
+def main(argv: Any = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 4 or args[0] not in ("read", "write"):
+        print(__doc__.split("\n\n")[2], file=sys.stderr)
+        return 2
+    op, url, lba, arg = args
+    try:
+        result = transfer(url, op, int(lba), arg)
+    except (OSError, ValueError) as exc:
+        result = {"ok": False, "error": str(exc)}
+    print(json.dumps(result), flush=True)
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -44,6 +44,7 @@ from .model import (
     Snapshot,
     StartTargetDaemon,
     StorageRole,
+    UnbindVip,
     action_name,
 )
 from .state import ManualModeStore
@@ -105,6 +106,9 @@ class Controller:
         self._hist_n = 0
         self._last_announce: Optional[float] = None
         self._probe: Optional[Tuple[float, Optional[bool]]] = None  # (monotonic, answer)
+        # Bumped whenever this host binds or drops the VIP: a probe that ran across such a change
+        # may have heard the peer that held the address a moment ago, so its answer is void.
+        self._vip_generation = 0
         self._tgtd_seen_running = False
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
@@ -240,9 +244,12 @@ class Controller:
         if self.probe_vip_now is None:
             return
         try:
+            generation = self._vip_generation
             if not self.systems.vip.observe().local:
                 return
-            self._probe = (self.monotonic(), self.probe_vip_now())
+            answer = self.probe_vip_now()
+            if generation == self._vip_generation and self.systems.vip.observe().local:
+                self._probe = (self.monotonic(), answer)
         except Exception:
             log.exception("VIP probe failed")
 
@@ -268,6 +275,9 @@ class Controller:
                 self._tgtd_backoff = min(self._tgtd_backoff * 2, MAX_TGTD_BACKOFF)
             if isinstance(r.action, (AnnounceVip, BindVip)) and r.ok:
                 self._last_announce = now
+            if isinstance(r.action, (BindVip, UnbindVip)):
+                self._vip_generation += 1
+                self._probe = None
         if not any(isinstance(r.action, StartTargetDaemon) for r in results) and \
                 now >= self._tgtd_next_start + 60:
             self._tgtd_backoff = self.settings.restart_backoff  # stable again: reset

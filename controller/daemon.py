@@ -1,4 +1,4 @@
-"""``iscsi-ha``: the composition root. Config in, adapters built, scheduler, exporter, socket, signals.
+"""``iscsi-ha``: the composition root: config, adapters, scheduler, exporter, socket, signals.
 
     iscsi-ha run  [--config FILE]                      the controller (systemd runs this)
     iscsi-ha once [--config FILE] [--dry-run] [--json] one cycle, its outcome printed

@@ -13,7 +13,6 @@ import sys
 import textwrap
 
 import pytest
-
 from drbd_captures import DRBD84, PROC_DRBD, load_capture
 
 SCENARIOS = {

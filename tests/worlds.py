@@ -131,3 +131,101 @@ class FakeWorld:
             self.obs,
             resources=tuple(replace(r, **kw) if r.name == name else r for r in self.obs.resources),
         )
+
+
+class FakeSystems:
+    """The adapters' interface over a FakeWorld, with DRBD's and tgt's real refusal words.
+
+    Knobs make a system misbehave the way real ones do: ``serve_fails`` (tgtadm error),
+    ``daemon_dies`` (tgtd exits right after each start), ``raise_in`` (an adapter bug).
+    """
+
+    def __init__(self, obs: Observation) -> None:
+        from iscsi_ha.controller.execute import Systems
+
+        self.world = FakeWorld(obs)
+        self.calls: list = []
+        self.serve_fails = False
+        self.daemon_dies = False
+        self.raise_in: str = ""
+        self.probe_answer = False
+        self.probes = 0
+        w = self
+        self.systems = Systems(drbd=_Drbd(w), target=_Target(w), vip=_Vip(w))
+
+    def probe(self):
+        self.probes += 1
+        return self.probe_answer
+
+    def step(self, name, action):
+        from iscsi_ha.controller.model import StepResult
+
+        self.calls.append(name)
+        if self.raise_in == name:
+            raise RuntimeError(f"{name} exploded")
+        if not self.world.apply(action):
+            return StepResult(False, "(-1) Multiple primaries not allowed by config", True,
+                              "multiple_primaries")
+        return StepResult(True, "")
+
+
+class _Drbd:
+    def __init__(self, w):
+        self.w = w
+
+    def observe(self, names):
+        if self.w.raise_in == "observe":
+            raise RuntimeError("observe exploded")
+        return tuple(r for r in self.w.world.obs.resources if r.name in names)
+
+    def up(self, res):
+        return self.w.step("up", UpResource(res))
+
+    def primary(self, res):
+        return self.w.step("primary", Promote(res))
+
+    def secondary(self, res):
+        return self.w.step("secondary", Demote(res))
+
+
+class _Target:
+    def __init__(self, w):
+        self.w = w
+
+    def observe(self):
+        return self.w.world.obs.target
+
+    def start_daemon(self):
+        result = self.w.step("start_daemon", StartTargetDaemon())
+        if self.w.daemon_dies:
+            o = self.w.world.obs
+            self.w.world.obs = replace(o, target=replace(o.target, daemon_running=False))
+        return result
+
+    def serve(self):
+        from iscsi_ha.controller.model import StepResult
+
+        if self.w.serve_fails:
+            self.w.calls.append("serve")
+            return StepResult(False, "tgtadm: can't find the target")
+        return self.w.step("serve", ServeTarget())
+
+    def stop_serving(self):
+        return self.w.step("stop_serving", StopServingTarget())
+
+
+class _Vip:
+    def __init__(self, w):
+        self.w = w
+
+    def observe(self):
+        return replace(self.w.world.obs.vip, conflict=None, announce_due=False)
+
+    def bind(self):
+        return self.w.step("bind", BindVip())
+
+    def unbind(self):
+        return self.w.step("unbind", UnbindVip())
+
+    def announce(self):
+        self.w.calls.append("announce")

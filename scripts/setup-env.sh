@@ -11,7 +11,8 @@ APT_PACKAGES=(
   tgt libiscsi-bin              # the real iSCSI target daemon and a userspace iSCSI client
   prometheus prometheus-alertmanager   # promtool, amtool, and the live alert checks
   drbd-utils                    # real drbdadm/drbdsetup formats (no kernel module here)
-  rpm                           # rpmbuild for the dom0 package check
+  rpm patchelf                  # rpmbuild for the dom0 package check; patchelf relinks the
+                                # bundled interpreter's libpython
   openssl                       # certificates for the exporter's TLS tests
 )
 VENV=${VENV:-.venv}

@@ -370,7 +370,7 @@ def _seconds(allow_zero: bool = False, maximum: Optional[float] = None) -> Check
     return check
 
 
-def _integer(minimum: int) -> Check:
+def _integer(minimum: int, maximum: Optional[int] = None, why: str = "") -> Check:
     def check(value: Any) -> int:
         # bool is an int subclass in Python; in a config file `true` is never meant as 1.
         if isinstance(value, bool) or not isinstance(value, int):
@@ -380,6 +380,8 @@ def _integer(minimum: int) -> Check:
             raise _Invalid(f"must be an integer, got {_describe(value)}{hint}")
         if value < minimum:
             raise _Invalid(f"must be {minimum} or more, got {value}")
+        if maximum is not None and value > maximum:
+            raise _Invalid(f"must be {maximum} or less, got {value}{why}")
         return value
 
     return check
@@ -672,7 +674,7 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
         "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
     },
     TargetConfig: {
-        "tgtadm": _command, "tgtd": _command, "control_port": _integer(0), "tid": _integer(1),
+        "tgtadm": _command, "tgtd": _command, "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"), "tid": _integer(1),
         "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,
         "stop_timeout": _seconds(), "restart_backoff": _seconds(maximum=MAX_RESTART_BACKOFF),
         "log_file": _optional(_path),

@@ -520,3 +520,11 @@ def test_vip_addresses_accepted_iff_ipaddress_agrees(ip, prefix):
     else:
         assert host_ok and not special
         assert (cfg.vip.bare_address, cfg.vip.prefixlen) == (str(ip), prefix)
+
+
+def test_tgt_control_port_above_tgtadm_range_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("resources: [r0]\nvip: {address: 10.1.1.3/24}\ntarget: {control_port: 40000}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert "target.control_port: must be 32767 or less" in str(err.value)

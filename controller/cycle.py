@@ -322,7 +322,11 @@ class Controller:
             }.get(name)
             if handler is None:
                 return 2, f"unknown command {name!r}"
-            return handler()
+            code, message = handler()
+            # Show the new mode at once (metrics, status) instead of after the next cycle.
+            last = self._snapshot.last if self._snapshot else None
+            self.publish(last, self.load_manual())
+            return code, message
 
     def _manual_enable(self) -> Tuple[int, str]:
         manual = self.load_manual()
@@ -362,13 +366,22 @@ class Controller:
             if peers:
                 return 1, (f"refused: the peer is Primary for {', '.join(peers)}; run "
                            "`iscsi-cfg become-secondary` on the peer first")
-            if obs.vip.conflict:
+            if not obs.vip.local and obs.vip.conflict:
                 return 1, (f"refused: VIP {obs.vip.address} is not local but another host "
                            "answers for it")
         self.manual_store.save(replace(manual, requested=role))
         result = self._run_cycle(dry_run=False)
-        code = 0 if result.outcome is Outcome.OK else 1
-        return code, result.message
+        if result.outcome is Outcome.OK:
+            return 0, result.message
+        # The operator was told "refused": the request must not linger and act later on its own.
+        self.manual_store.save(manual)
+        return 1, f"refused: {result.message} (request not kept; still {_requested(manual)})"
+
+
+def _requested(manual: ManualMode) -> str:
+    if manual.requested is None:
+        return "manual mode without a requested role"
+    return f"manual mode, requested role {manual.requested.value}"
 
 
 def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tuple[Outcome, str]:

@@ -236,13 +236,15 @@ class Daemon:
     def stop(self) -> None:
         self.stop_event.set()
         # wait=True: a running cycle finishes (every command in it has a timeout). No demotion.
-        if self.scheduler.running:
+        started = self.scheduler.running
+        if started:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.stop()
         if self.exporter is not None:
             self.exporter.stop()
-        log.info("stopped; storage roles left as they are")
+        if started:
+            log.info("stopped; storage roles left as they are")
 
     def run(self) -> int:
         """Block until SIGTERM/SIGINT (``start()`` must have been called)."""

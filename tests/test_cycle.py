@@ -276,3 +276,15 @@ def test_hung_command_is_killed_and_the_next_cycle_runs_on_time(tmp_path):
     ctl.run_cycle()
     assert time.monotonic() - t0 < 5
     assert not os.path.exists(str(tmp_path / "never"))
+
+
+def test_become_primary_refused_by_the_cycle_does_not_linger(tmp_path):
+    outdated = res(disk="Outdated", connection="WFConnection", peer_role="Unknown",
+                   peer_disk="DUnknown")
+    ctl, fake, _, _ = make(tmp_path, world(resources=(outdated,)))
+    ctl.command("manual-mode-enable")
+    code, msg = ctl.command("become-primary")
+    assert code == 1 and "no access to UpToDate data" in msg and "request not kept" in msg
+    assert ctl.manual_store.load()[0] == ManualMode(enabled=True, requested=None,
+                                                    since=ctl.manual_store.load()[0].since)
+    assert ctl.snapshot().manual.enabled  # published at once, not after the next cycle

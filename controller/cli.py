@@ -1,0 +1,802 @@
+"""``iscsi-cfg``: the operator's command line for iscsi-ha.
+
+Everything that needs the running controller goes through its control socket (``control.py``):
+``status``, ``get``, ``log`` and the four manual-mode commands. The rest works on files and needs no
+controller: ``import-conf`` converts a legacy ``iscsi-ha.conf`` and ``check-config`` validates a
+YAML configuration.
+
+The socket path comes from ``--socket``, else from the configuration (``--config``, default
+``/etc/iscsi-ha/iscsi-ha.yaml``). A broken configuration must not keep an operator from seeing the
+status in the middle of an incident, so a file that does not validate is still read leniently for
+``paths.*`` and ``interval``, with a note on stderr.
+
+When the controller does not answer, ``status`` says so and shows the legacy status file the
+controller last wrote, warning when it is older than the loop interval + 5 s (HA-Lizard judges the
+same age before it fences). Exit codes are the same for every command:
+
+    0  done
+    1  refused for safety (the reason is printed)
+    2  usage or configuration error
+    3  the controller is unreachable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, PathsConfig, load_config
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+WATCH_PERIOD = 2.0
+FOLLOW_PERIOD = 1.0
+QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally in milliseconds
+# A role command runs a whole cycle under the controller's lock (every command in it has its own
+# timeout, 10 s by default), after any cycle that is running already.
+ROLE_TIMEOUT = 180.0
+MAX_ANSWER = 16 * 1024 * 1024
+STALE_GRACE = 5.0  # seconds on top of the interval before the status file counts as stale
+DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
+CLEAR_SCREEN = "\033[H\033[2J"
+
+ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
+
+
+class Unreachable(Exception):
+    """The controller did not answer (no socket, connection refused, timeout, garbled answer)."""
+
+
+class Denied(Exception):
+    """The operating system refused the connection: only root may use the socket."""
+
+
+# --------------------------------------------------------------------------------------------
+# Talking to the controller
+# --------------------------------------------------------------------------------------------
+
+
+def ask(path: str, request: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Send one request, return the answer object. Raises Unreachable or Denied."""
+    timeout = QUERY_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise Unreachable(f"{path} does not exist") from None
+        except ConnectionRefusedError:
+            raise Unreachable(f"nothing listens on {path} (connection refused)") from None
+        except PermissionError:
+            raise Denied(f"permission denied on {path}: only root may use the iscsi-ha control "
+                         "socket (run iscsi-cfg as root)") from None
+        except socket.timeout:
+            raise Unreachable(f"no connection to {path} within {timeout:g}s") from None
+        except OSError as exc:
+            raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        buf = bytearray()
+        try:
+            try:
+                sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered and closed before reading ("busy", "permission denied"): read it
+            while b"\n" not in buf and len(buf) <= MAX_ANSWER:
+                sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except socket.timeout:
+            what = request.get("cmd", "?")
+            raise Unreachable(f"no answer to {what} within {timeout:g}s") from None
+        except OSError as exc:
+            if not buf:
+                raise Unreachable(f"connection to {path} failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    line = bytes(buf).split(b"\n", 1)[0]
+    if not line:
+        raise Unreachable(f"the controller closed {path} without an answer")
+    try:
+        answer = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}") from None
+    if not isinstance(answer, dict):
+        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}")
+    return answer
+
+
+def answer_code(answer: Dict[str, Any]) -> int:
+    """The exit code an error answer asks for (1 refused, 2 bad request); 1 when unclear."""
+    code = answer.get("code")
+    return code if code in (EXIT_REFUSED, EXIT_USAGE) else EXIT_REFUSED
+
+
+# --------------------------------------------------------------------------------------------
+# Where things are
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Where:
+    socket: str
+    status_file: str
+    interval: float
+    note: Optional[str] = None  # why the configuration was not used as is
+
+
+def locate(config: Optional[str], socket_override: Optional[str]) -> Where:
+    path = config or DEFAULT_CONFIG_PATH
+    defaults = PathsConfig()
+    try:
+        cfg = load_config(path)
+        where = Where(cfg.paths.control_socket, cfg.paths.status_file, cfg.interval)
+    except ConfigError:
+        note = None
+        if config is not None or os.path.exists(path):
+            note = (f"{path} is not a valid configuration (see `iscsi-cfg check-config "
+                    f"{path}`); read what it says about paths and interval, if anything")
+        sock, status, interval = _lenient(path, defaults)
+        where = Where(sock, status, interval, note)
+    if socket_override:
+        where = Where(socket_override, where.status_file, where.interval, where.note)
+    return where
+
+
+def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
+    """paths.control_socket, paths.status_file and interval from a file that does not validate."""
+    sock, status, interval = defaults.control_socket, defaults.status_file, DEFAULT_INTERVAL
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return sock, status, interval
+    if not isinstance(data, dict):
+        return sock, status, interval
+    paths = data.get("paths")
+    if isinstance(paths, dict):
+        if isinstance(paths.get("control_socket"), str) and paths["control_socket"]:
+            sock = paths["control_socket"]
+        if isinstance(paths.get("status_file"), str) and paths["status_file"]:
+            status = paths["status_file"]
+    value = data.get("interval")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        interval = float(value)
+    return sock, status, interval
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def fmt_time(t: Optional[float]) -> str:
+    if t is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def sync_text(res: Dict[str, Any]) -> str:
+    """The SYNC column: in sync, or the progress of a resync with its ETA."""
+    progress = res.get("sync_progress")
+    oos = res.get("out_of_sync_bytes")
+    if progress is None:
+        return "-" if not oos else f"{fmt_bytes(oos)} out of sync"
+    if progress >= 1.0 and not oos:
+        return "in sync"
+    text = f"{progress * 100:.1f}%"
+    if res.get("sync_eta_seconds") is not None:
+        text += f" ETA {fmt_duration(res['sync_eta_seconds'])}"
+    if oos:
+        text += f" ({fmt_bytes(oos)} to go)"
+    return text
+
+
+def _storage_role(resources: Sequence[Dict[str, Any]]) -> str:
+    roles = [r.get("role") for r in resources if r.get("configured", True) and not r.get("error")]
+    if not roles or len(roles) != len(resources):
+        return "UNKNOWN"
+    if all(r == "Primary" for r in roles):
+        return "PRIMARY"
+    if not any(r == "Primary" for r in roles):
+        return "SECONDARY"
+    return "MIXED"
+
+
+def _table(rows: List[List[str]], indent: str) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+            for row in rows]
+
+
+LABEL = 15  # width of the left column
+
+
+def _line(label: str, text: str) -> str:
+    return f"{label.ljust(LABEL)}{text}"
+
+
+def render_status(doc: Dict[str, Any]) -> str:
+    """The status screen from a ``status`` answer: what an operator reads at a glance."""
+    now = doc.get("now") or time.time()
+    out: List[str] = []
+    warnings: List[str] = []
+    if doc.get("starting") or "hostname" not in doc:
+        return "iscsi-ha controller is starting: no snapshot yet\n"
+    head = f"iscsi-ha {doc.get('version', '?')} on {doc.get('hostname', '?')}"
+    if doc.get("drbd_version"):
+        head += f" - DRBD {doc['drbd_version']}"
+    head += f" - up {fmt_duration(doc.get('uptime'))} - {fmt_time(now)}"
+    out.append(head)
+    out.append("-" * max(60, len(head)))
+
+    last = doc.get("last") or {}
+    obs = last.get("observation")
+    manual = doc.get("manual") or {}
+    interval = float(doc.get("interval") or DEFAULT_INTERVAL)
+
+    if obs:
+        pool = obs.get("pool") or {}
+        role = str(pool.get("role", "unknown")).upper()
+        extra = ""
+        if pool.get("role") == "slave" and pool.get("master_address"):
+            extra = f"  (pool master is {pool['master_address']})"
+        elif pool.get("role") not in ("master", "slave") and pool.get("detail"):
+            extra = f"  ({pool['detail']})"
+        out.append(_line("HOST ROLE", role + extra))
+        resources = obs.get("resources") or []
+        storage = _storage_role(resources)
+        desired = last.get("desired")
+        reason = last.get("reason") or ""
+        if desired:
+            wanted = f"  (wanted {desired}: {reason})"
+        else:
+            wanted = f"  (holding: {reason})" if reason else ""
+        out.append(_line("STORAGE ROLE", storage + wanted))
+    elif last:
+        out.append(_line("HOST ROLE", "UNKNOWN (the last cycle could not observe)"))
+    else:
+        out.append(_line("HOST ROLE", "not observed yet"))
+
+    if manual.get("enabled"):
+        asked = manual.get("requested")
+        what = f"operator asked for {asked}" if asked else "keeping the current roles"
+        out.append(_line("MANUAL MODE", f"ON since {fmt_time(manual.get('since'))} ({what})"))
+    else:
+        out.append(_line("MANUAL MODE", "off (storage follows the pool role)"))
+    if manual.get("problem"):
+        warnings.append(str(manual["problem"]))
+
+    if obs:
+        resources = obs.get("resources") or []
+        rows = [["RESOURCE", "ROLE", "PEER", "CONNECTION", "DISK", "PEER DISK", "SYNC"]]
+        notes: List[str] = []
+        for r in resources:
+            name = str(r.get("name", "?"))
+            if r.get("error"):
+                rows.append([name, "?", "?", "?", "?", "?", "-"])
+                notes.append(f"{name}: {r['error']}")
+                continue
+            if not r.get("configured", True):
+                rows.append([name, "down", "-", "Unconfigured", "-", "-", "-"])
+                continue
+            sync = sync_text(r)
+            if r.get("split_brain"):
+                sync = "SPLIT BRAIN"
+                warnings.append(f"split brain on {name}: DRBD will not reconnect by itself; "
+                                "resolve by hand (choose the victim)")
+            if r.get("quorum") is False:
+                sync += " NO QUORUM"
+                warnings.append(f"{name} has lost quorum: I/O is suspended")
+            rows.append([name, str(r.get("role")), str(r.get("peer_role")),
+                         str(r.get("connection")), str(r.get("disk")), str(r.get("peer_disk")),
+                         sync])
+        table = _table(rows, "")
+        out.append(_line("DRBD", table[0]))
+        out.extend(_line("", row) for row in table[1:])
+        out.extend(_line("", f"ERROR {n}") for n in notes)
+
+        t = obs.get("target") or {}
+        luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
+        if t.get("serving"):
+            target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
+        elif t.get("target_present"):
+            target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
+        elif t.get("daemon_running"):
+            target = "standby (tgtd running, no target)"
+        else:
+            target = "stopped (tgtd not running)"
+        if t.get("error"):
+            target += f"; ERROR {t['error']}"
+        out.append(_line("ISCSI TARGET", target))
+
+        v = obs.get("vip") or {}
+        vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "
+        vip += "local" if v.get("local") else "not local"
+        if v.get("conflict"):
+            vip += ", CONFLICT: another host answers ARP for it"
+            warnings.append(f"another host answers for the VIP {v.get('address')} "
+                            "(duplicate address)")
+        if v.get("error"):
+            vip += f"; ERROR {v['error']}"
+        out.append(_line("VIRTUAL IP", vip))
+
+        srs = obs.get("srs")
+        if srs:
+            out.append(_line("ISCSI SRS", _srs_text(srs)))
+        if last.get("results"):
+            # The snapshot's observation is taken before the cycle acts.
+            out.append(_line("", "(states as observed before the last cycle's actions; the next "
+                                 "cycle shows their effect)"))
+
+    ended = doc.get("last_cycle_ended")
+    age = doc.get("last_cycle_age")
+    if last:
+        took = float(last.get("duration") or 0.0)
+        outcome = str(last.get("outcome", "?"))
+        out.append(_line("LAST CYCLE", f"{outcome.upper()}, {fmt_duration(age)} ago "
+                                       f"(took {took * 1000:.0f} ms)"))
+        for chunk in textwrap.wrap(str(last.get("message", "")), 100 - LABEL):
+            out.append(_line("", chunk))
+        if age is not None and age > interval + STALE_GRACE:
+            warnings.append(f"the last cycle ended {fmt_duration(age)} ago at "
+                            f"{fmt_time(ended)}, but the interval is {interval:g}s: "
+                            "the controller may be stuck")
+    else:
+        out.append(_line("LAST CYCLE", "none yet (the controller has just started)"))
+
+    c = doc.get("counters") or {}
+    cycles = c.get("cycles") or {}
+    timeouts = sum((c.get("command_timeouts") or {}).values())
+    out.append(_line("SINCE START", (
+        f"{cycles.get('ok', 0)} ok, {cycles.get('held', 0)} held, {cycles.get('error', 0)} "
+        f"error cycles; {_plural(timeouts, 'command timeout')}; "
+        f"{_plural(int(c.get('target_daemon_restarts') or 0), 'tgtd restart')}")))
+    if doc.get("xenapi_reachable") is False:
+        warnings.append("XenAPI does not answer: SRs are neither checked nor plugged")
+    for w in warnings:
+        out.append(f"WARNING: {w}")
+    return "\n".join(out) + "\n"
+
+
+def _srs_text(srs: Dict[str, Any]) -> str:
+    if srs.get("error"):
+        return f"ERROR {srs['error']}"
+    items = srs.get("srs") or []
+    pbds = [p for sr in items for p in (sr.get("pbds") or [])]
+    detached = [p for p in pbds if not p.get("attached")]
+    text = _plural(len(items), "SR")
+    if not pbds:
+        return text
+    if detached:
+        hosts = ", ".join(str(p.get("host")) for p in detached)
+        return f"{text}, {len(detached)} of {len(pbds)} PBDs NOT attached ({hosts})"
+    return f"{text}, all {len(pbds)} PBDs attached"
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------------------------
+
+
+def _err(text: str) -> None:
+    print(f"iscsi-cfg: {text}", file=sys.stderr)
+
+
+def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
+    try:
+        doc = ask(where.socket, {"cmd": "status"})
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        return fallback_status(where, str(exc), as_json, compact)
+    if not doc.get("ok"):
+        _err(str(doc.get("error", "status refused")))
+        return answer_code(doc)
+    if as_json:
+        print(json.dumps(doc, indent=None if compact else 2, sort_keys=True))
+    else:
+        sys.stdout.write(render_status(doc))
+    return EXIT_OK
+
+
+def fallback_status(where: Where, reason: str, as_json: bool, compact: bool = False) -> int:
+    """The controller does not answer: say so, show the legacy status file and its age."""
+    now = time.time()
+    text: Optional[str] = None
+    age: Optional[float] = None
+    problem = ""
+    try:
+        with open(where.status_file, encoding="utf-8", errors="replace") as fh:
+            age = now - os.fstat(fh.fileno()).st_mtime
+            text = fh.read()
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    limit = where.interval + STALE_GRACE
+    stale = age is not None and age > limit
+    if as_json:
+        print(json.dumps({
+            "ok": False, "reachable": False, "error": reason,
+            "status_file": {"path": where.status_file, "age": age, "stale": stale,
+                            "text": text, "error": problem or None},
+        }, indent=None if compact else 2, sort_keys=True))
+        return EXIT_UNREACHABLE
+    _err(f"the iscsi-ha controller is not reachable: {reason}")
+    if text is None:
+        _err(f"no status file to show either: {where.status_file}: {problem}")
+        return EXIT_UNREACHABLE
+    _err(f"showing the status file it last wrote, {where.status_file} "
+         f"(written {fmt_duration(age)} ago, at {fmt_time(now - (age or 0))})")
+    if stale:
+        _err(f"WARNING: {where.status_file} is {fmt_duration(age)} old, older than the loop "
+             f"interval + {STALE_GRACE:g}s ({limit:g}s): this status is stale, and HA-Lizard "
+             "sees the same age")
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    return EXIT_UNREACHABLE
+
+
+def cmd_status(where: Where, args: argparse.Namespace) -> int:
+    if not args.watch:
+        return status_once(where, args.json)
+    tty = sys.stdout.isatty()
+    code = EXIT_OK
+    first = True
+    try:
+        while True:
+            if tty and not args.json:
+                sys.stdout.write(CLEAR_SCREEN)
+            elif not args.json and not first:
+                sys.stdout.write("\n")  # frames one after another when not on a terminal
+            first = False
+            code = status_once(where, args.json, compact=True)
+            if tty and not args.json:
+                sys.stdout.write(f"\n(every {WATCH_PERIOD:g}s; Ctrl-C to stop)\n")
+            sys.stdout.flush()
+            time.sleep(WATCH_PERIOD)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return code
+
+
+def cmd_get(where: Where, args: argparse.Namespace) -> int:
+    try:
+        answer = ask(where.socket, {"cmd": "get"})
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        _err(f"the iscsi-ha controller is not reachable: {exc}")
+        return EXIT_UNREACHABLE
+    if not answer.get("ok"):
+        _err(str(answer.get("error", "get refused")))
+        return answer_code(answer)
+    config = answer.get("config")
+    if args.json:
+        print(json.dumps(config, indent=2))
+        return EXIT_OK
+    source = answer.get("config_path") or "its configuration file"
+    print(f"# Effective configuration of the running controller, loaded from {source}.")
+    print("# Secrets are never shown; xenapi.password_source says where the password comes from.")
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False, default_flow_style=False))
+    return EXIT_OK
+
+
+def cmd_log(where: Where, args: argparse.Namespace) -> int:
+    since = 0.0
+    try:
+        while True:
+            try:
+                answer = ask(where.socket, {"cmd": "log", "since": since})
+            except Denied as exc:
+                _err(str(exc))
+                return EXIT_USAGE
+            except Unreachable as exc:
+                _err(f"the iscsi-ha controller is not reachable: {exc}")
+                return EXIT_UNREACHABLE
+            if not answer.get("ok"):
+                _err(str(answer.get("error", "log refused")))
+                return answer_code(answer)
+            for entry in answer.get("entries") or []:
+                t = float(entry.get("t", 0))
+                print(f"{fmt_time(t)} {log_text(entry)}")
+                since = max(since, t)
+            if not args.follow:
+                return EXIT_OK
+            sys.stdout.flush()
+            time.sleep(FOLLOW_PERIOD)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def log_text(entry: Dict[str, Any]) -> str:
+    """"outcome: message", without repeating an outcome the message already starts with."""
+    outcome, message = str(entry.get("outcome", "?")), str(entry.get("message", ""))
+    return message if message.startswith(f"{outcome}:") else f"{outcome}: {message}"
+
+
+def cmd_role(where: Where, args: argparse.Namespace) -> int:
+    try:
+        answer = ask(where.socket, {"cmd": args.command}, timeout=ROLE_TIMEOUT)
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        _err(f"the iscsi-ha controller is not reachable, nothing was done: {exc}")
+        return EXIT_UNREACHABLE
+    if answer.get("ok"):
+        print(answer.get("message", "done"))
+        return EXIT_OK
+    _err(str(answer.get("message") or answer.get("error") or "refused"))
+    return answer_code(answer)
+
+
+def cmd_import_conf(args: argparse.Namespace) -> int:
+    from .legacy import load_legacy, render_yaml
+
+    try:
+        data, notes = load_legacy(args.file)
+    except ConfigError as exc:
+        _err(f"cannot convert {args.file}, nothing was written:\n{exc}")
+        return EXIT_USAGE
+    text = render_yaml(data, notes)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        write_new(args.output, text, overwrite=args.force)
+    except FileExistsError:
+        _err(f"{args.output} exists; not overwriting it (use --force to replace it)")
+        return EXIT_USAGE
+    except OSError as exc:
+        _err(f"cannot write {args.output}: {exc.strerror or exc}")
+        return EXIT_USAGE
+    _err(f"wrote {args.output}; check it with `iscsi-cfg check-config {args.output}`")
+    return EXIT_OK
+
+
+def write_new(path: str, text: str, overwrite: bool) -> None:
+    """Write a whole file atomically; unless ``overwrite``, FileExistsError if it exists (checked
+    atomically too: the file is linked into place, which fails on an existing name)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".iscsi-cfg-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = args.file or args.config or DEFAULT_CONFIG_PATH
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        n = len(exc.problems)
+        _err(f"{path}: {_plural(n, 'problem')}; the controller would refuse this file")
+        return EXIT_USAGE
+    print(f"OK: {path}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# The parser
+# --------------------------------------------------------------------------------------------
+
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  refused for safety (the reason is printed)
+  2  usage or configuration error (also: not run as root)
+  3  the controller is unreachable"""
+
+DESCRIPTION = """\
+Status and manual control of iscsi-ha, the controller that keeps DRBD Primary, the iSCSI
+target and the floating IP (VIP) on the pool master of a two-host XenServer / XCP-ng pool.
+Commands that talk to the controller use its control socket, which only root may use."""
+
+EPILOG = f"""\
+planned switch of the storage to the other host (maintenance without VM downtime;
+storage pauses for a few seconds):
+  1. on both hosts:             iscsi-cfg manual-mode-enable
+  2. on the current primary:    iscsi-cfg become-secondary
+  3. on the other host:         iscsi-cfg become-primary
+  4. afterwards, on both hosts: iscsi-cfg manual-mode-disable
+     (refused while a host's storage role differs from its pool role: designate the new
+     pool master first, or switch the storage back with steps 2 and 3)
+
+{EXIT_CODES}
+
+Run `iscsi-cfg COMMAND --help` for what each command does."""
+
+HELP: Dict[str, Tuple[str, str]] = {
+    "status": (
+        "show this host's storage status",
+        "Show the host role, manual mode, each DRBD resource's role, peer role, connection and\n"
+        "disk states with sync progress and ETA, the iSCSI target (serving, LUNs, sessions), the\n"
+        "VIP (local or not, conflicts) and the last cycle's outcome and age. Use it first, on\n"
+        "both hosts, whenever something looks wrong.\n\n"
+        "When the controller does not answer, says so on stderr, prints the legacy status file\n"
+        "it last wrote, warns when that file is older than the interval + 5 s, and exits 3.",
+    ),
+    "get": (
+        "print the running configuration (secrets redacted)",
+        "Print the configuration the running controller uses (as YAML, or JSON with --json),\n"
+        "with every default filled in. Secrets are never shown: xenapi.password_source only\n"
+        "says where the password is read from. Use it to check what a reload really applied.",
+    ),
+    "log": (
+        "print the last cycles' one-line outcomes",
+        "Print the one-sentence outcome of the last cycles (up to 500, kept in memory by the\n"
+        "controller): what it did and why. -f keeps following new ones until Ctrl-C. The full\n"
+        "log is in the journal (journalctl -u iscsi-ha).",
+    ),
+    "manual-mode-enable": (
+        "stop automatic role changes on this host",
+        "Stop automatic storage role changes on this host: the roles stay as they are until\n"
+        "become-primary / become-secondary. Persisted: survives a restart of the controller\n"
+        "and a reboot. Use it before maintenance or a planned switch (on both hosts).",
+    ),
+    "manual-mode-disable": (
+        "let the storage role follow the pool role again",
+        "Leave manual mode: the storage role follows the pool role again. Refused (exit 1)\n"
+        "unless this host's storage role already matches its pool role (master = primary,\n"
+        "slave = secondary); the message says which command to run first.",
+    ),
+    "become-primary": (
+        "make this host the storage primary (manual mode only)",
+        "Promote this host: DRBD Primary, target serving, VIP bound (step 3 of a planned\n"
+        "switch). Only in manual mode. Refused (exit 1) while any resource's peer is Primary\n"
+        "(run become-secondary there first), while another host answers for the VIP, or when\n"
+        "DRBD has no UpToDate data to promote; the reason is printed.",
+    ),
+    "become-secondary": (
+        "make this host the storage secondary (manual mode only)",
+        "Demote this host: VIP removed, target stopped, DRBD Secondary (step 2 of a planned\n"
+        "switch). Only in manual mode; refused (exit 1) otherwise. VMs lose their storage\n"
+        "until the other host runs become-primary.",
+    ),
+    "import-conf": (
+        "convert a legacy iscsi-ha.conf to YAML",
+        "Convert the legacy shell-style iscsi-ha.conf of the original tool to the YAML\n"
+        "configuration, on stdout or into OUT. What was converted, dropped (MAIL_*: alerts now\n"
+        "go through Prometheus) or assumed is printed on stderr and kept as comments. Needs no\n"
+        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).",
+    ),
+    "check-config": (
+        "validate a YAML configuration file",
+        "Validate a configuration file without touching anything: prints \"OK: FILE\", or every\n"
+        "problem as \"FILE: key.path: what is wrong\" and exits 2. FILE defaults to --config.\n"
+        "Run it before restarting or reloading the controller.",
+    ),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
+    p.add_argument("--config", "-c", metavar="FILE", default=None,
+                   help=f"configuration file, to find the control socket and the status file "
+                   f"(default {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--socket", metavar="PATH", default=None,
+                   help="control socket path (overrides paths.control_socket)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        short, long = HELP[name]
+        return sub.add_parser(name, help=short, description=long, epilog=EXIT_CODES,
+                              formatter_class=fmt)
+
+    status = add("status")
+    status.add_argument("--watch", "-w", action="store_true",
+                        help=f"redraw every {WATCH_PERIOD:g}s until Ctrl-C")
+    status.add_argument("--json", action="store_true",
+                        help="print the status as JSON, for scripts (with --watch: one line "
+                        "per redraw)")
+    get = add("get")
+    get.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    log_ = add("log")
+    log_.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new outcomes until Ctrl-C")
+    for name in ROLE_COMMANDS:
+        add(name)
+    imp = add("import-conf")
+    imp.add_argument("file", metavar="FILE", help="legacy iscsi-ha.conf to convert")
+    imp.add_argument("--output", "-o", metavar="OUT", help="write the YAML here (default stdout)")
+    imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    chk = add("check-config")
+    chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command is None:
+        parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "import-conf":
+            return cmd_import_conf(args)
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        where = locate(args.config, args.socket)
+        if where.note:
+            _err(f"note: {where.note}")
+        if args.command == "status":
+            return cmd_status(where, args)
+        if args.command == "get":
+            return cmd_get(where, args)
+        if args.command == "log":
+            return cmd_log(where, args)
+        return cmd_role(where, args)
+    except BrokenPipeError:  # `iscsi-cfg log | head`
+        _quiet_stdout()
+        return EXIT_OK
+
+
+def _quiet_stdout(stream: IO[str] = sys.stdout) -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -674,7 +674,8 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
         "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
     },
     TargetConfig: {
-        "tgtadm": _command, "tgtd": _command, "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"), "tid": _integer(1),
+        "tgtadm": _command, "tgtd": _command,
+        "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"), "tid": _integer(1),
         "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,
         "stop_timeout": _seconds(), "restart_backoff": _seconds(maximum=MAX_RESTART_BACKOFF),
         "log_file": _optional(_path),

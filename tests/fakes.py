@@ -26,11 +26,15 @@ class FakeRunner:
         self.spawned: List[Tuple[str, ...]] = []
         self.unexpected: List[Tuple[str, ...]] = []
 
-    def answer(self, prefix: Sequence[str], rc: int = 0, stdout: str = "", stderr: str = "") -> None:
+    def answer(
+        self, prefix: Sequence[str], rc: int = 0, stdout: str = "", stderr: str = ""
+    ) -> None:
         """Answer every argv starting with ``prefix``. Later rules win over earlier ones."""
         self.rules.insert(0, (tuple(prefix), result(prefix, rc, stdout, stderr)))
 
-    def answer_with(self, prefix: Sequence[str], fn: Callable[[Tuple[str, ...]], CommandResult]) -> None:
+    def answer_with(
+        self, prefix: Sequence[str], fn: Callable[[Tuple[str, ...]], CommandResult]
+    ) -> None:
         self.rules.insert(0, (tuple(prefix), fn))
 
     def run(
@@ -41,7 +45,9 @@ class FakeRunner:
         for prefix, ans in self.rules:
             if argv[: len(prefix)] == prefix:
                 res = ans(argv) if callable(ans) else ans
-                return CommandResult(argv, res.rc, res.stdout, res.stderr, res.duration, res.timed_out)
+                return CommandResult(
+                    argv, res.rc, res.stdout, res.stderr, res.duration, res.timed_out
+                )
         self.unexpected.append(argv)
         return CommandResult(argv, 127, "", f"FakeRunner: no answer for {' '.join(argv)}", 0.0)
 

@@ -43,8 +43,8 @@ from .systems.vip import Vip
 log = logging.getLogger("iscsi_ha")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
-QUICK_RETRY_DELAY = 0.5  # seconds before looking again when the peer is demoting right now
-MAX_QUICK_RETRIES = 20  # bounded: after ~10 s the normal interval takes over
+QUICK_RETRY_DELAY = 0.2  # seconds before looking again when the peer is demoting right now
+MAX_QUICK_RETRIES = 50  # bounded: after ~10 s the normal interval takes over
 WATCH_PERIOD = 0.5
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .decide import current_storage_role, decide, desired_role, vip_release_known
+from .decide import current_storage_role, decide, desired_role, vip_probe_needed
 from .execute import Systems, execute
 from .model import (
     ActionResult,
@@ -214,7 +214,7 @@ class Controller:
         now = self.monotonic()
         if vip.local:
             conflict = self._fresh_probe(now)
-        elif desired is StorageRole.PRIMARY and not vip_release_known(obs):
+        elif desired is StorageRole.PRIMARY and vip_probe_needed(obs):
             conflict = self.probe_vip_now() if self.probe_vip_now else None
             self._probe = (now, conflict)
         else:

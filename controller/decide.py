@@ -126,6 +126,21 @@ def vip_release_known(obs: Observation) -> bool:
     )
 
 
+def vip_probe_needed(obs: Observation) -> bool:
+    """Whether the duplicate-address probe must run before this observation is decided on.
+
+    Only when the plan would actually reach the VIP: the VIP is not local, the peer's release of
+    it is not known, and no resource is down or refused promotion. Probing while the peer is
+    still Primary is worse than useless: the old holder drops the VIP a moment before it demotes,
+    so the probe lands in that gap, hears nobody, and costs its full ~2 s on the failover path.
+    """
+    if obs.vip.local or vip_release_known(obs):
+        return False
+    if any(not r.configured for r in obs.resources):
+        return False
+    return not any(promotion_refusal(r) for r in obs.resources if r.role != "Primary")
+
+
 def _promote_plan(obs: Observation, reason: str, plug_srs: bool) -> Plan:
     actions: List[Action] = []
     refusals: List[str] = []

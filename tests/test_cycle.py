@@ -288,3 +288,15 @@ def test_become_primary_refused_by_the_cycle_does_not_linger(tmp_path):
     assert ctl.manual_store.load()[0] == ManualMode(enabled=True, requested=None,
                                                     since=ctl.manual_store.load()[0].since)
     assert ctl.snapshot().manual.enabled  # published at once, not after the next cycle
+
+
+def test_no_vip_probe_while_the_promotion_would_be_refused(tmp_path):
+    """The old holder drops the VIP just before it demotes: probing then costs ~2 s for nothing."""
+    still_primary = res(peer_role="Primary", connection="Connected")
+    ctl, fake, _, _ = make(tmp_path, world(resources=(still_primary,)))
+    ctl.run_cycle()
+    assert fake.probes == 0
+    gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    fake.world.obs = world(resources=(gone,))
+    ctl.run_cycle()
+    assert fake.probes == 1  # failover with the peer gone: now the probe is needed

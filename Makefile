@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit demo demo-once lint typecheck bench clean
+.PHONY: setup test unit vm-test demo demo-once lint typecheck bench clean
 
 setup:
 	scripts/setup-env.sh
@@ -14,7 +14,10 @@ test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: setup
-	$(VENV)/bin/pytest -m "not integration" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not integration and not vm" $(PYTEST_ARGS)
+
+vm-test: setup
+	$(VENV)/bin/pytest -m vm tests/test_vm_drbd.py $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m lab.demo

@@ -14,6 +14,7 @@ APT_PACKAGES=(
   rpm patchelf                  # rpmbuild for the dom0 package check; patchelf relinks the
                                 # bundled interpreter's libpython
   openssl                       # certificates for the exporter's TLS tests
+  qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
 )
 VENV=${VENV:-.venv}
 

@@ -944,6 +944,22 @@ def test_observe_84_unconfigured() -> None:
     assert fake.ran("drbdadm", "role") == [] and fake.ran("dmesg") == []
 
 
+def test_observe_84_minor_not_allocated_after_boot() -> None:
+    # Real DRBD 8.4.11 in the VM lab, freshly booted (module loaded, resource never up): cstate
+    # answers rc 10 "(127) Device minor not allocated". That is "not up", so the controller runs
+    # `drbdadm up` instead of holding on an unreadable output.
+    header = "".join(text(DRBD84 / "state-02-synced-n1primary-node1.txt").splitlines(True)[2:4])
+    fake = FakeRunner()
+    fake.answer(("cat", "/proc/drbd"), stdout=header)
+    answer_84(fake, {"r0": 0})
+    fake.answer(
+        ("drbdadm", "cstate", "r0"), rc=10,
+        stderr="0: Failure: (127) Device minor not allocated\nadditional info from kernel:\n"
+        "unknown minor\nCommand 'drbdsetup-84 cstate 0' terminated with exit code 10\n",
+    )
+    assert Drbd(fake).observe(["r0"]) == (DrbdResource(name="r0", configured=False),)
+
+
 def test_observe_84_missing_minor_that_is_up_after_all() -> None:
     # /proc/drbd was read before `up` finished; drbdadm then sees it up: read it from drbdadm.
     fake = fake_from(DRBD84 / "state-04-disconnected-node1.txt")

@@ -210,9 +210,11 @@ def parse_dstate(text: str, command: str = "drbdadm dstate") -> Optional[LocalPe
 
 
 def is_unknown_resource(rc: int, text: str) -> bool:
-    """DRBD 9 for a resource that is not up: rc 10 ``r0: Unknown resource`` (``role``) or
-    ``Failure: (158) Unknown resource`` (``cstate``)."""
-    return rc == 10 and "Unknown resource" in text
+    """A resource that is not up. DRBD 9: rc 10 ``r0: Unknown resource`` (``role``) or
+    ``Failure: (158) Unknown resource`` (``cstate``). DRBD 8.4 on a freshly booted host (seen on
+    real 8.4.11 in the VM lab, where the module is loaded but the minor was never created): rc 10
+    ``0: Failure: (127) Device minor not allocated``."""
+    return rc == 10 and ("Unknown resource" in text or "(127) Device minor not allocated" in text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,210 @@
+"""The real controller inside each VM, driven from the host like a pool would drive it.
+
+Each VM runs ``iscsi-ha run`` from the project's virtualenv (visible through the shared root)
+with a configuration written into its exchange share (``/run/lab/iscsi-ha.yaml`` inside):
+the real ``drbdadm``, ``/proc/drbd`` and ``dmesg`` of the VM's kernel, a ``tgtd`` with the VM's own
+control port, the VIP on the client-facing NIC (``eth1``), no XenAPI (the pool role comes from
+``/run/lab/pool.conf``, which the host rewrites to move the pool master). The controller is a
+child of the VM's agent, so killing the VM kills it too.
+
+The client is the host side of the LAN bridge (in the lab's namespace): ``iscsi-inq`` and
+``lab/iscsi_block.py`` (block reads and writes with libiscsi) through the VIP, always under
+timeout(1). Metrics are read inside the VM from the exporter (urllib on 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .harness import VIP, Vm, VmError, VmLab, drbd_resource
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BLOCK_TOOL = REPO / "lab" / "iscsi_block.py"
+IQN = "iqn.2024-01.org.iscsi-ha:vmlab"
+RES = "r0"
+EXPORTER_PORT = 9856
+# A slower resync than the comparison's, so a 2 s controller cycle sees it in progress.
+SLOW_SYNC = "\tdisk { c-plan-ahead 0; resync-rate 6M; }\n"
+
+
+def resources(lab: VmLab) -> Dict[str, str]:
+    text = drbd_resource(RES, 0, 7789, lab.vms)
+    text = text.replace("\tdisk { c-plan-ahead 0; resync-rate 100M; }\n", SLOW_SYNC)
+    return {RES: text}
+
+
+def config(vm: Vm) -> Dict[str, Any]:
+    return {
+        "node_name": vm.name,
+        "interval": 2,  # a cycle takes 1-3 s under TCG
+        "cycle_deadline": 10,
+        "command_timeout": 10,
+        "resources": [RES],
+        "drbd": {"version": "8.4", "drbdadm": "drbdadm", "proc_drbd": "/proc/drbd",
+                 "kernel_log": ["dmesg"]},
+        "pool": {"conf": "/run/lab/pool.conf"},
+        "xenapi": {"enabled": False},
+        "target": {"control_port": vm.index, "tid": 1, "iqn": IQN,
+                   "luns": [{"lun": 1, "path": "/dev/drbd0"}], "stop_timeout": 3,
+                   "log_file": "/run/lab/tgtd.log"},
+        "vip": {"address": VIP, "interface": vm.lan_if, "announce_interval": 10},
+        "paths": {"state_dir": "/run/lab/state", "status_file": "/run/lab/state/status",
+                  "control_socket": "/run/iscsi-ha/control.sock"},
+        "exporter": {"enabled": True, "listen": f"0.0.0.0:{EXPORTER_PORT}"},
+        "logging": {"level": "info", "syslog": False},
+    }
+
+
+class Controllers:
+    """Start/stop the controllers, move the pool master, read metrics, act as the client."""
+
+    def __init__(self, lab: VmLab) -> None:
+        self.lab = lab
+        self.pids: Dict[str, int] = {}
+        self.venv_bin = Path(sys.executable).parent
+
+    def write_configs(self) -> None:
+        import yaml  # a dependency of the product
+
+        for vm in self.lab.vms:
+            (vm.xdir / "state").mkdir(exist_ok=True)
+            (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(config(vm), sort_keys=False))
+
+    def set_pool_master(self, master: Optional[str]) -> None:
+        """What pool.conf says on each host (None: both 'master'-less, i.e. unknown)."""
+        for vm in self.lab.vms:
+            if master is None:
+                text = ""
+            elif vm.name == master:
+                text = "master"
+            else:
+                text = "slave:" + self.lab.vm(master).lan_addr
+            tmp = vm.xdir / "pool.conf.tmp"
+            tmp.write_text(text)
+            tmp.rename(vm.xdir / "pool.conf")
+
+    def start(self, vm: Vm) -> int:
+        env = {"PATH": f"{self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
+               "LANG": "C.UTF-8"}
+        pid = vm.spawn([str(self.venv_bin / "iscsi-ha"), "run", "--config",
+                        "/run/lab/iscsi-ha.yaml"], log="/run/lab/controller.log", env=env)
+        self.pids[vm.name] = pid
+        return pid
+
+    def stop(self, vm: Vm) -> None:
+        pid = self.pids.pop(vm.name, None)
+        if pid and vm.alive():
+            try:
+                vm.kill(pid)
+            except VmError:
+                pass
+
+    # ---- reading a node -----------------------------------------------------------------------
+
+    def metrics(self, vm: Vm) -> Dict[str, float]:
+        """The exporter's samples as {'name{labels}': value}; {} when it does not answer."""
+        fetch = ("import urllib.request as u; print(u.urlopen("
+                 f"'http://127.0.0.1:{EXPORTER_PORT}/metrics', timeout=5).read().decode())")
+        res = vm.run([self.lab.python, "-c", fetch], timeout=15)
+        out: Dict[str, float] = {}
+        if res.rc != 0:
+            return out
+        for line in res.out.splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            key, _, value = line.rpartition(" ")
+            try:
+                out[key] = float(value)
+            except ValueError:
+                continue
+        return out
+
+    def status(self, vm: Vm) -> str:
+        try:
+            return (vm.xdir / "state" / "status").read_text()
+        except OSError:
+            return ""
+
+    def serving(self, vm: Vm) -> bool:
+        """tgtd in that VM has our target (asked directly, not through the controller)."""
+        res = vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target",
+                      "--op", "show"], timeout=10)
+        return res.rc == 0 and IQN in res.out
+
+    def vip_local(self, vm: Vm) -> bool:
+        res = vm.run(["ip", "-o", "addr", "show", "dev", vm.lan_if], timeout=10)
+        return VIP.split("/")[0] + "/" in res.out
+
+    def drbd(self, vm: Vm, cmd: str) -> str:
+        return vm.run(["drbdadm", cmd, RES], timeout=20).out.strip()
+
+    def controller_log(self, vm: Vm) -> str:
+        try:
+            return (vm.xdir / "controller.log").read_text()
+        except OSError:
+            return ""
+
+    # ---- the client ---------------------------------------------------------------------------
+
+    def lun_url(self) -> str:
+        return f"iscsi://{VIP.split('/')[0]}/{IQN}/1"
+
+    def client_inq(self, timeout: float = 5.0) -> int:
+        return self.lab.client(["timeout", str(timeout), "iscsi-inq", self.lun_url()],
+                               timeout=timeout + 5).returncode
+
+    def _block(self, op: str, lba: int, arg: str, timeout: float) -> Dict[str, Any]:
+        res = self.lab.client(["timeout", str(timeout), sys.executable, str(BLOCK_TOOL), op,
+                               self.lun_url(), str(lba), arg], timeout=timeout + 5)
+        try:
+            return json.loads(res.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {"ok": False, "error": f"rc {res.returncode}: {res.stderr.strip()[-300:]!r}"}
+
+    def client_write(self, data: bytes, lba: int = 0, timeout: float = 20.0) -> Dict[str, Any]:
+        return self._block("write", lba, data.hex(), timeout)
+
+    def client_read(self, blocks: int, lba: int = 0, timeout: float = 20.0) -> Optional[bytes]:
+        out = self._block("read", lba, str(blocks), timeout)
+        return bytes.fromhex(out["data"]) if out.get("ok") else None
+
+
+def wait_for(what: str, predicate: Any, limit: float, interval: float = 0.5) -> Any:
+    """Poll ``predicate`` until it returns something truthy; VmError naming ``what`` after
+    ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise VmError(f"timed out after {limit:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def metric(samples: Dict[str, float], name: str, **labels: str) -> Optional[float]:
+    """One sample by name and (a subset of) its labels."""
+    for key, value in samples.items():
+        m = re.fullmatch(r"([a-zA-Z_:][\w:]*)(\{(.*)\})?", key)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            return value
+    return None
+
+
+def one_hot(samples: Dict[str, float], name: str, label: str, **labels: str) -> List[str]:
+    """The label values of a one-hot family that are 1 (e.g. the connection state)."""
+    out = []
+    for key, value in samples.items():
+        if key.startswith(name + "{") and value == 1.0:
+            have = dict(re.findall(r'(\w+)="([^"]*)"', key))
+            if all(have.get(k) == v for k, v in labels.items()) and label in have:
+                out.append(have[label])
+    return out

@@ -109,7 +109,7 @@ def test_real_drbd_does_what_the_product_relies_on(transcripts):
     held = _calls(real, "node2", "secondary", "r0")[0]
     assert held["rc"] == 11 and "(-12) Device is held open by someone" in held["stderr"], where
     # At least one side detects it; measured: sometimes only one (the other stays WFConnection).
-    assert f"kernel log has '{scenario.SB_LINE}': yes" in text, where
+    assert f"kernel log has '{scenario.SB_LINE}', the others WFConnection: yes" in text, where
     for node in scenario.NODES:  # the split brain: connect returns 0, cstate says StandAlone
         assert all(c["rc"] == 0 for c in _calls(real, node, "connect", "r0")), where
     assert _calls(real, "node2", "role", "r0")[-1]["stdout"] == "Secondary/Primary\n", where
@@ -117,7 +117,19 @@ def test_real_drbd_does_what_the_product_relies_on(transcripts):
 
 
 def test_the_simulator_answers_like_real_drbd(transcripts):
+    """Every drbdadm call of the scenario, compared after normalising only the /proc/drbd I/O
+    counters. One step is compared on what both real outcomes share, not on everything: right
+    after the reconnect of two Primaries, real DRBD sometimes detects the split brain on one
+    side only (measured: node2 StandAlone with the kernel line, node1 back in WFConnection,
+    still Primary/Unknown), a kernel race no simulator can predict (the simulator always
+    detects it on both). There the transcript holds each node's role and dstate (the same in
+    both outcomes) and the invariant "at least one StandAlone; StandAlone exactly where the
+    kernel logged the line; the others WFConnection". Which outcome happened is printed here
+    (``observations``), not compared. The scenario then follows the runbook (``disconnect`` on
+    both: both StandAlone) and compares everything again from there."""
     run, real, sim = transcripts
+    for t in (real, sim):
+        print(f"\n{t.name} observations (not compared):\n  " + "\n  ".join(t.observations))
     diff = list(difflib.unified_diff(scenario.normalise(real), scenario.normalise(sim),
                                      "real DRBD 8.4.11", "lab/drbdsim", lineterm="", n=2))
     (run / "real-vs-simulator.diff").write_text("\n".join(diff) + "\n")

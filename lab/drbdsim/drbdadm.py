@@ -26,6 +26,12 @@ What is modelled, after the 8.4 kernel (drbd_state.c, drbd_receiver.c):
   takes ``resync_seconds`` and a real-looking progress line), or split brain when both sides
   were Primary apart (both StandAlone, "Split-Brain detected but unresolved" in the kernel log);
   ``connect --discard-my-data`` resolves it as in the recovery capture;
+* a resource that is down (before ``up``, after ``down`` or a crash), as measured in the VM lab:
+  ``role``/``cstate`` fail with rc 10 "(127) Device minor not allocated" plus the kernel's
+  "unknown minor"; ``dstate`` answers from the meta data (``Inconsistent``, or ``Consistent`` for
+  UpToDate data); ``up`` of a node that died as Primary prints "Nothing to do." (drbdmeta
+  apply-al) on stderr with rc 0; ``up`` of an up node is refused by drbdmeta with rc 1;
+  ``disconnect`` of a StandAlone node fails with rc 10 "(162) ... unknown connection";
 * without a fencing policy (the lab's configuration) a consistent disk attaches UpToDate, and a
   disconnected Secondary stays UpToDate: that is why 8.4 can split-brain at all.
 
@@ -76,7 +82,19 @@ ERR_DISCARD_IMPOSSIBLE = (123, "--discard-my-data not allowed when primary.")
 ERR_NET_CONFIGURED = (125, "Device has a net-config (use disconnect first)")
 ERR_MINOR_INVALID = (127, "Device minor not allocated")
 ERR_RES_NOT_KNOWN = (158, "Unknown resource")
-ERR_MINOR_EXISTS = (161, "Minor or volume exists already (delete it first)")
+# What the kernel adds to a failure for a minor that does not exist (drbd_adm_prepare()).
+UNKNOWN_MINOR_INFO = "additional info from kernel:\nunknown minor"
+# `disconnect` of a StandAlone resource: 8.4 has no connection object left to address
+# (measured in the VM lab, after a split brain; the object is printed as "??").
+ERR_CONN_UNKNOWN = (162, "Invalid configuration request")
+UNKNOWN_CONN_INFO = "additional info from kernel:\nunknown connection"
+# `drbdadm dstate` of a resource that is down reads the meta data (drbdmeta), which knows only
+# whether the data was consistent: UpToDate data says "Consistent" (measured in the VM lab; the
+# Outdated word is drbdmeta's flag name, not measured).
+MD_DISK_WORD = {"Inconsistent": "Inconsistent", "Outdated": "Outdated"}
+# `up` of a node whose meta data still says Primary (it died as Primary): drbdmeta apply-al
+# finds the activity log with nothing to replay and says so on stderr (rc 0, measured).
+APPLY_AL_NOTHING = "Nothing to do."
 
 DEFAULTS = {
     "resync_seconds": 1.0,  # how long every resync takes, whatever its size
@@ -209,6 +227,7 @@ def new_side(initial: str, size_kb: int, common_uuid: int) -> Dict[str, object]:
         "oos": size_kb if fresh else 0,
         "al_suspended": False,
         "discard": False,  # connect --discard-my-data, until the next handshake
+        "primary_ind": False,  # the meta data says Primary: the node died as Primary
         "ns": 0, "nr": 0, "dw": 0, "dr": 0, "al": 8,
     }
 
@@ -396,7 +415,21 @@ def state_refusal(obj: str, code: Tuple[int, str, int]) -> Refusal:
 
 
 def failure(obj: str, code: Tuple[int, str]) -> Refusal:
-    return Refusal(f"{obj}: Failure: ({code[0]}) {code[1]}", 10)
+    message = f"{obj}: Failure: ({code[0]}) {code[1]}"
+    if code == ERR_MINOR_INVALID:
+        message += "\n" + UNKNOWN_MINOR_INFO
+    elif code == ERR_CONN_UNKNOWN:
+        message += "\n" + UNKNOWN_CONN_INFO
+    return Refusal(message, 10)
+
+
+class MetaRefusal(Refusal):
+    """A failure of drbdmeta, run by drbdadm before drbdsetup (rc 1, names drbdmeta's line)."""
+
+    def __init__(self, message: str, command: str, meta_rc: int) -> None:
+        super().__init__(message, 1)
+        self.command = command
+        self.meta_rc = meta_rc
 
 
 class Resource:
@@ -808,10 +841,18 @@ class Resource:
         netns = self.world.config["nodes"][node].get("netns")
         return bool(netns and self.disk_path and open_holders(str(netns), str(self.disk_path)))
 
-    def up(self, node: str) -> None:
+    def up(self, node: str) -> str:
+        """Attach and connect; returns what drbdadm prints on stderr when it succeeds."""
         side = self.side(node)
         if side["up"]:
-            raise failure(str(self.minor), ERR_MINOR_EXISTS)
+            # drbdadm runs `drbdmeta apply-al` first, which refuses a configured device.
+            disk = self.disk_path or "/dev/vda"  # the VM lab's backing disk when none is set
+            raise MetaRefusal(
+                f"Device '{self.minor}' is configured!",
+                f"drbdmeta {self.minor} v08 {disk} internal apply-al", 20,
+            )
+        notice = APPLY_AL_NOTHING + "\n" if side.get("primary_ind") else ""
+        side["primary_ind"] = False
         fresh = side["uuids"][0] == JUST_CREATED and side["disk"] == "Inconsistent"
         side.update(up=True, role="Secondary", net=True, discard=False)
         # No fencing policy: a consistent disk attaches UpToDate (drbd_adm_attach()).
@@ -826,6 +867,7 @@ class Resource:
         self.conn_log(node, "conn( Unconnected -> WFConnection ) ")
         self.changed()
         self.settle()
+        return notice
 
     def down(self, node: str) -> None:
         side = self.side(node)
@@ -857,7 +899,8 @@ class Resource:
             self.conn_log(peer, "conn( NetworkFailure -> Unconnected ) ")
             self.conn_log(peer, "conn( Unconnected -> WFConnection ) ")
             self.lost_peer_disk(peer)
-        side.update(up=False, role="Secondary", al_suspended=False, discard=False, net=True)
+        side.update(up=False, role="Secondary", al_suspended=False, discard=False, net=True,
+                    primary_ind=side["role"] == "Primary")
         self.changed()
 
     def set_role(self, node: str, role: str) -> None:
@@ -940,7 +983,7 @@ class Resource:
         if not side["up"]:
             raise failure(self.name, ERR_RES_NOT_KNOWN)
         if not side["net"]:
-            return  # SS_ALREADY_STANDALONE counts as success
+            raise failure("??", ERR_CONN_UNKNOWN)
         was_connected = self.connected
         sync = self.state["sync"]
         side["net"] = False
@@ -1046,20 +1089,20 @@ CHANGE_COMMANDS = (
 def setup_command(command: str, res: Resource, node: str, options: Sequence[str]) -> str:
     """The drbdsetup-84 command line drbdadm names when it fails (as in the captures)."""
     minor = str(res.minor)
-    if command in ("primary", "secondary", "outdate"):
+    if command in ("primary", "secondary", "outdate", "role", "cstate"):
         return " ".join(["drbdsetup-84", command, minor] + [o for o in options if o == "--force"])
-    if command == "connect":
+    if command in ("connect", "disconnect"):
         cfg = res.world.config
         me = cfg["nodes"][node].get("addr", "127.0.0.1")
         peer = cfg["nodes"][res.peer_of(node)].get("addr", "127.0.0.1")
         port = cfg.get("port", 7789) + res.minor
+        if command == "disconnect":
+            return f"drbdsetup-84 disconnect ipv4:{me}:{port} ipv4:{peer}:{port}"
         extra = [o for o in options if o == "--discard-my-data"]
         return " ".join(
             ["drbdsetup-84", "connect", res.name, f"ipv4:{me}:{port}", f"ipv4:{peer}:{port}"]
             + extra + ["--protocol=C"]
         )
-    if command == "up":
-        return f"drbdsetup-84 new-minor {res.name} {minor} 0"
     return f"drbdsetup-84 {command} {res.name}"
 
 
@@ -1146,11 +1189,17 @@ def run_command(
         world.refresh()
         for name in names:
             res = world.resources[name]
-            if command in STATE_COMMANDS:
-                out.write(answer(res, node, command) + "\n")
-                continue
             try:
-                apply(res, node, command, options)
+                if command in STATE_COMMANDS:
+                    out.write(answer(res, node, command) + "\n")
+                    continue
+                err.write(apply(res, node, command, options))
+            except MetaRefusal as refusal:
+                err.write(refusal.message + "\n")
+                err.write(
+                    f"Command '{refusal.command}' terminated with exit code {refusal.meta_rc}\n"
+                )
+                return refusal.rc
             except Refusal as refusal:
                 err.write(refusal.message + "\n")
                 err.write(
@@ -1164,8 +1213,13 @@ def run_command(
 
 
 def answer(res: Resource, node: str, command: str) -> str:
-    if not res.side(node)["up"]:
-        return "Unconfigured"
+    side = res.side(node)
+    if not side["up"]:
+        # Measured on 8.4.11 (tests/fixtures/drbd84sim/vm-down-answers-and-reup.jsonl): role and
+        # cstate ask the kernel, which has no such minor; dstate reads the meta data instead.
+        if command == "dstate":
+            return MD_DISK_WORD.get(str(side["disk"]), "Consistent")
+        raise failure(str(res.minor), ERR_MINOR_INVALID)
     view = res.view(node)
     if command == "role":
         return f"{view['role']}/{view['peer_role']}"
@@ -1174,9 +1228,10 @@ def answer(res: Resource, node: str, command: str) -> str:
     return f"{view['disk']}/{view['peer_disk']}"
 
 
-def apply(res: Resource, node: str, command: str, options: Sequence[str]) -> None:
+def apply(res: Resource, node: str, command: str, options: Sequence[str]) -> str:
+    """Runs one change; returns what drbdadm prints on stderr although it succeeded."""
     if command == "up":
-        res.up(node)
+        return res.up(node)
     elif command == "down":
         res.down(node)
     elif command == "primary":
@@ -1191,9 +1246,10 @@ def apply(res: Resource, node: str, command: str, options: Sequence[str]) -> Non
         res.outdate(node)
     elif command == "adjust":  # brings the configuration back: up, and connected
         if not res.side(node)["up"]:
-            res.up(node)
+            return res.up(node)
         elif not res.side(node)["net"]:
             res.connect(node)
+    return ""
 
 
 def kernel_loop(cluster: Cluster, options: Sequence[str]) -> int:

@@ -10,6 +10,24 @@ whether its kernel log holds DRBD's split-brain line. Two transcripts are compar
 timings never enter a transcript - a wait records only the answer that ended it, never how many
 polls or seconds it took (those go to ``Transcript.timings``, reported but not compared).
 
+One step is compared on less than everything, on purpose: the split brain. Real DRBD 8.4 does
+not always detect it on both sides (measured: in 1 of 3 runs only node2 logged "Split-Brain
+detected" and went StandAlone, while node1's connection merely broke and it went back to
+WFConnection, still Primary/Unknown). Which variant happens is a race in the kernel, so no
+simulator can predict it. Right after the reconnect the transcript therefore records only what
+both variants share: each node's ``role`` and ``dstate`` (Primary/Unknown, UpToDate/DUnknown
+either way) and one note stating the invariant - at least one node is StandAlone, and the
+StandAlone nodes are exactly those whose kernel log has the split-brain line (the others are
+WFConnection). The variant itself (each node's cstate, /proc/drbd state line, whether it logged
+the line) goes to ``Transcript.observations``: saved and printed next to the transcript, not
+compared. The operator's runbook then makes the state deterministic again - ``disconnect`` on
+both nodes, after which both are StandAlone - and from there everything is compared again. The
+answers of those two ``disconnect`` calls depend on the variant too (rc 0 on a WFConnection
+node; on a StandAlone one rc 10 "(162) Invalid configuration request ... unknown connection",
+measured), so they are observations as well, and the transcript holds the invariant: silent
+success exactly where the node was WFConnection, that refusal exactly where it was StandAlone.
+(The refusal's exact text is held to the real one in ``tests/test_drbdsim.py``.)
+
 The scenario (a 64 MiB resource ``r0``, fresh meta data on both nodes):
 bring-up and the refusal on Inconsistent data; the initial sync forced from node1; the refusal of
 a second Primary; a switchover; the refusal to demote while held open; a partition with both
@@ -43,6 +61,7 @@ class Transcript:
         self.name = name
         self.entries: List[Dict[str, Any]] = []
         self.timings: List[Tuple[str, float]] = []
+        self.observations: List[str] = []  # what differs between real runs (see the docstring)
 
     def call(self, node: str, argv: List[str], rc: int, out: str, err: str) -> None:
         self.entries.append({"node": node, "argv": ["drbdadm", *argv], "rc": rc,
@@ -75,6 +94,8 @@ class Transcript:
         (directory / f"{self.name}.transcript.txt").write_text("\n".join(self.lines()) + "\n")
         timing = "".join(f"{label}: {sec:.2f} s\n" for label, sec in self.timings)
         (directory / f"{self.name}.timings.txt").write_text(timing)
+        (directory / f"{self.name}.observations.txt").write_text(
+            "".join(line + "\n" for line in self.observations))
         return path
 
 
@@ -192,6 +213,7 @@ class Driver:
 
     def __init__(self, backend: Any, transcript: Transcript) -> None:
         self.b, self.t = backend, transcript
+        self.sb_cstates: Dict[str, str] = {}  # each node's cstate when the split brain settled
 
     def adm(self, node: str, *args: str) -> Tuple[int, str, str]:
         rc, out, err = self.b.drbdadm(node, *args)
@@ -224,10 +246,57 @@ class Driver:
                 self.adm(node, cmd, RES)
             self.t.call(node, ["--proc-drbd"], 0, self.b.proc_drbd(node), "")
 
-    def split_brain_logged(self) -> None:
+    def runbook_disconnect(self) -> None:
+        """``disconnect`` on both nodes after the split brain: the answers are observations, the
+        transcript gets whether each matched the node's state (see the module docstring)."""
+        holds = True
         for node in NODES:
-            logged = SB_LINE in self.b.kernel_log(node)
-            self.t.note(f"{node} kernel log has '{SB_LINE}': {'yes' if logged else 'no'}")
+            rc, out, err = self.b.drbdadm(node, "disconnect", RES)
+            was = self.sb_cstates.get(node)
+            if was == "WFConnection":
+                holds = holds and (rc, out, err) == (0, "", "")
+            else:
+                holds = holds and was == "StandAlone" and rc == 10 and not out and (
+                    "(162) Invalid configuration request" in err and "unknown connection" in err)
+            answer = " | ".join([f"rc {rc}", *out.splitlines(), *err.splitlines()])
+            self.t.observations.append(f"runbook, {node} (was {was}): drbdadm disconnect: {answer}")
+        self.t.note("disconnect on both: silent success on the WFConnection nodes, refused with rc"
+                    " 10 '(162) Invalid configuration request' (unknown connection) on the "
+                    f"StandAlone ones: {'yes' if holds else 'no'}")
+
+    def split_brain(self, limit: float = 30.0) -> None:
+        """After the reconnect of two Primaries: waits until it has settled (one or both sides
+        StandAlone, the rest WFConnection, the same answers twice 1 s apart), then records what
+        both real variants share and keeps the variant as an observation."""
+        t0 = time.monotonic()
+        deadline = t0 + limit
+        previous: Optional[Dict[str, Tuple[str, bool]]] = None
+        while True:
+            seen = {n: (self.b.drbdadm(n, "cstate", RES)[1].strip(),
+                        SB_LINE in self.b.kernel_log(n)) for n in NODES}
+            cstates = [c for c, _ in seen.values()]
+            settled = ("StandAlone" in cstates
+                       and all(c in ("StandAlone", "WFConnection") for c in cstates))
+            if (settled and seen == previous) or time.monotonic() > deadline:
+                break
+            previous = seen if settled else None
+            time.sleep(1.0 if settled else 0.2)
+        self.t.timings.append(("wait split brain settled", time.monotonic() - t0))
+        for node in NODES:
+            self.adm(node, "role", RES)
+            self.adm(node, "dstate", RES)
+        self.sb_cstates = {n: c for n, (c, _) in seen.items()}
+        holds = "StandAlone" in cstates and all(
+            (cstate == "StandAlone") == logged and cstate in ("StandAlone", "WFConnection")
+            for cstate, logged in seen.values())
+        self.t.note(f"at least one node StandAlone; the StandAlone nodes are exactly those whose "
+                    f"kernel log has '{SB_LINE}', the others WFConnection: "
+                    f"{'yes' if holds else 'no'}")
+        for node, (cstate, logged) in seen.items():
+            state_line = self.b.proc_drbd(node).splitlines()[2:3]
+            self.t.observations.append(
+                f"split brain, {node}: cstate {cstate}, kernel line logged: "
+                f"{'yes' if logged else 'no'}, /proc/drbd: {' '.join(state_line).strip()}")
 
 
 def run_scenario(backend: Any, transcript: Transcript,
@@ -273,11 +342,12 @@ def run_scenario(backend: Any, transcript: Transcript,
     step("node1 promoted while apart: two Primaries")
     d.adm("node1", "primary", RES)
     d.state()
-    step("the link restored: split brain")
+    step("the link restored: split brain (one or both sides detect it)")
     backend.set_link(True)
-    d.wait({n: ("cstate", "StandAlone") for n in NODES})
+    d.split_brain()
+    step("the runbook: disconnect on both, so that both are StandAlone")
+    d.runbook_disconnect()
     d.state()
-    d.split_brain_logged()
     step("the operator's recovery: node1 discards its data")
     d.adm("node1", "secondary", RES)
     d.adm("node1", "connect", "--discard-my-data", RES)

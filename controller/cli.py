@@ -500,18 +500,29 @@ def cmd_status(where: Where, args: argparse.Namespace) -> int:
         return code
 
 
-def cmd_get(where: Where, args: argparse.Namespace) -> int:
+def request(
+    where: Where, req: Dict[str, Any], timeout: Optional[float] = None, unreachable: str = ""
+) -> Tuple[Optional[Dict[str, Any]], int]:
+    """Ask the controller; (answer, EXIT_OK) on success, else (None, exit code) with the error
+    already printed. Used by every command except ``status``, which falls back instead."""
     try:
-        answer = ask(where.socket, {"cmd": "get"})
+        answer = ask(where.socket, req, timeout=timeout)
     except Denied as exc:
         _err(str(exc))
-        return EXIT_USAGE
+        return None, EXIT_USAGE
     except Unreachable as exc:
-        _err(f"the iscsi-ha controller is not reachable: {exc}")
-        return EXIT_UNREACHABLE
+        _err(f"the iscsi-ha controller is not reachable{unreachable}: {exc}")
+        return None, EXIT_UNREACHABLE
     if not answer.get("ok"):
-        _err(str(answer.get("error", "get refused")))
-        return answer_code(answer)
+        _err(str(answer.get("message") or answer.get("error") or f"{req['cmd']} refused"))
+        return None, answer_code(answer)
+    return answer, EXIT_OK
+
+
+def cmd_get(where: Where, args: argparse.Namespace) -> int:
+    answer, code = request(where, {"cmd": "get"})
+    if answer is None:
+        return code
     config = answer.get("config")
     if args.json:
         print(json.dumps(config, indent=2))
@@ -527,17 +538,9 @@ def cmd_log(where: Where, args: argparse.Namespace) -> int:
     since = 0.0
     try:
         while True:
-            try:
-                answer = ask(where.socket, {"cmd": "log", "since": since})
-            except Denied as exc:
-                _err(str(exc))
-                return EXIT_USAGE
-            except Unreachable as exc:
-                _err(f"the iscsi-ha controller is not reachable: {exc}")
-                return EXIT_UNREACHABLE
-            if not answer.get("ok"):
-                _err(str(answer.get("error", "log refused")))
-                return answer_code(answer)
+            answer, code = request(where, {"cmd": "log", "since": since})
+            if answer is None:
+                return code
             for entry in answer.get("entries") or []:
                 t = float(entry.get("t", 0))
                 print(f"{fmt_time(t)} {log_text(entry)}")
@@ -557,19 +560,12 @@ def log_text(entry: Dict[str, Any]) -> str:
 
 
 def cmd_role(where: Where, args: argparse.Namespace) -> int:
-    try:
-        answer = ask(where.socket, {"cmd": args.command}, timeout=ROLE_TIMEOUT)
-    except Denied as exc:
-        _err(str(exc))
-        return EXIT_USAGE
-    except Unreachable as exc:
-        _err(f"the iscsi-ha controller is not reachable, nothing was done: {exc}")
-        return EXIT_UNREACHABLE
-    if answer.get("ok"):
-        print(answer.get("message", "done"))
-        return EXIT_OK
-    _err(str(answer.get("message") or answer.get("error") or "refused"))
-    return answer_code(answer)
+    answer, code = request(where, {"cmd": args.command}, timeout=ROLE_TIMEOUT,
+                           unreachable=", nothing was done")
+    if answer is None:
+        return code
+    print(answer.get("message", "done"))
+    return EXIT_OK
 
 
 def cmd_import_conf(args: argparse.Namespace) -> int:

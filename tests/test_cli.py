@@ -353,6 +353,12 @@ class Lines:
         raise AssertionError(f"{needle!r} not seen within {timeout}s; got {self.seen!r}")
 
 
+def sigint_default() -> None:
+    """Give the child the default SIGINT (Ctrl-C) behaviour even when the test runner was started
+    in the background by a shell, which makes SIGINT ignored and the ignore inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop(proc: subprocess.Popen) -> int:
     proc.send_signal(signal.SIGINT)
     try:
@@ -366,7 +372,8 @@ def stop(proc: subprocess.Popen) -> int:
 def test_watch_redraws_until_ctrl_c(live):
     host, path = live
     proc = subprocess.Popen(CLI + ["--socket", path, "status", "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         out = Lines(proc.stdout)
         out.wait_for("LAST CYCLE     none yet")
@@ -386,7 +393,7 @@ def test_watch_clears_the_screen_on_a_terminal(live):
     host, path = live
     master, slave = pty.openpty()
     proc = subprocess.Popen(CLI + ["--socket", path, "status", "--watch"],
-                            stdout=slave, stderr=subprocess.DEVNULL)
+                            stdout=slave, stderr=subprocess.DEVNULL, preexec_fn=sigint_default)
     os.close(slave)
     data = b""
     try:
@@ -408,7 +415,8 @@ def test_log_follow_prints_new_cycles_until_ctrl_c(live):
     host, path = live
     host.controller.run_cycle()
     proc = subprocess.Popen(CLI + ["--socket", path, "log", "-f"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_default)
     try:
         out = Lines(proc.stdout)
         out.wait_for("ok: no action")

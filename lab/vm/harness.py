@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import image as vmimage
 
@@ -370,6 +370,12 @@ class Vm:
         self.agent.request({"op": "kill", "pid": pid, "signal": int(sig)}, timeout=10)
 
 
+def kept_paths(paths: List[str], hidden: Tuple[str, ...] = ("/tmp/", "/run/")) -> List[str]:
+    """The paths under the VM's tmpfs mounts that must stay visible, none inside another."""
+    wanted = sorted({p.rstrip("/") for p in paths if p.startswith(hidden)})
+    return [p for p in wanted if not any(p.startswith(q + "/") for q in wanted if q != p)]
+
+
 class VmLab:
     """Both VMs, the namespace with the client LAN, and the run directory (kept afterwards)."""
 
@@ -381,9 +387,10 @@ class VmLab:
         self.image: Optional[vmimage.Image] = None
         self.udp_base = 40000
         self.python = sys.executable
-        # A venv under /tmp would be hidden by the VM's tmpfs on /tmp: /init binds it back.
-        prefix = str(Path(sys.prefix))
-        self.keep = [prefix] if prefix.startswith("/tmp/") else []
+        # A venv or a checkout under /tmp would be hidden by the VM's tmpfs on /tmp: /init binds
+        # them back. The checkout matters too: an editable install imports from it (CI clones the
+        # repository wherever it likes).
+        self.keep = kept_paths([str(Path(sys.prefix)), str(Path(__file__).resolve().parents[2])])
         self.vms = [Vm(self, "node1", 1), Vm(self, "node2", 2)]
         self._netns_made = False
 

@@ -27,12 +27,13 @@ import signal
 import socket
 import sys
 import threading
-from typing import List, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
 from .cycle import Controller, CycleSettings
 from .execute import Systems
+from .model import PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
 from .systems.pool import read_pool_conf
@@ -50,20 +51,29 @@ WATCH_PERIOD = 0.5
 
 def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
     stats = stats if stats is not None else CommandStats()
-    settings, systems, read_pool, probe = build_systems(cfg, stats)
+    built = build_systems(cfg, stats)
     return Controller(
-        settings,
-        systems,
-        read_pool,
+        built.settings,
+        built.systems,
+        built.read_pool,
         ManualModeStore(cfg.paths.state_dir),
         stats=stats,
-        probe_vip=probe,
-        drbd_version=_safe_version(systems.drbd),
+        probe_vip=built.probe_vip,
+        drbd_version=_safe_version(built.systems.drbd),
         hostname=cfg.node_name,
     )
 
 
-def build_systems(cfg: Config, stats: CommandStats):
+class Built(NamedTuple):
+    """What a configuration turns into: everything a Controller is (re)configured with."""
+
+    settings: CycleSettings
+    systems: Systems
+    read_pool: Callable[[], PoolObservation]
+    probe_vip: Callable[[], Optional[bool]]
+
+
+def build_systems(cfg: Config, stats: CommandStats) -> Built:
     runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats)
     drbd = Drbd(
         runner,
@@ -119,8 +129,8 @@ def build_systems(cfg: Config, stats: CommandStats):
         observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
     )
     pool_conf = cfg.pool.conf
-    return settings, Systems(drbd, target, vip, sr), (lambda: read_pool_conf(pool_conf)), \
-        vip.probe_conflict
+    return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),
+                 vip.probe_conflict)
 
 
 def _safe_version(drbd) -> str:
@@ -152,8 +162,8 @@ class Daemon:
             timezone=datetime.timezone.utc,
         )
         self._pool_text: Optional[str] = _read_text(cfg.pool.conf)
-        self.exporter = None
-        self.control = None
+        self.exporter: Optional[Any] = None  # exporter.server handle, when enabled
+        self.control: Optional[Any] = None  # control.ControlServer
 
     # -- jobs
 
@@ -222,8 +232,7 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        settings, systems, read_pool, probe = build_systems(cfg, self.stats)
-        self.controller.reconfigure(settings, systems, read_pool, probe)
+        self.controller.reconfigure(*build_systems(cfg, self.stats))
         if cfg.interval != self.cfg.interval:
             self.scheduler.reschedule_job("cycle", trigger="interval", seconds=cfg.interval)
         for key in ("exporter", "paths"):

@@ -59,7 +59,7 @@ class VipSystem(Protocol):
     def observe(self) -> VipObservation: ...
     def bind(self) -> StepResult: ...
     def unbind(self) -> StepResult: ...
-    def announce(self) -> None: ...
+    def announce(self) -> StepResult: ...
 
 
 class SrSystem(Protocol):
@@ -122,8 +122,7 @@ def _apply(action: Action, s: Systems) -> StepResult:
         return _then(s.vip.unbind(), lambda: not s.vip.observe().local,
                      "VIP still local after ip addr del")
     if isinstance(action, AnnounceVip):
-        s.vip.announce()  # background; its result does not gate anything
-        return StepResult(True, "gratuitous ARP sent in the background")
+        return s.vip.announce()  # started in the background, never waited for
     if isinstance(action, PlugPbds):
         if s.sr is None:
             return StepResult(False, "SR handling is disabled (xenapi.enabled: false)")

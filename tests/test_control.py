@@ -107,7 +107,7 @@ class WorldVip(_Part):
         return self._do(UnbindVip())
 
     def announce(self):
-        self._do(AnnounceVip())
+        return self._do(AnnounceVip())
 
 
 class Host:

@@ -300,6 +300,8 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "1",
             "--backing-store",
             LUN1,
+            "--bsoflags",
+            "sync",  # writes complete only once DRBD has them
         ),
         ADM
         + (
@@ -313,6 +315,8 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "2",
             "--backing-store",
             "/dev/drbd/by-res/iscsi2/0",
+            "--bsoflags",
+            "sync",  # writes complete only once DRBD has them
         ),
         ADM + ("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"),
     ]
@@ -360,6 +364,8 @@ def test_serve_replaces_a_lun_with_the_wrong_backing_store():
             "1",
             "--backing-store",
             "/dev/drbd/by-res/iscsi1/0",
+            "--bsoflags",
+            "sync",  # writes complete only once DRBD has them
         ),
     ]
 

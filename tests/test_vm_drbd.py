@@ -299,3 +299,129 @@ def test_partition_then_heal_reports_split_brain_and_never_serves_twice(pool):
     except Exception:
         _report(lab)
         raise
+
+
+def _checksum_through_the_vip(c, lba: int):
+    data = os.urandom(32 * 512)
+    wrote = c.client_write(data, lba=lba)
+    assert wrote.get("ok"), wrote
+    # No SYNCHRONIZE CACHE on purpose: the target opens its LUNs O_SYNC, so an acknowledged write
+    # is on both DRBD disks. (Before that fix, a power cut of the Primary lost these blocks.)
+    back = c.client_read(32, lba=lba)
+    assert back == data, "the data read back through the VIP differs from what was written"
+    return hashlib.sha256(data).hexdigest()
+
+
+def _ok(res, what: str) -> None:
+    assert res.rc == 0, f"{what}: rc {res.rc}: {(res.err or res.out).strip()!r}"
+
+
+def test_planned_switch_through_manual_mode(pool):
+    """SPEC §6: manual mode on both, become-secondary on the holder, become-primary on the
+    other; the roles then hold against the pool role until the operator moves the pool master
+    and leaves manual mode."""
+    lab, c = pool
+    n1, n2 = lab.vms
+    try:
+        t_settle = time.monotonic()
+        c.settle("node1")
+        t_settle = time.monotonic() - t_settle
+        holder, other = n1, n2
+        digest = _checksum_through_the_vip(c, lba=64)
+        with ctl.Sampler(c) as sampler:
+            for vm in lab.vms:
+                _ok(c.cfg(vm, "manual-mode-enable"), f"manual-mode-enable on {vm.name}")
+            # Refused: become-primary while the peer is still Primary.
+            assert c.cfg(other, "become-primary").rc != 0
+            t0 = time.monotonic()
+            _ok(c.cfg(holder, "become-secondary"), f"become-secondary on {holder.name}")
+            t_secondary = time.monotonic() - t0
+            assert not c.serving(holder) and not c.vip_local(holder)
+            assert c.drbd(holder, "role") == "Secondary/Secondary"
+            _ok(c.cfg(other, "become-primary"), f"become-primary on {other.name}")
+            t_primary = time.monotonic() - t0
+            ctl.wait_for(f"the client to reach the target on {other.name}",
+                         lambda: c.client_inq() == 0, 60, interval=0.2)
+            downtime = time.monotonic() - t0
+            assert c.serving(other) and c.vip_local(other) and not c.vip_local(holder)
+            assert c.drbd(other, "role") == "Primary/Secondary"
+            after = c.client_read(32, lba=64)
+            assert after is not None and hashlib.sha256(after).hexdigest() == digest
+            # Manual mode holds the roles against the pool role (holder is still the master).
+            time.sleep(4)  # two cycles
+            assert _serving(c, lab) == [other.name]
+            assert ctl.metric(c.metrics(holder), "iscsi_ha_manual_mode") == 1
+            # Leaving manual mode is refused where the storage role is not the native one.
+            assert c.cfg(holder, "manual-mode-disable").rc != 0
+            c.set_pool_master(other.name)
+            # The controllers read pool.conf each cycle: the refusal lifts within a few.
+            ctl.wait_for(f"manual-mode-disable to be accepted on {holder.name}",
+                         lambda: c.cfg(holder, "manual-mode-disable").rc == 0, 30, interval=1)
+            ctl.wait_for(f"manual-mode-disable to be accepted on {other.name}",
+                         lambda: c.cfg(other, "manual-mode-disable").rc == 0, 30, interval=1)
+            time.sleep(4)  # automatic again: the roles are native, nothing moves
+            assert _serving(c, lab) == [other.name] and c.client_inq() == 0
+        assert sampler.samples > 10, sampler.samples
+        assert not sampler.both, f"both nodes served the target at once: {sampler.both}"
+        for vm in lab.vms:
+            assert ctl.metric(c.metrics(vm), "iscsi_ha_manual_mode") == 0
+        print(f"\nplanned switch (after {t_settle:.1f} s settling): become-secondary returned "
+              f"after {t_secondary:.1f} s, become-primary after {t_primary:.1f} s, storage at "
+              f"the VIP after {downtime:.1f} s ({sampler.samples} samples, never both serving)")
+    except Exception:
+        _report(lab)
+        raise
+
+
+def test_primary_vm_killed_then_back_as_secondary(pool):
+    """The Primary's VM is SIGKILLed (its controller dies with it) and the pool master moves to
+    the survivor, which takes over with the data; the killed VM boots, comes up, resyncs from
+    the survivor and ends Secondary and UpToDate, as its restarted controller reports."""
+    lab, c = pool
+    try:
+        c.settle("node2")
+        victim, survivor = lab.vm("node2"), lab.vm("node1")
+        digest = _checksum_through_the_vip(c, lba=128)
+        with ctl.Sampler(c) as sampler:
+            t0 = time.monotonic()
+            victim.crash()
+            c.pids.pop(victim.name, None)
+            c.set_pool_master(survivor.name)
+            ctl.wait_for(f"{survivor.name} to serve at the VIP",
+                         lambda: c.serving(survivor) and c.vip_local(survivor)
+                         and c.client_inq() == 0, 60, interval=0.2)
+            took = time.monotonic() - t0
+            assert c.drbd(survivor, "role") == "Primary/Unknown"
+            after = c.client_read(32, lba=128)
+            assert after is not None and hashlib.sha256(after).hexdigest() == digest
+            # Written while the peer is away: must reach it through the resync.
+            digest2 = _checksum_through_the_vip(c, lba=256)
+            victim.start()
+            victim.wait_ready()
+            victim.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)  # as at boot
+            c.start(victim)
+
+            def reported():
+                m = c.metrics(victim)
+                return (ctl.one_hot(m, "iscsi_ha_drbd_role", "role", resource="r0")
+                        == ["Secondary"]
+                        and ctl.one_hot(m, "iscsi_ha_drbd_disk_state", "state",
+                                        resource="r0", side="local") == ["UpToDate"]
+                        and ctl.one_hot(m, "iscsi_ha_drbd_connection_state", "state",
+                                        resource="r0") == ["Connected"])
+            ctl.wait_for(f"{victim.name}'s controller to report Secondary, UpToDate",
+                         reported, 90, interval=0.5)
+            back = time.monotonic() - t0
+        assert not sampler.both, f"both nodes served the target at once: {sampler.both}"
+        assert c.drbd(victim, "role") == "Secondary/Primary"
+        assert c.drbd(victim, "dstate") == "UpToDate/UpToDate"
+        assert not c.serving(victim) and not c.vip_local(victim)
+        assert _serving(c, lab) == [survivor.name]
+        for lba, want in ((128, digest), (256, digest2)):
+            data = c.client_read(32, lba=lba)
+            assert data is not None and hashlib.sha256(data).hexdigest() == want
+        print(f"\nPrimary killed: {survivor.name} served after {took:.1f} s; {victim.name} "
+              f"Secondary and UpToDate again after {back:.1f} s")
+    except Exception:
+        _report(lab)
+        raise

@@ -455,7 +455,12 @@ class Target:
                 if not res.ok and not self._says(res, "can't find the logical unit"):
                     return self._partial(done, res.describe_failure())
                 done.append(f"removed LUN {number} ({lun.path})")
-            res = self._adm(*self._lu("new", number), "--backing-store", path)
+            # O_SYNC: tgt otherwise writes through the page cache and acknowledges a WRITE before
+            # DRBD has it, so data the initiator never flushed is lost with the Primary (seen in
+            # the VM lab: acknowledged blocks read back as zeros after a power cut). With O_SYNC a
+            # WRITE completes only once DRBD (protocol C) has it on both disks.
+            res = self._adm(*self._lu("new", number), "--backing-store", path,
+                            "--bsoflags", "sync")
             if not res.ok:
                 return self._partial(done, f"LUN {number} on {path}: {res.describe_failure()}")
             done.append(f"added LUN {number}")

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .harness import VIP, Vm, VmError, VmLab, drbd_resource
+from .harness import VIP, Result, Vm, VmError, VmLab, drbd_resource
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BLOCK_TOOL = REPO / "lab" / "iscsi_block.py"
@@ -96,6 +97,12 @@ class Controllers:
         self.pids[vm.name] = pid
         return pid
 
+    def cfg(self, vm: Vm, *args: str, timeout: float = 90.0) -> Result:
+        """``iscsi-cfg`` inside the VM, as an operator on that host would run it."""
+        return vm.run(["env", f"PATH={self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+                       str(self.venv_bin / "iscsi-cfg"), "--config", "/run/lab/iscsi-ha.yaml",
+                       *args], timeout=timeout)
+
     def stop(self, vm: Vm) -> None:
         pid = self.pids.pop(vm.name, None)
         if pid and vm.alive():
@@ -148,6 +155,30 @@ class Controllers:
             return (vm.xdir / "controller.log").read_text()
         except OSError:
             return ""
+
+    def settle(self, master: str, limit: float = 120.0) -> None:
+        """Bring the pair to a known healthy state whatever an earlier test left: initial sync
+        if never synced, the operator's split-brain recovery (the non-master discards its
+        data) if StandAlone, then Connected, UpToDate on both and ``master`` serving."""
+        self.set_pool_master(master)
+        primary = self.lab.vm(master)
+        other = next(vm for vm in self.lab.vms if vm is not primary)
+        if all(self.drbd(vm, "dstate").startswith("Inconsistent") for vm in self.lab.vms):
+            primary.run(["drbdadm", "primary", "--force", RES], timeout=30, check=True)
+        if any(self.drbd(vm, "cstate") == "StandAlone" for vm in self.lab.vms):
+            for vm in self.lab.vms:
+                vm.run(["drbdadm", "disconnect", RES], timeout=30)
+            wait_for(f"{other.name}'s controller to demote it",
+                     lambda: self.drbd(other, "role").startswith("Secondary/"), 60)
+            other.run(["drbdadm", "connect", "--discard-my-data", RES], timeout=30, check=True)
+            primary.run(["drbdadm", "connect", RES], timeout=30, check=True)
+        wait_for("both Connected and UpToDate",
+                 lambda: all(self.drbd(vm, "cstate") == "Connected"
+                             and self.drbd(vm, "dstate") == "UpToDate/UpToDate"
+                             for vm in self.lab.vms), limit)
+        wait_for(f"{master} alone to serve at the VIP",
+                 lambda: self.serving(primary) and not self.serving(other)
+                 and self.vip_local(primary) and self.client_inq() == 0, limit)
 
     # ---- the client ---------------------------------------------------------------------------
 
@@ -208,3 +239,38 @@ def one_hot(samples: Dict[str, float], name: str, label: str, **labels: str) -> 
             if all(have.get(k) == v for k, v in labels.items()) and label in have:
                 out.append(have[label])
     return out
+
+
+class Sampler:
+    """Which VMs serve the target, sampled in a thread for as long as a step runs (bounded by
+    ``limit``): ``both`` holds every sample where more than one did."""
+
+    def __init__(self, controllers: Controllers, period: float = 0.3, limit: float = 300.0):
+        self.c, self.period, self.limit = controllers, period, limit
+        self.samples = 0
+        self.both: List[List[str]] = []
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.limit
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            serving = []
+            for vm in self.c.lab.vms:
+                try:
+                    if vm.alive() and self.c.serving(vm):
+                        serving.append(vm.name)
+                except VmError:
+                    pass  # a VM being killed or booting does not serve
+            self.samples += 1
+            if len(serving) > 1:
+                self.both.append(serving)
+            self.stopped.wait(self.period)
+
+    def __enter__(self) -> "Sampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=30)

@@ -54,7 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_scrape import PROMETHEUS_HEADERS, cpu_model, percentile  # noqa: E402
+from bench_scrape import cpu_model, percentile, scrape_body  # noqa: E402
 from drbd_captures import DRBD84, PROC_DRBD, load_capture  # noqa: E402
 from test_once import FAKE_DRBDADM  # noqa: E402
 
@@ -133,17 +133,10 @@ def family(samples: dict[str, float], name: str) -> dict[str, float]:
     return {k: v for k, v in samples.items() if k == name or k.startswith(name + "{")}
 
 
-def scrape_body(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
-    t0 = time.perf_counter()
-    conn.request("GET", "/metrics", headers=PROMETHEUS_HEADERS)
-    resp = conn.getresponse()
-    body = resp.read()
-    elapsed = time.perf_counter() - t0
-    if resp.status != 200:
-        raise RuntimeError(f"scrape answered {resp.status}: {body[:200]!r}")
-    if resp.getheader("Content-Encoding") == "gzip":
-        body = gzip.decompress(body)
-    return elapsed, body
+def scrape_text(conn: http.client.HTTPConnection) -> tuple[float, bytes]:
+    """A scrape's seconds and its decompressed text (bench_scrape's scrape, body kept)."""
+    elapsed, body, gzipped = scrape_body(conn)
+    return elapsed, gzip.decompress(body) if gzipped else body
 
 
 # ------------------------------------------------------------------------ the world
@@ -273,7 +266,7 @@ def run_against(proc: subprocess.Popen, n: int, port: int, args) -> dict:
     sizes = []
 
     def metrics() -> dict[str, float]:
-        body = scrape_body(conn)[1]
+        body = scrape_text(conn)[1]
         sizes.append(len(body))
         return parse_text(body.decode())
 
@@ -296,7 +289,7 @@ def run_against(proc: subprocess.Popen, n: int, port: int, args) -> dict:
         t_start = time.monotonic()
         next_rss = 0.0
         for _ in range(args.scrapes):
-            elapsed, body = scrape_body(conn)
+            elapsed, body = scrape_text(conn)
             latencies.append(elapsed)
             # Two lines only: parsing the whole body here would take the CPU the daemon needs.
             ts, dur = _LAST_TS.search(body), _LAST_DUR.search(body)

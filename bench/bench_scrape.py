@@ -56,14 +56,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def scrape(conn: http.client.HTTPConnection) -> tuple[float, int]:
+def scrape_body(conn: http.client.HTTPConnection) -> tuple[float, bytes, bool]:
+    """One scrape as Prometheus does it: (seconds, the body as sent, whether it is gzipped)."""
     t0 = time.perf_counter()
     conn.request("GET", "/metrics", headers=PROMETHEUS_HEADERS)
     resp = conn.getresponse()
     body = resp.read()
     elapsed = time.perf_counter() - t0
     if resp.status != 200:
-        raise RuntimeError(f"scrape answered {resp.status}")
+        raise RuntimeError(f"scrape answered {resp.status}: {body[:200]!r}")
+    return elapsed, body, resp.getheader("Content-Encoding") == "gzip"
+
+
+def scrape(conn: http.client.HTTPConnection) -> tuple[float, int]:
+    elapsed, body, _gzipped = scrape_body(conn)
     return elapsed, len(body)
 
 

@@ -16,10 +16,12 @@ so the package brings its own interpreter. This script builds that tree in a sta
    the files never change after installation), and refuse to finish while any file still
    contains the staging path.
 
-Which interpreter is copied decides where the RPM runs: inside the manylinux2014 image it is a
-CPython built against glibc 2.17, right for the dom0; on a developer machine or in CI it is the
-local Python, fine for checking the packaging but tied to that machine's glibc (``build.sh
-inspect`` says so). The result is reported in ``WORK/stage-info.json``.
+Which interpreter is copied decides where the RPM runs: ``build.sh`` passes the one
+``build_python.sh`` made for glibc 2.17 (zig cc, Debian's sources); ``audit_rpm.py`` then proves
+the whole tree needs nothing newer. The dependencies come from wheels chosen for
+``manylinux2014_x86_64`` (glibc 2.17) explicitly: ``pip download --platform ... --only-binary``,
+then an offline install from that directory, so the build machine's glibc never decides which
+wheel is taken. The result is reported in ``WORK/stage-info.json``.
 
 Only the standard library is used: the script runs under the manylinux image's CPython and under
 Debian's python3 alike.
@@ -43,7 +45,11 @@ SYSTEM_LIB_DIRS = (
 )
 # Standard-library parts a daemon never imports; they are also what would pull Tk, X11 and
 # gdbm into the RPM's automatic dependencies.
-STDLIB_PRUNE_DIRS = {"test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo", "ensurepip"}
+STDLIB_PRUNE_DIRS = {"test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo", "ensurepip",
+                     "lib2to3", "pydoc_data"}
+# The wheel platform of the dom0: CentOS 7's glibc 2.17 (PEP 599). pip expands it to every
+# older manylinux tag as well.
+WHEEL_PLATFORM = "manylinux2014_x86_64"
 DYNLOAD_PRUNE = re.compile(r"^(_test|_ctypes_test|_xxtestfuzz|xxlimited|_tkinter|_gdbm|_dbm|nis)")
 
 
@@ -190,6 +196,15 @@ def make_relocatable(pytree: Path, base: Path) -> list:
     return bundled
 
 
+def make_stdlib_scripts_plain(stdlib: Path) -> None:
+    """Clear the execute bits in the standard library: a few modules (cgi.py, ...) start with
+    ``#! /usr/local/bin/python`` and rpm turns an executable file's shebang into a requirement
+    nothing on a dom0 provides. Nobody runs them as programs from there."""
+    for p in stdlib.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.suffix != ".so" and p.stat().st_mode & 0o111:
+            p.chmod(p.stat().st_mode & ~0o111)
+
+
 def fix_venv_paths(venv: Path, stage: Path, prefix: str, xy: str, version: str) -> None:
     staged = str(stage) + prefix
     (venv / "pyvenv.cfg").write_text(
@@ -263,10 +278,21 @@ def main() -> int:
     staged_py = pytree / "bin" / f"python{xy}"
     run([staged_py, "-c", "import ssl, sqlite3, ctypes, zlib, bz2, lzma, hashlib"])
 
+    make_stdlib_scripts_plain(pytree / "lib" / f"python{xy}")
+
     run([staged_py, "-m", "venv", "--without-pip", venv])
-    run([args.pip_python, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+    wheels = Path(args.info).parent / "wheels"
+    if wheels.exists():
+        shutil.rmtree(wheels)
+    cp = "cp" + xy.replace(".", "")
+    run([args.pip_python, "-I", "-m", "pip", "download", "-q", "--disable-pip-version-check",
+         "--dest", wheels, "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
+         "--python-version", xy, "--implementation", "cp", "--abi", cp, "--abi", "abi3",
+         "--abi", "none", args.wheel])
+    run([args.pip_python, "-I", "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
          "--disable-pip-version-check", "--no-warn-script-location", "--no-compile",
-         "--only-binary=:all:", args.wheel])
+         "--no-index", "--find-links", wheels, "--only-binary=:all:", args.wheel])
+    chosen = sorted(p.name for p in wheels.glob("*.whl"))
     fix_venv_paths(venv, stage, args.prefix, xy, facts["version"])
 
     # Byte-compile at build time: root-owned, never rewritten at run time, owned by the RPM.
@@ -285,6 +311,7 @@ def main() -> int:
         "python_version": facts["version"],
         "python_source": str(base),
         "bundled_sonames": bundled,
+        "wheels": chosen,
         "private_sonames": private,
         "files": nfiles,
         "bytes": nbytes,

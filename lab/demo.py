@@ -891,7 +891,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--prometheus-port", type=int, default=None,
                    help="loopback port for Prometheus (default 9090, or any free port with "
                    "--once; a taken port falls back to a free one)")
+    p.add_argument("--payload", metavar="DIR", default=None,
+                   help="run both controllers from an unpacked RPM payload (DIR/opt/iscsi-ha, "
+                   "mounted at /opt/iscsi-ha for them only): the shipped bits, not this "
+                   "virtualenv; same as ISCSI_HA_PAYLOAD=DIR")
     args = p.parse_args(argv)
+    if args.payload:
+        from lab.payload import ENV_VAR, payload_root
+
+        os.environ[ENV_VAR] = os.path.abspath(args.payload)
+        payload_root()  # fails now, naming the directory, if it holds no payload
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     port = args.prometheus_port

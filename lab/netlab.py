@@ -242,9 +242,15 @@ class Node:
         return self.config_path
 
     def controller_argv(self, *args: str) -> List[str]:
-        """The hook where the controller starts: ``iscsi-ha run --config FILE``."""
-        exe = Path(sys.executable).parent / "iscsi-ha"
-        return [str(exe), "run", "--config", str(self.config_path), *args]
+        """The hook where the controller starts: ``iscsi-ha run --config FILE``, from this
+        virtualenv, or from an unpacked RPM payload when ISCSI_HA_PAYLOAD names one."""
+        from lab.payload import PREFIX, payload_argv, payload_root
+
+        argv = ["run", "--config", str(self.config_path), *args]
+        root = payload_root()
+        if root is not None:
+            return payload_argv(root, [f"{PREFIX}/bin/iscsi-ha", *argv])
+        return [str(Path(sys.executable).parent / "iscsi-ha"), *argv]
 
     def drbdadm(self, *args: str) -> subprocess.CompletedProcess:
         """Run the simulator's drbdadm as this node (from the root namespace: it needs no net)."""

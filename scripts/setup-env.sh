@@ -13,6 +13,9 @@ APT_PACKAGES=(
   drbd-utils                    # real drbdadm/drbdsetup formats (no kernel module here)
   rpm patchelf                  # rpmbuild for the dom0 package check; patchelf relinks the
                                 # bundled interpreter's libpython
+  dpkg-dev patch tcl binutils   # make rpm: apt-get source + dpkg-source, Debian's CPython fixes,
+                                # SQLite's amalgamation (tclsh), readelf for the glibc audit
+  createrepo-c                  # make repo: yum metadata for dist/
   openssl                       # certificates for the exporter's TLS tests
   qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
 )

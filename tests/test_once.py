@@ -42,7 +42,9 @@ FAKE_DRBDADM = textwrap.dedent(
 )
 
 
-def run_once(tmp_path, scenario, as_json=True):
+def run_once(tmp_path, scenario, as_json=True, command=None):
+    """``command``: how to start iscsi-ha (default: this virtualenv's; test_packaging passes
+    the RPM payload's)."""
     capture_name, pool_conf, dmesg = SCENARIOS[scenario]
     capture = load_capture(DRBD84 / capture_name)
     table = {cmd: list(ans) for cmd, ans in capture.items() if cmd.startswith("drbdadm")}
@@ -76,8 +78,8 @@ def run_once(tmp_path, scenario, as_json=True):
         """))
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
                FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"))
-    exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
-    proc = subprocess.run([exe, "once", "--config", str(config), "--dry-run",
+    command = command or [os.path.join(os.path.dirname(sys.executable), "iscsi-ha")]
+    proc = subprocess.run([*command, "once", "--config", str(config), "--dry-run",
                            *(["--json"] if as_json else [])],
                           capture_output=True, text=True, env=env, timeout=60)
     return proc

@@ -198,7 +198,7 @@ build_openssl() {
   unpack openssl "$T/openssl" && cd "$T/openssl"
   # The dom0's certificate store (/etc/pki/tls/cert.pem -> the CA bundle) is OpenSSL's default
   # there; no dynamic engines or providers to load from the host.
-  ./Configure linux-x86_64 no-shared no-module no-tests no-docs no-apps no-dso \
+  ./Configure linux-x86_64 no-shared no-module no-tests no-dso \
     --prefix="$DEPS" --libdir=lib --openssldir=/etc/pki/tls -fPIC
   make -j"$JOBS" build_libs && make install_dev
 }
@@ -231,13 +231,27 @@ build_cpython() {
   make install DESTDIR="$T/result"
 }
 
-step zlib build_zlib
-step bzip2 build_bzip2
-step xz build_xz
-step libffi build_libffi
-step sqlite build_sqlite
-step expat build_expat
-step openssl build_openssl
+# The static libraries are cached on their own (key: the pins and these functions' text), so a
+# change to the CPython step alone does not rebuild them.
+local dkey
+dkey=$(cat "$PINS" <(declare -f build_zlib build_bzip2 build_xz build_libffi build_sqlite \
+  build_expat build_openssl) | sha256sum | cut -c1-16)
+if [ -f "$CACHE/deps-$dkey/.complete" ]; then
+  DEPS=$CACHE/deps-$dkey
+  say "static libraries: cached ($DEPS)"
+else
+  step zlib build_zlib
+  step bzip2 build_bzip2
+  step xz build_xz
+  step libffi build_libffi
+  step sqlite build_sqlite
+  step expat build_expat
+  step openssl build_openssl
+  touch "$DEPS/.complete"
+  rm -rf "$CACHE/deps-$dkey"
+  mv "$DEPS" "$CACHE/deps-$dkey"
+  DEPS=$CACHE/deps-$dkey
+fi
 step cpython build_cpython
 
 PY=$T/result$PREFIX/bin/python3.11

@@ -12,8 +12,9 @@
 #   describe a /usr system Python, not a private /opt one.
 # * Compiler: `zig cc -target x86_64-linux-gnu.2.17` from the ziglang wheel. Zig links against
 #   glibc 2.17's symbol versions, and it never searches this machine's /usr/include or /usr/lib,
-#   so nothing of the build machine leaks in: OpenSSL, libffi, zlib, bzip2, xz, SQLite and expat
-#   are built with the same compiler as static PIC archives and linked into the extension modules.
+#   so nothing of the build machine leaks in: OpenSSL, libffi, zlib, bzip2, xz and SQLite are
+#   built with the same compiler as static PIC archives and linked into the extension modules;
+#   Debian's patched expat sources replace the copy inside CPython's tree.
 #   What the result needs from the host is glibc's libraries only.
 # * Cache: ${ISCSI_HA_BUILD_CACHE:-<repo>/.cache/build}/python-KEY, KEY = sha256 of this script
 #   and python-sources.txt. A hit prints the path at once; a build runs in a temporary directory
@@ -186,14 +187,6 @@ build_sqlite() {
   make -j"$JOBS" libsqlite3.la
   cp .libs/libsqlite3.a "$DEPS/lib/" && cp sqlite3.h sqlite3ext.h "$DEPS/include/"
 }
-build_expat() {
-  # Debian's expat (with its CVE fixes) instead of the copy in CPython's tree (2.5.0 as released):
-  # pyexpat parses every XML-RPC answer XenAPI gets.
-  unpack expat "$T/expat" && cd "$T/expat"
-  ./configure --prefix="$DEPS" --disable-shared --enable-static --with-pic --without-docbook \
-    --without-examples --without-tests --without-xmlwf
-  make -j"$JOBS" -C lib && make -C lib install
-}
 build_openssl() {
   unpack openssl "$T/openssl" && cd "$T/openssl"
   # The dom0's certificate store (/etc/pki/tls/cert.pem -> the CA bundle) is OpenSSL's default
@@ -216,10 +209,23 @@ build_cpython() {
       || die "Debian patch $p does not apply to python3.11 $(pin python3.11)"
     echo "applied debian/patches/$p"
   done
+  # expat: CPython 3.11.2 carries expat 2.5.0 as released; Debian's expat 2.5.0 source package
+  # adds its CVE fixes (pyexpat parses every XML-RPC answer XenAPI gets). Its library sources
+  # replace the copy in Modules/expat, keeping CPython's own expat_config.h and the symbol
+  # prefixes of pyexpatns.h (so the interpreter's expat never mixes with a system libexpat).
+  unpack expat "$T/expat"
+  local f ex=$T/expat/expat/lib
+  for f in "$ex"/*.c "$ex"/*.h; do
+    [ "$(basename "$f")" = expat_external.h ] || cp "$f" Modules/expat/
+  done
+  awk '/^#ifndef XMLCALL/ && !done { print "#include \"pyexpatns.h\""
+         print "#define XML_SetReparseDeferralEnabled PyExpat_XML_SetReparseDeferralEnabled"
+         done = 1 } { print }' "$ex/expat_external.h" >Modules/expat/expat_external.h
+  grep -q '^#include "pyexpatns.h"' Modules/expat/expat_external.h \
+    || die "expat $(pin expat): expat_external.h changed shape; cannot add pyexpatns.h"
   local inc="-I$DEPS/include" lib="-L$DEPS/lib"
   ./configure --prefix="$PREFIX" --disable-shared --without-ensurepip --disable-test-modules \
-    --with-openssl="$DEPS" --with-openssl-rpath=no --with-system-expat \
-    LIBEXPAT_CFLAGS="$inc" LIBEXPAT_LDFLAGS="$lib -lexpat" \
+    --with-openssl="$DEPS" --with-openssl-rpath=no \
     LIBS="-lpthread -ldl" \
     LIBFFI_CFLAGS="$inc" LIBFFI_LIBS="$lib -lffi" \
     ZLIB_CFLAGS="$inc" ZLIB_LIBS="$lib -lz" \
@@ -235,7 +241,7 @@ build_cpython() {
 # change to the CPython step alone does not rebuild them.
 local dkey
 dkey=$(cat "$PINS" <(declare -f build_zlib build_bzip2 build_xz build_libffi build_sqlite \
-  build_expat build_openssl) | sha256sum | cut -c1-16)
+  build_openssl) | sha256sum | cut -c1-16)
 if [ -f "$CACHE/deps-$dkey/.complete" ]; then
   DEPS=$CACHE/deps-$dkey
   say "static libraries: cached ($DEPS)"
@@ -245,7 +251,6 @@ else
   step xz build_xz
   step libffi build_libffi
   step sqlite build_sqlite
-  step expat build_expat
   step openssl build_openssl
   touch "$DEPS/.complete"
   rm -rf "$CACHE/deps-$dkey"

@@ -224,7 +224,10 @@ build_cpython() {
   grep -q '^#include "pyexpatns.h"' Modules/expat/expat_external.h \
     || die "expat $(pin expat): expat_external.h changed shape; cannot add pyexpatns.h"
   local inc="-I$DEPS/include" lib="-L$DEPS/lib"
-  ./configure --prefix="$PREFIX" --disable-shared --without-ensurepip --disable-test-modules \
+  # pkg-config would answer with this machine's libraries (libuuid, libnsl2 with libtirpc): it
+  # may only see the static ones built above. What it cannot find (_uuid, nis) is left out;
+  # uuid.py and the rest of the stdlib work without them.
+  PKG_CONFIG_LIBDIR=$DEPS/lib/pkgconfig PKG_CONFIG_PATH= ./configure --prefix="$PREFIX" --disable-shared --without-ensurepip --disable-test-modules \
     --with-openssl="$DEPS" --with-openssl-rpath=no \
     LIBS="-lpthread -ldl" \
     LIBFFI_CFLAGS="$inc" LIBFFI_LIBS="$lib -lffi" \

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -448,8 +449,10 @@ def fake_dom0_root(root: Path) -> None:
     """A chroot in which rpm can run the real scriptlets: busybox as /bin/sh, a systemctl that
     records its calls, and drbdadm/tgtadm/ip/arping that record any call (none may happen)."""
     busybox = shutil.which("busybox")
-    for d in ("bin", "usr/bin", "usr/sbin", "sbin"):
+    for d in ("bin", "usr/bin", "usr/sbin", "sbin", "dev", "tmp", "var/tmp"):
         (root / d).mkdir(parents=True, exist_ok=True)
+    # The scriptlets send output to /dev/null; rpm writes them to /var/tmp first.
+    os.mknod(root / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
     shutil.copy2(busybox, root / "bin" / "busybox")
     (root / "bin" / "sh").symlink_to("busybox")
     (root / "usr/bin/systemctl").write_text(RECORDER.format(log="systemctl.log", extra=""))

@@ -30,7 +30,14 @@ import threading
 from typing import Any, Callable, List, NamedTuple, Optional
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    XenApiConfig,
+    load_config,
+    read_xenapi_password,
+)
 from .cycle import Controller, CycleSettings
 from .execute import Systems
 from .model import PoolObservation
@@ -74,7 +81,10 @@ class Built(NamedTuple):
 
 
 def build_systems(cfg: Config, stats: CommandStats) -> Built:
-    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats)
+    # The XenAPI password variable stays with us: no child (drbdadm, tgtd, ...) inherits it.
+    hidden = {XenApiConfig.password_env, cfg.xenapi.password_env} - {None}
+    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats,
+                           hide_env=sorted(hidden))
     drbd = Drbd(
         runner,
         version=cfg.drbd.version,

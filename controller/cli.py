@@ -36,7 +36,15 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, PathsConfig, load_config
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    PathsConfig,
+    load_config,
+    load_yaml,
+)
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -160,9 +168,10 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
     """paths.control_socket, paths.status_file and interval from a file that does not validate."""
     sock, status, interval = defaults.control_socket, defaults.status_file, DEFAULT_INTERVAL
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        # Same limits as the controller's own reading: a FIFO, a device, a huge or hostile file
+        # must not hang or crash a command whose whole point is to work when things are wrong.
+        data, _ = load_yaml(read_capped(path, CONFIG_LIMIT).decode("utf-8"), path)
+    except (OSError, UnicodeDecodeError, ConfigError):
         return sock, status, interval
     if not isinstance(data, dict):
         return sock, status, interval
@@ -173,7 +182,7 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
         if isinstance(paths.get("status_file"), str) and paths["status_file"]:
             status = paths["status_file"]
     value = data.get("interval")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 3600:
         interval = float(value)
     return sock, status, interval
 
@@ -449,10 +458,10 @@ def fallback_status(where: Where, reason: str, as_json: bool, compact: bool = Fa
     age: Optional[float] = None
     problem = ""
     try:
-        with open(where.status_file, encoding="utf-8", errors="replace") as fh:
-            age = now - os.fstat(fh.fileno()).st_mtime
-            text = fh.read()
+        age = now - os.stat(where.status_file).st_mtime
+        text = read_text(where.status_file, SMALL_LIMIT)
     except OSError as exc:
+        age = None
         problem = exc.strerror or str(exc)
     limit = where.interval + STALE_GRACE
     stale = age is not None and age > limit

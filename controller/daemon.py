@@ -239,10 +239,15 @@ class Daemon:
     def reload(self) -> None:
         try:
             cfg = load_config(self.config_path)
+            built = build_systems(cfg, self.stats)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        self.controller.reconfigure(*build_systems(cfg, self.stats))
+        except Exception as exc:  # a reload must never end the daemon that holds the storage
+            log.exception("reload refused, keeping the running configuration: %s: %s",
+                          type(exc).__name__, exc)
+            return
+        self.controller.reconfigure(*built)
         if cfg.interval != self.cfg.interval:
             self.scheduler.reschedule_job("cycle", trigger="interval", seconds=cfg.interval)
         for key in ("exporter", "paths"):

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .files import CONFIG_LIMIT, read_capped
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped
 
 DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
@@ -280,8 +280,7 @@ def read_xenapi_password(cfg: Config,
     if not x.password_file:
         return None
     try:
-        with open(x.password_file, encoding="utf-8") as f:
-            text = f.read()
+        text = read_capped(x.password_file, SMALL_LIMIT).decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

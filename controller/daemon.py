@@ -40,6 +40,7 @@ from .config import (
 )
 from .cycle import Controller, CycleSettings
 from .execute import Systems
+from .files import SMALL_LIMIT, read_text
 from .model import PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
@@ -289,8 +290,7 @@ class Daemon:
 
 def _read_text(path: str) -> Optional[str]:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        return read_text(path, SMALL_LIMIT)
     except OSError:
         return None
 

@@ -44,7 +44,7 @@ def kind_of(mode: int) -> str:
 
 def _check(st: os.stat_result, path: str, limit: int) -> None:
     if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", path)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     if not stat.S_ISREG(st.st_mode):
         raise NotARegularFile(errno.EINVAL, f"is {kind_of(st.st_mode)}, not a regular file",
                               path)

@@ -44,6 +44,7 @@ from .config import (
     load_config,
     load_yaml,
 )
+from .control import root_socket_path
 from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -76,14 +77,35 @@ class Denied(Exception):
 
 
 def ask(path: str, request: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
-    """Send one request, return the answer object. Raises Unreachable or Denied."""
+    """Send one request, return the answer object. Raises Unreachable or Denied.
+
+    Root asks on the controller's root-only socket when there is one (the main socket is then
+    open to every local user, who could keep it busy); if that does not answer, on the main one.
+    """
     timeout = QUERY_TIMEOUT if timeout is None else timeout
+    private = root_socket_path(path)
+    if os.geteuid() == 0 and os.path.exists(private):
+        try:
+            return _ask(private, request, timeout)
+        except Unreachable:
+            pass  # a stale file left by a killed controller: the main socket decides
+    return _ask(path, request, timeout)
+
+
+def _ask(path: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            while True:
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # EAGAIN: the listen queue is full right now; retry
+                    if time.monotonic() >= deadline:
+                        raise socket.timeout() from None
+                    time.sleep(0.01)
         except FileNotFoundError:
             raise Unreachable(f"{path} does not exist") from None
         except ConnectionRefusedError:

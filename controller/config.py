@@ -987,8 +987,9 @@ def _scan(text: str) -> Optional[str]:
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
                     mark = event.start_mark
-                    return (f"line {mark.line + 1}, column {mark.column + 1}: nested more than "
-                            f"{MAX_YAML_DEPTH} levels deep; a configuration needs 3")
+                    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                    return (f"{where}nested more than {MAX_YAML_DEPTH} levels deep; a "
+                            "configuration needs 3")
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.YAMLError:

@@ -83,9 +83,8 @@ class Built(NamedTuple):
 
 def build_systems(cfg: Config, stats: CommandStats) -> Built:
     # The XenAPI password variable stays with us: no child (drbdadm, tgtd, ...) inherits it.
-    hidden = {XenApiConfig.password_env, cfg.xenapi.password_env} - {None}
-    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats,
-                           hide_env=sorted(hidden))
+    hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env) if n})
+    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats, hide_env=hidden)
     drbd = Drbd(
         runner,
         version=cfg.drbd.version,

@@ -23,7 +23,6 @@ import tempfile
 from typing import Callable, Optional, Tuple
 
 from .files import STATE_LIMIT, kind_of, read_capped
-
 from .model import ManualMode, StorageRole
 
 log = logging.getLogger(__name__)

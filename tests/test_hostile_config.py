@@ -17,7 +17,6 @@ import pytest
 from iscsi_ha.controller import cli
 from iscsi_ha.controller import daemon as daemon_mod
 from iscsi_ha.controller.config import ConfigError, load_config
-
 from test_daemon import config_text, wait_for
 
 MINIMAL = "resources: [iscsi1]\nvip:\n  address: 10.10.10.3/24\n"
@@ -30,7 +29,7 @@ HOSTILE = {
     "nul": (MINIMAL.replace("iscsi1", "iscsi\x001"), ["line 1", "NUL", "U+0000"]),
     "bell-in-value": ("node_name: a\x07b\n" + MINIMAL, ["line 1, column 13", "U+0007"]),
     "deep-flow": (MINIMAL + "drbd: " + "[" * DEEP + "]" * DEEP + "\n",
-                  ["line 4", f"more than 32 levels"]),
+                  ["line 4", "more than 32 levels"]),
     "deep-block": (MINIMAL + "".join(" " * i + f"k{i}:\n" for i in range(DEEP)),
                    ["nested more than 32 levels"]),
     "4300-digit-int": (MINIMAL + "interval: 1" + "0" * 4300 + "\n",
@@ -42,7 +41,8 @@ HOSTILE = {
                              ["vip.probe_interval:", "at most 86400"]),
     "command-timeout-1e10": (MINIMAL + "command_timeout: 1.0e+10\n",
                              ["command_timeout:", "at most 3600"]),
-    "cycle-deadline-1e300": (MINIMAL + "cycle_deadline: 1.0e+300\n", ["cycle_deadline:", "at most"]),
+    "cycle-deadline-1e300": (MINIMAL + "cycle_deadline: 1.0e+300\n",
+                             ["cycle_deadline:", "at most"]),
     "xenapi-timeout": (MINIMAL + "xenapi: {timeout: 1.0e+9}\n", ["xenapi.timeout:", "at most"]),
     "stop-timeout": (MINIMAL + "target: {stop_timeout: 1.0e+9}\n", ["target.stop_timeout:"]),
     "announce-interval": (MINIMAL.replace("address: 10.10.10.3/24",

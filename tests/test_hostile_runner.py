@@ -10,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from drbd_captures import DRBD84
 from iscsi_ha.controller.systems.drbd import Drbd
 from iscsi_ha.controller.systems.runner import ProcessRunner
-
-from drbd_captures import DRBD84
 from test_drbd import answer_84, fake_from, text
 
 

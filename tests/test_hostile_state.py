@@ -12,7 +12,6 @@ import threading
 import pytest
 from iscsi_ha.controller.model import ManualMode, Outcome, StorageRole
 from iscsi_ha.controller.state import MANUAL_MODE_FILE, ManualModeStore, atomic_write
-
 from test_cycle import make
 from worlds import world
 

@@ -16,6 +16,7 @@ TYPED = [
     "controller/daemon.py",
     "controller/systems/drbd.py", "controller/systems/target.py", "controller/systems/vip.py",
     "controller/systems/pool.py", "controller/systems/sr.py", "controller/systems/xenapi.py",
+    "controller/systems/filewatch.py", "controller/systems/drbd_events.py",
 ]
 
 

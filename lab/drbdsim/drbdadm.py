@@ -1152,6 +1152,8 @@ def main(
         if "--sim-dmesg" in options:
             out.write(cluster.kernel_log(node))
             return 0
+        if "--sim-drbdsetup" in options:
+            return drbdsetup_command(cluster, node, options, words, out, err)
         return run_command(cluster, node, options, words, out, err)
     except SimError as exc:
         err.write(f"drbdadm (lab simulator): {exc}\n")
@@ -1250,6 +1252,70 @@ def apply(res: Resource, node: str, command: str, options: Sequence[str]) -> str
         elif not res.side(node)["net"]:
             res.connect(node)
     return ""
+
+
+def proc_states(text: str) -> Dict[int, str]:
+    """``{minor: "cs:.. ro:../.. ds:../.."}`` from a /proc/drbd text."""
+    states = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0].endswith(":") and words[0][:-1].isdigit():
+            states[int(words[0][:-1])] = " ".join(words[1:4])
+    return states
+
+
+def drbdsetup_command(cluster: Cluster, node: str, options: Sequence[str], words: List[str],
+                      out: TextIO, err: TextIO) -> int:
+    """``drbdsetup events all`` (8.4): one ``ST`` line per state change of this node's minors.
+
+    The kernel broadcasts a change as it happens; the simulator notices it by looking at the
+    node's /proc/drbd file (rewritten by every command and tick) every ``EVENTS_POLL`` seconds,
+    which adds at most that much to when a listener hears of it. Only ``ST`` lines are produced
+    (the ``R``/``ST-prev``/``ST-new`` lines real DRBD adds carry nothing a listener needs).
+    """
+    if words[:1] != ["events"]:
+        err.write(f"drbdsetup (lab simulator): only 'events' is simulated, not {words!r}\n")
+        return 20
+    names = {int(spec["minor"]): name for name, spec in cluster.config["resources"].items()}
+    limit = 24 * 3600.0
+    for opt in options:
+        if opt.startswith("--max-seconds="):
+            limit = float(opt.split("=", 1)[1])
+    path = cluster.proc_drbd_path(node)
+    last: Dict[int, str] = {}
+    seen_stat = None
+    seq = 0
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            try:
+                st = os.stat(path)
+                stat = (st.st_ino, st.st_mtime_ns, st.st_size)
+            except FileNotFoundError:
+                if not os.path.isfile(os.path.join(cluster.dir, "cluster.json")):
+                    return 0  # the lab is gone
+                stat = None
+            if stat != seen_stat:
+                seen_stat = stat
+                try:
+                    with open(path) as f:
+                        now = proc_states(f.read())
+                except FileNotFoundError:
+                    now = {}
+                for minor in sorted(set(now) | set(last)):
+                    state = now.get(minor, "cs:StandAlone ro:Secondary/Unknown ds:Diskless/DUnknown")
+                    if last.get(minor) != state and minor in names:
+                        seq += 1
+                        out.write(f"{seq} ST {minor},{names[minor]}[0] {{ {state} r--- }}\n")
+                last = now
+                out.flush()
+            time.sleep(EVENTS_POLL)
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+EVENTS_POLL = 0.003
 
 
 def kernel_loop(cluster: Cluster, options: Sequence[str]) -> int:

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from iscsi_ha.controller.systems import filewatch
 from iscsi_ha.controller.systems.filewatch import FileWatch, parse_events
 
@@ -44,6 +43,12 @@ def watched(tmp_path):
         watch.stop()
 
 
+def replace(path, text):
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    os.rename(tmp, path)
+
+
 def wait_mode(watch, mode, limit=5.0):
     deadline = time.monotonic() + limit
     while watch.mode != mode and time.monotonic() < deadline:
@@ -65,7 +70,7 @@ def test_in_place_write_rename_delete_and_recreate_each_wake(tmp_path, watched):
     conf.unlink()
     seen.wait_for(3)
     assert watch.last is None
-    conf.write_text("master")
+    conf.write_text("master")  # created in place: woken by the writer's close, not the create
     seen.wait_for(4)
     assert watch.last == "master"
 
@@ -78,8 +83,8 @@ def test_same_content_and_other_files_wake_nobody(tmp_path, watched):
     conf.write_text("master")  # same text: xapi rewriting what was there
     os.utime(conf)
     (tmp_path / "other").write_text("x")
-    conf.write_text("slave:10.0.0.1")  # the one real change, after the others
-    seen.wait_for(1)
+    replace(conf, "slave:10.0.0.1")  # the one real change, after the others (atomic, so that
+    seen.wait_for(1)                 # a slow reader cannot catch it half-written)
     time.sleep(0.2)  # anything queued by the no-op writes would have arrived by now
     assert seen.count == 1
 

@@ -45,7 +45,10 @@ IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 
-DIR_MASK = (IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE
+# Not IN_MODIFY or IN_CREATE: a file rewritten in place is truncated (or created empty) first,
+# and reading then would see an empty pool.conf (unknown: hold). The writer's close says the
+# content is complete; a rename onto the file (the atomic way) is IN_MOVED_TO.
+DIR_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
             | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
 # The watch itself is gone (directory deleted or moved) or events were lost: look and re-arm.
 LOST = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW

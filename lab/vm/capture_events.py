@@ -113,7 +113,7 @@ def main(out: Path) -> int:
                                              for _ in range(5)]
             slow["vm drbdadm sh-minor"] = [_timed(vm, ["drbdadm", "sh-minor", RES])
                                            for _ in range(5)]
-        for (name, kind), pid in pids.items():
+        for (name, _kind), pid in pids.items():
             lab.vm(name).kill(pid)
         for vm in lab.vms:
             for kind in ("events", "events2"):

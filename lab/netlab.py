@@ -1,6 +1,6 @@
 """The two-node namespace lab: topology, per-node files, processes by PID, and a clean teardown.
 
-Topology (``shared/LAB.md`` §A)::
+Topology (``docs/design.md`` §12 A)::
 
     node1 (10.99.0.1, VIP 10.99.0.3) --eth0==v-node1--+
     node2 (10.99.0.2)                 --eth0==v-node2--+-- br0 (10.99.0.254) in "sw"

@@ -1,5 +1,5 @@
 """The target and VIP adapters against the real tools: tgtd/tgtadm, iproute2, iputils arping and
-libiscsi's client, in network namespaces (LAB.md section A).
+libiscsi's client, in network namespaces (docs/design.md §12 A).
 
 node1, node2 and client sit on one bridge (``tests/netns.py``, unique names per run). Each node runs
 its own tgtd on a distinct, random control port, started by the adapter itself; every command of

@@ -48,7 +48,7 @@ from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
 from .systems.filewatch import FileWatch
 from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner
-from .systems.target import Target
+from .systems.target import make_target
 from .systems.vip import Vip
 
 log = logging.getLogger("iscsi_ha")
@@ -93,18 +93,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         proc_drbd=cfg.drbd.proc_drbd,
         kernel_log=tuple(cfg.drbd.kernel_log),
     )
-    target = Target(
-        runner,
-        tgtadm=cfg.target.tgtadm,
-        tgtd=cfg.target.tgtd,
-        control_port=cfg.target.control_port,
-        tid=cfg.target.tid,
-        iqn=cfg.target.iqn,
-        luns=tuple((lun.number, lun.path) for lun in cfg.target.luns),
-        initiator_address=cfg.target.initiator_address,
-        stop_timeout=cfg.target.stop_timeout,
-        log_file=cfg.target.log_file,
-    )
+    target = make_target(cfg.target, runner)
     vip = Vip(
         runner,
         address=cfg.vip.address,

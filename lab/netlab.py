@@ -215,6 +215,7 @@ class Node:
                 "timeout": 5,
             },
             "target": {
+                "backend": "tgt",  # namespaces share one kernel: no LIO here (VM lab has it)
                 "control_port": self.tgt_port,
                 "tid": 1,
                 "iqn": lab.iqn,

@@ -831,7 +831,11 @@ def _all_keys() -> Dict[str, List[str]]:
 def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]:
     """(path, message) for a key the schema does not have. The value is never quoted."""
     if not isinstance(key, str):
-        return f"{prefix}{key!r}", "keys must be strings"
+        return f"{prefix}{_short(key)}", "keys must be strings"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key):
+        # Shown quoted and cut short: a key may hold a newline or a whole pasted paragraph.
+        shown = _short(key)
+        return (f"{prefix}.{shown}" if prefix else shown), "unknown key"
     path = f"{prefix}.{key}" if prefix else key
     if path in _KEY_HINTS:
         return path, f"unknown key: {_KEY_HINTS[path]}"

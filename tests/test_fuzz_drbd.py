@@ -16,17 +16,15 @@ cannot read carries an error that names the command. Cases run are printed (``py
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
 import pytest
+from drbd_captures import FIXTURES, read_frames
+from fakes import FakeRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from iscsi_ha.controller.systems import drbd as d
 from iscsi_ha.controller.systems.drbd import Drbd, DrbdParseError
-
-from drbd_captures import FIXTURES, read_frames
-from fakes import FakeRunner
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))

@@ -27,6 +27,8 @@ import struct
 import threading
 from typing import Callable, Iterator, List, Optional, Tuple
 
+from .. import files
+
 log = logging.getLogger(__name__)
 
 # <sys/inotify.h>; the values are part of the kernel ABI.
@@ -109,8 +111,7 @@ class Inotify:
 
 def read_text(path: str) -> Optional[str]:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        return files.read_text(path, files.SMALL_LIMIT)  # regular files only, capped (#16)
     except OSError:
         return None
 

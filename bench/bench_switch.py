@@ -343,7 +343,7 @@ class Bench:
     def bare(self, old: Node, new: Node) -> float:
         pids = self.work / "bare.pids"
         return self.run_script(f"""set -e
-tgtadm -C {old.tgt_port} --lld iscsi --mode target --op delete --force --tid 1
+{force_delete(old)}
 ip -n {old.netns} addr del {VIP} dev {old.interface}
 '{old.bin_dir}/drbdadm' secondary {RES}
 '{new.bin_dir}/drbdadm' primary {RES}
@@ -361,7 +361,7 @@ echo $! >> '{pids}'
         new_log = self.work / f"tgtd-{new.name}.log"
         t = self.run_script(f"""set -e
 ip -n {old.netns} addr del {VIP} dev {old.interface}
-tgtadm -C {old.tgt_port} --lld iscsi --mode target --op delete --force --tid 1
+{force_delete(old)}
 tgtadm -C {old.tgt_port} --mode system --op delete
 '{old.bin_dir}/drbdadm' secondary {RES}
 '{new.bin_dir}/drbdadm' primary {RES}
@@ -488,8 +488,7 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
 
     def keepalived(self, old: Node, new: Node) -> float:
         t = time.monotonic()
-        tgtadm(old, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-               "--tid", "1")
+        subprocess.run(["sh", "-c", force_delete(old)], check=True, timeout=10)
         drbd(old, "secondary", RES)
         os.kill(self.ka_pids[old.name], signal.SIGTERM)
         done = self.work / f"ka-done-{new.name}"
@@ -517,11 +516,10 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
     def run(self, only: Sequence[str], say: Callable[[str], None]) -> Dict[str, dict]:
         results: Dict[str, dict] = {}
         anchors = [m for m in ANCHORS if m in only]
-        if anchors:
-            for node in self.lab.nodes:
-                node.drbdadm("up", RES)
-            wait_for("DRBD connected", lambda: "Connected" in self.n1.drbdadm(
-                "cstate", RES).stdout, 20)
+        for node in self.lab.nodes:
+            node.drbdadm("up", RES)
+        wait_for("DRBD connected", lambda: "Connected" in self.n1.drbdadm(
+            "cstate", RES).stdout, 20)
         for name in anchors:
             results[name] = self.rounds_of(name, say)
             self.stop_keepalived()
@@ -574,6 +572,15 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
                 say(f"  {name} round {i + 1} FAILED: {exc}")
                 self.reap_background()
         return {"rows": rows, "errors": errors}
+
+
+def force_delete(node: Node) -> str:
+    """Shell: delete the target; tgtd refuses ``--force`` for a moment while I/O is in flight
+    ("this logical unit is still active"), so retry every 10 ms for up to 2 s, as the product
+    does."""
+    return (f"i=0; until tgtadm -C {node.tgt_port} --lld iscsi --mode target --op delete "
+            f"--force --tid 1 2>/dev/null; do i=$((i+1)); [ $i -lt 200 ] || exit 8; "
+            f"sleep 0.01; done")
 
 
 def stop_pid(pid: int, wait: float) -> None:

@@ -33,7 +33,7 @@ from . import __version__
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
 from .cycle import Controller, CycleSettings
 from .execute import Systems
-from .model import PoolObservation
+from .model import Policy, PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
 from .systems.pool import read_pool_conf
@@ -127,6 +127,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         restart_backoff=cfg.target.restart_backoff,
         status_file=cfg.paths.status_file,
         observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
+        policy=Policy(unproven_wait=cfg.promotion.unproven_wait),
     )
     pool_conf = cfg.pool.conf
     return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),

@@ -57,6 +57,7 @@ def world(
     conflict=False,
     announce_due: bool = False,
     srs: SrObservation = None,
+    **extra,
 ) -> Observation:
     if resources is None:
         resources = (res(),)
@@ -73,6 +74,7 @@ def world(
         ),
         vip=VipObservation(VIP, "eth0", vip_local, conflict, announce_due),
         srs=srs,
+        **extra,
     )
 
 

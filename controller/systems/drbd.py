@@ -940,6 +940,17 @@ class Drbd:
     def secondary(self, resource: str) -> StepResult:
         return self._role_change("secondary", resource)
 
+    def outdate(self, resource: str) -> StepResult:
+        """``drbdadm outdate``: mark this (Secondary, disconnected) disk Outdated, for the peer's
+        fence-peer handler. DRBD refuses it on a Primary; its words come back refused."""
+        return self._role_change("outdate", resource)
+
+    def generation_ids(self, resource: str) -> Optional[str]:
+        """``drbdadm get-gi``'s line (DRBD's data-generation UUIDs and meta-data flags), shown to
+        an operator as DRBD prints it; None when it cannot be read."""
+        res = self._run(self.drbdadm, "get-gi", resource)
+        return res.stdout.strip() if res.ok and res.stdout.strip() else None
+
     def _role_change(self, verb: str, resource: str) -> StepResult:
         res = self._run(self.drbdadm, verb, resource)
         if res.timed_out:

@@ -80,6 +80,12 @@ class ConfigError(Exception):
 class Lun:
     number: int  # "lun" in YAML; 0 is tgt's own controller LUN, so ours start at 1
     path: str
+    # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
+    # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
+    serial: Optional[str] = None  # VPD 0x80
+    scsi_id: Optional[str] = None  # tgt's scsi_id: its NAA designator (VPD 0x83)
+    vendor: Optional[str] = None  # T10 vendor id, <= 8 characters
+    product: Optional[str] = None  # <= 16 characters
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ class XenApiConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
+    backend: str = "auto"  # "auto" (LIO when the kernel target is there, else tgt) | "lio" | "tgt"
+    default_time2wait: int = 2  # seconds an initiator waits before it reconnects (iSCSI default)
+    configfs: str = "/sys/kernel/config"  # LIO
+    modprobe: str = "modprobe"  # LIO: loads the kernel target's modules when missing
     tgtadm: str = "tgtadm"
     tgtd: str = "tgtd"
     control_port: int = 0  # tgtd -C N / tgtadm -C N
@@ -271,7 +281,10 @@ _SECTIONS: Dict[str, type] = {
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Lun):
-        return {"lun": value.number, "path": value.path}
+        out = {"lun": value.number, "path": value.path}
+        out.update({k: getattr(value, k) for k in ("serial", "scsi_id", "vendor", "product")
+                    if getattr(value, k) is not None})
+        return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
@@ -652,16 +665,48 @@ def _uid(value: Any) -> int:
     return _integer(0)(value)  # type: ignore[no-any-return]
 
 
-def _lun_entry(value: Any) -> Tuple[int, str]:
+_IDENTITY_KEYS = {
+    # key: (maximum length, what it is, characters allowed): tgt takes them in a comma-separated
+    # --params list, so ',' and '=' never; LIO's serial is a configfs line.
+    "serial": (36, "the unit serial (VPD 0x80)", re.compile(r"^[A-Za-z0-9._:-]+$")),
+    "scsi_id": (36, "tgt's scsi_id (its NAA designator, VPD 0x83)", re.compile(r"^[ -+\--<>-~]+$")),
+    "vendor": (8, "the T10 vendor id", re.compile(r"^[!-+\--<>-~]+$")),
+    "product": (16, "the product id", re.compile(r"^[!-+\--<>-~]+$")),
+}
+
+
+def _identity(key: str) -> Check:
+    limit, what, allowed = _IDENTITY_KEYS[key]
+
+    def check(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool) and key == "serial":
+            value = str(value)
+        text = _string(value)
+        if len(text) > limit or not allowed.match(text):
+            raise _Invalid(f"{what} must be 1..{limit} printable ASCII characters without ',' "
+                           f"or '=' (got {text[:60]!r})")
+        return text
+    return check
+
+
+def _lun_entry(value: Any) -> Lun:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
                        f"got {_describe(value)}")
     problems: List[Tuple[str, str]] = []
+    known = ("lun", "path") + tuple(_IDENTITY_KEYS)
     for key in value:
-        if key not in ("lun", "path"):
-            close = difflib.get_close_matches(str(key), ("lun", "path"), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known here: lun, path"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known here: " + ", ".join(known)
             problems.append((f".{key}", f"unknown key; {hint}"))
+    pinned: Dict[str, str] = {}
+    for key in _IDENTITY_KEYS:
+        if key in value and value[key] is not None:
+            try:
+                pinned[key] = _identity(key)(value[key])
+            except _Invalid as exc:
+                problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
     number: Any = None
     path: Any = None
     for key, check in (("lun", _integer(1)), ("path", _path)):
@@ -677,7 +722,7 @@ def _lun_entry(value: Any) -> Tuple[int, str]:
             problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
     if problems:
         raise _Invalid(problems=problems)
-    return number, path
+    return Lun(number, path, **pinned)
 
 
 def _luns(value: Any) -> Tuple[Lun, ...]:
@@ -685,7 +730,8 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
     problems: List[Tuple[str, str]] = []
     numbers: Dict[int, int] = {}
     paths: Dict[str, int] = {}
-    for i, (number, path) in enumerate(entries):
+    for i, lun in enumerate(entries):
+        number, path = lun.number, lun.path
         if number in numbers:
             problems.append((f"[{i}].lun", f"LUN {number} is already used by [{numbers[number]}]"))
         if path in paths:
@@ -694,7 +740,7 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
         paths.setdefault(path, i)
     if problems:
         raise _Invalid(problems=problems)
-    return tuple(Lun(n, p) for n, p in entries)
+    return tuple(entries)
 
 
 _CHECKS: Dict[type, Dict[str, Check]] = {
@@ -717,6 +763,9 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
         "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
     },
     TargetConfig: {
+        "backend": _choice(("auto", "lio", "tgt")),
+        "default_time2wait": _integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
+        "configfs": _path, "modprobe": _command,
         "tgtadm": _command, "tgtd": _command,
         "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"), "tid": _integer(1),
         "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,

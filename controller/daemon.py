@@ -7,9 +7,17 @@
 
 Nothing here decides anything: it wires ``config`` to the adapters in ``systems/``, hands them to a
 ``cycle.Controller`` and runs that controller's cycle as an APScheduler interval job
-(``max_instances=1``, ``coalesce=True``, a misfire grace of one interval). Three things make a cycle
-run before its interval is up: a change of pool.conf (polled twice a second, a file read), a plan
-that asks to look again soon (the peer is demoting right now), and an operator's role command.
+(``max_instances=1``, ``coalesce=True``, a misfire grace of one interval). The interval is the
+fallback; these make a cycle run at once:
+
+* a change of pool.conf's content, seen through inotify (``systems/filewatch.py``; it falls back
+  to reading the file twice a second where inotify is unavailable);
+* a DRBD state change of a configured resource, from DRBD's own event stream
+  (``systems/drbd_events.py``): the new master promotes the moment its peer reports Secondary;
+* an operator's role command.
+
+A plan that asks to look again soon (the peer is demoting right now) waits for the next of those
+wake-ups, and at most ``QUICK_RETRY_DELAY`` (the fallback should the event be missed).
 
 SIGTERM and SIGINT stop the controller **without** demoting: stopping the service must never take
 storage away from running VMs. DRBD, tgtd and the VIP stay as they are until a controller runs
@@ -37,17 +45,19 @@ from .execute import Systems
 from .model import Policy, PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
+from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
+from .systems.filewatch import FileWatch
 from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner
-from .systems.target import Target
+from .systems.target import make_target
 from .systems.vip import Vip
 
 log = logging.getLogger("iscsi_ha")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
-QUICK_RETRY_DELAY = 0.2  # seconds before looking again when the peer is demoting right now
+QUICK_RETRY_DELAY = 0.2  # at most this long before looking again while the peer is demoting
 MAX_QUICK_RETRIES = 50  # bounded: after ~10 s the normal interval takes over
-WATCH_PERIOD = 0.5
+WATCH_PERIOD = 0.5  # pool.conf read this often only where inotify cannot be used
 
 
 def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
@@ -84,18 +94,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         proc_drbd=cfg.drbd.proc_drbd,
         kernel_log=tuple(cfg.drbd.kernel_log),
     )
-    target = Target(
-        runner,
-        tgtadm=cfg.target.tgtadm,
-        tgtd=cfg.target.tgtd,
-        control_port=cfg.target.control_port,
-        tid=cfg.target.tid,
-        iqn=cfg.target.iqn,
-        luns=tuple((lun.number, lun.path) for lun in cfg.target.luns),
-        initiator_address=cfg.target.initiator_address,
-        stop_timeout=cfg.target.stop_timeout,
-        log_file=cfg.target.log_file,
-    )
+    target = make_target(cfg.target, runner)
     vip = Vip(
         runner,
         address=cfg.vip.address,
@@ -163,7 +162,10 @@ class Daemon:
                           "misfire_grace_time": max(1, int(cfg.interval))},
             timezone=datetime.timezone.utc,
         )
-        self._pool_text: Optional[str] = _read_text(cfg.pool.conf)
+        self.pool_watch = FileWatch(cfg.pool.conf, lambda: self.trigger("pool.conf changed"),
+                                    poll_period=WATCH_PERIOD)
+        self.drbd_events = DrbdEventSource(self._events_argv, cfg.resources, self._drbd_event,
+                                           on_restart=self._drbd_stream_started)
         self.exporter: Optional[Any] = None  # exporter.server handle, when enabled
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
@@ -180,10 +182,12 @@ class Daemon:
             if self.stop_event.is_set() or not (self.pending.is_set() or quick):
                 return
             if quick and not self.pending.is_set() and attempt < MAX_QUICK_RETRIES:
-                self.stop_event.wait(QUICK_RETRY_DELAY)
+                # Woken at once by the peer's DRBD event (or pool.conf, or stop); the delay is
+                # only the fallback for a missed event.
+                self.pending.wait(QUICK_RETRY_DELAY)
 
-    def trigger(self, why: str) -> None:
-        log.info("running a cycle now: %s", why)
+    def trigger(self, why: str, level: int = logging.INFO) -> None:
+        log.log(level, "running a cycle now: %s", why)
         self.pending.set()
         try:
             self.scheduler.modify_job("cycle", next_run_time=datetime.datetime.now(
@@ -191,11 +195,21 @@ class Daemon:
         except Exception:  # the scheduler is shutting down
             pass
 
-    def watch_job(self) -> None:
-        text = _read_text(self.cfg.pool.conf)
-        if text != self._pool_text:
-            self._pool_text = text
-            self.trigger("pool.conf changed")
+    # -- wake-ups
+
+    def _events_argv(self) -> Optional[List[str]]:
+        drbd = self.controller.systems.drbd
+        return events_argv(drbd.generation() if isinstance(drbd, Drbd) else None,
+                           self.cfg.drbd.drbdsetup)
+
+    def _drbd_event(self, event: DrbdEvent) -> None:
+        # Every state change is worth a look (a few per role change); debug, not info: a resync
+        # or a flapping link would otherwise fill the log.
+        self.trigger(f"DRBD {event.resource}: {event.verb} {event.obj} "
+                     + " ".join(f"{k}:{v}" for k, v in event.fields.items()), logging.DEBUG)
+
+    def _drbd_stream_started(self, why: str) -> None:
+        self.trigger(why, logging.DEBUG)  # changes made while nobody listened are not replayed
 
     # -- lifecycle
 
@@ -228,11 +242,12 @@ class Daemon:
             # Its own job: a slow or dead peer delays only this poll, never a cycle.
             self.scheduler.add_job(self.peer_watcher.poll, "interval", seconds=cfg.interval,
                                    id="peer-poll", next_run_time=now)
-        self.scheduler.add_job(self.watch_job, "interval", seconds=WATCH_PERIOD, id="watch")
         if cfg.vip.probe_interval > 0:
             self.scheduler.add_job(self.controller.run_vip_probe, "interval",
                                    seconds=cfg.vip.probe_interval, id="vip-probe")
         self.scheduler.start()
+        self.pool_watch.start()
+        self.drbd_events.start()
         log.info("iscsi-ha %s started: %s, every %gs, resources %s", __version__,
                  cfg.node_name, cfg.interval, ", ".join(cfg.resources))
 
@@ -262,12 +277,18 @@ class Daemon:
         for key in ("exporter", "paths"):
             if getattr(cfg, key) != getattr(self.cfg, key):
                 log.warning("%s settings changed: they take effect after a restart", key)
+        if cfg.pool.conf != self.cfg.pool.conf:
+            log.warning("pool.conf path changed: it is watched after a restart")
+        self.drbd_events.resources = tuple(cfg.resources)
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.pending.set()  # ends a quick-retry wait at once
+        self.pool_watch.stop()
+        self.drbd_events.stop()
         # wait=True: a running cycle finishes (every command in it has a timeout). No demotion.
         started = self.scheduler.running
         if started:
@@ -349,14 +370,6 @@ def fence_peer(cfg: Config, resource: str) -> int:
     code, why = fence_exit_code(result, error)
     log.warning("fence-peer %s (called by DRBD): %s; exit %d", resource, why, code)
     return code
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------ command line

@@ -6,7 +6,7 @@ No I/O, no clock, no sleep: everything it needs is in its arguments, so every ru
 as a table of inputs and expected plans (tests/test_decide.py), and by properties that must hold for
 any input (tests/test_decide_properties.py).
 
-The policy (SPEC §3-§4):
+The policy (docs/design.md §3-4):
 
 * The desired storage role follows the pool role: master -> primary, slave -> secondary, unknown ->
   hold (change nothing). In manual mode it is what the operator last asked for, or what is there.
@@ -225,8 +225,8 @@ def vip_release_known(obs: Observation) -> bool:
 
     The peer demotes in the order VIP -> target -> DRBD, so a reachable peer whose resources are
     all Secondary has already removed the VIP. Only then may a promotion skip the duplicate-address
-    probe, which costs a full ~2 s when nobody answers (SPEC §2: never on the hot path of a
-    promotion the controller already knows is safe).
+    probe, which costs a full ~2 s when nobody answers (docs/design.md §2: never on the hot
+    path of a promotion the controller already knows is safe).
     """
     return bool(obs.resources) and all(
         r.peer_reachable and r.peer_role == "Secondary" for r in obs.resources

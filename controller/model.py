@@ -96,11 +96,24 @@ class DrbdResource:
 
 
 @dataclass(frozen=True)
-class TargetObservation:
-    """The tgt daemon and our target in it.
+class LunInfo:
+    """What one served LUN presents to initiators, as read back from the target."""
 
-    ``serving`` means the configured target exists with every configured LUN and an initiator
-    binding; a target that exists only in part counts as not serving (and is rebuilt).
+    number: int
+    serial: str = ""  # VPD 0x80 unit serial
+    wwn: str = ""  # VPD 0x83 NAA designator, "naa.6..."
+    vendor: str = ""
+    product: str = ""
+    write_cache: Optional[bool] = None  # True: a WRITE may complete before DRBD has it
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    """The target daemon (tgtd, or the kernel target) and our target in it.
+
+    ``serving`` means the configured target exists with every configured LUN, the configured
+    identity, the write cache off and an initiator binding; a target that exists only in part
+    (or with a wrong identity or the write cache on) counts as not serving (and is completed).
     """
 
     daemon_running: bool = False
@@ -109,6 +122,8 @@ class TargetObservation:
     luns: int = 0  # LUNs of our target (not counting the controller LUN 0)
     sessions: int = 0
     error: Optional[str] = None
+    backend: str = ""  # "tgt" | "lio"
+    lun_info: Tuple[LunInfo, ...] = ()
 
 
 @dataclass(frozen=True)

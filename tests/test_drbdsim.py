@@ -558,3 +558,32 @@ def test_concurrent_callers_keep_the_state_consistent(tmp_path):
         assert out in ("", "UpToDate/UpToDate\n")
     roles = {n: sim.state(n)["role"] for n in NODES}
     assert sum(r.startswith("Primary/") for r in roles.values()) <= 1
+
+
+def test_simulated_events_stream_reads_like_real_84_events(tmp_path):
+    """``drbdsetup events all`` as the simulator plays it: ST lines the controller's parser (held
+    to the real 8.4.11 capture) reads, one per change, in the order a switchover makes them."""
+    from iscsi_ha.controller.systems.drbd_events import parse_events84
+
+    sim = Sim(tmp_path / "s", initial="synced")
+    for node in NODES:
+        sim.ok(node, "up", "r0")
+    sim.ok("node1", "primary", "r0")
+    env = dict(os.environ, DRBDSIM_DIR=sim.dir, DRBDSIM_NODE="node2")
+    proc = subprocess.Popen([sys.executable, "-S", str(SIMULATOR), "--sim-drbdsetup",
+                             "--max-seconds=20", "events", "all"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Primary"
+        sim.ok("node1", "secondary", "r0")
+        assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Secondary"
+        sim.ok("node2", "primary", "r0")
+        event = parse_events84(proc.stdout.readline())
+        assert (event.resource, event.fields) == ("r0", {
+            "cs": "Connected", "ro": "Primary/Secondary", "ds": "UpToDate/UpToDate",
+            "minor": "0", "volume": "0"})
+    finally:
+        proc.kill()
+        proc.wait()
+    rc, _, err = sim("node2", "--sim-drbdsetup", "status")
+    assert rc == 20 and "only 'events' is simulated" in err

@@ -1,4 +1,4 @@
-"""Two real controllers in the namespace lab: the behaviour of SPEC §3-§6 end to end.
+"""Two real controllers in the namespace lab: the behaviour of docs/design.md §3-6 end to end.
 
 Everything here is real except DRBD (``lab/drbdsim``) and xapi (``tests/xapi_fake.py``): the
 controllers are ``iscsi-ha run`` processes, the target is tgtd, the VIP is ``ip addr`` with
@@ -373,9 +373,9 @@ def test_a_third_namespace_holding_the_vip_blocks_the_bind():
         # The client namespace takes the VIP first: a stranger on the storage network.
         lab.run("client", ["ip", "addr", "add", VIP, "dev", "eth0"], check=True)
         # Only node1's controller runs (node2 is powered off): no peer that is known to have let
-        # go of the VIP, so node1 must probe before binding (SPEC §4 step 3). Alone from the
-        # start, nothing proves node1 has the newest data: this test accepts that after 1 s
-        # (promotion.unproven_wait) to get to the VIP check.
+        # go of the VIP, so node1 must probe before binding (docs/design.md §4 step 3). Alone
+        # from the start, nothing proves node1 has the newest data: this test accepts that after
+        # 1 s (promotion.unproven_wait) to get to the VIP check.
         start_cluster(lab, nodes=[n1], config={"vip": {"probe_interval": 1},
                                                "promotion": {"unproven_wait": 1}})
         wait_for("node1 refuses the VIP",

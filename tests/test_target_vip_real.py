@@ -1,5 +1,5 @@
 """The target and VIP adapters against the real tools: tgtd/tgtadm, iproute2, iputils arping and
-libiscsi's client, in network namespaces (LAB.md section A).
+libiscsi's client, in network namespaces (docs/design.md §12 A).
 
 node1, node2 and client sit on one bridge (``tests/netns.py``, unique names per run). Each node runs
 its own tgtd on a distinct, random control port, started by the adapter itself; every command of
@@ -15,19 +15,23 @@ Skipped only when not root or a tool is missing; on the project's lab machines i
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
-from iscsi_ha.controller.systems.target import Target, find_tgtd_pids, parse_show
+from iscsi_ha.controller.systems.tgt import Target, find_tgtd_pids, parse_show
 from iscsi_ha.controller.systems.vip import Vip, parse_addr_show
 from netns import NetnsLab, unavailable
+
+BLOCK_TOOL = Path(__file__).resolve().parent.parent / "lab" / "iscsi_block.py"
 
 IQN = "iqn.2024-01.org.iscsi-ha:storage"
 VIP = "10.99.0.3/24"
@@ -144,6 +148,17 @@ def inquiry(lab: NetnsLab) -> subprocess.CompletedProcess:
     """The client asks the target behind the VIP for its identity (libiscsi has no timeout)."""
     argv = ["timeout", "-k", "1", "5", "iscsi-inq", f"iscsi://{VIP_IP}/{IQN}/1"]
     return lab.run("client", argv, timeout=10, check=False)
+
+
+def vpd_pages(lab: NetnsLab) -> tuple:
+    """The raw VPD pages 0x80 (unit serial) and 0x83 (device identification) behind the VIP."""
+    pages = []
+    for page in ("128", "131"):
+        argv = ["timeout", "-k", "1", "5", sys.executable, str(BLOCK_TOOL), "vpd",
+                f"iscsi://{VIP_IP}/{IQN}/1", "0", page]
+        out = lab.run("client", argv, timeout=10, check=False)
+        pages.append(json.loads(out.stdout.strip().splitlines()[-1]).get("data"))
+    return tuple(pages)
 
 
 def alive(pid: int) -> bool:
@@ -412,8 +427,12 @@ def test_client_follows_the_vip_from_node1_to_node2(lab, targets, vips, disks):
     assert t1.serve().ok and v1.bind().ok and v1.announce().ok
     inq = inquiry(lab)
     assert inq.returncode == 0, inq.stderr
-    assert "Vendor:IET" in inq.stdout and "Peripheral Device Type:DIRECT_ACCESS" in inq.stdout
+    assert "Vendor:ISCSI-HA" in inq.stdout and "Peripheral Device Type:DIRECT_ACCESS" in inq.stdout
     assert lab.neighbour("client", VIP_IP) == lab.mac("node1")
+    identity = vpd_pages(lab)
+    assert all(identity), identity
+    # The NAA designator the client reads is the one the config derives (and LIO would present).
+    assert t1.specs[0].wwn[len("naa."):] in identity[1], identity
 
     # node2 sees that the VIP is taken.
     assert v2.probe_conflict() is True
@@ -427,7 +446,8 @@ def test_client_follows_the_vip_from_node1_to_node2(lab, targets, vips, disks):
     wait_for(lambda: lab.neighbour("client", VIP_IP) == node2_mac, 2.0, "client ARP cache")
     inq = inquiry(lab)
     assert inq.returncode == 0, inq.stderr
-    assert "Vendor:IET" in inq.stdout
+    assert "Vendor:ISCSI-HA" in inq.stdout
+    assert vpd_pages(lab) == identity  # byte for byte: the SR finds its LUN again
 
     o1, o2 = t1.observe(), t2.observe()
     assert o1.daemon_running and not o1.target_present and not v1.observe().local

@@ -317,7 +317,7 @@ def _ok(res, what: str) -> None:
 
 
 def test_planned_switch_through_manual_mode(pool):
-    """SPEC §6: manual mode on both, become-secondary on the holder, become-primary on the
+    """docs/design.md §6: manual mode on both, become-secondary on the holder, become-primary on the
     other; the roles then hold against the pool role until the operator moves the pool master
     and leaves manual mode."""
     lab, c = pool

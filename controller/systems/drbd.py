@@ -744,6 +744,10 @@ class Drbd:
                     pass
         return self._version
 
+    def generation(self) -> Optional[str]:
+        """``"8.4"`` or ``"9"`` (configured, or read from /proc/drbd); None while unknown."""
+        return self._generation(self.version())
+
     def _generation(self, version: str) -> Optional[str]:
         if self.wanted != "auto":
             return self.wanted

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,50 @@ class ProcessRunner:
         threading.Thread(target=proc.wait, name=f"reap-{command_name(argv)}", daemon=True).start()
         log.info("started %s (pid %d)", " ".join(argv), proc.pid)
         return proc.pid
+
+
+class Stream:
+    """A long-running command whose stdout is read line by line (``drbdsetup events2``).
+
+    Its own process group, like every command here; ``stop()`` kills the group and reaps it.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
+        self.argv = tuple(argv)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+            text=True, errors="replace", bufsize=1,
+        )
+        log.debug("stream %s started (pid %d)", " ".join(self.argv), self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def lines(self) -> Iterator[str]:
+        """Ends when the command exits or is stopped."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            yield line.rstrip("\n")
+
+    def returncode(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL of our own group
+            pass
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def open_stream(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> Stream:
+    """Start ``argv`` with its stdout as a line stream; OSError when it cannot be started."""
+    return Stream(argv, env)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -2,8 +2,8 @@
 
 Both hosts reach their VM disks through an ``lvmoiscsi`` SR pointed at the VIP. Each SR has one
 PBD per host; ``currently_attached`` says whether that host has the SR plugged. After a failover
-the new master plugs the PBDs that came loose (SPEC §4 step 4). Everything goes through the pool
-master: the shared ``XenApiClient`` follows ``HOST_IS_SLAVE`` to it.
+the new master plugs the PBDs that came loose (docs/design.md §4 step 4). Everything goes
+through the pool master: the shared ``XenApiClient`` follows ``HOST_IS_SLAVE`` to it.
 
 ``observe`` reads the pool in three calls (``SR.get_all_records``, ``PBD.get_all_records``,
 ``host.get_all_records``) rather than one call per object: every call may cost up to the XenAPI

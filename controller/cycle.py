@@ -41,6 +41,8 @@ from .model import (
     BindVip,
     Counters,
     CycleResult,
+    DrbdResource,
+    Evidence,
     HistogramData,
     ManualMode,
     Observation,
@@ -58,6 +60,7 @@ from .model import (
 )
 from .state import ManualModeStore
 from .statusfile import write_status
+from .systems.drbd import GenerationIds
 from .systems.runner import CommandStats
 
 log = logging.getLogger("iscsi_ha.cycle")
@@ -237,8 +240,9 @@ class Controller:
         if record:
             store.ledger = ledger
             store.save_if_changed(now_wall)
-        proofs = tuple(evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap)
-                       for r in resources)
+        proofs = tuple(self._with_drbd_flags(
+            evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
+            for r in resources)
         peer = self.peer_status() if self.peer_status else None
         obs = Observation(pool=pool, resources=resources, target=target, vip=vip,
                           evidence=proofs, peer=peer, now=now_wall, accept_stale=accept_stale)
@@ -267,6 +271,18 @@ class Controller:
                 and desired is StorageRole.PRIMARY):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
+
+    def _with_drbd_flags(self, ev: Evidence, res: DrbdResource) -> Evidence:
+        """Add DRBD's meta-data flags (get-gi) where the promotion rule may need them: the peer
+        unreachable and this host not Primary. One command, only in that state."""
+        if (ev.watched or res.peer_reachable or not res.configured or res.error
+                or res.role == "Primary"):
+            return ev
+        gi = self.systems.drbd.generation_ids(res.name)
+        if gi is None:
+            return ev
+        return replace(ev, drbd_peer_outdated=gi.peer_outdated,
+                       drbd_crashed_primary=gi.crashed_primary)
 
     def _fresh_probe(self, now: float) -> Optional[bool]:
         if self._probe is None:
@@ -427,9 +443,17 @@ class Controller:
                 "last_role": ev.last_role,
                 "last_peer_role": ev.last_peer_role,
                 "last_peer_disk": ev.last_peer_disk,
-                "generation_ids": self.systems.drbd.generation_ids(name)
-                if hasattr(self.systems.drbd, "generation_ids") else None,
+                "generation_ids": _gi_text(self.systems.drbd.generation_ids(name)),
             }
+
+
+def _gi_text(gi: Optional[GenerationIds]) -> Optional[str]:
+    if gi is None:
+        return None
+    flags = [name for name in ("consistent", "was_uptodate", "primary", "connected",
+                               "full_sync", "peer_outdated", "crashed_primary")
+             if getattr(gi, name)]
+    return f"{gi.text} (flags: {', '.join(flags) or 'none'})"
 
 
 def _requested(manual: ManualMode) -> str:

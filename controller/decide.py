@@ -20,7 +20,8 @@ The policy (docs/design.md §3-4):
 * Never serve stale data: with the peer unreachable, promote only with proof that this host holds
   every acknowledged write (``stale_refusal``): it watched without a gap while in sync to a peer
   that then vanished (``controller/ledger.py``), or the peer's disk is known Outdated/Inconsistent
-  (DRBD says so, or the peer channel does), or the operator accepted the risk for this resource
+  (DRBD says so in its state or its meta-data flags, or the peer channel does), or the operator
+  accepted the risk for this resource
   (``become-primary --accept-stale``), or ``promotion.unproven_wait`` ran out. Otherwise hold
   and say why; the plan's ``blocked`` feeds iscsi_ha_promotion_blocked and its page.
 * Two masters (both hosts' pool.conf say master, seen over the peer channel): both hold and page.
@@ -160,7 +161,7 @@ def stale_refusal(res: DrbdResource, obs: Observation,
     if res.name in obs.accept_stale:
         return None
     ev = obs.evidence_for(res.name)
-    if ev.watched:
+    if ev.watched or ev.drbd_peer_outdated:
         return None
     waited = ev.unreachable_for
     if policy.unproven_wait > 0 and waited is not None and waited >= policy.unproven_wait:
@@ -169,8 +170,11 @@ def stale_refusal(res: DrbdResource, obs: Observation,
     if ev.last_connected is not None:
         ago = _ago(obs.now - ev.last_connected) if obs.now else "some time ago"
         last = (f"the peer was {ev.last_peer_role} ({ev.last_peer_disk}) when last seen, {ago}; ")
+    crashed = ("; DRBD's meta data says this host crashed as Primary and has not seen its peer "
+               "since" if ev.drbd_crashed_primary else "")
     sentence = (f"not promoting {res.name}: cannot prove this host has the newest data: {last}"
-                f"{ev.why_not} (see `iscsi-cfg become-primary --accept-stale` in the runbook)")
+                f"{ev.why_not}{crashed} (see `iscsi-cfg become-primary --accept-stale` in the "
+                "runbook)")
     return sentence, ev.reason
 
 

@@ -192,6 +192,10 @@ class Evidence:
     # Seconds this controller has watched the peer be unreachable, without a gap (for the
     # relaxing setting promotion.unproven_wait); None when not known.
     unreachable_for: Optional[float] = None
+    # DRBD's own meta-data flags (drbdadm get-gi, 8.4), read while the peer is unreachable:
+    # "the peer's disk was outdated or inconsistent" is proof; "crashed primary" is said.
+    drbd_peer_outdated: bool = False
+    drbd_crashed_primary: bool = False
 
 
 @dataclass(frozen=True)

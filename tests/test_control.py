@@ -80,6 +80,9 @@ class WorldDrbd(_Part):
     def secondary(self, name):
         return self._do(Demote(name))
 
+    def generation_ids(self, name):
+        return None  # DRBD's meta-data flags: not part of the fake world
+
 
 class WorldTarget(_Part):
     def observe(self):

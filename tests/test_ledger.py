@@ -221,3 +221,47 @@ def test_never_promotes_alone_without_proof(r, mode, ev, peer):
         assert r.peer_disk in ("Outdated", "Inconsistent"), (r, plan)
     elif r.disk == "UpToDate" and r.peer_disk not in ("Outdated", "Inconsistent"):
         assert plan.blocked and "cannot prove" in plan.refusals[0]
+
+
+# ------------------------------------------------------------------ DRBD's own meta data
+
+from drbd_captures import DRBD84, load_capture  # noqa: E402
+from iscsi_ha.controller.systems.drbd import DrbdParseError, parse_get_gi  # noqa: E402
+
+
+@pytest.mark.parametrize("capture, flags", [
+    # (consistent, was_uptodate, primary, connected, full_sync, peer_outdated, crashed_primary)
+    ("gi-01-connected-node1.txt", (1, 1, 1, 1, 0, 0, 0)),
+    ("gi-01-connected-node2.txt", (1, 1, 0, 1, 0, 0, 0)),
+    ("gi-02-link-cut-node1.txt", (1, 1, 1, 0, 0, 0, 0)),  # Primary alone, no fence handler
+    ("gi-02-link-cut-node2.txt", (1, 0, 0, 0, 0, 0, 0)),  # after `drbdadm outdate`
+    ("gi-03-crashed-primary-up-alone-node1.txt", (1, 1, 0, 0, 0, 0, 1)),
+    ("gi-04-healed-node1.txt", (1, 1, 0, 1, 0, 0, 1)),  # "crashed" survives the resync
+])
+def test_get_gi_parsed_from_real_drbd(capture, flags):
+    out = load_capture(DRBD84 / capture)["drbdadm get-gi r0"][1]
+    gi = parse_get_gi(out)
+    names = ("consistent", "was_uptodate", "primary", "connected", "full_sync",
+             "peer_outdated", "crashed_primary")
+    assert tuple(int(getattr(gi, n)) for n in names) == flags
+    assert gi.text == out.strip() and len(gi.current) == 16
+    # show-gi (kept in the same capture) prints the same line over its labels.
+    assert gi.text in (DRBD84 / capture).read_text().split("$ drbdadm show-gi r0", 1)[1]
+
+
+@pytest.mark.parametrize("text", ["", "garbage", "1E9F720B5884F3DD:0:1:1", "1:1:1:1:0:0:0"])
+def test_get_gi_garbage_is_an_error_with_the_text(text):
+    with pytest.raises(DrbdParseError) as err:
+        parse_get_gi(text, "drbdadm get-gi r0")
+    assert "drbdadm get-gi r0" in str(err.value)
+
+
+def test_drbds_peer_outdated_flag_is_proof_and_crashed_primary_is_said():
+    obs = world(PoolRole.MASTER, resources=(GONE,), conflict=False,
+                evidence=(Evidence("iscsi1", drbd_peer_outdated=True),))
+    assert Promote("iscsi1") in decide(obs, ManualMode()).actions
+    obs = world(PoolRole.MASTER, resources=(GONE,), conflict=False,
+                evidence=(Evidence("iscsi1", drbd_crashed_primary=True),))
+    plan = decide(obs, ManualMode())
+    assert Promote("iscsi1") not in plan.actions
+    assert "crashed as Primary and has not seen its peer since" in plan.refusals[0]

@@ -27,6 +27,11 @@ SCENARIOS = {
     # (the first /proc/drbd sample of the real split-brain recovery run: cs:WFConnection
     # ro:Secondary/Unknown ds:UpToDate/DUnknown).
     "crashed-primary-boot": ("proc-drbd-sb-recovery-samples.txt#0", "master", None),
+    # The same moment captured for this rule in the VM lab (lab/vm/capture_gi.py): node1 was
+    # Primary, the link cut, node1 power-cut, booted and brought up alone. With its get-gi.
+    "crashed-primary-gi": ("gi-03-crashed-primary-up-alone-node1.txt", "master", None),
+    # Its peer, node2, outdated by `drbdadm outdate` (what the fence-peer handler asks for).
+    "outdated-secondary": ("gi-02-link-cut-node2.txt", "master", None),
 }
 
 FAKE_DRBDADM = textwrap.dedent(
@@ -138,6 +143,31 @@ def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     assert out["blocked"] == [["r0", "no_record"]]
     # A dry run writes nothing, not even the ledger.
     assert not (tmp_path / "state" / "ledger.json").exists()
+
+
+def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(tmp_path):
+    proc = run_once(tmp_path, "crashed-primary-gi")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (res,) = out["observation"]["resources"]
+    assert (res["connection"], res["role"], res["disk"]) == ("WFConnection", "Secondary",
+                                                            "UpToDate")
+    assert "promote" not in plan_of(out)
+    (refusal,) = out["refusals"]
+    assert refusal.startswith("not promoting r0: cannot prove this host has the newest data: "
+                              "no record of this resource in the ledger")
+    assert "DRBD's meta data says this host crashed as Primary" in refusal
+    (ev,) = out["observation"]["evidence"]
+    assert ev["drbd_crashed_primary"] is True and ev["drbd_peer_outdated"] is False
+
+
+def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
+    proc = run_once(tmp_path, "outdated-secondary")
+    out = json.loads(proc.stdout)
+    assert "promote" not in plan_of(out)
+    assert any("local disk is Outdated and the peer is unreachable" in r
+               for r in out["refusals"]), out["refusals"]
+    assert out["blocked"] == []  # DRBD's own refusal, not the lack of proof
 
 
 def test_once_reports_split_brain_and_does_not_resolve_it(tmp_path):

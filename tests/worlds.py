@@ -175,6 +175,9 @@ class _Drbd:
     def __init__(self, w):
         self.w = w
 
+    def generation_ids(self, name):
+        return None  # DRBD's meta-data flags: not part of the fake world
+
     def observe(self, names):
         if self.w.raise_in == "observe":
             raise RuntimeError("observe exploded")

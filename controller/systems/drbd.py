@@ -283,6 +283,41 @@ _PROC_SPEED = re.compile(r"speed:\s*([\d,]+)")
 _SPEED_UNIT = re.compile(r"([KM])/sec")
 
 
+@dataclass(frozen=True)
+class GenerationIds:
+    """``drbdadm get-gi`` (8.4): DRBD's data-generation UUIDs and its meta-data flags.
+
+    The flags, in DRBD's order (``drbdadm show-gi`` labels them): data consistent, data was/is
+    UpToDate, node was/is Primary, node was/is connected, full sync in progress, the peer's disk
+    was outdated or inconsistent, this node was a crashed Primary and has not seen its peer since.
+    """
+
+    current: str
+    bitmap: str
+    history: Tuple[str, str]
+    consistent: bool
+    was_uptodate: bool
+    primary: bool
+    connected: bool
+    full_sync: bool
+    peer_outdated: bool
+    crashed_primary: bool
+    text: str  # the line as DRBD printed it, for the operator
+
+
+_GI = re.compile(r"^(?P<uuids>(?:[0-9A-F]{16}:){4})(?P<flags>(?:[01]:){6}[01])$")
+
+
+def parse_get_gi(text: str, command: str = "drbdadm get-gi") -> GenerationIds:
+    line = text.strip()
+    m = _GI.match(line)
+    if not m:
+        raise DrbdParseError(command, text, "expected 4 UUIDs and 7 flags separated by ':'")
+    uuids = m.group("uuids").rstrip(":").split(":")
+    flags = [f == "1" for f in m.group("flags").split(":")]
+    return GenerationIds(uuids[0], uuids[1], (uuids[2], uuids[3]), *flags, text=line)
+
+
 def parse_proc_version(text: str, command: str = "cat /proc/drbd") -> str:
     """``version: 8.4.11 (api:1/proto:86-101)`` -> ``"8.4.11"``."""
     match = _PROC_VERSION.search(text)
@@ -949,11 +984,19 @@ class Drbd:
         fence-peer handler. DRBD refuses it on a Primary; its words come back refused."""
         return self._role_change("outdate", resource)
 
-    def generation_ids(self, resource: str) -> Optional[str]:
-        """``drbdadm get-gi``'s line (DRBD's data-generation UUIDs and meta-data flags), shown to
-        an operator as DRBD prints it; None when it cannot be read."""
+    def generation_ids(self, resource: str) -> Optional[GenerationIds]:
+        """DRBD 8.4's ``drbdadm get-gi``; None when it cannot be read (or on DRBD 9, whose
+        get-gi is per peer and not captured yet)."""
+        if self.generation() != "8.4":
+            return None
         res = self._run(self.drbdadm, "get-gi", resource)
-        return res.stdout.strip() if res.ok and res.stdout.strip() else None
+        if not res.ok:
+            return None
+        try:
+            return parse_get_gi(res.stdout, res.command)
+        except DrbdParseError as exc:
+            log.debug("%s", exc)
+            return None
 
     def _role_change(self, verb: str, resource: str) -> StepResult:
         res = self._run(self.drbdadm, verb, resource)

@@ -225,8 +225,10 @@ def test_never_promotes_alone_without_proof(r, mode, ev, peer):
 
 # ------------------------------------------------------------------ DRBD's own meta data
 
-from drbd_captures import DRBD84, load_capture  # noqa: E402
+from drbd_captures import FIXTURES, load_capture  # noqa: E402
 from iscsi_ha.controller.systems.drbd import DrbdParseError, parse_get_gi  # noqa: E402
+
+GI = FIXTURES / "drbd84-gi"
 
 
 @pytest.mark.parametrize("capture, flags", [
@@ -239,14 +241,14 @@ from iscsi_ha.controller.systems.drbd import DrbdParseError, parse_get_gi  # noq
     ("gi-04-healed-node1.txt", (1, 1, 0, 1, 0, 0, 1)),  # "crashed" survives the resync
 ])
 def test_get_gi_parsed_from_real_drbd(capture, flags):
-    out = load_capture(DRBD84 / capture)["drbdadm get-gi r0"][1]
+    out = load_capture(GI / capture)["drbdadm get-gi r0"][1]
     gi = parse_get_gi(out)
     names = ("consistent", "was_uptodate", "primary", "connected", "full_sync",
              "peer_outdated", "crashed_primary")
     assert tuple(int(getattr(gi, n)) for n in names) == flags
     assert gi.text == out.strip() and len(gi.current) == 16
     # show-gi (kept in the same capture) prints the same line over its labels.
-    assert gi.text in (DRBD84 / capture).read_text().split("$ drbdadm show-gi r0", 1)[1]
+    assert gi.text in (GI / capture).read_text().split("$ drbdadm show-gi r0", 1)[1]
 
 
 @pytest.mark.parametrize("text", ["", "garbage", "1E9F720B5884F3DD:0:1:1", "1:1:1:1:0:0:0"])

@@ -29,9 +29,10 @@ SCENARIOS = {
     "crashed-primary-boot": ("proc-drbd-sb-recovery-samples.txt#0", "master", None),
     # The same moment captured for this rule in the VM lab (lab/vm/capture_gi.py): node1 was
     # Primary, the link cut, node1 power-cut, booted and brought up alone. With its get-gi.
-    "crashed-primary-gi": ("gi-03-crashed-primary-up-alone-node1.txt", "master", None),
+    "crashed-primary-gi": ("../drbd84-gi/gi-03-crashed-primary-up-alone-node1.txt", "master",
+                           None),
     # Its peer, node2, outdated by `drbdadm outdate` (what the fence-peer handler asks for).
-    "outdated-secondary": ("gi-02-link-cut-node2.txt", "master", None),
+    "outdated-secondary": ("../drbd84-gi/gi-02-link-cut-node2.txt", "master", None),
 }
 
 FAKE_DRBDADM = textwrap.dedent(

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -42,7 +41,8 @@ STEPS = (
     "06-after-reconnect-splitbrain",
     "07-after-sb-recovery",
 )
-RESYNC = 0.2
+RESYNC = 0.2  # simulated seconds (the clusters here run on the simulator's manual clock)
+TICK = 0.02
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +102,7 @@ class Sim:
             {r: {"size_kb": 65496} for r in resources},
             initial=initial,
             resync_seconds=RESYNC,
+            manual_clock=True,  # time passes only in wait_cstate(): machine load changes nothing
         )
 
     def __call__(self, node: str, *args: str) -> Tuple[int, str, str]:
@@ -124,10 +125,11 @@ class Sim:
         return got
 
     def wait_cstate(self, node: str, want: str, res: str = "r0", limit: float = 5.0) -> None:
-        deadline = time.monotonic() + limit
+        """Let simulated time pass in small steps until ``want``, for at most ``limit`` of it."""
+        deadline = self.cluster.now() + limit
         while self.ok(node, "cstate", res).strip() != want:
-            assert time.monotonic() < deadline, f"{node} never reached {want}"
-            time.sleep(0.02)
+            assert self.cluster.now() < deadline, f"{node} never reached {want}"
+            self.cluster.advance(TICK)
 
     def cluster_side(self, node: str, res: str = "r0") -> dict:
         return json.loads(Path(self.cluster._res_path(res)).read_text())["sides"][node]

@@ -115,6 +115,7 @@ def plan_of(out):
         ("unknown", [], "pool role unknown: pool.conf says 'broken'"),
     ],
 )
+@pytest.mark.tools
 def test_once_dry_run_prints_the_plan(tmp_path, scenario, plan, words):
     proc = run_once(tmp_path, scenario)
     assert proc.returncode == 0, proc.stderr

@@ -286,6 +286,8 @@ class Cluster:
             os.makedirs(os.path.join(cluster.dir, node), exist_ok=True)
             with open(cluster.kernel_log_path(node), "a"):
                 pass
+        if config.get("manual_clock"):
+            _write_json(cluster._clock_path(), {"now": time.monotonic()})
         with cluster.locked() as world:
             world.refresh()
         return cluster
@@ -312,6 +314,18 @@ class Cluster:
 
     def proc_drbd_path(self, node: str) -> str:
         return os.path.join(self.dir, node, "proc_drbd")
+
+    def _clock_path(self) -> str:
+        return os.path.join(self.dir, "clock.json")
+
+    def now(self) -> float:
+        """The simulator's time: the machine's monotonic clock, or, when the cluster was created
+        with ``manual_clock=True``, a clock that only ``advance()`` moves. A test that asserts a
+        state in the middle of a resync then sees it however loaded the machine is."""
+        if not self.config.get("manual_clock"):
+            return time.monotonic()
+        with open(self._clock_path()) as f:
+            return float(json.load(f)["now"])
 
     def kernel_log_path(self, node: str) -> str:
         return os.path.join(self.dir, node, "kern.log")
@@ -343,6 +357,15 @@ class Cluster:
 
     def tick(self) -> None:
         with self.locked() as world:
+            world.refresh()
+
+    def advance(self, seconds: float) -> None:
+        """Manual clock only: let ``seconds`` of simulated time pass, then what falls due."""
+        if not self.config.get("manual_clock"):
+            raise SimError("advance() needs a cluster created with manual_clock=True")
+        with self.locked() as world:
+            world.now += seconds
+            _write_json(self._clock_path(), {"now": world.now})
             world.refresh()
 
     def kernel_log(self, node: str) -> str:
@@ -387,7 +410,7 @@ class World:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.config = cluster.config
-        self.now = time.monotonic()
+        self.now = cluster.now()
         with open(os.path.join(cluster.dir, "links.json")) as f:
             self.links: Dict[str, bool] = json.load(f)
         self.links_dirty = False

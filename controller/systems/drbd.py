@@ -285,6 +285,43 @@ _PROC_SPEED = re.compile(r"speed:\s*([\d,]{1,30})", re.A)
 _SPEED_UNIT = re.compile(r"([KM])/sec")
 
 
+@dataclass(frozen=True)
+class GenerationIds:
+    """``drbdadm get-gi`` (8.4): DRBD's data-generation UUIDs and its meta-data flags.
+
+    The flags, in DRBD's order (``drbdadm show-gi`` labels them): data consistent, data was/is
+    UpToDate, node was/is Primary, node was/is connected, full sync in progress, the peer's disk
+    was outdated or inconsistent, this node was a crashed Primary and has not seen its peer since.
+    """
+
+    current: str
+    bitmap: str
+    history: Tuple[str, str]
+    consistent: bool
+    was_uptodate: bool
+    primary: bool
+    connected: bool
+    full_sync: bool
+    peer_outdated: bool
+    crashed_primary: bool
+    text: str  # the line as DRBD printed it, for the operator
+
+
+_GI = re.compile(r"^(?P<uuids>(?:[0-9A-F]{16}:){4})(?P<flags>(?:[01]:){6}[01])$")
+
+
+def parse_get_gi(text: str, command: str = "drbdadm get-gi") -> GenerationIds:
+    line = text.strip()
+    m = _GI.match(line)
+    if not m:
+        raise DrbdParseError(command, text, "expected 4 UUIDs and 7 flags separated by ':'")
+    uuids = m.group("uuids").rstrip(":").split(":")
+    f = [flag == "1" for flag in m.group("flags").split(":")]
+    return GenerationIds(uuids[0], uuids[1], (uuids[2], uuids[3]), consistent=f[0],
+                         was_uptodate=f[1], primary=f[2], connected=f[3], full_sync=f[4],
+                         peer_outdated=f[5], crashed_primary=f[6], text=line)
+
+
 def parse_proc_version(text: str, command: str = "cat /proc/drbd") -> str:
     """``version: 8.4.11 (api:1/proto:86-101)`` -> ``"8.4.11"``."""
     match = _PROC_VERSION.search(text)
@@ -945,6 +982,25 @@ class Drbd:
 
     def secondary(self, resource: str) -> StepResult:
         return self._role_change("secondary", resource)
+
+    def outdate(self, resource: str) -> StepResult:
+        """``drbdadm outdate``: mark this (Secondary, disconnected) disk Outdated, for the peer's
+        fence-peer handler. DRBD refuses it on a Primary; its words come back refused."""
+        return self._role_change("outdate", resource)
+
+    def generation_ids(self, resource: str) -> Optional[GenerationIds]:
+        """DRBD 8.4's ``drbdadm get-gi``; None when it cannot be read (or on DRBD 9, whose
+        get-gi is per peer and not captured yet)."""
+        if self.generation() != "8.4":
+            return None
+        res = self._run(self.drbdadm, "get-gi", resource)
+        if not res.ok:
+            return None
+        try:
+            return parse_get_gi(res.stdout, res.command)
+        except DrbdParseError as exc:
+            log.debug("%s", exc)
+            return None
 
     def _role_change(self, verb: str, resource: str) -> StepResult:
         res = self._run(self.drbdadm, verb, resource)

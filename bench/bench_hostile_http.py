@@ -266,7 +266,7 @@ def main() -> int:
     print(f"# machine: {cpu_model()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
           f"controller fd limit {FD_LIMIT}, interval 1 s, bcrypt cost 10")
     results: dict = {}
-    for run in range(args.runs):
+    for _ in range(args.runs):
         workdir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
         ctl = Controller(workdir)
         try:
@@ -295,7 +295,7 @@ def main() -> int:
     print(f"{'phase':15} {'cycles/expected':>16} {'max cycle age s':>16} {'scrapes ok/failed':>18} "
           f"{'p50 ms':>14} {'p99 ms':>14} {'ctl CPU %':>12} {'max fds':>9}  attackers")
     for name, rows in results.items():
-        def span(key: str) -> str:
+        def span(key: str, rows: list = rows) -> str:
             vals = [r[key] for r in rows if r[key] is not None]
             if not vals:
                 return "-"

@@ -19,6 +19,9 @@ six seconds:
 * ``move`` -- the pool master moved (pool.conf on both nodes and the XenAPI fake, as HA-Lizard);
 * ``both-master`` -- both pool.conf files say ``master`` for 1-3 s, then one of them is the master;
 * ``flap`` -- the pool master moved back and forth 2-5 times, 0.3-1 s apart;
+* ``hang-cmd`` / ``fail-cmd`` -- every ``drbdadm`` the node's controller runs hangs (until the
+  controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
+  ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
   doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve).
 
@@ -70,7 +73,16 @@ from .demo import (
 )
 from .netlab import Lab, Node
 
-FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd")
+FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd",
+               "hang-cmd", "fail-cmd")
+# The wrapper on the controller's command path: drbdadm goes through it; a flag file next to it
+# makes every call hang (killed by command_timeout) or fail, for as long as the fault lasts.
+WRAPPER = """#!/bin/sh
+dir=$(dirname "$0")
+if [ -e "$dir/chaos-hang" ]; then sleep 60; fi
+if [ -e "$dir/chaos-fail" ]; then echo "chaos: injected failure" >&2; exit 20; fi
+exec "$dir/drbdadm" "$@"
+"""
 WINDOW = 6.0  # faults start within the first seconds of a schedule
 BLOCK = 512
 MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 MiB)
@@ -119,6 +131,8 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         elif kind == "flap":
             faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2),
                                 rng.randint(2, 5)))
+        elif kind in ("hang-cmd", "fail-cmd"):
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 5.0), 2)))
         else:  # move, kill-tgtd
             faults.append(Fault(at, kind, node))
     if not faults:
@@ -300,7 +314,13 @@ class Runner:
         return self.lab.node2 if node is self.lab.node1 else self.lab.node1
 
     def start(self) -> None:
-        self.pids = start_cluster(self.lab)
+        configs = {}
+        for node in self.lab.nodes:
+            wrapper = node.bin_dir / "drbdadm-chaos"
+            wrapper.write_text(WRAPPER)
+            wrapper.chmod(0o755)
+            configs[node.name] = {"drbd": {"drbdadm": str(wrapper)}}
+        self.pids = start_cluster(self.lab, configs=configs)
         wait_for("node1 holds the storage", converged_on(self.lab, self.lab.node1), 60, self.lab)
 
     # -- faults
@@ -344,6 +364,10 @@ class Runner:
                 out.append((f.at + k * f.hold, "move", lambda t=target: self._move(t)))
                 target = self.other(target)
             return out
+        if f.kind in ("hang-cmd", "fail-cmd"):
+            flag = node.bin_dir / ("chaos-hang" if f.kind == "hang-cmd" else "chaos-fail")
+            return [(f.at, f.kind, flag.touch),
+                    (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True))]
         if f.kind == "kill-tgtd":
             def kill_tgtd() -> None:
                 if self.checker is not None:
@@ -355,6 +379,8 @@ class Runner:
 
     def heal(self) -> None:
         for node in self.lab.nodes:
+            for flag in ("chaos-hang", "chaos-fail"):
+                (node.bin_dir / flag).unlink(missing_ok=True)
             if not self.lab.drbd_link_up(node):
                 self.lab.restore_link(node)
             self._restart(node)

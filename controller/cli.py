@@ -339,17 +339,32 @@ def render_status(doc: Dict[str, Any]) -> str:
 
         t = obs.get("target") or {}
         luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
+        daemon = "kernel target LIO" if t.get("backend") == "lio" else "tgtd"
         if t.get("serving"):
             target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
         elif t.get("target_present"):
             target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
         elif t.get("daemon_running"):
-            target = "standby (tgtd running, no target)"
+            target = f"standby ({daemon} running, no target)"
         else:
-            target = "stopped (tgtd not running)"
+            target = f"stopped ({daemon} not running)"
         if t.get("error"):
             target += f"; ERROR {t['error']}"
         out.append(_line("ISCSI TARGET", target))
+        # The identity initiators read (XenServer's SCSIid): must be the same on both hosts.
+        for i, lun in enumerate(t.get("lun_info") or ()):
+            ident = (f"LUN {lun.get('number')}: serial {lun.get('serial')}, {lun.get('wwn')}, "
+                     f"{lun.get('vendor')} {lun.get('product')}")
+            cache = lun.get("write_cache")
+            if cache:
+                ident += ", WRITE CACHE ON"
+                warnings.append(f"LUN {lun.get('number')} acknowledges writes before DRBD has "
+                                "them (write cache on)")
+            elif cache is False:
+                ident += ", write cache off"
+            elif not (t.get("serving") or t.get("target_present")):
+                ident += " (when served here)"
+            out.append(_line("IDENTITY" if i == 0 else "", ident))
 
         v = obs.get("vip") or {}
         vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "

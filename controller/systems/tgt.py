@@ -56,7 +56,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..model import LunInfo, StepResult, TargetObservation
 from .runner import CommandResult, Runner
-from .target import DEFAULT_TIME2WAIT, LunSpec, lun_specs, tgt_wwn
+from .target import DEFAULT_TIME2WAIT, LunSpec, lun_specs, planned_info, tgt_wwn
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +371,12 @@ class Target:
         targets, error, _ = self._read()
         if error:
             return TargetObservation(daemon_running=True, error=error)
+        planned = planned_info(self.specs, "tgt")
         if targets is None:
-            return TargetObservation(daemon_running=False)
+            return TargetObservation(daemon_running=False, backend="tgt", lun_info=planned)
         tgt = self._ours(targets)
         if tgt is None:
-            return TargetObservation(daemon_running=True)
+            return TargetObservation(daemon_running=True, backend="tgt", lun_info=planned)
         return TargetObservation(
             daemon_running=True,
             target_present=True,

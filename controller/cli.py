@@ -584,10 +584,12 @@ def cmd_role(where: Where, args: argparse.Namespace) -> int:
 
 
 def cmd_import_conf(args: argparse.Namespace) -> int:
-    from .legacy import load_legacy, render_yaml
+    from .legacy import apply_tgt_conf, load_legacy, render_yaml
 
     try:
         data, notes = load_legacy(args.file)
+        if args.tgt_conf:
+            apply_tgt_conf(data, notes, args.tgt_conf, args.iqn)
     except ConfigError as exc:
         _err(f"cannot convert {args.file}, nothing was written:\n{exc}")
         return EXIT_USAGE
@@ -726,7 +728,10 @@ HELP: Dict[str, Tuple[str, str]] = {
         "Convert the legacy shell-style iscsi-ha.conf of the original tool to the YAML\n"
         "configuration, on stdout or into OUT. What was converted, dropped (MAIL_*: alerts now\n"
         "go through Prometheus) or assumed is printed on stderr and kept as comments. Needs no\n"
-        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).",
+        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).\n"
+        "With --tgt-conf /etc/tgt/targets.conf the target's IQN, LUNs and their SCSI identity\n"
+        "come along, so XenServer's SR finds its LUN again after the migration:\n"
+        "  iscsi-cfg import-conf iscsi-ha.conf --tgt-conf /etc/tgt/targets.conf -o iscsi-ha.yaml",
     ),
     "check-config": (
         "validate a YAML configuration file",
@@ -771,6 +776,12 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file", metavar="FILE", help="legacy iscsi-ha.conf to convert")
     imp.add_argument("--output", "-o", metavar="OUT", help="write the YAML here (default stdout)")
     imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    imp.add_argument("--tgt-conf", metavar="TARGETS_CONF",
+                     help="also carry the target of tgt-admin's targets.conf over (IQN, LUN "
+                     "numbers, backing stores, each LUN's scsi_id/scsi_sn), e.g. "
+                     "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
+    imp.add_argument("--iqn", metavar="IQN",
+                     help="with --tgt-conf: the target to import when the file has several")
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import snapshots
 from iscsi_ha.controller import cli
-from iscsi_ha.controller.config import Lun, parse_config
+from iscsi_ha.controller.config import Lun, load_config, parse_config
 from iscsi_ha.controller.control import describe_snapshot
 from iscsi_ha.controller.model import LunInfo
 from iscsi_ha.controller.systems import target as layer
 from iscsi_ha.controller.systems.lio import LioTarget
 from iscsi_ha.controller.systems.tgt import Target as TgtTarget
+from iscsi_ha.controller.systems.tgt import parse_targets_conf
 from iscsi_ha.exporter.collector import SnapshotCollector
 from prometheus_client import CollectorRegistry
 
@@ -170,3 +172,56 @@ def test_status_shows_each_luns_identity_and_warns_on_a_write_cache():
     assert (f"IDENTITY       LUN 1: serial {spec.serial}, {spec.wwn}, ISCSI-HA DRBD-LUN, "
             "write cache off") in out.splitlines()
     assert "WRITE CACHE ON" in out and "WARNING" in out
+
+
+# -- import-conf --tgt-conf ---------------------------------------------------------------------
+
+TGT_CONF = Path(__file__).parent / "fixtures" / "tgt" / "targets.conf"
+LEGACY = Path(__file__).resolve().parent.parent / "examples" / "iscsi-ha.conf"
+POOL_IQN = "iqn.2013-05.com.example.pool:iscsi-ha"
+
+
+def test_targets_conf_is_read_as_tgt_admin_numbers_it():
+    ours, scratch = parse_targets_conf(TGT_CONF.read_text())
+    assert (ours.tid, ours.iqn, scratch.tid, scratch.iqn) == (
+        1, POOL_IQN, 2, "iqn.2013-05.com.example.pool:scratch")
+    assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn, lun.vendor_id, lun.product_id)
+            for lun in ours.luns] == [
+        (1, "/dev/drbd/by-res/iscsi1/0", "IET     00010001", "beaf11", "IET", "VIRTUAL-DISK"),
+        (2, "/dev/drbd/by-res/iscsi2/0", "5001405a7c2e9d31", "iscsiha-lun2", "XENHA",
+         "DRBD-DISK"),
+        (3, "/dev/drbd/by-res/iscsi3/0", "IET     00010003", "beaf13", "IET", "VIRTUAL-DISK"),
+    ]
+    assert ours.initiator_addresses == ("10.10.10.0/24",)
+    assert ours.ignored == ("line 27: incominguser",)
+    assert scratch.luns[0].number == 1 and scratch.luns[0].scsi_sn == "beaf21"
+
+
+def test_import_conf_carries_the_identity_over(tmp_path, capsys):
+    out = tmp_path / "iscsi-ha.yaml"
+    code = cli.main(["import-conf", str(LEGACY), "--tgt-conf", str(TGT_CONF), "-o", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert "incominguser not carried over" in err and "scratch" in err
+    cfg = load_config(str(out))
+    assert cfg.target.iqn == POOL_IQN and cfg.target.initiator_address == "10.10.10.0/24"
+    assert cfg.target.default_time2wait == 5
+    specs = layer.lun_specs(cfg.target.iqn, cfg.target.luns)
+    assert [(s.number, s.serial, s.scsi_id, s.vendor, s.product) for s in specs] == [
+        (1, "beaf11", "IET     00010001", "IET", "VIRTUAL-DISK"),
+        (2, "iscsiha-lun2", "5001405a7c2e9d31", "XENHA", "DRBD-DISK"),
+        (3, "beaf13", "IET     00010003", "IET", "VIRTUAL-DISK"),
+    ]
+    # The NAA the SR knows (tgt's, from scsi_id) is what the imported config presents on tgt.
+    assert specs[0].wwn == "naa.60000000000000000e00000000010001"
+
+
+def test_import_conf_names_what_is_wrong(tmp_path, capsys):
+    bad = tmp_path / "targets.conf"
+    bad.write_text("<target iqn.2013-05.com.example:x>\n  backing-store /dev/drbd1\n")
+    code = cli.main(["import-conf", str(LEGACY), "--tgt-conf", str(bad)])
+    _, err = capsys.readouterr()
+    assert code == 2 and str(bad) in err and "is not closed" in err
+    code = cli.main(["import-conf", str(LEGACY), "--tgt-conf", str(TGT_CONF), "--iqn", "iqn.x:y"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "name one with --iqn" in err and POOL_IQN in err

@@ -603,7 +603,7 @@ class Target:
             time.sleep(POLL)
 
 
-# -- /etc/tgt/targets.conf (tgt-admin's file), for import-conf --tgt-conf ---------------------------
+# -- /etc/tgt/targets.conf (tgt-admin's file), for import-conf --tgt-conf ------------------------
 
 _LUN_PARAMS = ("scsi_id", "scsi_sn", "vendor_id", "product_id", "write-cache", "lun")
 

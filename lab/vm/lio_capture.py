@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Capture LIO's configfs tree at each step of the lio backend's life, inside a lab VM.
 
-Run inside a VM of the lab (``tests/test_vm_lio_capture.py`` does, or by hand)::
+Run inside a VM of the lab (``python -m lab.vm.capture_lio`` boots one and does)::
 
     lio_capture.py OUT_DIR BLOCK_DEVICE
 

@@ -76,9 +76,9 @@ then what it means)::
     iscsi_ha_drbd_quorum{resource}                            gauge
         1 when DRBD has quorum (DRBD 9; always 1 on 8.4)
     iscsi_ha_target_daemon_up                                 gauge
-        1 when tgtd runs
+        1 when the target daemon runs (tgtd; for LIO: the kernel target is loaded)
     iscsi_ha_target_present                                   gauge
-        1 when our target exists in tgtd
+        1 when our target exists (in tgtd, or in LIO's configfs)
     iscsi_ha_target_serving                                   gauge
         1 when the target serves every LUN with its binding
     iscsi_ha_target_luns                                      gauge

@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pytest
 
@@ -65,6 +65,7 @@ pytestmark = [
 CONVERGE = 30.0  # seconds: a fresh lab's first convergence (measured ~5 s)
 MOVE = 20.0  # seconds: storage following a change (measured 0.8-3.2 s)
 OUTAGE_BOUND = 10.0  # seconds: generous; the measured figures are printed
+MIN_SAMPLES = 10  # fewer samples of both nodes prove nothing about "never on both"
 
 
 def m(node, name: str, **labels: str):
@@ -92,21 +93,24 @@ def cycles_done(node) -> int:
     return sum(counters.get("cycles", {}).values())
 
 
-def wait_cycles(nodes, count: int, lab: Lab, timeout: float = 20.0) -> None:
-    """Until each controller in ``nodes`` has finished ``count`` more cycles: "a few more
-    cycles" as a condition instead of a sleep that guesses how long they take. The first of
-    them may have begun before the call: to see a whole cycle after an event, ask for two."""
+def wait_cycles(nodes, count: int, lab: Lab, sampler: Optional[Sampler] = None,
+                timeout: float = 20.0) -> None:
+    """Until each controller in ``nodes`` has finished ``count`` more cycles (and ``sampler``,
+    if given, has enough samples to prove anything): "a few more cycles" as a condition instead
+    of a sleep that guesses how long they take. The first of them may have begun before the
+    call: to see a whole cycle after an event, ask for two."""
     start = {n.name: cycles_done(n) for n in nodes}
     wait_for(f"{count} more cycles on {', '.join(start)}",
-             lambda: all(cycles_done(n) >= start[n.name] + count for n in nodes), timeout, lab)
+             lambda: all(cycles_done(n) >= start[n.name] + count for n in nodes)
+             and (sampler is None or len(sampler.samples) >= MIN_SAMPLES), timeout, lab)
 
 
 def observed_after(sampler: Sampler, probe: ClientProbe, lab: Lab) -> None:
     """Until the sampler and the client probe have each looked once more, after this moment."""
     now = time.monotonic()
     wait_for("a sample and a successful probe after the recovery",
-             lambda: any(s.t >= now for s in list(sampler.samples)) and probe.ok_since(now),
-             10, lab)
+             lambda: any(s.t >= now for s in list(sampler.samples)) and probe.ok_since(now)
+             and len(sampler.samples) >= MIN_SAMPLES, 10, lab)
 
 
 def record(tmp_path: Path, record_property, name: str, report, extra: Dict) -> None:
@@ -121,7 +125,8 @@ def record(tmp_path: Path, record_property, name: str, report, extra: Dict) -> N
 
 def no_overlap(sampler: Sampler, lab: Lab) -> None:
     assert sampler.error is None, f"the sampler failed: {sampler.error!r}"
-    assert len(sampler.samples) >= 10, f"too few samples to prove anything: {sampler.summary()}"
+    assert len(sampler.samples) >= MIN_SAMPLES, (
+        f"too few samples to prove anything: {sampler.summary()}")
     overlaps = sampler.overlaps()
     assert not overlaps, (
         f"on both nodes at once: {overlaps[:5]} ({sampler.summary()})\n{diagnostics(lab)}"
@@ -291,7 +296,7 @@ def test_broken_or_missing_pool_conf_holds_and_changes_nothing(lab):
             and all(last(n).get("outcome") == "held" for n in lab.nodes),
             10, lab,
         )
-        wait_cycles(lab.nodes, 2, lab)  # a few more cycles
+        wait_cycles(lab.nodes, 2, lab, sampler)  # a few more cycles
     no_overlap(sampler, lab)
     # Every sample saw the baseline: node1 holding, node2 standby.
     for s in sampler.samples:
@@ -439,7 +444,7 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
             wait_for("node2 sees the peer gone",
                      lambda: m(n2, "iscsi_ha_drbd_connection_state", resource="iscsi1",
                                state="WFConnection") == 1, 10, lab)
-            wait_cycles(lab.nodes, 3, lab)  # three more cycles apart
+            wait_cycles(lab.nodes, 3, lab, sampler)  # three more cycles apart
             assert lab.client_probe().ok  # the client still reaches node1
         no_overlap(sampler, lab)
         assert all(not s.second.primary and s.first.holds for s in sampler.samples)
@@ -468,7 +473,7 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
 
         # 3) Not resolved automatically: cycles go on, nothing reconnects or discards data.
         with Sampler(lab) as sampler:
-            wait_cycles(lab.nodes, 3, lab)
+            wait_cycles(lab.nodes, 3, lab, sampler)
         no_overlap(sampler, lab)
         assert split_seen()
         for node in lab.nodes:

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # What `make unit` leaves out: tests that need root, Debian packages, namespaces or VMs.
 UNIT_MARKERS := not root and not tools and not integration and not vm
 
-.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench clean
+.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench bench-switch clean
 
 setup:
 	scripts/setup-env.sh
@@ -40,6 +40,10 @@ typecheck: setup
 
 bench: setup
 	$(PY) bench/bench_scrape.py
+
+# iscsi-ha side by side with keepalived, Pacemaker's agents, the original tool (root; ~4 min)
+bench-switch: setup
+	$(PY) bench/bench_switch.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -36,7 +36,16 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, PathsConfig, load_config
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    PathsConfig,
+    load_config,
+    load_yaml,
+)
+from .control import root_socket_path
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -68,14 +77,35 @@ class Denied(Exception):
 
 
 def ask(path: str, request: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
-    """Send one request, return the answer object. Raises Unreachable or Denied."""
+    """Send one request, return the answer object. Raises Unreachable or Denied.
+
+    Root asks on the controller's root-only socket when there is one (the main socket is then
+    open to every local user, who could keep it busy); if that does not answer, on the main one.
+    """
     timeout = QUERY_TIMEOUT if timeout is None else timeout
+    private = root_socket_path(path)
+    if os.geteuid() == 0 and os.path.exists(private):
+        try:
+            return _ask(private, request, timeout)
+        except Unreachable:
+            pass  # a stale file left by a killed controller: the main socket decides
+    return _ask(path, request, timeout)
+
+
+def _ask(path: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
     deadline = time.monotonic() + timeout
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(path)
+            while True:
+                try:
+                    sock.connect(path)
+                    break
+                except BlockingIOError:  # EAGAIN: the listen queue is full right now; retry
+                    if time.monotonic() >= deadline:
+                        raise socket.timeout() from None
+                    time.sleep(0.01)
         except FileNotFoundError:
             raise Unreachable(f"{path} does not exist") from None
         except ConnectionRefusedError:
@@ -160,9 +190,10 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
     """paths.control_socket, paths.status_file and interval from a file that does not validate."""
     sock, status, interval = defaults.control_socket, defaults.status_file, DEFAULT_INTERVAL
     try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        # Same limits as the controller's own reading: a FIFO, a device, a huge or hostile file
+        # must not hang or crash a command whose whole point is to work when things are wrong.
+        data, _ = load_yaml(read_capped(path, CONFIG_LIMIT).decode("utf-8"), path)
+    except (OSError, UnicodeDecodeError, ConfigError):
         return sock, status, interval
     if not isinstance(data, dict):
         return sock, status, interval
@@ -173,7 +204,7 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
         if isinstance(paths.get("status_file"), str) and paths["status_file"]:
             status = paths["status_file"]
     value = data.get("interval")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 3600:
         interval = float(value)
     return sock, status, interval
 
@@ -449,10 +480,10 @@ def fallback_status(where: Where, reason: str, as_json: bool, compact: bool = Fa
     age: Optional[float] = None
     problem = ""
     try:
-        with open(where.status_file, encoding="utf-8", errors="replace") as fh:
-            age = now - os.fstat(fh.fileno()).st_mtime
-            text = fh.read()
+        age = now - os.stat(where.status_file).st_mtime
+        text = read_text(where.status_file, SMALL_LIMIT)
     except OSError as exc:
+        age = None
         problem = exc.strerror or str(exc)
     limit = where.interval + STALE_GRACE
     stale = age is not None and age > limit

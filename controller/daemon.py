@@ -38,7 +38,14 @@ import threading
 from typing import Any, Callable, List, NamedTuple, Optional
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    XenApiConfig,
+    load_config,
+    read_xenapi_password,
+)
 from .cycle import Controller, CycleSettings
 from .execute import Systems
 from .model import PoolObservation
@@ -84,7 +91,9 @@ class Built(NamedTuple):
 
 
 def build_systems(cfg: Config, stats: CommandStats) -> Built:
-    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats)
+    # The XenAPI password variable stays with us: no child (drbdadm, tgtd, ...) inherits it.
+    hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env) if n})
+    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats, hide_env=hidden)
     drbd = Drbd(
         runner,
         version=cfg.drbd.version,
@@ -244,10 +253,15 @@ class Daemon:
     def reload(self) -> None:
         try:
             cfg = load_config(self.config_path)
+            built = build_systems(cfg, self.stats)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        self.controller.reconfigure(*build_systems(cfg, self.stats))
+        except Exception as exc:  # a reload must never end the daemon that holds the storage
+            log.exception("reload refused, keeping the running configuration: %s: %s",
+                          type(exc).__name__, exc)
+            return
+        self.controller.reconfigure(*built)
         if cfg.interval != self.cfg.interval:
             self.scheduler.reschedule_job("cycle", trigger="interval", seconds=cfg.interval)
         for key in ("exporter", "paths"):

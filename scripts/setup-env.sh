@@ -25,6 +25,10 @@ APT_PACKAGES=(
                                 # bundled interpreter's libpython
   openssl                       # certificates for the exporter's TLS tests
   qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
+  keepalived resource-agents    # rival methods in bench/bench_switch.py (run by hand, never
+                                # as services: policy-rc.d below keeps them from starting)
+  open-iscsi                    # XenServer's initiator (iscsid, iscsiadm), run inside the VM
+                                # lab only; the host's kernel has no iSCSI initiator
 )
 VENV=${VENV:-.venv}
 

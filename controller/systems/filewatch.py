@@ -10,9 +10,12 @@ What wakes the owner is a *content* change: every event that names the file (or 
 was lost or the queue overflowed) makes the watcher read the file and compare it with what it
 read last; equal content (a touch, a rewrite with the same text) wakes nobody.
 
-Where inotify cannot be used (no libc symbol, the directory missing, a watch limit reached) the
-watcher falls back to reading the file every ``poll_period`` seconds, says so once in the log,
-and tries inotify again each time round. Stopping is immediate: a pipe wakes the waiting thread.
+The file is also read every ``poll_period`` seconds while inotify is armed: inotify reports only
+changes made through this kernel, so a file on a network or 9p file system (the VM lab shares its
+pool.conf from the host that way) changes silently. Where inotify cannot be used at all (no libc
+symbol, the directory missing, a watch limit reached) that poll is all there is; it says so once
+in the log and tries inotify again each time round. Stopping is immediate: a pipe wakes the
+waiting thread.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import select
 import struct
 import threading
 from typing import Callable, Iterator, List, Optional, Tuple
+
+from .. import files
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,7 @@ class Inotify:
 
 def read_text(path: str) -> Optional[str]:
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
+        return files.read_text(path, files.SMALL_LIMIT)  # regular files only, capped (#16)
     except OSError:
         return None
 
@@ -199,7 +203,8 @@ class FileWatch:
 
     def _follow(self, watch: Inotify) -> None:
         while not self._stopping:
-            if watch.fd not in self._wait([watch.fd], None):
+            if watch.fd not in self._wait([watch.fd], self.poll_period):
+                self._check()  # the backstop for changes inotify cannot see
                 continue
             events = watch.read()
             if any(mask & LOST for _, mask, _ in events):

@@ -401,8 +401,11 @@ def test_a_third_namespace_holding_the_vip_blocks_the_bind():
         # The client namespace takes the VIP first: a stranger on the storage network.
         lab.run("client", ["ip", "addr", "add", VIP, "dev", "eth0"], check=True)
         # Only node1's controller runs (node2 is powered off): no peer that is known to have let
-        # go of the VIP, so node1 must probe before binding (docs/design.md §4 step 3).
-        start_cluster(lab, nodes=[n1], config={"vip": {"probe_interval": 1}})
+        # go of the VIP, so node1 must probe before binding (docs/design.md §4 step 3). Alone
+        # from the start, nothing proves node1 has the newest data: this test accepts that after
+        # 1 s (promotion.unproven_wait) to get to the VIP check.
+        start_cluster(lab, nodes=[n1], config={"vip": {"probe_interval": 1},
+                                               "promotion": {"unproven_wait": 1}})
         wait_for("node1 refuses the VIP",
                  lambda: "not binding VIP" in last(n1).get("message", ""), CONVERGE, lab)
         assert m(n1, "iscsi_ha_vip_conflict") == 1

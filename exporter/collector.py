@@ -39,6 +39,8 @@ then what it means)::
         one-hot over primary/secondary/none (none = holding)
     iscsi_ha_refusals                                         gauge
         safety refusals in the last plan
+    iscsi_ha_promotion_blocked{resource,reason}               gauge
+        1 per resource held for lack of proof of the newest data (or two masters)
     iscsi_ha_planned_actions                                  gauge
         actions in the last plan (0 = converged or holding)
     iscsi_ha_last_cycle_outcome{outcome}                      gauge
@@ -361,6 +363,14 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
         _one_hot(desired, [], ROLE_CHOICES, plan.desired.value if plan.desired else "none")
         add(desired)
         add(_one("refusals", f"Safety refusals in the plan, {AS_OF}.", len(plan.refusals)))
+        blocked = _gauge("promotion_blocked",
+                         "1 for each resource whose promotion is held because this host cannot "
+                         "prove it has the newest data (reason: no_record, untrusted_record, "
+                         "restarted, rebooted, gap, not_in_sync, two_masters), "
+                         f"{AS_OF}.", ["resource", "reason"])
+        for resource, reason in plan.blocked:
+            blocked.add_metric([resource, reason], 1.0)
+        add(blocked)
         add(_one("planned_actions", f"Actions in the plan (0 = converged or holding), {AS_OF}.",
                  len(plan.actions)))
 
@@ -609,6 +619,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("iscsi_ha_manual_mode_since_timestamp_seconds", "gauge", ()),
     ("iscsi_ha_desired_role", "gauge", ("role",)),
     ("iscsi_ha_refusals", "gauge", ()),
+    ("iscsi_ha_promotion_blocked", "gauge", ("resource", "reason")),
     ("iscsi_ha_planned_actions", "gauge", ()),
     ("iscsi_ha_last_cycle_outcome", "gauge", ("outcome",)),
     ("iscsi_ha_last_cycle_timestamp_seconds", "gauge", ()),

@@ -221,6 +221,7 @@ def test_unit_hardening_leaves_what_the_controller_needs():
         assert not protected or any(path.startswith(w.rstrip("/") + "/") for w in writable), path
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     # verify also checks that ExecStart exists: point it at a binary this machine has.

@@ -135,6 +135,14 @@ def tgtadm(lab: NetnsLab, host: str, t: Target, *args: str) -> subprocess.Comple
     return lab.run(host, ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", *args])
 
 
+def tgtd_reads(pid: int) -> int:
+    """Bytes a tgtd has read so far (/proc/PID/io rchar: backing store and sockets)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
 def wait_for(check: Callable[[], bool], limit: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -403,7 +411,10 @@ def test_sessions_are_counted_and_force_delete_waits_out_inflight_io(lab, target
     )
     try:
         wait_for(lambda: t.observe().sessions == 1, 5.0, "a session on node1")
-        time.sleep(0.3)  # commands in flight
+        # Commands in flight: tgtd is reading the backing store for the client, now.
+        pid = find_tgtd_pids(t.control_port)[0]
+        start = tgtd_reads(pid)
+        wait_for(lambda: tgtd_reads(pid) - start >= 1 << 20, 5.0, "tgtd serving reads")
         res = t.stop_serving()
         assert res.ok, res.message
         assert not t.observe().target_present

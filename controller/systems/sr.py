@@ -112,7 +112,12 @@ class SrAdapter:
             hosts = self.client.call("host.get_all_records")
         except XenApiError as exc:
             return SrObservation(reachable=False, error=str(exc))
-        return build_sr_observation(srs, pbds, hosts, self.sr_types)
+        try:
+            return build_sr_observation(srs, pbds, hosts, self.sr_types)
+        except Exception as exc:  # never raises: answers we cannot read are an error value
+            log.exception("reading the SRs failed")
+            return SrObservation(reachable=True,
+                                 error=f"cannot read the SRs: {type(exc).__name__}: {exc}")
 
     def plug(self, pbd_uuids: Sequence[str]) -> StepResult:
         """``PBD.plug`` each PBD (a no-op in xapi for one already attached).

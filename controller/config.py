@@ -721,8 +721,8 @@ _IDENTITY_KEYS = {
     # --params list, so ',' and '=' never; LIO's serial is a configfs line.
     "serial": (36, "the unit serial (VPD 0x80)", re.compile(r"^[A-Za-z0-9._:-]+$")),
     "scsi_id": (36, "tgt's scsi_id (its NAA designator, VPD 0x83)", re.compile(r"^[ -+\--<>-~]+$")),
-    "vendor": (8, "the T10 vendor id", re.compile(r"^[!-+\--<>-~]+$")),
-    "product": (16, "the product id", re.compile(r"^[!-+\--<>-~]+$")),
+    "vendor": (8, "the T10 vendor id", re.compile(r"^[ -+\--<>-~]+$")),
+    "product": (16, "the product id", re.compile(r"^[ -+\--<>-~]+$")),
 }
 
 

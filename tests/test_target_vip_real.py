@@ -482,3 +482,34 @@ def test_lab_leaves_nothing_behind():
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed.split() for n in names)
     assert shutil.which("ip")
+
+
+def test_import_conf_identity_is_what_tgt_admin_really_presents(lab, targets, disks, tmp_path):
+    """``import-conf --tgt-conf`` pins each LUN's identity as tgt presented it under the original
+    tool: the real tgt-admin loads the same targets.conf, and tgt's own show must agree."""
+    from iscsi_ha.controller.systems.tgt import parse_targets_conf
+
+    fixture = Path(__file__).parent / "fixtures" / "tgt" / "targets.conf"
+    text = fixture.read_text()
+    for i, dev in enumerate(("/dev/drbd/by-res/iscsi1/0", "/dev/drbd/by-res/iscsi2/0",
+                             "/dev/drbd/by-res/iscsi3/0", "/srv/scratch.img")):
+        text = text.replace(dev, disks[i])
+    conf = tmp_path / "targets.conf"
+    conf.write_text(text)
+    t = targets("node1")
+    assert t.start_daemon().ok
+    res = lab.runner("node1").run(["tgt-admin", "-C", str(t.control_port), "-e", "-c",
+                                   str(conf)], timeout=30)
+    assert res.ok, res.describe_failure()
+    shown = {tgt.name: tgt for tgt in parse_show(lab.runner("node1").run(
+        ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", "--mode", "target",
+         "--op", "show"], timeout=10).stdout)}
+    for conf_target in parse_targets_conf(text):
+        real = shown[conf_target.iqn]
+        assert real.tid == conf_target.tid
+        assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in real.data_luns] == [
+            (lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in conf_target.luns]
+    for tid in (1, 2):
+        lab.runner("node1").run(["tgtadm", "-C", str(t.control_port), "--lld", "iscsi",
+                                 "--mode", "target", "--op", "delete", "--force", "--tid",
+                                 str(tid)], timeout=10)

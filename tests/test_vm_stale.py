@@ -55,6 +55,18 @@ def _resource(lab: VmLab) -> str:
     return text
 
 
+def _handlers_can_run(vm) -> None:
+    """Let DRBD's handlers run in the VM. The kernel starts them as /sbin/drbdadm in PID 1's
+    root, the lab's busybox initramfs, while the system lives chrooted in /newroot (lab/vm/
+    image.py): without this every helper fails with exit code 255 ("fence-peer helper broken").
+    A two-line helper in the initramfs root chroots into /newroot and runs the real drbdadm."""
+    vm.sh("printf '#!/bin/sh\\nexec /bin/chroot /newroot /sbin/drbdadm \"$@\"\\n' "
+          "> /proc/1/root/drbd-helper && chmod 755 /proc/1/root/drbd-helper && "
+          "echo /drbd-helper > /sys/module/drbd/parameters/usermode_helper", check=True)
+    assert vm.run(["cat", "/sys/module/drbd/parameters/usermode_helper"]).out.strip() == \
+        "/drbd-helper"
+
+
 def _peer_certs(lab: VmLab) -> None:
     exe = Path(sys.executable).parent / "iscsi-cfg"
     for vm in lab.vms:
@@ -89,6 +101,7 @@ def pair(tmp_path_factory):
         lab.prepare({ctl.RES: _resource(lab)})
         lab.boot()
         for vm in lab.vms:
+            _handlers_can_run(vm)
             vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
             vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
         _peer_certs(lab)
@@ -110,6 +123,7 @@ def boot_again(c: ctl.Controllers, vm) -> None:
     """Power on a killed VM the way a host boots: DRBD up (the drbd service), then iscsi-ha."""
     vm.start()
     vm.wait_ready()
+    _handlers_can_run(vm)
     vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
     c.start(vm)
 

@@ -370,17 +370,32 @@ def render_status(doc: Dict[str, Any]) -> str:
 
         t = obs.get("target") or {}
         luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
+        daemon = "kernel target LIO" if t.get("backend") == "lio" else "tgtd"
         if t.get("serving"):
             target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
         elif t.get("target_present"):
             target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
         elif t.get("daemon_running"):
-            target = "standby (tgtd running, no target)"
+            target = f"standby ({daemon} running, no target)"
         else:
-            target = "stopped (tgtd not running)"
+            target = f"stopped ({daemon} not running)"
         if t.get("error"):
             target += f"; ERROR {t['error']}"
         out.append(_line("ISCSI TARGET", target))
+        # The identity initiators read (XenServer's SCSIid): must be the same on both hosts.
+        for i, lun in enumerate(t.get("lun_info") or ()):
+            ident = (f"LUN {lun.get('number')}: serial {lun.get('serial')}, {lun.get('wwn')}, "
+                     f"{lun.get('vendor')} {lun.get('product')}")
+            cache = lun.get("write_cache")
+            if cache:
+                ident += ", WRITE CACHE ON"
+                warnings.append(f"LUN {lun.get('number')} acknowledges writes before DRBD has "
+                                "them (write cache on)")
+            elif cache is False:
+                ident += ", write cache off"
+            elif not (t.get("serving") or t.get("target_present")):
+                ident += " (when served here)"
+            out.append(_line("IDENTITY" if i == 0 else "", ident))
 
         v = obs.get("vip") or {}
         vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "
@@ -702,10 +717,12 @@ def cmd_peer_cert(args: argparse.Namespace) -> int:
 
 
 def cmd_import_conf(args: argparse.Namespace) -> int:
-    from .legacy import load_legacy, render_yaml
+    from .legacy import apply_tgt_conf, load_legacy, render_yaml
 
     try:
         data, notes = load_legacy(args.file)
+        if args.tgt_conf:
+            apply_tgt_conf(data, notes, args.tgt_conf, args.iqn)
     except ConfigError as exc:
         _err(f"cannot convert {args.file}, nothing was written:\n{exc}")
         return EXIT_USAGE
@@ -861,7 +878,10 @@ HELP: Dict[str, Tuple[str, str]] = {
         "Convert the legacy shell-style iscsi-ha.conf of the original tool to the YAML\n"
         "configuration, on stdout or into OUT. What was converted, dropped (MAIL_*: alerts now\n"
         "go through Prometheus) or assumed is printed on stderr and kept as comments. Needs no\n"
-        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).",
+        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).\n"
+        "With --tgt-conf /etc/tgt/targets.conf the target's IQN, LUNs and their SCSI identity\n"
+        "come along, so XenServer's SR finds its LUN again after the migration:\n"
+        "  iscsi-cfg import-conf iscsi-ha.conf --tgt-conf /etc/tgt/targets.conf -o iscsi-ha.yaml",
     ),
     "check-config": (
         "validate a YAML configuration file",
@@ -919,6 +939,12 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file", metavar="FILE", help="legacy iscsi-ha.conf to convert")
     imp.add_argument("--output", "-o", metavar="OUT", help="write the YAML here (default stdout)")
     imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    imp.add_argument("--tgt-conf", metavar="TARGETS_CONF",
+                     help="also carry the target of tgt-admin's targets.conf over (IQN, LUN "
+                     "numbers, backing stores, each LUN's scsi_id/scsi_sn), e.g. "
+                     "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
+    imp.add_argument("--iqn", metavar="IQN",
+                     help="with --tgt-conf: the target to import when the file has several")
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p

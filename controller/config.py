@@ -721,8 +721,8 @@ _IDENTITY_KEYS = {
     # --params list, so ',' and '=' never; LIO's serial is a configfs line.
     "serial": (36, "the unit serial (VPD 0x80)", re.compile(r"^[A-Za-z0-9._:-]+$")),
     "scsi_id": (36, "tgt's scsi_id (its NAA designator, VPD 0x83)", re.compile(r"^[ -+\--<>-~]+$")),
-    "vendor": (8, "the T10 vendor id", re.compile(r"^[!-+\--<>-~]+$")),
-    "product": (16, "the product id", re.compile(r"^[!-+\--<>-~]+$")),
+    "vendor": (8, "the T10 vendor id", re.compile(r"^[ -+\--<>-~]+$")),
+    "product": (16, "the product id", re.compile(r"^[ -+\--<>-~]+$")),
 }
 
 
@@ -880,7 +880,11 @@ def _all_keys() -> Dict[str, List[str]]:
 def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]:
     """(path, message) for a key the schema does not have. The value is never quoted."""
     if not isinstance(key, str):
-        return f"{prefix}{key!r}", "keys must be strings"
+        return f"{prefix}{_short(key)}", "keys must be strings"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key):
+        # Shown quoted and cut short: a key may hold a newline or a whole pasted paragraph.
+        shown = _short(key)
+        return (f"{prefix}.{shown}" if prefix else shown), "unknown key"
     path = f"{prefix}.{key}" if prefix else key
     if path in _KEY_HINTS:
         return path, f"unknown key: {_KEY_HINTS[path]}"

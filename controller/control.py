@@ -556,7 +556,8 @@ class ControlServer:
             log.exception("control socket: %s failed", cmd)
             return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
                                 f"{exc}", CODE_REFUSED)
-        return error_answer(f"unknown command {_quote(cmd.encode(), 40)}; "
+        shown = _quote(cmd.encode("utf-8", "backslashreplace"), 40)  # JSON allows lone surrogates
+        return error_answer(f"unknown command {shown}; "
                             f"known: {', '.join(COMMANDS)}")
 
     def status(self) -> Dict[str, Any]:

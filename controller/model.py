@@ -123,6 +123,7 @@ class TargetObservation:
     sessions: int = 0
     error: Optional[str] = None
     backend: str = ""  # "tgt" | "lio"
+    # What each LUN presents; while not served here, what it will present (from the config).
     lun_info: Tuple[LunInfo, ...] = ()
 
 

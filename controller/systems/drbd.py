@@ -273,13 +273,15 @@ class ProcMinor:
         return None
 
 
-_PROC_VERSION = re.compile(r"^version:\s*(\d+\.\d+\.\d+\S*)", re.M)
-_PROC_MINOR = re.compile(r"^\s*(\d+):\s+cs:(\S+)(.*)$")
+_PROC_VERSION = re.compile(r"^version:\s*(\d{1,9}\.\d{1,9}\.\d{1,9}\S*)", re.M | re.A)
+_PROC_MINOR = re.compile(r"^\s*(\d{1,9}):\s+cs:(\S+)(.*)$", re.A)
 _PROC_FIELD = re.compile(r"\b(ro|ds|st):(\S+)")
-_PROC_OOS = re.compile(r"\boos:(\d+)\b")
-_PROC_SYNCED = re.compile(r"(sync'ed|verified):\s*(\d+(?:\.\d+)?)%\s*\((\d+)/(\d+)\)([KM])")
-_PROC_FINISH = re.compile(r"finish:\s*(\d+):(\d{2}):(\d{2})")
-_PROC_SPEED = re.compile(r"speed:\s*([\d,]+)")
+_PROC_OOS = re.compile(r"\boos:(\d{1,20})\b", re.A)
+_PROC_SYNCED = re.compile(
+    r"(sync'ed|verified):\s*(\d{1,3}(?:\.\d{1,9})?)%\s*\((\d{1,20})/(\d{1,20})\)([KM])", re.A
+)
+_PROC_FINISH = re.compile(r"finish:\s*(\d{1,9}):(\d{2}):(\d{2})", re.A)
+_PROC_SPEED = re.compile(r"speed:\s*([\d,]{1,30})", re.A)
 _SPEED_UNIT = re.compile(r"([KM])/sec")
 
 
@@ -330,7 +332,7 @@ def parse_proc_version(text: str, command: str = "cat /proc/drbd") -> str:
 
 def _thousands(number: str) -> int:
     """DRBD groups thousands with commas: ``1,664`` -> 1664."""
-    if not re.fullmatch(r"\d{1,3}(,\d{3})*|\d+", number):
+    if not re.fullmatch(r"\d{1,3}(,\d{3}){0,6}|\d{1,20}", number, re.A):
         raise ValueError(number)
     return int(number.replace(",", ""))
 
@@ -645,7 +647,7 @@ def resource_from_proc(name: str, minors: Sequence[ProcMinor]) -> DrbdResource:
 def parse_sh_minor(text: str, command: str = "drbdadm sh-minor") -> Tuple[int, ...]:
     """``drbdadm sh-minor <res>``: one minor number per volume, from the configuration."""
     lines = _lines(text)
-    if not lines or not all(line.isdigit() for line in lines):
+    if not lines or not all(re.fullmatch(r"[0-9]{1,9}", line) for line in lines):
         raise DrbdParseError(command, text, "expected one minor number per line")
     return tuple(int(line) for line in lines)
 
@@ -654,8 +656,8 @@ SplitBrainKey = Union[str, int]
 
 # "drbd r0/0 drbd0 node2: ..." (9, a volume), "block drbd0: ..." (8.4, a minor),
 # "drbd r0 node2: ..." / "drbd r0: ..." (a resource or a connection, both versions).
-_LOG_VOLUME = re.compile(r"\bdrbd ([^\s/:]+)/\d+ drbd(\d+)\b")
-_LOG_MINOR = re.compile(r"\bblock drbd(\d+):")
+_LOG_VOLUME = re.compile(r"\bdrbd ([^\s/:]+)/\d{1,9} drbd(\d{1,9})\b", re.A)
+_LOG_MINOR = re.compile(r"\bblock drbd(\d{1,9}):", re.A)
 _LOG_RESOURCE = re.compile(r"\bdrbd ([^\s/:]+)(?: [^\s:]+)?:")
 _LOG_CONN_TO = re.compile(r"\b(?:conn|repl)\( \S+ -> (\S+) \)")
 SPLIT_BRAIN_UNRESOLVED = "Split-Brain detected but unresolved"
@@ -703,7 +705,7 @@ def find_split_brain(
     return frozenset(k for k, v in flagged.items() if v)
 
 
-_STATE_CHANGE = re.compile(r"\((-\d+)\)\s*([^\n]+)")
+_STATE_CHANGE = re.compile(r"\((-\d{1,9})\)\s*([^\n]+)", re.A)
 _MINOR_EXISTS = re.compile(r"\(161\)\s*([^\n]+)")
 _COMMAND_TRAILER = re.compile(r"^Command '.*' terminated with exit code \d+$")
 

@@ -20,6 +20,7 @@ FIXTURE_MARKERS = {
     "pki": ("tools",),  # tests/test_server.py: certificates made with the openssl CLI
     "tls_pool": ("tools", "root"),  # tests/test_xapi_fake.py: openssl, and port 443
     "rpm": ("tools",),  # tests/test_packaging.py: rpmbuild, patchelf
+    "certs": ("tools",),  # tests/test_peer.py: `iscsi-cfg peer-cert` runs openssl
 }
 
 # Under CI every test must run: a skip there means a missing package or a machine that cannot run

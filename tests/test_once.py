@@ -128,6 +128,7 @@ def test_once_dry_run_prints_the_plan(tmp_path, scenario, plan, words):
     assert not (tmp_path / "state" / "status").exists()
 
 
+@pytest.mark.tools
 def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     """The sequential failure's last step: A, the crashed ex-Primary, comes up alone as pool
     master. DRBD says UpToDate; a fresh state directory proves nothing: hold, and say why."""
@@ -147,6 +148,7 @@ def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     assert not (tmp_path / "state" / "ledger.json").exists()
 
 
+@pytest.mark.tools
 def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(tmp_path):
     proc = run_once(tmp_path, "crashed-primary-gi")
     assert proc.returncode == 0, proc.stderr
@@ -163,6 +165,7 @@ def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(
     assert ev["drbd_crashed_primary"] is True and ev["drbd_peer_outdated"] is False
 
 
+@pytest.mark.tools
 def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
     proc = run_once(tmp_path, "outdated-secondary")
     out = json.loads(proc.stdout)

@@ -172,7 +172,7 @@ def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
     assert "promote" not in plan_of(out)
     assert any("local disk is Outdated and the peer is unreachable" in r
                for r in out["refusals"]), out["refusals"]
-    assert out["blocked"] == []  # DRBD's own refusal, not the lack of proof
+    assert out["blocked"] == [["r0", "local_disk_outdated"]]  # DRBD's refusal pages too
 
 
 def test_once_reports_split_brain_and_does_not_resolve_it(tmp_path):

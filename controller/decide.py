@@ -224,6 +224,12 @@ def become_refusal(role: StorageRole, manual: ManualMode,
     return None
 
 
+def _no_good_data_alone(res: DrbdResource) -> bool:
+    """Refused only because the local disk is not UpToDate while the peer is unreachable."""
+    return (not res.split_brain and res.peer_role != "Primary" and res.quorum
+            and res.disk != "UpToDate" and not res.peer_reachable)
+
+
 def vip_release_known(obs: Observation) -> bool:
     """True when the peer is known to have let go of the VIP, so no ARP probe is needed.
 
@@ -274,6 +280,10 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
         why = promotion_refusal(res)
         if why:
             refusals.append(why)
+            if _no_good_data_alone(res):
+                # DRBD's own guard against stale data (with fencing, a rebooted disk comes up
+                # Consistent; the fence-peer handler leaves the peer Outdated): it pages too.
+                blocked.append((res.name, f"local_disk_{res.disk.lower()}"))
             continue
         stale = stale_refusal(res, obs, policy)
         if stale:

@@ -359,7 +359,8 @@ class PeerWatcher:
 
 
 def make_handlers(hostname: str, version: str, resources: Tuple[str, ...],
-                  snapshot: Callable[[], Any], drbd: Any) -> Dict[str, Handler]:
+                  snapshot: Callable[[], Any], drbd: Any,
+                  settle: float = 1.5) -> Dict[str, Handler]:
     """The operations this host serves to its peer. ``snapshot`` is the controller's (never
     blocks); ``drbd`` the DRBD adapter (``observe``, ``outdate``)."""
 
@@ -387,6 +388,12 @@ def make_handlers(hostname: str, version: str, resources: Tuple[str, ...],
             raise Refused(f"{str(name)[:60]!r} is not a resource of {hostname} "
                           f"({', '.join(resources)})", "unknown_resource")
         (res,) = drbd.observe([name])
+        # The two sides notice a broken link a moment apart; DRBD refuses to outdate a disk that
+        # is still Connected. Give this side a moment (bounded) to notice too.
+        until = time.monotonic() + settle
+        while res.peer_reachable and not res.error and time.monotonic() < until:
+            time.sleep(0.1)
+            (res,) = drbd.observe([name])
         if res.error:
             raise Refused(f"cannot read {name} on {hostname}: {res.error}", "failed")
         if res.role == "Primary":

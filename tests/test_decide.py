@@ -235,6 +235,9 @@ def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode, proof):
     if promotion_refusal(r) is None and not proven:
         assert plan.blocked == (("iscsi1", "no_record"),)
         assert "cannot prove this host has the newest data" in plan.refusals[0]
+    elif not r.peer_reachable and disk != "UpToDate":
+        # DRBD's own stale-data guard (the local disk not UpToDate, the peer gone) pages too.
+        assert plan.blocked == (("iscsi1", f"local_disk_{disk.lower()}"),)
     else:
         assert plan.blocked == ()
 

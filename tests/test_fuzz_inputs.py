@@ -10,6 +10,7 @@ names the file; a control-socket error is a JSON answer with a message. Seeds ar
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -205,7 +206,7 @@ _JSON = st.recursive(
 @pytest.fixture(scope="module")
 def control(tmp_path_factory):
     host = Host(str(tmp_path_factory.mktemp("state")), converged_master())
-    return ControlServer("/nonexistent/c.sock", StubDaemon(host.controller), (0,),
+    return ControlServer("/nonexistent/c.sock", StubDaemon(host.controller), (os.geteuid(),),
                          read_timeout=0.5)
 
 

@@ -76,6 +76,7 @@ def test_root_keeps_working_under_a_local_connect_flood(tmp_path, sockdir, caplo
     assert 1 <= len(refused) <= 2, len(refused)  # once per refused uid, not per connection
 
 
+@pytest.mark.root
 def test_an_allowed_user_gets_its_own_few_slots_only(tmp_path, sockdir):  # noqa: F811
     from iscsi_ha.controller.control import PER_UID_SLOTS, ControlServer
 

@@ -128,6 +128,7 @@ def test_once_dry_run_prints_the_plan(tmp_path, scenario, plan, words):
     assert not (tmp_path / "state" / "status").exists()
 
 
+@pytest.mark.tools
 def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     """The sequential failure's last step: A, the crashed ex-Primary, comes up alone as pool
     master. DRBD says UpToDate; a fresh state directory proves nothing: hold, and say why."""
@@ -147,6 +148,7 @@ def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     assert not (tmp_path / "state" / "ledger.json").exists()
 
 
+@pytest.mark.tools
 def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(tmp_path):
     proc = run_once(tmp_path, "crashed-primary-gi")
     assert proc.returncode == 0, proc.stderr
@@ -163,13 +165,14 @@ def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(
     assert ev["drbd_crashed_primary"] is True and ev["drbd_peer_outdated"] is False
 
 
+@pytest.mark.tools
 def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
     proc = run_once(tmp_path, "outdated-secondary")
     out = json.loads(proc.stdout)
     assert "promote" not in plan_of(out)
     assert any("local disk is Outdated and the peer is unreachable" in r
                for r in out["refusals"]), out["refusals"]
-    assert out["blocked"] == []  # DRBD's own refusal, not the lack of proof
+    assert out["blocked"] == [["r0", "local_disk_outdated"]]  # DRBD's refusal pages too
 
 
 def test_once_reports_split_brain_and_does_not_resolve_it(tmp_path):

@@ -1,20 +1,28 @@
 # The two commands a newcomer needs (both set themselves up; run as root on Debian 12):
 #   make demo   a two-node lab on this machine: controllers, metrics, a failover (Ctrl-C ends it)
 #   make test   the whole test suite, as CI runs it
+# and the quick loop, as any user on any machine with Python 3.9+ (no root, no apt):
+#   make unit   every test that needs nothing but Python (markers: see pytest.ini)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# What `make unit` leaves out: tests that need root, Debian packages, namespaces or VMs.
+UNIT_MARKERS := not root and not tools and not integration and not vm
 
-.PHONY: setup test unit vm-test demo demo-once lint typecheck bench bench-rpm clean rpm repo
+.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench bench-switch bench-hostile chaos chaos-ci clean \
+	bench-rpm rpm repo
 
 setup:
 	scripts/setup-env.sh
 
+venv:
+	scripts/setup-env.sh --venv-only
+
 test: setup
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: setup
-	$(VENV)/bin/pytest -m "not integration and not vm" $(PYTEST_ARGS)
+unit: venv
+	$(VENV)/bin/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 vm-test: setup
 	$(VENV)/bin/pytest -m vm tests/test_vm_drbd.py $(PYTEST_ARGS)
@@ -33,6 +41,21 @@ typecheck: setup
 
 bench: setup
 	$(PY) bench/bench_scrape.py
+
+# iscsi-ha side by side with keepalived, Pacemaker's agents, the original tool (root; ~4 min)
+bench-switch: setup
+	$(PY) bench/bench_switch.py
+
+# the metrics endpoint under 1,000 idle connections and a wrong-password flood (root; ~5 min)
+bench-hostile: setup
+	$(PY) bench/bench_hostile_http.py
+
+# seeded fault schedules in the namespace lab with invariant and data checkers (root)
+chaos: setup
+	$(PY) -m lab.chaos --seed 1 --schedules 500
+
+chaos-ci: setup
+	$(PY) -m lab.chaos --seed 1 --schedules 50
 
 # The dom0 RPM, dist/iscsi-ha-VERSION-1.x86_64.rpm: a CPython for glibc 2.17 built here with zig
 # (cached in $${ISCSI_HA_BUILD_CACHE:-.cache/build}), audited against the EL7 base before it lands.

@@ -80,6 +80,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # a per-test time limit (pytest.ini): a hung test fails instead of stalling CI
+            "pytest-timeout>=2.1",
             "hypothesis>=6.80",
             "ruff>=0.4",
             "mypy>=1.5",

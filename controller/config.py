@@ -35,11 +35,23 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped
+
 DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
 DEFAULT_EXPORTER_PORT = 19856
+DEFAULT_PEER_PORT = 19857  # the peer channel (controller/peer.py), next to the exporter's
 # target.restart_backoff doubles after each failed restart, up to this ceiling.
 MAX_RESTART_BACKOFF = 300.0
+# Every duration lies in this range unless its key says otherwise: longer than an hour is a typo
+# for every setting here, and the scheduler, timedelta and select() overflow on huge values.
+MIN_SECONDS = 0.01
+MAX_SECONDS = 3600.0
+MAX_PERIOD = 86400.0  # the periodic jobs (gratuitous ARP, VIP probe) may be up to a day apart
+MAX_UID = 2 ** 32 - 2  # (uid_t)-1 means "no user"
+MAX_TID = 65535
+MAX_LUN = 16383  # the flat LUN space of SAM addressing
+MAX_ANNOUNCE_COUNT = 100
 
 RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -79,6 +91,12 @@ class ConfigError(Exception):
 class Lun:
     number: int  # "lun" in YAML; 0 is tgt's own controller LUN, so ours start at 1
     path: str
+    # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
+    # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
+    serial: Optional[str] = None  # VPD 0x80
+    scsi_id: Optional[str] = None  # tgt's scsi_id: its NAA designator (VPD 0x83)
+    vendor: Optional[str] = None  # T10 vendor id, <= 8 characters
+    product: Optional[str] = None  # <= 16 characters
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,10 @@ class XenApiConfig:
 
 @dataclass(frozen=True)
 class TargetConfig:
+    backend: str = "auto"  # "auto" (LIO when the kernel target is there, else tgt) | "lio" | "tgt"
+    default_time2wait: int = 2  # seconds an initiator waits before it reconnects (iSCSI default)
+    configfs: str = "/sys/kernel/config"  # LIO
+    modprobe: str = "modprobe"  # LIO: loads the kernel target's modules when missing
     tgtadm: str = "tgtadm"
     tgtd: str = "tgtd"
     control_port: int = 0  # tgtd -C N / tgtadm -C N
@@ -177,6 +199,31 @@ class ControlConfig:
     allowed_uids: Tuple[int, ...] = (0,)
 
 
+@dataclass(frozen=True)
+class PromotionConfig:
+    # Promote without proof of the newest data after watching the peer unreachable this many
+    # seconds (0 = never, the safe default). RISK: a host that was down while its peer served
+    # writes would serve its old data (VMs go back in time, split brain when the peer returns).
+    unproven_wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The peer channel: mutually authenticated TLS between the two controllers (peer.py)."""
+
+    address: str = ""  # the other host's management address; "" = no peer channel
+    port: int = DEFAULT_PEER_PORT
+    listen: str = f"0.0.0.0:{DEFAULT_PEER_PORT}"
+    cert_file: str = "/etc/iscsi-ha/peer/host.crt"  # this host's certificate ...
+    key_file: str = "/etc/iscsi-ha/peer/host.key"  # ... and key (0600)
+    peer_cert_file: str = "/etc/iscsi-ha/peer/peer.crt"  # the only certificate accepted
+    timeout: float = 2.0  # every call, connect to answer
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
     return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
 
@@ -202,6 +249,8 @@ class Config:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
 
     def __post_init__(self) -> None:
         # Frozen: derived defaults are set once, here, so every Config is complete.
@@ -236,13 +285,17 @@ _TOP_ORDER = (
 _SECTIONS: Dict[str, type] = {
     "drbd": DrbdConfig, "pool": PoolConfig, "xenapi": XenApiConfig, "target": TargetConfig,
     "vip": VipConfig, "paths": PathsConfig, "exporter": ExporterConfig,
-    "logging": LoggingConfig, "control": ControlConfig,
+    "logging": LoggingConfig, "control": ControlConfig, "promotion": PromotionConfig,
+    "peer": PeerConfig,
 }
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Lun):
-        return {"lun": value.number, "path": value.path}
+        out = {"lun": value.number, "path": value.path}
+        out.update({k: getattr(value, k) for k in ("serial", "scsi_id", "vendor", "product")
+                    if getattr(value, k) is not None})
+        return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
@@ -269,8 +322,7 @@ def read_xenapi_password(cfg: Config,
     if not x.password_file:
         return None
     try:
-        with open(x.password_file, encoding="utf-8") as f:
-            text = f.read()
+        text = read_capped(x.password_file, SMALL_LIMIT).decode("utf-8")
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
@@ -321,7 +373,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, int):
-        return f"the integer {value}"
+        return f"the integer {_show_int(value)}"
     if isinstance(value, float):
         return f"the number {value!r}"
     if isinstance(value, list):
@@ -347,44 +399,71 @@ def _type_hint(value: Any, wanted: str) -> str:
         return " (remove the quotes: a quoted value is a string)"
     if isinstance(value, int) and not isinstance(value, bool) and wanted == "bool":
         return " (write true or false)"
-    if isinstance(value, (int, float)) and wanted == "str":
-        return f" (quote it: '{value}')"
+    if isinstance(value, float) or (isinstance(value, int) and value.bit_length() <= 64):
+        if wanted == "str":
+            return f" (quote it: '{value}')"
     return ""
 
 
-def _seconds(allow_zero: bool = False, maximum: Optional[float] = None) -> Check:
+def _seconds(allow_zero: bool = False, maximum: float = MAX_SECONDS,
+             minimum: float = MIN_SECONDS) -> Check:
+    """A duration in seconds, within a range that a scheduler, ``select()`` and ``timedelta``
+    can all hold: 1e308 is a finite float, and used to pass here and then kill the daemon."""
+
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Invalid(f"must be a number of seconds, got {_describe(value)}"
                            + _type_hint(value, "number"))
+        if isinstance(value, int) and abs(value) > 10 ** 12:
+            raise _Invalid(f"must be at most {maximum:g} seconds, got {_describe(value)}")
         if not math.isfinite(value):
             raise _Invalid(f"must be a finite number of seconds, got {value!r}")
         if allow_zero and value < 0:
             raise _Invalid(f"must be 0 (off) or more, got {value!r}")
         if not allow_zero and value <= 0:
             raise _Invalid(f"must be greater than 0, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise _Invalid(f"must be at most {maximum:g}, got {value!r}")
+        if value and value < minimum:
+            raise _Invalid(f"must be at least {minimum:g} seconds, got {value!r}")
+        if value > maximum:
+            raise _Invalid(f"must be at most {maximum:g} seconds ({_words(maximum)}), "
+                           f"got {value!r}")
         return float(value)
 
     return check
 
 
-def _integer(minimum: int, maximum: Optional[int] = None, why: str = "") -> Check:
+def _words(seconds: float) -> str:
+    if seconds >= 86400 and seconds % 86400 == 0:
+        n = int(seconds // 86400)
+        return f"{n} day{'s' if n != 1 else ''}"
+    if seconds >= 3600 and seconds % 3600 == 0:
+        n = int(seconds // 3600)
+        return f"{n} hour{'s' if n != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+def _integer(minimum: int, maximum: int, why: str = "") -> Check:
     def check(value: Any) -> int:
         # bool is an int subclass in Python; in a config file `true` is never meant as 1.
         if isinstance(value, bool) or not isinstance(value, int):
             hint = _type_hint(value, "int")
-            if isinstance(value, float) and value.is_integer():
+            if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
                 hint = f" (write {int(value)})"
             raise _Invalid(f"must be an integer, got {_describe(value)}{hint}")
         if value < minimum:
-            raise _Invalid(f"must be {minimum} or more, got {value}")
-        if maximum is not None and value > maximum:
-            raise _Invalid(f"must be {maximum} or less, got {value}{why}")
+            raise _Invalid(f"must be {minimum} or more, got {_show_int(value)}")
+        if value > maximum:
+            raise _Invalid(f"must be {maximum} or less, got {_show_int(value)}{why}")
         return value
 
     return check
+
+
+def _show_int(value: int) -> str:
+    """An integer for a message; a huge one by its size (str() of 5,000 digits raises)."""
+    if value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    return str(value)
 
 
 def _boolean(value: Any) -> bool:
@@ -508,6 +587,20 @@ def _xenapi_url(value: Any) -> str:
     return text
 
 
+def _secret(check: Check, wanted: str) -> Check:
+    """A key whose value may be the password itself, typed in the wrong place: a problem with it
+    is described without a single character of the value."""
+
+    def secret(value: Any) -> Any:
+        try:
+            return check(value)
+        except _Invalid:
+            raise _Invalid(f"must be {wanted}; the value is not shown, in case it is the "
+                           "password itself (if so, change that password)") from None
+
+    return secret
+
+
 def _env_name(value: Any) -> str:
     text = _string(value)
     if not _ENV_NAME.match(text):
@@ -605,23 +698,69 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _peer_address(value: Any) -> str:
+    """The peer's management address or host name; "" turns the peer channel off."""
+    if value == "" or value is None:
+        return ""
+    text = _string(value)
+    if not _HOSTNAME.match(text):
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not a host name or address (the other host's management "
+                           "address, e.g. 10.0.0.2; \"\" for no peer channel)") from None
+    return text
+
+
 def _uid(value: Any) -> int:
-    return _integer(0)(value)  # type: ignore[no-any-return]
+    return _integer(0, MAX_UID)(value)  # type: ignore[no-any-return]
 
 
-def _lun_entry(value: Any) -> Tuple[int, str]:
+_IDENTITY_KEYS = {
+    # key: (maximum length, what it is, characters allowed): tgt takes them in a comma-separated
+    # --params list, so ',' and '=' never; LIO's serial is a configfs line.
+    "serial": (36, "the unit serial (VPD 0x80)", re.compile(r"^[A-Za-z0-9._:-]+$")),
+    "scsi_id": (36, "tgt's scsi_id (its NAA designator, VPD 0x83)", re.compile(r"^[ -+\--<>-~]+$")),
+    "vendor": (8, "the T10 vendor id", re.compile(r"^[ -+\--<>-~]+$")),
+    "product": (16, "the product id", re.compile(r"^[ -+\--<>-~]+$")),
+}
+
+
+def _identity(key: str) -> Check:
+    limit, what, allowed = _IDENTITY_KEYS[key]
+
+    def check(value: Any) -> str:
+        if isinstance(value, int) and not isinstance(value, bool) and key == "serial":
+            value = str(value)
+        text = _string(value)
+        if len(text) > limit or not allowed.match(text):
+            raise _Invalid(f"{what} must be 1..{limit} printable ASCII characters without ',' "
+                           f"or '=' (got {text[:60]!r})")
+        return text
+    return check
+
+
+def _lun_entry(value: Any) -> Lun:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
                        f"got {_describe(value)}")
     problems: List[Tuple[str, str]] = []
+    known = ("lun", "path") + tuple(_IDENTITY_KEYS)
     for key in value:
-        if key not in ("lun", "path"):
-            close = difflib.get_close_matches(str(key), ("lun", "path"), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known here: lun, path"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "known here: " + ", ".join(known)
             problems.append((f".{key}", f"unknown key; {hint}"))
+    pinned: Dict[str, str] = {}
+    for key in _IDENTITY_KEYS:
+        if key in value and value[key] is not None:
+            try:
+                pinned[key] = _identity(key)(value[key])
+            except _Invalid as exc:
+                problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
     number: Any = None
     path: Any = None
-    for key, check in (("lun", _integer(1)), ("path", _path)):
+    for key, check in (("lun", _integer(1, MAX_LUN)), ("path", _path)):
         if key not in value:
             problems.append((f".{key}", "is required"))
             continue
@@ -634,7 +773,7 @@ def _lun_entry(value: Any) -> Tuple[int, str]:
             problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
     if problems:
         raise _Invalid(problems=problems)
-    return number, path
+    return Lun(number, path, **pinned)
 
 
 def _luns(value: Any) -> Tuple[Lun, ...]:
@@ -642,7 +781,8 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
     problems: List[Tuple[str, str]] = []
     numbers: Dict[int, int] = {}
     paths: Dict[str, int] = {}
-    for i, (number, path) in enumerate(entries):
+    for i, lun in enumerate(entries):
+        number, path = lun.number, lun.path
         if number in numbers:
             problems.append((f"[{i}].lun", f"LUN {number} is already used by [{numbers[number]}]"))
         if path in paths:
@@ -651,14 +791,14 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
         paths.setdefault(path, i)
     if problems:
         raise _Invalid(problems=problems)
-    return tuple(Lun(n, p) for n, p in entries)
+    return tuple(entries)
 
 
 _CHECKS: Dict[type, Dict[str, Check]] = {
     Config: {
         "node_name": _string,
-        "interval": _seconds(),
-        "cycle_deadline": _seconds(),
+        "interval": _seconds(minimum=0.05),
+        "cycle_deadline": _seconds(maximum=2 * MAX_SECONDS),
         "command_timeout": _seconds(),
         "resources": _list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]",
                               unique=True),
@@ -670,20 +810,28 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
     PoolConfig: {"conf": _path},
     XenApiConfig: {
         "enabled": _boolean, "url": _xenapi_url, "socket": _path, "username": _string,
-        "password_file": _optional(_path), "password_env": _optional(_env_name),
+        "password_file": _optional(_secret(_path, "an absolute path to the file that holds the "
+                                            "password, e.g. /etc/iscsi-ha/xapi-password")),
+        "password_env": _optional(_secret(_env_name, "an environment variable name (letters, "
+                                                      "digits, _), e.g. ISCSI_HA_XAPI_PASSWORD")),
         "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
     },
     TargetConfig: {
+        "backend": _choice(("auto", "lio", "tgt")),
+        "default_time2wait": _integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
+        "configfs": _path, "modprobe": _command,
         "tgtadm": _command, "tgtd": _command,
-        "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"), "tid": _integer(1),
+        "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"),
+        "tid": _integer(1, MAX_TID),
         "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,
         "stop_timeout": _seconds(), "restart_backoff": _seconds(maximum=MAX_RESTART_BACKOFF),
         "log_file": _optional(_path),
     },
     VipConfig: {
         "address": _vip_address, "interface": _interface, "ip": _command, "arping": _command,
-        "announce_interval": _seconds(allow_zero=True), "announce_count": _integer(1),
-        "probe_interval": _seconds(),
+        "announce_interval": _seconds(allow_zero=True, maximum=MAX_PERIOD),
+        "announce_count": _integer(1, MAX_ANNOUNCE_COUNT),
+        "probe_interval": _seconds(maximum=MAX_PERIOD),
     },
     PathsConfig: {"state_dir": _path, "status_file": _path, "control_socket": _path},
     ExporterConfig: {"enabled": _boolean, "listen": _listen, "web_config_file": _optional(_path)},
@@ -691,6 +839,12 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
         "level": _choice(("debug", "info", "warning", "error")), "syslog": _boolean,
     },
     ControlConfig: {"allowed_uids": _list_of(_uid, "user ids", "[0]")},
+    PromotionConfig: {"unproven_wait": _seconds(allow_zero=True)},
+    PeerConfig: {
+        "address": _peer_address, "port": _integer(1, 65535), "listen": _listen,
+        "cert_file": _path,
+        "key_file": _path, "peer_cert_file": _path, "timeout": _seconds(maximum=30),
+    },
 }
 
 _REQUIRED_HINTS = {
@@ -726,7 +880,11 @@ def _all_keys() -> Dict[str, List[str]]:
 def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]:
     """(path, message) for a key the schema does not have. The value is never quoted."""
     if not isinstance(key, str):
-        return f"{prefix}{key!r}", "keys must be strings"
+        return f"{prefix}{_short(key)}", "keys must be strings"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key):
+        # Shown quoted and cut short: a key may hold a newline or a whole pasted paragraph.
+        shown = _short(key)
+        return (f"{prefix}.{shown}" if prefix else shown), "unknown key"
     path = f"{prefix}.{key}" if prefix else key
     if path in _KEY_HINTS:
         return path, f"unknown key: {_KEY_HINTS[path]}"
@@ -853,8 +1011,21 @@ def _not_a_mapping(data: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+# Limits of the YAML we accept. A real configuration nests 3 levels and has no number longer than
+# a port; PyYAML itself recurses per level (Python's recursion limit at ~450 levels) and Python
+# refuses to convert integers of more than 4,300 digits -- both used to escape as tracebacks.
+MAX_YAML_DEPTH = 32
+MAX_INT_DIGITS = 30
+# What YAML's reader refuses (anything but tab, LF, CR and printable characters): found first by
+# us, so the message names the line, the column and the character.
+_NON_PRINTABLE = re.compile(
+    "[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that notes duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader that notes duplicate keys (PyYAML silently keeps the last one) and refuses
+    integers too long to be any setting."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -869,14 +1040,63 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node)
             line = key_node.start_mark.line + 1
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base class reports an unhashable key itself
             if key in seen:
                 self.duplicates.append(
-                    f"line {line}: key {key!r} appears twice in one mapping (first on line "
-                    f"{seen[key]}); keep one"
+                    f"line {line}: key {_short(key)} appears twice in one mapping (first on "
+                    f"line {seen[key]}); keep one"
                 )
             else:
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isalnum() for c in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits} digits; no setting takes a number that "
+                f"long (at most {MAX_INT_DIGITS} digits)", node.start_mark)
+        return super().construct_yaml_int(node)  # type: ignore[no-any-return]
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def _short(key: Any) -> str:
+    text = repr(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _scan(text: str) -> Optional[str]:
+    """What makes ``text`` unusable before YAML even parses it: a control character (a pasted
+    terminal colour code, a NUL) or nesting deeper than any configuration needs. None if fine."""
+    bad = _NON_PRINTABLE.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        code = ord(bad.group())
+        what = {0: "a NUL byte", 0x1B: "an escape character (a pasted terminal colour code?)"}
+        return (f"line {line}, column {column}: {what.get(code, 'a control character')} "
+                f"(U+{code:04X}); YAML does not allow it anywhere, comments included: "
+                "delete it")
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    mark = event.start_mark
+                    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+                    return (f"{where}nested more than {MAX_YAML_DEPTH} levels deep; a "
+                            "configuration needs 3")
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return None  # a syntax error: the loader reports it with its line and column
+    return None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -892,11 +1112,15 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 def load_config(path: Any = DEFAULT_CONFIG_PATH) -> Config:
-    """Read, parse and validate a configuration file; ConfigError says everything wrong with it."""
+    """Read, parse and validate a configuration file; ConfigError says everything wrong with it.
+
+    Nothing else ever escapes: whatever the file holds, the caller gets a ConfigError naming
+    the file, so ``iscsi-ha run`` keeps its running configuration on a reload and every
+    ``iscsi-cfg`` command says what is wrong instead of printing a traceback.
+    """
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            raw = f.read()
+        raw = read_capped(source, CONFIG_LIMIT)
     except FileNotFoundError:
         raise ConfigError(source, [
             "no such file: create it from examples/iscsi-ha.yaml, or convert a legacy "
@@ -910,14 +1134,8 @@ def load_config(path: Any = DEFAULT_CONFIG_PATH) -> Config:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, [f"is not UTF-8 text (bad byte at offset {exc.start})"]) from None
-    loader = _StrictLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [_yaml_problem(exc)]) from None
-    finally:
-        loader.dispose()
-    if not loader.duplicates:
+    data, duplicates = load_yaml(text, source)
+    if not duplicates:
         return parse_config(data, source)
     # Report the duplicates together with whatever else is wrong.
     try:
@@ -925,4 +1143,32 @@ def load_config(path: Any = DEFAULT_CONFIG_PATH) -> Config:
         problems: Sequence[str] = ()
     except ConfigError as exc:
         problems = exc.problems
-    raise ConfigError(source, [*loader.duplicates, *problems])
+    raise ConfigError(source, [*duplicates, *problems])
+
+
+def load_yaml(text: str, source: str) -> Tuple[Any, List[str]]:
+    """(data, duplicate-key problems) of a YAML text; ConfigError for anything unusable.
+
+    Shared by everything that reads YAML an operator wrote (the configuration, the web
+    configuration, ``iscsi-cfg``'s lenient reading), so the limits above hold everywhere.
+    """
+    problem = _scan(text)
+    if problem:
+        raise ConfigError(source, [problem])
+    try:
+        loader = _StrictLoader(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    try:
+        return loader.get_single_data(), loader.duplicates
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [_yaml_problem(exc)]) from None
+    except RecursionError:
+        raise ConfigError(source, [f"invalid YAML: nested too deeply (more than "
+                                   f"{MAX_YAML_DEPTH} levels)"]) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # Whatever else PyYAML's constructors trip over; the type only, never the text.
+        raise ConfigError(source, [f"invalid YAML: a value cannot be read "
+                                   f"({type(exc).__name__})"]) from None
+    finally:
+        loader.dispose()

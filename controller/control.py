@@ -21,7 +21,14 @@ Why it is built this way:
 * Only root may change storage roles. The file is mode 0600 (the filesystem refuses everybody
   else before we see them) and every peer's uid is checked with ``SO_PEERCRED`` against
   ``control.allowed_uids``. When that list names a non-root uid the file has to be 0666 for that
-  user to connect at all; then ``SO_PEERCRED`` is the gate.
+  user to connect at all; then ``SO_PEERCRED`` is the gate, and it is applied in the accept loop
+  itself, before a connection gets a thread or a slot: any local user can connect, none but the
+  allowed ones can occupy anything, and their refusals are logged once a minute per uid, not
+  once per connection.
+* Root is never crowded out. Slots are counted per uid: root (and the controller's own uid)
+  may use all of them, every other allowed uid at most ``PER_UID_SLOTS``, and all of them
+  together leave ``max_connections // 4`` free for root. An allowed monitoring user's connect
+  loop makes its own requests "busy", never root's ``iscsi-cfg``.
 * A bad client must not hurt the controller: a request has a size limit and a read deadline (a
   client that connects and sends nothing, or dribbles, is cut off after ``read_timeout`` seconds
   in total); garbage, oversize or unknown requests get a JSON error and the server carries on.
@@ -53,12 +60,15 @@ MAX_REQUEST = 64 * 1024  # bytes; a real request is a few dozen
 READ_TIMEOUT = 5.0  # seconds for a whole request to arrive
 WRITE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
+PER_UID_SLOTS = 4  # connections at once for each allowed uid other than root
+REFUSAL_LOG_PERIOD = 60.0  # seconds between two log lines about one refused uid
+BACKLOG = 128  # connects that wait for the accept loop (it drains them in microseconds each)
 DRAIN_SECONDS = 1.0  # after an oversize request: read (and drop) the rest this long, then close
 DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
 ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log") + ROLE_COMMANDS
+COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
 
@@ -194,11 +204,16 @@ class ControlServer:
         self.read_timeout = read_timeout
         self.max_request = max_request
         self.max_connections = max_connections
-        self._slots = threading.BoundedSemaphore(max_connections)
+        self._slots_lock = threading.Lock()
+        self._in_use: Dict[int, int] = {}  # uid -> connections being served
+        self._refusals: Dict[int, Tuple[float, int]] = {}  # uid -> (last logged, since then)
         self._stopping = threading.Event()
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._identity: Optional[Tuple[int, int]] = None  # (st_dev, st_ino) of our socket file
+        self._root_sock: Optional[socket.socket] = None
+        self._root_thread: Optional[threading.Thread] = None
+        self._root_identity: Optional[Tuple[int, int]] = None
 
     @property
     def mode(self) -> int:
@@ -207,30 +222,58 @@ class ControlServer:
 
     # -- lifecycle
 
+    @property
+    def root_path(self) -> Optional[str]:
+        """The second, root-only socket, served while the main one is 0666 (see below)."""
+        return root_socket_path(self.path) if self.mode == 0o666 else None
+
     def start(self) -> None:
-        self._sock = self._bind()
+        self._sock, self._identity = self._bind(self.path, self.mode)
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._serve, name="control-socket", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(self._sock,),
+                                        name="control-socket", daemon=True)
         self._thread.start()
-        log.info("control socket on %s (mode %o, uids %s)", self.path, self.mode,
-                 ", ".join(str(u) for u in sorted(self.allowed_uids)))
+        if self.root_path is not None:
+            # Any local user can connect to a 0666 socket, and a connect loop can keep its
+            # listen queue full however fast we accept. Root's iscsi-cfg therefore has a socket
+            # of its own, 0600, that nobody else can even connect to.
+            try:
+                self._root_sock, self._root_identity = self._bind(self.root_path, 0o600,
+                                                                  private=True)
+            except ControlSocketError as exc:
+                log.warning("%s; root shares the main socket", exc)
+            else:
+                self._root_thread = threading.Thread(target=self._serve,
+                                                     args=(self._root_sock,),
+                                                     name="control-socket-root", daemon=True)
+                self._root_thread.start()
+        log.info("control socket on %s (mode %o, uids %s)%s", self.path, self.mode,
+                 ", ".join(str(u) for u in sorted(self.allowed_uids)),
+                 f"; root's own on {self.root_path}" if self._root_sock else "")
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(timeout)
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._remove_own_file()
+        for sock in (self._sock, self._root_sock):
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
+                except OSError:
+                    pass
+        for thread in (self._thread, self._root_thread):
+            if thread is not None:
+                thread.join(timeout)
+        for sock in (self._sock, self._root_sock):
+            if sock is not None:
+                sock.close()
+        self._sock = self._root_sock = None
+        self._remove_own_file(self.path, self._identity)
+        self._identity = None
+        if self._root_identity is not None:
+            self._remove_own_file(root_socket_path(self.path), self._root_identity)
+            self._root_identity = None
 
-    def _bind(self) -> socket.socket:
-        path = self.path
+    def _bind(self, path: str, mode: int,
+              private: bool = False) -> Tuple[socket.socket, Tuple[int, int]]:
         if len(os.fsencode(path)) > UNIX_PATH_MAX:
             raise ControlSocketError(f"control socket path {path!r} is longer than "
                                      f"{UNIX_PATH_MAX} bytes, the limit of a Unix socket")
@@ -246,7 +289,8 @@ class ControlServer:
             if not stat.S_ISSOCK(st.st_mode):
                 raise ControlSocketError(f"{path} exists and is not a socket; not touching it "
                                          "(remove it, or set paths.control_socket)")
-            if socket_answers(path):
+            # The root socket is checked through the main one, which we hold by now.
+            if not private and socket_answers(path):
                 raise ControlSocketError(
                     f"{path} answers: another iscsi-ha controller is running on this host; "
                     "not starting a second one (stop it first: systemctl stop iscsi-ha)")
@@ -266,13 +310,12 @@ class ControlServer:
                 except FileNotFoundError:
                     pass
             sock.bind(tmp)
-            os.chmod(tmp, self.mode)
-            sock.listen(self.max_connections)  # before the rename: no refused window
+            os.chmod(tmp, mode)
+            sock.listen(BACKLOG)  # before the rename: no refused window
             if tmp != path:
                 os.rename(tmp, path)
             sock.settimeout(0.25)  # the accept loop looks at the stop flag this often
             st = os.lstat(path)
-            self._identity = (st.st_dev, st.st_ino)
         except OSError as exc:
             sock.close()
             if tmp != path:
@@ -282,26 +325,24 @@ class ControlServer:
                     pass
             raise ControlSocketError(f"cannot create control socket {path}: "
                                      f"{exc.strerror or exc}") from None
-        return sock
+        return sock, (st.st_dev, st.st_ino)
 
-    def _remove_own_file(self) -> None:
+    @staticmethod
+    def _remove_own_file(path: str, identity: Optional[Tuple[int, int]]) -> None:
         """Remove the socket file, unless another process has put its own there meanwhile."""
         try:
-            st = os.lstat(self.path)
+            st = os.lstat(path)
         except OSError:
             return
-        if self._identity == (st.st_dev, st.st_ino):
+        if identity == (st.st_dev, st.st_ino):
             try:
-                os.unlink(self.path)
+                os.unlink(path)
             except OSError:
                 pass
-        self._identity = None
 
     # -- accepting
 
-    def _serve(self) -> None:
-        sock = self._sock
-        assert sock is not None
+    def _serve(self, sock: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
                 conn, _ = sock.accept()
@@ -313,30 +354,85 @@ class ControlServer:
                 log.error("control socket: accept failed: %s", exc)
                 self._stopping.wait(0.1)  # EMFILE and friends: do not spin
                 continue
-            if not self._slots.acquire(blocking=False):
+            try:
+                pid, uid, _ = peer_credentials(conn)
+            except OSError as exc:
+                self._send_and_close(conn, error_answer(f"cannot identify the client: {exc}"))
+                continue
+            if uid not in self.allowed_uids:
+                self._refuse(conn, pid, uid)
+                continue
+            if not self._take_slot(uid):
                 self._send_and_close(conn, error_answer(
                     f"busy: {self.max_connections} requests are being served; try again",
                     CODE_REFUSED))
                 continue
             try:
-                threading.Thread(target=self._handle_slot, args=(conn,), daemon=True,
+                threading.Thread(target=self._handle_slot, args=(conn, uid), daemon=True,
                                  name="control-conn").start()
             except RuntimeError:  # cannot start a thread: answer nothing, keep serving
-                self._slots.release()
+                self._give_slot(uid)
                 conn.close()
 
-    def _handle_slot(self, conn: socket.socket) -> None:
+    def _privileged(self, uid: int) -> bool:
+        return uid in (0, os.geteuid())
+
+    def _take_slot(self, uid: int) -> bool:
+        with self._slots_lock:
+            if sum(self._in_use.values()) >= self.max_connections:
+                return False
+            if not self._privileged(uid):
+                others = sum(n for u, n in self._in_use.items() if not self._privileged(u))
+                reserved = max(1, self.max_connections // 4)
+                if (others >= self.max_connections - reserved
+                        or self._in_use.get(uid, 0) >= PER_UID_SLOTS):
+                    return False
+            self._in_use[uid] = self._in_use.get(uid, 0) + 1
+            return True
+
+    def _give_slot(self, uid: int) -> None:
+        with self._slots_lock:
+            left = self._in_use.get(uid, 0) - 1
+            if left > 0:
+                self._in_use[uid] = left
+            else:
+                self._in_use.pop(uid, None)
+
+    def _refuse(self, conn: socket.socket, pid: int, uid: int) -> None:
+        """Answer a uid that may not use the socket, from the accept loop, without waiting."""
+        now = time.monotonic()
+        last, quiet = self._refusals.get(uid, (-REFUSAL_LOG_PERIOD, 0))
+        if now - last >= REFUSAL_LOG_PERIOD:
+            more = f"; {quiet} more refused in the last {now - last:.0f}s" if quiet else ""
+            log.warning("control socket: refused uid %d (pid %d)%s", uid, pid, more)
+            self._refusals[uid] = (now, 0)
+        else:
+            self._refusals[uid] = (last, quiet + 1)
+        if len(self._refusals) > 1024:  # bounded, whatever the number of local uids
+            self._refusals.clear()
+        self._send_and_close(conn, self._denied(uid), wait=0.0)
+
+    def _denied(self, uid: int) -> Dict[str, Any]:
+        allowed = ", ".join(str(u) for u in sorted(self.allowed_uids))
+        return error_answer(
+            f"permission denied: uid {uid} may not use the iscsi-ha control socket "
+            f"(allowed uids: {allowed}); run iscsi-cfg as root")
+
+    def _handle_slot(self, conn: socket.socket, uid: int) -> None:
         try:
             self.handle(conn)
         except Exception:  # a handler bug must not leak a slot or reach the accept loop
             log.exception("control socket: handler failed")
         finally:
-            self._slots.release()
+            self._give_slot(uid)
             conn.close()
 
-    def _send_and_close(self, conn: socket.socket, answer: Dict[str, Any]) -> None:
+    def _send_and_close(self, conn: socket.socket, answer: Dict[str, Any],
+                        wait: float = 0.5) -> None:
         try:
-            conn.settimeout(0.5)
+            # A short answer fits the socket buffer; a client that does not read gets nothing
+            # more from the accept loop than that.
+            conn.settimeout(wait)
             conn.sendall(_encode(answer))
         except OSError:
             pass
@@ -351,12 +447,9 @@ class ControlServer:
         except OSError as exc:
             self._send(conn, error_answer(f"cannot identify the client: {exc}"))
             return
-        if uid not in self.allowed_uids:
+        if uid not in self.allowed_uids:  # the accept loop refuses them; this is for direct use
             log.warning("control socket: refused uid %d (pid %d)", uid, pid)
-            allowed = ", ".join(str(u) for u in sorted(self.allowed_uids))
-            self._send(conn, error_answer(
-                f"permission denied: uid {uid} may not use the iscsi-ha control socket "
-                f"(allowed uids: {allowed}); run iscsi-cfg as root"))
+            self._send(conn, self._denied(uid))
             return
         try:
             request = parse_request(self._read_request(conn))
@@ -444,13 +537,27 @@ class ControlServer:
                     return error_answer('"since" must be a unix time (a number)')
                 return {"ok": True, "now": time.time(),
                         "entries": history_entries(_copy(self.daemon.controller.history), since)}
+            if cmd == "stale-info":
+                name = request.get("resource")
+                try:
+                    return {"ok": True, **self.daemon.controller.stale_report(str(name))}
+                except KeyError:
+                    return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
+                                        "of this controller")
             if cmd in ROLE_COMMANDS:
-                return self.role_command(cmd, pid, uid)
+                accept = request.get("accept_stale") or []
+                if cmd != "become-primary" and accept or not isinstance(accept, list) or \
+                        not all(isinstance(a, str) for a in accept):
+                    return error_answer('"accept_stale" is a list of resource names, for '
+                                        "become-primary only")
+                who = str(request.get("who") or "")[:80]
+                return self.role_command(cmd, pid, uid, tuple(accept), who)
         except Exception as exc:
             log.exception("control socket: %s failed", cmd)
             return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
                                 f"{exc}", CODE_REFUSED)
-        return error_answer(f"unknown command {_quote(cmd.encode(), 40)}; "
+        shown = _quote(cmd.encode("utf-8", "backslashreplace"), 40)  # JSON allows lone surrogates
+        return error_answer(f"unknown command {shown}; "
                             f"known: {', '.join(COMMANDS)}")
 
     def status(self) -> Dict[str, Any]:
@@ -470,16 +577,30 @@ class ControlServer:
                 log.exception("cannot read the manual-mode file")
         return describe_snapshot(controller.snapshot(), time.time(), manual)
 
-    def role_command(self, cmd: str, pid: int, uid: int) -> Dict[str, Any]:
-        log.info("operator command %s (uid %d, pid %d)", cmd, uid, pid)
+    def role_command(self, cmd: str, pid: int, uid: int, accept_stale: Tuple[str, ...] = (),
+                     who: str = "") -> Dict[str, Any]:
+        # The uid comes from SO_PEERCRED (the kernel's word); `who` is what the client says.
+        by = f"uid {uid}, pid {pid}" + (f", {who}" if who else "")
+        if accept_stale:
+            log.warning("operator command %s --accept-stale %s (%s)", cmd,
+                        ", ".join(accept_stale), by)
+            code, message = self.daemon.controller.command(cmd, accept_stale=accept_stale,
+                                                           who=by)
+            log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
+            self._trigger(cmd)
+            return {"ok": code == 0, "code": code, "message": message}
+        log.info("operator command %s (%s)", cmd, by)
         code, message = self.daemon.controller.command(cmd)
         log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
+        self._trigger(cmd)
+        return {"ok": code == 0, "code": code, "message": message}
+
+    def _trigger(self, cmd: str) -> None:
         try:
             # The normal loop follows up at once (and republishes the snapshot).
             self.daemon.trigger(f"operator ran {cmd}")
         except Exception:
             log.exception("cannot trigger a cycle after %s", cmd)
-        return {"ok": code == 0, "code": code, "message": message}
 
 
 def _copy(history: Iterable[Tuple[float, str, str]]) -> List[Tuple[float, str, str]]:
@@ -494,6 +615,11 @@ def _copy(history: Iterable[Tuple[float, str, str]]) -> List[Tuple[float, str, s
 
 def _encode(answer: Dict[str, Any]) -> bytes:
     return (json.dumps(answer, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
+def root_socket_path(path: str) -> str:
+    """Where root's own socket is, next to ``path`` (``control.sock`` -> ``control.sock.root``)."""
+    return path + ".root"
 
 
 def socket_answers(path: str, timeout: float = 1.0) -> bool:

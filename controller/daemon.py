@@ -2,13 +2,22 @@
 
     iscsi-ha run  [--config FILE]                      the controller (systemd runs this)
     iscsi-ha once [--config FILE] [--dry-run] [--json] one cycle, its outcome printed
+    iscsi-ha fence-peer [--config FILE] [RESOURCE]     DRBD's fence-peer handler
     iscsi-ha --version
 
 Nothing here decides anything: it wires ``config`` to the adapters in ``systems/``, hands them to a
 ``cycle.Controller`` and runs that controller's cycle as an APScheduler interval job
-(``max_instances=1``, ``coalesce=True``, a misfire grace of one interval). Three things make a cycle
-run before its interval is up: a change of pool.conf (polled twice a second, a file read), a plan
-that asks to look again soon (the peer is demoting right now), and an operator's role command.
+(``max_instances=1``, ``coalesce=True``, a misfire grace of one interval). The interval is the
+fallback; these make a cycle run at once:
+
+* a change of pool.conf's content, seen through inotify (``systems/filewatch.py``; it falls back
+  to reading the file twice a second where inotify is unavailable);
+* a DRBD state change of a configured resource, from DRBD's own event stream
+  (``systems/drbd_events.py``): the new master promotes the moment its peer reports Secondary;
+* an operator's role command.
+
+A plan that asks to look again soon (the peer is demoting right now) waits for the next of those
+wake-ups, and at most ``QUICK_RETRY_DELAY`` (the fallback should the event be missed).
 
 SIGTERM and SIGINT stop the controller **without** demoting: stopping the service must never take
 storage away from running VMs. DRBD, tgtd and the VIP stay as they are until a controller runs
@@ -30,23 +39,32 @@ import threading
 from typing import Any, Callable, List, NamedTuple, Optional
 
 from . import __version__
-from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, read_xenapi_password
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    XenApiConfig,
+    load_config,
+    read_xenapi_password,
+)
 from .cycle import Controller, CycleSettings
 from .execute import Systems
-from .model import PoolObservation
+from .model import Policy, PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
+from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
+from .systems.filewatch import FileWatch
 from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner
-from .systems.target import Target
+from .systems.target import make_target
 from .systems.vip import Vip
 
 log = logging.getLogger("iscsi_ha")
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
-QUICK_RETRY_DELAY = 0.2  # seconds before looking again when the peer is demoting right now
+QUICK_RETRY_DELAY = 0.2  # at most this long before looking again while the peer is demoting
 MAX_QUICK_RETRIES = 50  # bounded: after ~10 s the normal interval takes over
-WATCH_PERIOD = 0.5
+WATCH_PERIOD = 0.5  # pool.conf read this often only where inotify cannot be used
 
 
 def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
@@ -74,7 +92,9 @@ class Built(NamedTuple):
 
 
 def build_systems(cfg: Config, stats: CommandStats) -> Built:
-    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats)
+    # The XenAPI password variable stays with us: no child (drbdadm, tgtd, ...) inherits it.
+    hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env) if n})
+    runner = ProcessRunner(default_timeout=cfg.command_timeout, stats=stats, hide_env=hidden)
     drbd = Drbd(
         runner,
         version=cfg.drbd.version,
@@ -83,18 +103,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         proc_drbd=cfg.drbd.proc_drbd,
         kernel_log=tuple(cfg.drbd.kernel_log),
     )
-    target = Target(
-        runner,
-        tgtadm=cfg.target.tgtadm,
-        tgtd=cfg.target.tgtd,
-        control_port=cfg.target.control_port,
-        tid=cfg.target.tid,
-        iqn=cfg.target.iqn,
-        luns=tuple((lun.number, lun.path) for lun in cfg.target.luns),
-        initiator_address=cfg.target.initiator_address,
-        stop_timeout=cfg.target.stop_timeout,
-        log_file=cfg.target.log_file,
-    )
+    target = make_target(cfg.target, runner)
     vip = Vip(
         runner,
         address=cfg.vip.address,
@@ -127,6 +136,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         restart_backoff=cfg.target.restart_backoff,
         status_file=cfg.paths.status_file,
         observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
+        policy=Policy(unproven_wait=cfg.promotion.unproven_wait),
     )
     pool_conf = cfg.pool.conf
     return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),
@@ -161,9 +171,14 @@ class Daemon:
                           "misfire_grace_time": max(1, int(cfg.interval))},
             timezone=datetime.timezone.utc,
         )
-        self._pool_text: Optional[str] = _read_text(cfg.pool.conf)
+        self.pool_watch = FileWatch(cfg.pool.conf, lambda: self.trigger("pool.conf changed"),
+                                    poll_period=WATCH_PERIOD)
+        self.drbd_events = DrbdEventSource(self._events_argv, cfg.resources, self._drbd_event,
+                                           on_restart=self._drbd_stream_started)
         self.exporter: Optional[Any] = None  # exporter.server handle, when enabled
         self.control: Optional[Any] = None  # control.ControlServer
+        self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
+        self.peer_watcher: Optional[Any] = None
 
     # -- jobs
 
@@ -176,10 +191,12 @@ class Daemon:
             if self.stop_event.is_set() or not (self.pending.is_set() or quick):
                 return
             if quick and not self.pending.is_set() and attempt < MAX_QUICK_RETRIES:
-                self.stop_event.wait(QUICK_RETRY_DELAY)
+                # Woken at once by the peer's DRBD event (or pool.conf, or stop); the delay is
+                # only the fallback for a missed event.
+                self.pending.wait(QUICK_RETRY_DELAY)
 
-    def trigger(self, why: str) -> None:
-        log.info("running a cycle now: %s", why)
+    def trigger(self, why: str, level: int = logging.INFO) -> None:
+        log.log(level, "running a cycle now: %s", why)
         self.pending.set()
         try:
             self.scheduler.modify_job("cycle", next_run_time=datetime.datetime.now(
@@ -187,11 +204,21 @@ class Daemon:
         except Exception:  # the scheduler is shutting down
             pass
 
-    def watch_job(self) -> None:
-        text = _read_text(self.cfg.pool.conf)
-        if text != self._pool_text:
-            self._pool_text = text
-            self.trigger("pool.conf changed")
+    # -- wake-ups
+
+    def _events_argv(self) -> Optional[List[str]]:
+        drbd = self.controller.systems.drbd
+        return events_argv(drbd.generation() if isinstance(drbd, Drbd) else None,
+                           self.cfg.drbd.drbdsetup)
+
+    def _drbd_event(self, event: DrbdEvent) -> None:
+        # Every state change is worth a look (a few per role change); debug, not info: a resync
+        # or a flapping link would otherwise fill the log.
+        self.trigger(f"DRBD {event.resource}: {event.verb} {event.obj} "
+                     + " ".join(f"{k}:{v}" for k, v in event.fields.items()), logging.DEBUG)
+
+    def _drbd_stream_started(self, why: str) -> None:
+        self.trigger(why, logging.DEBUG)  # changes made while nobody listened are not replayed
 
     # -- lifecycle
 
@@ -215,41 +242,75 @@ class Daemon:
         if ControlServer is not None:
             self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
             self.control.start()
+        if cfg.peer.enabled:
+            self.start_peer_channel()
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)
-        self.scheduler.add_job(self.watch_job, "interval", seconds=WATCH_PERIOD, id="watch")
+        if self.peer_watcher is not None:
+            # Its own job: a slow or dead peer delays only this poll, never a cycle.
+            self.scheduler.add_job(self.peer_watcher.poll, "interval", seconds=cfg.interval,
+                                   id="peer-poll", next_run_time=now)
         if cfg.vip.probe_interval > 0:
             self.scheduler.add_job(self.controller.run_vip_probe, "interval",
                                    seconds=cfg.vip.probe_interval, id="vip-probe")
         self.scheduler.start()
+        self.pool_watch.start()
+        self.drbd_events.start()
         log.info("iscsi-ha %s started: %s, every %gs, resources %s", __version__,
                  cfg.node_name, cfg.interval, ", ".join(cfg.resources))
+
+    def start_peer_channel(self) -> None:
+        from .peer import PeerServer, PeerWatcher, make_handlers
+
+        cfg = self.cfg
+        client, server_ctx, pin = peer_client(cfg)
+        handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
+                                 self.controller.snapshot, self.controller.systems.drbd)
+        host, port = cfg.peer.listen.rsplit(":", 1)
+        self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
+                                      timeout=cfg.peer.timeout)
+        self.peer_server.start()
+        self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
+        self.controller.peer_status = self.peer_watcher.current
 
     def reload(self) -> None:
         try:
             cfg = load_config(self.config_path)
+            built = build_systems(cfg, self.stats)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
-        self.controller.reconfigure(*build_systems(cfg, self.stats))
+        except Exception as exc:  # a reload must never end the daemon that holds the storage
+            log.exception("reload refused, keeping the running configuration: %s: %s",
+                          type(exc).__name__, exc)
+            return
+        self.controller.reconfigure(*built)
         if cfg.interval != self.cfg.interval:
             self.scheduler.reschedule_job("cycle", trigger="interval", seconds=cfg.interval)
         for key in ("exporter", "paths"):
             if getattr(cfg, key) != getattr(self.cfg, key):
                 log.warning("%s settings changed: they take effect after a restart", key)
+        if cfg.pool.conf != self.cfg.pool.conf:
+            log.warning("pool.conf path changed: it is watched after a restart")
+        self.drbd_events.resources = tuple(cfg.resources)
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")
 
     def stop(self) -> None:
         self.stop_event.set()
+        self.pending.set()  # ends a quick-retry wait at once
+        self.pool_watch.stop()
+        self.drbd_events.stop()
         # wait=True: a running cycle finishes (every command in it has a timeout). No demotion.
         started = self.scheduler.running
         if started:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.stop()
+        if self.peer_server is not None:
+            self.peer_server.stop()
         if self.exporter is not None:
             self.exporter.stop()
         if started:
@@ -272,12 +333,57 @@ class Daemon:
         return EXIT_OK
 
 
-def _read_text(path: str) -> Optional[str]:
+def peer_client(cfg: Config) -> Any:
+    """(PeerClient, server TLS context, pinned fingerprint) from ``cfg.peer``; ConfigError
+    naming the key when a certificate or key cannot be loaded."""
+    import ssl
+
+    from .peer import PeerClient, pinned_fingerprint, tls_context
+
+    p = cfg.peer
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-    except OSError:
-        return None
+        pin = pinned_fingerprint(p.peer_cert_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(p.peer_cert_file, [
+            f"peer.peer_cert_file: cannot read the peer's certificate {p.peer_cert_file}: {exc}; "
+            "copy the other host's host.crt there (see `iscsi-cfg peer-cert --help`)"]) from None
+    try:
+        client_ctx = tls_context(False, p.cert_file, p.key_file, p.peer_cert_file)
+        server_ctx = tls_context(True, p.cert_file, p.key_file, p.peer_cert_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(p.cert_file, [
+            f"peer.cert_file / peer.key_file: cannot load {p.cert_file} with {p.key_file}: "
+            f"{exc}; create them with `iscsi-cfg peer-cert`"]) from None
+    return PeerClient(p.address, p.port, client_ctx, pin, timeout=p.timeout), server_ctx, pin
+
+
+def fence_peer(cfg: Config, resource: str) -> int:
+    """DRBD's fence-peer handler: ask the peer over the peer channel to outdate ``resource``;
+    exit with DRBD's code (4 outdated, 3 inconsistent, 5 unreachable, 6 peer is Primary)."""
+    from .peer import FENCE_PEER_UNREACHABLE, PeerError, fence_exit_code
+
+    if not cfg.peer.enabled:
+        log.error("fence-peer %s: no peer channel configured (peer.address): cannot reach the "
+                  "peer; exit %d", resource, FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    if resource not in cfg.resources:
+        log.error("fence-peer: %r is not a resource of this configuration (%s); exit %d",
+                  resource, ", ".join(cfg.resources), FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    try:
+        client, _, _ = peer_client(cfg)
+    except ConfigError as exc:
+        log.error("fence-peer %s: %s; exit %d", resource, exc, FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    result, error = None, None
+    try:
+        # Twice the per-call bound: DRBD waits for this handler with I/O to the resource held.
+        result = client.call("outdate", {"resource": resource}, timeout=2 * cfg.peer.timeout)
+    except PeerError as exc:
+        error = exc
+    code, why = fence_exit_code(result, error)
+    log.warning("fence-peer %s (called by DRBD): %s; exit %d", resource, why, code)
+    return code
 
 
 # ------------------------------------------------------------------------ command line
@@ -325,6 +431,18 @@ def parser() -> argparse.ArgumentParser:
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
         sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="override logging.level from the configuration")
+    fence = sub.add_parser(
+        "fence-peer", help="DRBD's fence-peer handler (drbd.conf: handlers { fence-peer ... })",
+        description="Called by DRBD on the Primary when the replication link breaks (fencing "
+        "resource-only): asks the peer's controller over the peer channel to outdate its disk "
+        "(drbdadm outdate), so it cannot be promoted with data older than this host's. Exit "
+        "codes are DRBD's: 4 the peer is Outdated, 3 the peer is Inconsistent, 5 the peer "
+        "could not be reached, 6 the peer refused because it is Primary. `iscsi-cfg "
+        "drbd-snippet` prints the drbd.conf lines.")
+    fence.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH,
+                       help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    fence.add_argument("resource", nargs="?", default=None,
+                       help="the resource (default: $DRBD_RESOURCE, which DRBD sets)")
     once.add_argument("--dry-run", action="store_true",
                       help="observe and print the plan, change nothing")
     once.add_argument("--json", action="store_true",
@@ -342,6 +460,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"iscsi-ha: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "fence-peer":
+        setup_logging("info", cfg.logging.syslog)
+        resource = args.resource or os.environ.get("DRBD_RESOURCE", "")
+        return fence_peer(cfg, resource)
     level = args.log_level or cfg.logging.level
     if args.command == "once":
         setup_logging(level if args.log_level else "warning", use_syslog=False)

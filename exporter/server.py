@@ -68,7 +68,15 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 19856
 HEALTHY_INTERVALS = 3
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a client to finish the TLS handshake
-IDLE_TIMEOUT = 120.0  # keep-alive connections idle longer than this are closed
+HEADER_TIMEOUT = 5.0  # seconds for a whole request head to arrive (Go's ReadHeaderTimeout)
+IDLE_TIMEOUT = 60.0  # keep-alive connections idle longer than this are closed
+# Connections served at once. Prometheus uses one; the cap keeps a flood of idle connections from
+# taking the controller's file descriptors (it shares them with every command of every cycle).
+# One client address may hold PER_CLIENT of them (more are closed at accept, which costs no
+# thread); beyond the cap a new connection closes the longest-waiting one of the address that
+# holds the most, so a flood from one host can never lock out a scraper on another.
+MAX_CONNECTIONS = 32
+PER_CLIENT = 8
 WARM_POLL = 0.1  # how often the warm-up thread looks for a new snapshot
 WARM_FORMATS_FOR = 600.0  # keep warming a format for this long after its last request
 # Level 1: at 64 resources ~1 ms instead of ~7 ms (level 6) or ~11 ms (9, gzip's default), for
@@ -229,15 +237,47 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._serve(send_body=False)
 
+    def handle_one_request(self) -> None:
+        conn = self.server.conn_of(self.connection)
+        if conn is not None and conn.requests:
+            # Keep-alive: wait for the next request up to IDLE_TIMEOUT, then give it
+            # HEADER_TIMEOUT in total to arrive (a client dribbling one byte a second does not
+            # get to keep the connection).
+            self.server.mark(conn, "idle", IDLE_TIMEOUT)
+            try:
+                if not self.rfile.peek(1):
+                    self.close_connection = True
+                    return
+            except OSError:
+                self.close_connection = True
+                return
+            self.server.mark(conn, "head", HEADER_TIMEOUT)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        conn = self.server.conn_of(self.connection)
+        if conn is not None:
+            conn.requests += 1
+            self.server.mark(conn, "busy", 0.0)
+        return ok
+
     def _serve(self, send_body: bool) -> None:
         web = self.server.web
         if not web.allow_request():
             self._send(429, "text/plain; charset=utf-8", b"Too Many Requests\n", send_body)
             return
-        if web.auth_required and not self._authorized(web):
-            self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n", send_body,
-                       [("WWW-Authenticate", 'Basic realm="iscsi-ha"')])
-            return
+        if web.auth_required:
+            allowed = self._authorized(web)
+            if allowed is None:  # the bcrypt budget is spent: no check, come back later
+                self._send(429, "text/plain; charset=utf-8",
+                           b"Too Many Requests: too many failed logins\n", send_body,
+                           [("Retry-After", "1")])
+                return
+            if not allowed:
+                self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n", send_body,
+                           [("WWW-Authenticate", 'Basic realm="iscsi-ha"')])
+                return
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         if path == "/metrics":
@@ -257,7 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain; charset=utf-8", b"Not Found: try /metrics\n", send_body)
 
-    def _authorized(self, web: WebConfig) -> bool:
+    def _authorized(self, web: WebConfig) -> Optional[bool]:
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "basic":
@@ -267,7 +307,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        return bool(sep) and web.check_credentials(user, password)
+        if not sep:
+            return False
+        return web.check_credentials(user, password, str(self.client_address[0]))
 
     def _send(
         self, code: int, content_type: Optional[str], body: bytes, send_body: bool,
@@ -289,20 +331,114 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+class _Conn:
+    """One accepted connection: its socket, what it is doing and until when it may."""
+
+    __slots__ = ("sock", "client", "state", "since", "deadline", "requests")
+
+    def __init__(self, sock: socket.socket, client: str, now: float, deadline: float) -> None:
+        self.sock = sock
+        self.client = client
+        self.state = "new"  # new (handshake, first request head) | head | busy | idle | closing
+        self.since = now
+        self.deadline = deadline
+        self.requests = 0
+
+
+_WAITING = ("new", "head", "idle")  # states in which a connection costs us and gives nothing
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
 
     def __init__(
         self, family: int, address: tuple, web: WebConfig, exposition: Exposition,
-        get_snapshot: Callable[[], Optional[Snapshot]],
+        get_snapshot: Callable[[], Optional[Snapshot]], max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address_family = family
         self.web = web
         self.exposition = exposition
         self.get_snapshot = get_snapshot
-        self._open: set[socket.socket] = set()
+        self.max_connections = max_connections
+        self._conns: dict[int, _Conn] = {}  # id(socket as accepted) -> its record
+        self._by_sock: dict[int, _Conn] = {}  # id(socket the handler has) -> the same record
+        self._lock = threading.Lock()
+        self.evicted = 0  # connections closed to make room or for being too slow (for tests)
+        self.refused = 0  # connections closed at accept (their address holds too many)
         super().__init__(address, _Handler)
+
+    # -- the connection table
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the accept loop: admit the connection, making room if the table is full."""
+        now = time.monotonic()
+        first = HEADER_TIMEOUT + (HANDSHAKE_TIMEOUT if self.web.tls is not None else 0.0)
+        client = str(client_address[0]) if client_address else ""
+        with self._lock:
+            live = [c for c in self._conns.values() if c.state != "closing"]
+            per_client: dict[str, int] = {}
+            for c in live:
+                per_client[c.client] = per_client.get(c.client, 0) + 1
+            if per_client.get(client, 0) >= PER_CLIENT:
+                self.refused += 1
+                self.shutdown_request(request)
+                return
+            if len(live) >= self.max_connections:
+                waiting = [c for c in live if c.state in _WAITING]
+                if not waiting or len(self._conns) >= 2 * self.max_connections:
+                    # Everything is busy answering (or closing): this one waits for nothing.
+                    self.refused += 1
+                    self.shutdown_request(request)
+                    return
+                self._close(min(waiting, key=lambda c: (-per_client[c.client], c.since)))
+            conn = _Conn(request, client, now, now + first)
+            self._conns[id(request)] = conn
+            self._by_sock[id(request)] = conn
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread to be had: drop this connection, keep serving
+            self._forget(request)
+            self.shutdown_request(request)
+
+    def conn_of(self, sock: Any) -> Optional[_Conn]:
+        return self._by_sock.get(id(sock))
+
+    def mark(self, conn: _Conn, state: str, limit: float) -> None:
+        with self._lock:
+            if conn.state == "closing":
+                return
+            now = time.monotonic()
+            conn.state, conn.since, conn.deadline = state, now, now + limit
+
+    def _close(self, conn: _Conn) -> None:
+        """Wake the connection's thread with EOF; it then ends and leaves the table."""
+        conn.state = "closing"
+        self.evicted += 1
+        try:
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _forget(self, request: Any) -> None:
+        with self._lock:
+            conn = self._conns.pop(id(request), None)
+            if conn is not None:
+                self._by_sock.pop(id(conn.sock), None)
+                self._by_sock.pop(id(request), None)
+
+    def service_actions(self) -> None:
+        """Every poll interval of the accept loop: close connections past their deadline."""
+        now = time.monotonic()
+        with self._lock:
+            for conn in list(self._conns.values()):
+                if conn.state in _WAITING and now > conn.deadline:
+                    self._close(conn)
+
+    def open_connections(self) -> int:
+        with self._lock:
+            return len(self._conns)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -314,36 +450,41 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the connection's own thread: the handshake cannot block the accept loop.
-        tls = self.web.tls
-        if tls is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                request = tls.context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as e:
-                log.info("TLS handshake with %s failed: %s", client_address[0], e)
-                request.close()
-                return
-            if not peer_allowed(request.getpeercert(), tls.client_allowed_sans):
-                log.info("client certificate of %s has no allowed SAN", client_address[0])
-                self.shutdown_request(request)
-                return
-        self._open.add(request)
+        accepted = request
+        conn = self.conn_of(accepted)
         try:
-            self.RequestHandlerClass(request, client_address, self)
-        finally:
-            self._open.discard(request)
+            tls = self.web.tls
             if tls is not None:
-                self.shutdown_request(request)
+                request.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    request = tls.context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as e:
+                    log.info("TLS handshake with %s failed: %s", client_address[0], e)
+                    request.close()
+                    return
+                if conn is not None:
+                    with self._lock:  # from now on the TLS socket is the one to shut down
+                        conn.sock = request
+                        self._by_sock[id(request)] = conn
+                if not peer_allowed(request.getpeercert(), tls.client_allowed_sans):
+                    log.info("client certificate of %s has no allowed SAN", client_address[0])
+                    self.shutdown_request(request)
+                    return
+            try:
+                self.RequestHandlerClass(request, client_address, self)
+            finally:
+                if tls is not None:
+                    self.shutdown_request(request)
+        finally:
+            self._forget(accepted)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address[0], exc_info=True)
 
     def close_connections(self) -> None:
-        for sock in list(self._open):
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        with self._lock:
+            for conn in list(self._conns.values()):
+                self._close(conn)
 
 
 @dataclass

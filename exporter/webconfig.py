@@ -54,7 +54,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import bcrypt
-import yaml
+
+from ..controller.config import ConfigError, load_yaml
+from ..controller.files import CONFIG_LIMIT, read_capped
 
 TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -88,6 +90,16 @@ BCRYPT_RE = re.compile(r"^\$2[abxy]?\$(\d\d)\$[./A-Za-z0-9]{53}$")
 # tell which user names exist.
 DUMMY_HASH = b"$2b$10$kOLUFy2bHGzid.mvgeLoK.MAQkHVEwiqmN9r9AO8xKxc18ST3x9de"
 AUTH_CACHE_SIZE = 256
+# Cost 10 is ~70 ms per check, 12 ~0.3 s; every step doubles it.
+MAX_BCRYPT_COST = 12
+# bcrypt time for unknown credentials: each client may use a tenth of a core, all together a
+# quarter, both after a burst of one second (a scraper's first login always gets through).
+BCRYPT_CLIENT_SHARE = 0.1
+BCRYPT_TOTAL_SHARE = 0.25
+BCRYPT_BURST = 1.0
+MAX_BCRYPT_CLIENTS = 4096
+MAX_RATE_INTERVAL = 3600.0
+MAX_RATE_BURST = 1_000_000
 
 
 class WebConfigError(ValueError):
@@ -122,13 +134,19 @@ class WebConfig:
             TokenBucket(self.rate_limit_interval, self.rate_limit_burst)
             if self.rate_limit_interval > 0 else None
         )
+        self._bcrypt_budget = CpuBudget()
 
     @property
     def auth_required(self) -> bool:
         return bool(self.users)
 
-    def check_credentials(self, user: str, password: str) -> bool:
-        """True when ``user`` exists and ``password`` matches its bcrypt hash."""
+    def check_credentials(self, user: str, password: str, client: str = "") -> Optional[bool]:
+        """True when ``user`` exists and ``password`` matches its bcrypt hash; None when the
+        check was not made because ``client`` (or everybody) used up the bcrypt budget.
+
+        Credentials that passed once are answered from the cache, never limited: the flood of
+        wrong passwords that the budget stops cannot lock out a scraper that knows its own.
+        """
         hashed = self.users.get(user)
         known = hashed is not None
         hashed = hashed if known else DUMMY_HASH
@@ -137,11 +155,15 @@ class WebConfig:
         ).digest()
         if known and self._auth_cache.get(key):
             return True
-        with self._bcrypt_lock:
+        with self._bcrypt_lock:  # the budget is looked at inside: queued checks see it spent
+            if not self._bcrypt_budget.allow(client):
+                return None
+            started = time.monotonic()
             try:
                 ok = bcrypt.checkpw(password.encode(), hashed)
             except ValueError:
                 ok = False
+            self._bcrypt_budget.charge(client, time.monotonic() - started)
         ok = ok and known
         if ok:
             if len(self._auth_cache) >= AUTH_CACHE_SIZE:
@@ -175,19 +197,62 @@ class TokenBucket:
             return False
 
 
+class CpuBudget:
+    """Seconds of bcrypt a client, and all clients together, may spend per second.
+
+    bcrypt is slow on purpose, so an unauthenticated client that sends wrong passwords as fast
+    as it can would keep a core busy (~17 checks a second at cost 10). Each check is charged
+    what it took; while a client's (or the global) account is overdrawn, its checks are
+    refused (the server answers 429) until time pays it back. Charging time, not checks,
+    keeps the limit the same at any bcrypt cost.
+    """
+
+    def __init__(self, per_client: float = BCRYPT_CLIENT_SHARE,
+                 overall: float = BCRYPT_TOTAL_SHARE, burst: float = BCRYPT_BURST) -> None:
+        self.per_client = per_client
+        self.overall = overall
+        self.burst = burst
+        self._lock = threading.Lock()
+        self._accounts: dict[str, tuple[float, float]] = {}  # client -> (balance, stamp)
+
+    def _balance(self, key: str, rate: float, now: float) -> float:
+        balance, stamp = self._accounts.get(key, (self.burst, now))
+        return min(self.burst, balance + (now - stamp) * rate)
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            return (self._balance("", self.overall, now) > 0
+                    and self._balance("c:" + client, self.per_client, now) > 0)
+
+    def charge(self, client: str, seconds: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._accounts) > MAX_BCRYPT_CLIENTS:
+                self._accounts = {"": self._accounts.get("", (self.burst, now))}
+            for key, rate in (("", self.overall), ("c:" + client, self.per_client)):
+                self._accounts[key] = (self._balance(key, rate, now) - seconds, now)
+
+
 def load_web_config(path: Optional[str]) -> WebConfig:
     """Read and check ``path``; None or "" means no file: plain HTTP, no authentication."""
     if not path:
         return WebConfig()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_capped(path, CONFIG_LIMIT).decode("utf-8")
     except OSError as e:
-        raise WebConfigError(f"{path}: cannot read the web configuration file: {e}") from e
+        raise WebConfigError(f"{path}: cannot read the web configuration file: "
+                             f"{e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise WebConfigError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise WebConfigError(f"{path}: not valid YAML: {e}") from e
+        # The controller's own YAML reading: the same limits, and messages that give the line
+        # and column but never quote the file (it may hold an inline private key).
+        data, duplicates = load_yaml(text, path)
+    except ConfigError as e:
+        raise WebConfigError(str(e).replace(": invalid YAML:", ": not valid YAML:")) from None
+    if duplicates:
+        raise WebConfigError(f"{path}: {duplicates[0]}")
     return parse_web_config(data, path)
 
 
@@ -213,9 +278,13 @@ def parse_web_config(data: Any, path: str) -> WebConfig:
     rate = _mapping(top.get("rate_limit") or {}, path, "rate_limit")
     _known(rate, RATE_KEYS, path, "rate_limit.")
     interval = _duration(rate.get("interval", 0), path, "rate_limit.interval")
+    if interval > MAX_RATE_INTERVAL:
+        raise WebConfigError(f"{path}: rate_limit.interval: at most {MAX_RATE_INTERVAL:g}s "
+                             "(one hour)")
     burst = rate.get("burst", 0)
-    if not isinstance(burst, int) or isinstance(burst, bool) or burst < 0:
-        raise WebConfigError(f"{path}: rate_limit.burst: {burst!r} is not a whole number >= 0")
+    if not isinstance(burst, int) or isinstance(burst, bool) or not 0 <= burst <= MAX_RATE_BURST:
+        raise WebConfigError(f"{path}: rate_limit.burst: not a whole number from 0 to "
+                             f"{MAX_RATE_BURST}")
     if interval > 0 and burst < 1:
         raise WebConfigError(f"{path}: rate_limit.burst: must be at least 1 when interval is set")
 
@@ -419,6 +488,11 @@ def _users(users: Any, path: str) -> dict[str, bytes]:
             # Never echo the value: it may be a plain-text password put there by mistake.
             raise WebConfigError(f"{where}: not a bcrypt hash (expected $2y$<cost>$... as made "
                                  "by htpasswd -nBC 10)")
+        if int(m.group(1)) > MAX_BCRYPT_COST:
+            # Each failed login costs one check: at cost 16 that is ~5 s of a core per request.
+            raise WebConfigError(f"{where}: bcrypt cost {int(m.group(1))} is too slow to check "
+                                 f"on every wrong password (at most {MAX_BCRYPT_COST}; make "
+                                 "the hash with htpasswd -nBC 10)")
         out[name] = hashed.encode()
     return out
 
@@ -429,7 +503,7 @@ _GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 def _duration(value: Any, path: str, key: str) -> float:
     """A Go duration ("1s", "250ms", "1m30s", "0"); a bare number is seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1e9:
         return float(value)
     if isinstance(value, str):
         text = value.strip()
@@ -443,7 +517,8 @@ def _duration(value: Any, path: str, key: str) -> float:
             pos = m.end()
         if pos == len(text) and pos > 0:
             return total
-    raise WebConfigError(f"{path}: {key}: {value!r} is not a duration such as 1s or 250ms")
+    shown = repr(value) if isinstance(value, str) and len(value) < 40 else "the value"
+    raise WebConfigError(f"{path}: {key}: {shown} is not a duration such as 1s or 250ms")
 
 
 def peer_allowed(cert: Optional[dict], allowed: tuple[str, ...]) -> bool:

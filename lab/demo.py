@@ -14,8 +14,8 @@ tgtd per node, real ``ip``/``arping``, a DRBD 8.4 simulator, the XenAPI fake, a 
 4. moves the pool master to node2 the way HA-Lizard does (both ``pool.conf`` files and the XenAPI
    fake) and shows the storage follow, sampled on both nodes throughout, with the outage the client
    measured (``iscsi-inq`` under ``timeout 0.25`` every ~30 ms); reads the block back;
-5. a planned switch back to node1 through manual mode (SPEC §6): manual-mode-enable on both,
-   become-secondary on the holder, become-primary on node1, with its client-side outage; then
+5. a planned switch back to node1 through manual mode (docs/design.md §6): manual-mode-enable on
+   both, become-secondary on the holder, become-primary on node1, with its client-side outage; then
    ``manual-mode-disable`` on node1 is *refused* (the teaching moment: its native role follows the
    pool role, and node2 is still the pool master); the pool master is moved back to node1 (as
    ``xe pool-designate-new-master`` would), after which manual-mode-disable succeeds on both;
@@ -721,7 +721,7 @@ class Demo:
         self.check("client outage during the failover", report.probes > 0, report.text())
 
     def planned_switch(self, lab: Lab, old: Node, new: Node, teach: bool) -> None:
-        self.say(f"planned switch {old.name} -> {new.name} through manual mode (SPEC §6)")
+        self.say(f"planned switch {old.name} -> {new.name} through manual mode (docs/design.md §6)")
         for node in (old, new):
             self.cli_step(node, "manual-mode-enable")
         with ClientProbe(lab) as probe, Sampler(lab) as sampler:

@@ -1,6 +1,6 @@
 """The two-node namespace lab: topology, per-node files, processes by PID, and a clean teardown.
 
-Topology (``shared/LAB.md`` §A)::
+Topology (``docs/design.md`` §12 A)::
 
     node1 (10.99.0.1, VIP 10.99.0.3) --eth0==v-node1--+
     node2 (10.99.0.2)                 --eth0==v-node2--+-- br0 (10.99.0.254) in "sw"
@@ -23,9 +23,10 @@ itself moves the master through the fake's control methods on a Unix socket endp
 (``--unix``), which the root namespace can reach.
 
 DRBD: ``lab.drbdsim`` stands in for the kernel module. Each node gets a ``bin/`` directory whose
-``drbdadm`` and ``dmesg`` are wrappers around the simulator with the node's identity; the
-controller config points ``drbd.drbdadm``/``drbd.kernel_log`` at them and ``drbd.proc_drbd`` at
-the node's generated ``/proc/drbd``. A ticker process keeps those files current. ``cut_link()``
+``drbdadm``, ``drbdsetup`` (only ``events``, DRBD's state-change stream) and ``dmesg`` are
+wrappers around the simulator with the node's identity; the controller config points
+``drbd.drbdadm``/``drbd.drbdsetup``/``drbd.kernel_log`` at them and ``drbd.proc_drbd`` at the
+node's generated ``/proc/drbd``. A ticker process keeps those files current. ``cut_link()``
 downs the node's port on the bridge and tells the simulator, whose connection state follows.
 
 Block data: each resource has ONE backing file that both nodes' tgtd export (the simulator is
@@ -33,6 +34,9 @@ about roles, not replication), so a block written through the VIP before a failo
 after it. The price: a target wrongly serving from a Secondary would still see good data here.
 To catch that, the simulator's "held open" check is real (a tgtd of that node's namespace holding
 the file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
+
+The target is always **tgt** here (``target.backend: tgt``): the namespaces share this machine's
+kernel, which has no configfs target, so the LIO backend runs only in the VM lab (``lab/vm/``).
 
 Lifetime: everything started is recorded by PID and stopped by PID (SIGTERM, bounded wait,
 SIGKILL), including whatever else runs inside the run's namespaces at teardown (the tgtd a
@@ -201,6 +205,7 @@ class Node:
             "drbd": {
                 "version": "8.4",
                 "drbdadm": str(self.bin_dir / "drbdadm"),
+                "drbdsetup": str(self.bin_dir / "drbdsetup"),
                 "proc_drbd": str(self.proc_drbd),
                 "kernel_log": [str(self.bin_dir / "dmesg")],
             },
@@ -213,6 +218,7 @@ class Node:
                 "timeout": 5,
             },
             "target": {
+                "backend": "tgt",  # namespaces share one kernel: no LIO here (VM lab has it)
                 "control_port": self.tgt_port,
                 "tid": 1,
                 "iqn": lab.iqn,
@@ -487,14 +493,28 @@ class Lab:
             node.password_file.write_text(XAPI_PASSWORD + "\n")
             os.chmod(node.password_file, 0o600)
             ident = f"--sim-dir '{self.drbd.dir}' --sim-node {node.name}"
-            for tool, extra in (("drbdadm", ""), ("dmesg", " --sim-dmesg")):
+            compiled = self.compiled_simulator()
+            for tool, extra in (("drbdadm", ""), ("dmesg", " --sim-dmesg"),
+                                ("drbdsetup", " --sim-drbdsetup")):
                 wrapper = node.bin_dir / tool
                 wrapper.write_text(
                     "#!/bin/sh\n# lab: the DRBD simulator as this node\n"
                     # -S: the simulator is stdlib only; skipping site saves ~40 ms a call.
-                    f"exec '{sys.executable}' -S '{SIMULATOR}' {ident}{extra} \"$@\"\n"
+                    f"exec '{sys.executable}' -S '{compiled}' {ident}{extra} \"$@\"\n"
                 )
                 wrapper.chmod(0o755)
+
+    def compiled_simulator(self) -> Path:
+        """The simulator compiled once per run: a script given as ``.py`` is compiled again on
+        every call (~60 ms of its ~80 on a busy 2-core machine), and the lab calls it for every
+        ``drbdadm`` the controller runs, so this is what makes it answer about as fast as real
+        DRBD. Python runs a ``.pyc`` file directly."""
+        import py_compile
+
+        target = self.base / "drbdsim.pyc"
+        if not target.exists():
+            py_compile.compile(str(SIMULATOR), cfile=str(target), doraise=True)
+        return target
 
     def disk_path(self, resource: str) -> Path:
         """The one backing file of ``resource`` that both nodes' tgtd export."""

@@ -2,8 +2,18 @@
 # Installs what iscsi-ha's tests and demo lab need on a fresh Debian 12 machine (run as root):
 # the Debian packages of the real components the tests drive, and a virtualenv with the project.
 # Idempotent and quick on a second run.
+#
+#   scripts/setup-env.sh              Debian packages (root) + virtualenv: for `make test`/`demo`
+#   scripts/setup-env.sh --venv-only  only the virtualenv (any user, any machine with Python 3.9+
+#                                     and its venv module): for `make unit`
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV_ONLY=0
+case "${1:-}" in
+  --venv-only) VENV_ONLY=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--venv-only]" >&2; exit 2 ;;
+esac
 
 APT_PACKAGES=(
   python3-venv python3-dev      # the project's virtualenv
@@ -18,11 +28,15 @@ APT_PACKAGES=(
   createrepo-c                  # make repo: yum metadata for dist/
   openssl                       # certificates for the exporter's TLS tests
   qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
+  keepalived resource-agents    # rival methods in bench/bench_switch.py (run by hand, never
+                                # as services: policy-rc.d below keeps them from starting)
+  open-iscsi                    # XenServer's initiator (iscsid, iscsiadm), run inside the VM
+                                # lab only; the host's kernel has no iSCSI initiator
 )
 VENV=${VENV:-.venv}
 
 missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
+[ "$VENV_ONLY" = 1 ] || for pkg in "${APT_PACKAGES[@]}"; do
   case "$pkg" in \#*) continue ;; esac
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done

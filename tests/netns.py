@@ -1,10 +1,10 @@
 """Throwaway network namespaces for tests: one switch, a few hosts, torn down whatever happens.
 
-The topology is the one in LAB.md section A: a namespace holding a bridge ``br0`` (the switch) and
-one namespace per host, each joined to the bridge by a veth pair whose host end is ``eth0``. Both
-ends of every veth are created directly inside their namespaces, so nothing ever appears in the
-machine's own namespace and interface names cannot collide; namespace names are machine-wide, so
-each lab gets a unique tag (pid + random suffix).
+The topology is the one in docs/design.md §12 A: a namespace holding a bridge ``br0`` (the
+switch) and one namespace per host, each joined to the bridge by a veth pair whose host end is
+``eth0``. Both ends of every veth are created directly inside their namespaces, so nothing ever
+appears in the machine's own namespace and interface names cannot collide; namespace names are
+machine-wide, so each lab gets a unique tag (pid + random suffix).
 
 Tearing down deletes the namespaces and SIGKILLs, by PID, whatever still runs inside them (``ip
 netns pids`` lists exactly the processes in a namespace this lab created): a tgtd or an arping a

@@ -70,12 +70,14 @@ def runbook_anchors() -> set:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.tools
 def test_promtool_check_rules():
     res = run([tool("promtool"), "check", "rules", str(RULES)])
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"SUCCESS: {len(alerts())} rules found" in res.stdout
 
 
+@pytest.mark.tools
 def test_promtool_unit_tests_pass():
     assert RULE_TESTS, "no promtool tests in alerts/tests/"
     res = run([tool("promtool"), "test", "rules", *map(str, RULE_TESTS)])
@@ -83,6 +85,7 @@ def test_promtool_unit_tests_pass():
     assert res.stdout.count("SUCCESS") == len(RULE_TESTS), res.stdout
 
 
+@pytest.mark.tools
 def test_promtool_unit_tests_can_fail(tmp_path):
     """The unit tests see a broken rule: two Primaries counted without the skew window pages
     during a normal switchover, and the switchover test says so."""
@@ -270,12 +273,14 @@ def uncommented(text: str) -> str:
     return re.sub(r"^(\s*)#~ ", r"\1", text, flags=re.M)
 
 
+@pytest.mark.tools
 def test_amtool_check_config(tmp_path):
     res = run([tool("amtool"), "check-config", str(ALERTMANAGER)])
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout
 
 
+@pytest.mark.tools
 def test_amtool_check_config_with_commented_receivers(tmp_path):
     text = ALERTMANAGER.read_text()
     full = uncommented(text)
@@ -287,6 +292,7 @@ def test_amtool_check_config_with_commented_receivers(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("severity", sorted(SEVERITIES))
 def test_amtool_routes_each_severity(severity):
     argv = [tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
@@ -297,6 +303,7 @@ def test_amtool_routes_each_severity(severity):
     assert res.stdout.split() == [RECEIVER_OF[severity]]
 
 
+@pytest.mark.tools
 def test_amtool_route_verification_can_fail():
     res = run([tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
                "--verify.receivers=iscsi-ha-ticket", "severity=critical"])

@@ -581,6 +581,7 @@ def test_the_real_daemon_serves_the_socket_and_removes_it_on_sigterm(tmp_path, s
         "exporter: {enabled: false}\n"
         "logging: {syslog: false}\n"
         "target: {control_port: 7913}\n"
+        f"control: {{allowed_uids: [{os.geteuid()}]}}\n"  # [0] under CI; anyone in `make unit`
         f"paths: {{state_dir: {tmp_path / 'state'}, status_file: {tmp_path / 'state/status'}, "
         f"control_socket: {sock}}}\n"
     )

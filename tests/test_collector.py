@@ -449,6 +449,7 @@ def promtool_check(text: bytes) -> None:
     assert proc.returncode == 0 and not complaints.strip(), complaints
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 @pytest.mark.parametrize("index", range(len(all_snapshots())))
 def test_promtool_check_metrics_finds_nothing(index):
@@ -458,6 +459,7 @@ def test_promtool_check_metrics_finds_nothing(index):
     promtool_check(text)
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 def test_promtool_would_complain_about_a_bad_exposition():
     # The check above can fail: promtool does object to a counter without _total.

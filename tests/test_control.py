@@ -80,6 +80,9 @@ class WorldDrbd(_Part):
     def secondary(self, name):
         return self._do(Demote(name))
 
+    def generation_ids(self, name):
+        return None  # DRBD's meta-data flags: not part of the fake world
+
 
 class WorldTarget(_Part):
     def observe(self):
@@ -178,7 +181,8 @@ def sockdir():
 
 @contextlib.contextmanager
 def serving(daemon, path: str, **kw):
-    server = ControlServer(path, daemon, kw.pop("allowed_uids", (0,)), **kw)
+    # The uid running the tests may use the socket: root under CI, anyone in `make unit`.
+    server = ControlServer(path, daemon, kw.pop("allowed_uids", (os.geteuid(),)), **kw)
     server.start()
     try:
         yield server
@@ -197,6 +201,31 @@ def served(host, sockdir):
     path = os.path.join(sockdir, "run", "control.sock")
     with serving(daemon, path, read_timeout=0.5) as server:
         yield host, daemon, server, path
+
+
+def wait_until(check, limit: float, what: str) -> None:
+    """Poll ``check`` until it is true; fail naming ``what`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, f"not within {limit}s: {what}"
+        time.sleep(0.01)
+
+
+class WatchedLock:
+    """The controller's lock, telling the test when somebody has to wait for it."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+        self.waiting = threading.Event()
+
+    def __enter__(self):
+        if not self.lock.acquire(blocking=False):
+            self.waiting.set()
+            self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
 
 
 def raw(path: str, data: bytes, timeout: float = 5.0) -> Dict[str, Any]:
@@ -248,6 +277,7 @@ CLIENT = """
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_socket_file_is_0600_in_a_0755_directory_and_removed_on_stop(host, sockdir):
     path = os.path.join(sockdir, "run", "iscsi-ha", "control.sock")
     with serving(StubDaemon(host.controller), path):
@@ -316,6 +346,7 @@ def test_stop_leaves_a_socket_that_another_process_put_there(host, sockdir):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.root
 def test_non_root_client_cannot_connect_to_the_default_socket(served):
     host, daemon, server, path = served
     proc = run_as(NOBODY, CLIENT.format(path=path))
@@ -325,6 +356,7 @@ def test_non_root_client_cannot_connect_to_the_default_socket(served):
     assert daemon.triggers == []
 
 
+@pytest.mark.root
 def test_so_peercred_refuses_uids_not_allowed_and_serves_allowed_ones(host, sockdir):
     path = os.path.join(sockdir, "control.sock")
     daemon = StubDaemon(host.controller)
@@ -344,6 +376,7 @@ def test_so_peercred_refuses_uids_not_allowed_and_serves_allowed_ones(host, sock
     assert daemon.triggers == ["operator ran manual-mode-enable"]
 
 
+@pytest.mark.root
 def test_cli_as_nobody_exits_2_and_says_root_is_needed(served):
     host, daemon, server, path = served
     cli = os.path.join(os.path.dirname(sys.executable), "iscsi-cfg")
@@ -447,12 +480,15 @@ def test_connections_beyond_the_limit_are_told_busy(host, sockdir):
     path = os.path.join(sockdir, "control.sock")
     with serving(StubDaemon(host.controller), path, read_timeout=1.0, max_connections=2):
         idle = []
+        before = {t.ident for t in threading.enumerate() if t.name == "control-conn"}
         try:
             for _ in range(2):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.connect(path)
                 idle.append(s)
-            time.sleep(0.1)  # both are in their handler threads now
+            wait_until(lambda: len([t for t in threading.enumerate() if t.name == "control-conn"
+                                    and t.ident not in before]) == 2,
+                       5, "both idle clients in their handler threads")
             busy = raw(path, b'{"cmd": "status"}\n')
             assert busy["ok"] is False and busy["error"].startswith("busy")
         finally:
@@ -511,6 +547,7 @@ def test_status_never_waits_for_a_cycle_but_role_commands_do(served):
             in_cycle.set()
             release.wait(10)
 
+    host.controller.lock = watched = WatchedLock(host.controller.lock)
     holder = threading.Thread(target=long_cycle)
     holder.start()
     answers: List[Dict[str, Any]] = []
@@ -523,7 +560,7 @@ def test_status_never_waits_for_a_cycle_but_role_commands_do(served):
         assert ask(path, {"cmd": "status"})["ok"] is True
         assert ask(path, {"cmd": "log"})["ok"] is True
         assert time.monotonic() - t0 < 2.0  # milliseconds, not "until the cycle ends"
-        time.sleep(0.3)
+        assert watched.waiting.wait(5)  # the role command has reached the lock
         assert answers == [] and host.roles == ["Primary"]  # waiting for the lock
     finally:
         release.set()
@@ -608,8 +645,9 @@ def test_become_primary_refused_while_the_peer_is_primary(tmp_path, sockdir):
 
 def test_become_primary_refused_while_another_host_answers_for_the_vip(tmp_path, sockdir):
     # Peer unreachable: nothing says it let go of the VIP, so the controller probes (arping -D).
+    # (Its disk is Outdated, so promoting is otherwise allowed: the VIP is what refuses.)
     obs = world(resources=(res(role="Secondary", peer_role="Unknown", connection="WFConnection",
-                               peer_disk="DUnknown"),))
+                               peer_disk="Outdated"),))
     host = Host(str(tmp_path), obs, probe_answer=True)
     with serving(StubDaemon(host.controller), os.path.join(sockdir, "c.sock")) as server:
         assert cmd(server.path, "manual-mode-enable")["code"] == 0

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from drbd_captures import DRBD84, PROC_DRBD, load_capture
 from test_once import FAKE_DRBDADM
 
@@ -49,6 +50,7 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.tools
 def test_sighup_reloads_and_sigterm_stops_without_demoting(tmp_path):
     import json
 

@@ -124,6 +124,7 @@ def test_variables_pick_the_cluster_from_the_scrape_label():
     assert cluster["query"] == 'label_values(up{job="iscsi-ha"}, cluster)'
 
 
+@pytest.mark.tools
 def test_every_query_parses(tmp_path):
     board = dashboard()
     rules = []
@@ -143,6 +144,7 @@ def test_every_query_parses(tmp_path):
     assert f"SUCCESS: {len(rules)} rules found" in res.stdout
 
 
+@pytest.mark.tools
 def test_promtool_rejects_a_broken_query(tmp_path):
     """The parse check above can fail: a query with a typo is refused."""
     path = tmp_path / "broken.yml"
@@ -242,6 +244,7 @@ def run_expr_tests(tmp_path, series: list, cases: list) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.tools
 def test_holder_since_and_role_numbers_follow_a_switchover(tmp_path):
     # xs1 is Primary until 5m, xs2 from 5m15s on; pool-b must never show up.
     series = [
@@ -280,6 +283,7 @@ def test_holder_since_and_role_numbers_follow_a_switchover(tmp_path):
     run_expr_tests(tmp_path, series, cases)
 
 
+@pytest.mark.tools
 def test_vip_holder_and_host_table_read_the_one_hot_series(tmp_path):
     series = [
         (f"iscsi_ha_vip_local{{{H1}}}", "1x10"),

@@ -1286,6 +1286,7 @@ def test_up_forgets_the_cached_minor() -> None:
 # ============================================================================================
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(shutil.which("drbdadm") is None, reason="drbd-utils is not installed")
 def test_real_drbdadm_sh_minor_and_real_cat(tmp_path: Path) -> None:
     host = socket.gethostname()

@@ -18,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -42,7 +41,8 @@ STEPS = (
     "06-after-reconnect-splitbrain",
     "07-after-sb-recovery",
 )
-RESYNC = 0.2
+RESYNC = 0.2  # simulated seconds (the clusters here run on the simulator's manual clock)
+TICK = 0.02
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,6 +102,7 @@ class Sim:
             {r: {"size_kb": 65496} for r in resources},
             initial=initial,
             resync_seconds=RESYNC,
+            manual_clock=True,  # time passes only in wait_cstate(): machine load changes nothing
         )
 
     def __call__(self, node: str, *args: str) -> Tuple[int, str, str]:
@@ -124,10 +125,11 @@ class Sim:
         return got
 
     def wait_cstate(self, node: str, want: str, res: str = "r0", limit: float = 5.0) -> None:
-        deadline = time.monotonic() + limit
+        """Let simulated time pass in small steps until ``want``, for at most ``limit`` of it."""
+        deadline = self.cluster.now() + limit
         while self.ok(node, "cstate", res).strip() != want:
-            assert time.monotonic() < deadline, f"{node} never reached {want}"
-            time.sleep(0.02)
+            assert self.cluster.now() < deadline, f"{node} never reached {want}"
+            self.cluster.advance(TICK)
 
     def cluster_side(self, node: str, res: str = "r0") -> dict:
         return json.loads(Path(self.cluster._res_path(res)).read_text())["sides"][node]
@@ -558,3 +560,32 @@ def test_concurrent_callers_keep_the_state_consistent(tmp_path):
         assert out in ("", "UpToDate/UpToDate\n")
     roles = {n: sim.state(n)["role"] for n in NODES}
     assert sum(r.startswith("Primary/") for r in roles.values()) <= 1
+
+
+def test_simulated_events_stream_reads_like_real_84_events(tmp_path):
+    """``drbdsetup events all`` as the simulator plays it: ST lines the controller's parser (held
+    to the real 8.4.11 capture) reads, one per change, in the order a switchover makes them."""
+    from iscsi_ha.controller.systems.drbd_events import parse_events84
+
+    sim = Sim(tmp_path / "s", initial="synced")
+    for node in NODES:
+        sim.ok(node, "up", "r0")
+    sim.ok("node1", "primary", "r0")
+    env = dict(os.environ, DRBDSIM_DIR=sim.dir, DRBDSIM_NODE="node2")
+    proc = subprocess.Popen([sys.executable, "-S", str(SIMULATOR), "--sim-drbdsetup",
+                             "--max-seconds=20", "events", "all"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Primary"
+        sim.ok("node1", "secondary", "r0")
+        assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Secondary"
+        sim.ok("node2", "primary", "r0")
+        event = parse_events84(proc.stdout.readline())
+        assert (event.resource, event.fields) == ("r0", {
+            "cs": "Connected", "ro": "Primary/Secondary", "ds": "UpToDate/UpToDate",
+            "minor": "0", "volume": "0"})
+    finally:
+        proc.kill()
+        proc.wait()
+    rc, _, err = sim("node2", "--sim-drbdsetup", "status")
+    assert rc == 20 and "only 'events' is simulated" in err

@@ -250,6 +250,7 @@ def test_unit_hardening_leaves_what_the_controller_needs():
         assert not protected or any(path.startswith(w.rstrip("/") + "/") for w in writable), path
 
 
+@pytest.mark.tools
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     # verify also checks that ExecStart exists: point it at a binary this machine has.
@@ -351,6 +352,7 @@ def make_bad_rpm(tmp_path: Path) -> Path:
     return top / "bad.rpm"
 
 
+@pytest.mark.tools
 def test_audit_fails_naming_the_file_and_the_symbol(tmp_path):
     bad = make_bad_rpm(tmp_path)
     proc = subprocess.run(
@@ -382,6 +384,7 @@ def test_an_rpm_failing_the_audit_never_reaches_dist(rpm, dirs, tmp_path):
     assert not out.exists() or not list(out.iterdir())
 
 
+@pytest.mark.tools
 def test_unreachable_source_package_fails_naming_package_and_version(tmp_path):
     pins = tmp_path / "python-sources.txt"
     real = (REPO / "Dockerfile-build" / "python-sources.txt").read_text()
@@ -488,6 +491,7 @@ def rpm_release_2(rpm, dirs, tmp_path_factory):
     return path
 
 
+@pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="rpm --root runs scriptlets in a chroot: root only")
 def test_install_upgrade_remove_keep_config_and_never_touch_storage(rpm, rpm_release_2, tmp_path):
     root = tmp_path / "dom0"

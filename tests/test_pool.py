@@ -1,8 +1,9 @@
 """The pool role: pool.conf parsing and reading, and the XenAPI cross-check against the fake.
 
 pool.conf is what xapi writes (``master`` or ``slave:<address>``); the parser is checked on every
-form SPEC §2 names, and the reader on real files: missing, a directory, unreadable (a real EACCES,
-made by reading as ``nobody`` from a forked child when the tests run as root), not UTF-8.
+form docs/design.md §2 names, and the reader on real files: missing, a directory, unreadable
+(a real EACCES, made by reading as ``nobody`` from a forked child when the tests run as root),
+not UTF-8.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ from typing import List, Tuple
 
 import pytest
 from fakes import FakeRunner, result
-from iscsi_ha.controller.model import TargetObservation
-from iscsi_ha.controller.systems import target as target_mod
+from iscsi_ha.controller.model import LunInfo, TargetObservation
+from iscsi_ha.controller.systems import tgt as target_mod
 from iscsi_ha.controller.systems.runner import CommandResult
-from iscsi_ha.controller.systems.target import (
+from iscsi_ha.controller.systems.tgt import (
     Target,
     TgtLun,
     TgtParseError,
@@ -34,7 +34,8 @@ SHOW = ADM + ("--mode", "target", "--op", "show")
 
 
 def fixture(name: str) -> str:
-    return (TGT / name).read_text()
+    # As the runner hands it over: decoded with replacement (tgt prints clients' bytes raw).
+    return (TGT / name).read_bytes().decode(errors="replace")
 
 
 def load_errors() -> List[Tuple[str, int, str]]:
@@ -134,11 +135,62 @@ EXPECTED = {
         (1, IQN, [(0, None, 0), (1, LUN1, 67)], ("ALL",), 0),
         (2, "iqn.2024-01.org.example:other", [(0, None, 0), (1, f"{DIR}/other.img", 17)], (), 0),
     ],
+    # Initiators that chose their name/alias to fool the parser (capture-hostile.sh): the client's
+    # text is data, the target reads as what tgt really holds.
+    "hostile-alias-target-header.txt": [(1, IQN, [(0, None, 0), (1, LUN1, 8)], ("ALL",), 1)],
+    "hostile-alias-unknown-line.txt": [(1, IQN, [(0, None, 0), (1, LUN1, 8)], ("ALL",), 1)],
+    "hostile-alias-forged-sections.txt": [(1, IQN, [(0, None, 0), (1, LUN1, 8)], ("ALL",), 2)],
+    "hostile-name.txt": [(1, IQN, [(0, None, 0), (1, LUN1, 8)], ("ALL",), 1)],
+    "target-1-lun-pinned.txt": [(1, IQN, [(0, None, 0), (1, LUN1, 8)], ("ALL",), 0)],
 }
 
 
+def test_hostile_captures_really_carry_the_forged_lines():
+    # Guards the fixtures themselves: without the grammar these would read differently.
+    header = fixture("hostile-alias-target-header.txt")
+    assert "\nTarget 1: iqn.2024-01.org.iscsi-ha:fake\n" in header
+    assert "\nbogus line\n" in fixture("hostile-alias-unknown-line.txt")
+    raw = (TGT / "hostile-alias-unknown-line.txt").read_bytes()
+    assert b"\xff\xfe" in raw  # tgt printed the non-UTF-8 bytes raw
+    forged = fixture("hostile-alias-forged-sections.txt")
+    assert "/dev/evil" in forged and "\nTarget 2: iqn.fake:two" in forged
+    assert "\nTarget 3: iqn.x:y alias: a\n" in fixture("hostile-name.txt")
+
+
+def test_hostile_text_decoded_with_replacement_still_parses():
+    # The runner decodes with replacement: U+FFFD in the client's text changes nothing.
+    text = (TGT / "hostile-alias-unknown-line.txt").read_bytes().decode(errors="replace")
+    assert "\ufffd" in text
+    (tgt,) = parse_show(text)
+    assert (tgt.tid, tgt.name, tgt.sessions, tgt.acl) == (1, IQN, 1, ("ALL",))
+    assert tgt.lun(1) == parse_show(fixture("target-1-lun-pinned.txt"))[0].lun(1)
+
+
+@pytest.mark.parametrize("name", [
+    "hostile-alias-target-header.txt", "hostile-alias-unknown-line.txt",
+    "hostile-alias-forged-sections.txt", "hostile-name.txt",
+])
+def test_observe_serves_despite_hostile_initiators(name):
+    # Issue 16: an alias "x\nTarget 1: ..." made the target look not served; an unknown line
+    # made the controller hold. Both are the client's text now.
+    fake = FakeRunner()
+    fake.answer(SHOW, stdout=(TGT / name).read_bytes().decode(errors="replace"))
+    obs = make(fake, iqn=IQN).observe()
+    assert obs.error is None and obs.serving and obs.target_present, obs
+    assert obs.luns == 1 and obs.sessions == EXPECTED[name][0][4]
+
+
+def test_the_pinned_capture_holds_the_derived_identity():
+    # capture-hostile.sh pinned these values by hand: the derivation must still give them.
+    spec = make(FakeRunner(), iqn=IQN).specs[0]
+    lun = parse_show(fixture("target-1-lun-pinned.txt"))[0].lun(1)
+    assert (lun.scsi_id, lun.scsi_sn, lun.flags) == (spec.scsi_id, spec.serial, "sync")
+    assert not lun.write_cache
+    assert parse_show(fixture("target-1-lun.txt"))[0].lun(1).write_cache  # no sync: cached
+
+
 def test_every_capture_has_an_expectation():
-    shows = {p.name for p in TGT.glob("*.txt")} - {"errors.txt"}
+    shows = {p.name for p in TGT.glob("*.txt")} - {"errors.txt", "target-1-params.txt"}
     assert shows == set(EXPECTED)
 
 
@@ -154,7 +206,7 @@ def test_parse_show_real_captures(name):
 
 def test_parse_show_lun_types_and_data_luns():
     (tgt,) = parse_show(fixture("target-3-luns.txt"))
-    assert tgt.lun(0) == TgtLun(0, None, 0, "controller")
+    assert tgt.lun(0) == TgtLun(0, None, 0, "controller", "IET     00010000", "beaf10", "")
     assert [lun.number for lun in tgt.data_luns] == [1, 2, 3]
     assert {lun.type for lun in tgt.data_luns} == {"disk"}
     assert tgt.lun(4) is None
@@ -197,21 +249,42 @@ def test_parse_show_refuses_what_it_cannot_read(text):
 def test_observe_daemon_not_running_is_not_an_error():
     fake = FakeRunner()
     answer(fake, ("--mode", "target", "--op", "show"), NOT_RUNNING)
-    assert make(fake).observe() == TargetObservation(daemon_running=False)
+    obs = make(fake).observe()
+    assert obs == TargetObservation(daemon_running=False, backend="tgt", lun_info=obs.lun_info)
+    # Not served here: the identity it will present, so both hosts' can be compared any time.
+    spec = make(fake).specs[0]
+    assert [(i.number, i.serial, i.wwn, i.write_cache) for i in obs.lun_info] == [
+        (1, spec.serial, spec.wwn, None)]
 
 
 def test_observe_empty_daemon():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("empty-daemon.txt"))
     obs = make(fake).observe()
-    assert obs == TargetObservation(daemon_running=True, target_present=False, serving=False)
+    assert obs == TargetObservation(daemon_running=True, target_present=False, serving=False,
+                                    backend="tgt", lun_info=obs.lun_info)
+    assert len(obs.lun_info) == 1
 
 
 def test_observe_serving():
     fake = FakeRunner()
+    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt"))
+    obs = make(fake).observe()
+    spec = make(fake).specs[0]
+    info = LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", write_cache=False)
+    assert obs == TargetObservation(True, True, True, luns=1, sessions=0, backend="tgt",
+                                    lun_info=(info,))
+    assert spec.wwn == "naa.60014056d7126665a1d0c1d30c462f06"
+
+
+def test_observe_write_cache_or_foreign_identity_is_not_serving():
+    # tgt's defaults: no O_SYNC and its own "IET 00010001"/"beaf11" identity: to be corrected.
+    fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("target-1-lun.txt"))
     obs = make(fake).observe()
-    assert obs == TargetObservation(True, True, True, luns=1, sessions=0)
+    assert obs.target_present and not obs.serving
+    assert obs.lun_info[0].write_cache is True and obs.lun_info[0].serial == "beaf11"
+    assert obs.lun_info[0].wwn == "naa.60000000000000000e00000000010001"  # measured: VPD 0x83
     assert fake.calls == [SHOW]
 
 
@@ -219,7 +292,7 @@ def test_observe_counts_sessions():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("target-session.txt"))
     obs = make(fake).observe()
-    assert obs.serving and obs.sessions == 1
+    assert obs.target_present and obs.sessions == 1
 
 
 @pytest.mark.parametrize(
@@ -251,9 +324,11 @@ def test_observe_three_luns_with_initiator_address():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("target-3-luns.txt"))
     luns = ((1, LUN1), (2, f"{DIR}/lun2.img"), (3, f"{DIR}/lun3.img"))
-    assert make(fake, luns=luns).observe() == TargetObservation(True, True, True, luns=3)
+    obs = make(fake, luns=luns).observe()
+    assert obs.luns == 3 and [i.number for i in obs.lun_info] == [1, 2, 3]
     fake.answer(SHOW, stdout=fixture("target-initiator-bound.txt"))
-    assert make(fake, initiator_address="10.99.0.10").observe().serving
+    obs = make(fake, initiator_address="10.99.0.10").observe()
+    assert obs.target_present and obs.error is None
 
 
 def test_observe_unreadable_output_is_an_error_quoting_it():
@@ -281,13 +356,19 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
     fake = FakeRunner()
     fake.answer(SHOW, stdout="")
     fake.answer(ADM + ("--mode", "target", "--op", "new"))
+    fake.answer(ADM + ("--mode", "target", "--op", "update"))
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "new"))
+    fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
     fake.answer(ADM + ("--mode", "target", "--op", "bind"))
-    res = make(fake, luns=((1, LUN1), (2, "/dev/drbd/by-res/iscsi2/0"))).serve()
+    target = make(fake, luns=((1, LUN1), (2, "/dev/drbd/by-res/iscsi2/0")))
+    res = target.serve()
     assert res.ok, res.message
+    s1, s2 = target.specs
     assert fake.calls == [
         SHOW,
         ADM + ("--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN),
+        ADM + ("--mode", "target", "--op", "update", "--tid", "1", "--name", "DefaultTime2Wait",
+               "--value", "2"),
         ADM
         + (
             "--mode",
@@ -303,6 +384,9 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "--bsoflags",
             "sync",  # writes complete only once DRBD has them
         ),
+        ADM + ("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1", "--params",
+               f"scsi_id={s1.scsi_id},scsi_sn={s1.serial},vendor_id=ISCSI-HA,"
+               "product_id=DRBD-LUN"),
         ADM
         + (
             "--mode",
@@ -318,14 +402,18 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "--bsoflags",
             "sync",  # writes complete only once DRBD has them
         ),
+        ADM + ("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "2", "--params",
+               f"scsi_id={s2.scsi_id},scsi_sn={s2.serial},vendor_id=ISCSI-HA,"
+               "product_id=DRBD-LUN"),
         ADM + ("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"),
     ]
+    assert s1.serial != s2.serial and s1.wwn != s2.wwn
     assert "created target 1" in res.message and "bound ALL" in res.message
 
 
 def test_serve_when_complete_only_looks():
     fake = FakeRunner()
-    fake.answer(SHOW, stdout=fixture("target-1-lun.txt"))
+    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt"))
     res = make(fake).serve()
     assert res.ok and "already in place" in res.message
     assert fake.calls == [SHOW]
@@ -335,12 +423,35 @@ def test_serve_completes_only_the_missing_parts():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("target-no-luns.txt"))
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "new"))
+    fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
     fake.answer(ADM + ("--mode", "target", "--op", "bind"))
     assert make(fake).serve().ok
     assert [c[5:9] for c in fake.calls[1:]] == [
         ("--mode", "logicalunit", "--op", "new"),
+        ("--mode", "logicalunit", "--op", "update"),
         ("--mode", "target", "--op", "bind"),
     ]
+
+
+def test_serve_pins_the_identity_of_a_lun_in_place():
+    fake = FakeRunner()
+    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt").replace(
+        "SCSI SN: 6d7126665a1d0c1d30c462f0692b2e5b", "SCSI SN: beaf11"))
+    fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
+    res = make(fake).serve()
+    assert res.ok and "pinned LUN 1's identity" in res.message
+    assert [c[5:9] for c in fake.calls[1:]] == [("--mode", "logicalunit", "--op", "update")]
+
+
+def test_serve_replaces_a_lun_whose_write_cache_is_on():
+    # tgt cannot change --bsoflags of a live LUN: the controller re-adds it with O_SYNC.
+    fake = FakeRunner()
+    fake.answer(SHOW, stdout=fixture("target-1-lun.txt"))
+    for op in ("delete", "new", "update"):
+        fake.answer(ADM + ("--mode", "logicalunit", "--op", op))
+    res = make(fake).serve()
+    assert res.ok, res.message
+    assert [c[8] for c in fake.calls[1:]] == ["delete", "new", "update"]
 
 
 def test_serve_replaces_a_lun_with_the_wrong_backing_store():
@@ -348,9 +459,10 @@ def test_serve_replaces_a_lun_with_the_wrong_backing_store():
     fake.answer(SHOW, stdout=fixture("target-1-lun.txt"))
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "delete"))
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "new"))
+    fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
     res = make(fake, luns=((1, "/dev/drbd/by-res/iscsi1/0"),)).serve()
     assert res.ok and f"removed LUN 1 ({LUN1})" in res.message
-    assert fake.calls[1:] == [
+    assert fake.calls[1:3] == [
         ADM + ("--mode", "logicalunit", "--op", "delete", "--tid", "1", "--lun", "1"),
         ADM
         + (
@@ -375,7 +487,9 @@ def test_serve_rebuilds_our_tid_under_another_iqn():
     fake.answer(SHOW, stdout=fixture("target-1-lun.txt"))
     fake.answer(ADM + ("--mode", "target", "--op", "delete"))
     fake.answer(ADM + ("--mode", "target", "--op", "new"))
+    fake.answer(ADM + ("--mode", "target", "--op", "update"))
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "new"))
+    fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
     fake.answer(ADM + ("--mode", "target", "--op", "bind"))
     new_iqn = "iqn.2024-01.org.example:renamed"
     res = make(fake, iqn=new_iqn).serve()
@@ -406,7 +520,8 @@ def test_serve_bad_backing_store_fails_with_tgt_words_and_path():
 
 def test_serve_binding_that_appeared_meanwhile_is_fine():
     fake = FakeRunner()
-    fake.answer(SHOW, stdout=fixture("target-1-lun-unbound.txt"))
+    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt").replace(
+        "    ACL information:\n        ALL\n", "    ACL information:\n"))
     answer(fake, ("--mode", "target", "--op", "bind"), ACL_EXISTS)
     assert make(fake).serve().ok
 

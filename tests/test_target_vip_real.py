@@ -1,5 +1,5 @@
 """The target and VIP adapters against the real tools: tgtd/tgtadm, iproute2, iputils arping and
-libiscsi's client, in network namespaces (LAB.md section A).
+libiscsi's client, in network namespaces (docs/design.md §12 A).
 
 node1, node2 and client sit on one bridge (``tests/netns.py``, unique names per run). Each node runs
 its own tgtd on a distinct, random control port, started by the adapter itself; every command of
@@ -15,19 +15,23 @@ Skipped only when not root or a tool is missing; on the project's lab machines i
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List
 
 import pytest
-from iscsi_ha.controller.systems.target import Target, find_tgtd_pids, parse_show
+from iscsi_ha.controller.systems.tgt import Target, find_tgtd_pids, parse_show
 from iscsi_ha.controller.systems.vip import Vip, parse_addr_show
 from netns import NetnsLab, unavailable
+
+BLOCK_TOOL = Path(__file__).resolve().parent.parent / "lab" / "iscsi_block.py"
 
 IQN = "iqn.2024-01.org.iscsi-ha:storage"
 VIP = "10.99.0.3/24"
@@ -131,6 +135,14 @@ def tgtadm(lab: NetnsLab, host: str, t: Target, *args: str) -> subprocess.Comple
     return lab.run(host, ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", *args])
 
 
+def tgtd_reads(pid: int) -> int:
+    """Bytes a tgtd has read so far (/proc/PID/io rchar: backing store and sockets)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
 def wait_for(check: Callable[[], bool], limit: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -144,6 +156,17 @@ def inquiry(lab: NetnsLab) -> subprocess.CompletedProcess:
     """The client asks the target behind the VIP for its identity (libiscsi has no timeout)."""
     argv = ["timeout", "-k", "1", "5", "iscsi-inq", f"iscsi://{VIP_IP}/{IQN}/1"]
     return lab.run("client", argv, timeout=10, check=False)
+
+
+def vpd_pages(lab: NetnsLab) -> tuple:
+    """The raw VPD pages 0x80 (unit serial) and 0x83 (device identification) behind the VIP."""
+    pages = []
+    for page in ("128", "131"):
+        argv = ["timeout", "-k", "1", "5", sys.executable, str(BLOCK_TOOL), "vpd",
+                f"iscsi://{VIP_IP}/{IQN}/1", "0", page]
+        out = lab.run("client", argv, timeout=10, check=False)
+        pages.append(json.loads(out.stdout.strip().splitlines()[-1]).get("data"))
+    return tuple(pages)
 
 
 def alive(pid: int) -> bool:
@@ -388,7 +411,10 @@ def test_sessions_are_counted_and_force_delete_waits_out_inflight_io(lab, target
     )
     try:
         wait_for(lambda: t.observe().sessions == 1, 5.0, "a session on node1")
-        time.sleep(0.3)  # commands in flight
+        # Commands in flight: tgtd is reading the backing store for the client, now.
+        pid = find_tgtd_pids(t.control_port)[0]
+        start = tgtd_reads(pid)
+        wait_for(lambda: tgtd_reads(pid) - start >= 1 << 20, 5.0, "tgtd serving reads")
         res = t.stop_serving()
         assert res.ok, res.message
         assert not t.observe().target_present
@@ -412,8 +438,12 @@ def test_client_follows_the_vip_from_node1_to_node2(lab, targets, vips, disks):
     assert t1.serve().ok and v1.bind().ok and v1.announce().ok
     inq = inquiry(lab)
     assert inq.returncode == 0, inq.stderr
-    assert "Vendor:IET" in inq.stdout and "Peripheral Device Type:DIRECT_ACCESS" in inq.stdout
+    assert "Vendor:ISCSI-HA" in inq.stdout and "Peripheral Device Type:DIRECT_ACCESS" in inq.stdout
     assert lab.neighbour("client", VIP_IP) == lab.mac("node1")
+    identity = vpd_pages(lab)
+    assert all(identity), identity
+    # The NAA designator the client reads is the one the config derives (and LIO would present).
+    assert t1.specs[0].wwn[len("naa."):] in identity[1], identity
 
     # node2 sees that the VIP is taken.
     assert v2.probe_conflict() is True
@@ -427,7 +457,8 @@ def test_client_follows_the_vip_from_node1_to_node2(lab, targets, vips, disks):
     wait_for(lambda: lab.neighbour("client", VIP_IP) == node2_mac, 2.0, "client ARP cache")
     inq = inquiry(lab)
     assert inq.returncode == 0, inq.stderr
-    assert "Vendor:IET" in inq.stdout
+    assert "Vendor:ISCSI-HA" in inq.stdout
+    assert vpd_pages(lab) == identity  # byte for byte: the SR finds its LUN again
 
     o1, o2 = t1.observe(), t2.observe()
     assert o1.daemon_running and not o1.target_present and not v1.observe().local
@@ -451,3 +482,34 @@ def test_lab_leaves_nothing_behind():
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed.split() for n in names)
     assert shutil.which("ip")
+
+
+def test_import_conf_identity_is_what_tgt_admin_really_presents(lab, targets, disks, tmp_path):
+    """``import-conf --tgt-conf`` pins each LUN's identity as tgt presented it under the original
+    tool: the real tgt-admin loads the same targets.conf, and tgt's own show must agree."""
+    from iscsi_ha.controller.systems.tgt import parse_targets_conf
+
+    fixture = Path(__file__).parent / "fixtures" / "tgt" / "targets.conf"
+    text = fixture.read_text()
+    for i, dev in enumerate(("/dev/drbd/by-res/iscsi1/0", "/dev/drbd/by-res/iscsi2/0",
+                             "/dev/drbd/by-res/iscsi3/0", "/srv/scratch.img")):
+        text = text.replace(dev, disks[i])
+    conf = tmp_path / "targets.conf"
+    conf.write_text(text)
+    t = targets("node1")
+    assert t.start_daemon().ok
+    res = lab.runner("node1").run(["tgt-admin", "-C", str(t.control_port), "-e", "-c",
+                                   str(conf)], timeout=30)
+    assert res.ok, res.describe_failure()
+    shown = {tgt.name: tgt for tgt in parse_show(lab.runner("node1").run(
+        ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", "--mode", "target",
+         "--op", "show"], timeout=10).stdout)}
+    for conf_target in parse_targets_conf(text):
+        real = shown[conf_target.iqn]
+        assert real.tid == conf_target.tid
+        assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in real.data_luns] == [
+            (lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in conf_target.luns]
+    for tid in (1, 2):
+        lab.runner("node1").run(["tgtadm", "-C", str(t.control_port), "--lld", "iscsi",
+                                 "--mode", "target", "--op", "delete", "--force", "--tid",
+                                 str(tid)], timeout=10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from ..files import read_capped
 from ..model import PoolObservation, PoolRole
 from .xenapi import XenApiClient, XenApiError
 
@@ -49,8 +50,7 @@ def parse_pool_conf(text: Optional[str]) -> PoolObservation:
 def read_pool_conf(path: str = POOL_CONF) -> PoolObservation:
     """Read and parse pool.conf. Never raises: an unreadable file is an unknown role."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(4096)  # the real file is a few bytes; never slurp a huge mistake
+        raw = read_capped(path, 4096)  # the real file is a few bytes; never a FIFO or a device
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         return PoolObservation(PoolRole.UNKNOWN, detail=f"cannot read {path}: {reason}")

@@ -6,6 +6,13 @@ direct child (``drbdadm`` forks ``drbdsetup``; a shell wrapper forks its payload
 logged at debug level with its argv, exit code and duration, and counted per command name (the
 basename of argv[0]) for the exporter.
 
+Output is decoded as UTF-8 with replacement: what a command prints is partly chosen by others (an
+initiator names itself at login and tgt prints that name, a USB device names itself in the kernel
+log), and one byte that is not UTF-8 must never turn a reading into an exception. Children get the
+controller's environment minus ``hide_env`` (the XenAPI password variable): a secret the
+controller needs is no business of ``drbdadm`` or ``tgtd``, nor of whoever reads their
+``/proc/PID/environ``.
+
 Adapters receive a runner in their constructor; tests hand them a fake that answers argv prefixes
 with captured outputs (``tests/fakes.py``).
 """
@@ -19,7 +26,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Protocol, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Protocol, Sequence, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +109,20 @@ class ProcessRunner:
         default_timeout: float = DEFAULT_TIMEOUT,
         stats: Optional[CommandStats] = None,
         env: Optional[Dict[str, str]] = None,
+        hide_env: Sequence[str] = (),
     ) -> None:
         self.default_timeout = default_timeout
         self.stats = stats if stats is not None else CommandStats()
-        self.env = env
+        self._env = env
+        self.hide_env = tuple(name for name in hide_env if name)
+
+    @property
+    def env(self) -> Optional[Dict[str, str]]:
+        """The children's environment: ours (as it is now) without the hidden variables."""
+        if not self.hide_env:
+            return self._env
+        base = os.environ if self._env is None else self._env
+        return {k: v for k, v in base.items() if k not in self.hide_env}
 
     def run(
         self, argv: Sequence[str], timeout: Optional[float] = None, input: Optional[str] = None
@@ -119,7 +136,8 @@ class ProcessRunner:
                 stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
+                encoding="utf-8",
+                errors="replace",  # never raise on what a command prints
                 start_new_session=True,  # own process group: a timeout kills the whole tree
                 env=self.env,
             )
@@ -197,6 +215,50 @@ class ProcessRunner:
         threading.Thread(target=proc.wait, name=f"reap-{command_name(argv)}", daemon=True).start()
         log.info("started %s (pid %d)", " ".join(argv), proc.pid)
         return proc.pid
+
+
+class Stream:
+    """A long-running command whose stdout is read line by line (``drbdsetup events2``).
+
+    Its own process group, like every command here; ``stop()`` kills the group and reaps it.
+    """
+
+    def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
+        self.argv = tuple(argv)
+        self.proc = subprocess.Popen(
+            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, start_new_session=True, env=env,
+            text=True, errors="replace", bufsize=1,
+        )
+        log.debug("stream %s started (pid %d)", " ".join(self.argv), self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def lines(self) -> Iterator[str]:
+        """Ends when the command exits or is stopped."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            yield line.rstrip("\n")
+
+    def returncode(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL of our own group
+            pass
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def open_stream(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> Stream:
+    """Start ``argv`` with its stdout as a line stream; OSError when it cannot be started."""
+    return Stream(argv, env)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -2,8 +2,8 @@
 
 Both hosts reach their VM disks through an ``lvmoiscsi`` SR pointed at the VIP. Each SR has one
 PBD per host; ``currently_attached`` says whether that host has the SR plugged. After a failover
-the new master plugs the PBDs that came loose (SPEC §4 step 4). Everything goes through the pool
-master: the shared ``XenApiClient`` follows ``HOST_IS_SLAVE`` to it.
+the new master plugs the PBDs that came loose (docs/design.md §4 step 4). Everything goes
+through the pool master: the shared ``XenApiClient`` follows ``HOST_IS_SLAVE`` to it.
 
 ``observe`` reads the pool in three calls (``SR.get_all_records``, ``PBD.get_all_records``,
 ``host.get_all_records``) rather than one call per object: every call may cost up to the XenAPI
@@ -112,7 +112,12 @@ class SrAdapter:
             hosts = self.client.call("host.get_all_records")
         except XenApiError as exc:
             return SrObservation(reachable=False, error=str(exc))
-        return build_sr_observation(srs, pbds, hosts, self.sr_types)
+        try:
+            return build_sr_observation(srs, pbds, hosts, self.sr_types)
+        except Exception as exc:  # never raises: answers we cannot read are an error value
+            log.exception("reading the SRs failed")
+            return SrObservation(reachable=True,
+                                 error=f"cannot read the SRs: {type(exc).__name__}: {exc}")
 
     def plug(self, pbd_uuids: Sequence[str]) -> StepResult:
         """``PBD.plug`` each PBD (a no-op in xapi for one already attached).

@@ -1,506 +1,174 @@
-"""The iSCSI target: one tgtd per host, driven through ``tgtadm`` on its own control port.
+"""The iSCSI target, whichever daemon serves it: the seam between the controller and tgt / LIO.
 
-tgtd keeps its whole configuration in memory and ``tgtadm --op show`` prints it as an indented
-report (real captures in ``tests/fixtures/tgt/``)::
+Nothing above ``controller/systems/`` knows which backend serves the LUNs: ``cycle``/``execute``
+call ``observe``, ``start_daemon``, ``serve``, ``stop_serving`` and ``stop_daemon`` on the object
+``make_target`` returns and read a backend-neutral ``TargetObservation``. Each backend is one
+module here with pure parsers over captured real outputs and a thin class over the runner:
 
-    Target 1: iqn.2024-01.org.iscsi-ha:storage
-        I_T nexus information:          one "I_T nexus: N" block per logged-in session
-        LUN information:                LUN 0 is tgt's own controller; ours start at 1
-            LUN: 1
-                Size: 8 MB, Block size: 512       (decimal MB, rounded)
-                Backing store path: /dev/drbd/by-res/iscsi1/0
-        ACL information:                one line per bound initiator address or name
-            ALL
+* ``tgt.py``: the user-space tgtd, driven through ``tgtadm`` (hosts that package tgt);
+* ``lio.py``: the kernel target (LIO), driven through configfs (XCP-ng 8.3 / XenServer 8 dom0).
 
-An empty daemon prints nothing. ``parse_show`` reads what it knows and skips the rest, so a newer
-tgt that adds fields still parses; it gives up (with the text quoted) only when a line at the top
-level is not a ``Target N: NAME`` header.
+``target.backend: auto`` picks LIO when the kernel target is loaded (its configfs directory
+exists), or when tgtd is not installed and the kernel has LIO's modules (the dom0 case); else tgt
+(a host that has tgt keeps it). A third backend is one new module plus one line in
+``make_target``.
 
-The facts the code relies on were measured on tgt 1.0.85:
+The LUN's identity is declared here, once, for every backend. An initiator (XenServer's iSCSI SR)
+finds its LUN again after a failover by the device identification it read (VPD page 0x83), so both
+hosts must present the same one without any user step: every value is derived from the IQN and
+the LUN number alone, and can be pinned per LUN (``import-conf --tgt-conf`` carries a tgt user's
+``scsi_id`` / ``scsi_sn`` over). Measured on tgt 1.0.85 and LIO (Linux 6.1):
 
-* no daemon on the control port (no socket, or a stale socket after a crash): ``tgtadm`` exits 107,
-  "failed to send request hdr to tgt daemon, Transport endpoint is not connected";
-* every refusal is rc 22 with tgt's words: "can't find the target", "this target already exists"
-  (also for an IQN already used by another tid), "this logical unit number already exists",
-  "this access control rule already exists", "invalid request" (e.g. a missing backing store, or
-  ``--mode system --op delete`` while a target exists);
-* ``--op delete --force`` closes the sessions, but while a client still has commands in flight it
-  answers "this logical unit is still active" for ~0.1 s: the delete is retried, bounded;
-* tgtd ignores SIGTERM and SIGINT; ``--mode system --op delete`` makes it exit ~0.1 s later. A
-  second tgtd on the same port exits at once ("another tgtd is using ...lock").
-
-Serving is made idempotent by looking first and doing only what is missing: a warm empty daemon
-gets the target, LUNs and binding in three ``tgtadm`` calls (about 10 ms).
+* unit serial (VPD 0x80): tgt's ``scsi_sn``; LIO's ``wwn/vpd_unit_serial``;
+* NAA designator (VPD 0x83, type 6, what udev's scsi_id and so XenServer's SCSIid read first):
+  tgt builds it from ``scsi_id``, one nibble per character, right-aligned after the NAA
+  nibble; LIO
+  from IEEE company id 00-14-05 followed by the first 25 hex digits of the unit serial. The
+  derived ``scsi_id`` is ``001405`` + those 25 digits, so both backends present the *same* NAA:
+  a pool can move from tgt to LIO and its SR keeps its SCSIid.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
 import os
-import re
-import signal
-import time
-from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+import shutil
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
 
-from ..model import StepResult, TargetObservation
-from .runner import CommandResult, Runner
-
-log = logging.getLogger(__name__)
-
-NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on /var/run/tgtd/socket.N
-READY_TIMEOUT = 3.0  # how long a freshly started tgtd may take to answer (measured: < 50 ms)
-POLL = 0.01
-BUSY_TIMEOUT = 2.0  # how long a force delete may keep hitting "still active" (measured: ~0.1 s)
-KILL_WAIT = 1.0  # after SIGKILL, how long until the process must be gone
-
-_TARGET_RE = re.compile(r"^Target (\d+): (\S+)\s*$")
-_SIZE_RE = re.compile(r"^Size: (\d+) MB\b")
-
-
-class TgtParseError(ValueError):
-    """``tgtadm --op show`` printed something this parser cannot read."""
+BACKENDS = ("lio", "tgt")
+LIO_COMPANY_ID = "001405"  # LIO's IEEE company id in its NAA designator (fixed before Linux 5.x)
+NAA_DIGITS = 31  # hex digits after the NAA type nibble in a 16-byte NAA 6 designator
+DEFAULT_VENDOR = "ISCSI-HA"  # T10 vendor id: at most 8 ASCII characters
+DEFAULT_PRODUCT = "DRBD-LUN"  # at most 16
+DEFAULT_TIME2WAIT = 2  # what tgt and LIO offer unless told otherwise (RFC 7143 default)
 
 
 @dataclass(frozen=True)
-class TgtLun:
+class LunSpec:
+    """One configured LUN with its identity resolved (derived or pinned)."""
+
     number: int
-    path: Optional[str] = None  # None for tgt's controller LUN 0 ("Backing store path: None")
-    size_mb: Optional[int] = None  # as tgt prints it: decimal megabytes, rounded
-    type: str = ""  # "controller", "disk", ...
-
-
-@dataclass(frozen=True)
-class TgtTarget:
-    tid: int
-    name: str
-    luns: Tuple[TgtLun, ...] = ()  # as listed, LUN 0 included
-    acl: Tuple[str, ...] = ()  # bound initiator addresses (and names)
-    sessions: int = 0  # I_T nexuses: logged-in initiators
-
-    def lun(self, number: int) -> Optional[TgtLun]:
-        for lun in self.luns:
-            if lun.number == number:
-                return lun
-        return None
+    path: str
+    serial: str  # VPD 0x80
+    scsi_id: str  # tgt's scsi_id; its hex digits make the NAA designator
+    vendor: str = DEFAULT_VENDOR
+    product: str = DEFAULT_PRODUCT
 
     @property
-    def data_luns(self) -> Tuple[TgtLun, ...]:
-        return tuple(lun for lun in self.luns if lun.number != 0)
+    def wwn(self) -> str:
+        """The NAA designator tgt presents for ``scsi_id`` (LIO's: ``lio_wwn(serial)``)."""
+        return tgt_wwn(self.scsi_id)
 
 
-@dataclass
-class _Building:
-    tid: int
-    name: str
-    luns: List[dict] = field(default_factory=list)
-    acl: List[str] = field(default_factory=list)
-    sessions: int = 0
+def planned_info(specs: Sequence[LunSpec], backend: str) -> Tuple[Any, ...]:
+    """The identity each LUN will present when served here (a standby reports it too, so the
+    two hosts' identities compare at any time, not only across a failover)."""
+    from ..model import LunInfo
 
-    def freeze(self) -> TgtTarget:
-        luns = tuple(
-            TgtLun(d["number"], d.get("path"), d.get("size_mb"), d.get("type", ""))
-            for d in self.luns
-        )
-        return TgtTarget(self.tid, self.name, luns, tuple(self.acl), self.sessions)
+    return tuple(
+        LunInfo(s.number, serial=s.serial,
+                wwn=lio_wwn(s.serial) if backend == "lio" else tgt_wwn(s.scsi_id),
+                vendor=s.vendor, product=s.product)
+        for s in specs)
 
 
-def parse_show(text: str) -> Tuple[TgtTarget, ...]:
-    """Targets from ``tgtadm --lld iscsi --mode target --op show``; raises TgtParseError."""
-    targets: List[TgtTarget] = []
-    cur: Optional[_Building] = None
-    section = ""
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line.strip():
+def derived_serial(iqn: str, number: int) -> str:
+    """32 hex digits, a function of the IQN and the LUN number only: equal on both hosts."""
+    return hashlib.sha256(f"iscsi-ha\0{iqn}\0{number}".encode()).hexdigest()[:32]
+
+
+def derived_scsi_id(serial: str) -> str:
+    """tgt's scsi_id whose NAA equals the one LIO derives from ``serial``."""
+    return LIO_COMPANY_ID + _hex_digits(serial)[:NAA_DIGITS - len(LIO_COMPANY_ID)]
+
+
+def _hex_digits(text: str) -> str:
+    return "".join(c for c in text.lower() if c in "0123456789abcdef")
+
+
+def tgt_wwn(scsi_id: str) -> str:
+    """tgt's NAA 6 designator (measured): each character of scsi_id as a hex digit (0 when it
+    is not one: "IET     00010001" -> 0e00000000010001), the last 31, right-aligned."""
+    digits = "".join(c if c in "0123456789abcdef" else "0" for c in scsi_id.lower())
+    digits = digits[-NAA_DIGITS:]
+    return "naa.6" + digits.rjust(NAA_DIGITS, "0")
+
+
+def lio_wwn(serial: str, company_id: str = LIO_COMPANY_ID) -> str:
+    """LIO's NAA 6 designator: company id, then the first hex digits of the unit serial."""
+    digits = _hex_digits(serial)[:NAA_DIGITS - len(company_id)]
+    return "naa.6" + company_id + digits.ljust(NAA_DIGITS - len(company_id), "0")
+
+
+def lun_specs(iqn: str, luns: Sequence[Any]) -> Tuple[LunSpec, ...]:
+    """LunSpecs from config ``Lun`` objects (or ``(number, path)`` pairs): what is not pinned is
+    derived from the IQN and the LUN number."""
+    out = []
+    for lun in luns:
+        if isinstance(lun, LunSpec):
+            out.append(lun)
             continue
-        indent = len(line) - len(line.lstrip(" "))
-        body = line.strip()
-        if indent == 0:
-            m = _TARGET_RE.match(line)
-            if not m:
-                raise TgtParseError(f"unexpected line {raw!r}")
-            if cur is not None:
-                targets.append(cur.freeze())
-            cur = _Building(int(m.group(1)), m.group(2))
-            section = ""
-            continue
-        if cur is None:
-            raise TgtParseError(f"line outside any target: {raw!r}")
-        if indent == 4:
-            # Section headers ("LUN information:", "ACL information:", ...); unknown ones are
-            # remembered too, so their contents are skipped rather than misread.
-            section = body.rstrip(":") if body.endswith(":") else ""
-            continue
-        key, sep, value = body.partition(":")
-        value = value.strip()
-        if section == "I_T nexus information":
-            if key == "I_T nexus" and sep:
-                cur.sessions += 1
-        elif section == "LUN information":
-            if key == "LUN" and sep:
-                try:
-                    cur.luns.append({"number": int(value)})
-                except ValueError:
-                    raise TgtParseError(f"LUN number not an integer: {raw!r}") from None
-            elif cur.luns:
-                lun = cur.luns[-1]
-                if key == "Backing store path":
-                    lun["path"] = None if value in ("", "None") else value
-                elif key == "Type":
-                    lun["type"] = value
-                elif key == "Size":
-                    m = _SIZE_RE.match(body)
-                    lun["size_mb"] = int(m.group(1)) if m else None
-        elif section == "ACL information" and indent >= 8:
-            cur.acl.append(body)
-    if cur is not None:
-        targets.append(cur.freeze())
-    return tuple(targets)
+        if isinstance(lun, tuple):
+            number, path = lun
+            pinned: dict = {}
+        else:
+            number, path = lun.number, lun.path
+            pinned = {k: getattr(lun, k, None) for k in ("serial", "scsi_id", "vendor", "product")}
+        serial = pinned.get("serial") or derived_serial(iqn, int(number))
+        out.append(LunSpec(
+            number=int(number), path=str(path), serial=serial,
+            scsi_id=pinned.get("scsi_id") or derived_scsi_id(serial),
+            vendor=pinned.get("vendor") or DEFAULT_VENDOR,
+            product=pinned.get("product") or DEFAULT_PRODUCT,
+        ))
+    return tuple(out)
 
 
-def find_tgtd_pids(control_port: int, proc_root: str = "/proc") -> Tuple[int, ...]:
-    """PIDs of live tgtd processes started with ``-C control_port`` (scans /proc/*/cmdline)."""
-    pids = []
+# -- choosing the backend -----------------------------------------------------------------------
+
+LIO_MODULES = ("target_core_mod", "iscsi_target_mod", "target_core_iblock")
+
+
+def lio_loaded(configfs: str = "/sys/kernel/config") -> bool:
+    return os.path.isdir(os.path.join(configfs, "target"))
+
+
+def lio_installed(modules_root: str = "/lib/modules", release: Optional[str] = None) -> bool:
+    """LIO's core module is installed for the running kernel."""
+    release = release or os.uname().release
     try:
-        names = os.listdir(proc_root)
-    except OSError:
-        return ()
-    for name in names:
-        if name.isdigit() and _is_our_tgtd(int(name), control_port, proc_root):
-            pids.append(int(name))
-    return tuple(sorted(pids))
-
-
-def _cmdline(pid: int, proc_root: str) -> List[str]:
-    try:
-        with open(os.path.join(proc_root, str(pid), "cmdline"), "rb") as f:
-            raw = f.read()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-def _is_our_tgtd(pid: int, control_port: int, proc_root: str) -> bool:
-    argv = _cmdline(pid, proc_root)
-    if not argv or os.path.basename(argv[0]) != "tgtd" or not _alive(pid, proc_root):
-        return False
-    port = "0"  # tgtd's default control port
-    for i, arg in enumerate(argv):
-        if arg in ("-C", "--control-port") and i + 1 < len(argv):
-            port = argv[i + 1]
-        elif arg.startswith("--control-port="):
-            port = arg.split("=", 1)[1]
-        elif arg.startswith("-C") and len(arg) > 2:
-            port = arg[2:]
-    return port == str(control_port)
-
-
-def _alive(pid: int, proc_root: str) -> bool:
-    """The process exists and is not a zombie (a zombie has exited; only its reaping is due)."""
-    try:
-        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
-            stat = f.read().decode(errors="replace")
+        with open(os.path.join(modules_root, release, "modules.dep"), "rb") as f:
+            return any(b"/target_core_mod.ko" in line.split(b":", 1)[0] for line in f)
     except OSError:
         return False
-    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ")".
-    rest = stat.rpartition(")")[2].split()
-    return bool(rest) and rest[0] not in ("Z", "X")
 
 
-class Target:
-    """tgtd on one control port, serving one target (tid + IQN) with its LUNs."""
+def choose_backend(setting: str, configfs: str = "/sys/kernel/config", tgtd: str = "tgtd",
+                   modules_root: str = "/lib/modules") -> str:
+    if setting in BACKENDS:
+        return setting
+    if lio_loaded(configfs):
+        return "lio"
+    if shutil.which(tgtd) is None and lio_installed(modules_root):
+        return "lio"
+    return "tgt"
 
-    # Where to look for processes; tests point it at a fake tree.
-    proc_root = "/proc"
 
-    def __init__(
-        self,
-        runner: Runner,
-        tgtadm: str = "tgtadm",
-        tgtd: str = "tgtd",
-        control_port: int = 0,
-        tid: int = 1,
-        iqn: str = "iqn.2024-01.org.iscsi-ha:storage",
-        luns: Sequence[Tuple[int, str]] = ((1, "/dev/drbd/by-res/iscsi1/0"),),
-        initiator_address: str = "ALL",
-        stop_timeout: float = 5.0,
-        log_file: Optional[str] = None,
-        timeout: Optional[float] = None,
-    ) -> None:
-        self.runner = runner
-        self.tgtadm = tgtadm
-        self.tgtd = tgtd
-        self.control_port = int(control_port)
-        self.tid = int(tid)
-        self.iqn = iqn
-        self.luns = tuple((int(n), str(p)) for n, p in luns)
-        self.initiator_address = initiator_address
-        self.stop_timeout = stop_timeout
-        self.log_file = log_file
-        self.timeout = timeout
-        self.pid: Optional[int] = None  # of the tgtd we started (or found)
+def make_target(cfg: Any, runner: Any) -> Any:
+    """The backend object for ``cfg`` (a config ``TargetConfig``)."""
+    backend = choose_backend(cfg.backend, cfg.configfs, cfg.tgtd)
+    luns = lun_specs(cfg.iqn, cfg.luns)
+    if backend == "lio":
+        from .lio import LioTarget
 
-    # -- commands ------------------------------------------------------------------------------
+        return LioTarget(runner, configfs=cfg.configfs, iqn=cfg.iqn, luns=luns,
+                         initiator_address=cfg.initiator_address,
+                         default_time2wait=cfg.default_time2wait, modprobe=cfg.modprobe)
+    from .tgt import Target as TgtTarget
 
-    def _adm(self, *args: str) -> CommandResult:
-        argv = [self.tgtadm, "-C", str(self.control_port), "--lld", "iscsi", *args]
-        return self.runner.run(argv, timeout=self.timeout)
+    return TgtTarget(runner, tgtadm=cfg.tgtadm, tgtd=cfg.tgtd, control_port=cfg.control_port,
+                     tid=cfg.tid, iqn=cfg.iqn, luns=luns,
+                     initiator_address=cfg.initiator_address, stop_timeout=cfg.stop_timeout,
+                     log_file=cfg.log_file, default_time2wait=cfg.default_time2wait)
 
-    def _target(self, op: str, *args: str) -> CommandResult:
-        return self._adm("--mode", "target", "--op", op, "--tid", str(self.tid), *args)
-
-    def _lu(self, op: str, number: int) -> Tuple[str, ...]:
-        return ("--mode", "logicalunit", "--op", op, "--tid", str(self.tid), "--lun", str(number))
-
-    def _show(self) -> CommandResult:
-        return self._adm("--mode", "target", "--op", "show")
-
-    @staticmethod
-    def _not_running(res: CommandResult) -> bool:
-        return not res.timed_out and (
-            res.rc == NOT_RUNNING_RC or "failed to send request hdr" in res.stderr
-        )
-
-    @staticmethod
-    def _says(res: CommandResult, words: str) -> bool:
-        return res.rc == 22 and words in (res.stderr + res.stdout)
-
-    def _read(self) -> Tuple[Optional[Tuple[TgtTarget, ...]], Optional[str], CommandResult]:
-        """(targets, error, result); targets None when the daemon does not answer."""
-        res = self._show()
-        if self._not_running(res):
-            return None, None, res
-        if not res.ok:
-            return None, f"cannot read {res.command}: {res.describe_failure()}", res
-        try:
-            return parse_show(res.stdout), None, res
-        except TgtParseError as exc:
-            return None, f"cannot read {res.command}: {exc}: {res.stdout.strip()[:400]!r}", res
-
-    def _ours(self, targets: Iterable[TgtTarget]) -> Optional[TgtTarget]:
-        for tgt in targets:
-            if tgt.tid == self.tid:
-                return tgt
-        return None
-
-    def _missing(self, tgt: Optional[TgtTarget]) -> List[str]:
-        """What keeps ``tgt`` from serving the configuration (empty: it serves)."""
-        if tgt is None:
-            return [f"target {self.tid} absent"]
-        if tgt.name != self.iqn:
-            return [f"target {self.tid} is {tgt.name}, not {self.iqn}"]
-        out = []
-        for number, path in self.luns:
-            lun = tgt.lun(number)
-            if lun is None:
-                out.append(f"LUN {number} absent")
-            elif lun.path != path:
-                out.append(f"LUN {number} backed by {lun.path}, not {path}")
-        if self.initiator_address not in tgt.acl:
-            out.append(f"initiator {self.initiator_address} not bound")
-        return out
-
-    # -- observe -------------------------------------------------------------------------------
-
-    def observe(self) -> TargetObservation:
-        targets, error, _ = self._read()
-        if error:
-            return TargetObservation(daemon_running=True, error=error)
-        if targets is None:
-            return TargetObservation(daemon_running=False)
-        tgt = self._ours(targets)
-        if tgt is None:
-            return TargetObservation(daemon_running=True)
-        return TargetObservation(
-            daemon_running=True,
-            target_present=True,
-            serving=not self._missing(tgt),
-            luns=len(tgt.data_luns),
-            sessions=tgt.sessions,
-        )
-
-    # -- daemon --------------------------------------------------------------------------------
-
-    def start_daemon(self) -> StepResult:
-        res = self._show()
-        if not self._not_running(res):
-            if res.ok:
-                self._remember_pid()
-                return StepResult(True, f"tgtd already running on control port {self.control_port}")
-            return StepResult(False, res.describe_failure())
-        argv = [self.tgtd, "-f", "-C", str(self.control_port)]
-        pid = self.runner.start_daemon(argv, self.log_file)
-        if pid is None:
-            return StepResult(False, f"cannot start `{' '.join(argv)}`")
-        self.pid = pid
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            res = self._show()
-            if res.ok:
-                return StepResult(
-                    True, f"started tgtd (pid {pid}, control port {self.control_port})"
-                )
-            if not self._not_running(res):
-                return StepResult(False, f"tgtd (pid {pid}) started but {res.describe_failure()}")
-            if not _alive(pid, self.proc_root):
-                self.pid = None
-                hint = f" (see {self.log_file})" if self.log_file else ""
-                return StepResult(False, f"tgtd (pid {pid}) exited at once{hint}")
-            if time.monotonic() >= deadline:
-                return StepResult(
-                    False, f"tgtd (pid {pid}) does not answer after {READY_TIMEOUT:g}s"
-                )
-            time.sleep(POLL)
-
-    def _remember_pid(self) -> None:
-        if self.pid is None or not _is_our_tgtd(self.pid, self.control_port, self.proc_root):
-            pids = find_tgtd_pids(self.control_port, self.proc_root)
-            self.pid = pids[0] if len(pids) == 1 else None
-
-    def stop_daemon(self) -> StepResult:
-        self._remember_pid()
-        pid = self.pid
-        notes = []
-        res = self._show()
-        if self._not_running(res) and pid is None:
-            return StepResult(True, f"tgtd not running on control port {self.control_port}")
-        if not self._not_running(res):
-            stopped = self.stop_serving()
-            if not stopped.ok:
-                notes.append(stopped.message)
-            res = self._adm("--mode", "system", "--op", "delete")
-            if not res.ok and not self._not_running(res):
-                # Another target still in the daemon, or tgtadm hung: the kill below settles it.
-                notes.append(res.describe_failure())
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline:
-            if self._gone(pid):
-                self.pid = None
-                return StepResult(True, "; ".join(["tgtd stopped", *notes]))
-            time.sleep(POLL)
-        if pid is None:
-            return StepResult(
-                False,
-                "; ".join(
-                    [
-                        f"tgtd still answers after {self.stop_timeout:g}s and its pid is unknown",
-                        *notes,
-                    ]
-                ),
-            )
-        log.warning(
-            "tgtd (pid %d) still running %.1fs after shutdown: SIGKILL", pid, self.stop_timeout
-        )
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except OSError as exc:
-            return StepResult(False, f"cannot kill tgtd (pid {pid}): {exc.strerror}")
-        deadline = time.monotonic() + KILL_WAIT
-        while time.monotonic() < deadline:
-            if not _alive(pid, self.proc_root):
-                self.pid = None
-                return StepResult(
-                    True,
-                    "; ".join([f"tgtd killed (pid {pid}) after {self.stop_timeout:g}s", *notes]),
-                )
-            time.sleep(POLL)
-        return StepResult(False, f"tgtd (pid {pid}) survives SIGKILL")
-
-    def _gone(self, pid: Optional[int]) -> bool:
-        if pid is not None:
-            return not _alive(pid, self.proc_root)
-        return self._not_running(self._show())
-
-    # -- target --------------------------------------------------------------------------------
-
-    def serve(self) -> StepResult:
-        targets, error, _ = self._read()
-        if error:
-            return StepResult(False, error)
-        if targets is None:
-            return StepResult(False, f"tgtd is not running on control port {self.control_port}")
-        tgt = self._ours(targets)
-        done: List[str] = []
-
-        if tgt is not None and tgt.name != self.iqn:
-            # Our tid under another name (the IQN was reconfigured): rebuild it.
-            deleted = self._delete_target()
-            if not deleted.ok:
-                return StepResult(False, f"target {self.tid} is {tgt.name}: {deleted.message}")
-            done.append(f"removed target {self.tid} ({tgt.name})")
-            tgt = None
-        if tgt is None:
-            res = self._target("new", "--targetname", self.iqn)
-            if not res.ok:
-                other = [t for t in targets if t.name == self.iqn]
-                if other:
-                    return StepResult(
-                        False,
-                        f"{self.iqn} already exists as target {other[0].tid}, "
-                        f"not {self.tid}: {res.describe_failure()}",
-                    )
-                return StepResult(False, res.describe_failure())
-            done.append(f"created target {self.tid}")
-            tgt = TgtTarget(self.tid, self.iqn)
-
-        for number, path in self.luns:
-            lun = tgt.lun(number)
-            if lun is not None and lun.path == path:
-                continue
-            if lun is not None:
-                res = self._retry_busy(*self._lu("delete", number))
-                if not res.ok and not self._says(res, "can't find the logical unit"):
-                    return self._partial(done, res.describe_failure())
-                done.append(f"removed LUN {number} ({lun.path})")
-            # O_SYNC: tgt otherwise writes through the page cache and acknowledges a WRITE before
-            # DRBD has it, so data the initiator never flushed is lost with the Primary (seen in
-            # the VM lab: acknowledged blocks read back as zeros after a power cut). With O_SYNC a
-            # WRITE completes only once DRBD (protocol C) has it on both disks.
-            res = self._adm(*self._lu("new", number), "--backing-store", path,
-                            "--bsoflags", "sync")
-            if not res.ok:
-                return self._partial(done, f"LUN {number} on {path}: {res.describe_failure()}")
-            done.append(f"added LUN {number}")
-
-        if self.initiator_address not in tgt.acl:
-            res = self._target("bind", "--initiator-address", self.initiator_address)
-            if not res.ok and not self._says(res, "already exists"):
-                return self._partial(done, res.describe_failure())
-            done.append(f"bound {self.initiator_address}")
-
-        what = f"target {self.tid} {self.iqn} serving {len(self.luns)} LUN(s)"
-        if not done:
-            return StepResult(True, f"{what}: already in place")
-        return StepResult(True, f"{what}: " + ", ".join(done))
-
-    @staticmethod
-    def _partial(done: List[str], failure: str) -> StepResult:
-        prefix = f"after {', '.join(done)}: " if done else ""
-        return StepResult(False, prefix + failure)
-
-    def stop_serving(self) -> StepResult:
-        return self._delete_target()
-
-    def _delete_target(self) -> StepResult:
-        res = self._retry_busy(
-            "--mode", "target", "--op", "delete", "--force", "--tid", str(self.tid)
-        )
-        if res.ok:
-            return StepResult(True, f"target {self.tid} deleted")
-        if self._says(res, "can't find the target"):
-            return StepResult(True, f"target {self.tid} not present")
-        if self._not_running(res):
-            return StepResult(True, f"tgtd not running on control port {self.control_port}")
-        return StepResult(False, res.describe_failure())
-
-    def _retry_busy(self, *args: str) -> CommandResult:
-        """Run a delete, retrying while tgt says a LUN is "still active" (commands in flight)."""
-        deadline = time.monotonic() + BUSY_TIMEOUT
-        while True:
-            res = self._adm(*args)
-            if not self._says(res, "still active") or time.monotonic() >= deadline:
-                return res
-            time.sleep(POLL)

@@ -145,7 +145,12 @@ class Vip:
         return state, None
 
     def observe(self) -> VipObservation:
-        state, error = self._state()
+        """Never raises: what cannot be read is an ``error`` (decide() holds on it)."""
+        try:
+            state, error = self._state()
+        except Exception as exc:  # a parser bug must not stop the loop
+            log.exception("reading the VIP failed")
+            state, error = None, f"cannot read the VIP's state: {type(exc).__name__}: {exc}"
         if error or state is None:
             return VipObservation(self.address, self.interface, local=False, error=error)
         return VipObservation(self.address, self.interface, local=state.local)

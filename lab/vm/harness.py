@@ -1,6 +1,6 @@
 """Two QEMU VMs with the Debian kernel's real DRBD 8.4, a replication link and a client LAN.
 
-Topology (``shared/LAB.md`` §B)::
+Topology (``docs/design.md`` §12 B)::
 
     node1 VM  eth0 10.77.0.1 ==== -netdev dgram (UDP on 127.0.0.1) ==== eth0 10.77.0.2  node2 VM
               eth1 10.98.0.1 --tap1--+                          +--tap2-- eth1 10.98.0.2
@@ -72,7 +72,7 @@ class Result:
 
 def drbd_resource(name: str, minor: int, port: int, nodes: Sequence["Vm"],
                   extra: str = "") -> str:
-    """A resource section for the lab: fast failure detection and a fast resync (LAB.md §B)."""
+    """A resource section for the lab: fast failure detection and resync (docs/design.md §12 B)."""
     text = f"resource {name} {{\n"
     text += "\tnet { ping-int 1; ping-timeout 5; connect-int 1; }\n"
     text += "\tdisk { c-plan-ahead 0; resync-rate 100M; }\n" + extra
@@ -440,8 +440,9 @@ class VmLab:
 
     def client(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         """A command as the iSCSI client (the bridge's address, in the lab's namespace)."""
+        # errors=surrogateescape: iscsi-inq prints binary designators raw; kept byte for byte.
         return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, errors="surrogateescape", timeout=timeout)
 
     def teardown(self) -> None:
         for vm in self.vms:

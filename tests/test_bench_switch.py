@@ -1,0 +1,40 @@
+"""Smoke test of the side-by-side switch benchmark (``bench/bench_switch.py``): one round of the
+bare script, keepalived and iscsi-ha's failover in the namespace lab, so the benchmark the README's
+table comes from cannot rot. Its figures are not asserted (a benchmark, not a timed test); that
+every method moved the storage and was measured is."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(not all(shutil.which(t) for t in ("tgtd", "iscsi-inq", "keepalived")),
+                       reason="needs tgt, libiscsi-bin and keepalived (scripts/setup-env.sh)"),
+]
+
+
+def test_one_round_of_three_methods(tmp_path):
+    out = tmp_path / "rows.json"
+    methods = ["bare", "keepalived-vrrp3", "iscsi-ha-failover"]
+    res = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_switch.py"), "--rounds", "1",
+         "--only", ",".join(methods), "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert set(rows) == set(methods)
+    for name in methods:
+        assert rows[name]["errors"] == [] and len(rows[name]["rows"]) == 1, rows[name]
+        row = rows[name]["rows"][0]
+        assert 0 < row["outage"] < 10 and 0 <= row["vip_absent"] < row["outage"] + 1, row
+    assert 0 < rows["iscsi-ha-failover"]["rows"][0]["poolconf_to_vip"] < 10
+    assert "| iscsi-ha-failover |" in res.stdout and "ratio to best anchor" in res.stdout

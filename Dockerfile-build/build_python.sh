@@ -131,8 +131,13 @@ ZIG=$("$ZIGENV/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.di
 W=$T/bin
 mkdir -p "$W"
 # -fno-sanitize=all: zig cc turns UBSan traps on in unoptimised compiles (configure's probes).
-printf '#!/bin/sh\nexec %q cc -target %s -fno-sanitize=all "$@"\n' "$ZIG" "$TARGET" >"$W/cc"
+# -Wno-error=date-time: zig makes __DATE__/__TIME__ an error; CPython's build info uses them.
+printf '#!/bin/sh\nexec %q cc -target %s -fno-sanitize=all -Wno-error=date-time "$@"\n' \
+  "$ZIG" "$TARGET" >"$W/cc"
 printf '#!/bin/sh\nexec %q ar "$@"\n' "$ZIG" >"$W/ar"
+# CPython's setup.py asks dpkg-architecture for Debian's multiarch directory and would add
+# /usr/include/x86_64-linux-gnu (this machine's glibc 2.36 headers) to every module: not here.
+printf '#!/bin/sh\nexit 1\n' >"$W/dpkg-architecture"
 printf '#!/bin/sh\nexec %q ranlib "$@"\n' "$ZIG" >"$W/ranlib"
 chmod +x "$W"/*
 export ZIG_GLOBAL_CACHE_DIR=$CACHE/zig-cache ZIG_LOCAL_CACHE_DIR=$CACHE/zig-cache
@@ -223,13 +228,19 @@ build_cpython() {
          done = 1 } { print }' "$ex/expat_external.h" >Modules/expat/expat_external.h
   grep -q '^#include "pyexpatns.h"' Modules/expat/expat_external.h \
     || die "expat $(pin expat): expat_external.h changed shape; cannot add pyexpatns.h"
+  # Debian's fix for CVE-2026-4224 makes pyexpat.c include an internal header; Debian builds the
+  # module with Py_BUILD_CORE_MODULE (its Setup patch, left out here), as other 3.11 modules
+  # define it themselves.
+  sed -i '1i #ifndef Py_BUILD_CORE_BUILTIN\n#  define Py_BUILD_CORE_MODULE 1\n#endif' Modules/pyexpat.c
   local inc="-I$DEPS/include" lib="-L$DEPS/lib"
-  # pkg-config would answer with this machine's libraries (libuuid, libnsl2 with libtirpc): it
-  # may only see the static ones built above. What it cannot find (_uuid, nis) is left out;
-  # uuid.py and the rest of the stdlib work without them.
-  PKG_CONFIG_LIBDIR=$DEPS/lib/pkgconfig PKG_CONFIG_PATH= ./configure --prefix="$PREFIX" --disable-shared --without-ensurepip --disable-test-modules \
+  # pkg-config would answer with this machine's libraries (libuuid, libnsl2 with libtirpc), and
+  # the static libraries' .pc files name the directory they were built in: it sees nothing, the
+  # flags below say it all. What it would have found (_uuid, nis) is left out; uuid.py and the
+  # rest of the stdlib work without them.
+  mkdir -p "$T/no-pkgconfig"
+  PKG_CONFIG_LIBDIR=$T/no-pkgconfig PKG_CONFIG_PATH= ./configure --prefix="$PREFIX" --disable-shared --without-ensurepip --disable-test-modules \
     --with-openssl="$DEPS" --with-openssl-rpath=no \
-    LIBS="-lpthread -ldl" \
+    LIBS="-lpthread -ldl" CPPFLAGS="$inc" LDFLAGS="$lib" \
     LIBFFI_CFLAGS="$inc" LIBFFI_LIBS="$lib -lffi" \
     ZLIB_CFLAGS="$inc" ZLIB_LIBS="$lib -lz" \
     BZIP2_CFLAGS="$inc" BZIP2_LIBS="$lib -lbz2" \

@@ -297,7 +297,9 @@ def main() -> int:
 
     # Byte-compile at build time: root-owned, never rewritten at run time, owned by the RPM.
     # -s strips the staging directory from the paths recorded in the pycs.
-    run([venv / "bin" / "python", "-m", "compileall", "-q", "-j", "0",
+    # The base interpreter, which finds its prefix next to itself; the venv's pyvenv.cfg already
+    # names the final /opt path, which does not exist on the build machine.
+    run([staged_py, "-m", "compileall", "-q", "-j", "0",
          "--invalidation-mode", "unchecked-hash", "-s", stage,
          pytree / "lib" / f"python{xy}", venv / "lib" / f"python{xy}" / "site-packages"],
         stdout=subprocess.DEVNULL)

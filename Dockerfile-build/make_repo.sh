@@ -16,7 +16,8 @@ shopt -s nullglob
 rpms=("$DIR"/iscsi-ha-*.rpm)
 [ ${#rpms[@]} -gt 0 ] || { echo "make_repo: no iscsi-ha RPM in $DIR: run 'make rpm' first" >&2; exit 1; }
 # Built beside, swapped in whole: a reader never sees half-written metadata.
-rm -rf "$DIR/.repodata" "$DIR/repodata.old"
+rm -rf "$DIR/.repodata" "$DIR/repodata.old" "$DIR/.repodata.out"
+mkdir -p "$DIR/.repodata.out"
 createrepo_c --quiet --database --general-compress-type=gz --checksum=sha256 \
   --outputdir "$DIR/.repodata.out" "$DIR"
 mv "$DIR/.repodata.out/repodata" "$DIR/.repodata" && rmdir "$DIR/.repodata.out"

@@ -236,11 +236,12 @@ class Controller:
         store = self.ledger
         gap = self.settings.max_watch_gap
         gis = {}
-        for r in resources:
-            if gi_wanted(store.ledger, r, now_wall):
-                gi = self.systems.drbd.generation_ids(r.name)
-                if gi is not None:
-                    gis[r.name] = gi.text
+        # At most one get-gi per cycle: a cycle's cost must not grow with the number of
+        # resources (they are read in turn; the identifiers are for the operator's report).
+        wanted = next((r for r in resources if gi_wanted(store.ledger, r, now_wall)), None)
+        if wanted is not None and record:
+            gi = self.systems.drbd.generation_ids(wanted.name)
+            gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
                          store.run_id, gap, gis)
         if record:

@@ -108,7 +108,8 @@ def advance(ledger: Ledger, resources: Sequence[DrbdResource], now_mono: float, 
                                max_gap, ledger.problem)
         gi = (gis or {}).get(res.name)
         if gi is not None and entry.connected is not None and entry.connected.at == now:
-            entry = replace(entry, connected=replace(entry.connected, gi=gi, gi_at=now))
+            # "" = read but unreadable: remembered as tried, so it is not retried every cycle.
+            entry = replace(entry, connected=replace(entry.connected, gi=gi or None, gi_at=now))
         entries[res.name] = entry
     return replace(ledger, entries=entries)
 

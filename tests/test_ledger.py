@@ -284,3 +284,10 @@ def test_generation_ids_are_recorded_when_connected_and_kept_in_the_file(tmp_pat
     led = L.advance(led, (GONE,), 10, 1e9 + 10, "b1", "r1", GAP)
     again = L.parse(L.render(led, 1e9 + 10), HOST, 1e9 + 11)
     assert again.entries["iscsi1"].connected.gi == gi.text
+
+
+def test_an_unreadable_get_gi_is_not_retried_every_cycle():
+    led = L.advance(L.Ledger(HOST), (CONNECTED_TO_PRIMARY,), 0, 1e9, "b1", "r1", GAP,
+                    {"iscsi1": ""})
+    assert led.entries["iscsi1"].connected.gi is None
+    assert not L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + 5)

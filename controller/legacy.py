@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import yaml
 
 from .config import RESOURCE_NAME, ConfigError, parse_config
+from .files import CONFIG_LIMIT, read_capped
 
 # The values the original shipped, used where a computation needs a setting the file lacks.
 ORIGINAL_MONITOR_DELAY = 10
@@ -501,8 +502,7 @@ def load_legacy(path: Any) -> Tuple[Dict[str, Any], List[str]]:
     """Read and convert a legacy file; ConfigError when it cannot be read or converted."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            raw = f.read()
+        raw = read_capped(source, CONFIG_LIMIT)  # a regular file; never a FIFO or a device
     except FileNotFoundError:
         raise ConfigError(source, ["no such file"]) from None
     except OSError as exc:

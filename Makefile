@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # What `make unit` leaves out: tests that need root, Debian packages, namespaces or VMs.
 UNIT_MARKERS := not root and not tools and not integration and not vm
 
-.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench bench-switch clean
+.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench bench-switch bench-hostile chaos chaos-ci clean
 
 setup:
 	scripts/setup-env.sh
@@ -44,6 +44,17 @@ bench: setup
 # iscsi-ha side by side with keepalived, Pacemaker's agents, the original tool (root; ~4 min)
 bench-switch: setup
 	$(PY) bench/bench_switch.py
+
+# the metrics endpoint under 1,000 idle connections and a wrong-password flood (root; ~5 min)
+bench-hostile: setup
+	$(PY) bench/bench_hostile_http.py
+
+# seeded fault schedules in the namespace lab with invariant and data checkers (root)
+chaos: setup
+	$(PY) -m lab.chaos --seed 1 --schedules 500
+
+chaos-ci: setup
+	$(PY) -m lab.chaos --seed 1 --schedules 50
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -370,17 +370,32 @@ def render_status(doc: Dict[str, Any]) -> str:
 
         t = obs.get("target") or {}
         luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
+        daemon = "kernel target LIO" if t.get("backend") == "lio" else "tgtd"
         if t.get("serving"):
             target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
         elif t.get("target_present"):
             target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
         elif t.get("daemon_running"):
-            target = "standby (tgtd running, no target)"
+            target = f"standby ({daemon} running, no target)"
         else:
-            target = "stopped (tgtd not running)"
+            target = f"stopped ({daemon} not running)"
         if t.get("error"):
             target += f"; ERROR {t['error']}"
         out.append(_line("ISCSI TARGET", target))
+        # The identity initiators read (XenServer's SCSIid): must be the same on both hosts.
+        for i, lun in enumerate(t.get("lun_info") or ()):
+            ident = (f"LUN {lun.get('number')}: serial {lun.get('serial')}, {lun.get('wwn')}, "
+                     f"{lun.get('vendor')} {lun.get('product')}")
+            cache = lun.get("write_cache")
+            if cache:
+                ident += ", WRITE CACHE ON"
+                warnings.append(f"LUN {lun.get('number')} acknowledges writes before DRBD has "
+                                "them (write cache on)")
+            elif cache is False:
+                ident += ", write cache off"
+            elif not (t.get("serving") or t.get("target_present")):
+                ident += " (when served here)"
+            out.append(_line("IDENTITY" if i == 0 else "", ident))
 
         v = obs.get("vip") or {}
         vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "
@@ -591,19 +606,123 @@ def log_text(entry: Dict[str, Any]) -> str:
 
 
 def cmd_role(where: Where, args: argparse.Namespace) -> int:
-    answer, code = request(where, {"cmd": args.command}, timeout=ROLE_TIMEOUT,
-                           unreachable=", nothing was done")
+    req: Dict[str, Any] = {"cmd": args.command}
+    if getattr(args, "accept_stale", None):
+        resource = args.accept_stale
+        info, code = request(where, {"cmd": "stale-info", "resource": resource},
+                             unreachable=", nothing was done")
+        if info is None:
+            return code
+        print(render_stale_info(info))
+        if not args.yes:
+            if not sys.stdin.isatty():
+                _err("refused: not a terminal; type the confirmation interactively or pass --yes")
+                return EXIT_USAGE
+            typed = input(f"Type the resource name ({resource}) to promote it anyway: ").strip()
+            if typed != resource:
+                _err("not confirmed; nothing was done")
+                return EXIT_REFUSED
+        who = os.environ.get("SUDO_USER") or os.environ.get("USER") or ""
+        req.update(accept_stale=[resource], who=f"user {who}" if who else "")
+    answer, code = request(where, req, timeout=ROLE_TIMEOUT, unreachable=", nothing was done")
     if answer is None:
         return code
     print(answer.get("message", "done"))
     return EXIT_OK
 
 
+def render_stale_info(info: Dict[str, Any]) -> str:
+    """What is known about a resource's data before an operator promotes it without proof."""
+    now = float(info.get("now") or time.time())
+    d = info.get("drbd") or {}
+    lines = [f"What this host knows about {info.get('resource')}:",
+             f"  DRBD now:        {d.get('role')}/{d.get('peer_role')}, {d.get('connection')}, "
+             f"disk {d.get('disk')}/{d.get('peer_disk')}"]
+    last = info.get("last_connected")
+    if last:
+        lines.append(f"  peer last seen:  {fmt_time(float(last))} "
+                     f"({fmt_duration(now - float(last))} ago) as {info.get('last_peer_role')} "
+                     f"with its disk {info.get('last_peer_disk')}; this host was "
+                     f"{info.get('last_role')}")
+    else:
+        lines.append("  peer last seen:  never, as far as the ledger knows")
+    lines.append(f"  proof:           {'yes' if info.get('proof') else 'none'}: "
+                 f"{info.get('why_not')}")
+    gi = info.get("generation_ids")
+    lines.append(f"  drbdadm get-gi:  {gi or '(not readable)'}")
+    lines.append("If the peer served writes after that moment, promoting this host serves OLDER "
+                 "data:\nthe VMs go back in time, and DRBD reports a split brain when the peer "
+                 "returns.")
+    return "\n".join(lines)
+
+
+def drbd_snippet(config_path: str, iscsi_ha: str) -> str:
+    return f"""\
+# iscsi-ha: DRBD's fence-peer handler. Add to every resource iscsi-ha manages, on BOTH hosts
+# (e.g. /etc/drbd.d/iscsi1.res), then run `drbdadm adjust RESOURCE` on both.
+# When the replication link breaks, DRBD on the Primary calls the handler; it asks the peer's
+# controller over the peer channel (management network) to outdate its disk, so the peer cannot
+# be promoted with older data. Needs the peer channel configured (peer: in the YAML).
+resource iscsi1 {{
+  disk {{
+    fencing resource-only;      # DRBD 8.4 (on DRBD 9 this line goes into net {{ }})
+  }}
+  handlers {{
+    fence-peer "{iscsi_ha} fence-peer --config {config_path}";
+  }}
+}}
+"""
+
+
+def cmd_drbd_snippet(args: argparse.Namespace) -> int:
+    import shutil
+
+    config = args.config or DEFAULT_CONFIG_PATH
+    print(drbd_snippet(config, shutil.which("iscsi-ha") or "/usr/bin/iscsi-ha"), end="")
+    return EXIT_OK
+
+
+def cmd_peer_cert(args: argparse.Namespace) -> int:
+    """Create this host's key and self-signed certificate for the peer channel (openssl)."""
+    import socket as _socket
+    import subprocess
+
+    directory = args.dir
+    key, crt = os.path.join(directory, "host.key"), os.path.join(directory, "host.crt")
+    if not args.force and (os.path.exists(key) or os.path.exists(crt)):
+        _err(f"refused: {key} or {crt} exists (--force replaces them; the peer must then get "
+             "the new host.crt)")
+        return EXIT_USAGE
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    name = args.name or _socket.gethostname()
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-days", str(args.days), "-subj",
+            f"/CN=iscsi-ha {name}", "-keyout", key, "-out", crt]
+    old = os.umask(0o077)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        _err(f"cannot run openssl: {exc}")
+        return EXIT_USAGE
+    finally:
+        os.umask(old)
+    if proc.returncode != 0:
+        _err(f"openssl failed: {proc.stderr.strip()}")
+        return EXIT_USAGE
+    os.chmod(crt, 0o644)
+    print(f"created {key} (0600) and {crt}.\nNext: copy {crt} to the other host as "
+          f"{os.path.join(directory, 'peer.crt')}, and the other host's host.crt here as "
+          f"{os.path.join(directory, 'peer.crt')}; set peer.address in the YAML on both hosts.")
+    return EXIT_OK
+
+
 def cmd_import_conf(args: argparse.Namespace) -> int:
-    from .legacy import load_legacy, render_yaml
+    from .legacy import apply_tgt_conf, load_legacy, render_yaml
 
     try:
         data, notes = load_legacy(args.file)
+        if args.tgt_conf:
+            apply_tgt_conf(data, notes, args.tgt_conf, args.iqn)
     except ConfigError as exc:
         _err(f"cannot convert {args.file}, nothing was written:\n{exc}")
         return EXIT_USAGE
@@ -728,8 +847,13 @@ HELP: Dict[str, Tuple[str, str]] = {
         "make this host the storage primary (manual mode only)",
         "Promote this host: DRBD Primary, target serving, VIP bound (step 3 of a planned\n"
         "switch). Only in manual mode. Refused (exit 1) while any resource's peer is Primary\n"
-        "(run become-secondary there first), while another host answers for the VIP, or when\n"
-        "DRBD has no UpToDate data to promote; the reason is printed.",
+        "(run become-secondary there first), while another host answers for the VIP, when\n"
+        "DRBD has no UpToDate data to promote, or when the peer is unreachable and nothing\n"
+        "proves this host has the newest data; the reason is printed.\n\n"
+        "--accept-stale RESOURCE promotes without that proof: it first prints what is known\n"
+        "(when the peer was last seen and in which role, DRBD's generation identifiers), asks\n"
+        "you to type the resource name (or --yes for scripts), and the controller logs who ran\n"
+        "it. Only when the peer is gone for good: if it served writes since, they are lost.",
     ),
     "become-secondary": (
         "make this host the storage secondary (manual mode only)",
@@ -737,12 +861,27 @@ HELP: Dict[str, Tuple[str, str]] = {
         "switch). Only in manual mode; refused (exit 1) otherwise. VMs lose their storage\n"
         "until the other host runs become-primary.",
     ),
+    "drbd-snippet": (
+        "print the drbd.conf lines for the fence-peer handler",
+        "Print the lines to add to each DRBD resource (both hosts) so that DRBD calls\n"
+        "`iscsi-ha fence-peer` when the replication link breaks (fencing resource-only).\n"
+        "Needs no controller.",
+    ),
+    "peer-cert": (
+        "create this host's key and certificate for the peer channel",
+        "Create host.key (0600) and a self-signed host.crt in DIR with openssl. Copy host.crt\n"
+        "to the other host as peer.crt (and theirs here): each controller accepts exactly the\n"
+        "other's certificate. Needs no controller.",
+    ),
     "import-conf": (
         "convert a legacy iscsi-ha.conf to YAML",
         "Convert the legacy shell-style iscsi-ha.conf of the original tool to the YAML\n"
         "configuration, on stdout or into OUT. What was converted, dropped (MAIL_*: alerts now\n"
         "go through Prometheus) or assumed is printed on stderr and kept as comments. Needs no\n"
-        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).",
+        "controller. Exit 2 when the file cannot be converted or OUT exists (see --force).\n"
+        "With --tgt-conf /etc/tgt/targets.conf the target's IQN, LUNs and their SCSI identity\n"
+        "come along, so XenServer's SR finds its LUN again after the migration:\n"
+        "  iscsi-cfg import-conf iscsi-ha.conf --tgt-conf /etc/tgt/targets.conf -o iscsi-ha.yaml",
     ),
     "check-config": (
         "validate a YAML configuration file",
@@ -782,11 +921,30 @@ def parser() -> argparse.ArgumentParser:
     log_.add_argument("--follow", "-f", action="store_true",
                       help="keep printing new outcomes until Ctrl-C")
     for name in ROLE_COMMANDS:
-        add(name)
+        sp = add(name)
+        if name == "become-primary":
+            sp.add_argument("--accept-stale", metavar="RESOURCE",
+                            help="promote RESOURCE even though nothing proves this host has "
+                            "the newest data (prints what is known, asks to confirm)")
+            sp.add_argument("--yes", action="store_true",
+                            help="with --accept-stale: do not ask (for scripts)")
+    add("drbd-snippet")
+    pc = add("peer-cert")
+    pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
+                    "/etc/iscsi-ha/peer)")
+    pc.add_argument("--name", help="host name in the certificate (default: this host's)")
+    pc.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    pc.add_argument("--force", action="store_true", help="replace existing files")
     imp = add("import-conf")
     imp.add_argument("file", metavar="FILE", help="legacy iscsi-ha.conf to convert")
     imp.add_argument("--output", "-o", metavar="OUT", help="write the YAML here (default stdout)")
     imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    imp.add_argument("--tgt-conf", metavar="TARGETS_CONF",
+                     help="also carry the target of tgt-admin's targets.conf over (IQN, LUN "
+                     "numbers, backing stores, each LUN's scsi_id/scsi_sn), e.g. "
+                     "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
+    imp.add_argument("--iqn", metavar="IQN",
+                     help="with --tgt-conf: the target to import when the file has several")
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p
@@ -802,6 +960,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_import_conf(args)
         if args.command == "check-config":
             return cmd_check_config(args)
+        if args.command == "drbd-snippet":
+            return cmd_drbd_snippet(args)
+        if args.command == "peer-cert":
+            return cmd_peer_cert(args)
         where = locate(args.config, args.socket)
         if where.note:
             _err(f"note: {where.note}")

@@ -40,6 +40,7 @@ from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped
 DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
 DEFAULT_EXPORTER_PORT = 19856
+DEFAULT_PEER_PORT = 19857  # the peer channel (controller/peer.py), next to the exporter's
 # target.restart_backoff doubles after each failed restart, up to this ceiling.
 MAX_RESTART_BACKOFF = 300.0
 # Every duration lies in this range unless its key says otherwise: longer than an hour is a typo
@@ -198,6 +199,31 @@ class ControlConfig:
     allowed_uids: Tuple[int, ...] = (0,)
 
 
+@dataclass(frozen=True)
+class PromotionConfig:
+    # Promote without proof of the newest data after watching the peer unreachable this many
+    # seconds (0 = never, the safe default). RISK: a host that was down while its peer served
+    # writes would serve its old data (VMs go back in time, split brain when the peer returns).
+    unproven_wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The peer channel: mutually authenticated TLS between the two controllers (peer.py)."""
+
+    address: str = ""  # the other host's management address; "" = no peer channel
+    port: int = DEFAULT_PEER_PORT
+    listen: str = f"0.0.0.0:{DEFAULT_PEER_PORT}"
+    cert_file: str = "/etc/iscsi-ha/peer/host.crt"  # this host's certificate ...
+    key_file: str = "/etc/iscsi-ha/peer/host.key"  # ... and key (0600)
+    peer_cert_file: str = "/etc/iscsi-ha/peer/peer.crt"  # the only certificate accepted
+    timeout: float = 2.0  # every call, connect to answer
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
     return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
 
@@ -223,6 +249,8 @@ class Config:
     exporter: ExporterConfig = field(default_factory=ExporterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
 
     def __post_init__(self) -> None:
         # Frozen: derived defaults are set once, here, so every Config is complete.
@@ -257,7 +285,8 @@ _TOP_ORDER = (
 _SECTIONS: Dict[str, type] = {
     "drbd": DrbdConfig, "pool": PoolConfig, "xenapi": XenApiConfig, "target": TargetConfig,
     "vip": VipConfig, "paths": PathsConfig, "exporter": ExporterConfig,
-    "logging": LoggingConfig, "control": ControlConfig,
+    "logging": LoggingConfig, "control": ControlConfig, "promotion": PromotionConfig,
+    "peer": PeerConfig,
 }
 
 
@@ -669,6 +698,20 @@ def _listen(value: Any) -> str:
     return text
 
 
+def _peer_address(value: Any) -> str:
+    """The peer's management address or host name; "" turns the peer channel off."""
+    if value == "" or value is None:
+        return ""
+    text = _string(value)
+    if not _HOSTNAME.match(text):
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise _Invalid(f"{text!r} is not a host name or address (the other host's management "
+                           "address, e.g. 10.0.0.2; \"\" for no peer channel)") from None
+    return text
+
+
 def _uid(value: Any) -> int:
     return _integer(0, MAX_UID)(value)  # type: ignore[no-any-return]
 
@@ -678,8 +721,8 @@ _IDENTITY_KEYS = {
     # --params list, so ',' and '=' never; LIO's serial is a configfs line.
     "serial": (36, "the unit serial (VPD 0x80)", re.compile(r"^[A-Za-z0-9._:-]+$")),
     "scsi_id": (36, "tgt's scsi_id (its NAA designator, VPD 0x83)", re.compile(r"^[ -+\--<>-~]+$")),
-    "vendor": (8, "the T10 vendor id", re.compile(r"^[!-+\--<>-~]+$")),
-    "product": (16, "the product id", re.compile(r"^[!-+\--<>-~]+$")),
+    "vendor": (8, "the T10 vendor id", re.compile(r"^[ -+\--<>-~]+$")),
+    "product": (16, "the product id", re.compile(r"^[ -+\--<>-~]+$")),
 }
 
 
@@ -796,6 +839,12 @@ _CHECKS: Dict[type, Dict[str, Check]] = {
         "level": _choice(("debug", "info", "warning", "error")), "syslog": _boolean,
     },
     ControlConfig: {"allowed_uids": _list_of(_uid, "user ids", "[0]")},
+    PromotionConfig: {"unproven_wait": _seconds(allow_zero=True)},
+    PeerConfig: {
+        "address": _peer_address, "port": _integer(1, 65535), "listen": _listen,
+        "cert_file": _path,
+        "key_file": _path, "peer_cert_file": _path, "timeout": _seconds(maximum=30),
+    },
 }
 
 _REQUIRED_HINTS = {
@@ -831,7 +880,11 @@ def _all_keys() -> Dict[str, List[str]]:
 def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]:
     """(path, message) for a key the schema does not have. The value is never quoted."""
     if not isinstance(key, str):
-        return f"{prefix}{key!r}", "keys must be strings"
+        return f"{prefix}{_short(key)}", "keys must be strings"
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", key):
+        # Shown quoted and cut short: a key may hold a newline or a whole pasted paragraph.
+        shown = _short(key)
+        return (f"{prefix}.{shown}" if prefix else shown), "unknown key"
     path = f"{prefix}.{key}" if prefix else key
     if path in _KEY_HINTS:
         return path, f"unknown key: {_KEY_HINTS[path]}"

@@ -68,7 +68,7 @@ DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
 ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log") + ROLE_COMMANDS
+COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
 
@@ -537,13 +537,27 @@ class ControlServer:
                     return error_answer('"since" must be a unix time (a number)')
                 return {"ok": True, "now": time.time(),
                         "entries": history_entries(_copy(self.daemon.controller.history), since)}
+            if cmd == "stale-info":
+                name = request.get("resource")
+                try:
+                    return {"ok": True, **self.daemon.controller.stale_report(str(name))}
+                except KeyError:
+                    return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
+                                        "of this controller")
             if cmd in ROLE_COMMANDS:
-                return self.role_command(cmd, pid, uid)
+                accept = request.get("accept_stale") or []
+                if cmd != "become-primary" and accept or not isinstance(accept, list) or \
+                        not all(isinstance(a, str) for a in accept):
+                    return error_answer('"accept_stale" is a list of resource names, for '
+                                        "become-primary only")
+                who = str(request.get("who") or "")[:80]
+                return self.role_command(cmd, pid, uid, tuple(accept), who)
         except Exception as exc:
             log.exception("control socket: %s failed", cmd)
             return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
                                 f"{exc}", CODE_REFUSED)
-        return error_answer(f"unknown command {_quote(cmd.encode(), 40)}; "
+        shown = _quote(cmd.encode("utf-8", "backslashreplace"), 40)  # JSON allows lone surrogates
+        return error_answer(f"unknown command {shown}; "
                             f"known: {', '.join(COMMANDS)}")
 
     def status(self) -> Dict[str, Any]:
@@ -563,16 +577,30 @@ class ControlServer:
                 log.exception("cannot read the manual-mode file")
         return describe_snapshot(controller.snapshot(), time.time(), manual)
 
-    def role_command(self, cmd: str, pid: int, uid: int) -> Dict[str, Any]:
-        log.info("operator command %s (uid %d, pid %d)", cmd, uid, pid)
+    def role_command(self, cmd: str, pid: int, uid: int, accept_stale: Tuple[str, ...] = (),
+                     who: str = "") -> Dict[str, Any]:
+        # The uid comes from SO_PEERCRED (the kernel's word); `who` is what the client says.
+        by = f"uid {uid}, pid {pid}" + (f", {who}" if who else "")
+        if accept_stale:
+            log.warning("operator command %s --accept-stale %s (%s)", cmd,
+                        ", ".join(accept_stale), by)
+            code, message = self.daemon.controller.command(cmd, accept_stale=accept_stale,
+                                                           who=by)
+            log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
+            self._trigger(cmd)
+            return {"ok": code == 0, "code": code, "message": message}
+        log.info("operator command %s (%s)", cmd, by)
         code, message = self.daemon.controller.command(cmd)
         log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
+        self._trigger(cmd)
+        return {"ok": code == 0, "code": code, "message": message}
+
+    def _trigger(self, cmd: str) -> None:
         try:
             # The normal loop follows up at once (and republishes the snapshot).
             self.daemon.trigger(f"operator ran {cmd}")
         except Exception:
             log.exception("cannot trigger a cycle after %s", cmd)
-        return {"ok": code == 0, "code": code, "message": message}
 
 
 def _copy(history: Iterable[Tuple[float, str, str]]) -> List[Tuple[float, str, str]]:

@@ -26,19 +26,30 @@ from dataclasses import dataclass, replace
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
-from .decide import current_storage_role, decide, desired_role, vip_probe_needed
+from .decide import (
+    become_refusal,
+    decide,
+    desired_role,
+    manual_disable_refusal,
+    vip_probe_needed,
+)
 from .execute import Systems, execute
+from .ledger import LedgerStore, advance, evidence
 from .model import (
     ActionResult,
     AnnounceVip,
     BindVip,
     Counters,
     CycleResult,
+    DrbdResource,
+    Evidence,
     HistogramData,
     ManualMode,
     Observation,
     Outcome,
+    PeerObservation,
     Plan,
+    Policy,
     PoolObservation,
     PoolRole,
     Snapshot,
@@ -49,6 +60,7 @@ from .model import (
 )
 from .state import ManualModeStore
 from .statusfile import write_status
+from .systems.drbd import GenerationIds
 from .systems.runner import CommandStats
 
 log = logging.getLogger("iscsi_ha.cycle")
@@ -67,6 +79,13 @@ class CycleSettings:
     restart_backoff: float = 2.0
     status_file: Optional[str] = None
     observe_srs: bool = True
+    policy: Policy = Policy()
+
+    @property
+    def max_watch_gap(self) -> float:
+        """Longest time between two looks that still counts as watching without a gap: two
+        intervals plus a cycle that ran to its deadline (a slower look breaks the proof)."""
+        return 2 * self.interval + self.deadline
 
 
 class Controller:
@@ -82,6 +101,8 @@ class Controller:
         hostname: Optional[str] = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        ledger: Optional[LedgerStore] = None,
+        peer_status: Optional[Callable[[], Optional[PeerObservation]]] = None,
     ) -> None:
         self.settings = settings
         self.systems = systems
@@ -95,6 +116,8 @@ class Controller:
         self.monotonic = monotonic
         self.lock = threading.RLock()  # held for a whole cycle or a role command
         self.started = clock()
+        self.ledger = ledger or LedgerStore(manual_store.state_dir, self.hostname, clock())
+        self.peer_status = peer_status
 
         self._snapshot: Optional[Snapshot] = None
         self._cycles: Dict[str, int] = {}
@@ -156,7 +179,7 @@ class Controller:
         with self.lock:
             return self._run_cycle(dry_run)
 
-    def _run_cycle(self, dry_run: bool) -> CycleResult:
+    def _run_cycle(self, dry_run: bool, accept_stale: Tuple[str, ...] = ()) -> CycleResult:
         started = self.clock()
         t0 = self.monotonic()
         manual = ManualMode()
@@ -165,8 +188,8 @@ class Controller:
         results: Tuple[ActionResult, ...] = ()
         try:
             manual = self.load_manual()
-            obs = self.observe(manual)
-            plan = self._with_backoff(decide(obs, manual))
+            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale)
+            plan = self._with_backoff(decide(obs, manual, self.settings.policy))
             if not dry_run:
                 results = execute(plan, self.systems)
                 self._after_execute(results)
@@ -199,14 +222,30 @@ class Controller:
         self._manual_problem = problem
         return manual
 
-    def observe(self, manual: ManualMode) -> Observation:
+    def observe(self, manual: ManualMode, record: bool = True,
+                accept_stale: Tuple[str, ...] = ()) -> Observation:
+        """Look at everything once. ``record`` keeps what was seen in the ledger (not in a
+        dry run, which must change nothing)."""
         s = self.systems
         pool = self.read_pool()
         resources = s.drbd.observe(self.settings.resources)
         target = s.target.observe()
         vip = s.vip.observe()
         self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
-        obs = Observation(pool=pool, resources=resources, target=target, vip=vip)
+        now_wall, now_mono = self.clock(), self.monotonic()
+        store = self.ledger
+        gap = self.settings.max_watch_gap
+        ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
+                         store.run_id, gap)
+        if record:
+            store.ledger = ledger
+            store.save_if_changed(now_wall)
+        proofs = tuple(self._with_drbd_flags(
+            evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
+            for r in resources)
+        peer = self.peer_status() if self.peer_status else None
+        obs = Observation(pool=pool, resources=resources, target=target, vip=vip,
+                          evidence=proofs, peer=peer, now=now_wall, accept_stale=accept_stale)
         desired, _ = desired_role(obs, manual)
 
         # Duplicate-address check (arping -D): the holder uses the periodic probe's answer; a
@@ -214,7 +253,7 @@ class Controller:
         now = self.monotonic()
         if vip.local:
             conflict = self._fresh_probe(now)
-        elif desired is StorageRole.PRIMARY and vip_probe_needed(obs):
+        elif desired is StorageRole.PRIMARY and vip_probe_needed(obs, self.settings.policy):
             conflict = self.probe_vip_now() if self.probe_vip_now else None
             self._probe = (now, conflict)
         else:
@@ -232,6 +271,18 @@ class Controller:
                 and desired is StorageRole.PRIMARY):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
+
+    def _with_drbd_flags(self, ev: Evidence, res: DrbdResource) -> Evidence:
+        """Add DRBD's meta-data flags (get-gi) where the promotion rule may need them: the peer
+        unreachable and this host not Primary. One command, only in that state."""
+        if (ev.watched or res.peer_reachable or not res.configured or res.error
+                or res.role == "Primary"):
+            return ev
+        gi = self.systems.drbd.generation_ids(res.name)
+        if gi is None:
+            return ev
+        return replace(ev, drbd_peer_outdated=gi.peer_outdated,
+                       drbd_crashed_primary=gi.crashed_primary)
 
     def _fresh_probe(self, now: float) -> Optional[bool]:
         if self._probe is None:
@@ -311,13 +362,15 @@ class Controller:
 
     # ---------------------------------------------------------------- operator commands
 
-    def command(self, name: str) -> Tuple[int, str]:
-        """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused."""
+    def command(self, name: str, accept_stale: Tuple[str, ...] = (),
+                who: str = "") -> Tuple[int, str]:
+        """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused.
+        Whether a command is allowed is decided in ``decide.py``; this only runs it."""
         with self.lock:
             handler = {
                 "manual-mode-enable": self._manual_enable,
                 "manual-mode-disable": self._manual_disable,
-                "become-primary": lambda: self._become(StorageRole.PRIMARY),
+                "become-primary": lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
                 "become-secondary": lambda: self._become(StorageRole.SECONDARY),
             }.get(name)
             if handler is None:
@@ -341,41 +394,66 @@ class Controller:
         if not manual.enabled:
             return 0, "manual mode is already disabled"
         obs = self.observe(manual)
-        native, why = desired_role(obs, ManualMode())
-        current = current_storage_role(obs.resources)
-        if native is None:
-            return 1, f"refused: cannot leave manual mode while the {why}"
-        if current is not native or (native is StorageRole.PRIMARY and not obs.vip.local):
-            fix = "become-primary" if native is StorageRole.PRIMARY else "become-secondary"
-            have = current.value if current else "mixed"
-            return 1, (
-                f"refused: storage role is {have} but this {why} (native role {native.value}); "
-                f"run `iscsi-cfg {fix}` first"
-            )
+        refusal = manual_disable_refusal(obs)
+        if refusal:
+            return 1, refusal
+        _, why = desired_role(obs, ManualMode())
         self.manual_store.save(ManualMode())
         return 0, f"manual mode disabled: storage role follows the pool role again ({why})"
 
-    def _become(self, role: StorageRole) -> Tuple[int, str]:
+    def _become(self, role: StorageRole, accept_stale: Tuple[str, ...] = (),
+                who: str = "") -> Tuple[int, str]:
         manual = self.load_manual()
-        if not manual.enabled:
-            return 1, (f"refused: become-{role.value} works only in manual mode; "
-                       "run `iscsi-cfg manual-mode-enable` first")
-        if role is StorageRole.PRIMARY:
+        obs = None
+        if manual.enabled and role is StorageRole.PRIMARY:
             obs = self.observe(ManualMode(enabled=True, requested=role))
-            peers = [r.name for r in obs.resources if r.peer_role == "Primary"]
-            if peers:
-                return 1, (f"refused: the peer is Primary for {', '.join(peers)}; run "
-                           "`iscsi-cfg become-secondary` on the peer first")
-            if not obs.vip.local and obs.vip.conflict:
-                return 1, (f"refused: VIP {obs.vip.address} is not local but another host "
-                           "answers for it")
+        refusal = become_refusal(role, manual, obs)
+        if refusal:
+            return 1, refusal
+        if accept_stale:
+            # Logged before acting: the operator takes responsibility for possibly old data.
+            log.warning("become-primary --accept-stale %s by %s: promoting without proof of "
+                        "the newest data", ", ".join(accept_stale), who or "unknown")
         self.manual_store.save(replace(manual, requested=role))
-        result = self._run_cycle(dry_run=False)
+        result = self._run_cycle(dry_run=False, accept_stale=accept_stale)
         if result.outcome is Outcome.OK:
             return 0, result.message
         # The operator was told "refused": the request must not linger and act later on its own.
         self.manual_store.save(manual)
         return 1, f"refused: {result.message} (request not kept; still {_requested(manual)})"
+
+    def stale_report(self, name: str) -> Dict[str, object]:
+        """What is known about ``name``'s data, for become-primary --accept-stale to show."""
+        with self.lock:
+            if name not in self.settings.resources:
+                raise KeyError(name)
+            obs = self.observe(self.load_manual(), record=False)
+            res = obs.resource(name)
+            ev = obs.evidence_for(name)
+            return {
+                "resource": name,
+                "now": obs.now,
+                "drbd": {"role": res.role, "peer_role": res.peer_role,
+                         "connection": res.connection, "disk": res.disk,
+                         "peer_disk": res.peer_disk},
+                "proof": ev.watched,
+                "why_not": ev.why_not,
+                "reason": ev.reason,
+                "last_connected": ev.last_connected,
+                "last_role": ev.last_role,
+                "last_peer_role": ev.last_peer_role,
+                "last_peer_disk": ev.last_peer_disk,
+                "generation_ids": _gi_text(self.systems.drbd.generation_ids(name)),
+            }
+
+
+def _gi_text(gi: Optional[GenerationIds]) -> Optional[str]:
+    if gi is None:
+        return None
+    flags = [name for name in ("consistent", "was_uptodate", "primary", "connected",
+                               "full_sync", "peer_outdated", "crashed_primary")
+             if getattr(gi, name)]
+    return f"{gi.text} (flags: {', '.join(flags) or 'none'})"
 
 
 def _requested(manual: ManualMode) -> str:

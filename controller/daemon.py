@@ -2,6 +2,7 @@
 
     iscsi-ha run  [--config FILE]                      the controller (systemd runs this)
     iscsi-ha once [--config FILE] [--dry-run] [--json] one cycle, its outcome printed
+    iscsi-ha fence-peer [--config FILE] [RESOURCE]     DRBD's fence-peer handler
     iscsi-ha --version
 
 Nothing here decides anything: it wires ``config`` to the adapters in ``systems/``, hands them to a
@@ -48,7 +49,7 @@ from .config import (
 )
 from .cycle import Controller, CycleSettings
 from .execute import Systems
-from .model import PoolObservation
+from .model import Policy, PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
 from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
@@ -135,6 +136,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         restart_backoff=cfg.target.restart_backoff,
         status_file=cfg.paths.status_file,
         observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
+        policy=Policy(unproven_wait=cfg.promotion.unproven_wait),
     )
     pool_conf = cfg.pool.conf
     return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),
@@ -175,6 +177,8 @@ class Daemon:
                                            on_restart=self._drbd_stream_started)
         self.exporter: Optional[Any] = None  # exporter.server handle, when enabled
         self.control: Optional[Any] = None  # control.ControlServer
+        self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
+        self.peer_watcher: Optional[Any] = None
 
     # -- jobs
 
@@ -238,9 +242,15 @@ class Daemon:
         if ControlServer is not None:
             self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
             self.control.start()
+        if cfg.peer.enabled:
+            self.start_peer_channel()
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)
+        if self.peer_watcher is not None:
+            # Its own job: a slow or dead peer delays only this poll, never a cycle.
+            self.scheduler.add_job(self.peer_watcher.poll, "interval", seconds=cfg.interval,
+                                   id="peer-poll", next_run_time=now)
         if cfg.vip.probe_interval > 0:
             self.scheduler.add_job(self.controller.run_vip_probe, "interval",
                                    seconds=cfg.vip.probe_interval, id="vip-probe")
@@ -249,6 +259,20 @@ class Daemon:
         self.drbd_events.start()
         log.info("iscsi-ha %s started: %s, every %gs, resources %s", __version__,
                  cfg.node_name, cfg.interval, ", ".join(cfg.resources))
+
+    def start_peer_channel(self) -> None:
+        from .peer import PeerServer, PeerWatcher, make_handlers
+
+        cfg = self.cfg
+        client, server_ctx, pin = peer_client(cfg)
+        handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
+                                 self.controller.snapshot, self.controller.systems.drbd)
+        host, port = cfg.peer.listen.rsplit(":", 1)
+        self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
+                                      timeout=cfg.peer.timeout)
+        self.peer_server.start()
+        self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
+        self.controller.peer_status = self.peer_watcher.current
 
     def reload(self) -> None:
         try:
@@ -285,6 +309,8 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
         if self.control is not None:
             self.control.stop()
+        if self.peer_server is not None:
+            self.peer_server.stop()
         if self.exporter is not None:
             self.exporter.stop()
         if started:
@@ -305,6 +331,59 @@ class Daemon:
         finally:
             self.stop()
         return EXIT_OK
+
+
+def peer_client(cfg: Config) -> Any:
+    """(PeerClient, server TLS context, pinned fingerprint) from ``cfg.peer``; ConfigError
+    naming the key when a certificate or key cannot be loaded."""
+    import ssl
+
+    from .peer import PeerClient, pinned_fingerprint, tls_context
+
+    p = cfg.peer
+    try:
+        pin = pinned_fingerprint(p.peer_cert_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(p.peer_cert_file, [
+            f"peer.peer_cert_file: cannot read the peer's certificate {p.peer_cert_file}: {exc}; "
+            "copy the other host's host.crt there (see `iscsi-cfg peer-cert --help`)"]) from None
+    try:
+        client_ctx = tls_context(False, p.cert_file, p.key_file, p.peer_cert_file)
+        server_ctx = tls_context(True, p.cert_file, p.key_file, p.peer_cert_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(p.cert_file, [
+            f"peer.cert_file / peer.key_file: cannot load {p.cert_file} with {p.key_file}: "
+            f"{exc}; create them with `iscsi-cfg peer-cert`"]) from None
+    return PeerClient(p.address, p.port, client_ctx, pin, timeout=p.timeout), server_ctx, pin
+
+
+def fence_peer(cfg: Config, resource: str) -> int:
+    """DRBD's fence-peer handler: ask the peer over the peer channel to outdate ``resource``;
+    exit with DRBD's code (4 outdated, 3 inconsistent, 5 unreachable, 6 peer is Primary)."""
+    from .peer import FENCE_PEER_UNREACHABLE, PeerError, fence_exit_code
+
+    if not cfg.peer.enabled:
+        log.error("fence-peer %s: no peer channel configured (peer.address): cannot reach the "
+                  "peer; exit %d", resource, FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    if resource not in cfg.resources:
+        log.error("fence-peer: %r is not a resource of this configuration (%s); exit %d",
+                  resource, ", ".join(cfg.resources), FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    try:
+        client, _, _ = peer_client(cfg)
+    except ConfigError as exc:
+        log.error("fence-peer %s: %s; exit %d", resource, exc, FENCE_PEER_UNREACHABLE)
+        return FENCE_PEER_UNREACHABLE
+    result, error = None, None
+    try:
+        # Twice the per-call bound: DRBD waits for this handler with I/O to the resource held.
+        result = client.call("outdate", {"resource": resource}, timeout=2 * cfg.peer.timeout)
+    except PeerError as exc:
+        error = exc
+    code, why = fence_exit_code(result, error)
+    log.warning("fence-peer %s (called by DRBD): %s; exit %d", resource, why, code)
+    return code
 
 
 # ------------------------------------------------------------------------ command line
@@ -352,6 +431,18 @@ def parser() -> argparse.ArgumentParser:
                         help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
         sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="override logging.level from the configuration")
+    fence = sub.add_parser(
+        "fence-peer", help="DRBD's fence-peer handler (drbd.conf: handlers { fence-peer ... })",
+        description="Called by DRBD on the Primary when the replication link breaks (fencing "
+        "resource-only): asks the peer's controller over the peer channel to outdate its disk "
+        "(drbdadm outdate), so it cannot be promoted with data older than this host's. Exit "
+        "codes are DRBD's: 4 the peer is Outdated, 3 the peer is Inconsistent, 5 the peer "
+        "could not be reached, 6 the peer refused because it is Primary. `iscsi-cfg "
+        "drbd-snippet` prints the drbd.conf lines.")
+    fence.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH,
+                       help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    fence.add_argument("resource", nargs="?", default=None,
+                       help="the resource (default: $DRBD_RESOURCE, which DRBD sets)")
     once.add_argument("--dry-run", action="store_true",
                       help="observe and print the plan, change nothing")
     once.add_argument("--json", action="store_true",
@@ -369,6 +460,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(f"iscsi-ha: invalid configuration, nothing was changed:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "fence-peer":
+        setup_logging("info", cfg.logging.syslog)
+        resource = args.resource or os.environ.get("DRBD_RESOURCE", "")
+        return fence_peer(cfg, resource)
     level = args.log_level or cfg.logging.level
     if args.command == "once":
         setup_logging(level if args.log_level else "warning", use_syslog=False)

@@ -17,6 +17,16 @@ The policy (docs/design.md §3-4):
 * Never promote while the peer is Primary, while in split brain, without quorum, or when the local
   disk is not UpToDate and the peer cannot supply good data. Never bind the VIP while another host
   answers for it. Never resolve a split brain.
+* Never serve stale data: with the peer unreachable, promote only with proof that this host holds
+  every acknowledged write (``stale_refusal``): it watched without a gap while in sync to a peer
+  that then vanished (``controller/ledger.py``), or the peer's disk is known Outdated/Inconsistent
+  (DRBD says so in its state or its meta-data flags, or the peer channel does), or the operator
+  accepted the risk for this resource
+  (``become-primary --accept-stale``), or ``promotion.unproven_wait`` ran out. Otherwise hold
+  and say why; the plan's ``blocked`` feeds iscsi_ha_promotion_blocked and its page.
+* Two masters (both hosts' pool.conf say master, seen over the peer channel): both hold and page.
+* The operator commands' refusals are here too (``manual_disable_refusal``, ``become_refusal``),
+  so the whole policy reads in this one file; ``cycle.Controller`` only runs them.
 
 Invariant: applying a plan's actions to the world and deciding again yields either an empty plan
 (converged) or a refusal; an already converged state yields an empty plan.
@@ -36,6 +46,7 @@ from .model import (
     Observation,
     Plan,
     PlugPbds,
+    Policy,
     PoolRole,
     Promote,
     ServeTarget,
@@ -46,8 +57,13 @@ from .model import (
     UpResource,
 )
 
+SAFE = Policy()  # the default: never promote without proof
 
-def decide(obs: Observation, manual: ManualMode) -> Plan:
+# Peer disk states in which DRBD itself says the peer cannot hold newer data than this host.
+PEER_CANNOT_BE_NEWER = frozenset({"Outdated", "Inconsistent"})
+
+
+def decide(obs: Observation, manual: ManualMode, policy: Policy = SAFE) -> Plan:
     desired, reason = desired_role(obs, manual)
     if desired is None:
         return Plan(desired=None, reason=reason, held=reason)
@@ -55,9 +71,22 @@ def decide(obs: Observation, manual: ManualMode) -> Plan:
     if unreadable:
         held = "; ".join(unreadable)
         return Plan(desired=None, reason=reason, held=held)
+    if two_masters(obs, manual):
+        held = ("both hosts' pool.conf say master (split pool, the peer said so over the peer "
+                "channel): holding on both, nothing changed; see the runbook")
+        return Plan(desired=None, reason=reason, held=held,
+                    blocked=tuple((r.name, "two_masters") for r in obs.resources))
     if desired is StorageRole.PRIMARY:
-        return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER)
+        return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER,
+                             policy=policy)
     return _demote_plan(obs, reason)
+
+
+def two_masters(obs: Observation, manual: ManualMode) -> bool:
+    """Both hosts think they are pool master: neither may act on it (manual mode is exempt)."""
+    peer = obs.peer
+    return (not manual.enabled and obs.pool.role is PoolRole.MASTER and peer is not None
+            and peer.reachable and peer.pool_role == PoolRole.MASTER.value)
 
 
 def desired_role(obs: Observation, manual: ManualMode) -> Tuple[Optional[StorageRole], str]:
@@ -113,6 +142,94 @@ def promotion_refusal(res: DrbdResource) -> Optional[str]:
     return None
 
 
+def stale_refusal(res: DrbdResource, obs: Observation,
+                  policy: Policy = SAFE) -> Optional[Tuple[str, str]]:
+    """(sentence, reason) when promoting ``res`` could serve stale data; None with proof.
+
+    Only a peer that DRBD cannot reach raises the question: a connected peer resyncs whichever
+    side is behind before DRBD lets it be Primary.
+    """
+    if res.peer_reachable:
+        return None
+    if res.peer_disk in PEER_CANNOT_BE_NEWER:
+        return None  # DRBD's own word (set by the fence-peer handler, kept in its meta data)
+    peer = obs.peer
+    if peer is not None and peer.reachable:
+        theirs = peer.resources.get(res.name) or {}
+        if theirs.get("disk") in PEER_CANNOT_BE_NEWER:
+            return None
+    if res.name in obs.accept_stale:
+        return None
+    ev = obs.evidence_for(res.name)
+    if ev.watched or ev.drbd_peer_outdated:
+        return None
+    waited = ev.unreachable_for
+    if policy.unproven_wait > 0 and waited is not None and waited >= policy.unproven_wait:
+        return None
+    last = ""
+    if ev.last_connected is not None:
+        ago = _ago(obs.now - ev.last_connected) if obs.now else "some time ago"
+        last = (f"the peer was {ev.last_peer_role} ({ev.last_peer_disk}) when last seen, {ago}; ")
+    crashed = ("; DRBD's meta data says this host crashed as Primary and has not seen its peer "
+               "since" if ev.drbd_crashed_primary else "")
+    sentence = (f"not promoting {res.name}: cannot prove this host has the newest data: {last}"
+                f"{ev.why_not}{crashed} (see `iscsi-cfg become-primary --accept-stale` in the "
+                "runbook)")
+    return sentence, ev.reason
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def manual_disable_refusal(obs: Observation) -> Optional[str]:
+    """Why manual mode may not be left now (the storage role must already match the pool's)."""
+    native, why = desired_role(obs, ManualMode())
+    current = current_storage_role(obs.resources)
+    if native is None:
+        return f"refused: cannot leave manual mode while the {why}"
+    if current is not native or (native is StorageRole.PRIMARY and not obs.vip.local):
+        fix = "become-primary" if native is StorageRole.PRIMARY else "become-secondary"
+        have = current.value if current else "mixed"
+        return (f"refused: storage role is {have} but this {why} (native role {native.value}); "
+                f"run `iscsi-cfg {fix}` first")
+    return None
+
+
+def become_refusal(role: StorageRole, manual: ManualMode,
+                   obs: Optional[Observation]) -> Optional[str]:
+    """Why an operator's become-primary / become-secondary is refused before it is tried.
+
+    ``obs`` is needed for become-primary only. What the cycle itself refuses (no UpToDate data,
+    no proof of the newest data, ...) comes back from the cycle it runs.
+    """
+    if not manual.enabled:
+        return (f"refused: become-{role.value} works only in manual mode; "
+                "run `iscsi-cfg manual-mode-enable` first")
+    if role is StorageRole.PRIMARY and obs is not None:
+        peers = [r.name for r in obs.resources if r.peer_role == "Primary"]
+        if peers:
+            return (f"refused: the peer is Primary for {', '.join(peers)}; run "
+                    "`iscsi-cfg become-secondary` on the peer first")
+        if not obs.vip.local and obs.vip.conflict:
+            return (f"refused: VIP {obs.vip.address} is not local but another host "
+                    "answers for it")
+    return None
+
+
+def _no_good_data_alone(res: DrbdResource) -> bool:
+    """Refused only because the local disk is not UpToDate while the peer is unreachable."""
+    return (not res.split_brain and res.peer_role != "Primary" and res.quorum
+            and res.disk != "UpToDate" and not res.peer_reachable)
+
+
 def vip_release_known(obs: Observation) -> bool:
     """True when the peer is known to have let go of the VIP, so no ARP probe is needed.
 
@@ -126,7 +243,7 @@ def vip_release_known(obs: Observation) -> bool:
     )
 
 
-def vip_probe_needed(obs: Observation) -> bool:
+def vip_probe_needed(obs: Observation, policy: Policy = SAFE) -> bool:
     """Whether the duplicate-address probe must run before this observation is decided on.
 
     Only when the plan would actually reach the VIP: the VIP is not local, the peer's release of
@@ -138,12 +255,15 @@ def vip_probe_needed(obs: Observation) -> bool:
         return False
     if any(not r.configured for r in obs.resources):
         return False
-    return not any(promotion_refusal(r) for r in obs.resources if r.role != "Primary")
+    return not any(promotion_refusal(r) or stale_refusal(r, obs, policy)
+                   for r in obs.resources if r.role != "Primary")
 
 
-def _promote_plan(obs: Observation, reason: str, plug_srs: bool) -> Plan:
+def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
+                  policy: Policy = SAFE) -> Plan:
     actions: List[Action] = []
     refusals: List[str] = []
+    blocked: List[Tuple[str, str]] = []
 
     came_up = [r.name for r in obs.resources if not r.configured]
     actions.extend(UpResource(name) for name in came_up)
@@ -160,12 +280,21 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool) -> Plan:
         why = promotion_refusal(res)
         if why:
             refusals.append(why)
+            if _no_good_data_alone(res):
+                # DRBD's own guard against stale data (with fencing, a rebooted disk comes up
+                # Consistent; the fence-peer handler leaves the peer Outdated): it pages too.
+                blocked.append((res.name, f"local_disk_{res.disk.lower()}"))
+            continue
+        stale = stale_refusal(res, obs, policy)
+        if stale:
+            refusals.append(stale[0])
+            blocked.append((res.name, stale[1]))
     if refusals:
         # All or nothing: a half-promoted set of LUNs is worse than none. A peer that is still
         # Primary is usually demoting right now (it saw the same pool.conf change): look again soon.
         peer_demoting = any(r.peer_role == "Primary" and not r.split_brain for r in to_promote)
         return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals),
-                    retry_soon=peer_demoting)
+                    retry_soon=peer_demoting, blocked=tuple(blocked))
     actions.extend(Promote(r.name) for r in to_promote)
 
     if not obs.target.serving:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence, Tuple
 
 from .model import (
     Action,
@@ -38,6 +38,9 @@ from .model import (
     action_name,
 )
 
+if TYPE_CHECKING:
+    from .systems.drbd import GenerationIds
+
 log = logging.getLogger(__name__)
 
 
@@ -46,6 +49,7 @@ class DrbdSystem(Protocol):
     def up(self, res: str) -> StepResult: ...
     def primary(self, res: str) -> StepResult: ...
     def secondary(self, res: str) -> StepResult: ...
+    def generation_ids(self, res: str) -> Optional["GenerationIds"]: ...
 
 
 class TargetSystem(Protocol):

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import yaml
 
 from .config import RESOURCE_NAME, ConfigError, parse_config
+from .files import CONFIG_LIMIT, read_capped
 
 # The values the original shipped, used where a computation needs a setting the file lacks.
 ORIGINAL_MONITOR_DELAY = 10
@@ -501,14 +502,72 @@ def load_legacy(path: Any) -> Tuple[Dict[str, Any], List[str]]:
     """Read and convert a legacy file; ConfigError when it cannot be read or converted."""
     source = os.fspath(path)
     try:
-        with open(source, "rb") as f:
-            raw = f.read()
+        raw = read_capped(source, CONFIG_LIMIT)  # a regular file; never a FIFO or a device
     except FileNotFoundError:
         raise ConfigError(source, ["no such file"]) from None
     except OSError as exc:
         raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from None
     # Old files may carry Latin-1 in MAIL_SUBJECT; what we keep is validated anyway.
     return convert_legacy(raw.decode("utf-8", errors="replace"), source)
+
+
+def apply_tgt_conf(data: Dict[str, Any], notes: List[str], path: Any,
+                   iqn: Optional[str] = None) -> None:
+    """Carry the target of tgt-admin's ``targets.conf`` over into ``data["target"]``: its IQN,
+    LUN numbers and backing stores, and each LUN's identity pinned (``serial``/``scsi_id``/
+    ``vendor``/``product``) as tgt presented it, so an existing SR keeps its SCSIid. With more
+    than one target, ``iqn`` chooses (else the one whose LUNs are DRBD devices). ConfigError
+    names the file and what is wrong."""
+    from .systems.tgt import TgtParseError, parse_targets_conf
+
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read: {exc.strerror or exc}"]) from None
+    try:
+        targets = parse_targets_conf(text)
+    except TgtParseError as exc:
+        raise ConfigError(source, [str(exc)]) from None
+    if iqn:
+        chosen = [t for t in targets if t.iqn == iqn]
+    elif len(targets) > 1:
+        chosen = [t for t in targets if any("drbd" in lun.path for lun in t.luns)][:1]
+    else:
+        chosen = list(targets)
+    if not chosen:
+        names = ", ".join(t.iqn for t in targets) or "none"
+        raise ConfigError(source, [f"no target to import (targets in the file: {names}); "
+                                   "name one with --iqn"])
+    t = chosen[0]
+    if not t.luns:
+        raise ConfigError(source, [f"target {t.iqn} has no backing-store"])
+    target = dict(data.get("target") or {})
+    target["iqn"] = t.iqn
+    target["luns"] = [{"lun": lun.number, "path": lun.path, "serial": lun.scsi_sn,
+                       "scsi_id": lun.scsi_id, "vendor": lun.vendor_id,
+                       "product": lun.product_id} for lun in t.luns]
+    if len(t.initiator_addresses) == 1:
+        target["initiator_address"] = t.initiator_addresses[0]
+    elif t.initiator_addresses:
+        notes.append(f"{source}: {len(t.initiator_addresses)} initiator-address lines; iscsi-ha "
+                     "binds one: set target.initiator_address to the network that holds them all")
+    for key, value in t.params:
+        if key == "DefaultTime2Wait" and value.isdigit():
+            target["default_time2wait"] = int(value)
+    data["target"] = target
+    others = [x.iqn for x in targets if x is not t]
+    notes.append(f"From {source}: target {t.iqn} (tid {t.tid} there) with LUN(s) "
+                 f"{', '.join(str(lun.number) for lun in t.luns)}; each LUN's serial and "
+                 "scsi_id pinned as tgt presented them (the SR's SCSIid is kept)."
+                 + (f" Not imported: {', '.join(others)}." if others else ""))
+    for item in t.ignored:
+        notes.append(f"{source}: {item} not carried over (CHAP is not configured by iscsi-ha)")
+    try:
+        parse_config(data, source)
+    except ConfigError as exc:
+        raise ConfigError(source, [f"after import: {p}" for p in exc.problems]) from None
 
 
 def render_yaml(data: Dict[str, Any], notes: List[str]) -> str:

@@ -123,6 +123,7 @@ class TargetObservation:
     sessions: int = 0
     error: Optional[str] = None
     backend: str = ""  # "tgt" | "lio"
+    # What each LUN presents; while not served here, what it will present (from the config).
     lun_info: Tuple[LunInfo, ...] = ()
 
 
@@ -172,12 +173,71 @@ class ManualMode:
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What this host can prove about holding the newest data of one resource.
+
+    Built by ``controller/ledger.py`` from what this controller watched (see that module for the
+    exact rule); ``decide()`` only reads it. Everything defaults to "no proof".
+    """
+
+    resource: str
+    # Watched without a gap, Connected and UpToDate, to a peer that then vanished (SPEC: protocol
+    # C means every acknowledged write is here).
+    watched: bool = False
+    why_not: str = "no record of this resource in the ledger"  # when not watched, in words
+    reason: str = "no_record"  # machine-readable kind of why_not, the metric's ``reason`` label
+    last_connected: Optional[float] = None  # unix time this host last saw the peer connected
+    last_peer_role: Optional[str] = None  # the peer's role and disk then
+    last_peer_disk: Optional[str] = None
+    last_role: Optional[str] = None
+    # Seconds this controller has watched the peer be unreachable, without a gap (for the
+    # relaxing setting promotion.unproven_wait); None when not known.
+    unreachable_for: Optional[float] = None
+    # DRBD's own meta-data flags (drbdadm get-gi, 8.4), read while the peer is unreachable:
+    # "the peer's disk was outdated or inconsistent" is proof; "crashed primary" is said.
+    drbd_peer_outdated: bool = False
+    drbd_crashed_primary: bool = False
+
+
+@dataclass(frozen=True)
+class PeerObservation:
+    """The other controller, as it answered over the peer channel (controller/peer.py)."""
+
+    reachable: bool = False
+    pool_role: Optional[str] = None  # "master" | "slave" | "unknown"
+    resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> states
+    age: Optional[float] = None  # seconds since the answer
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Settings of the promotion rule (config section ``promotion``)."""
+
+    # Promote without proof after watching the peer unreachable this long (0 = never; the safe
+    # default). Like DRBD's degr-wfc-timeout: it trades the risk of serving stale data for
+    # availability.
+    unproven_wait: float = 0.0
+
+
+@dataclass(frozen=True)
 class Observation:
     pool: PoolObservation
     resources: Tuple[DrbdResource, ...]
     target: TargetObservation
     vip: VipObservation
     srs: Optional[SrObservation] = None  # None when not observed (slave, or SR handling off)
+    evidence: Tuple[Evidence, ...] = ()  # per resource; a resource without one has no proof
+    peer: Optional[PeerObservation] = None  # None when no peer channel is configured
+    now: float = 0.0  # unix time of the observation (decide() has no clock; for "2 h ago")
+    # Resources the operator accepted to promote without proof (become-primary --accept-stale).
+    accept_stale: Tuple[str, ...] = ()
+
+    def evidence_for(self, name: str) -> Evidence:
+        for ev in self.evidence:
+            if ev.resource == name:
+                return ev
+        return Evidence(name)
 
     def resource(self, name: str) -> DrbdResource:
         for res in self.resources:
@@ -296,6 +356,9 @@ class Plan:
     # The refusal is expected to clear within seconds (the peer is demoting right now, a resource
     # just came up): the daemon runs the next cycle soon instead of a full interval later.
     retry_soon: bool = False
+    # (resource, reason) for each promotion held for lack of proof of the newest data; exported
+    # as iscsi_ha_promotion_blocked{resource, reason} and paged on.
+    blocked: Tuple[Tuple[str, str], ...] = ()
 
     @property
     def converged(self) -> bool:
@@ -370,6 +433,7 @@ class CycleResult:
             "reason": self.plan.reason if self.plan else "",
             "refusals": list(self.plan.refusals) if self.plan else [],
             "held": self.plan.held if self.plan else None,
+            "blocked": [list(b) for b in self.plan.blocked] if self.plan else [],
             "results": [
                 {**action_to_dict(r.action), "ok": r.ok, "refused": r.refused,
                  "message": r.message, "duration": r.duration}

@@ -39,6 +39,8 @@ then what it means)::
         one-hot over primary/secondary/none (none = holding)
     iscsi_ha_refusals                                         gauge
         safety refusals in the last plan
+    iscsi_ha_promotion_blocked{resource,reason}               gauge
+        1 per resource held for lack of proof of the newest data (or two masters)
     iscsi_ha_planned_actions                                  gauge
         actions in the last plan (0 = converged or holding)
     iscsi_ha_last_cycle_outcome{outcome}                      gauge
@@ -76,15 +78,20 @@ then what it means)::
     iscsi_ha_drbd_quorum{resource}                            gauge
         1 when DRBD has quorum (DRBD 9; always 1 on 8.4)
     iscsi_ha_target_daemon_up                                 gauge
-        1 when tgtd runs
+        1 when the target daemon runs (tgtd; for LIO: the kernel target is loaded)
     iscsi_ha_target_present                                   gauge
-        1 when our target exists in tgtd
+        1 when our target exists (in tgtd, or in LIO's configfs)
     iscsi_ha_target_serving                                   gauge
         1 when the target serves every LUN with its binding
     iscsi_ha_target_luns                                      gauge
         LUNs of our target (LUN 0 not counted)
     iscsi_ha_target_sessions                                  gauge
         initiator sessions on our target
+    iscsi_ha_lun_info{lun, backend, serial, wwn}              gauge
+        1 per served LUN: the identity initiators read (VPD 0x80 serial, VPD 0x83 NAA);
+        must be equal on both hosts (alert IscsiHaLunIdentityDiffers)
+    iscsi_ha_target_write_cache_enabled{lun}                  gauge
+        1 when a WRITE to that LUN may complete before DRBD has it (corrected by the controller)
     iscsi_ha_vip_info{address, interface}                     gauge
         1; the configured VIP ("10.10.10.3/24") and interface
     iscsi_ha_vip_local                                        gauge
@@ -356,6 +363,15 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
         _one_hot(desired, [], ROLE_CHOICES, plan.desired.value if plan.desired else "none")
         add(desired)
         add(_one("refusals", f"Safety refusals in the plan, {AS_OF}.", len(plan.refusals)))
+        blocked = _gauge("promotion_blocked",
+                         "1 for each resource whose promotion is held because this host cannot "
+                         "prove it has the newest data (reason: no_record, untrusted_record, "
+                         "restarted, rebooted, gap, not_in_sync, two_masters, or "
+                         "local_disk_<state> when DRBD's disk is not UpToDate), "
+                         f"{AS_OF}.", ["resource", "reason"])
+        for resource, reason in plan.blocked:
+            blocked.add_metric([resource, reason], 1.0)
+        add(blocked)
         add(_one("planned_actions", f"Actions in the plan (0 = converged or holding), {AS_OF}.",
                  len(plan.actions)))
 
@@ -411,14 +427,26 @@ def observation_families(
     out.extend((drbd_enums or drbd_enum_families)(obs.resources))
 
     tgt = obs.target
-    add(_one("target_daemon_up", f"1 when the tgt daemon runs, {AS_OF}.", tgt.daemon_running))
-    add(_one("target_present", f"1 when our iSCSI target exists in tgtd, {AS_OF}.",
+    add(_one("target_daemon_up", f"1 when the target daemon (tgtd, or the kernel target LIO) "
+             f"runs, {AS_OF}.", tgt.daemon_running))
+    add(_one("target_present", f"1 when our iSCSI target exists, {AS_OF}.",
              tgt.target_present))
     add(_one("target_serving",
              f"1 when the iSCSI target serves every configured LUN, {AS_OF}.", tgt.serving))
     add(_one("target_luns", f"LUNs of our iSCSI target (LUN 0 not counted), {AS_OF}.", tgt.luns))
     add(_one("target_sessions", f"iSCSI initiator sessions on our target, {AS_OF}.",
              tgt.sessions))
+    lun_info = _gauge("lun_info", "1 per served LUN: the identity an initiator reads (VPD 0x80 "
+                      f"unit serial, VPD 0x83 NAA designator), {AS_OF}.",
+                      ["lun", "backend", "serial", "wwn"])
+    cache = _gauge("target_write_cache_enabled", "1 when a WRITE to the LUN may complete before "
+                   f"DRBD has it (the controller turns it off), {AS_OF}.", ["lun"])
+    for lun in tgt.lun_info:
+        lun_info.add_metric([str(lun.number), tgt.backend, lun.serial, lun.wwn], 1.0)
+        if lun.write_cache is not None:
+            cache.add_metric([str(lun.number)], float(lun.write_cache))
+    add(lun_info)
+    add(cache)
 
     vip = obs.vip
     if vip.address:
@@ -592,6 +620,7 @@ METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("iscsi_ha_manual_mode_since_timestamp_seconds", "gauge", ()),
     ("iscsi_ha_desired_role", "gauge", ("role",)),
     ("iscsi_ha_refusals", "gauge", ()),
+    ("iscsi_ha_promotion_blocked", "gauge", ("resource", "reason")),
     ("iscsi_ha_planned_actions", "gauge", ()),
     ("iscsi_ha_last_cycle_outcome", "gauge", ("outcome",)),
     ("iscsi_ha_last_cycle_timestamp_seconds", "gauge", ()),
@@ -615,6 +644,8 @@ METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("iscsi_ha_target_serving", "gauge", ()),
     ("iscsi_ha_target_luns", "gauge", ()),
     ("iscsi_ha_target_sessions", "gauge", ()),
+    ("iscsi_ha_lun_info", "gauge", ("lun", "backend", "serial", "wwn")),
+    ("iscsi_ha_target_write_cache_enabled", "gauge", ("lun",)),
     ("iscsi_ha_vip_info", "gauge", ("address", "interface")),
     ("iscsi_ha_vip_local", "gauge", ()),
     ("iscsi_ha_vip_conflict", "gauge", ()),

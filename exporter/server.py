@@ -72,9 +72,11 @@ HEADER_TIMEOUT = 5.0  # seconds for a whole request head to arrive (Go's ReadHea
 IDLE_TIMEOUT = 60.0  # keep-alive connections idle longer than this are closed
 # Connections served at once. Prometheus uses one; the cap keeps a flood of idle connections from
 # taking the controller's file descriptors (it shares them with every command of every cycle).
-# A new connection beyond the cap closes the one that has waited longest without sending a
-# request, so idle connections can never lock out a scraper that sends its request at once.
+# One client address may hold PER_CLIENT of them (more are closed at accept, which costs no
+# thread); beyond the cap a new connection closes the longest-waiting one of the address that
+# holds the most, so a flood from one host can never lock out a scraper on another.
 MAX_CONNECTIONS = 32
+PER_CLIENT = 8
 WARM_POLL = 0.1  # how often the warm-up thread looks for a new snapshot
 WARM_FORMATS_FOR = 600.0  # keep warming a format for this long after its last request
 # Level 1: at 64 resources ~1 ms instead of ~7 ms (level 6) or ~11 ms (9, gzip's default), for
@@ -332,10 +334,11 @@ class _Handler(BaseHTTPRequestHandler):
 class _Conn:
     """One accepted connection: its socket, what it is doing and until when it may."""
 
-    __slots__ = ("sock", "state", "since", "deadline", "requests")
+    __slots__ = ("sock", "client", "state", "since", "deadline", "requests")
 
-    def __init__(self, sock: socket.socket, now: float, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, client: str, now: float, deadline: float) -> None:
         self.sock = sock
+        self.client = client
         self.state = "new"  # new (handshake, first request head) | head | busy | idle | closing
         self.since = now
         self.deadline = deadline
@@ -363,6 +366,7 @@ class _Server(ThreadingHTTPServer):
         self._by_sock: dict[int, _Conn] = {}  # id(socket the handler has) -> the same record
         self._lock = threading.Lock()
         self.evicted = 0  # connections closed to make room or for being too slow (for tests)
+        self.refused = 0  # connections closed at accept (their address holds too many)
         super().__init__(address, _Handler)
 
     # -- the connection table
@@ -371,16 +375,25 @@ class _Server(ThreadingHTTPServer):
         """Runs in the accept loop: admit the connection, making room if the table is full."""
         now = time.monotonic()
         first = HEADER_TIMEOUT + (HANDSHAKE_TIMEOUT if self.web.tls is not None else 0.0)
+        client = str(client_address[0]) if client_address else ""
         with self._lock:
             live = [c for c in self._conns.values() if c.state != "closing"]
+            per_client: dict[str, int] = {}
+            for c in live:
+                per_client[c.client] = per_client.get(c.client, 0) + 1
+            if per_client.get(client, 0) >= PER_CLIENT:
+                self.refused += 1
+                self.shutdown_request(request)
+                return
             if len(live) >= self.max_connections:
                 waiting = [c for c in live if c.state in _WAITING]
                 if not waiting or len(self._conns) >= 2 * self.max_connections:
                     # Everything is busy answering (or closing): this one waits for nothing.
+                    self.refused += 1
                     self.shutdown_request(request)
                     return
-                self._close(min(waiting, key=lambda c: c.since))
-            conn = _Conn(request, now, now + first)
+                self._close(min(waiting, key=lambda c: (-per_client[c.client], c.since)))
+            conn = _Conn(request, client, now, now + first)
             self._conns[id(request)] = conn
             self._by_sock[id(request)] = conn
         try:

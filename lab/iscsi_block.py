@@ -11,6 +11,10 @@ client namespace under timeout(1) (libiscsi's sync calls have no deadline of the
     iscsi_block.py read  iscsi://10.99.0.3/IQN/1 LBA BLOCKS  -> {"ok": true, "data": HEX}
     iscsi_block.py vpd   iscsi://10.99.0.3/IQN/1 0 PAGE    -> {"ok": true, "data": HEX}
 
+``stream`` writes MIB mebibytes of random data from LBA on in CHUNK_KIB writes over one session
+(``iscsi_block.py stream URL LBA MIB:CHUNK_KIB`` -> {"ok": true, "seconds": S, "bytes": N}): the
+write throughput through the LUN, for bench/bench_target.py.
+
 ``vpd`` is INQUIRY with EVPD=1 for page PAGE (128 = 0x80 unit serial, 131 = 0x83 device
 identification): the page's raw bytes, so two targets' identities compare byte for byte.
 
@@ -129,6 +133,28 @@ def transfer(url: str, op: str, lba: int, arg: str) -> Dict[str, Any]:
                 ctx, lun, lba, None, len(data), BLOCK, 0, 0, 0, 0, 0, ctypes.byref(iov), 1
             )
             result: Dict[str, Any] = {"ok": True}
+        elif op == "stream":
+            import os
+            import time
+
+            mib, chunk_kib = (int(x) for x in arg.split(":"))
+            size = chunk_kib * 1024
+            buf = ctypes.create_string_buffer(os.urandom(size), size)
+            iov = ScsiIovec(ctypes.cast(buf, ctypes.c_void_p), size)
+            t0 = time.monotonic()
+            for i in range(mib * 1024 // chunk_kib):
+                task = lib.iscsi_write16_iov_sync(
+                    ctx, lun, lba + i * (size // BLOCK), None, size, BLOCK, 0, 0, 0, 0, 0,
+                    ctypes.byref(iov), 1)
+                status = ctypes.cast(task, ctypes.POINTER(ctypes.c_int)).contents.value \
+                    if task else -1
+                if task:
+                    lib.scsi_free_scsi_task(task)
+                if status != SCSI_STATUS_GOOD:
+                    return {"ok": False, "error": f"write {i}: status {status}"}
+            result = {"ok": True, "seconds": time.monotonic() - t0, "bytes": mib << 20}
+            lib.iscsi_logout_sync(ctx)
+            return result
         elif op == "vpd":
             task, page = _vpd(lib, ctx, lun, int(arg))
             result = {"ok": True, "data": page.hex()}
@@ -154,7 +180,7 @@ def transfer(url: str, op: str, lba: int, arg: str) -> Dict[str, Any]:
 
 def main(argv: Any = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 4 or args[0] not in ("read", "write", "vpd"):
+    if len(args) != 4 or args[0] not in ("read", "write", "vpd", "stream"):
         print(__doc__.split("\n\n")[2], file=sys.stderr)
         return 2
     op, url, lba, arg = args

@@ -35,6 +35,9 @@ after it. The price: a target wrongly serving from a Secondary would still see g
 To catch that, the simulator's "held open" check is real (a tgtd of that node's namespace holding
 the file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
 
+The target is always **tgt** here (``target.backend: tgt``): the namespaces share this machine's
+kernel, which has no configfs target, so the LIO backend runs only in the VM lab (``lab/vm/``).
+
 Lifetime: everything started is recorded by PID and stopped by PID (SIGTERM, bounded wait,
 SIGKILL), including whatever else runs inside the run's namespaces at teardown (the tgtd a
 controller started), found with ``ip netns pids``. Teardown runs from the context manager, from

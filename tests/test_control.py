@@ -80,6 +80,9 @@ class WorldDrbd(_Part):
     def secondary(self, name):
         return self._do(Demote(name))
 
+    def generation_ids(self, name):
+        return None  # DRBD's meta-data flags: not part of the fake world
+
 
 class WorldTarget(_Part):
     def observe(self):
@@ -642,8 +645,9 @@ def test_become_primary_refused_while_the_peer_is_primary(tmp_path, sockdir):
 
 def test_become_primary_refused_while_another_host_answers_for_the_vip(tmp_path, sockdir):
     # Peer unreachable: nothing says it let go of the VIP, so the controller probes (arping -D).
+    # (Its disk is Outdated, so promoting is otherwise allowed: the VIP is what refuses.)
     obs = world(resources=(res(role="Secondary", peer_role="Unknown", connection="WFConnection",
-                               peer_disk="DUnknown"),))
+                               peer_disk="Outdated"),))
     host = Host(str(tmp_path), obs, probe_answer=True)
     with serving(StubDaemon(host.controller), os.path.join(sockdir, "c.sock")) as server:
         assert cmd(server.path, "manual-mode-enable")["code"] == 0

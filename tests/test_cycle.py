@@ -4,6 +4,7 @@ import os
 import sys
 import textwrap
 import time
+from dataclasses import replace
 
 from iscsi_ha.controller.cycle import Controller, CycleSettings
 from iscsi_ha.controller.execute import Systems
@@ -158,7 +159,12 @@ def test_dry_run_changes_nothing(tmp_path):
 
 def test_vip_probe_runs_only_when_the_peer_release_is_unknown(tmp_path):
     gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
-    ctl, fake, _, _ = make(tmp_path, world(resources=(gone,)))
+    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
+                                 pool=PoolRole.SLAVE)
+    ctl.run_cycle()  # watched: Connected, UpToDate, Secondary to a Primary
+    fake.world.obs = replace(fake.world.obs, resources=(gone,))
+    pool["value"] = PoolObservation(PoolRole.MASTER)
+    mono.t += 1
     fake.probe_answer = True
     r = ctl.run_cycle()
     assert fake.probes == 1
@@ -300,3 +306,66 @@ def test_no_vip_probe_while_the_promotion_would_be_refused(tmp_path):
     fake.world.obs = world(resources=(gone,))
     ctl.run_cycle()
     assert fake.probes == 1  # failover with the peer gone: now the probe is needed
+
+
+# ------------------------------------------------------------------ never serve stale data
+
+
+def test_failover_promotes_only_after_watching_the_primary_vanish(tmp_path):
+    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
+                                 pool=PoolRole.SLAVE)
+    assert ctl.run_cycle().outcome is Outcome.OK
+    fake.world.obs = replace(fake.world.obs, resources=(
+        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    pool["value"] = PoolObservation(PoolRole.MASTER)
+    mono.t += 5
+    r = ctl.run_cycle()
+    assert "promoted iscsi1" in r.message, r.message
+    assert r.plan.blocked == ()
+
+
+def test_a_gap_in_watching_blocks_the_failover(tmp_path):
+    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
+                                 pool=PoolRole.SLAVE)
+    ctl.run_cycle()
+    fake.world.obs = replace(fake.world.obs, resources=(
+        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    pool["value"] = PoolObservation(PoolRole.MASTER)
+    mono.t += ctl.settings.max_watch_gap + 1  # the controller did not look for too long
+    r = ctl.run_cycle()
+    assert r.outcome is Outcome.HELD and "primary" not in fake.calls
+    assert "cannot prove this host has the newest data" in r.message
+    assert "did not look for" in r.message
+    assert r.plan.blocked == (("iscsi1", "gap"),)
+
+
+def test_a_restarted_controller_holds_while_the_peer_is_gone(tmp_path):
+    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
+                                 pool=PoolRole.SLAVE)
+    ctl.run_cycle()
+    gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    fake.world.obs = replace(fake.world.obs, resources=(gone,))
+    mono.t += 1
+    ctl.run_cycle()  # still slave: watched the Primary vanish
+    # The controller restarts (same state directory, same boot), then the pool master moves.
+    ctl2 = Controller(ctl.settings, fake.systems, lambda: PoolObservation(PoolRole.MASTER),
+                      ManualModeStore(str(tmp_path / "state")), probe_vip=fake.probe,
+                      monotonic=mono)
+    mono.t += 1
+    r = ctl2.run_cycle()
+    assert r.outcome is Outcome.HELD and "primary" not in fake.calls
+    assert "the peer was Primary (UpToDate) when last seen" in r.message
+    assert "controller restarted" in r.message
+    assert r.plan.blocked == (("iscsi1", "restarted"),)
+
+
+def test_accept_stale_promotes_in_manual_mode_and_only_then(tmp_path):
+    gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    ctl, fake, _, _ = make(tmp_path, world(resources=(gone,)))
+    fake.probe_answer = False
+    ctl.command("manual-mode-enable")
+    code, msg = ctl.command("become-primary")
+    assert code == 1 and "cannot prove this host has the newest data" in msg
+    assert "primary" not in fake.calls
+    code, msg = ctl.command("become-primary", accept_stale=("iscsi1",), who="uid 0 (alice)")
+    assert code == 0 and "promoted iscsi1" in msg, msg

@@ -1,15 +1,24 @@
 """decide(): the decision table, the refusals, and convergence on a fake world."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
-from iscsi_ha.controller.decide import decide, promotion_refusal
+from iscsi_ha.controller.decide import (
+    become_refusal,
+    decide,
+    manual_disable_refusal,
+    promotion_refusal,
+)
 from iscsi_ha.controller.model import (
     AnnounceVip,
     BindVip,
     Demote,
+    Evidence,
     ManualMode,
+    PeerObservation,
     PlugPbds,
+    Policy,
     PoolRole,
     Promote,
     ServeTarget,
@@ -24,6 +33,7 @@ from worlds import FakeWorld, res, sr_with, world
 
 AUTO = ManualMode()
 MANUAL = ManualMode(enabled=True)
+WATCHED = (Evidence("iscsi1", watched=True, reason="watched", why_not="watched without a gap"),)
 
 
 def names(plan):
@@ -110,9 +120,9 @@ def test_inconsistent_local_disk_is_fine_when_the_connected_peer_is_uptodate():
     assert Promote("iscsi1") in plan.actions
 
 
-def test_disconnected_uptodate_promotes_failover_case():
+def test_disconnected_uptodate_promotes_failover_case_when_watched():
     r = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
-    plan = decide(world(resources=(r,), conflict=False), AUTO)
+    plan = decide(world(resources=(r,), conflict=False, evidence=WATCHED), AUTO)
     assert plan.actions[0] == Promote("iscsi1")
 
 
@@ -130,7 +140,7 @@ def test_vip_conflict_refuses_bind_but_keeps_target():
 
 def test_unprobed_vip_refused_unless_peer_released_it():
     peer_gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
-    plan = decide(world(resources=(peer_gone,), conflict=None), AUTO)
+    plan = decide(world(resources=(peer_gone,), conflict=None, evidence=WATCHED), AUTO)
     assert BindVip() not in plan.actions and "could not check" in plan.refusals[0]
     # Connected peer that is Secondary: it removed the VIP before demoting; no probe needed.
     plan = decide(world(conflict=None), AUTO)
@@ -188,15 +198,18 @@ def expected_role(pool, local, mode):
     return {PoolRole.MASTER: StorageRole.PRIMARY, PoolRole.SLAVE: StorageRole.SECONDARY}.get(pool)
 
 
+PROOF = [(), WATCHED]
+
+
 @pytest.mark.parametrize(
-    "pool, local, peer, conn, disk, peer_disk, mode",
-    list(itertools.product(POOL, LOCAL, PEER, CONN, DISK, DISK, MODES)),
+    "pool, local, peer, conn, disk, peer_disk, mode, proof",
+    list(itertools.product(POOL, LOCAL, PEER, CONN, DISK, DISK, MODES, PROOF)),
 )
-def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode):
+def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode, proof):
     reachable = conn in ("Connected", "SyncSource")
     r = res(role=local, peer_role=peer if reachable else "Unknown", connection=conn, disk=disk,
             peer_disk=peer_disk if reachable else "DUnknown")
-    plan = decide(world(pool, resources=(r,), conflict=False), mode)
+    plan = decide(world(pool, resources=(r,), conflict=False, evidence=proof), mode)
     want = expected_role(pool, local, mode)
     assert plan.desired is want
     if want is None:
@@ -211,12 +224,22 @@ def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode):
         assert not promotes and not plan.refusals
         assert BindVip() in plan.actions
         return
-    safe = promotion_refusal(r) is None
+    # Never serve stale data: a peer DRBD cannot reach needs proof (here: the watch).
+    proven = r.peer_reachable or bool(proof)
+    safe = promotion_refusal(r) is None and proven
     assert promotes == safe
     if r.peer_role == "Primary" or (disk != "UpToDate" and not r.peer_reachable):
         assert not promotes
     if not safe:
         assert plan.refusals and ServeTarget() not in plan.actions
+    if promotion_refusal(r) is None and not proven:
+        assert plan.blocked == (("iscsi1", "no_record"),)
+        assert "cannot prove this host has the newest data" in plan.refusals[0]
+    elif not r.peer_reachable and disk != "UpToDate":
+        # DRBD's own stale-data guard (the local disk not UpToDate, the peer gone) pages too.
+        assert plan.blocked == (("iscsi1", f"local_disk_{disk.lower()}"),)
+    else:
+        assert plan.blocked == ()
 
 
 # ------------------------------------------------------------------ convergence
@@ -247,3 +270,83 @@ def test_apply_first_action_then_decide_again_converges(obs, mode):
             assert plan.actions == rest
     assert plan.actions == () and plan.refusals == ()
     assert decide(w.obs, mode).converged
+
+
+# ------------------------------------------------------------------ never serve stale data
+
+GONE = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+
+
+@pytest.mark.parametrize("how, kw, promotes, reason", [
+    ("no record", {}, False, "no_record"),
+    ("watched", {"evidence": WATCHED}, True, None),
+    ("restarted", {"evidence": (Evidence("iscsi1", reason="restarted", why_not="the controller "
+                                         "restarted since; nobody watched in between",
+                                         last_connected=1000.0, last_peer_role="Primary",
+                                         last_peer_disk="UpToDate"),), "now": 1000.0 + 7200},
+     False, "restarted"),
+    ("peer Outdated per DRBD", {"resources": (replace(GONE, peer_disk="Outdated"),)}, True, None),
+    ("peer Outdated per the peer channel",
+     {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "Outdated"}})}, True, None),
+    ("peer channel reachable, peer UpToDate",
+     {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "UpToDate"}})}, False,
+     "no_record"),
+    ("operator accepted", {"accept_stale": ("iscsi1",)}, True, None),
+    ("evidence of another resource", {"evidence": (Evidence("other", watched=True),)}, False,
+     "no_record"),
+])
+def test_peer_unreachable_promotes_only_with_proof(how, kw, promotes, reason):
+    kw.setdefault("resources", (GONE,))
+    plan = decide(world(conflict=False, **kw), AUTO)
+    assert (Promote("iscsi1") in plan.actions) == promotes, how
+    if reason:
+        assert plan.blocked == (("iscsi1", reason),)
+        assert plan.refusals[0].startswith(
+            "not promoting iscsi1: cannot prove this host has the newest data: ")
+    else:
+        assert plan.blocked == ()
+
+
+def test_hold_sentence_says_when_and_how_the_peer_was_last_seen():
+    ev = Evidence("iscsi1", reason="restarted", why_not="the controller restarted since; nobody "
+                  "watched in between", last_connected=1000.0, last_peer_role="Primary",
+                  last_peer_disk="UpToDate")
+    plan = decide(world(resources=(GONE,), evidence=(ev,), now=1000.0 + 7200), AUTO)
+    assert plan.refusals == (
+        "not promoting iscsi1: cannot prove this host has the newest data: the peer was Primary "
+        "(UpToDate) when last seen, 2 h ago; the controller restarted since; nobody watched in "
+        "between (see `iscsi-cfg become-primary --accept-stale` in the runbook)",)
+
+
+def test_unproven_wait_relaxes_after_the_configured_time_only():
+    ev = Evidence("iscsi1", unreachable_for=299.0)
+    obs = world(resources=(GONE,), evidence=(ev,), conflict=False)
+    assert Promote("iscsi1") not in decide(obs, AUTO, Policy(unproven_wait=300)).actions
+    obs = world(resources=(GONE,), evidence=(replace(ev, unreachable_for=300.0),), conflict=False)
+    assert Promote("iscsi1") in decide(obs, AUTO, Policy(unproven_wait=300)).actions
+    assert Promote("iscsi1") not in decide(obs, AUTO).actions  # 0 = never (the default)
+
+
+@pytest.mark.parametrize("local", ["Primary", "Secondary"])
+def test_two_masters_both_hold_and_page(local):
+    peer = PeerObservation(True, "master", {})
+    obs = world(resources=(res(role=local, connection="StandAlone", peer_role="Unknown",
+                               peer_disk="DUnknown"),), peer=peer, vip_local=local == "Primary")
+    plan = decide(obs, AUTO)
+    assert plan.actions == () and plan.desired is None
+    assert "both hosts' pool.conf say master" in plan.held
+    assert plan.blocked == (("iscsi1", "two_masters"),)
+    # A peer that is slave, or not reachable, is not a split pool.
+    assert not decide(replace(obs, peer=PeerObservation(True, "slave")), AUTO).held
+    assert not decide(replace(obs, peer=PeerObservation(False)), AUTO).held
+
+
+def test_operator_command_refusals_are_pure():
+    assert "only in manual mode" in become_refusal(StorageRole.PRIMARY, AUTO, None)
+    obs = world(resources=(res(peer_role="Primary"),))
+    assert "peer is Primary for iscsi1" in become_refusal(StorageRole.PRIMARY, MANUAL, obs)
+    assert become_refusal(StorageRole.SECONDARY, MANUAL, None) is None
+    primary_here = world(resources=(res(role="Primary"),), vip_local=True, serving=True)
+    assert manual_disable_refusal(primary_here) is None
+    assert "become-secondary" in manual_disable_refusal(world(PoolRole.SLAVE,
+                                                              resources=(res(role="Primary"),)))

@@ -209,3 +209,24 @@ def test_sighup_with_hostile_files_keeps_the_daemon_running(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_strange_key_is_quoted_on_one_line(tmp_path):
+    """Found by the fuzzer: a key holding a newline or a pasted paragraph."""
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL + '"bad\\nkey: x": 1\n? |\n  two\n  lines\n: 2\n')
+    problems = _problems(path)
+    assert len(str(ConfigError(str(path), problems)).splitlines()) == len(problems) == 2
+    assert all(p.endswith("unknown key") and p.startswith("'") for p in problems), problems
+
+
+def test_import_conf_refuses_a_fifo_at_once(tmp_path, capsys):
+    fifo = tmp_path / "iscsi-ha.conf"
+    os.mkfifo(fifo)
+    codes = []
+    t = threading.Thread(target=lambda: codes.append(cli.main(["import-conf", str(fifo)])),
+                         daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "import-conf blocked on a FIFO"
+    assert codes == [2] and "FIFO" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import time
 
+import pytest
 from iscsi_ha.controller.cli import ask
 from iscsi_ha.controller.control import root_socket_path
 from test_control import Host, StubDaemon, converged_master, serving, sockdir  # noqa: F401
@@ -45,6 +46,7 @@ def _flood(uid: int, path: str, seconds: float) -> subprocess.Popen:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+@pytest.mark.root  # setpriv to other uids
 def test_root_keeps_working_under_a_local_connect_flood(tmp_path, sockdir, caplog):  # noqa: F811
     host = Host(str(tmp_path / "state"), converged_master())
     path = os.path.join(sockdir, "control.sock")
@@ -74,6 +76,7 @@ def test_root_keeps_working_under_a_local_connect_flood(tmp_path, sockdir, caplo
     assert 1 <= len(refused) <= 2, len(refused)  # once per refused uid, not per connection
 
 
+@pytest.mark.root
 def test_an_allowed_user_gets_its_own_few_slots_only(tmp_path, sockdir):  # noqa: F811
     from iscsi_ha.controller.control import PER_UID_SLOTS, ControlServer
 
@@ -82,7 +85,17 @@ def test_an_allowed_user_gets_its_own_few_slots_only(tmp_path, sockdir):  # noqa
                            (0, NOBODY), max_connections=16)
     taken = [server._take_slot(NOBODY) for _ in range(PER_UID_SLOTS + 2)]
     assert taken == [True] * PER_UID_SLOTS + [False, False]
-    others = [server._take_slot(1000 + i) for i in range(20)]  # many allowed uids together
+    others = [server._take_slot(70000 + i) for i in range(20)]  # many allowed uids together
     assert others.count(True) == 16 - 4 - PER_UID_SLOTS  # root's quarter stays free
     assert all(server._take_slot(0) for _ in range(4))
     assert not server._take_slot(0)  # and now everything is in use
+
+
+def test_a_lone_surrogate_command_gets_an_answer(tmp_path):
+    """Found by the fuzzer: JSON allows "\\udcff"; quoting it used to raise inside dispatch."""
+    from iscsi_ha.controller.control import ControlServer
+
+    host = Host(str(tmp_path / "state"), converged_master())
+    server = ControlServer("/nonexistent/c.sock", StubDaemon(host.controller), (0,))
+    answer = server.dispatch({"cmd": "\udcff"})
+    assert answer["ok"] is False and answer["error"].startswith("unknown command")

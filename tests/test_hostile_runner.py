@@ -86,3 +86,85 @@ def test_the_daemon_hides_the_configured_password_variable(monkeypatch):
     runner = built.systems.drbd.runner
     assert runner.run([sys.executable, "-c", "import os; print(os.environ.get('MY_XAPI_PW'))"]
                       ).stdout.strip() == "None"
+
+
+# ------------------------------------------------------------------ observe() never raises
+
+
+def test_vip_observe_turns_any_exception_into_an_error(monkeypatch):
+    from fakes import FakeRunner
+    from iscsi_ha.controller.systems import vip as vip_mod
+    from iscsi_ha.controller.systems.vip import Vip
+
+    fake = FakeRunner()
+    fake.answer(("ip",), stdout="2: eth0    inet 10.0.0.1/24 scope global eth0\n")
+
+    def broken(text, address):
+        raise RuntimeError("a parser bug")
+
+    monkeypatch.setattr(vip_mod, "parse_addr_show", broken)
+    obs = Vip(fake, address="10.0.0.3/24", interface="eth0").observe()
+    assert obs.local is False and "a parser bug" in obs.error
+
+
+def test_sr_observe_turns_any_exception_into_an_error(monkeypatch):
+    from iscsi_ha.controller.systems import sr as sr_mod
+
+    class Client:
+        def call(self, method, *args):
+            return {}
+
+    def broken(*args, **kw):
+        raise KeyError("uuid")
+
+    monkeypatch.setattr(sr_mod, "build_sr_observation", broken)
+    obs = sr_mod.SrAdapter(Client()).observe()
+    assert obs.reachable and "cannot read the SRs" in obs.error
+
+
+# ------------------------------------------------------------------ files read capped
+
+
+def _in_thread(fn, timeout=5.0):
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{fn} blocked"
+    return out[0]
+
+
+def test_pool_conf_fifo_or_device_is_an_unknown_role_at_once(tmp_path):
+    import os
+
+    from iscsi_ha.controller.systems.pool import read_pool_conf
+
+    fifo = tmp_path / "pool.conf"
+    os.mkfifo(fifo)
+    obs = _in_thread(lambda: read_pool_conf(str(fifo)))
+    assert obs.role.value == "unknown" and "FIFO" in obs.detail
+    obs = _in_thread(lambda: read_pool_conf("/dev/zero"))
+    assert obs.role.value == "unknown" and "character device" in obs.detail
+
+
+def test_password_file_fifo_is_a_config_error_naming_the_file(tmp_path):
+    import os
+
+    import pytest
+    from iscsi_ha.controller.config import Config, ConfigError, VipConfig, XenApiConfig
+    from iscsi_ha.controller.config import read_xenapi_password as read_pw
+
+    fifo = tmp_path / "pw"
+    os.mkfifo(fifo)
+    cfg = Config(resources=("r0",), vip=VipConfig("10.0.0.3/24"),
+                 xenapi=XenApiConfig(password_file=str(fifo), password_env=None))
+
+    def read():
+        with pytest.raises(ConfigError) as info:
+            read_pw(cfg, environ={})
+        return str(info.value)
+
+    text = _in_thread(read)
+    assert str(fifo) in text and "FIFO" in text

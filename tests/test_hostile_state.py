@@ -95,6 +95,7 @@ def test_a_fifo_manual_mode_file_is_repaired_by_the_cli(tmp_path):
     assert path.is_file() and ManualModeStore(str(path.parent)).load()[1] is None
 
 
+@pytest.mark.root  # mknod
 def test_status_file_never_replaces_a_device_node(tmp_path):
     dev = tmp_path / "null"
     os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))  # a character device, like /dev/null
@@ -105,6 +106,7 @@ def test_status_file_never_replaces_a_device_node(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["null"]  # no temporary file left behind
 
 
+@pytest.mark.root  # mknod
 def test_the_cycle_keeps_running_with_status_file_on_a_device(tmp_path, caplog):
     dev = tmp_path / "status"
     os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))

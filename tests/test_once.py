@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 import pytest
-from drbd_captures import DRBD84, PROC_DRBD, load_capture
+from drbd_captures import DRBD84, PROC_DRBD, load_capture, read_frames
 
 SCENARIOS = {
     # name: (capture, pool.conf, kernel log capture or None)
@@ -23,6 +23,16 @@ SCENARIOS = {
     "unknown": ("state-02-synced-n1primary-node1.txt", "broken", None),
     "split-brain": ("state-06-after-reconnect-splitbrain-node2.txt", "master",
                     "dmesg-splitbrain-node2.txt"),
+    # Issue #13's moment: the crashed ex-Primary after `drbdadm up`, before it reaches its peer
+    # (the first /proc/drbd sample of the real split-brain recovery run: cs:WFConnection
+    # ro:Secondary/Unknown ds:UpToDate/DUnknown).
+    "crashed-primary-boot": ("proc-drbd-sb-recovery-samples.txt#0", "master", None),
+    # The same moment captured for this rule in the VM lab (lab/vm/capture_gi.py): node1 was
+    # Primary, the link cut, node1 power-cut, booted and brought up alone. With its get-gi.
+    "crashed-primary-gi": ("../drbd84-gi/gi-03-crashed-primary-up-alone-node1.txt", "master",
+                           None),
+    # Its peer, node2, outdated by `drbdadm outdate` (what the fence-peer handler asks for).
+    "outdated-secondary": ("../drbd84-gi/gi-02-link-cut-node2.txt", "master", None),
 }
 
 FAKE_DRBDADM = textwrap.dedent(
@@ -44,7 +54,11 @@ FAKE_DRBDADM = textwrap.dedent(
 
 def run_once(tmp_path, scenario, as_json=True):
     capture_name, pool_conf, dmesg = SCENARIOS[scenario]
-    capture = load_capture(DRBD84 / capture_name)
+    if "#" in capture_name:  # one sample of a /proc/drbd series
+        name, index = capture_name.split("#")
+        capture = {PROC_DRBD: (0, read_frames(DRBD84 / name)[int(index)].stdout, "")}
+    else:
+        capture = load_capture(DRBD84 / capture_name)
     table = {cmd: list(ans) for cmd, ans in capture.items() if cmd.startswith("drbdadm")}
     table["drbdadm sh-minor r0"] = [0, "0\n", ""]
     (tmp_path / "table.json").write_text(json.dumps(table))
@@ -94,10 +108,9 @@ def plan_of(out):
         # connected and Secondary, so no ARP probe is needed before binding.
         ("master", ["target_start", "target_serve", "vip_add", "vip_announce"],
          "host is pool master"),
-        # Peer gone, local disk UpToDate, Secondary: the failover promotion. The peer's release
-        # of the VIP is not known, so arping -D runs first (nobody answers on loopback).
-        ("master-failover", ["target_start", "promote", "target_serve", "vip_add",
-                             "vip_announce"], "host is pool master"),
+        # Peer gone, local disk UpToDate, Secondary, and a fresh state directory: nothing proves
+        # this host has the newest data (it did not watch the peer vanish), so no promotion.
+        ("master-failover", ["target_start"], "cannot prove this host has the newest data"),
         ("slave", ["demote", "target_start"], "host is pool slave (master is 10.99.0.2)"),
         ("unknown", [], "pool role unknown: pool.conf says 'broken'"),
     ],
@@ -113,6 +126,53 @@ def test_once_dry_run_prints_the_plan(tmp_path, scenario, plan, words):
     assert set(out) >= {"observation", "plan", "outcome"}
     # --dry-run changes nothing: no state written, no status file.
     assert not (tmp_path / "state" / "status").exists()
+
+
+@pytest.mark.tools
+def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
+    """The sequential failure's last step: A, the crashed ex-Primary, comes up alone as pool
+    master. DRBD says UpToDate; a fresh state directory proves nothing: hold, and say why."""
+    proc = run_once(tmp_path, "crashed-primary-boot")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (res,) = out["observation"]["resources"]
+    assert (res["connection"], res["role"], res["disk"], res["peer_disk"]) == (
+        "WFConnection", "Secondary", "UpToDate", "DUnknown")
+    assert "promote" not in plan_of(out)
+    assert out["refusals"] == [
+        "not promoting r0: cannot prove this host has the newest data: no record of this "
+        "resource in the ledger (fresh state directory) (see `iscsi-cfg become-primary "
+        "--accept-stale` in the runbook)"]
+    assert out["blocked"] == [["r0", "no_record"]]
+    # A dry run writes nothing, not even the ledger.
+    assert not (tmp_path / "state" / "ledger.json").exists()
+
+
+@pytest.mark.tools
+def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(tmp_path):
+    proc = run_once(tmp_path, "crashed-primary-gi")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    (res,) = out["observation"]["resources"]
+    assert (res["connection"], res["role"], res["disk"]) == ("WFConnection", "Secondary",
+                                                            "UpToDate")
+    assert "promote" not in plan_of(out)
+    (refusal,) = out["refusals"]
+    assert refusal.startswith("not promoting r0: cannot prove this host has the newest data: "
+                              "no record of this resource in the ledger")
+    assert "DRBD's meta data says this host crashed as Primary" in refusal
+    (ev,) = out["observation"]["evidence"]
+    assert ev["drbd_crashed_primary"] is True and ev["drbd_peer_outdated"] is False
+
+
+@pytest.mark.tools
+def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
+    proc = run_once(tmp_path, "outdated-secondary")
+    out = json.loads(proc.stdout)
+    assert "promote" not in plan_of(out)
+    assert any("local disk is Outdated and the peer is unreachable" in r
+               for r in out["refusals"]), out["refusals"]
+    assert out["blocked"] == [["r0", "local_disk_outdated"]]  # DRBD's refusal pages too
 
 
 def test_once_reports_split_brain_and_does_not_resolve_it(tmp_path):

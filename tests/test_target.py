@@ -249,14 +249,21 @@ def test_parse_show_refuses_what_it_cannot_read(text):
 def test_observe_daemon_not_running_is_not_an_error():
     fake = FakeRunner()
     answer(fake, ("--mode", "target", "--op", "show"), NOT_RUNNING)
-    assert make(fake).observe() == TargetObservation(daemon_running=False)
+    obs = make(fake).observe()
+    assert obs == TargetObservation(daemon_running=False, backend="tgt", lun_info=obs.lun_info)
+    # Not served here: the identity it will present, so both hosts' can be compared any time.
+    spec = make(fake).specs[0]
+    assert [(i.number, i.serial, i.wwn, i.write_cache) for i in obs.lun_info] == [
+        (1, spec.serial, spec.wwn, None)]
 
 
 def test_observe_empty_daemon():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("empty-daemon.txt"))
     obs = make(fake).observe()
-    assert obs == TargetObservation(daemon_running=True, target_present=False, serving=False)
+    assert obs == TargetObservation(daemon_running=True, target_present=False, serving=False,
+                                    backend="tgt", lun_info=obs.lun_info)
+    assert len(obs.lun_info) == 1
 
 
 def test_observe_serving():

@@ -135,6 +135,14 @@ def tgtadm(lab: NetnsLab, host: str, t: Target, *args: str) -> subprocess.Comple
     return lab.run(host, ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", *args])
 
 
+def tgtd_reads(pid: int) -> int:
+    """Bytes a tgtd has read so far (/proc/PID/io rchar: backing store and sockets)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar in /proc/{pid}/io")
+
+
 def wait_for(check: Callable[[], bool], limit: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -403,7 +411,10 @@ def test_sessions_are_counted_and_force_delete_waits_out_inflight_io(lab, target
     )
     try:
         wait_for(lambda: t.observe().sessions == 1, 5.0, "a session on node1")
-        time.sleep(0.3)  # commands in flight
+        # Commands in flight: tgtd is reading the backing store for the client, now.
+        pid = find_tgtd_pids(t.control_port)[0]
+        start = tgtd_reads(pid)
+        wait_for(lambda: tgtd_reads(pid) - start >= 1 << 20, 5.0, "tgtd serving reads")
         res = t.stop_serving()
         assert res.ok, res.message
         assert not t.observe().target_present
@@ -471,3 +482,34 @@ def test_lab_leaves_nothing_behind():
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not any(n in listed.split() for n in names)
     assert shutil.which("ip")
+
+
+def test_import_conf_identity_is_what_tgt_admin_really_presents(lab, targets, disks, tmp_path):
+    """``import-conf --tgt-conf`` pins each LUN's identity as tgt presented it under the original
+    tool: the real tgt-admin loads the same targets.conf, and tgt's own show must agree."""
+    from iscsi_ha.controller.systems.tgt import parse_targets_conf
+
+    fixture = Path(__file__).parent / "fixtures" / "tgt" / "targets.conf"
+    text = fixture.read_text()
+    for i, dev in enumerate(("/dev/drbd/by-res/iscsi1/0", "/dev/drbd/by-res/iscsi2/0",
+                             "/dev/drbd/by-res/iscsi3/0", "/srv/scratch.img")):
+        text = text.replace(dev, disks[i])
+    conf = tmp_path / "targets.conf"
+    conf.write_text(text)
+    t = targets("node1")
+    assert t.start_daemon().ok
+    res = lab.runner("node1").run(["tgt-admin", "-C", str(t.control_port), "-e", "-c",
+                                   str(conf)], timeout=30)
+    assert res.ok, res.describe_failure()
+    shown = {tgt.name: tgt for tgt in parse_show(lab.runner("node1").run(
+        ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", "--mode", "target",
+         "--op", "show"], timeout=10).stdout)}
+    for conf_target in parse_targets_conf(text):
+        real = shown[conf_target.iqn]
+        assert real.tid == conf_target.tid
+        assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in real.data_luns] == [
+            (lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in conf_target.luns]
+    for tid in (1, 2):
+        lab.runner("node1").run(["tgtadm", "-C", str(t.control_port), "--lld", "iscsi",
+                                 "--mode", "target", "--op", "delete", "--force", "--tid",
+                                 str(tid)], timeout=10)

@@ -57,6 +57,7 @@ def world(
     conflict=False,
     announce_due: bool = False,
     srs: SrObservation = None,
+    **extra,
 ) -> Observation:
     if resources is None:
         resources = (res(),)
@@ -73,6 +74,7 @@ def world(
         ),
         vip=VipObservation(VIP, "eth0", vip_local, conflict, announce_due),
         srs=srs,
+        **extra,
     )
 
 
@@ -172,6 +174,9 @@ class FakeSystems:
 class _Drbd:
     def __init__(self, w):
         self.w = w
+
+    def generation_ids(self, name):
+        return None  # DRBD's meta-data flags: not part of the fake world
 
     def observe(self, names):
         if self.w.raise_in == "observe":

@@ -61,6 +61,18 @@ class LunSpec:
         return tgt_wwn(self.scsi_id)
 
 
+def planned_info(specs: Sequence[LunSpec], backend: str) -> Tuple[Any, ...]:
+    """The identity each LUN will present when served here (a standby reports it too, so the
+    two hosts' identities compare at any time, not only across a failover)."""
+    from ..model import LunInfo
+
+    return tuple(
+        LunInfo(s.number, serial=s.serial,
+                wwn=lio_wwn(s.serial) if backend == "lio" else tgt_wwn(s.scsi_id),
+                vendor=s.vendor, product=s.product)
+        for s in specs)
+
+
 def derived_serial(iqn: str, number: int) -> str:
     """32 hex digits, a function of the IQN and the LUN number only: equal on both hosts."""
     return hashlib.sha256(f"iscsi-ha\0{iqn}\0{number}".encode()).hexdigest()[:32]
@@ -148,7 +160,7 @@ def make_target(cfg: Any, runner: Any) -> Any:
     backend = choose_backend(cfg.backend, cfg.configfs, cfg.tgtd)
     luns = lun_specs(cfg.iqn, cfg.luns)
     if backend == "lio":
-        from .lio import LioTarget  # type: ignore[import-not-found]  # lands after the seam
+        from .lio import LioTarget
 
         return LioTarget(runner, configfs=cfg.configfs, iqn=cfg.iqn, luns=luns,
                          initiator_address=cfg.initiator_address,

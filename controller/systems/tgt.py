@@ -56,7 +56,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from ..model import LunInfo, StepResult, TargetObservation
 from .runner import CommandResult, Runner
-from .target import DEFAULT_TIME2WAIT, LunSpec, lun_specs, tgt_wwn
+from .target import DEFAULT_TIME2WAIT, LunSpec, lun_specs, planned_info, tgt_wwn
 
 log = logging.getLogger(__name__)
 
@@ -371,11 +371,12 @@ class Target:
         targets, error, _ = self._read()
         if error:
             return TargetObservation(daemon_running=True, error=error)
+        planned = planned_info(self.specs, "tgt")
         if targets is None:
-            return TargetObservation(daemon_running=False)
+            return TargetObservation(daemon_running=False, backend="tgt", lun_info=planned)
         tgt = self._ours(targets)
         if tgt is None:
-            return TargetObservation(daemon_running=True)
+            return TargetObservation(daemon_running=True, backend="tgt", lun_info=planned)
         return TargetObservation(
             daemon_running=True,
             target_present=True,
@@ -600,3 +601,117 @@ class Target:
             if not self._says(res, "still active") or time.monotonic() >= deadline:
                 return res
             time.sleep(POLL)
+
+
+# -- /etc/tgt/targets.conf (tgt-admin's file), for import-conf --tgt-conf ------------------------
+
+_LUN_PARAMS = ("scsi_id", "scsi_sn", "vendor_id", "product_id", "write-cache", "lun")
+
+
+@dataclass(frozen=True)
+class ConfLun:
+    number: int
+    path: str
+    scsi_id: str
+    scsi_sn: str
+    vendor_id: str = "IET"  # tgt's defaults, what an initiator saw when nothing was set
+    product_id: str = "VIRTUAL-DISK"
+
+
+@dataclass(frozen=True)
+class ConfTarget:
+    tid: int
+    iqn: str
+    luns: Tuple[ConfLun, ...]
+    initiator_addresses: Tuple[str, ...] = ()
+    params: Tuple[Tuple[str, str], ...] = ()  # target-level keys kept as written
+    ignored: Tuple[str, ...] = ()  # keys import-conf does not carry over (e.g. incominguser)
+
+
+def parse_targets_conf(text: str) -> Tuple[ConfTarget, ...]:
+    """The targets of a tgt-admin ``targets.conf`` with each LUN's identity as tgt presents it.
+
+    tgt-admin numbers targets 1, 2, ... in file order and gives a backing store without ``lun``
+    the first free number from 1 (explicit numbers first); a key outside ``<backing-store>``
+    applies to every LUN of the target unless the LUN sets it. What tgt shows for a LUN whose
+    scsi_id / scsi_sn was never set is "IET     TTTTLLLL" (hex) and "beafTL" (decimal): carried
+    over as such, so an SR that knows that identity keeps it. Raises TgtParseError naming the
+    line for what it cannot read."""
+    targets: List[ConfTarget] = []
+    cur: Optional[Dict[str, Any]] = None
+    block: Optional[Dict[str, Any]] = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        low = line.lower()
+        if low.startswith("<target ") and line.endswith(">"):
+            if cur is not None:
+                raise TgtParseError(f"line {n}: <target> inside <target>")
+            cur = {"iqn": line[len("<target "):-1].strip(), "stores": [], "globals": {},
+                   "addresses": [], "params": [], "ignored": [], "line": n}
+            continue
+        if low == "</target>":
+            if cur is None or block is not None:
+                raise TgtParseError(f"line {n}: unexpected </target>")
+            targets.append(_conf_target(len(targets) + 1, cur))
+            cur = None
+            continue
+        if cur is None:
+            continue  # default-driver, include, ...: outside any target
+        if (low.startswith("<backing-store ") or low.startswith("<direct-store ")) \
+                and line.endswith(">"):
+            block = {"path": line.split(None, 1)[1][:-1].strip(), "params": {}, "line": n}
+            continue
+        if low in ("</backing-store>", "</direct-store>"):
+            if block is None:
+                raise TgtParseError(f"line {n}: unexpected {line}")
+            cur["stores"].append(block)
+            block = None
+            continue
+        key, _, value = line.partition(" ")
+        value = value.strip()
+        if block is not None:
+            block["params"][key] = value
+        elif key in ("backing-store", "direct-store"):
+            cur["stores"].append({"path": value, "params": {}, "line": n})
+        elif key == "initiator-address":
+            cur["addresses"].append(value)
+        elif key in _LUN_PARAMS:
+            cur["globals"][key] = value
+        elif key in ("incominguser", "outgoinguser", "initiator-name"):
+            cur["ignored"].append(f"line {n}: {key}")
+        else:
+            cur["params"].append((key, value))
+    if cur is not None:
+        raise TgtParseError(f"line {cur['line']}: <target {cur['iqn']}> is not closed")
+    return tuple(targets)
+
+
+def _conf_target(tid: int, cur: Dict[str, Any]) -> ConfTarget:
+    stores = cur["stores"]
+    glob = cur["globals"]
+    numbers: List[Optional[int]] = []
+    for store in stores:
+        lun = store["params"].get("lun")
+        if lun is None and len(stores) == 1:
+            lun = glob.get("lun")  # "lun 10" beside a single backing-store line
+        try:
+            numbers.append(int(lun) if lun is not None else None)
+        except ValueError:
+            raise TgtParseError(f"line {store['line']}: lun {lun!r} is not a number") from None
+    used = {n for n in numbers if n is not None}
+    free = (n for n in range(1, 1 << 14) if n not in used)
+    luns = []
+    for store, number in zip(stores, numbers):
+        lun = number if number is not None else next(free)
+        p = {**{k: v for k, v in glob.items() if k != "lun"}, **store["params"]}
+        luns.append(ConfLun(
+            number=lun, path=store["path"],
+            scsi_id=p.get("scsi_id") or f"IET     {tid:04x}{lun:04x}",
+            scsi_sn=p.get("scsi_sn") or f"beaf{tid}{lun}",
+            vendor_id=p.get("vendor_id") or "IET",
+            product_id=p.get("product_id") or "VIRTUAL-DISK",
+        ))
+    return ConfTarget(tid, cur["iqn"], tuple(sorted(luns, key=lambda x: x.number)),
+                      tuple(cur["addresses"]), tuple(cur["params"]), tuple(cur["ignored"]))

@@ -39,7 +39,7 @@ def resources(lab: VmLab) -> Dict[str, str]:
     return {RES: text}
 
 
-def config(vm: Vm) -> Dict[str, Any]:
+def config(vm: Vm, backend: str = "tgt") -> Dict[str, Any]:
     return {
         "node_name": vm.name,
         "interval": 2,  # a cycle takes 1-3 s under TCG
@@ -50,7 +50,7 @@ def config(vm: Vm) -> Dict[str, Any]:
                  "kernel_log": ["dmesg"]},
         "pool": {"conf": "/run/lab/pool.conf"},
         "xenapi": {"enabled": False},
-        "target": {"control_port": vm.index, "tid": 1, "iqn": IQN,
+        "target": {"backend": backend, "control_port": vm.index, "tid": 1, "iqn": IQN,
                    "luns": [{"lun": 1, "path": "/dev/drbd0"}], "stop_timeout": 3,
                    "log_file": "/run/lab/tgtd.log"},
         "vip": {"address": VIP, "interface": vm.lan_if, "announce_interval": 10},
@@ -64,8 +64,9 @@ def config(vm: Vm) -> Dict[str, Any]:
 class Controllers:
     """Start/stop the controllers, move the pool master, read metrics, act as the client."""
 
-    def __init__(self, lab: VmLab) -> None:
+    def __init__(self, lab: VmLab, backend: str = "tgt") -> None:
         self.lab = lab
+        self.backend = backend  # "tgt" or "lio": which target the controllers drive
         self.pids: Dict[str, int] = {}
         self.venv_bin = Path(sys.executable).parent
 
@@ -74,7 +75,8 @@ class Controllers:
 
         for vm in self.lab.vms:
             (vm.xdir / "state").mkdir(exist_ok=True)
-            (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(config(vm), sort_keys=False))
+            (vm.xdir / "iscsi-ha.yaml").write_text(
+                yaml.safe_dump(config(vm, self.backend), sort_keys=False))
 
     def set_pool_master(self, master: Optional[str]) -> None:
         """What pool.conf says on each host (None: both 'master'-less, i.e. unknown)."""
@@ -138,7 +140,12 @@ class Controllers:
             return ""
 
     def serving(self, vm: Vm) -> bool:
-        """tgtd in that VM has our target (asked directly, not through the controller)."""
+        """The target in that VM has our target (asked directly, not through the controller):
+        tgtd's show, or LIO's configfs directory for our IQN with its TPG enabled."""
+        if self.backend == "lio":
+            res = vm.run(["cat", f"/sys/kernel/config/target/iscsi/{IQN}/tpgt_1/enable"],
+                         timeout=10)
+            return res.rc == 0 and res.out.strip() == "1"
         res = vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target",
                       "--op", "show"], timeout=10)
         return res.rc == 0 and IQN in res.out
@@ -196,6 +203,18 @@ class Controllers:
             return json.loads(res.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"ok": False, "error": f"rc {res.returncode}: {res.stderr.strip()[-300:]!r}"}
+
+    def client_identity(self, timeout: float = 10.0) -> Dict[str, Any]:
+        """What a real initiator reads of the LUN's identity: VPD 0x80 and 0x83 as raw bytes
+        (INQUIRY through libiscsi) and as libiscsi's iscsi-inq prints them."""
+        out: Dict[str, Any] = {}
+        for page in (128, 131):  # iscsi-inq -c takes decimal (0x80 reads as page 0)
+            raw = self._block("vpd", 0, str(page), timeout)
+            out[f"raw{page:#x}"] = raw.get("data") if raw.get("ok") else None
+            inq = self.lab.client(["timeout", str(timeout), "iscsi-inq", "-e", "1", "-c",
+                                   str(page), self.lun_url()], timeout=timeout + 5)
+            out[f"inq{page:#x}"] = inq.stdout if inq.returncode == 0 else None
+        return out
 
     def client_write(self, data: bytes, lba: int = 0, timeout: float = 20.0) -> Dict[str, Any]:
         return self._block("write", lba, data.hex(), timeout)

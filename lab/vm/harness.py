@@ -440,8 +440,9 @@ class VmLab:
 
     def client(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         """A command as the iSCSI client (the bridge's address, in the lab's namespace)."""
+        # errors=surrogateescape: iscsi-inq prints binary designators raw; kept byte for byte.
         return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, errors="surrogateescape", timeout=timeout)
 
     def teardown(self) -> None:
         for vm in self.vms:

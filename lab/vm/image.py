@@ -34,6 +34,9 @@ MODULES = (
     "lru_cache", "drbd", "ext4", "9p", "9pnet", "9pnet_virtio", "overlay",
     "virtio_rng",  # entropy at once: Python blocks in getrandom() until the pool is ready
     "iscsi_tcp", "sd_mod",  # open-iscsi's kernel half, for XenServer's initiator (initiator.py)
+    # The kernel target (LIO) for the lio backend, with configfs mounted at /sys/kernel/config.
+    # Loaded at boot: modprobe inside the VM would look in the host's /lib/modules.
+    "configfs", "target_core_mod", "target_core_iblock", "iscsi_target_mod",
 )
 DRBD_UTILS = (
     "/usr/sbin/drbdadm", "/usr/sbin/drbdsetup", "/usr/sbin/drbdmeta",
@@ -192,6 +195,7 @@ mount -t tmpfs tmpfs /newroot/etc/drbd.d
 cp /newroot/run/lab/drbd.d/* /newroot/etc/drbd.d/ 2>/dev/null
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
+mount -t configfs configfs /newroot/sys/kernel/config || echo "lab-init: no configfs"
 mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts

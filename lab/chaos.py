@@ -1,0 +1,514 @@
+"""Seeded, reproducible chaos in the namespace lab: faults at random moments, checkers throughout.
+
+    python -m lab.chaos --seed 1 --schedules 50          (make chaos-ci)
+    python -m lab.chaos --seed 1 --schedules 500         (make chaos)
+    python -m lab.chaos --seed 1 --only 17               one schedule again, by its number
+
+One lab (``lab/netlab.py``: two nodes with the real controller, a real tgtd each, real ``ip`` /
+``arping``, the DRBD simulator, the XenAPI fake, a real iSCSI client) runs every schedule. Schedule
+``i`` of seed ``s`` is drawn from ``random.Random(f"{s}:{i}")`` alone, so it is the same on every
+machine and can be run again on its own. A schedule is 1-4 faults at random moments in its first
+six seconds:
+
+* ``kill`` -- a controller SIGKILLed, restarted 0.5-3 s later;
+* ``kill-mid-move`` -- the pool master moved, and the new master's controller SIGKILLed 0-1.5 s
+  later, i.e. while it may be half-way through its promotion plan, restarted 0.5-2 s later;
+* ``cut`` -- the replication link of a node cut and restored 1-4 s later (no master move is drawn
+  while a link is cut: that is a split brain by construction, which is reported and left to the
+  operator -- tests/test_integration.py covers it);
+* ``move`` -- the pool master moved (pool.conf on both nodes and the XenAPI fake, as HA-Lizard);
+* ``both-master`` -- both pool.conf files say ``master`` for 1-3 s, then one of them is the master;
+* ``flap`` -- the pool master moved back and forth 2-5 times, 0.3-1 s apart;
+* ``hang-cmd`` / ``fail-cmd`` -- every ``drbdadm`` the node's controller runs hangs (until the
+  controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
+  ``drbd.drbdadm`` is a wrapper that looks at a flag file;
+* ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
+  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve).
+
+Throughout, the **invariant checker** samples both nodes as fast as the tools answer (``ip addr``,
+``tgtadm --op show`` and the simulator's state per node; the period achieved is printed) and
+counts a violation when it sees DRBD Primary, the VIP or a serving target on both nodes (read
+A, B, A: A held it when B was read), a target serving from a Secondary or the VIP bound without a
+serving target (each read twice in a row on the same node, so a move between two reads does not
+count). The **data checker** writes numbered, checksummed 512-byte blocks through the VIP from
+the client, one after another, records each acknowledged one, and at the end of the schedule
+reads every acknowledged block back through the VIP.
+
+After the last fault the lab is healed (links up, controllers running, one master) and the
+schedule must converge within ``--converge`` seconds: the master holds the storage alone and the
+client reads the LUN. A schedule fails on a violation, a lost or changed acknowledged block, or
+no convergence; the runner then prints the seed and schedule number, shrinks the schedule (drops
+faults one at a time while it still fails) and prints the shortest one, and keeps both nodes'
+logs under ``--out``.
+
+What this lab cannot show: both nodes' tgtd export ONE backing file (the simulator is about roles,
+not replication), so the data checker proves the path (acknowledged writes survive every move),
+not DRBD's replication; real DRBD runs are the VM lab's job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .demo import (
+    NodeState,
+    converged_on,
+    node_state,
+    start_cluster,
+    tgt_ports,
+    tgtd_pids,
+    wait_for,
+)
+from .netlab import Lab, Node
+
+FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd",
+               "hang-cmd", "fail-cmd")
+# The wrapper on the controller's command path: drbdadm goes through it; a flag file next to it
+# makes every call hang (killed by command_timeout) or fail, for as long as the fault lasts.
+WRAPPER = """#!/bin/sh
+dir=$(dirname "$0")
+if [ -e "$dir/chaos-hang" ]; then sleep 60; fi
+if [ -e "$dir/chaos-fail" ]; then echo "chaos: injected failure" >&2; exit 20; fi
+exec "$dir/drbdadm" "$@"
+"""
+WINDOW = 6.0  # faults start within the first seconds of a schedule
+BLOCK = 512
+MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 MiB)
+# After tgtd is killed the VIP is without a target until a cycle restarts it: the lab's interval
+# (1 s), the restart and its back-off, and the re-serve. Longer than this counts.
+TGTD_GRACE = 4.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the schedule starts
+    kind: str
+    node: str  # "node1" | "node2"
+    hold: float = 0.0  # how long the fault lasts (restart, restore, settle delays)
+    count: int = 0  # flap: how many moves
+
+    def text(self) -> str:
+        extra = f", {self.count} moves" if self.count else ""
+        return f"t+{self.at:.2f}s {self.kind} {self.node} (hold {self.hold:.2f}s{extra})"
+
+
+def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
+    """Schedule ``index`` of ``seed``: depends on nothing else."""
+    rng = random.Random(f"{seed}:{index}")
+    faults: List[Fault] = []
+    cut_until = -1.0
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(FAULT_KINDS)
+        at = round(rng.uniform(0.0, WINDOW), 2)
+        node = rng.choice(("node1", "node2"))
+        moves_master = kind in ("kill-mid-move", "move", "both-master", "flap")
+        if kind == "cut":
+            hold = round(rng.uniform(1.0, 4.0), 2)
+            if any(f.kind in ("kill-mid-move", "move", "both-master", "flap") for f in faults):
+                continue  # see the module docstring: no move while a link is cut
+            cut_until = max(cut_until, at + hold + 1.0)
+            faults.append(Fault(at, kind, node, hold))
+        elif moves_master and cut_until > 0:
+            continue
+        elif kind == "kill":
+            faults.append(Fault(at, kind, node, round(rng.uniform(0.5, 3.0), 2)))
+        elif kind == "kill-mid-move":
+            faults.append(Fault(at, kind, node, round(rng.uniform(0.0, 1.5), 2)))
+        elif kind == "both-master":
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 3.0), 2)))
+        elif kind == "flap":
+            faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2),
+                                rng.randint(2, 5)))
+        elif kind in ("hang-cmd", "fail-cmd"):
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 5.0), 2)))
+        else:  # move, kill-tgtd
+            faults.append(Fault(at, kind, node))
+    if not faults:
+        faults.append(Fault(round(rng.uniform(0.0, WINDOW), 2), "kill", "node1", 1.0))
+    return tuple(sorted(faults, key=lambda f: f.at))
+
+
+# --------------------------------------------------------------------------------------------
+# The checkers
+# --------------------------------------------------------------------------------------------
+
+
+class InvariantChecker:
+    """Samples both nodes in a bounded loop; ``violations`` says what was seen, and when."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.violations: List[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
+        self._t0 = 0.0
+        self.error: Optional[BaseException] = None
+        # node name -> monotonic time until which "VIP without a target" is the injected fault
+        # itself (tgtd killed), not the controller's doing: it needs a cycle to see it.
+        self.grace: Dict[str, float] = {}
+
+    def start(self) -> "InvariantChecker":
+        self._t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> float:
+        """Stop; returns the mean sampling period in seconds."""
+        self._stop.set()
+        self._thread.join(timeout=15)
+        span = time.monotonic() - self._t0
+        return span / max(1, self.samples)
+
+    def _run(self) -> None:
+        a, b = self.lab.nodes
+        flip = False
+        deadline = time.monotonic() + 600  # bounded whatever happens
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                first, second = (b, a) if flip else (a, b)
+                flip = not flip
+                s1 = node_state(self.lab, first)
+                s2 = node_state(self.lab, second)
+                s3 = node_state(self.lab, first)
+                self.samples += 1
+                self._check(first, second, s1, s2, s3)
+        except BaseException as exc:  # noqa: BLE001 - reported by the runner
+            self.error = exc
+
+    def _check(self, first: Node, second: Node, s1: NodeState, s2: NodeState,
+               s3: NodeState) -> None:
+        t = time.monotonic() - self._t0
+        for prop, has in (("DRBD Primary", lambda s: s.primary), ("VIP", lambda s: s.vip > 0),
+                          ("serving target", lambda s: s.serving)):
+            if has(s1) and has(s2) and has(s3):
+                self.violations.append(f"t+{t:.2f}s {prop} on both nodes "
+                                       f"({first.name}: {s1.describe()}; "
+                                       f"{second.name}: {s2.describe()})")
+        for state in (s1, s2, s3):
+            if state.vip > 1:
+                self.violations.append(f"t+{t:.2f}s the VIP twice on one node")
+        # Per node, read twice in a row (s1 and s3 are the same node): a move in between
+        # changes at least one of the two readings, so both showing it means it was so.
+        if s1.serving and not s1.primary and s3.serving and not s3.primary and \
+                s1.drbd == s3.drbd and s1.drbd not in ("?",):
+            self.violations.append(f"t+{t:.2f}s {first.name} serves the target from DRBD "
+                                   f"{s1.drbd}")
+        if s1.vip and not s1.serving and s3.vip and not s3.serving and \
+                time.monotonic() > self.grace.get(first.name, 0.0):
+            self.violations.append(f"t+{t:.2f}s {first.name} has the VIP without a serving "
+                                   "target")
+
+
+def block_for(seed: str, lba: int) -> bytes:
+    """512 bytes that say which schedule and block they are, with a SHA-256 of that."""
+    head = f"iscsi-ha chaos {seed} lba {lba}".encode()
+    digest = hashlib.sha256(head).digest()
+    body = head + b"\0" * (BLOCK - len(head) - len(digest) - 4) + struct.pack(">I", lba)
+    return body + digest
+
+
+class DataChecker:
+    """Writes numbered blocks through the VIP, one after the other, and records the acked."""
+
+    def __init__(self, lab: Lab, tag: str, first_lba: int = 0) -> None:
+        self.lab = lab
+        self.tag = tag
+        self.next_lba = first_lba
+        self.acked: List[int] = []
+        self.failed_writes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+
+    def start(self) -> "DataChecker":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.acked) + self.failed_writes < MAX_BLOCKS:
+            lba = self.next_lba
+            self.next_lba += 1
+            try:
+                self.lab.client_write(block_for(self.tag, lba), lba=lba, timeout=2.0)
+            except Exception:  # noqa: BLE001 - not acknowledged: nothing is promised for it
+                self.failed_writes += 1
+                self._stop.wait(0.1)
+                continue
+            self.acked.append(lba)
+
+    def verify(self) -> List[str]:
+        """Read every acknowledged block back through the VIP; what differs or cannot be read."""
+        lost: List[str] = []
+        if not self.acked:
+            return lost
+        lo, hi = min(self.acked), max(self.acked)
+        data = b""
+        for _ in range(5):
+            try:
+                data = self.lab.client_read(lba=lo, blocks=hi - lo + 1, timeout=10.0)
+                break
+            except Exception:  # noqa: BLE001 - retried, then reported
+                time.sleep(1.0)
+        if not data:
+            return [f"cannot read back blocks {lo}-{hi}"]
+        for lba in self.acked:
+            got = data[(lba - lo) * BLOCK:(lba - lo + 1) * BLOCK]
+            if got != block_for(self.tag, lba):
+                lost.append(f"acknowledged block {lba} reads back different")
+        return lost
+
+
+# --------------------------------------------------------------------------------------------
+# Running a schedule
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    index: int
+    faults: Tuple[Fault, ...]
+    violations: List[str] = field(default_factory=list)
+    lost: List[str] = field(default_factory=list)
+    converged: bool = True
+    acked: int = 0
+    failed_writes: int = 0
+    period: float = 0.0
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.lost and self.converged
+
+
+class Runner:
+    def __init__(self, lab: Lab, seed: int, converge: float) -> None:
+        self.lab = lab
+        self.seed = seed
+        self.converge = converge
+        self.pids: Dict[str, int] = {}
+        self.master = lab.node1
+        self.next_lba = 0
+        self.checker: Optional[InvariantChecker] = None
+
+    def node(self, name: str) -> Node:
+        return self.lab.node(name)
+
+    def other(self, node: Node) -> Node:
+        return self.lab.node2 if node is self.lab.node1 else self.lab.node1
+
+    def start(self) -> None:
+        configs = {}
+        for node in self.lab.nodes:
+            wrapper = node.bin_dir / "drbdadm-chaos"
+            wrapper.write_text(WRAPPER)
+            wrapper.chmod(0o755)
+            configs[node.name] = {"drbd": {"drbdadm": str(wrapper)}}
+        self.pids = start_cluster(self.lab, configs=configs)
+        wait_for("node1 holds the storage", converged_on(self.lab, self.lab.node1), 60, self.lab)
+
+    # -- faults
+
+    def _kill(self, node: Node) -> None:
+        pid = self.pids.pop(node.name, None)
+        if pid is not None:
+            self.lab.kill_process(pid)
+
+    def _restart(self, node: Node) -> None:
+        if node.name not in self.pids:
+            self.pids[node.name] = self.lab.start_controller(node)
+
+    def _move(self, node: Node) -> None:
+        self.master = node
+        self.lab.set_pool_master(node)
+
+    def _events(self, f: Fault) -> List[Tuple[float, str, Callable[[], None]]]:
+        node = self.node(f.node)
+        if f.kind == "kill":
+            return [(f.at, "kill", lambda: self._kill(node)),
+                    (f.at + f.hold, "restart", lambda: self._restart(node))]
+        if f.kind == "kill-mid-move":
+            return [(f.at, "move", lambda: self._move(node)),
+                    (f.at + f.hold, "kill", lambda: self._kill(node)),
+                    (f.at + f.hold + 1.0, "restart", lambda: self._restart(node))]
+        if f.kind == "cut":
+            return [(f.at, "cut", lambda: self.lab.cut_link(node)),
+                    (f.at + f.hold, "restore", lambda: self.lab.restore_link(node))]
+        if f.kind == "move":
+            return [(f.at, "move", lambda: self._move(node))]
+        if f.kind == "both-master":
+            def both() -> None:
+                for n in self.lab.nodes:
+                    (n.pool_conf).write_text("master")
+            return [(f.at, "both-master", both), (f.at + f.hold, "move", lambda: self._move(node))]
+        if f.kind == "flap":
+            out = []
+            target = node
+            for k in range(f.count):
+                out.append((f.at + k * f.hold, "move", lambda t=target: self._move(t)))
+                target = self.other(target)
+            return out
+        if f.kind in ("hang-cmd", "fail-cmd"):
+            flag = node.bin_dir / ("chaos-hang" if f.kind == "hang-cmd" else "chaos-fail")
+            return [(f.at, f.kind, flag.touch),
+                    (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True))]
+        if f.kind == "kill-tgtd":
+            def kill_tgtd() -> None:
+                if self.checker is not None:
+                    self.checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+                for pid in tgtd_pids(node):
+                    subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
+            return [(f.at, "kill-tgtd", kill_tgtd)]
+        raise ValueError(f.kind)
+
+    def heal(self) -> None:
+        for node in self.lab.nodes:
+            for flag in ("chaos-hang", "chaos-fail"):
+                (node.bin_dir / flag).unlink(missing_ok=True)
+            if not self.lab.drbd_link_up(node):
+                self.lab.restore_link(node)
+            self._restart(node)
+        self._move(self.master)
+
+    def run(self, index: int, faults: Sequence[Fault]) -> Outcome:
+        out = Outcome(index, tuple(faults))
+        t0 = time.monotonic()
+        events = sorted((e for f in faults for e in self._events(f)), key=lambda e: e[0])
+        checker = self.checker = InvariantChecker(self.lab).start()
+        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba).start()
+        try:
+            for at, _what, act in events:
+                delay = t0 + at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                act()
+            self.heal()
+            try:
+                wait_for(f"schedule {index}: {self.master.name} holds the storage",
+                         converged_on(self.lab, self.master), self.converge, self.lab)
+            except AssertionError as exc:
+                out.converged = False
+                out.note = str(exc).splitlines()[0]
+            time.sleep(1.0)  # the checkers watch the converged state too
+        finally:
+            data.stop()
+            out.period = checker.stop()
+        out.violations = list(checker.violations)
+        if checker.error is not None:
+            out.note += f" (sampler stopped: {checker.error!r})"
+        out.acked, out.failed_writes = len(data.acked), data.failed_writes
+        if out.converged:
+            out.lost = data.verify()
+        self.next_lba = (data.next_lba + 1) % (16 * 1024 * 1024 // BLOCK - MAX_BLOCKS)
+        out.seconds = time.monotonic() - t0
+        return out
+
+
+def shrink(runner: Runner, out: Outcome, budget: int = 6) -> Outcome:
+    """Drop faults one at a time while the schedule still fails; the shortest failing one."""
+    best = out
+    tries = 0
+    changed = True
+    while changed and tries < budget and len(best.faults) > 1:
+        changed = False
+        for i in range(len(best.faults)):
+            if tries >= budget:
+                break
+            tries += 1
+            candidate = best.faults[:i] + best.faults[i + 1:]
+            again = runner.run(best.index, candidate)
+            if not again.ok:
+                best, changed = again, True
+                break
+    return best
+
+
+def keep_logs(lab: Lab, out_dir: Path, index: int) -> Path:
+    dest = out_dir / f"schedule-{index}"
+    for node in lab.nodes:
+        if node.log_dir.exists():
+            shutil.copytree(node.log_dir, dest / node.name, dirs_exist_ok=True)
+    return dest
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab.chaos", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--schedules", type=int, default=50)
+    ap.add_argument("--only", type=int, help="run this one schedule (its number) again")
+    ap.add_argument("--converge", type=float, default=45.0,
+                    help="seconds a healed schedule has to converge")
+    ap.add_argument("--out", default="/tmp/iscsi-ha-chaos", help="logs of failed schedules")
+    ap.add_argument("--json", help="write the summary here as JSON")
+    args = ap.parse_args(argv)
+    indices = [args.only] if args.only is not None else list(range(args.schedules))
+    out_dir = Path(args.out)
+    kinds: Dict[str, int] = {}
+    failures: List[Outcome] = []
+    violations = lost = acked = unconverged = 0
+    periods: List[float] = []
+    t_start = time.monotonic()
+    with Lab(tgt_ports=tgt_ports()) as lab:
+        runner = Runner(lab, args.seed, args.converge)
+        runner.start()
+        for index in indices:
+            faults = draw_schedule(args.seed, index)
+            for f in faults:
+                kinds[f.kind] = kinds.get(f.kind, 0) + 1
+            res = runner.run(index, faults)
+            periods.append(res.period)
+            violations += len(res.violations)
+            lost += len(res.lost)
+            acked += res.acked
+            unconverged += 0 if res.converged else 1
+            status = "ok" if res.ok else "FAILED"
+            print(f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
+                  f"({res.failed_writes} not), sampled every {1000 * res.period:.0f} ms, "
+                  f"{res.seconds:.1f} s", flush=True)
+            if not res.ok:
+                where = keep_logs(lab, out_dir, index)
+                print(f"  seed {args.seed} schedule {index}: "
+                      + "; ".join(res.violations[:5] + res.lost[:5] + [res.note]), flush=True)
+                for f in faults:
+                    print(f"    {f.text()}")
+                small = shrink(runner, res)
+                print(f"  shortest failing schedule ({len(small.faults)} faults; rerun with "
+                      f"--seed {args.seed} --only {index}):")
+                for f in small.faults:
+                    print(f"    {f.text()}")
+                print(f"  logs of both nodes: {where}", flush=True)
+                failures.append(small)
+                runner.heal()
+    summary = {
+        "seed": args.seed, "schedules": len(indices), "faults_by_kind": kinds,
+        "invariant_violations": violations, "acknowledged_writes": acked,
+        "acknowledged_writes_lost": lost, "did_not_converge": unconverged,
+        "failed_schedules": [f.index for f in failures],
+        "sampling_period_ms_median": round(1000 * sorted(periods)[len(periods) // 2], 1)
+        if periods else None,
+        "minutes": round((time.monotonic() - t_start) / 60, 1),
+    }
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if not failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,7 @@ negotiated at login as the maximum of what the node record asks (default 2) and 
 offers (tgt: 2). **Stock** = XenServer's settings: open-iscsi's defaults with SM's
 ``node.session.timeo.replacement_timeout = 144`` for a single path (xapi-project/sm
 ``iscsilib.set_replacement_tmo``), NOP-Out every 5 s with a 5 s timeout. **Tuned** = the target
-offers DefaultTime2Wait 0 (``tgtadm ... --op update --name DefaultTime2Wait --value 0``) and the
+offers DefaultTime2Wait 0 (iscsi-ha's ``target.default_time2wait: 0``) and the
 node record asks for 0 (``iscsiadm -m node -o update -n node.session.iscsi.DefaultTime2Wait``).
 
 The workload (``WORKLOAD``, run in the VM): O_DIRECT|O_SYNC 4 KiB writes, each read back and
@@ -179,7 +179,7 @@ def target_time2wait(vm: Vm) -> str:
 
 
 def set_target_time2wait(vm: Vm, value: int) -> None:
-    """What the LIO/tgt adapters will do with ``target.default_time2wait`` (not landed yet)."""
+    """What the tgt adapter does with ``target.default_time2wait`` when it creates a target."""
     vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target", "--op",
             "update", "--tid", "1", "--name", "DefaultTime2Wait", "--value", str(value)],
            timeout=20, check=True)

@@ -34,7 +34,7 @@ from .decide import (
     vip_probe_needed,
 )
 from .execute import Systems, execute
-from .ledger import LedgerStore, advance, evidence
+from .ledger import Ledger, LedgerStore, advance, evidence, gi_wanted
 from .model import (
     ActionResult,
     AnnounceVip,
@@ -235,8 +235,15 @@ class Controller:
         now_wall, now_mono = self.clock(), self.monotonic()
         store = self.ledger
         gap = self.settings.max_watch_gap
+        gis = {}
+        # At most one get-gi per cycle: a cycle's cost must not grow with the number of
+        # resources (they are read in turn; the identifiers are for the operator's report).
+        wanted = next((r for r in resources if gi_wanted(store.ledger, r, now_wall)), None)
+        if wanted is not None and record:
+            gi = self.systems.drbd.generation_ids(wanted.name)
+            gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap)
+                         store.run_id, gap, gis)
         if record:
             store.ledger = ledger
             store.save_if_changed(now_wall)
@@ -443,8 +450,14 @@ class Controller:
                 "last_role": ev.last_role,
                 "last_peer_role": ev.last_peer_role,
                 "last_peer_disk": ev.last_peer_disk,
+                "generation_ids_when_last_connected": _last_gi(self.ledger.ledger, name),
                 "generation_ids": _gi_text(self.systems.drbd.generation_ids(name)),
             }
+
+
+def _last_gi(ledger: Ledger, name: str) -> Optional[str]:
+    entry = ledger.entries.get(name)
+    return entry.connected.gi if entry is not None and entry.connected is not None else None
 
 
 def _gi_text(gi: Optional[GenerationIds]) -> Optional[str]:

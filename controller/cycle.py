@@ -81,11 +81,15 @@ class CycleSettings:
     observe_srs: bool = True
     policy: Policy = Policy()
 
+    command_timeout: float = 10.0
+
     @property
     def max_watch_gap(self) -> float:
         """Longest time between two looks that still counts as watching without a gap: two
-        intervals plus a cycle that ran to its deadline (a slower look breaks the proof)."""
-        return 2 * self.interval + self.deadline
+        intervals, a cycle that ran to its deadline, and one command that ran to its timeout
+        (measured in the VM lab: `drbdadm primary` waits for DRBD's fence-peer handler, and a
+        promotion must not break the very proof it relies on). A slower look breaks it."""
+        return 2 * self.interval + self.deadline + self.command_timeout
 
 
 class Controller:
@@ -136,6 +140,7 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
+        self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
         self.publish(None, ManualMode())
@@ -250,7 +255,12 @@ class Controller:
         proofs = tuple(self._with_drbd_flags(
             evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
             for r in resources)
-        peer = self.peer_status() if self.peer_status else None
+        if pool.role is PoolRole.MASTER:
+            self._master_since = self._master_since if self._master_since is not None \
+                else now_mono
+        else:
+            self._master_since = None
+        peer = self._confirmed(self.peer_status()) if self.peer_status else None
         obs = Observation(pool=pool, resources=resources, target=target, vip=vip,
                           evidence=proofs, peer=peer, now=now_wall, accept_stale=accept_stale)
         desired, _ = desired_role(obs, manual)
@@ -278,6 +288,19 @@ class Controller:
                 and desired is StorageRole.PRIMARY):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
+
+    def _confirmed(self, peer: Optional[PeerObservation]) -> Optional[PeerObservation]:
+        """The peer's "master" counts only from an answer given a full interval after this
+        host became master: an answer cached from before (the old master, a moment before it
+        turned slave) must not make a pool-master move look like two masters (measured in the
+        VM lab: it held a failover for 6 s)."""
+        if peer is None or peer.pool_role != PoolRole.MASTER.value:
+            return peer
+        since = self._master_since
+        if since is None or peer.answered_at is None or \
+                peer.answered_at < since + self.settings.interval:
+            return replace(peer, pool_role=None)
+        return peer
 
     def _with_drbd_flags(self, ev: Evidence, res: DrbdResource) -> Evidence:
         """Add DRBD's meta-data flags (get-gi) where the promotion rule may need them: the peer

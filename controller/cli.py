@@ -650,6 +650,9 @@ def render_stale_info(info: Dict[str, Any]) -> str:
                  f"{info.get('why_not')}")
     gi = info.get("generation_ids")
     lines.append(f"  drbdadm get-gi:  {gi or '(not readable)'}")
+    then = info.get("generation_ids_when_last_connected")
+    if then:
+        lines.append(f"  get-gi then:     {then} (when the peer was last seen connected)")
     lines.append("If the peer served writes after that moment, promoting this host serves OLDER "
                  "data:\nthe VMs go back in time, and DRBD reports a split brain when the peer "
                  "returns.")

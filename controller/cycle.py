@@ -34,7 +34,7 @@ from .decide import (
     vip_probe_needed,
 )
 from .execute import Systems, execute
-from .ledger import LedgerStore, advance, evidence
+from .ledger import Ledger, LedgerStore, advance, evidence, gi_wanted
 from .model import (
     ActionResult,
     AnnounceVip,
@@ -81,11 +81,15 @@ class CycleSettings:
     observe_srs: bool = True
     policy: Policy = Policy()
 
+    command_timeout: float = 10.0
+
     @property
     def max_watch_gap(self) -> float:
         """Longest time between two looks that still counts as watching without a gap: two
-        intervals plus a cycle that ran to its deadline (a slower look breaks the proof)."""
-        return 2 * self.interval + self.deadline
+        intervals, a cycle that ran to its deadline, and one command that ran to its timeout
+        (measured in the VM lab: `drbdadm primary` waits for DRBD's fence-peer handler, and a
+        promotion must not break the very proof it relies on). A slower look breaks it."""
+        return 2 * self.interval + self.deadline + self.command_timeout
 
 
 class Controller:
@@ -136,6 +140,7 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
+        self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
         self.publish(None, ManualMode())
@@ -235,15 +240,27 @@ class Controller:
         now_wall, now_mono = self.clock(), self.monotonic()
         store = self.ledger
         gap = self.settings.max_watch_gap
+        gis = {}
+        # At most one get-gi per cycle: a cycle's cost must not grow with the number of
+        # resources (they are read in turn; the identifiers are for the operator's report).
+        wanted = next((r for r in resources if gi_wanted(store.ledger, r, now_wall)), None)
+        if wanted is not None and record:
+            gi = self.systems.drbd.generation_ids(wanted.name)
+            gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap)
+                         store.run_id, gap, gis)
         if record:
             store.ledger = ledger
             store.save_if_changed(now_wall)
         proofs = tuple(self._with_drbd_flags(
             evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
             for r in resources)
-        peer = self.peer_status() if self.peer_status else None
+        if pool.role is PoolRole.MASTER:
+            self._master_since = self._master_since if self._master_since is not None \
+                else now_mono
+        else:
+            self._master_since = None
+        peer = self._confirmed(self.peer_status()) if self.peer_status else None
         obs = Observation(pool=pool, resources=resources, target=target, vip=vip,
                           evidence=proofs, peer=peer, now=now_wall, accept_stale=accept_stale)
         desired, _ = desired_role(obs, manual)
@@ -271,6 +288,19 @@ class Controller:
                 and desired is StorageRole.PRIMARY):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
+
+    def _confirmed(self, peer: Optional[PeerObservation]) -> Optional[PeerObservation]:
+        """The peer's "master" counts only from an answer given a full interval after this
+        host became master: an answer cached from before (the old master, a moment before it
+        turned slave) must not make a pool-master move look like two masters (measured in the
+        VM lab: it held a failover for 6 s)."""
+        if peer is None or peer.pool_role != PoolRole.MASTER.value:
+            return peer
+        since = self._master_since
+        if since is None or peer.answered_at is None or \
+                peer.answered_at < since + self.settings.interval:
+            return replace(peer, pool_role=None)
+        return peer
 
     def _with_drbd_flags(self, ev: Evidence, res: DrbdResource) -> Evidence:
         """Add DRBD's meta-data flags (get-gi) where the promotion rule may need them: the peer
@@ -443,8 +473,14 @@ class Controller:
                 "last_role": ev.last_role,
                 "last_peer_role": ev.last_peer_role,
                 "last_peer_disk": ev.last_peer_disk,
+                "generation_ids_when_last_connected": _last_gi(self.ledger.ledger, name),
                 "generation_ids": _gi_text(self.systems.drbd.generation_ids(name)),
             }
+
+
+def _last_gi(ledger: Ledger, name: str) -> Optional[str]:
+    entry = ledger.entries.get(name)
+    return entry.connected.gi if entry is not None and entry.connected is not None else None
 
 
 def _gi_text(gi: Optional[GenerationIds]) -> Optional[str]:

@@ -137,6 +137,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         status_file=cfg.paths.status_file,
         observe_srs=cfg.xenapi.enabled and cfg.xenapi.plug_srs,
         policy=Policy(unproven_wait=cfg.promotion.unproven_wait),
+        command_timeout=cfg.command_timeout,
     )
     pool_conf = cfg.pool.conf
     return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),

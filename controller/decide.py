@@ -243,6 +243,11 @@ def vip_release_known(obs: Observation) -> bool:
     )
 
 
+def vip_held_elsewhere(obs: Observation) -> bool:
+    """Another host answers for the VIP while the peer's release of it is not known."""
+    return not obs.vip.local and bool(obs.vip.conflict) and not vip_release_known(obs)
+
+
 def vip_probe_needed(obs: Observation, policy: Policy = SAFE) -> bool:
     """Whether the duplicate-address probe must run before this observation is decided on.
 
@@ -295,12 +300,22 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
         peer_demoting = any(r.peer_role == "Primary" and not r.split_brain for r in to_promote)
         return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals),
                     retry_soon=peer_demoting, blocked=tuple(blocked))
+    vip = obs.vip
+    if (to_promote or not obs.target.serving) and vip_held_elsewhere(obs):
+        # With the peer unreachable, whoever answers for the VIP is most likely the old holder,
+        # alive behind a partition and still serving: DRBD would let both sides be Primary apart
+        # and both targets would serve. Wait until it lets go (it demotes VIP first).
+        names = ", ".join(r.name for r in to_promote) or "the target"
+        refusals.append(
+            f"not promoting {names}: another host answers for VIP {vip.address} and the peer is "
+            "unreachable (the old holder may still be serving)"
+        )
+        return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals))
     actions.extend(Promote(r.name) for r in to_promote)
 
     if not obs.target.serving:
         actions.append(ServeTarget())
 
-    vip = obs.vip
     if not vip.local:
         if vip.conflict:
             refusals.append(

@@ -44,6 +44,7 @@ FORMAT = 1
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 FUTURE_TOLERANCE = 300.0  # seconds a ledger's time may be ahead of ours (NTP steps, not years)
 REWRITE_AFTER = 30.0  # rewrite an unchanged ledger this often (last-seen times for the report)
+GI_REFRESH = 300.0  # re-read the generation identifiers of a connected resource this often
 
 # Connection states in which the two disks are in sync and the peer's role is known.
 IN_SYNC_CONNECTIONS = frozenset({"Connected", "Established"})
@@ -58,6 +59,10 @@ class Seen:
     peer_role: str
     disk: str
     peer_disk: str
+    # DRBD's data-generation identifiers then (`drbdadm get-gi`, 8.4), read when the connection
+    # was first seen and every GI_REFRESH seconds after; None when not read.
+    gi: Optional[str] = None
+    gi_at: Optional[float] = None
 
     @property
     def complete(self) -> bool:
@@ -93,13 +98,30 @@ class Ledger:
 
 
 def advance(ledger: Ledger, resources: Sequence[DrbdResource], now_mono: float, now: float,
-            boot_id: str, run_id: str, max_gap: float) -> Ledger:
-    """The ledger after one more observation of ``resources``."""
+            boot_id: str, run_id: str, max_gap: float,
+            gis: Optional[Mapping[str, str]] = None) -> Ledger:
+    """The ledger after one more observation of ``resources`` (``gis``: get-gi lines read for
+    some of them in this cycle, see ``gi_wanted``)."""
     entries: Dict[str, Entry] = dict(ledger.entries)
     for res in resources:
-        entries[res.name] = _advance_entry(entries.get(res.name), res, now_mono, now, boot_id,
-                                           run_id, max_gap, ledger.problem)
+        entry = _advance_entry(entries.get(res.name), res, now_mono, now, boot_id, run_id,
+                               max_gap, ledger.problem)
+        gi = (gis or {}).get(res.name)
+        if gi is not None and entry.connected is not None and entry.connected.at == now:
+            # "" = read but unreadable: remembered as tried, so it is not retried every cycle.
+            entry = replace(entry, connected=replace(entry.connected, gi=gi or None, gi_at=now))
+        entries[res.name] = entry
     return replace(ledger, entries=entries)
+
+
+def gi_wanted(ledger: Ledger, res: DrbdResource, now: float) -> bool:
+    """Whether to read ``res``'s generation identifiers now: in sync with the peer, and none
+    recorded for this connection yet or the last is older than GI_REFRESH."""
+    if res.error or res.connection not in IN_SYNC_CONNECTIONS:
+        return False
+    entry = ledger.entries.get(res.name)
+    seen = entry.connected if entry is not None else None
+    return seen is None or seen.gi_at is None or now - seen.gi_at >= GI_REFRESH
 
 
 def _advance_entry(entry: Optional[Entry], res: DrbdResource, now_mono: float, now: float,
@@ -123,7 +145,10 @@ def _advance_entry(entry: Optional[Entry], res: DrbdResource, now_mono: float, n
                             why_not=f"the resource could not be observed ({what})")
         return entry
     if res.connection in IN_SYNC_CONNECTIONS:
-        seen = Seen(now, res.role, res.peer_role, res.disk, res.peer_disk)
+        old = entry.connected
+        keep = (old.gi, old.gi_at) if old is not None and entry.lost_at is None and \
+            entry.watching else (None, None)
+        seen = Seen(now, res.role, res.peer_role, res.disk, res.peer_disk, *keep)
         return replace(entry, watching=True, connected=seen, lost_at=None, proof=False,
                        reason="peer_reachable", why_not="the peer is reachable",
                        unreachable_since_mono=None)
@@ -238,8 +263,11 @@ def _entry(raw: Any) -> Entry:
     seen = raw.get("connected")
     connected = None
     if seen is not None:
+        gi, gi_at = seen.get("gi"), seen.get("gi_at")
         connected = Seen(float(seen["at"]), str(seen["role"]), str(seen["peer_role"]),
-                         str(seen["disk"]), str(seen["peer_disk"]))
+                         str(seen["disk"]), str(seen["peer_disk"]),
+                         str(gi) if gi is not None else None,
+                         float(gi_at) if gi_at is not None else None)
     since = raw.get("unreachable_since_mono")
     lost = raw.get("lost_at")
     return Entry(

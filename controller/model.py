@@ -208,6 +208,7 @@ class PeerObservation:
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # name -> states
     age: Optional[float] = None  # seconds since the answer
     error: Optional[str] = None
+    answered_at: Optional[float] = None  # monotonic time of the answer (this process's clock)
 
 
 @dataclass(frozen=True)

@@ -352,7 +352,7 @@ class PeerWatcher:
         age = self.monotonic() - at
         if age > self.max_age:
             return PeerObservation(False, age=age, error=self._error or f"no answer for {age:.0f}s")
-        return dataclasses.replace(obs, age=age)
+        return dataclasses.replace(obs, age=age, answered_at=at)
 
 
 # ------------------------------------------------------------------------------ operations

@@ -168,8 +168,9 @@ def test_vip_probe_runs_only_when_the_peer_release_is_unknown(tmp_path):
     fake.probe_answer = True
     r = ctl.run_cycle()
     assert fake.probes == 1
-    assert "not binding VIP 10.99.0.3/24: another host answers for it" in r.message
-    assert "bind" not in fake.calls and "serve" in fake.calls
+    # The answerer may be the old holder behind a partition: nothing is promoted or served.
+    assert "another host answers for VIP 10.99.0.3/24 and the peer is unreachable" in r.message
+    assert "bind" not in fake.calls and "serve" not in fake.calls
 
 
 def test_background_probe_only_while_local_and_void_across_a_move(tmp_path):
@@ -369,3 +370,30 @@ def test_accept_stale_promotes_in_manual_mode_and_only_then(tmp_path):
     assert "primary" not in fake.calls
     code, msg = ctl.command("become-primary", accept_stale=("iscsi1",), who="uid 0 (alice)")
     assert code == 0 and "promoted iscsi1" in msg, msg
+
+
+def test_two_masters_only_from_an_answer_given_after_this_host_became_master(tmp_path):
+    from iscsi_ha.controller.model import PeerObservation
+
+    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
+                                 pool=PoolRole.SLAVE)
+    answer = {"at": mono.t}
+    ctl.peer_status = lambda: PeerObservation(True, "master", answered_at=answer["at"])
+    ctl.run_cycle()
+    # The master moves here; the peer's last answer (from before) still says master: that is
+    # the old master a moment before it turned slave, not a split pool.
+    fake.world.obs = replace(fake.world.obs, resources=(
+        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    pool["value"] = PoolObservation(PoolRole.MASTER)
+    mono.t += 1
+    r = ctl.run_cycle()
+    assert "both hosts" not in r.message and "promoted iscsi1" in r.message, r.message
+    # A peer that keeps saying master a full interval after this host became master: hold.
+    ctl2, fake2, pool2, mono2 = make(tmp_path / "b", world(), pool=PoolRole.MASTER)
+    said = {"at": None}
+    ctl2.peer_status = lambda: PeerObservation(True, "master", answered_at=said["at"])
+    assert "both hosts" not in ctl2.run_cycle().message
+    mono2.t += ctl2.settings.interval + 1
+    said["at"] = mono2.t
+    r = ctl2.run_cycle()
+    assert r.outcome is Outcome.HELD and "both hosts' pool.conf say master" in r.message

@@ -138,6 +138,19 @@ def test_vip_conflict_refuses_bind_but_keeps_target():
     assert "another host answers" in plan.refusals[0]
 
 
+def test_vip_answered_with_the_peer_unreachable_holds_the_promotion():
+    # A partition: the old holder is alive behind it and still answers for the VIP. Promoting
+    # here would make a second Primary and a second serving target (seen in the VM lab).
+    peer_gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
+    plan = decide(world(resources=(peer_gone,), conflict=True, evidence=WATCHED), AUTO)
+    assert names(plan) == []
+    assert "another host answers for VIP" in plan.refusals[0]
+    assert "iscsi1" in plan.refusals[0]
+    # Once nobody answers, the same host promotes.
+    plan = decide(world(resources=(peer_gone,), conflict=False, evidence=WATCHED), AUTO)
+    assert names(plan) == ["promote", "target_serve", "vip_add", "vip_announce"]
+
+
 def test_unprobed_vip_refused_unless_peer_released_it():
     peer_gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
     plan = decide(world(resources=(peer_gone,), conflict=None, evidence=WATCHED), AUTO)

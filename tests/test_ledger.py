@@ -267,3 +267,27 @@ def test_drbds_peer_outdated_flag_is_proof_and_crashed_primary_is_said():
     plan = decide(obs, ManualMode())
     assert Promote("iscsi1") not in plan.actions
     assert "crashed as Primary and has not seen its peer since" in plan.refusals[0]
+
+
+def test_generation_ids_are_recorded_when_connected_and_kept_in_the_file(tmp_path):
+    gi = parse_get_gi(load_capture(GI / "gi-01-connected-node2.txt")["drbdadm get-gi r0"][1])
+    led = L.Ledger(HOST)
+    assert L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9)
+    led = L.advance(led, (CONNECTED_TO_PRIMARY,), 0, 1e9, "b1", "r1", GAP, {"iscsi1": gi.text})
+    assert led.entries["iscsi1"].connected.gi == gi.text
+    # Not read again on every cycle of the same connection; again after GI_REFRESH.
+    assert not L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + 5)
+    led = L.advance(led, (CONNECTED_TO_PRIMARY,), 5, 1e9 + 5, "b1", "r1", GAP)
+    assert led.entries["iscsi1"].connected.gi == gi.text
+    assert L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + L.GI_REFRESH)
+    assert not L.gi_wanted(led, GONE, 1e9 + L.GI_REFRESH)  # only while in sync
+    led = L.advance(led, (GONE,), 10, 1e9 + 10, "b1", "r1", GAP)
+    again = L.parse(L.render(led, 1e9 + 10), HOST, 1e9 + 11)
+    assert again.entries["iscsi1"].connected.gi == gi.text
+
+
+def test_an_unreadable_get_gi_is_not_retried_every_cycle():
+    led = L.advance(L.Ledger(HOST), (CONNECTED_TO_PRIMARY,), 0, 1e9, "b1", "r1", GAP,
+                    {"iscsi1": ""})
+    assert led.entries["iscsi1"].connected.gi is None
+    assert not L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + 5)

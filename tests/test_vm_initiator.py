@@ -1,0 +1,120 @@
+"""XenServer's own initiator across a failover: open-iscsi in the VM lab (real DRBD 8.4, real tgtd,
+both controllers), a direct-I/O workload that checks what it wrote, stock and tuned settings.
+
+Asserted, for stock (XenServer's settings: DefaultTime2Wait 2 on both sides) and tuned (the target
+offers 0, the node record asks 0): no reconnect fails (iscsid reports every recovery after 1
+attempt: a failed one would cost 3 s more), no I/O error, nothing read back differs from what was
+written, and I/O resumes soon after the new holder serves: the longest stall minus the move
+(pool.conf written until the new holder serves at the VIP) stays under DefaultTime2Wait + 1.5 s.
+
+Under TCG a move takes ~7 s (controller cycles of 1-3 s, pool.conf on 9p seen by the 0.5 s
+backstop read), longer than the 2 s the stock session waits before reconnecting, so that wait is
+hidden here and stock and tuned stall alike; on hardware, where the move is a few hundred ms, the
+stock stall is at least 2 s. The absolute 0.5 s target needs hardware speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))
+
+from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
+
+from lab.vm import controllers as ctl  # noqa: E402
+from lab.vm import initiator as ini  # noqa: E402
+from lab.vm.harness import VmLab  # noqa: E402
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    _require_prerequisites()
+    lab = VmLab(tmp_path_factory.mktemp("vm-initiator"))
+    failed = True
+    try:
+        lab.prepare(ctl.resources(lab))
+        lab.boot()
+        for vm in lab.vms:
+            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
+            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
+        c = ctl.Controllers(lab)
+        c.write_configs()
+        c.set_pool_master("node1")
+        for vm in lab.vms:
+            c.start(vm)
+        c.settle("node1", limit=180)
+        initiator = ini.Initiator(lab.vm("node2"), c)
+        initiator.start()
+        yield lab, c, initiator
+        failed = False
+    finally:
+        if failed:
+            _report(lab)
+            print(f"iscsid log: {lab.vm('node2').xdir / 'iscsid.log'}")
+        lab.teardown()
+
+
+def tune_controllers(lab, c, time2wait: int) -> None:
+    import signal
+
+    import yaml
+
+    for vm in lab.vms:
+        path = vm.xdir / "iscsi-ha.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["target"]["default_time2wait"] = time2wait
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        vm.kill(c.pids[vm.name], signal.SIGHUP)
+    ctl.wait_for("both controllers reloaded", lambda: all(
+        c.controller_log(vm).count("configuration reloaded") >= 1 for vm in lab.vms), 60)
+
+
+def move(lab, c, initiator, to: str):
+    """Move the pool master to ``to`` under the workload; returns (move seconds, summary)."""
+    initiator.start_workload(seconds=240)
+    before = len(initiator.recoveries())
+    t0 = time.monotonic()
+    c.set_pool_master(to)
+    new = lab.vm(to)
+    ctl.wait_for(f"{to} serves at the VIP", lambda: c.serving(new) and c.vip_local(new), 120,
+                 interval=0.2)
+    moved = time.monotonic() - t0
+    ops = initiator.workload().get("ops", 0)
+    ctl.wait_for("I/O resumed", lambda: initiator.workload().get("ops", 0) > ops + 100, 120)
+    summary = initiator.finish_workload()
+    summary["moved"] = moved
+    summary["recoveries"] = initiator.recoveries()[before:]
+    print(f"\n{to}: {summary}")
+    return summary
+
+
+def test_stock_then_tuned(pool):
+    lab, c, initiator = pool
+    assert ini.target_time2wait(lab.vm("node1")) == "2"  # tgt's default: what targets offer
+    initiator.login(ini.STOCK)
+    stock = move(lab, c, initiator, "node2")
+    assert stock["errors"] == [] and stock["mismatches"] == 0, stock
+    assert stock["recoveries"] and all(n == 1 for n in stock["recoveries"]), stock
+
+    # Tuned: iscsi-ha's target.default_time2wait 0 (reloaded with SIGHUP) makes every target it
+    # creates offer 0; the one serving now was created before, so it is set as the adapter would.
+    tune_controllers(lab, c, 0)
+    ini.set_target_time2wait(lab.vm("node2"), 0)
+    assert ini.target_time2wait(lab.vm("node2")) == "0"
+    initiator.login(ini.TUNED)
+    tuned = move(lab, c, initiator, "node1")
+    assert ini.target_time2wait(lab.vm("node1")) == "0"  # created by the controller with 0
+    assert tuned["errors"] == [] and tuned["mismatches"] == 0, tuned
+    assert tuned["recoveries"] and all(n == 1 for n in tuned["recoveries"]), tuned
+    print(f"\nlongest I/O stall: stock {stock['longest']:.2f} s (move {stock['moved']:.2f} s), "
+          f"tuned {tuned['longest']:.2f} s (move {tuned['moved']:.2f} s)")
+    assert stock["longest"] - stock["moved"] < 2 + 1.5, stock
+    assert tuned["longest"] - tuned["moved"] < 0 + 1.5, tuned

@@ -284,15 +284,6 @@ def test_pool_master_change_keeps_the_data(pool):
 def test_partition_then_heal_reports_split_brain_and_never_serves_twice(pool):
     lab, c = pool
     n1, n2 = lab.vms
-    if c.backend == "lio":
-        # DRBD's split-brain reporting does not depend on the target, and this scenario's
-        # "never both serving" is a race in decide(), not in the backend: during a partition the
-        # new master promotes and serves while the old one (whose VIP its probe hears) has not
-        # demoted yet ("held: promoted r0, target serving; not binding VIP ...: another host
-        # answers for it", ~3 s before the old holder demoted). Seen on LIO in 1 of 2 runs and on
-        # tgt in 1 of 1 after merging main (both controllers now wake on the same pool.conf
-        # event). Run once, on tgt, until decide() holds the promotion while the VIP is held.
-        pytest.skip("tgt only: the partition overlap is a decide() race, see the comment")
     try:
         ctl.wait_for("node2 to serve", lambda: _serving(c, lab) == ["node2"], 60)
         for vm in lab.vms:

@@ -34,6 +34,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+from .files import read_capped
 from .model import DrbdResource, Evidence
 from .state import atomic_write
 
@@ -229,6 +230,9 @@ def _entry_dict(e: Entry) -> Dict[str, Any]:
     return out
 
 
+LEDGER_LIMIT = 1 << 20  # bytes; a few hundred resources take a few tens of KiB
+
+
 def parse(text: str, host: str, now: float) -> Ledger:
     """The ledger in ``text``; an untrusted one comes back empty with ``problem`` set."""
     try:
@@ -252,7 +256,7 @@ def parse(text: str, host: str, now: float) -> Ledger:
                 return Ledger(host, problem=f"the ledger's entry for {name} is from the future: "
                               "not trusted")
         return Ledger(host, entries, written=written)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         return Ledger(host, problem=f"the ledger is damaged ({type(exc).__name__}: {exc}): "
                       "not trusted")
 
@@ -303,14 +307,14 @@ class LedgerStore:
 
     def load(self, host: str, now: float) -> Ledger:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                text = fh.read()
+            # Capped and regular files only: a FIFO or a device here must not hang a cycle.
+            raw = read_capped(self.path, LEDGER_LIMIT)
         except FileNotFoundError:
             return Ledger(host)
         except OSError as exc:
             return Ledger(host, problem=f"cannot read the ledger {self.path}: {exc.strerror}: "
                           "not trusted")
-        ledger = parse(text, host, now)
+        ledger = parse(raw.decode("utf-8", errors="replace"), host, now)
         if ledger.problem:
             log.warning("%s: %s", self.path, ledger.problem)
         return ledger

@@ -367,10 +367,16 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
                          "1 for each resource whose promotion is held because this host cannot "
                          "prove it has the newest data (reason: no_record, untrusted_record, "
                          "restarted, rebooted, gap, not_in_sync, two_masters, or "
-                         "local_disk_<state> when DRBD's disk is not UpToDate), "
-                         f"{AS_OF}.", ["resource", "reason"])
+                         "local_disk_<state> when DRBD's disk is not UpToDate); 0 without a "
+                         f"reason when it is not held, {AS_OF}.", ["resource", "reason"])
         for resource, reason in plan.blocked:
             blocked.add_metric([resource, reason], 1.0)
+        # A 0 series (empty reason = no label) per resource that is not held, so the alert's
+        # selector is checkable on a healthy pool and a dashboard shows the resource.
+        held = {resource for resource, _ in plan.blocked}
+        for res in last.observation.resources if last.observation else ():
+            if res.name not in held:
+                blocked.add_metric([res.name, ""], 0.0)
         add(blocked)
         add(_one("planned_actions", f"Actions in the plan (0 = converged or holding), {AS_OF}.",
                  len(plan.actions)))

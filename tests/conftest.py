@@ -34,10 +34,7 @@ STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes") or \
     os.environ.get("ISCSI_HA_NO_SKIP") == "1"
 # Skips CI accepts: a gap someone decided on and wrote down (never a missing package). Each is
 # listed with why, and still shown as skipped.
-ALLOWED_SKIPS = {
-    "tests/test_vm_drbd.py::test_partition_then_heal_reports_split_brain_and_never_serves_twice"
-    "[lio]": "a decide() race LIO's speed exposes; reported, the tgt run covers the scenario",
-}
+ALLOWED_SKIPS: dict = {}
 _skipped = []
 
 

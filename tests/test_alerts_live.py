@@ -419,7 +419,7 @@ def test_test_copies_change_only_the_timing():
 def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     lab, n2 = live.lab, live.lab.node2
     exprs = alert_expressions()
-    assert len(exprs) == 31
+    assert len(exprs) == 34
     selectors = sorted({s for _, e in exprs for s in vector_selectors(e)})
     # The one series of the rules that exists only in manual mode: switch it on, on the
     # standby (nothing moves), while the selectors are read.

@@ -6,6 +6,7 @@ python's own reader), so the assertions read the registry the way a scrape does.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -491,3 +492,18 @@ def test_unchanged_families_are_handed_out_again_changed_ones_rebuilt():
     box.publish(snapshots.master(resources=3))
     assert value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2",
                  state="Connected") == 1
+
+
+def test_promotion_blocked_reads_zero_per_resource_unless_held():
+    # Healthy: one 0 series per resource (no reason label), so the paging rule's selector has
+    # data to check; held: the reason at 1 and no 0 series for that resource.
+    r = registry_for(snapshots.master(resources=2))
+    assert value(r, "iscsi_ha_promotion_blocked", resource="iscsi1", reason="") == 0
+    assert value(r, "iscsi_ha_promotion_blocked", resource="iscsi2", reason="") == 0
+    snap = snapshots.promoting(resources=2)
+    plan = dataclasses.replace(snap.last.plan, actions=(), blocked=(("iscsi1", "gap"),))
+    held = dataclasses.replace(snap, last=dataclasses.replace(snap.last, plan=plan))
+    r = registry_for(held)
+    assert value(r, "iscsi_ha_promotion_blocked", resource="iscsi1", reason="gap") == 1
+    assert value(r, "iscsi_ha_promotion_blocked", resource="iscsi1", reason="") is None
+    assert value(r, "iscsi_ha_promotion_blocked", resource="iscsi2", reason="") == 0

@@ -124,6 +124,24 @@ def test_damaged_foreign_or_future_file_is_not_trusted(mangle, words):
     assert not proof(step(led, GONE, 6), 6).watched
 
 
+@pytest.mark.parametrize("content, words", [
+    (b'{"format": 1, "host": "\xff\xfe"}', "written by host"),   # not UTF-8
+    (b"[" * 100000, "damaged"),                                  # nested past the recursion limit
+    (b" " * (L.LEDGER_LIMIT + 1), "cannot read the ledger"),     # larger than any real ledger
+])
+def test_hostile_ledger_file_is_not_trusted_and_never_raises(tmp_path, content, words):
+    (tmp_path / L.LEDGER_FILE).write_bytes(content)
+    store = L.LedgerStore(str(tmp_path), HOST, 1e9, boot_id="b1", run_id="r1")
+    assert store.ledger.problem and words in store.ledger.problem
+    assert not store.ledger.entries
+
+
+def test_a_fifo_as_the_ledger_is_refused_at_once(tmp_path):
+    os.mkfifo(tmp_path / L.LEDGER_FILE)
+    store = L.LedgerStore(str(tmp_path), HOST, 1e9, boot_id="b1", run_id="r1")
+    assert store.ledger.problem and "cannot read the ledger" in store.ledger.problem
+
+
 # ------------------------------------------------------------------ properties
 
 observations = st.builds(

@@ -179,7 +179,10 @@ def test_wrong_password_flood_is_rate_limited_and_scrapes_still_answered(exporte
     bcrypt_checks = codes.get(401, 0)
     cost = _bcrypt_seconds(alice_hash)
     assert bcrypt_checks * cost <= 1.0 + 0.1 * elapsed + 2 * cost, (codes, cost, elapsed)
-    assert cpu < elapsed, (cpu, elapsed)
+    # The process's CPU time also counts the four flooding client threads in this process: on
+    # an idle 2-core machine they alone can use more than a core, so only the server's own
+    # bcrypt budget (above) is asserted; the figure is printed for the reader.
+    print(f"process CPU {cpu:.2f} s over {elapsed:.2f} s (clients included)")
     # Another client's first login is not locked out by this one's flood.
     assert get(handle.port, headers=basic("alice", "wonderland"), source="127.0.0.2")[0] == 200
 

@@ -140,6 +140,7 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
+        self._status_problem: Optional[str] = None  # last status-file write error, said once
         self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
@@ -213,12 +214,25 @@ class Controller:
         if not dry_run:
             self._count(result)
             if self.settings.status_file:
-                try:
-                    write_status(self.settings.status_file, result, manual, self.clock())
-                except OSError as exc:
-                    log.error("cannot write status file %s: %s", self.settings.status_file, exc)
+                self._write_status_file(result, manual)
         self.publish(result, manual)
         return result
+
+    def _write_status_file(self, result: CycleResult, manual: ManualMode) -> None:
+        # Said once when it starts failing and once when it recovers, not every cycle: a
+        # status_file pointed at a device node would otherwise flood the log forever.
+        path = self.settings.status_file
+        try:
+            write_status(path, result, manual, self.clock())
+        except OSError as exc:
+            problem = f"cannot write status file {path}: {exc}"
+            if problem != self._status_problem:
+                log.error("%s", problem)
+            self._status_problem = problem
+            return
+        if self._status_problem is not None:
+            log.info("status file %s written again", path)
+            self._status_problem = None
 
     def load_manual(self) -> ManualMode:
         manual, problem = self.manual_store.load()

@@ -25,7 +25,7 @@ unit: venv
 	$(VENV)/bin/pytest -m "$(UNIT_MARKERS)" $(PYTEST_ARGS)
 
 vm-test: setup
-	$(VENV)/bin/pytest -m vm tests/test_vm_drbd.py $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m vm $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) -m lab.demo

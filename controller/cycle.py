@@ -214,14 +214,13 @@ class Controller:
         if not dry_run:
             self._count(result)
             if self.settings.status_file:
-                self._write_status_file(result, manual)
+                self._write_status_file(self.settings.status_file, result, manual)
         self.publish(result, manual)
         return result
 
-    def _write_status_file(self, result: CycleResult, manual: ManualMode) -> None:
+    def _write_status_file(self, path: str, result: CycleResult, manual: ManualMode) -> None:
         # Said once when it starts failing and once when it recovers, not every cycle: a
         # status_file pointed at a device node would otherwise flood the log forever.
-        path = self.settings.status_file
         try:
             write_status(path, result, manual, self.clock())
         except OSError as exc:

@@ -29,11 +29,13 @@ wrappers around the simulator with the node's identity; the controller config po
 node's generated ``/proc/drbd``. A ticker process keeps those files current. ``cut_link()``
 downs the node's port on the bridge and tells the simulator, whose connection state follows.
 
-Block data: each resource has ONE backing file that both nodes' tgtd export (the simulator is
-about roles, not replication), so a block written through the VIP before a failover reads back
-after it. The price: a target wrongly serving from a Secondary would still see good data here.
-To catch that, the simulator's "held open" check is real (a tgtd of that node's namespace holding
-the file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
+Block data: each node has its OWN backing file per resource (``disk_path(resource, node)``), and
+the simulator copies the data between them at the moments DRBD's protocol C guarantees it (a
+connected Primary demotes, the connection ends, a resync finishes; see ``lab/drbdsim``). So a
+block written through the VIP before a clean failover reads back after it, while a node promoted
+on stale data -- or a target serving from a Secondary -- shows old blocks, as it would on real
+DRBD. The simulator's "held open" check is real too (a tgtd of that node's namespace holding the
+node's file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
 
 The target is always **tgt** here (``target.backend: tgt``): the namespaces share this machine's
 kernel, which has no configfs target, so the LIO backend runs only in the VM lab (``lab/vm/``).
@@ -223,7 +225,7 @@ class Node:
                 "tid": 1,
                 "iqn": lab.iqn,
                 "luns": [
-                    {"lun": i + 1, "path": str(lab.disk_path(r))}
+                    {"lun": i + 1, "path": str(lab.disk_path(r, self))}
                     for i, r in enumerate(lab.resources)
                 ],
                 "stop_timeout": 2,
@@ -475,13 +477,15 @@ class Lab:
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "disks").mkdir(exist_ok=True)
         for res in self.resources:
-            with open(self.disk_path(res), "wb") as f:
-                f.truncate(self.disk_mb * 1024 * 1024)
+            for node in self.nodes:
+                with open(self.disk_path(res, node), "wb") as f:
+                    f.truncate(self.disk_mb * 1024 * 1024)
         Cluster.create(
             self.drbd.dir,
             {n.name: {"addr": n.addr, "netns": n.netns} for n in self.nodes},
             {
-                r: {"size_kb": self.disk_mb * 1024 - 40, "disk": str(self.disk_path(r))}
+                r: {"size_kb": self.disk_mb * 1024 - 40,
+                    "disks": {n.name: str(self.disk_path(r, n)) for n in self.nodes}}
                 for r in self.resources
             },
             initial=self.drbd_initial,
@@ -516,9 +520,11 @@ class Lab:
             py_compile.compile(str(SIMULATOR), cfile=str(target), doraise=True)
         return target
 
-    def disk_path(self, resource: str) -> Path:
-        """The one backing file of ``resource`` that both nodes' tgtd export."""
-        return self.base / "disks" / f"{resource}.img"
+    def disk_path(self, resource: str, node: Optional["Node"] = None) -> Path:
+        """``node``'s own backing file of ``resource`` (what its tgtd exports). Without a node:
+        node1's, for a tool that knows one path for both hosts (bench/bench_switch.py's rivals
+        export it from either node, as before the files were per node)."""
+        return self.base / "disks" / f"{(node or self.node1).name}-{resource}.img"
 
     # ---- processes --------------------------------------------------------------------------
 

@@ -23,16 +23,32 @@ six seconds:
   controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
   ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
-  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve).
+  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve);
+* ``vip-stranger`` -- a third host on the segment binds the VIP and announces it, for 1-4 s;
+* ``state-full`` / ``state-ro`` -- the node's state directory (a small tmpfs: ledger, manual-mode
+  file, status file) is filled to ENOSPC / remounted read-only, for 1-5 s;
+* ``clock-jump`` -- the node's controller's wall clock steps 30 s to 1 h forward or back (an NTP
+  step; libfaketime through ``lab/chaos_clock.py``, the machine's clock is untouched), and stays
+  stepped until the schedule is healed;
+* ``mgmt-cut`` -- the management network between the nodes goes for 1-5 s (each routes the
+  other's address to a blackhole: the peer channel and the other host's xapi are unreachable)
+  while the replication link and the client's path to the VIP stay up.
 
-Throughout, the **invariant checker** samples both nodes as fast as the tools answer (``ip addr``,
-``tgtadm --op show`` and the simulator's state per node; the period achieved is printed) and
-counts a violation when it sees DRBD Primary, the VIP or a serving target on both nodes (read
-A, B, A: A held it when B was read), a target serving from a Secondary or the VIP bound without a
-serving target (each read twice in a row on the same node, so a move between two reads does not
-count). The **data checker** writes numbered, checksummed 512-byte blocks through the VIP from
-the client, one after another, records each acknowledged one, and at the end of the schedule
-reads every acknowledged block back through the VIP.
+The lab runs the peer channel (``iscsi-cfg peer-cert`` certificates), so ``mgmt-cut`` cuts
+something the controllers use.
+
+Throughout, the **invariant checker** samples both nodes every ``PERIOD`` (10 ms; without a
+process per reading: rtnetlink, tgtd's management socket and the simulator's state,
+``lab/chaos_probe.py``; the period achieved is printed) and counts a violation when it sees DRBD
+Primary, the VIP or a serving target on both nodes (read A, B, A: A held it when B was read), a
+target serving from a Secondary or the VIP bound without a serving target (each read twice in a
+row on the same node, so a move between two reads does not count). A stranger's copy of the VIP
+is the fault, not a violation: only the two nodes are compared. The **data checker** writes
+numbered, checksummed 512-byte blocks through the VIP from the client, one after another,
+records each acknowledged one, and at the end of the schedule reads every acknowledged block back
+through the VIP. Each node has its own backing file and the simulator copies data only when DRBD
+would have it on both (``lab/drbdsim``), so a node promoted on stale data reads old blocks: that
+counts as lost acknowledged writes.
 
 After the last fault the lab is healed (links up, controllers running, one master) and the
 schedule must converge within ``--converge`` seconds: the master holds the storage alone and the
@@ -41,9 +57,12 @@ no convergence; the runner then prints the seed and schedule number, shrinks the
 faults one at a time while it still fails) and prints the shortest one, and keeps both nodes'
 logs under ``--out``.
 
-What this lab cannot show: both nodes' tgtd export ONE backing file (the simulator is about roles,
-not replication), so the data checker proves the path (acknowledged writes survive every move),
-not DRBD's replication; real DRBD runs are the VM lab's job.
+What this lab cannot show: DRBD's own replication (the simulator copies whole files at the moments
+protocol C guarantees the peer has the data); real DRBD runs are the VM lab's job
+(``tests/test_vm_chaos.py``).
+
+``--faults "AT KIND NODE [HOLD]; ..."`` runs one given schedule (a regression schedule, or one a
+failure printed), e.g. ``--faults "0.5 clock-jump node1 -3600; 2 kill-tgtd node1"``.
 """
 
 from __future__ import annotations
@@ -62,10 +81,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import chaos_clock
+from .chaos_probe import FastProbe
 from .demo import (
     NodeState,
     converged_on,
-    node_state,
     start_cluster,
     tgt_ports,
     tgtd_pids,
@@ -74,7 +94,13 @@ from .demo import (
 from .netlab import Lab, Node
 
 FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd",
-               "hang-cmd", "fail-cmd")
+               "hang-cmd", "fail-cmd", "vip-stranger", "state-full", "state-ro", "clock-jump",
+               "mgmt-cut")
+MOVES = ("kill-mid-move", "move", "both-master", "flap")
+PERIOD = 0.010  # the invariant checker's sampling period
+STATE_TMPFS_KB = 512  # the state directory's size: small, so that filling it is quick
+PEER_PORT = 7788
+CLOCK_WATCH = 6.0  # a schedule with a clock jump heals no sooner than this after the jump
 # The wrapper on the controller's command path: drbdadm goes through it; a flag file next to it
 # makes every call hang (killed by command_timeout) or fail, for as long as the fault lasts.
 WRAPPER = """#!/bin/sh
@@ -85,6 +111,7 @@ exec "$dir/drbdadm" "$@"
 """
 WINDOW = 6.0  # faults start within the first seconds of a schedule
 BLOCK = 512
+FILLER = "chaos-filler"  # the file that fills a node's state directory
 MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 MiB)
 # After tgtd is killed the VIP is without a target until a cycle restarts it: the lab's interval
 # (1 s), the restart and its back-off, and the re-serve. Longer than this counts.
@@ -100,8 +127,31 @@ class Fault:
     count: int = 0  # flap: how many moves
 
     def text(self) -> str:
+        if self.kind == "clock-jump":
+            return f"t+{self.at:.2f}s {self.kind} {self.node} ({self.hold:+.0f} s)"
         extra = f", {self.count} moves" if self.count else ""
         return f"t+{self.at:.2f}s {self.kind} {self.node} (hold {self.hold:.2f}s{extra})"
+
+    def spec(self) -> str:
+        """The ``--faults`` form of this fault."""
+        extra = f" {self.count}" if self.count else ""
+        return f"{self.at:g} {self.kind} {self.node} {self.hold:g}{extra}"
+
+
+def parse_faults(text: str) -> Tuple[Fault, ...]:
+    """``"AT KIND NODE [HOLD [COUNT]]; ..."`` -> faults (what ``Fault.spec()`` prints)."""
+    faults = []
+    for part in text.split(";"):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) < 3 or words[1] not in FAULT_KINDS or words[2] not in ("node1", "node2"):
+            raise ValueError(f"--faults: {part.strip()!r} is not 'AT KIND NODE [HOLD [COUNT]]' "
+                             f"(kinds: {', '.join(FAULT_KINDS)})")
+        hold = float(words[3]) if len(words) > 3 else 1.0
+        count = int(words[4]) if len(words) > 4 else (2 if words[1] == "flap" else 0)
+        faults.append(Fault(float(words[0]), words[1], words[2], hold, count))
+    return tuple(sorted(faults, key=lambda f: f.at))
 
 
 def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
@@ -113,10 +163,10 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         kind = rng.choice(FAULT_KINDS)
         at = round(rng.uniform(0.0, WINDOW), 2)
         node = rng.choice(("node1", "node2"))
-        moves_master = kind in ("kill-mid-move", "move", "both-master", "flap")
+        moves_master = kind in MOVES
         if kind == "cut":
             hold = round(rng.uniform(1.0, 4.0), 2)
-            if any(f.kind in ("kill-mid-move", "move", "both-master", "flap") for f in faults):
+            if any(f.kind in MOVES for f in faults):
                 continue  # see the module docstring: no move while a link is cut
             cut_until = max(cut_until, at + hold + 1.0)
             faults.append(Fault(at, kind, node, hold))
@@ -131,8 +181,13 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         elif kind == "flap":
             faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2),
                                 rng.randint(2, 5)))
-        elif kind in ("hang-cmd", "fail-cmd"):
+        elif kind in ("hang-cmd", "fail-cmd", "state-full", "state-ro", "mgmt-cut"):
             faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 5.0), 2)))
+        elif kind == "vip-stranger":
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 4.0), 2)))
+        elif kind == "clock-jump":
+            faults.append(Fault(at, kind, node,
+                                float(rng.choice((-1, 1)) * rng.randint(30, 3600))))
         else:  # move, kill-tgtd
             faults.append(Fault(at, kind, node))
     if not faults:
@@ -152,6 +207,8 @@ class InvariantChecker:
         self.lab = lab
         self.violations: List[str] = []
         self.samples = 0
+        self.sample_seconds = 0.0  # time spent reading (three node readings per sample)
+        self.longest_gap = 0.0  # the longest time between two samples' starts
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
         self._t0 = 0.0
@@ -176,17 +233,33 @@ class InvariantChecker:
         a, b = self.lab.nodes
         flip = False
         deadline = time.monotonic() + 600  # bounded whatever happens
+        probe: Optional[FastProbe] = None
         try:
+            probe = FastProbe(self.lab)
+            due = last = time.monotonic()
             while not self._stop.is_set() and time.monotonic() < deadline:
                 first, second = (b, a) if flip else (a, b)
                 flip = not flip
-                s1 = node_state(self.lab, first)
-                s2 = node_state(self.lab, second)
-                s3 = node_state(self.lab, first)
+                start = time.monotonic()
+                self.longest_gap = max(self.longest_gap, start - last)
+                last = start
+                s1 = probe.state(first)
+                s2 = probe.state(second)
+                s3 = probe.state(first)
+                self.sample_seconds += time.monotonic() - start
                 self.samples += 1
                 self._check(first, second, s1, s2, s3)
+                due += PERIOD
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(wait)
+                else:
+                    due = time.monotonic()  # late (a loaded machine): no burst to catch up
         except BaseException as exc:  # noqa: BLE001 - reported by the runner
             self.error = exc
+        finally:
+            if probe is not None:
+                probe.close()
 
     def _check(self, first: Node, second: Node, s1: NodeState, s2: NodeState,
                s3: NodeState) -> None:
@@ -289,6 +362,8 @@ class Outcome:
     acked: int = 0
     failed_writes: int = 0
     period: float = 0.0
+    sample_cost: float = 0.0  # mean seconds one sample's three readings took
+    longest_gap: float = 0.0
     seconds: float = 0.0
     note: str = ""
 
@@ -306,6 +381,7 @@ class Runner:
         self.master = lab.node1
         self.next_lba = 0
         self.checker: Optional[InvariantChecker] = None
+        self.read_only: set = set()
 
     def node(self, name: str) -> Node:
         return self.lab.node(name)
@@ -314,14 +390,40 @@ class Runner:
         return self.lab.node2 if node is self.lab.node1 else self.lab.node1
 
     def start(self) -> None:
-        configs = {}
+        certs = {n.name: peer_cert(n) for n in self.lab.nodes}
+        start_cluster(self.lab, nodes=[])  # the XenAPI fake only; the controllers follow
         for node in self.lab.nodes:
+            other = self.other(node)
             wrapper = node.bin_dir / "drbdadm-chaos"
             wrapper.write_text(WRAPPER)
             wrapper.chmod(0o755)
-            configs[node.name] = {"drbd": {"drbdadm": str(wrapper)}}
-        self.pids = start_cluster(self.lab, configs=configs)
+            # Small, so that filling it is quick; before the controller starts, so that the
+            # controller's mount namespace has it.
+            self.lab.mount_tmpfs(node.state_dir, STATE_TMPFS_KB)
+            self.clock_file(node).write_text("+0\n")
+            node.write_config({
+                "drbd": {"drbdadm": str(wrapper)},
+                "peer": {"address": other.addr, "port": PEER_PORT,
+                         "listen": f"{node.addr}:{PEER_PORT}",
+                         "cert_file": certs[node.name][0], "key_file": certs[node.name][1],
+                         "peer_cert_file": certs[other.name][0]},
+            })
+            self._restart(node)
         wait_for("node1 holds the storage", converged_on(self.lab, self.lab.node1), 60, self.lab)
+
+    @staticmethod
+    def clock_file(node: Node) -> Path:
+        return node.dir / "clock-offset"
+
+    def start_controller(self, node: Node) -> int:
+        """The node's controller with its own wall clock (``lab/chaos_clock.py``)."""
+        argv = node.controller_argv()
+        if not argv[0].endswith("/iscsi-ha"):  # an RPM payload's wrapper: no clock of its own
+            return self.lab.start_controller(node)
+        clock = str(self.clock_file(node))
+        return self.lab.start_process(
+            node, [sys.executable, chaos_clock.__file__, clock, *argv],
+            env=chaos_clock.environment(clock), log=node.log_dir / "controller.log")
 
     # -- faults
 
@@ -332,7 +434,33 @@ class Runner:
 
     def _restart(self, node: Node) -> None:
         if node.name not in self.pids:
-            self.pids[node.name] = self.lab.start_controller(node)
+            self.pids[node.name] = self.start_controller(node)
+
+    def _fill(self, node: Node) -> None:
+        """The state directory's file system full: a filler file written until ENOSPC."""
+        with open(node.state_dir / FILLER, "ab") as f:
+            for _ in range(4 * STATE_TMPFS_KB // 64):  # bounded: the tmpfs is that small
+                try:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+                except OSError:
+                    break
+
+    def _unfill(self, node: Node) -> None:
+        try:
+            (node.state_dir / FILLER).unlink(missing_ok=True)
+        except OSError:  # read-only right now: the heal removes it after the remount
+            pass
+
+    def _read_only(self, node: Node, on: bool) -> None:
+        if on:
+            self.read_only.add(node.name)
+        else:
+            self.read_only.discard(node.name)
+        self.lab.remount(node.state_dir, writable=not on)
+
+    def _jump(self, node: Node, offset: float) -> None:
+        self.clock_file(node).write_text(f"{offset:+.0f}\n")
 
     def _move(self, node: Node) -> None:
         self.master = node
@@ -375,14 +503,40 @@ class Runner:
                 for pid in tgtd_pids(node):
                     subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
             return [(f.at, "kill-tgtd", kill_tgtd)]
+        if f.kind == "vip-stranger":
+            return [(f.at, "stranger takes the VIP", self.lab.stranger_takes_vip),
+                    (f.at + f.hold, "stranger releases it", self.lab.stranger_releases_vip)]
+        if f.kind == "state-full":
+            return [(f.at, "fill", lambda: self._fill(node)),
+                    (f.at + f.hold, "unfill", lambda: self._unfill(node))]
+        if f.kind == "state-ro":
+            return [(f.at, "read-only", lambda: self._read_only(node, True)),
+                    (f.at + f.hold, "read-write", lambda: self._read_only(node, False))]
+        if f.kind == "clock-jump":
+            # The step stays until the heal; the schedule lasts long enough after it for a
+            # stalled loop to show (a tgtd kill's grace and more).
+            return [(f.at, "clock-jump", lambda: self._jump(node, f.hold)),
+                    (f.at + CLOCK_WATCH, "clock still stepped", lambda: None)]
+        if f.kind == "mgmt-cut":
+            return [(f.at, "mgmt-cut", self.lab.cut_management),
+                    (f.at + f.hold, "mgmt-restore", self.lab.restore_management)]
         raise ValueError(f.kind)
 
     def heal(self) -> None:
+        if self.lab.stranger_has_vip():
+            self.lab.stranger_releases_vip()
+        if self.lab.management_cut():
+            self.lab.restore_management()
         for node in self.lab.nodes:
             for flag in ("chaos-hang", "chaos-fail"):
                 (node.bin_dir / flag).unlink(missing_ok=True)
             if not self.lab.drbd_link_up(node):
                 self.lab.restore_link(node)
+            if node.name in self.read_only:
+                self._read_only(node, False)
+            self._unfill(node)
+            if self.clock_file(node).read_text().strip() != "+0":
+                self._jump(node, 0)
             self._restart(node)
         self._move(self.master)
 
@@ -409,6 +563,8 @@ class Runner:
         finally:
             data.stop()
             out.period = checker.stop()
+        out.sample_cost = checker.sample_seconds / max(1, checker.samples)
+        out.longest_gap = checker.longest_gap
         out.violations = list(checker.violations)
         if checker.error is not None:
             out.note += f" (sampler stopped: {checker.error!r})"
@@ -439,6 +595,15 @@ def shrink(runner: Runner, out: Outcome, budget: int = 6) -> Outcome:
     return best
 
 
+def peer_cert(node: Node) -> Tuple[str, str]:
+    """The node's peer-channel certificate and key, made by ``iscsi-cfg peer-cert``."""
+    where = node.dir / "peer"
+    cli = Path(sys.executable).parent / "iscsi-cfg"
+    subprocess.run([str(cli), "peer-cert", "--dir", str(where), "--name", node.name],
+                   check=True, capture_output=True, timeout=60)
+    return str(where / "host.crt"), str(where / "host.key")
+
+
 def keep_logs(lab: Lab, out_dir: Path, index: int) -> Path:
     dest = out_dir / f"schedule-{index}"
     for node in lab.nodes:
@@ -452,35 +617,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--schedules", type=int, default=50)
     ap.add_argument("--only", type=int, help="run this one schedule (its number) again")
+    ap.add_argument("--faults", help='run this one schedule: "AT KIND NODE [HOLD [COUNT]]; ..."')
     ap.add_argument("--converge", type=float, default=45.0,
                     help="seconds a healed schedule has to converge")
     ap.add_argument("--out", default="/tmp/iscsi-ha-chaos", help="logs of failed schedules")
     ap.add_argument("--json", help="write the summary here as JSON")
     args = ap.parse_args(argv)
-    indices = [args.only] if args.only is not None else list(range(args.schedules))
+    given = parse_faults(args.faults) if args.faults else None
+    if given is not None:
+        indices = [args.only if args.only is not None else 0]
+    else:
+        indices = [args.only] if args.only is not None else list(range(args.schedules))
     out_dir = Path(args.out)
     kinds: Dict[str, int] = {}
     failures: List[Outcome] = []
     violations = lost = acked = unconverged = 0
     periods: List[float] = []
+    costs: List[float] = []
+    gaps: List[float] = []
     t_start = time.monotonic()
     with Lab(tgt_ports=tgt_ports()) as lab:
         runner = Runner(lab, args.seed, args.converge)
         runner.start()
         for index in indices:
-            faults = draw_schedule(args.seed, index)
+            faults = given if given is not None else draw_schedule(args.seed, index)
             for f in faults:
                 kinds[f.kind] = kinds.get(f.kind, 0) + 1
             res = runner.run(index, faults)
             periods.append(res.period)
+            costs.append(res.sample_cost)
+            gaps.append(res.longest_gap)
             violations += len(res.violations)
             lost += len(res.lost)
             acked += res.acked
             unconverged += 0 if res.converged else 1
             status = "ok" if res.ok else "FAILED"
             print(f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
-                  f"({res.failed_writes} not), sampled every {1000 * res.period:.0f} ms, "
-                  f"{res.seconds:.1f} s", flush=True)
+                  f"({res.failed_writes} not), sampled every {1000 * res.period:.1f} ms "
+                  f"(a sample {1000 * res.sample_cost:.1f} ms, longest gap "
+                  f"{1000 * res.longest_gap:.0f} ms), {res.seconds:.1f} s", flush=True)
             if not res.ok:
                 where = keep_logs(lab, out_dir, index)
                 print(f"  seed {args.seed} schedule {index}: "
@@ -492,6 +667,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"--seed {args.seed} --only {index}):")
                 for f in small.faults:
                     print(f"    {f.text()}")
+                print(f'  as --faults: "{"; ".join(f.spec() for f in small.faults)}"')
                 print(f"  logs of both nodes: {where}", flush=True)
                 failures.append(small)
                 runner.heal()
@@ -502,6 +678,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "failed_schedules": [f.index for f in failures],
         "sampling_period_ms_median": round(1000 * sorted(periods)[len(periods) // 2], 1)
         if periods else None,
+        "sample_cost_ms_median": round(1000 * sorted(costs)[len(costs) // 2], 2)
+        if costs else None,
+        "longest_sampling_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
         "minutes": round((time.monotonic() - t_start) / 60, 1),
     }
     print(json.dumps(summary, indent=2))

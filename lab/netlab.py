@@ -306,6 +306,9 @@ class Lab:
         self.timings: Dict[str, float] = {}
         self.xapi_pid: Optional[int] = None
         self._links: Dict[str, bool] = {}
+        self._management_cut = False
+        self._stranger = False
+        self.mounts: List[Path] = []
         self._where: Dict[int, Optional[str]] = {}  # pid -> namespace (None: root)
         self._lock = threading.RLock()
         self._started = False
@@ -376,6 +379,7 @@ class Lab:
         # found by namespace, stopped by PID; tgtd ignores SIGTERM, so the wait is short.
         kill_namespace_processes(self.namespaces, wait=0.2)
         delete_namespaces(self.namespaces)
+        unmount(self.mounts)
         try:
             (REGISTRY / self.id).unlink()
         except OSError:
@@ -420,7 +424,7 @@ class Lab:
         root_pids = [pid for pid, ns in self._where.items() if ns is None]
         entry = {
             "pid": os.getpid(), "namespaces": list(self.namespaces), "base": str(self.base),
-            "root_pids": root_pids,
+            "root_pids": root_pids, "mounts": [str(m) for m in self.mounts],
         }
         _write_atomic(REGISTRY / self.id, json.dumps(entry) + "\n")
 
@@ -642,6 +646,57 @@ class Lab:
     def drbd_link_up(self, node: Node) -> bool:
         return self._links.get(node.name, True)
 
+    def cut_management(self) -> None:
+        """The management network between the two nodes goes (the peer channel and the other
+        host's xapi become unreachable) while the replication link -- the simulator's -- and the
+        client's path to the VIP stay up: each node routes the other's address to a blackhole."""
+        for node in self.nodes:
+            peer = self.node2 if node is self.node1 else self.node1
+            _ip(node.netns, ["route", "replace", "blackhole", f"{peer.addr}/32"])
+        self._management_cut = True
+
+    def restore_management(self) -> None:
+        for node in self.nodes:
+            peer = self.node2 if node is self.node1 else self.node1
+            subprocess.run(["ip", "-n", node.netns, "route", "del", "blackhole",
+                            f"{peer.addr}/32"], capture_output=True, timeout=10)
+        self._management_cut = False
+
+    def management_cut(self) -> bool:
+        return self._management_cut
+
+    def stranger_takes_vip(self) -> None:
+        """A third host on the segment (the switch namespace's own interface) binds the VIP and
+        announces it, as a misconfigured machine would."""
+        _ip(self.sw, ["addr", "replace", VIP, "dev", "br0"])
+        self.start_process("sw", ["arping", "-U", "-c", "1", "-I", "br0", self.vip],
+                           log=self.base / "logs" / "stranger-arping.log")
+        self._stranger = True
+
+    def stranger_releases_vip(self) -> None:
+        subprocess.run(["ip", "-n", self.sw, "addr", "del", VIP, "dev", "br0"],
+                       capture_output=True, timeout=10)
+        self._stranger = False
+
+    def stranger_has_vip(self) -> bool:
+        return self._stranger
+
+    def mount_tmpfs(self, path: Path, size_kb: int) -> None:
+        """A small tmpfs at ``path`` (a node's state directory: it can then be filled or made
+        read-only). Mounted before the node's controller starts, so the controller's mount
+        namespace (``ip netns exec`` makes one) has it; unmounted at teardown."""
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs",
+                        str(path)], check=True, capture_output=True, timeout=10)
+        self.mounts.append(path)
+        self._register()
+
+    def remount(self, path: Path, writable: bool) -> None:
+        """Read-only or read-write again: a remount changes the file system itself, so every
+        mount namespace that has it sees the change."""
+        subprocess.run(["mount", "-o", f"remount,{'rw' if writable else 'ro'}", str(path)],
+                       check=True, capture_output=True, timeout=10)
+
     # ---- the pool ---------------------------------------------------------------------------
 
     def set_pool_master(self, master: Node) -> None:
@@ -837,6 +892,12 @@ def delete_namespaces(namespaces: Sequence[str]) -> None:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
+def unmount(paths: Sequence[Path]) -> None:
+    """Lazily: a process still inside would otherwise keep the mount (and its directory)."""
+    for path in paths:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
 def sweep_stale() -> List[str]:
     """Remove what runs left behind whose owning process is gone (a SIGKILLed test run)."""
     swept: List[str] = []
@@ -863,6 +924,7 @@ def sweep_stale() -> List[str]:
                 pass
         kill_namespace_processes(namespaces)
         delete_namespaces(namespaces)
+        unmount([Path(m) for m in info.get("mounts", []) if base and str(m).startswith(base)])
         if base and Path(base).name.startswith("iscsi-ha-lab-"):
             shutil.rmtree(base, ignore_errors=True)
         entry.unlink(missing_ok=True)

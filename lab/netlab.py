@@ -669,8 +669,7 @@ class Lab:
         """A third host on the segment (the switch namespace's own interface) binds the VIP and
         announces it, as a misconfigured machine would."""
         _ip(self.sw, ["addr", "replace", VIP, "dev", "br0"])
-        self.start_process("sw", ["arping", "-U", "-c", "1", "-I", "br0", self.vip],
-                           log=self.base / "logs" / "stranger-arping.log")
+        self.start_process("sw", ["arping", "-U", "-c", "1", "-I", "br0", self.vip])
         self._stranger = True
 
     def stranger_releases_vip(self) -> None:

@@ -23,7 +23,8 @@ six seconds:
   controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
   ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
-  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve);
+  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve,
+  counted again from the controller's restart when it was killed meanwhile);
 * ``vip-stranger`` -- a third host on the segment binds the VIP and announces it, for 1-4 s;
 * ``state-full`` / ``state-ro`` -- the node's state directory (a small tmpfs: ledger, manual-mode
   file, status file) is filled to ENOSPC / remounted read-only, for 1-5 s;
@@ -467,6 +468,10 @@ class Runner:
     def _restart(self, node: Node) -> None:
         if node.name not in self.pids:
             self.pids[node.name] = self.start_controller(node)
+            checker = self.checker
+            if checker is not None and checker.grace.get(node.name, 0.0) > time.monotonic():
+                # tgtd was killed and its controller with it: the repair starts now.
+                checker.grace[node.name] = time.monotonic() + TGTD_GRACE
 
     def _fill(self, node: Node) -> None:
         """The state directory's file system full: a filler file written until ENOSPC."""

@@ -422,8 +422,9 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, lab: Lab, seed: int, converge: float) -> None:
+    def __init__(self, lab: Lab, seed: int, converge: float, write_timeout: float = 2.0) -> None:
         self.lab = lab
+        self.write_timeout = write_timeout
         self.seed = seed
         self.converge = converge
         self.pids: Dict[str, int] = {}
@@ -598,7 +599,8 @@ class Runner:
         t0 = time.monotonic()
         events = sorted((e for f in faults for e in self._events(f)), key=lambda e: e[0])
         checker = self.checker = InvariantChecker(self.lab).start()
-        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba).start()
+        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba,
+                           write_timeout=self.write_timeout).start()
         try:
             for at, _what, act in events:
                 delay = t0 + at - time.monotonic()
@@ -677,6 +679,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="seconds a healed schedule has to converge")
     ap.add_argument("--out", default="/tmp/iscsi-ha-chaos", help="logs of failed schedules")
     ap.add_argument("--json", help="write the summary here as JSON")
+    ap.add_argument("--write-timeout", type=float, default=2.0,
+                    help="seconds one client write may take before it counts as not "
+                         "acknowledged (raise it under nice or on a loaded machine)")
     ap.add_argument("--keep-logs", action="store_true",
                     help="keep both nodes' logs after every schedule, not only failed ones")
     args = ap.parse_args(argv)
@@ -695,7 +700,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     samples = slow = 0
     t_start = time.monotonic()
     with Lab(tgt_ports=tgt_ports()) as lab:
-        runner = Runner(lab, args.seed, args.converge)
+        runner = Runner(lab, args.seed, args.converge, args.write_timeout)
         runner.start()
         for index in indices:
             faults = given if given is not None else draw_schedule(args.seed, index)

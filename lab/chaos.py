@@ -23,8 +23,8 @@ six seconds:
   controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
   ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
-  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve,
-  counted again from the controller's restart when it was killed meanwhile);
+  doing: that invariant waits until the node's controller has finished two cycles since, killed
+  and restarted meanwhile or not -- see ``TGTD_GRACE``);
 * ``vip-stranger`` -- a third host on the segment binds the VIP and announces it, for 1-4 s;
 * ``state-full`` / ``state-ro`` -- the node's state directory (a small tmpfs: ledger, manual-mode
   file, status file) is filled to ENOSPC / remounted read-only, for 1-5 s;
@@ -120,9 +120,12 @@ WINDOW = 6.0  # faults start within the first seconds of a schedule
 BLOCK = 512
 FILLER = "chaos-filler"  # the file that fills a node's state directory
 MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 MiB)
-# After tgtd is killed the VIP is without a target until a cycle restarts it: the lab's interval
-# (1 s), the restart and its back-off, and the re-serve. Longer than this counts.
-TGTD_GRACE = 4.0
+# After tgtd is killed the VIP is without a target until a cycle of the node's controller restarts
+# it: the grace lasts until the controller has finished two cycles after the kill (the first may
+# have begun before it), as its status file's mtime shows, plus this margin; however long that
+# takes on a loaded machine, or with the controller killed and still starting.
+TGTD_GRACE = 0.5
+GRACE_LIMIT = 120.0  # bounded: a status file that cannot be written ends the grace here
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,9 @@ class InvariantChecker:
         # node name -> monotonic time until which "VIP without a target" is the injected fault
         # itself (tgtd killed), not the controller's doing: it needs a cycle to see it.
         self.grace: Dict[str, float] = {}
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def start(self) -> "InvariantChecker":
         self._t0 = time.monotonic()
@@ -485,10 +491,32 @@ class Runner:
     def _restart(self, node: Node) -> None:
         if node.name not in self.pids:
             self.pids[node.name] = self.start_controller(node)
-            checker = self.checker
-            if checker is not None and checker.grace.get(node.name, 0.0) > time.monotonic():
-                # tgtd was killed and its controller with it: the repair starts now.
-                checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+
+    def _grace_until_repaired(self, node: Node) -> None:
+        """The fault's own VIP-without-target is not counted until the node's controller has
+        had its chance: two completed cycles after the kill (``TGTD_GRACE``)."""
+        checker = self.checker
+        if checker is None:
+            return
+        checker.grace[node.name] = float("inf")
+
+        def mtime() -> float:
+            try:
+                return node.status_file.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        def watch() -> None:
+            last, cycles = mtime(), 0
+            deadline = time.monotonic() + GRACE_LIMIT
+            while cycles < 2 and time.monotonic() < deadline and not checker.stopped():
+                time.sleep(0.05)
+                now = mtime()
+                if now != last:
+                    cycles, last = cycles + 1, now
+            checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+
+        threading.Thread(target=watch, name=f"grace-{node.name}", daemon=True).start()
 
     def _fill(self, node: Node) -> None:
         """The state directory's file system full: a filler file written until ENOSPC."""
@@ -552,8 +580,7 @@ class Runner:
                     (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True))]
         if f.kind == "kill-tgtd":
             def kill_tgtd() -> None:
-                if self.checker is not None:
-                    self.checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+                self._grace_until_repaired(node)
                 for pid in tgtd_pids(node):
                     subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
             return [(f.at, "kill-tgtd", kill_tgtd)]

@@ -366,7 +366,8 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
         blocked = _gauge("promotion_blocked",
                          "1 for each resource whose promotion is held because this host cannot "
                          "prove it has the newest data (reason: no_record, untrusted_record, "
-                         "restarted, rebooted, gap, not_in_sync, two_masters, or "
+                         "restarted, rebooted, gap, not_in_sync, two_masters, "
+                         "peer_channel_primary, or "
                          "local_disk_<state> when DRBD's disk is not UpToDate); 0 without a "
                          f"reason when it is not held, {AS_OF}.", ["resource", "reason"])
         for resource, reason in plan.blocked:

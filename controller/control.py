@@ -68,7 +68,7 @@ DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
 ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
+COMMANDS = ("status", "get", "log", "stale-info", "split-brain") + ROLE_COMMANDS
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
 
@@ -544,6 +544,16 @@ class ControlServer:
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
+            if cmd == "split-brain":
+                # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
+                # root only: a step discards data.
+                if not self._privileged(uid):
+                    return error_answer("split-brain: root only", CODE_REFUSED)
+                from .splitbrain_ops import control as split_brain
+
+                who = f"uid {uid}, pid {pid}" + (f", {str(request.get('who'))[:80]}"
+                                                 if request.get("who") else "")
+                return split_brain(self.daemon, request, who)
             if cmd in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
                 if cmd != "become-primary" and accept or not isinstance(accept, list) or \

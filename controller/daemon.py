@@ -268,6 +268,10 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        from .splitbrain_ops import PEER_OP, peer_handler
+
+        handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
+                                         tuple(cfg.resources))
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)

@@ -1,4 +1,4 @@
-"""Split brain: the evidence of both hosts, which side should survive, and DRBD's steps to get there.
+"""Split brain: both hosts' evidence, which side should survive, and DRBD's steps to get there.
 
 Pure: no I/O, no clock. ``splitbrain_ops.py`` gathers a ``Side`` on each host (the peer's over the
 peer channel) and runs the steps; ``splitbrain_cli.py`` is ``iscsi-cfg split-brain``.
@@ -434,11 +434,12 @@ def _when(t: Optional[float], now: Optional[float]) -> str:
 
 def render(a: Assessment) -> str:
     """The side-by-side view of ``iscsi-cfg split-brain``."""
-    l, p = a.sides
+    l, p = a.sides  # noqa: E741 - local, peer
+    by = a.detected_by[0] if a.detected_by else "?"
+    waiting = a.other(by).connection if a.detected_by else "?"
     head = {
         "both": "SPLIT BRAIN, detected by both hosts",
-        "one-sided": f"SPLIT BRAIN, detected by {a.detected_by[0] if a.detected_by else '?'} "
-                     f"only (the other host stays {a.other(a.detected_by[0]).connection if a.detected_by else '?'} "
+        "one-sided": f"SPLIT BRAIN, detected by {by} only (the other host stays {waiting} "
                      "and logs nothing: real DRBD 8.4 does that about one time in three)",
         "diverged": "SPLIT BRAIN by the data generations (neither kernel log says so)",
         "none": "no split brain",

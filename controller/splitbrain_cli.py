@@ -159,7 +159,7 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
     out(sb.render(a))
     hard, forceable = sb.refusals(a, survivor)
     if hard:
-        cli._err("refused: " + "\n  ".join(hard))
+        cli._err("refused: " + "\n  ".join(hard + forceable))
         return cli.EXIT_REFUSED
     if forceable and not force:
         cli._err("refused: " + "\n  ".join(forceable) +

@@ -13,15 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
+from drbd_captures import DRBD84, install, load_capture
+from fakes import FakeRunner
 from iscsi_ha.controller import ledger as L
 from iscsi_ha.controller import splitbrain as sb
 from iscsi_ha.controller.model import DrbdResource
 from iscsi_ha.controller.splitbrain_ops import side_from_observation
 from iscsi_ha.controller.systems.drbd import Drbd
-
-from drbd_captures import DRBD84, install, load_capture
-from fakes import FakeRunner
 
 SB = Path(__file__).parent / "fixtures" / "drbd84-splitbrain"
 

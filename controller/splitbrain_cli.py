@@ -51,9 +51,26 @@ controllers' logs and <state_dir>/split-brain.log.
 If the controllers or the peer channel are down, use the manual steps in docs/runbook.md."""
 
 
+class _Intermixed(argparse.ArgumentParser):
+    """Options anywhere among the words: `resolve --survivor node1 r0` as well as
+    `resolve r0 --survivor node1` (plain argparse stops the word list at the first option)."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inner:  # parse_known_intermixed_args calls this twice itself
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def add_parser(sub: Any, epilog: str, fmt: Any) -> None:
     sp = sub.add_parser("split-brain", help=SHORT, description=LONG, epilog=epilog,
                         formatter_class=fmt)
+    sp.__class__ = _Intermixed
     sp.add_argument("words", nargs="*", metavar="[resolve] RESOURCE",
                     help="a resource (default: all), or `resolve RESOURCE`")
     sp.add_argument("--json", action="store_true", help="print the evidence as JSON")

@@ -473,9 +473,9 @@ def render(a: Assessment) -> str:
     out += [_row(*r) for r in rows]
     for problem in a.problems:
         out.append(f"  cannot read: {problem}")
-    gens = diverged(l.generation, p.generation)
-    if gens:
-        out.append(f"  generations: both descend from {l.generation.bitmap[:15]}x "
+    lg = l.generation
+    if lg is not None and diverged(lg, p.generation):
+        out.append(f"  generations: both descend from {lg.bitmap[:15]}x "
                    "and each has its own newer one: diverged")
     if not a.in_split_brain:
         return "\n".join(out)

@@ -123,6 +123,7 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
     vms_data = _pattern(f"round {round_}: the VMs wrote this through node1 ".encode())
     before = _pattern(f"round {round_}: written before the split ".encode())
     local = _pattern(f"round {round_}: node2 local write, to be discarded ".encode())
+    t0 = time.monotonic()
     assert c.client_write(before, lba=LBA_BEFORE).get("ok")
     for vm in lab.vms:
         vm.set_replication_link(False)
@@ -151,13 +152,19 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
 
     ctl.wait_for("node1's ledger to record sessions while Primary alone",
                  lambda: _ledger_sessions(n1) > 0 or (stream() and False), 120, interval=0.1)
+    print(f"\n[{time.monotonic() - t0:5.1f}s] both written, node1's ledger has the sessions")
     ctl.wait_for("node2's controller to demote it (pool slave)",
                  lambda: c.drbd(n2, "role").startswith("Secondary/"), 60)
     for vm in lab.vms:
         vm.set_replication_link(True)
     ctl.wait_for("DRBD to detect the split brain on a side",
                  lambda: "StandAlone" in (c.drbd(n1, "cstate"), c.drbd(n2, "cstate")), 90)
-    time.sleep(6)  # the other side detects it too, or stays WFConnection
+    # The other side detects it too within a second or two, or stays WFConnection for good.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(
+            c.drbd(vm, "cstate") == "StandAlone" for vm in lab.vms):
+        time.sleep(0.5)
+    print(f"\n[{time.monotonic() - t0:5.1f}s] split brain made")
     states = {vm.name: c.drbd(vm, "cstate") for vm in lab.vms}
     kind = "both" if set(states.values()) == {"StandAlone"} else "one-sided"
     assert set(states.values()) <= {"StandAlone", "WFConnection"}, states
@@ -165,7 +172,9 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
 
 
 def _split_brain_view(c, vm) -> dict:
+    t0 = time.monotonic()
     res = c.cfg(vm, "split-brain", ctl.RES, "--json")
+    print(f"\n[{time.monotonic() - t0:5.1f}s] iscsi-cfg split-brain --json")
     assert res.rc == 0, res.out + res.err
     (view,) = json.loads(res.out)
     return view

@@ -271,7 +271,7 @@ class Daemon:
         from .splitbrain_ops import PEER_OP, peer_handler
 
         handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
-                                         tuple(cfg.resources))
+                                         tuple(cfg.resources), cfg.target.iqn)
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)

@@ -78,6 +78,10 @@ class Side:
     alone_primary_last: Optional[float] = None
     alone_sessions: Optional[int] = None
     last_in_sync: Optional[float] = None
+    # XenAPI: the pool's VMs with disks on this target's SRs ("name (Running on host, 1
+    # disk(s))"); None when XenAPI is off or did not answer (``vms_error`` says why).
+    vms: Optional[Tuple[str, ...]] = None
+    vms_error: Optional[str] = None
     now: Optional[float] = None  # the host's clock when gathered
 
     @property
@@ -101,7 +105,10 @@ class Side:
 
 
 def side_to_dict(side: Side) -> Dict[str, Any]:
-    return dataclasses.asdict(side)
+    out = dataclasses.asdict(side)
+    if side.vms is not None:
+        out["vms"] = list(side.vms)
+    return out
 
 
 _TYPES = {f.name: f.type for f in dataclasses.fields(Side)}
@@ -119,7 +126,10 @@ def side_from_dict(data: Mapping[str, Any]) -> Side:
             if "Optional" in kind:
                 out[f.name] = None
             continue
-        if "bool" in kind:
+        if "Tuple" in kind:
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            value = tuple(value) if ok else value
+        elif "bool" in kind:
             ok = isinstance(value, bool)
         elif "int" in kind:
             ok = isinstance(value, int) and not isinstance(value, bool)
@@ -473,6 +483,15 @@ def render(a: Assessment) -> str:
     out += [_row(*r) for r in rows]
     for problem in a.problems:
         out.append(f"  cannot read: {problem}")
+    vms = next((s.vms for s in a.sides if s.vms is not None), None)
+    if vms is not None:
+        holder = [s.host for s in a.sides if s.vip_local]
+        through = f", through the VIP held now by {holder[0]}" if len(holder) == 1 else ""
+        out.append(f"  VMs with disks on this target (XenAPI){through}: "
+                   f"{', '.join(vms) if vms else 'none'}")
+    else:
+        why = next((s.vms_error for s in a.sides if s.vms_error), None)
+        out.append(f"  VMs with disks on this target: unknown ({why or 'XenAPI not enabled'})")
     lg = l.generation
     if lg is not None and diverged(lg, p.generation):
         out.append(f"  generations: both descend from {lg.bitmap[:15]}x "
@@ -518,6 +537,7 @@ def assessment_to_dict(a: Assessment) -> Dict[str, Any]:
         "vms_wrote_on": list(a.wrote),
         "would_discard": discarded(a, a.survivor) if a.survivor and a.in_split_brain else None,
         "problems": list(a.problems),
+        "vms": next((list(s.vms) for s in a.sides if s.vms is not None), None),
         "diverged_generations": diverged(a.sides[0].generation, a.sides[1].generation),
     }
 

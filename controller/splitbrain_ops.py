@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from .model import DrbdResource
@@ -69,19 +70,29 @@ def side_from_observation(host: str, res: DrbdResource, gi_text: Optional[str],
                 target_present=target_present, sessions=sessions, now=now, **alone)
 
 
-def gather(controller: Any, resource: str) -> Side:
-    """This host's side of ``resource``, observed now (nothing is changed or recorded)."""
+def gather(controller: Any, resource: str, iqn: Optional[str] = None) -> Side:
+    """This host's side of ``resource``, observed now (nothing is changed or recorded); with
+    XenAPI enabled, the pool's VMs with disks on the target ``iqn``."""
+    vms: Optional[tuple] = None
+    vms_error: Optional[str] = None
+    sr = getattr(controller.systems, "sr", None)
+    if sr is not None and iqn:
+        from .systems.vms import describe_all, read_vms
+
+        found, vms_error = read_vms(sr.client, iqn)
+        vms = describe_all(found) if found is not None else None
     with controller.lock:
         manual = controller.load_manual()
         obs = controller.observe(manual, record=False)
         res = obs.resource(resource)
         gi = controller.systems.drbd.generation_ids(resource)
         entry = controller.ledger.ledger.entries.get(resource)
-    return side_from_observation(
+    side = side_from_observation(
         controller.hostname, res, gi.text if gi is not None else None,
         obs.pool.role.value, bool(manual.enabled), obs.vip.local if not obs.vip.error else None,
         obs.target.target_present if not obs.target.error else None,
         obs.target.sessions if not obs.target.error else None, entry, obs.now)
+    return replace(side, vms=vms, vms_error=vms_error)
 
 
 def run_step(drbd: Any, resource: str, action: str, who: str) -> Dict[str, Any]:
@@ -124,7 +135,7 @@ def audit(state_dir: str, line: str, who: str) -> Dict[str, Any]:
 
 
 def handle(controller: Any, state_dir: str, resources: tuple, args: Mapping[str, Any],
-           who: str) -> Dict[str, Any]:
+           who: str, iqn: Optional[str] = None) -> Dict[str, Any]:
     """One request of either channel for this host (see the module docstring)."""
     action = args.get("action")
     name = args.get("resource")
@@ -135,22 +146,22 @@ def handle(controller: Any, state_dir: str, resources: tuple, args: Mapping[str,
                                 f"{controller.hostname} ({', '.join(resources)})",
                                 "unknown_resource")
     if action == "evidence":
-        return side_to_dict(gather(controller, str(name)))
+        return side_to_dict(gather(controller, str(name), iqn))
     if action == "step":
         return run_step(controller.systems.drbd, str(name), str(args.get("step")), who)
     raise SplitBrainRefused(f"unknown action {str(action)[:40]!r} (evidence, step, audit)",
                             "bad_request")
 
 
-def peer_handler(controller: Any, state_dir: str,
-                 resources: tuple) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
+def peer_handler(controller: Any, state_dir: str, resources: tuple,
+                 iqn: Optional[str] = None) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
     """The peer channel's ``splitbrain`` operation."""
     from .peer import Refused
 
     def op(args: Mapping[str, Any]) -> Dict[str, Any]:
         who = f"the peer's operator ({str(args.get('who') or 'unknown')[:80]})"
         try:
-            return handle(controller, state_dir, resources, args, who)
+            return handle(controller, state_dir, resources, args, who, iqn)
         except SplitBrainRefused as exc:
             raise Refused(str(exc), exc.code) from None
 
@@ -178,7 +189,8 @@ def control(daemon: Any, request: Mapping[str, Any], who: str) -> Dict[str, Any]
             return {"ok": False, "code": 1, "error": f"the peer: {exc}", "kind": exc.kind}
         return {"ok": True, "result": result}
     try:
-        result = handle(controller, state_dir, tuple(cfg.resources), args, who)
+        result = handle(controller, state_dir, tuple(cfg.resources), args, who,
+                        cfg.target.iqn)
     except SplitBrainRefused as exc:
         return {"ok": False, "code": 2 if exc.code == "bad_request" else 1, "error": str(exc)}
     return {"ok": True, "result": result}

@@ -268,3 +268,14 @@ def test_ledger_keeps_when_this_host_was_primary_alone_and_its_sessions():
     led = L.advance(led, [connected], 4.0, 170.0, "b", "r", 10.0, sessions=1)
     assert led.entries["r0"].alone_primary_since is None
     assert led.entries["r0"].alone_sessions == 0
+
+
+def test_view_lists_the_vms_on_this_target_and_who_holds_the_vip():
+    n1, n2 = both(alone_sessions=1)
+    n1 = replace(n1, vms=("db (Running on xcp1, 1 disk(s))",), vip_local=False)
+    n2 = replace(n2, vms=("db (Running on xcp1, 1 disk(s))",), vip_local=True)
+    text = sb.render(sb.assess(n1, n2))
+    assert "VMs with disks on this target (XenAPI), through the VIP held now by node2: db" in text
+    assert sb.assessment_to_dict(sb.assess(n1, n2))["vms"] == ["db (Running on xcp1, 1 disk(s))"]
+    off = sb.render(sb.assess(*both()))
+    assert "VMs with disks on this target: unknown (XenAPI not enabled)" in off

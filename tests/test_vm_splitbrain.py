@@ -232,6 +232,8 @@ def test_split_brain_is_shown_recommended_refused_the_wrong_way_and_resolved(pai
         before = {vm.name: (c.drbd(vm, "cstate"), c.drbd(vm, "role")) for vm in lab.vms}
         wrong = c.cfg(n1, "split-brain", "resolve", "--survivor", "node2", ctl.RES, "--yes")
         assert wrong.rc == 1, wrong.out + wrong.err
+        print(f"\n$ iscsi-cfg split-brain resolve --survivor node2 {ctl.RES} --yes   (on node1)"
+              f"\n{wrong.err}")
         assert "not the side the VMs wrote to" in wrong.err
         assert "holds the VIP" in wrong.err
         assert {vm.name: (c.drbd(vm, "cstate"), c.drbd(vm, "role")) for vm in lab.vms} == before

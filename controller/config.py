@@ -8,10 +8,12 @@ number; ``tid: true`` is not an int even though Python says ``bool`` is one), an
 collected and reported together, one per line, as ``FILE: key.path: what is wrong (how to fix it)``.
 An operator fixes the file once, not once per error.
 
-The schema lives in the frozen dataclasses below: their field names are the YAML keys and their
-defaults are the documented defaults (``examples/iscsi-ha.yaml`` shows each one, and a test checks
-that the two agree). Three defaults are derived: ``node_name`` (the host name), ``cycle_deadline``
-(twice the interval) and ``target.luns`` (one LUN per resource, in order).
+The schema lives in the frozen dataclasses below, one ``setting()`` per key: the field name is
+the YAML key, the field default the documented default, and the field carries its check and its
+help. ``examples/iscsi-ha.yaml`` and the README's table are generated from these fields
+(``make docs``; a test fails when they drift). Three defaults are derived: ``node_name`` (the host
+name), ``cycle_deadline`` (twice the interval) and ``target.luns`` (one LUN per resource, in
+order).
 
 The XenAPI password is deliberately *not* part of ``Config``: a config object gets logged, dumped
 by ``iscsi-cfg get`` and sent over the control socket, and a secret that is never in it cannot leak
@@ -532,18 +534,24 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
 
 def setting(default: Any = dataclasses.MISSING, *, check: Check, help: str,
             default_factory: Any = dataclasses.MISSING, derived: str = "",
-            example: str = "", key: str = "") -> Any:
-    """One configuration key.
+            example: str = "") -> Any:
+    """One configuration key with a default.
 
     ``help`` is what an operator reads (README table, example file); ``derived`` names a default
-    computed from other keys (the example then shows ``example`` commented out, not a default);
-    ``example`` is also the value shown for a required key; ``key`` is the YAML name when it is
-    not the field name (a LUN's ``lun``).
+    computed from other keys (the example then shows ``example`` commented out, not a default).
     """
-    meta = {"check": check, "help": help, "derived": derived, "example": example, "key": key}
+    meta = about(check=check, help=help, derived=derived, example=example)
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def about(*, check: Check, help: str, derived: str = "", example: str = "",
+          key: str = "") -> Dict[str, Any]:
+    """The metadata of a key; a required key is ``field(metadata=about(...))`` (mypy sees a
+    ``field()`` without a default as required). ``example`` is the value the example file shows
+    for it; ``key`` is the YAML name when it is not the field name (a LUN's ``lun``)."""
+    return {"check": check, "help": help, "derived": derived, "example": example, "key": key}
 
 
 def _identity_setting(name: str) -> Any:
@@ -556,10 +564,10 @@ def _identity_setting(name: str) -> Any:
 class Lun:
     """One entry of ``target.luns``."""
 
-    number: int = setting(key="lun", check=_integer(1, MAX_LUN),
-                          help=f"the LUN number, 1..{MAX_LUN} (0 is the target's own "
-                          "controller LUN)")
-    path: str = setting(check=_path, help="the block device it serves")
+    number: int = field(metadata=about(
+        key="lun", check=_integer(1, MAX_LUN),
+        help=f"the LUN number, 1..{MAX_LUN} (0 is the target's own controller LUN)"))
+    path: str = field(metadata=about(check=_path, help="the block device it serves"))
     # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
     # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
     serial: Optional[str] = _identity_setting("serial")
@@ -686,10 +694,10 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class VipConfig:
-    address: str = setting(
+    address: str = field(metadata=about(
         check=_vip_address, example="10.10.10.3/24",
         help="The floating IPv4 address the initiators (the SRs) connect to, with the prefix of "
-        "its subnet (ADDRESS/PREFIX). A bare address is an error.")
+        "its subnet (ADDRESS/PREFIX). A bare address is an error."))
     interface: str = setting("xenbr0", check=_interface,
                              help="The interface it is bound to on the holder.")
     ip: str = setting("ip", check=_command, help="The iproute2 ip command.")
@@ -814,11 +822,11 @@ class Config:
     Constructing it directly (in tests) skips validation but still fills the derived defaults.
     """
 
-    resources: Tuple[str, ...] = setting(
+    resources: Tuple[str, ...] = field(metadata=about(
         check=_list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]", unique=True),
         example="[iscsi1]",
         help="The DRBD resources to keep Primary on the pool master, in order. Names as in "
-        "/etc/drbd.d/*.res (letters, digits, _ . -), each once.")
+        "/etc/drbd.d/*.res (letters, digits, _ . -), each once."))
     vip: VipConfig = field()
     node_name: str = setting(default_factory=socket.gethostname, check=_string,
                              derived="the host name", example="xcp-host1",

@@ -81,8 +81,8 @@ CATALOGUE: Tuple[MetricDef, ...] = (
     _m("promotion_blocked", "gauge", ("resource", "reason"),
        "1 for each resource whose promotion is held because this host cannot prove it has the "
        "newest data (reason: no_record, untrusted_record, restarted, rebooted, gap, "
-       "not_in_sync, two_masters, or local_disk_<state> when DRBD's disk is not UpToDate); 0 "
-       f"without a reason when it is not held, {AS_OF}.",
+       "not_in_sync, two_masters, peer_channel_primary, or local_disk_<state> when DRBD's "
+       f"disk is not UpToDate); 0 without a reason when it is not held, {AS_OF}.",
        "alert IscsiHaPromotionBlocked"),
     _m("planned_actions", "gauge", (),
        f"Actions in the plan (0 = converged or holding), {AS_OF}."),

@@ -39,7 +39,7 @@ from . import __version__
 from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
-    Config,
+    DEFAULT_INTERVAL,
     ConfigError,
     PathsConfig,
     load_config,
@@ -58,7 +58,6 @@ QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally i
 ROLE_TIMEOUT = 180.0
 MAX_ANSWER = 16 * 1024 * 1024
 STALE_GRACE = 5.0  # seconds on top of the interval before the status file counts as stale
-DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
 CLEAR_SCREEN = "\033[H\033[2J"
 
 

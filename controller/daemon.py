@@ -236,13 +236,10 @@ class Daemon:
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
-        try:
-            from .control import ControlServer
-        except ImportError:  # pragma: no cover - the control socket ships with the CLI
-            ControlServer = None  # type: ignore[assignment,misc]
-        if ControlServer is not None:
-            self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
-            self.control.start()
+        from .control import ControlServer
+
+        self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
+        self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
         now = datetime.datetime.now(datetime.timezone.utc)

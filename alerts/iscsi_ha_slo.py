@@ -89,15 +89,16 @@ def block(objective: float, period: str) -> str:
     add(f"        expr: vector({fmt(objective / 100)})\n")
     add("      - record: iscsi_ha:storage_slo_period:seconds\n")
     add(f"        expr: vector({seconds(period)})\n")
-    add("      # Every probe of every observer and LUN counts; an observer that cannot be scraped\n")
-    add("      # drops out instead of counting as failed (its controller is down, not the storage).\n")
+    add("      # Every probe of every observer and LUN counts; an observer that cannot be\n"
+        "      # scraped drops out instead of counting as failed (its controller is down, not\n"
+        "      # the storage).\n")
     for w in windows:
         add(f"      - record: {ratio_name(w)}\n")
         add("        expr: >-\n")
         add(f"          sum by (cluster) (rate(iscsi_ha_storage_probe_failures_total[{w}]))\n")
         add(f"          / sum by (cluster) (rate(iscsi_ha_storage_probes_total[{w}]))\n")
-    add("      # 1 while every observer reads every LUN; 0 when one cannot. The controller-health\n")
-    add("      # alerts page only when this is not 1 (see iscsi-ha.storage).\n")
+    add("      # 1 while every observer reads every LUN; 0 when one cannot. The\n"
+        "      # controller-health alerts page only when this is not 1 (see iscsi-ha.storage).\n")
     add("      - record: cluster:iscsi_ha_storage_probe_success:min\n")
     add("        expr: min by (cluster) (iscsi_ha_storage_probe_success)\n")
     for severity, name, what in (
@@ -124,8 +125,8 @@ def block(objective: float, period: str) -> str:
         add(f"          summary: \"Cluster {{{{ $labels.cluster }}}} burns its storage "
             f"error budget {what}\"\n")
         add("          description: >-\n")
-        add(f"            {{{{ $value | humanizePercentage }}}} of the storage probes of cluster "
-            f"{{{{ $labels.cluster }}}}\n")
+        add("            {{ $value | humanizePercentage }} of the storage probes of cluster "
+            "{{ $labels.cluster }}\n")
         add(f"            failed over the last {longs} (and still fail), against an objective "
             f"of {fmt(objective)} %\n")
         add(f"            over {period}: at this rate the error budget is gone in "

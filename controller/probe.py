@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .config import Config
 from .systems.iscsi_probe import DEFAULT_PORT, LatestProbe, ProbeHistory, ProbeResult, run_probe
 
 log = logging.getLogger("iscsi_ha.probe")
@@ -33,21 +34,20 @@ class ProbeSettings:
     initiator: str = "iqn.2024-01.org.iscsi-ha:probe"
 
 
-def settings_from_config(cfg) -> Optional[ProbeSettings]:
-    """The probe of a configuration, or None when ``probe.enabled`` is false. Defaults: the VIP
-    on port 3260, our IQN, every configured LUN, the cycle interval, a timeout of 2 s (never
-    more than the interval: a run always ends before the next is due)."""
-    p = getattr(cfg, "probe", None)
-    if p is not None and not p.enabled:
+def settings_from_config(cfg: Config) -> Optional[ProbeSettings]:
+    """The probe of a configuration (``probe:``), or None when ``probe.enabled`` is false: the
+    VIP on ``probe.port``, our IQN, every configured LUN; the interval defaults to the cycle's,
+    and the timeout never exceeds it (a run always ends before the next is due)."""
+    p = cfg.probe
+    if not p.enabled:
         return None
-    interval = (p.interval if p is not None and p.interval else cfg.interval)
-    timeout = min(p.timeout if p is not None else 2.0, interval)
-    port = p.port if p is not None else DEFAULT_PORT
+    interval = p.interval or cfg.interval
     node = "".join(c if c.isalnum() or c in "-." else "-" for c in cfg.node_name.lower())
     return ProbeSettings(
         host=cfg.vip.bare_address, target=cfg.target.iqn,
-        luns=tuple(lun.number for lun in cfg.target.luns), port=port, interval=interval,
-        timeout=timeout, initiator=f"iqn.2024-01.org.iscsi-ha:probe.{node or 'host'}")
+        luns=tuple(lun.number for lun in cfg.target.luns), port=p.port, interval=interval,
+        timeout=min(p.timeout, interval),
+        initiator=f"iqn.2024-01.org.iscsi-ha:probe.{node or 'host'}")
 
 
 class ProbeJob:

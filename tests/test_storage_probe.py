@@ -419,3 +419,24 @@ def test_history_counts_runs_failures_and_durations(target):
     assert h.bucket_counts[-1] == 2 and len(h.bucket_counts) == len(DURATION_BUCKETS) + 1
     assert list(h.bucket_counts) == sorted(h.bucket_counts)  # cumulative
     assert h.duration_sum == pytest.approx(ok.seconds + bad.seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_configuration():
+    from iscsi_ha.controller.config import parse_config
+    from iscsi_ha.controller.probe import settings_from_config
+
+    base = {"resources": ["iscsi1", "iscsi2"], "vip": {"address": "10.10.10.3/24"},
+            "node_name": "XS 1", "interval": 5}
+    s = settings_from_config(parse_config(base))
+    assert s is not None
+    assert (s.host, s.port, s.luns, s.interval, s.timeout) == ("10.10.10.3", 3260, (1, 2), 5, 2)
+    assert s.initiator == "iqn.2024-01.org.iscsi-ha:probe.xs-1"
+    s = settings_from_config(parse_config({**base, "probe": {"interval": 1, "timeout": 3,
+                                                            "port": 3261}}))
+    assert s is not None and (s.interval, s.timeout, s.port) == (1, 1, 3261)
+    assert settings_from_config(parse_config({**base, "probe": {"enabled": False}})) is None

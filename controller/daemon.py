@@ -243,13 +243,10 @@ class Daemon:
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
-        try:
-            from .control import ControlServer
-        except ImportError:  # pragma: no cover - the control socket ships with the CLI
-            ControlServer = None  # type: ignore[assignment,misc]
-        if ControlServer is not None:
-            self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
-            self.control.start()
+        from .control import ControlServer
+
+        self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
+        self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -279,6 +276,10 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        from .splitbrain_ops import PEER_OP, peer_handler
+
+        handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
+                                         tuple(cfg.resources), cfg.target.iqn)
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)

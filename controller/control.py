@@ -50,9 +50,12 @@ import stat
 import struct
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple
 
+from .commands import ROLE_COMMANDS, Command
+from .config import Config
 from .model import Snapshot
+from .state import ManualModeStore
 
 log = logging.getLogger("iscsi_ha.control")
 
@@ -67,10 +70,44 @@ DRAIN_SECONDS = 1.0  # after an oversize request: read (and drop) the rest this 
 DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
-ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
+# The names, for the error answer to an unknown command ("known: ...").
+COMMANDS: Tuple[str, ...] = tuple(c.value for c in Command)
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
+
+
+class OperatorControls(Protocol):
+    """What the control socket needs of the controller (``cycle.Controller``)."""
+
+    @property
+    def history(self) -> Iterable[Tuple[float, str, str]]:
+        """The last cycles' (start time, outcome, sentence)."""
+
+    @property
+    def manual_store(self) -> ManualModeStore: ...
+
+    def snapshot(self) -> Optional[Snapshot]: ...
+
+    def command(self, name: str, accept_stale: Tuple[str, ...] = (),
+                who: str = "") -> Tuple[int, str]: ...
+
+    def stale_report(self, name: str) -> Dict[str, object]: ...
+
+
+class ControlledDaemon(Protocol):
+    """What the control socket needs of the daemon (``daemon.Daemon``): its configuration, the
+    controller that runs the commands, and a way to start a cycle at once."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def config_path(self) -> str: ...
+
+    @property
+    def controller(self) -> OperatorControls: ...
+
+    def trigger(self, why: str) -> None: ...
 
 
 class ControlSocketError(OSError):
@@ -185,13 +222,13 @@ def history_entries(history: Iterable[Tuple[float, str, str]], since: float) -> 
 
 
 class ControlServer:
-    """Serves the control socket for a ``Daemon`` (anything with ``.controller``, ``.cfg`` and
-    ``.trigger(why)``). ``start()`` raises ControlSocketError when the socket cannot be had."""
+    """Serves the control socket for a daemon (``ControlledDaemon``). ``start()`` raises
+    ControlSocketError when the socket cannot be had."""
 
     def __init__(
         self,
         path: str,
-        daemon: Any,
+        daemon: ControlledDaemon,
         allowed_uids: Iterable[int] = (0,),
         *,
         read_timeout: float = READ_TIMEOUT,
@@ -525,33 +562,45 @@ class ControlServer:
 
     def dispatch(self, request: Dict[str, Any], pid: int = 0, uid: int = 0) -> Dict[str, Any]:
         cmd = request["cmd"]
+        command = Command.parse(cmd)
         try:
-            if cmd == "status":
+            if command is Command.STATUS:
                 return self.status()
-            if cmd == "get":
+            if command is Command.GET:
                 return {"ok": True, "config": self.daemon.cfg.to_dict(redact=True),
-                        "config_path": getattr(self.daemon, "config_path", None)}
-            if cmd == "log":
+                        "config_path": self.daemon.config_path}
+            if command is Command.LOG:
                 since = request.get("since", 0)
                 if isinstance(since, bool) or not isinstance(since, (int, float)):
                     return error_answer('"since" must be a unix time (a number)')
                 return {"ok": True, "now": time.time(),
                         "entries": history_entries(_copy(self.daemon.controller.history), since)}
-            if cmd == "stale-info":
+            if command is Command.STALE_INFO:
                 name = request.get("resource")
                 try:
                     return {"ok": True, **self.daemon.controller.stale_report(str(name))}
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
-            if cmd in ROLE_COMMANDS:
+            if command is Command.SPLIT_BRAIN:
+                # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
+                # root only: a step discards data.
+                if not self._privileged(uid):
+                    return error_answer("split-brain: root only", CODE_REFUSED)
+                from .splitbrain_ops import control as split_brain
+
+                who = f"uid {uid}, pid {pid}" + (f", {str(request.get('who'))[:80]}"
+                                                 if request.get("who") else "")
+                return split_brain(self.daemon, request, who)
+            if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
-                if cmd != "become-primary" and accept or not isinstance(accept, list) or \
+                only_promotion = command is not Command.BECOME_PRIMARY and accept
+                if only_promotion or not isinstance(accept, list) or \
                         not all(isinstance(a, str) for a in accept):
                     return error_answer('"accept_stale" is a list of resource names, for '
                                         "become-primary only")
                 who = str(request.get("who") or "")[:80]
-                return self.role_command(cmd, pid, uid, tuple(accept), who)
+                return self.role_command(command, pid, uid, tuple(accept), who)
         except Exception as exc:
             log.exception("control socket: %s failed", cmd)
             return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
@@ -563,7 +612,7 @@ class ControlServer:
     def status(self) -> Dict[str, Any]:
         controller = self.daemon.controller
         manual: Optional[Dict[str, Any]] = None
-        store = getattr(controller, "manual_store", None)
+        store = controller.manual_store
         if store is not None:
             try:
                 mode, problem = store.load()

@@ -43,9 +43,13 @@ VM_KINDS = ("kill", "kill-mid-move", "cut", "move", "flap")
 MOVES = ("kill-mid-move", "move", "flap")
 SCHEDULES = 10
 WINDOW = 5.0
-# Each reading runs a few commands on the VM's one emulated CPU, which its controller needs too.
+# Each reading runs a shell on the VM's one emulated CPU, which its controller needs too.
 VM_PERIOD = 0.3
-VM_MAX_SPAN = 3.0  # a sample's three readings; a move takes longer than this in the VMs
+# A sample's three readings (A, B, A) are judged when they took less than this. A reading is one
+# shell with no child; a move is a cycle of a dozen commands on each VM: a demotion alone took
+# 12 s after the pool.conf change here (load ~19), readings 1-3 s. A larger bound can only add
+# false alarms (a flap there and back inside one sample), never hide a real overlap.
+VM_MAX_SPAN = 10.0
 FIRST_LBA = 4096  # past what the other VM scenarios write (they use LBA 64 on)
 
 

@@ -217,11 +217,12 @@ TARGET_LABELS = {"job", "instance", "cluster"}
 
 def exporter_metrics() -> dict:
     """The exporter's own list, name -> label names: exporter/collector.py's METRICS table (the
-    same list its module docstring shows) and the storage probe's (exporter/probe_collector.py)."""
-    from iscsi_ha.exporter import collector, probe_collector
+    same list its module docstring shows), the storage probe's and the audit's (their own
+    collectors), all from the catalogue."""
+    from iscsi_ha.exporter import audit_collector, collector, probe_collector
 
     table = {name: set(labels) for name, _kind, labels in
-             collector.METRICS + probe_collector.METRICS}
+             collector.METRICS + probe_collector.METRICS + audit_collector.METRICS}
     assert table, "exporter/collector.py lists no metrics"
     return table
 

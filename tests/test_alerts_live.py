@@ -59,6 +59,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
+from iscsi_ha.exporter import audit_collector
 from test_dashboards import VARIABLES, dashboard, queries, substitute
 
 from lab import prometheus as lprom
@@ -100,6 +101,11 @@ EMPTY_BY_DESIGN = {
     ),
 }
 ALERTS_PANELS = {("Firing alerts", "A"), ("Alerts over time", "A")}  # read while alerts fire
+# The data-safety audit's metrics: the namespace lab runs DRBD's simulator, which has no
+# `drbdsetup show`, so the lab switches the audit off (lab/netlab.py); the audit's parsers and
+# verdicts are tested on real DRBD 8.4 captures (tests/test_audit.py) and its alerts by promtool.
+# Their selectors must still run without error here; they return nothing by design.
+AUDIT_METRICS = {name for name, _kind, _labels in audit_collector.METRICS}
 SYNC_ONLY = "iscsi_ha_drbd_sync_eta_seconds"  # exported during a resync only
 
 # --------------------------------------------------------------------------------------------
@@ -427,7 +433,7 @@ def test_test_copies_change_only_the_timing():
 def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     lab, n2 = live.lab, live.lab.node2
     exprs = alert_expressions()
-    assert len(exprs) == 41
+    assert len(exprs) == 47
     selectors = sorted({s for _, e in exprs for s in vector_selectors(e)})
     # The one series of the rules that exists only in manual mode: switch it on, on the
     # standby (nothing moves), while the selectors are read.
@@ -444,7 +450,7 @@ def test_every_alert_expression_runs_and_its_selectors_return_data(live):
             result, error = live.evaluate(sel)
             if result is None:
                 failed[sel] = error
-            elif not result:
+            elif not result and not any(name in sel for name in AUDIT_METRICS):
                 empty.append(sel)
     finally:
         res = cfg(n2, "manual-mode-disable")

@@ -432,6 +432,7 @@ def test_test_copies_change_only_the_timing():
 
 def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     lab, n2 = live.lab, live.lab.node2
+    wait_for_recording_rules(live)
     exprs = alert_expressions()
     assert len(exprs) == 47
     selectors = sorted({s for _, e in exprs for s in vector_selectors(e)})
@@ -491,8 +492,15 @@ def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     assert live.hook.posts == [], live.hook.posts
 
 
+def wait_for_recording_rules(live: Live) -> None:
+    """The SLO's recording rules need two scrapes of the probe's counters before they answer."""
+    for window in ("5m", "3d", "30d"):
+        wait_for_data(live, f"cluster:iscsi_ha_storage_probe_errors:ratio_rate{window}")
+
+
 def test_every_dashboard_query_returns_data(live):
     lab = live.lab
+    wait_for_recording_rules(live)
     panel_queries = [(t, r, substitute(e)) for t, r, e in queries(dashboard())]
     assert len(panel_queries) >= 30
     healthy = [q for q in panel_queries if (q[0], q[1]) not in ALERTS_PANELS]
@@ -510,6 +518,8 @@ def test_every_dashboard_query_returns_data(live):
             if result is None:
                 failed[f"{title} {ref}"] = error
                 continue
+            if any(name in expr for name in AUDIT_METRICS):
+                continue  # runs without error; no data in this lab by design (AUDIT_METRICS)
             if not result and (title, ref) not in EMPTY_BY_DESIGN:
                 empty_queries.append((title, ref, expr))
             for sel in vector_selectors(expr):

@@ -152,6 +152,17 @@ def test_alert_names_are_unique():
             assert crit["annotations"][key] == warn["annotations"][key], (name, key)
 
 
+def test_docs_alert_list_has_every_alert_with_its_severities():
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    rows = re.findall(r"^\| (IscsiHa\w+) \| ([a-z /]+) \|", text.split("## Alert list", 1)[1],
+                      re.M)
+    documented = {name: set(sev.split(" / ")) for name, sev in rows}
+    actual: dict = {}
+    for rule in alerts():
+        actual.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+    assert documented == actual
+
+
 def test_split_brain_and_two_primaries_page_without_delay():
     by_name = {rule["alert"]: rule for rule in alerts()}
     for name in ("IscsiHaSplitBrain", "IscsiHaTwoPrimaries"):

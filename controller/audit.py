@@ -30,14 +30,14 @@ import glob
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import Config
 from .files import read_capped
-from .systems.drbd.config_show import DrbdConfigError, DrbdSafety, drbd_safety
+from .report import CHECKS, AuditResult, DrbdSafety, FilterVerdict
+from .systems.drbd.config_show import DrbdConfigError, drbd_safety
 from .systems.lvm import (
-    FilterVerdict,
     LvmParseError,
     judge_filters,
     lvmconfig_argv,
@@ -46,39 +46,6 @@ from .systems.lvm import (
 from .systems.multipath import DEFAULT_CONF_DIR, MultipathParseError, parse_blacklists, unprotected
 
 log = logging.getLogger("iscsi_ha.audit")
-
-CHECKS = ("drbd", "lvm", "multipath")
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    started: float  # unix time
-    drbd: Tuple[DrbdSafety, ...] = ()
-    lvm: Tuple[FilterVerdict, ...] = ()
-    multipath_configured: Optional[bool] = None  # None: not known (the check failed)
-    multipath_unprotected: Tuple[str, ...] = ()  # kernel names multipath would take
-    errors: Dict[str, str] = field(default_factory=dict)  # check -> why it could not run
-
-    def findings(self) -> List[str]:
-        """One sentence per problem, for the log."""
-        out = []
-        for d in self.drbd:
-            if d.protocol != "C":
-                out.append(f"DRBD {d.resource} replicates with protocol {d.protocol}, not C")
-            for policy, value in d.discarding:
-                out.append(f"DRBD {d.resource}: after-sb-{policy} {value} discards data "
-                           "automatically")
-            if not d.fenced:
-                out.append(f"DRBD {d.resource}: no fencing (fencing {d.fencing}"
-                           + (", no fence-peer handler" if d.fence_handler is False else "")
-                           + ")")
-        for v in self.lvm:
-            if not v.rejected:
-                out.append(f"the LVM filter does not reject {v.device} ({v.kind})")
-        for name in self.multipath_unprotected:
-            out.append(f"multipath would take /dev/{name}")
-        return out
-
 
 def _drbd(resources: Sequence[str], show: Dict[str, str], dump: Dict[str, Optional[str]],
           errors: Dict[str, str]) -> List[DrbdSafety]:

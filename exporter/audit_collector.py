@@ -21,8 +21,7 @@ from typing import Callable, Iterable, Iterator, List, Optional
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..controller.audit import CHECKS, AuditResult
-from ..controller.systems.multipath import kernel_names
+from ..controller.report import CHECKS, AuditResult, drbd_kernel_names
 from . import catalogue
 
 DEFS = tuple(m for m in catalogue.CATALOGUE if m.source == "audit")
@@ -54,7 +53,7 @@ def audit_families(r: AuditResult) -> List[Metric]:
     mp = g("multipath_blacklists_drbd")
     if r.multipath_configured:
         bad = set(r.multipath_unprotected)
-        for name in kernel_names([dev for d in r.drbd for dev in d.devices]):
+        for name in drbd_kernel_names([dev for d in r.drbd for dev in d.devices]):
             mp.add_metric([name], float(name not in bad))
     out.append(mp)
     return out

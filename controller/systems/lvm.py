@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
+from ..report import FilterVerdict
+
 LVMCONFIG_ARGS = ("--typeconfig", "full", "devices/filter", "devices/global_filter")
 MAX_PATTERNS = 256
 
@@ -78,13 +80,6 @@ def parse_lvmconfig(text: str) -> LvmFilters:
     if not values:
         raise LvmParseError(f"no filter in lvmconfig's output: {text[:200]!r}")
     return LvmFilters(values.get("filter", ()), values.get("global_filter", ()))
-
-
-@dataclass(frozen=True)
-class FilterVerdict:
-    device: str
-    kind: str  # "drbd" | "backing"
-    rejected: bool
 
 
 def judge_filters(filters: LvmFilters, drbd_devices: Sequence[str],

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ..report import drbd_kernel_names
+
 MAX_BYTES = 1 << 20
 MAX_LINES = 20_000
 DEFAULT_FILES = ("/etc/multipath.conf",)
@@ -91,13 +93,8 @@ def _uncomment(line: str) -> str:
     return line
 
 
-def kernel_names(devices: Sequence[str]) -> List[str]:
-    """"/dev/drbd0" -> "drbd0" (multipath matches devnode against the kernel name)."""
-    return [d.rsplit("/", 1)[-1] for d in devices if re.fullmatch(r"/dev/drbd\d+", d)]
-
-
 def unprotected(bl: Optional[Blacklists], devices: Sequence[str]) -> List[str]:
     """The DRBD devices multipath would take (none when it is not configured at all)."""
     if bl is None:
         return []
-    return [n for n in kernel_names(devices) if not bl.excludes(n)]
+    return [n for n in drbd_kernel_names(devices) if not bl.excludes(n)]

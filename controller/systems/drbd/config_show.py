@@ -14,21 +14,13 @@ facts the audit judges. Pure functions, tested on captures from real DRBD 8.4 (V
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
+
+from ...report import DrbdSafety
 
 MAX_DEPTH = 16
 MAX_TOKENS = 200_000
-
-# after-sb-* policies that throw one side's writes away without an operator (drbd.conf(5)).
-DISCARDING = {
-    "discard-younger-primary", "discard-older-primary", "discard-least-changes",
-    "discard-secondary", "call-pri-lost-after-sb", "violently-as0p",
-}
-# "discard-zero-changes" and "consensus" keep the side that has changes; "disconnect" keeps both.
-# discard-node-NAME (8.4) / discard-node-N always discards the named node's changes.
-SAFE_FENCING = {"resource-only", "resource-and-stonith"}
-
 
 class DrbdConfigError(Exception):
     """The text is not in drbd.conf syntax; the message quotes where it went wrong."""
@@ -108,29 +100,6 @@ def resource(top: Section, name: str) -> Section:
         if s.words[:1] == ("resource",) and s.words[1:2] == (name,):
             return s
     raise DrbdConfigError(f"no resource {name!r} in the output")
-
-
-@dataclass(frozen=True)
-class DrbdSafety:
-    """What the audit judges in one resource's running configuration."""
-
-    resource: str
-    protocol: str  # "A" | "B" | "C" ("C" when not printed: the default of 8.4 and 9)
-    after_sb: Tuple[Tuple[str, str], ...]  # (("0pri", "disconnect"), ...) as configured
-    fencing: str  # "dont-care" when not printed
-    devices: Tuple[str, ...] = ()  # /dev/drbdN of its volumes
-    disks: Tuple[str, ...] = ()  # their backing devices
-    fence_handler: Optional[bool] = None  # from drbdadm dump; None when not known
-    notes: Tuple[str, ...] = field(default=())
-
-    @property
-    def discarding(self) -> Tuple[Tuple[str, str], ...]:
-        return tuple((k, v) for k, v in self.after_sb
-                     if v in DISCARDING or v.startswith("discard-node-"))
-
-    @property
-    def fenced(self) -> bool:
-        return self.fencing in SAFE_FENCING and self.fence_handler is not False
 
 
 def _last(statements: List[Tuple[str, ...]], default: str) -> str:

@@ -546,6 +546,8 @@ class ControlServer:
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
+            if command is Command.SWITCHOVER:
+                return self.switchover(pid, uid)
             if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
                 only_promotion = command is not Command.BECOME_PRIMARY and accept
@@ -597,6 +599,11 @@ class ControlServer:
         log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
         self._trigger(cmd)
         return {"ok": code == 0, "code": code, "message": message}
+
+    def switchover(self, pid: int, uid: int) -> Dict[str, Any]:
+        log.warning("operator command switchover (uid %d, pid %d)", uid, pid)
+        report = self.daemon.run_switchover()
+        return {**report, "ok": report.get("code") == CODE_OK}
 
     def _trigger(self, cmd: str) -> None:
         try:

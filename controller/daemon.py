@@ -36,7 +36,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
 from .config import (
@@ -180,6 +180,10 @@ class Daemon:
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
         self.peer_watcher: Optional[Any] = None
+        self.peer_client: Optional[Any] = None
+        from .switchover import Switchover
+
+        self.switchover = Switchover(self.controller, self.trigger)
 
     # -- jobs
 
@@ -268,12 +272,21 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        handlers.update(self.switchover.handlers())
+        self.peer_client = client
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)
         self.peer_server.start()
         self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
         self.controller.peer_status = self.peer_watcher.current
+
+    def run_switchover(self) -> Dict[str, Any]:
+        """``iscsi-cfg switchover``: the whole move, orchestrated from this host."""
+        from .switchover import peer_call
+
+        client = self.peer_client
+        return self.switchover.run(peer_call(client) if client is not None else None)
 
     def reload(self) -> None:
         try:

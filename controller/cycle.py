@@ -148,6 +148,7 @@ class Controller:
         # Called with each cycle's result (not dry runs): the switchover's armed host waits
         # for the cycle that serves (switchover.py). A listener must not block.
         self.listeners: List[Callable[[CycleResult], None]] = []
+        self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist=False)
         self.switchover_phases: Tuple[Tuple[str, float], ...] = ()  # the last switchover's
         self.publish(None, ManualMode())
 
@@ -246,6 +247,8 @@ class Controller:
             self._status_problem = None
 
     def load_manual(self) -> ManualMode:
+        if self._manual_override is not None:
+            return self._manual_override
         manual, problem = self.manual_store.load()
         if problem and problem != self._manual_problem:
             log.warning(problem)
@@ -424,12 +427,20 @@ class Controller:
             self._manual_problem = None
             self.publish(self._snapshot.last if self._snapshot else None, mode)
 
-    def run_with_manual(self, mode: ManualMode) -> CycleResult:
-        """Persist ``mode`` and run a cycle on it now, in one hold of the lock."""
+    def run_with_manual(self, mode: ManualMode, persist: bool = True) -> CycleResult:
+        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first,
+        otherwise it holds for this cycle only (a controller killed during it restarts in the
+        mode it had: a switchover's release must not outlive a dead controller)."""
         with self.lock:
-            self.manual_store.save(mode)
-            self._manual_problem = None
-            return self._run_cycle(dry_run=False)
+            if persist:
+                self.manual_store.save(mode)
+                self._manual_problem = None
+                return self._run_cycle(dry_run=False)
+            self._manual_override = mode
+            try:
+                return self._run_cycle(dry_run=False)
+            finally:
+                self._manual_override = None
 
     def set_switchover_phases(self, phases: Dict[str, float]) -> None:
         self.switchover_phases = tuple(phases.items())

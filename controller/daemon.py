@@ -249,6 +249,7 @@ class Daemon:
             self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
+        self.switchover.recover()  # armed for a switchover when it stopped: keep the deadline
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)

@@ -37,7 +37,9 @@ mode restored). The command says which of these happened.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -75,6 +77,8 @@ ARM_TIMEOUT = 60.0  # an armed host that hears nothing more restores its previou
 TAKEOVER_TIMEOUT = 20.0  # release done -> new holder serving, before moving the storage back
 WAIT_SLICE = 1.0  # one switchover-wait call blocks at most this long (the peer call's deadline)
 RELEASE_TIMEOUT = 60.0  # a release is one cycle: bounded by its commands' timeouts
+MARKER_FILE = "switchover-armed.json"  # in the state directory, while armed
+RECOVER_GRACE = 5.0  # a controller restarted armed looks this long before disarming
 TAKE_BACK_WAIT = 15.0  # the old holder serving again after an abort (the new one demotes first)
 
 # Exit codes of the command (iscsi-cfg prints the message).
@@ -330,7 +334,8 @@ class Switchover:
         if side.error or not side.stands_by():
             raise Refused(f"{side.host} cannot take over: "
                           f"{side.error or side.describe()}", "not_standby")
-        self._take(sid, "new")
+        previous = self._take(sid, "new")
+        self._write_marker(sid, previous)
         self.controller.save_manual(ManualMode(True, StorageRole.PRIMARY, self.clock()))
         self._arm_timer(sid)
         log.warning("switchover %s: armed as the new holder: manual mode, primary requested; "
@@ -348,10 +353,14 @@ class Switchover:
         previous = self._take(sid, "old")
         self._arm_timer(sid)  # forgotten if the orchestrator never ends it
         log.warning("switchover %s: releasing the storage (VIP, target, DRBD Secondary)", sid)
-        result = self.controller.run_with_manual(
-            ManualMode(True, StorageRole.SECONDARY, self.clock()))
+        secondary = ManualMode(True, StorageRole.SECONDARY, self.clock())
+        # Persisted only once released: a controller killed in the middle restarts in the mode
+        # it had and serves again (or holds, if the new holder got DRBD first): one host serves.
+        result = self.controller.run_with_manual(secondary, persist=False)
         if released(result):
-            return {"host": self.controller.hostname, "released_at": self.clock(),
+            at = self.clock()
+            self.controller.save_manual(secondary)
+            return {"host": self.controller.hostname, "released_at": at,
                     "duration": result.duration, "message": result.message}
         log.error("switchover %s: release failed (%s); serving again", sid, result.message)
         back = self.controller.run_with_manual(previous or ManualMode())
@@ -383,6 +392,7 @@ class Switchover:
             if a.serving.is_set():
                 return {"host": self.controller.hostname, "aborted": False, "serving": True}
             self.controller.save_manual(previous)
+            self._remove_marker()
             log.warning("switchover %s: disarmed; previous mode restored", sid)
             self.trigger(f"switchover {sid}: disarmed")
             return {"host": self.controller.hostname, "aborted": True}
@@ -418,16 +428,70 @@ class Switchover:
 
     def _clear(self, sid: str) -> None:
         with self._lock:
-            if self.active is not None and self.active.sid == sid:
-                self.active = None
-                self._cancel_timer()
+            a = self.active
+            if a is None or a.sid != sid:
+                return
+            self.active = None
+            self._cancel_timer()
+        if a.part == "new":
+            self._remove_marker()
+
+    # -- an armed host that restarts: the marker file
+
+    @property
+    def marker_path(self) -> str:
+        return os.path.join(self.controller.manual_store.state_dir, MARKER_FILE)
+
+    def _write_marker(self, sid: str, previous: Optional[ManualMode]) -> None:
+        """Persisted with the armed mode: a controller restarted while armed still disarms on
+        time (its previous mode restored) instead of waiting for a peer that never releases."""
+        from .state import atomic_write, render_manual_mode
+
+        prev = json.loads(render_manual_mode(previous or ManualMode()))
+        atomic_write(self.marker_path, json.dumps(
+            {"format": 1, "id": sid, "armed_at": self.clock(), "previous": prev}) + "\n",
+            mode=0o600)
+
+    def _remove_marker(self) -> None:
+        try:
+            os.unlink(self.marker_path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("switchover: cannot remove %s: %s", self.marker_path, exc)
+
+    def recover(self) -> Optional[str]:
+        """At start: re-arm from the marker an earlier run left, with what is left of its
+        time (at least a moment, so the first cycle can show it serves). Returns the id."""
+        from .files import STATE_LIMIT, read_capped
+        from .state import parse_manual_mode
+
+        try:
+            data = json.loads(read_capped(self.marker_path, STATE_LIMIT).decode("utf-8"))
+            sid = str(data["id"])[:64]
+            armed_at = float(data["armed_at"])
+            previous = parse_manual_mode(json.dumps(data["previous"]))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # damaged: nothing to recover, and nothing to trust
+            log.error("switchover: ignoring the damaged marker %s (%s)", self.marker_path, exc)
+            self._remove_marker()
+            return None
+        left = self.arm_timeout - max(0.0, self.clock() - armed_at)
+        with self._lock:
+            self.active = Active(sid, "new", self.monotonic(), previous)
+        log.warning("switchover %s: restarted while armed as the new holder; disarming in %.0f s "
+                    "unless the peer releases", sid, max(left, RECOVER_GRACE))
+        self._arm_timer(sid, max(left, RECOVER_GRACE))
+        return sid
 
     # -- the armed host's clock
 
-    def _arm_timer(self, sid: str) -> None:
+    def _arm_timer(self, sid: str, seconds: Optional[float] = None) -> None:
         with self._lock:
             self._cancel_timer()
-            self._timer = threading.Timer(self.arm_timeout, self._expire, (sid,))
+            delay = self.arm_timeout if seconds is None else seconds
+            self._timer = threading.Timer(delay, self._expire, (sid,))
             self._timer.daemon = True
             self._timer.start()
 
@@ -456,6 +520,7 @@ class Switchover:
             a.serving.set()
             with self._lock:
                 self._cancel_timer()
+            self._remove_marker()
 
     # -- the orchestration
 

@@ -310,3 +310,52 @@ def test_never_two_primaries_at_any_step(tmp_path):
         pair.settle()
         assert report["code"] == DONE, report
     assert seen and not any(seen)
+
+
+def test_the_release_is_persisted_only_once_released(tmp_path):
+    """A controller killed during its release restarts in the mode it had (and serves again),
+    not in a half-done manual secondary that nobody would ever end."""
+    pair = Pair(tmp_path)
+    store = pair.ctl["node1"].manual_store
+    during = []
+    step = pair.fakes["node1"].step
+
+    def spy(name, action):
+        if name == "secondary":
+            during.append(store.load()[0])
+        return step(name, action)
+
+    pair.fakes["node1"].step = spy
+    report = pair.sw["node2"].run(pair.call("node1"))
+    pair.settle()
+    assert report["code"] == DONE, report
+    assert during == [ManualMode()], during  # still automatic on disk while it demoted
+    assert store.load()[0].requested is StorageRole.SECONDARY  # persisted once released
+
+
+def test_an_armed_host_restarted_keeps_its_deadline_and_disarms(tmp_path):
+    pair = Pair(tmp_path)
+    pair.sw["node2"].handlers()["switchover-arm"]({"id": "before-restart"})
+    assert pair.manual("node2").requested is StorageRole.PRIMARY
+    # The controller restarts: a new Switchover over the same state directory, armed 1 s ago.
+    ctl = pair.ctl["node2"]
+    ctl.listeners.clear()
+    again = Switchover(ctl, lambda why: pair.kick("node2"), arm_timeout=0.2,
+                       clock=lambda: time.time() + 1.0)
+    assert again.recover() == "before-restart"
+    assert again.active is not None and again.active.part == "new"
+    deadline = time.monotonic() + 10
+    while again.active is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pair.settle()
+    assert again.active is None and not pair.manual("node2").enabled
+    assert not (tmp_path / "node2" / "switchover-armed.json").exists()
+    assert again.recover() is None  # nothing left to recover
+
+
+def test_a_damaged_marker_is_ignored_and_removed(tmp_path):
+    pair = Pair(tmp_path)
+    marker = tmp_path / "node2" / "switchover-armed.json"
+    marker.write_bytes(b"\xff{not json")
+    assert pair.sw["node2"].recover() is None
+    assert not marker.exists() and pair.sw["node2"].active is None

@@ -39,7 +39,7 @@ from . import __version__
 from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
-    Config,
+    DEFAULT_INTERVAL,
     ConfigError,
     PathsConfig,
     load_config,
@@ -58,7 +58,6 @@ QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally i
 ROLE_TIMEOUT = 180.0
 MAX_ANSWER = 16 * 1024 * 1024
 STALE_GRACE = 5.0  # seconds on top of the interval before the status file counts as stale
-DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
 CLEAR_SCREEN = "\033[H\033[2J"
 
 
@@ -996,6 +995,9 @@ def parser() -> argparse.ArgumentParser:
                      "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
     imp.add_argument("--iqn", metavar="IQN",
                      help="with --tgt-conf: the target to import when the file has several")
+    from .splitbrain_cli import add_parser as add_split_brain
+
+    add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p
@@ -1026,6 +1028,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_log(where, args)
         if args.command == Command.SWITCHOVER:
             return cmd_switchover(where, args)
+        if args.command == "split-brain":
+            from .splitbrain_cli import run as split_brain
+
+            return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`
         _quiet_stdout()

@@ -50,10 +50,12 @@ import stat
 import struct
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Protocol, Tuple
 
 from .commands import ROLE_COMMANDS, Command
+from .config import Config
 from .model import Snapshot
+from .state import ManualModeStore
 
 log = logging.getLogger("iscsi_ha.control")
 
@@ -72,6 +74,40 @@ UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 COMMANDS: Tuple[str, ...] = tuple(c.value for c in Command)
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
+
+
+class OperatorControls(Protocol):
+    """What the control socket needs of the controller (``cycle.Controller``)."""
+
+    @property
+    def history(self) -> Iterable[Tuple[float, str, str]]:
+        """The last cycles' (start time, outcome, sentence)."""
+
+    @property
+    def manual_store(self) -> ManualModeStore: ...
+
+    def snapshot(self) -> Optional[Snapshot]: ...
+
+    def command(self, name: str, accept_stale: Tuple[str, ...] = (),
+                who: str = "") -> Tuple[int, str]: ...
+
+    def stale_report(self, name: str) -> Dict[str, object]: ...
+
+
+class ControlledDaemon(Protocol):
+    """What the control socket needs of the daemon (``daemon.Daemon``): its configuration, the
+    controller that runs the commands, and a way to start a cycle at once."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def config_path(self) -> str: ...
+
+    @property
+    def controller(self) -> OperatorControls: ...
+
+    def trigger(self, why: str) -> None: ...
 
 
 class ControlSocketError(OSError):
@@ -186,13 +222,13 @@ def history_entries(history: Iterable[Tuple[float, str, str]], since: float) -> 
 
 
 class ControlServer:
-    """Serves the control socket for a ``Daemon`` (anything with ``.controller``, ``.cfg`` and
-    ``.trigger(why)``). ``start()`` raises ControlSocketError when the socket cannot be had."""
+    """Serves the control socket for a daemon (``ControlledDaemon``). ``start()`` raises
+    ControlSocketError when the socket cannot be had."""
 
     def __init__(
         self,
         path: str,
-        daemon: Any,
+        daemon: ControlledDaemon,
         allowed_uids: Iterable[int] = (0,),
         *,
         read_timeout: float = READ_TIMEOUT,
@@ -532,7 +568,7 @@ class ControlServer:
                 return self.status()
             if command is Command.GET:
                 return {"ok": True, "config": self.daemon.cfg.to_dict(redact=True),
-                        "config_path": getattr(self.daemon, "config_path", None)}
+                        "config_path": self.daemon.config_path}
             if command is Command.LOG:
                 since = request.get("since", 0)
                 if isinstance(since, bool) or not isinstance(since, (int, float)):
@@ -548,6 +584,16 @@ class ControlServer:
                                         "of this controller")
             if command is Command.SWITCHOVER:
                 return self.switchover(pid, uid)
+            if command is Command.SPLIT_BRAIN:
+                # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
+                # root only: a step discards data.
+                if not self._privileged(uid):
+                    return error_answer("split-brain: root only", CODE_REFUSED)
+                from .splitbrain_ops import control as split_brain
+
+                who = f"uid {uid}, pid {pid}" + (f", {str(request.get('who'))[:80]}"
+                                                 if request.get("who") else "")
+                return split_brain(self.daemon, request, who)
             if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
                 only_promotion = command is not Command.BECOME_PRIMARY and accept
@@ -568,7 +614,7 @@ class ControlServer:
     def status(self) -> Dict[str, Any]:
         controller = self.daemon.controller
         manual: Optional[Dict[str, Any]] = None
-        store = getattr(controller, "manual_store", None)
+        store = controller.manual_store
         if store is not None:
             try:
                 mode, problem = store.load()

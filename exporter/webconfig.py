@@ -147,9 +147,9 @@ class WebConfig:
         Credentials that passed once are answered from the cache, never limited: the flood of
         wrong passwords that the budget stops cannot lock out a scraper that knows its own.
         """
-        hashed = self.users.get(user)
-        known = hashed is not None
-        hashed = hashed if known else DUMMY_HASH
+        stored = self.users.get(user)
+        known = stored is not None
+        hashed = stored if stored is not None else DUMMY_HASH
         key = hashlib.sha256(
             b"\0".join((user.encode(), hashed, password.encode()))
         ).digest()
@@ -438,8 +438,8 @@ def _load_cert_chain(
             if text:
                 fd, name = tempfile.mkstemp(prefix="iscsi-ha-web-", suffix=".pem")
                 tmp.append(name)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
+                with os.fdopen(fd, "w") as pem:
+                    pem.write(text)
         it = iter(tmp)
         certfile = cert_file or next(it)
         keyfile = key_file or next(it)

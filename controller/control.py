@@ -109,6 +109,8 @@ class ControlledDaemon(Protocol):
 
     def trigger(self, why: str) -> None: ...
 
+    def run_switchover(self) -> Dict[str, Any]: ...
+
 
 class ControlSocketError(OSError):
     """The control socket cannot be set up (another controller owns it, the path is unusable)."""

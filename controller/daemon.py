@@ -253,7 +253,10 @@ class Daemon:
         self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
-        self.switchover.recover()  # armed for a switchover when it stopped: keep the deadline
+        # Armed for a switchover when it stopped: keep the deadline (or ask the peer).
+        from .switchover import peer_call
+
+        self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)

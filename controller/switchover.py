@@ -75,6 +75,7 @@ PHASE_TEXT = {
 }
 ARM_TIMEOUT = 60.0  # an armed host that hears nothing more restores its previous mode
 TAKEOVER_TIMEOUT = 20.0  # release done -> new holder serving, before moving the storage back
+SILENT_NEW_HOLDER = 3.0  # the new holder's controller silent this long: take the storage back
 WAIT_SLICE = 1.0  # one switchover-wait call blocks at most this long (the peer call's deadline)
 RELEASE_TIMEOUT = 60.0  # a release is one cycle: bounded by its commands' timeouts
 MARKER_FILE = "switchover-armed.json"  # in the state directory, while armed
@@ -460,9 +461,11 @@ class Switchover:
         except OSError as exc:
             log.warning("switchover: cannot remove %s: %s", self.marker_path, exc)
 
-    def recover(self) -> Optional[str]:
+    def recover(self, peer: Optional[Call] = None) -> Optional[str]:
         """At start: re-arm from the marker an earlier run left, with what is left of its
-        time (at least a moment, so the first cycle can show it serves). Returns the id."""
+        time (at least a moment, so the first cycle can show it serves). With the peer channel,
+        after that moment: if the peer still holds the storage and runs no such switchover any
+        more, disarm at once instead of waiting out the time. Returns the id."""
         from .files import STATE_LIMIT, read_capped
         from .state import parse_manual_mode
 
@@ -482,8 +485,33 @@ class Switchover:
             self.active = Active(sid, "new", self.monotonic(), previous)
         log.warning("switchover %s: restarted while armed as the new holder; disarming in %.0f s "
                     "unless the peer releases", sid, max(left, RECOVER_GRACE))
-        self._arm_timer(sid, max(left, RECOVER_GRACE))
+        if peer is None or left <= RECOVER_GRACE:
+            self._arm_timer(sid, max(left, RECOVER_GRACE))
+            return sid
+        with self._lock:
+            self._cancel_timer()
+            self._timer = threading.Timer(RECOVER_GRACE, self._ask_peer,
+                                          (sid, peer, self.monotonic() + left))
+            self._timer.daemon = True
+            self._timer.start()
         return sid
+
+    def _ask_peer(self, sid: str, peer: Call, until: float) -> None:
+        a = self.active
+        if a is None or a.sid != sid or a.serving.is_set():
+            return
+        try:
+            theirs = Side.from_dict(peer("switchover-facts", {}, 5.0))
+        except PeerError as exc:
+            log.info("switchover %s: cannot ask the peer (%s); keeping the deadline", sid, exc)
+            theirs = None
+        if theirs is not None and not theirs.error and theirs.holds() \
+                and not (theirs.running or "").startswith(sid):
+            log.warning("switchover %s: the peer still holds the storage and no longer runs "
+                        "this switchover; disarming", sid)
+            self.abort(sid)
+            return
+        self._arm_timer(sid, max(0.1, until - self.monotonic()))
 
     # -- the armed host's clock
 
@@ -592,14 +620,22 @@ class Switchover:
         deadline = self.monotonic() + self.takeover_timeout
         done: Optional[Dict[str, Any]] = None
         problem = ""
+        silent_since: Optional[float] = None
         while self.monotonic() < deadline:
             try:
                 answer = new("switchover-wait", {"id": sid, "wait": WAIT_SLICE},
                              WAIT_SLICE + 5.0)
             except (PeerError, Refused) as exc:
+                # A controller that does not answer does not promote either: give the storage
+                # back soon instead of leaving it nowhere for the whole takeover time.
+                now = self.monotonic()
+                silent_since = now if silent_since is None else silent_since
                 problem = f"{new_name} stopped answering ({exc})"
+                if now - silent_since >= SILENT_NEW_HOLDER:
+                    break
                 time.sleep(0.2)
                 continue
+            silent_since = None
             if answer.get("serving"):
                 done = answer
                 break

@@ -277,7 +277,7 @@ def test_an_armed_host_that_hears_nothing_disarms_itself(tmp_path):
     pair.sw["node2"].handlers()["switchover-arm"]({"id": "lost"})
     assert pair.manual("node2").requested is StorageRole.PRIMARY
     deadline = time.monotonic() + 5
-    while pair.sw["node2"].active is not None and time.monotonic() < deadline:
+    while pair.manual("node2").enabled and time.monotonic() < deadline:
         time.sleep(0.05)
     pair.settle()
     assert pair.sw["node2"].active is None
@@ -345,7 +345,7 @@ def test_an_armed_host_restarted_keeps_its_deadline_and_disarms(tmp_path):
     assert again.recover() == "before-restart"
     assert again.active is not None and again.active.part == "new"
     deadline = time.monotonic() + 10
-    while again.active is not None and time.monotonic() < deadline:
+    while pair.manual("node2").enabled and time.monotonic() < deadline:
         time.sleep(0.05)
     pair.settle()
     assert again.active is None and not pair.manual("node2").enabled
@@ -359,3 +359,42 @@ def test_a_damaged_marker_is_ignored_and_removed(tmp_path):
     marker.write_bytes(b"\xff{not json")
     assert pair.sw["node2"].recover() is None
     assert not marker.exists() and pair.sw["node2"].active is None
+
+
+def test_an_armed_host_restarted_asks_the_peer_and_disarms_when_it_still_holds(tmp_path,
+                                                                              monkeypatch):
+    from iscsi_ha.controller import switchover
+
+    monkeypatch.setattr(switchover, "RECOVER_GRACE", 0.1)
+    pair = Pair(tmp_path)
+    pair.sw["node2"].handlers()["switchover-arm"]({"id": "orphaned"})
+    ctl = pair.ctl["node2"]
+    ctl.listeners.clear()
+    again = Switchover(ctl, lambda why: pair.kick("node2"), arm_timeout=600)
+    assert again.recover(pair.call("node1")) == "orphaned"
+    deadline = time.monotonic() + 5  # far less than the 600 s left of its time
+    while pair.manual("node2").enabled and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pair.settle()
+    assert again.active is None and not pair.manual("node2").enabled
+    assert pair.state("node1") == ("Primary", True, True)
+
+
+def test_an_armed_host_restarted_stays_armed_when_the_peer_released(tmp_path, monkeypatch):
+    """The orchestrator died after the release: the new holder must take over, not disarm."""
+    from iscsi_ha.controller import switchover
+
+    monkeypatch.setattr(switchover, "RECOVER_GRACE", 0.1)
+    pair = Pair(tmp_path)
+    pair.sw["node2"].handlers()["switchover-arm"]({"id": "half"})
+    ctl = pair.ctl["node2"]
+    ctl.listeners.clear()
+    again = Switchover(ctl, lambda why: pair.kick("node2"), arm_timeout=600)
+    pair.sw["node1"].handlers()["switchover-release"]({"id": "half"})
+    pair.sw["node1"].handlers()["switchover-end"]({"id": "half"})  # node1 forgets it
+    assert again.recover(pair.call("node1")) == "half"
+    pair.settle()
+    time.sleep(0.5)
+    pair.settle()
+    assert pair.state("node2") == ("Primary", True, True)
+    assert pair.manual("node2").requested is StorageRole.PRIMARY

@@ -706,6 +706,9 @@ def parser() -> argparse.ArgumentParser:
                      "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
     imp.add_argument("--iqn", metavar="IQN",
                      help="with --tgt-conf: the target to import when the file has several")
+    from .splitbrain_cli import add_parser as add_split_brain
+
+    add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p
@@ -734,6 +737,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_get(where, args)
         if args.command == Command.LOG:
             return cmd_log(where, args)
+        if args.command == "split-brain":
+            from .splitbrain_cli import run as split_brain
+
+            return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`
         _quiet_stdout()

@@ -20,6 +20,9 @@ class Command(str, enum.Enum):
     GET = "get"
     LOG = "log"
     STALE_INFO = "stale-info"
+    # Split-brain evidence, DRBD's resolve steps, the audit line (controller/splitbrain_ops.py):
+    # root only, relayed to the peer's controller when asked ("host": "peer").
+    SPLIT_BRAIN = "split-brain"
     # Role commands: run by the controller under its lock, then a cycle follows.
     MANUAL_MODE_ENABLE = "manual-mode-enable"
     MANUAL_MODE_DISABLE = "manual-mode-disable"

@@ -820,6 +820,26 @@ class PeerConfig:
         return bool(self.address)
 
 
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The storage probe (probe.py): this host as an iSCSI client of the VIP."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check the storage as the VMs' hosts see it: log in to the target at the VIP and "
+        "read block 0 of every LUN, on a job of its own (never in a cycle or a scrape). Its "
+        "metrics decide what pages (alerts/iscsi-ha.rules.yml, docs/alerts.md).")
+    interval: float = setting(
+        0.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between probes; 0 = the cycle interval.")
+    timeout: float = setting(
+        2.0, check=_seconds(maximum=30),
+        help="Hard limit in seconds for a whole probe (connect, login, every LUN, logout); "
+        "never more than the interval.")
+    port: int = setting(3260, check=_integer(1, 65535),
+                        help="The iSCSI port the target listens on at the VIP.")
+
+
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
     return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
 
@@ -863,6 +883,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def __post_init__(self) -> None:
         # Frozen: derived defaults are set once, here, so every Config is complete.

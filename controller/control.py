@@ -582,6 +582,16 @@ class ControlServer:
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
+            if command is Command.SPLIT_BRAIN:
+                # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
+                # root only: a step discards data.
+                if not self._privileged(uid):
+                    return error_answer("split-brain: root only", CODE_REFUSED)
+                from .splitbrain_ops import control as split_brain
+
+                who = f"uid {uid}, pid {pid}" + (f", {str(request.get('who'))[:80]}"
+                                                 if request.get("who") else "")
+                return split_brain(self.daemon, request, who)
             if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
                 only_promotion = command is not Command.BECOME_PRIMARY and accept

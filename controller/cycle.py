@@ -262,7 +262,7 @@ class Controller:
             gi = self.systems.drbd.generation_ids(wanted.name)
             gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap, gis)
+                         store.run_id, gap, gis, sessions=target.sessions)
         if record:
             store.ledger = ledger
             store.save_if_changed(now_wall)

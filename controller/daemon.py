@@ -50,6 +50,7 @@ from .config import (
 from .cycle import Controller, CycleSettings
 from .execute import Systems
 from .model import Policy, PoolObservation
+from .probe import ProbeJob, settings_from_config
 from .state import ManualModeStore
 from .systems.drbd import Drbd
 from .systems.drbd.events import DrbdEvent, DrbdEventSource, events_argv
@@ -180,6 +181,8 @@ class Daemon:
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
         self.peer_watcher: Optional[Any] = None
+        probe = settings_from_config(cfg)
+        self.probe: Optional[ProbeJob] = ProbeJob(probe, cfg.node_name) if probe else None
 
     # -- jobs
 
@@ -233,6 +236,10 @@ class Daemon:
 
             registry = CollectorRegistry(auto_describe=False)
             SnapshotCollector(self.controller.snapshot, registry)
+            if self.probe is not None:
+                from ..exporter.probe_collector import ProbeCollector
+
+                ProbeCollector(self.probe.history, registry)
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
@@ -252,6 +259,10 @@ class Daemon:
         if cfg.vip.probe_interval > 0:
             self.scheduler.add_job(self.controller.run_vip_probe, "interval",
                                    seconds=cfg.vip.probe_interval, id="vip-probe")
+        if self.probe is not None:
+            # Its own job, bounded by probe.timeout: a dead target delays only the probe.
+            self.scheduler.add_job(self.probe.run, "interval", seconds=self.probe.settings.interval,
+                                   id="storage-probe", next_run_time=now)
         self.scheduler.start()
         self.pool_watch.start()
         self.drbd_events.start()
@@ -265,6 +276,10 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        from .splitbrain_ops import PEER_OP, peer_handler
+
+        handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
+                                         tuple(cfg.resources), cfg.target.iqn)
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)
@@ -292,6 +307,14 @@ class Daemon:
         if cfg.pool.conf != self.cfg.pool.conf:
             log.warning("pool.conf path changed: it is watched after a restart")
         self.drbd_events.resources = tuple(cfg.resources)
+        probe = settings_from_config(cfg)
+        if self.probe is not None and probe is not None:
+            if probe.interval != self.probe.settings.interval:
+                self.scheduler.reschedule_job("storage-probe", trigger="interval",
+                                              seconds=probe.interval)
+            self.probe.settings = probe
+        elif (self.probe is None) != (probe is None):
+            log.warning("probe.enabled changed: it takes effect after a restart")
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")

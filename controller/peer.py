@@ -29,6 +29,8 @@ Operations (named, so later features add to the list instead of inventing a seco
 * ``status``: the peer's pool role and DRBD states as of its last cycle (never waits for a cycle).
 * ``outdate``: ``drbdadm outdate RESOURCE`` here, for the other host's fence-peer handler. Refused
   while this host is Primary for it (DRBD refuses too; the refusal says so first).
+* ``splitbrain``: this host's split-brain evidence, one of DRBD's resolve steps, or the audit
+  line, for ``iscsi-cfg split-brain`` on the other host (``controller/splitbrain_ops.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ log = logging.getLogger("iscsi_ha.peer")
 
 MAX_MESSAGE = 64 * 1024
 MAX_CONNECTIONS = 8
-OPERATIONS = ("ping", "status", "outdate")
+OPERATIONS = ("ping", "status", "outdate", "splitbrain")
 
 Handler = Callable[[Mapping[str, Any]], Dict[str, Any]]
 

@@ -35,6 +35,9 @@ class MetricDef:
     labels: Tuple[str, ...]
     help: str  # the HELP line
     note: str = ""  # for the docs: the values it takes, when it is absent
+    # Which collector emits it: "snapshot" (collector.py, from the last cycle) or "probe"
+    # (probe_collector.py, from the storage probe's own job).
+    source: str = "snapshot"
 
     @property
     def family_name(self) -> str:
@@ -50,8 +53,12 @@ class MetricDef:
         return "gauge" if self.kind == "info" else self.kind
 
 
-def _m(name: str, kind: str, labels: Sequence[str], help: str, note: str = "") -> MetricDef:
-    return MetricDef(PREFIX + name, kind, tuple(labels), help, note)
+def _m(name: str, kind: str, labels: Sequence[str], help: str, note: str = "",
+       source: str = "snapshot") -> MetricDef:
+    return MetricDef(PREFIX + name, kind, tuple(labels), help, note, source)
+
+
+PROBE_HELP = "as of the last storage probe (its own job, every cycle interval)"
 
 
 CATALOGUE: Tuple[MetricDef, ...] = (
@@ -179,6 +186,21 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        f"External commands killed on timeout, by command, {AS_OF}."),
     _m("target_daemon_restarts_total", "counter", (),
        f"Restarts of the tgt daemon by the self-healing, {AS_OF}."),
+    # -- the storage probe (controller/probe.py): this host as an iSCSI client of the VIP.
+    # `observer` is this host's node name. Absent until the first probe has run.
+    _m("storage_probe_success", "gauge", ("observer", "lun"),
+       "1 when the storage probe from this host logged in to the target at the VIP and read "
+       f"block 0 of the LUN, 0 when it could not, {PROBE_HELP}.", source="probe"),
+    _m("storage_probe_timestamp_seconds", "gauge", ("observer",),
+       "Unix time the last storage probe started.", source="probe"),
+    _m("storage_probes_total", "counter", ("observer", "lun"),
+       "Storage probes that tried the LUN since the controller started.",
+       "the SLO's events", source="probe"),
+    _m("storage_probe_failures_total", "counter", ("observer", "lun"),
+       "Storage probes that could not read the LUN since the controller started.",
+       "the SLO's bad events", source="probe"),
+    _m("storage_probe_duration_seconds", "histogram", ("observer",),
+       "Duration of whole storage probes (connect, login, every LUN, logout).", source="probe"),
 )
 
 BY_NAME: Dict[str, MetricDef] = {m.name: m for m in CATALOGUE}

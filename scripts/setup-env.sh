@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3-venv python3-dev      # the project's virtualenv
   iproute2 iputils-arping iputils-ping   # VIP and ARP; iputils' arping (NOT the 'arping' package)
   tgt libiscsi-bin              # the real iSCSI target daemon and a userspace iSCSI client
+  iptables                      # the storage-probe paging test makes the target unreachable (namespace lab)
   prometheus prometheus-alertmanager   # promtool, amtool, and the live alert checks
   drbd-utils                    # real drbdadm/drbdsetup formats (no kernel module here)
   rpm patchelf                  # rpmbuild for the dom0 package check; patchelf relinks the

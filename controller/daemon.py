@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
@@ -66,6 +67,24 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 QUICK_RETRY_DELAY = 0.2  # at most this long before looking again while the peer is demoting
 MAX_QUICK_RETRIES = 50  # bounded: after ~10 s the normal interval takes over
 WATCH_PERIOD = 0.5  # pool.conf read this often only where inotify cannot be used
+CLOCK_STEP = 2.0  # a wall-clock step larger than this (NTP, `date -s`) re-bases every job
+
+
+class ClockStepGuard:
+    """Notices the wall clock stepping against the monotonic one.
+
+    APScheduler keeps its jobs' next run times in wall-clock time and sleeps on the monotonic
+    clock: after a step back of an hour it sleeps an hour -- no cycle (the holder would not
+    restart a dead tgtd), no peer poll, no VIP probe -- until an event wakes it; lab/chaos.py's
+    clock-jump fault found it. ``step()`` returns the step in seconds once it happened."""
+
+    def __init__(self, wall: float, mono: float) -> None:
+        self.wall, self.mono = wall, mono
+
+    def step(self, wall: float, mono: float) -> float:
+        drift = (wall - self.wall) - (mono - self.mono)
+        self.wall, self.mono = wall, mono
+        return drift if abs(drift) > CLOCK_STEP else 0.0
 
 
 def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
@@ -354,15 +373,30 @@ class Daemon:
         if started:
             log.info("stopped; storage roles left as they are")
 
+    def rebase_jobs(self, stepped: float) -> None:
+        """Every job runs now; its next run then counts from the new wall clock."""
+        log.warning("the wall clock stepped %+.0f s: running every job now so that none waits "
+                    "for the old time", stepped)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for job in self.scheduler.get_jobs():
+            try:
+                job.modify(next_run_time=now)
+            except Exception:  # removed meanwhile, or the scheduler is shutting down
+                pass
+
     def run(self) -> int:
         """Block until SIGTERM/SIGINT (``start()`` must have been called)."""
         reload_requested = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+        clock = ClockStepGuard(time.time(), time.monotonic())
         try:
             while not self.stop_event.is_set():
                 self.stop_event.wait(0.5)
+                stepped = clock.step(time.time(), time.monotonic())
+                if stepped:
+                    self.rebase_jobs(stepped)
                 if reload_requested.is_set():
                     reload_requested.clear()
                     self.reload()

@@ -36,8 +36,8 @@ def probe_families(h: ProbeHistory) -> List[Metric]:
         return []
     obs = h.observer
     success = catalogue.gauge("storage_probe_success")
-    for lun in h.last.luns:
-        success.add_metric([obs, str(lun.lun)], float(lun.ok))
+    for probe in h.last.luns:
+        success.add_metric([obs, str(probe.lun)], float(probe.ok))
     stamp = catalogue.gauge("storage_probe_timestamp_seconds")
     stamp.add_metric([obs], h.last.started)
     runs = catalogue.counter("storage_probes_total")

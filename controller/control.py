@@ -109,6 +109,8 @@ class ControlledDaemon(Protocol):
 
     def trigger(self, why: str) -> None: ...
 
+    def run_switchover(self) -> Dict[str, Any]: ...
+
 
 class ControlSocketError(OSError):
     """The control socket cannot be set up (another controller owns it, the path is unusable)."""
@@ -582,6 +584,8 @@ class ControlServer:
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
+            if command is Command.SWITCHOVER:
+                return self.switchover(pid, uid)
             if command is Command.SPLIT_BRAIN:
                 # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
                 # root only: a step discards data.
@@ -643,6 +647,11 @@ class ControlServer:
         log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
         self._trigger(cmd)
         return {"ok": code == 0, "code": code, "message": message}
+
+    def switchover(self, pid: int, uid: int) -> Dict[str, Any]:
+        log.warning("operator command switchover (uid %d, pid %d)", uid, pid)
+        report = self.daemon.run_switchover()
+        return {**report, "ok": report.get("code") == CODE_OK}
 
     def _trigger(self, cmd: str) -> None:
         try:

@@ -34,7 +34,6 @@ from prometheus_client import CollectorRegistry
 
 FIX = Path(__file__).parent / "fixtures"
 AUDIT = FIX / "audit"
-D84 = FIX / "drbd84-audit"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -71,46 +70,6 @@ def test_drbd92_defaults_protocol_c_no_discard_no_fencing():
     assert d.after_sb == (("0pri", "disconnect"), ("1pri", "disconnect"), ("2pri", "disconnect"))
     assert d.discarding == () and d.fencing == "dont-care" and not d.fenced
     assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
-
-
-def d84(tag: str) -> Dict[str, str]:
-    path = D84 / f"audit-{tag}-node1.txt"
-    if not path.exists():
-        pytest.fail(f"{path} missing: capture it with lab/vm/capture_audit.py")
-    return frames(path)
-
-
-def test_drbd84_lab_default():
-    f = d84("01-lab-default")
-    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
-    assert d.protocol == "C" and d.discarding == ()
-    assert not d.fenced and d.fence_handler is False
-    assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
-
-
-def test_drbd84_unsafe():
-    f = d84("02-unsafe")
-    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
-    assert d.protocol == "A"
-    assert dict(d.discarding) == {"0pri": "discard-least-changes",
-                                  "1pri": "discard-secondary", "2pri": "violently-as0p"}
-    assert not d.fenced
-
-
-def test_drbd84_safe():
-    f = d84("03-safe")
-    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
-    assert d.protocol == "C" and d.discarding == ()
-    assert d.fencing == "resource-only" and d.fence_handler is True and d.fenced
-
-
-def test_drbd84_show_defaults_reads_the_same():
-    for tag in ("01-lab-default", "02-unsafe", "03-safe"):
-        f = d84(tag)
-        a = drbd_safety(f["drbdsetup show r0"], "r0")
-        b = drbd_safety(f["drbdsetup show --show-defaults r0"], "r0")
-        assert (a.protocol, a.after_sb, a.fencing, a.devices, a.disks) == \
-            (b.protocol, b.after_sb, b.fencing, b.devices, b.disks), tag
 
 
 def test_unknown_resource_and_broken_text_are_refused():

@@ -54,7 +54,10 @@ def main(out: Path) -> None:
     lab = VmLab(out / "run")
     try:
         lab.prepare({RES: drbd_resource(RES, 0, 7789, lab.vms)})
-        lab.boot()
+        for vm in lab.vms:  # lab.boot(), with room for a loaded machine (TCG is slow then)
+            vm.start()
+        for vm in lab.vms:
+            vm.wait_ready(timeout=300)
         n1 = lab.vms[0]
         for vm in lab.vms:
             vm.run(["drbdadm", "--", "--force", "create-md", RES], timeout=60, check=True)

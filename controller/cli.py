@@ -388,6 +388,30 @@ def cmd_role(where: Where, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_switchover(where: Where, args: argparse.Namespace) -> int:
+    from .switchover import DONE, FAILED, render
+
+    try:
+        answer = ask(where.socket, {"cmd": Command.SWITCHOVER}, timeout=ROLE_TIMEOUT)
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        _err(f"the iscsi-ha controller is not reachable, nothing was done: {exc}")
+        return EXIT_UNREACHABLE
+    code = answer.get("code")
+    if "message" not in answer:  # an error answer of the socket itself
+        _err(str(answer.get("error") or "switchover refused"))
+        return answer_code(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif code == DONE:
+        print(render(answer))
+    else:
+        _err(render(answer))
+    return code if code in (DONE, EXIT_REFUSED, FAILED) else EXIT_REFUSED
+
+
 def render_stale_info(info: Dict[str, Any]) -> str:
     """What is known about a resource's data before an operator promotes it without proof."""
     now = float(info.get("now") or time.time())
@@ -548,7 +572,8 @@ exit codes:
   0  done
   1  refused for safety (the reason is printed)
   2  usage or configuration error (also: not run as root)
-  3  the controller is unreachable"""
+  3  the controller is unreachable
+  4  switchover only: failed half way (the message says where the storage is)"""
 
 DESCRIPTION = """\
 Status and manual control of iscsi-ha, the controller that keeps DRBD Primary, the iSCSI
@@ -556,8 +581,10 @@ target and the floating IP (VIP) on the pool master of a two-host XenServer / XC
 Commands that talk to the controller use its control socket, which only root may use."""
 
 EPILOG = f"""\
-planned switch of the storage to the other host (maintenance without VM downtime;
-storage pauses for a few seconds):
+planned switch of the storage to the other host (maintenance without VM downtime):
+  on either host:               iscsi-cfg switchover
+  (needs the peer channel; leaves both hosts in manual mode with the roles swapped:
+  see `iscsi-cfg switchover --help`). By hand, without the peer channel:
   1. on both hosts:             iscsi-cfg manual-mode-enable
   2. on the current primary:    iscsi-cfg become-secondary
   3. on the other host:         iscsi-cfg become-primary
@@ -620,6 +647,23 @@ HELP: Dict[str, Tuple[str, str]] = {
         "Demote this host: VIP removed, target stopped, DRBD Secondary (step 2 of a planned\n"
         "switch). Only in manual mode; refused (exit 1) otherwise. VMs lose their storage\n"
         "until the other host runs become-primary.",
+    ),
+    "switchover": (
+        "move the storage to the other host (both controllers coordinate)",
+        "Move the storage to the other host in one command, run on either host: the other\n"
+        "controller is armed first (it promotes the moment DRBD reports this side Secondary),\n"
+        "then the holder releases (VIP removed, target stopped, DRBD Secondary), then the new\n"
+        "holder promotes, serves and binds the VIP. Prints how long each phase took (also\n"
+        "exported as iscsi_ha_switchover_duration_seconds{phase}).\n\n"
+        "Refused (exit 1, nothing changed) when the peer channel is not configured or the peer\n"
+        "does not answer, when a resource is not Connected and UpToDate on both hosts or a\n"
+        "resync runs, when the hosts' LUN identities differ, when the storage is not on exactly\n"
+        "one host, or while another switchover runs. Exit 4 when it failed half way: the\n"
+        "message says where the storage is (moved back to the old holder, or nowhere).\n\n"
+        "Afterwards both hosts are in manual mode with the roles swapped, so the pool master\n"
+        "does not take the storage back. To end it: `iscsi-cfg switchover` back and then\n"
+        "`iscsi-cfg manual-mode-disable` on both hosts, or designate the new holder pool master\n"
+        "(xe pool-designate-new-master) and then `manual-mode-disable` on both (docs/runbook.md).",
     ),
     "drbd-snippet": (
         "print the drbd.conf lines for the fence-peer handler",
@@ -689,6 +733,9 @@ def parser() -> argparse.ArgumentParser:
                             "the newest data (prints what is known, asks to confirm)")
             sp.add_argument("--yes", action="store_true",
                             help="with --accept-stale: do not ask (for scripts)")
+    sw = add("switchover")
+    sw.add_argument("--json", action="store_true",
+                    help="print the report (message, phases in seconds) as JSON")
     add("drbd-snippet")
     pc = add("peer-cert")
     pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
@@ -737,6 +784,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_get(where, args)
         if args.command == Command.LOG:
             return cmd_log(where, args)
+        if args.command == Command.SWITCHOVER:
+            return cmd_switchover(where, args)
         if args.command == "split-brain":
             from .splitbrain_cli import run as split_brain
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tupl
 
 from .commands import ROLE_COMMANDS, Command
 from .config import Config
-from .control_wire import CODE_REFUSED, error_answer, quote
+from .control_wire import CODE_OK, CODE_REFUSED, error_answer, quote
 from .model import Snapshot
 from .state import ManualModeStore
 
@@ -59,6 +59,8 @@ class ControlledDaemon(Protocol):
     def controller(self) -> OperatorControls: ...
 
     def trigger(self, why: str) -> None: ...
+
+    def run_switchover(self) -> Dict[str, Any]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,6 +168,8 @@ class Requests:
                 except KeyError:
                     return error_answer(f"{quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
+            if command is Command.SWITCHOVER:
+                return self.switchover(pid, uid)
             if command is Command.SPLIT_BRAIN:
                 # Evidence, DRBD's resolve steps and the audit line (controller/splitbrain_ops);
                 # root only: a step discards data.
@@ -227,6 +231,11 @@ class Requests:
         log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
         self._trigger(cmd)
         return {"ok": code == 0, "code": code, "message": message}
+
+    def switchover(self, pid: int, uid: int) -> Dict[str, Any]:
+        log.warning("operator command switchover (uid %d, pid %d)", uid, pid)
+        report = self.daemon.run_switchover()
+        return {**report, "ok": report.get("code") == CODE_OK}
 
     def _trigger(self, cmd: str) -> None:
         try:

@@ -37,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
 from .config import (
@@ -200,6 +200,10 @@ class Daemon:
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
         self.peer_watcher: Optional[Any] = None
+        self.peer_client: Optional[Any] = None
+        from .switchover import Switchover
+
+        self.switchover = Switchover(self.controller, self.trigger)
         probe = settings_from_config(cfg)
         self.probe: Optional[ProbeJob] = ProbeJob(probe, cfg.node_name) if probe else None
 
@@ -268,6 +272,10 @@ class Daemon:
         self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
+        # Armed for a switchover when it stopped: keep the deadline (or ask the peer).
+        from .switchover import peer_call
+
+        self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)
@@ -295,6 +303,8 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        handlers.update(self.switchover.handlers())
+        self.peer_client = client
         from .splitbrain_ops import PEER_OP, peer_handler
 
         handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
@@ -305,6 +315,13 @@ class Daemon:
         self.peer_server.start()
         self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
         self.controller.peer_status = self.peer_watcher.current
+
+    def run_switchover(self) -> Dict[str, Any]:
+        """``iscsi-cfg switchover``: the whole move, orchestrated from this host."""
+        from .switchover import peer_call
+
+        client = self.peer_client
+        return self.switchover.run(peer_call(client) if client is not None else None)
 
     def reload(self) -> None:
         try:

@@ -81,6 +81,12 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        f"not asked), {AS_OF}.", "one-hot over primary/secondary/none"),
     _m("manual_mode_since_timestamp_seconds", "gauge", (),
        f"Unix time manual mode was enabled, {AS_OF}.", "absent when manual mode is off"),
+    _m("switchover_duration_seconds", "gauge", ("phase",),
+       "Seconds each phase of the last `iscsi-cfg switchover` this host took part in took "
+       "(check, arm, release, react, promote, serve, vip, total), as published with the last "
+       "cycle.",
+       "absent until a switchover ran since the controller started; react is measured across "
+       "both hosts' clocks"),
     _m("desired_role", "gauge", ("role",),
        "Storage role the controller wants for this host (one series per role, none = "
        f"holding), {AS_OF}.", "one-hot over primary/secondary/none"),

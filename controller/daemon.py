@@ -37,9 +37,11 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
+from .audit import AuditJob
+from .audit import settings_from_config as audit_settings
 from .config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -200,8 +202,19 @@ class Daemon:
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
         self.peer_watcher: Optional[Any] = None
+        self.peer_client: Optional[Any] = None
+        from .switchover import Switchover
+
+        self.switchover = Switchover(self.controller, self.trigger)
         probe = settings_from_config(cfg)
         self.probe: Optional[ProbeJob] = ProbeJob(probe, cfg.node_name) if probe else None
+        audit = audit_settings(cfg)
+        self.audit: Optional[AuditJob] = None
+        if audit is not None:
+            hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env)
+                             if n})
+            self.audit = AuditJob(audit, ProcessRunner(default_timeout=cfg.command_timeout,
+                                                       stats=self.stats, hide_env=hidden))
 
     # -- jobs
 
@@ -259,6 +272,10 @@ class Daemon:
                 from ..exporter.probe_collector import ProbeCollector
 
                 ProbeCollector(self.probe.history, registry)
+            if self.audit is not None:
+                from ..exporter.audit_collector import AuditCollector
+
+                AuditCollector(self.audit.latest, registry)
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
@@ -268,6 +285,10 @@ class Daemon:
         self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
+        # Armed for a switchover when it stopped: keep the deadline (or ask the peer).
+        from .switchover import peer_call
+
+        self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)
@@ -282,6 +303,11 @@ class Daemon:
             # Its own job, bounded by probe.timeout: a dead target delays only the probe.
             self.scheduler.add_job(self.probe.run, "interval", seconds=self.probe.settings.interval,
                                    id="storage-probe", next_run_time=now)
+        if self.audit is not None:
+            # Every few minutes, first at start: settings change rarely, and reading them costs
+            # a few commands.
+            self.scheduler.add_job(self.audit.run, "interval", seconds=self.audit.settings.interval,
+                                   id="audit", next_run_time=now)
         self.scheduler.start()
         self.pool_watch.start()
         self.drbd_events.start()
@@ -295,6 +321,8 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        handlers.update(self.switchover.handlers())
+        self.peer_client = client
         from .splitbrain_ops import PEER_OP, peer_handler
 
         handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
@@ -305,6 +333,13 @@ class Daemon:
         self.peer_server.start()
         self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
         self.controller.peer_status = self.peer_watcher.current
+
+    def run_switchover(self) -> Dict[str, Any]:
+        """``iscsi-cfg switchover``: the whole move, orchestrated from this host."""
+        from .switchover import peer_call
+
+        client = self.peer_client
+        return self.switchover.run(peer_call(client) if client is not None else None)
 
     def reload(self) -> None:
         try:
@@ -334,6 +369,13 @@ class Daemon:
             self.probe.settings = probe
         elif (self.probe is None) != (probe is None):
             log.warning("probe.enabled changed: it takes effect after a restart")
+        audit = audit_settings(cfg)
+        if self.audit is not None and audit is not None:
+            if audit.interval != self.audit.settings.interval:
+                self.scheduler.reschedule_job("audit", trigger="interval", seconds=audit.interval)
+            self.audit.settings = audit
+        elif (self.audit is None) != (audit is None):
+            log.warning("audit.enabled changed: it takes effect after a restart")
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")

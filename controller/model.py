@@ -491,6 +491,8 @@ class Snapshot:
     manual: ManualMode
     counters: Counters
     xenapi_reachable: Optional[bool] = None
+    # The last `iscsi-cfg switchover` this host took part in: (phase, seconds), switchover.PHASES.
+    switchover_phases: Tuple[Tuple[str, float], ...] = ()
 
 
 def _plain(value: Any) -> Any:

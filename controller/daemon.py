@@ -40,6 +40,8 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
+from .audit import AuditJob
+from .audit import settings_from_config as audit_settings
 from .config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -207,6 +209,13 @@ class Daemon:
         self.switchover = Switchover(self.controller, self.trigger)
         probe = settings_from_config(cfg)
         self.probe: Optional[ProbeJob] = ProbeJob(probe, cfg.node_name) if probe else None
+        audit = audit_settings(cfg)
+        self.audit: Optional[AuditJob] = None
+        if audit is not None:
+            hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env)
+                             if n})
+            self.audit = AuditJob(audit, ProcessRunner(default_timeout=cfg.command_timeout,
+                                                       stats=self.stats, hide_env=hidden))
 
     # -- jobs
 
@@ -264,6 +273,10 @@ class Daemon:
                 from ..exporter.probe_collector import ProbeCollector
 
                 ProbeCollector(self.probe.history, registry)
+            if self.audit is not None:
+                from ..exporter.audit_collector import AuditCollector
+
+                AuditCollector(self.audit.latest, registry)
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
@@ -291,6 +304,11 @@ class Daemon:
             # Its own job, bounded by probe.timeout: a dead target delays only the probe.
             self.scheduler.add_job(self.probe.run, "interval", seconds=self.probe.settings.interval,
                                    id="storage-probe", next_run_time=now)
+        if self.audit is not None:
+            # Every few minutes, first at start: settings change rarely, and reading them costs
+            # a few commands.
+            self.scheduler.add_job(self.audit.run, "interval", seconds=self.audit.settings.interval,
+                                   id="audit", next_run_time=now)
         self.scheduler.start()
         self.pool_watch.start()
         self.drbd_events.start()
@@ -352,6 +370,13 @@ class Daemon:
             self.probe.settings = probe
         elif (self.probe is None) != (probe is None):
             log.warning("probe.enabled changed: it takes effect after a restart")
+        audit = audit_settings(cfg)
+        if self.audit is not None and audit is not None:
+            if audit.interval != self.audit.settings.interval:
+                self.scheduler.reschedule_job("audit", trigger="interval", seconds=audit.interval)
+            self.audit.settings = audit
+        elif (self.audit is None) != (audit is None):
+            log.warning("audit.enabled changed: it takes effect after a restart")
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")

@@ -23,7 +23,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ..controller.systems.iscsi_probe import DURATION_BUCKETS, ProbeHistory
+from ..controller.report import DURATION_BUCKETS, ProbeHistory
 from . import catalogue
 
 DEFS = tuple(m for m in catalogue.CATALOGUE if m.source == "probe")

@@ -232,6 +232,9 @@ class Node:
                 "log_file": str(self.log_dir / "tgtd.log"),
             },
             "vip": {"address": VIP, "interface": self.interface, "announce_interval": 10},
+            # The simulator has no `drbdsetup show` / `drbdadm dump`: the data-safety audit is
+            # checked on real DRBD 8.4 captures instead (tests/test_audit.py).
+            "audit": {"enabled": False},
             "paths": {
                 "state_dir": str(self.state_dir),
                 "status_file": str(self.status_file),

@@ -1,7 +1,7 @@
 """Smoke test of the side-by-side switch benchmark (``bench/bench_switch.py``): one round of the
-bare script, keepalived, iscsi-ha's failover and its switchover in the namespace lab, so the benchmark the README's
-table comes from cannot rot. Its figures are not asserted (a benchmark, not a timed test); that
-every method moved the storage and was measured is."""
+bare script, keepalived, iscsi-ha's failover and its switchover in the namespace lab, so the
+benchmark the README's table comes from cannot rot. Its figures are not asserted (a benchmark, not
+a timed test); that every method moved the storage and was measured is."""
 
 import json
 import os

@@ -12,13 +12,15 @@ faults are the ones real DRBD makes interesting, drawn from ``random.Random(f"vm
   master move is drawn in a schedule with a cut (that is a split brain by construction);
 * ``move`` / ``flap`` -- the pool master moved once / back and forth 2-3 times, 1-2 s apart.
 
-The checkers are ``lab/chaos.py``'s: the invariant checker reads each VM with one command through
-its agent (``/proc/drbd``, ``ip addr``, ``tgtadm --op show``) -- a few hundred ms a reading under
-software emulation, not 10 ms: ``MAX_SPAN`` is wider here, and no move fits in it (one takes
-seconds in the VMs); DRBD Primary on both is read A, B, A like the VIP (the two kernels cannot be
-read in one instant). The data checker writes checksummed blocks through the VIP and reads every
-acknowledged one back after the schedule. Each VM has its own disk and real replication, so a
-stale promotion or a lost write shows as a block that reads back wrong.
+The checkers are ``lab/chaos.py``'s: the invariant checker reads each VM with one shell through
+its agent (``READ_SCRIPT``: ``/proc/drbd``, the VIP in ``/proc/net/fib_trie``, tgtd holding the
+LUN's device) -- still a few hundred ms a reading under software emulation, not 10 ms:
+``MAX_SPAN`` is wider here (a sample that took longer is not judged, and counted), and no move
+fits in it (one takes seconds in the VMs); DRBD Primary on both is read A, B, A like the VIP
+(the two kernels cannot be read in one instant). The data checker writes checksummed blocks
+through the VIP and reads every acknowledged one back after the schedule. Each VM has its own
+disk and real replication, so a stale promotion or a lost write shows as a block that reads back
+wrong.
 
 After the faults the pair is healed (links up, controllers running, one master) and must
 converge: the master alone Primary, serving and holding the VIP, the client reading the LUN, and
@@ -33,7 +35,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .chaos import BLOCK, DataChecker, Fault, InvariantChecker, Outcome
-from .demo import NodeState, parse_tgt_targets
+from .demo import NodeState
 from .vm import controllers as ctl
 from .vm.harness import VIP, Vm, VmError, VmLab
 
@@ -41,9 +43,13 @@ VM_KINDS = ("kill", "kill-mid-move", "cut", "move", "flap")
 MOVES = ("kill-mid-move", "move", "flap")
 SCHEDULES = 10
 WINDOW = 5.0
-# Each reading runs a few commands on the VM's one emulated CPU, which its controller needs too.
+# Each reading runs a shell on the VM's one emulated CPU, which its controller needs too.
 VM_PERIOD = 0.3
-VM_MAX_SPAN = 3.0  # a sample's three readings; a move takes longer than this in the VMs
+# A sample's three readings (A, B, A) are judged when they took less than this. A reading is one
+# shell with no child; a move is a cycle of a dozen commands on each VM: a demotion alone took
+# 12 s after the pool.conf change here (load ~19), readings 1-3 s. A larger bound can only add
+# false alarms (a flap there and back inside one sample), never hide a real overlap.
+VM_MAX_SPAN = 10.0
 FIRST_LBA = 4096  # past what the other VM scenarios write (they use LBA 64 on)
 
 
@@ -72,26 +78,47 @@ def draw_vm_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
     return tuple(sorted(faults, key=lambda f: f.at))
 
 
+# One VM read by one shell and no other process (each exec costs ~0.1-1 s under software
+# emulation on a loaded host): the DRBD role from /proc/drbd, the VIP as a local address in
+# /proc/net/fib_trie, and "serving" as a tgtd holding the LUN's device open (`test -ef` on its
+# file descriptors) -- tgtd opens the backing device when the LUN is added and closes it when
+# the LUN goes, which is what tgtadm's show would list.
+READ_SCRIPT = r"""
+r=down
+if [ -r /proc/drbd ]; then
+  while read -r l; do case "$l" in *" ro:"*) r=${l#* ro:}; r=${r%%/*};; esac; done < /proc/drbd
+fi
+v=0; prev=
+while read -r l; do
+  case "$l" in
+    *"|-- "*) prev=${l##*|-- };;
+    *"/32 host LOCAL"*) [ "$prev" = "$VIPADDR" ] && v=1;;
+  esac
+done < /proc/net/fib_trie
+s=0
+for p in /proc/[0-9]*; do
+  c=; { read -r c < $p/comm; } 2>/dev/null || continue
+  [ "$c" = tgtd ] || continue
+  for f in $p/fd/*; do [ "$f" -ef "$DEV" ] && s=1; done
+done
+echo "chaos-reading $r $v $s"
+"""
+
+
 def read_vm(vm: Vm) -> NodeState:
-    """One VM in one agent round trip: its DRBD role, the VIP, tgtd's targets."""
+    """One VM in one agent round trip: its DRBD role, the VIP, whether tgtd serves the LUN."""
     if not vm.alive():
         return NodeState(0, (), "down")
-    script = (f"cat /proc/drbd; echo '@@'; ip -o addr show dev {vm.lan_if}; echo '@@'; "
-              f"tgtadm -C {vm.index} --lld iscsi --mode target --op show 2>/dev/null; true")
     try:
-        out = vm.sh(script, timeout=10, check=False).out
+        out = vm.run(["env", f"VIPADDR={VIP.split('/')[0]}", "DEV=/dev/drbd0", "/bin/sh", "-c",
+                      READ_SCRIPT], timeout=10).out
     except VmError:
         return NodeState(0, (), "?")
-    parts = out.split("@@\n")
-    if len(parts) != 3:
+    words = out.split()
+    if len(words) != 4 or words[0] != "chaos-reading":
         return NodeState(0, (), "?")
-    drbd, addrs, tgt = parts
-    role = "down"
-    for line in drbd.splitlines():
-        if " ro:" in line:
-            role = line.split(" ro:", 1)[1].split("/", 1)[0]
-    vip = sum(1 for line in addrs.splitlines() if f"inet {VIP} " in line)
-    return NodeState(vip, parse_tgt_targets(tgt), role)
+    _, role, vip, serving = words
+    return NodeState(int(vip == "1"), ((1, (1,)),) if serving == "1" else (), role)
 
 
 class VmClient:
@@ -200,7 +227,7 @@ class VmRunner:
             except VmError as exc:
                 out.converged = False
                 out.note = str(exc)
-            time.sleep(2.0)  # a converged cycle or two under the checkers' eyes
+            time.sleep(1.0)  # a converged cycle under the checkers' eyes
         finally:
             data.stop()
             out.period = checker.stop()
@@ -233,6 +260,8 @@ def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
         "did_not_converge": sum(0 if o.converged else 1 for o in outcomes),
         "sampling_period_ms_median": round(1000 * periods[len(periods) // 2]) if periods
         else None,
+        "samples": sum(o.samples for o in outcomes),
+        "slow_samples_not_judged": sum(o.slow_samples for o in outcomes),
         "block_bytes": BLOCK,
     }
 
@@ -240,6 +269,7 @@ def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
 def describe(o: Outcome) -> str:
     head = (f"vm schedule {o.index} {'ok' if o.ok else 'FAILED'}: "
             f"{', '.join(f.text() for f in o.faults)}; {o.acked} writes acked "
-            f"({o.failed_writes} not), sampled every {1000 * o.period:.0f} ms, {o.seconds:.0f} s")
+            f"({o.failed_writes} not), sampled every {1000 * o.period:.0f} ms "
+            f"({o.slow_samples} of {o.samples} samples too slow to judge), {o.seconds:.0f} s")
     extra: List[Optional[str]] = list(o.violations[:5]) + list(o.lost[:5]) + [o.note or None]
     return head + "".join(f"\n  {x}" for x in extra if x)

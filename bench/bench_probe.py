@@ -26,9 +26,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
 
+from iscsi_ha.controller.systems.iscsi_probe import run_probe  # noqa: E402
 from netns import NetnsLab  # noqa: E402
 
-from iscsi_ha.controller.systems.iscsi_probe import run_probe  # noqa: E402
 from lab.prometheus import in_netns  # noqa: E402
 
 IQN = "iqn.2024-01.org.iscsi-ha:bench-probe"
@@ -69,7 +69,7 @@ def main() -> int:
             for n in counts:
                 luns = list(range(1, n + 1))
 
-                def repeat():
+                def repeat(luns=luns):
                     times, failed = [], 0
                     c0 = os.times()
                     for _ in range(args.runs):

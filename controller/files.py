@@ -94,9 +94,14 @@ def write_temp(directory: str, text: str, mode: int, prefix: str = ".tmp-") -> s
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove_quietly(tmp)
         raise
     return tmp
+
+
+def remove_quietly(path: str) -> None:
+    """Remove a file if it is there; a temporary file's cleanup must not hide the real error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

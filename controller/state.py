@@ -21,7 +21,7 @@ import os
 import stat
 from typing import Callable, Optional, Tuple
 
-from .files import STATE_LIMIT, kind_of, read_capped, write_temp
+from .files import STATE_LIMIT, kind_of, read_capped, remove_quietly, write_temp
 from .model import ManualMode, StorageRole
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,7 @@ def atomic_write(path: str, text: str, mode: int = 0o644,
     try:
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove_quietly(tmp)
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

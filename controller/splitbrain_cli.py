@@ -259,6 +259,8 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
         ok, result = channel.call(where, {"action": "audit", "line": line})
         if not ok:
             problems.append(f"{where}: {result}")
+        elif isinstance(result, dict) and result.get("error"):
+            problems.append(f"{where}: logged, but not written to its file: {result['error']}")
     out(f"Audit: {line}")
     if problems:
         cli._err("the audit line could not be recorded everywhere: " + "; ".join(problems))

@@ -10,6 +10,8 @@ thing runs in ``tests/test_vm_splitbrain.py``.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from typing import Any, Dict, List, Tuple
 
@@ -194,3 +196,52 @@ def test_options_may_come_before_the_resource():
     assert args.words == ["resolve", "r0"] and args.survivor == "node2"
     args = cli.parser().parse_args(["split-brain", "--json", "r0"])
     assert args.words == ["r0"] and args.json
+
+
+# --------------------------------------------------------------------------- the control socket
+
+
+def test_split_brain_over_the_real_control_socket(tmp_path):
+    """The control command end to end: a controller over a fake world answers `evidence` with
+    this host's side; a relay to the peer without a peer channel and a step that is not one of
+    DRBD's resolve steps are refused with a sentence; the audit line lands in the state dir."""
+    import tempfile
+
+    from iscsi_ha.controller.config import Config, PathsConfig, VipConfig
+    from iscsi_ha.controller.model import PoolRole
+    from test_control import Host, StubDaemon, serving
+    from worlds import res, world
+
+    state = tmp_path / "state"
+    state.mkdir()
+    split = world(pool=PoolRole.MASTER, resources=(res(
+        name="iscsi1", role="Primary", peer_role="Unknown", connection="StandAlone",
+        peer_disk="DUnknown", split_brain=True, out_of_sync_bytes=65536),), serving=True,
+        vip_local=True)
+    host = Host(str(state), split)
+    cfg = Config(resources=("iscsi1",), vip=VipConfig(address="10.99.0.3/24"),
+                 paths=PathsConfig(state_dir=str(state)))
+    sockdir = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
+    path = os.path.join(sockdir, "control.sock")
+    with serving(StubDaemon(host.controller, cfg), path):
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
+                                "resource": "iscsi1"})
+        assert answer["ok"], answer
+        side = sb.side_from_dict(answer["result"])
+        assert (side.host, side.connection, side.split_brain) == ("test-host", "StandAlone", True)
+        assert side.out_of_sync_bytes == 65536 and side.vip_local is True
+        answer = cli.ask(path, {"cmd": "split-brain", "host": "peer", "action": "evidence",
+                                "resource": "iscsi1"})
+        assert not answer["ok"] and "no peer channel" in answer["error"]
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "step", "resource": "iscsi1",
+                                "step": "primary --force"})
+        assert not answer["ok"] and "unknown step" in answer["error"] and answer["code"] == 2
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
+                                "resource": "other"})
+        assert not answer["ok"] and "not a resource" in answer["error"]
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "audit", "line": "x resolved",
+                                "who": "user alice"})
+        assert answer["ok"], answer
+    record = json.loads((state / "split-brain.log").read_text())
+    assert record["line"] == "x resolved" and "user alice" in record["who"]
+    assert "uid" in record["who"]

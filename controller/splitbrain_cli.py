@@ -81,6 +81,10 @@ def add_parser(sub: Any, epilog: str, fmt: Any) -> None:
     sp.add_argument("--force", action="store_true",
                     help="with resolve: override the refusal to discard the side the VMs wrote "
                     "to (asks a second confirmation unless --yes)")
+    sp.add_argument("--snapshot", action="store_true",
+                    help="with resolve: first keep the victim's data in a read-only LVM snapshot "
+                    "of its backing device (refused when it is not on LVM or the volume group "
+                    "lacks the space); says how to read it later")
     sp.add_argument("--timeout", type=float, default=RESYNC_TIMEOUT, metavar="SECONDS",
                     help="with resolve: how long to follow the resync (default 6 h)")
 
@@ -138,9 +142,10 @@ def run(where: Any, args: argparse.Namespace) -> int:
         if len(words) != 2 or not args.survivor:
             cli._err("usage: iscsi-cfg split-brain resolve --survivor HOST RESOURCE")
             return cli.EXIT_USAGE
-        return resolve(channel, words[1], args.survivor, args.yes, args.force, args.timeout)
-    if args.survivor or args.force:
-        cli._err("--survivor and --force belong to `split-brain resolve`")
+        return resolve(channel, words[1], args.survivor, args.yes, args.force, args.timeout,
+                       keep=args.snapshot)
+    if args.survivor or args.force or args.snapshot:
+        cli._err("--survivor, --force and --snapshot belong to `split-brain resolve`")
         return cli.EXIT_USAGE
     if len(words) > 1:
         cli._err("usage: iscsi-cfg split-brain [RESOURCE]")
@@ -169,12 +174,14 @@ def _confirm(prompt: str, expected: str) -> bool:
 
 def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bool,
             follow_limit: float, sleep: Callable[[float], None] = time.sleep,
-            out: Callable[[str], None] = print) -> int:
+            out: Callable[[str], None] = print, keep: bool = False) -> int:
     from . import cli
 
     a = sb.assess(*channel.sides(resource))
     out(sb.render(a))
     hard, forceable = sb.refusals(a, survivor)
+    if keep and not hard and sb.snapshot_refusal(a, survivor):
+        hard.append(f"--snapshot: {sb.snapshot_refusal(a, survivor)}")
     if hard:
         cli._err("refused: " + "\n  ".join(hard + forceable))
         return cli.EXIT_REFUSED
@@ -187,6 +194,10 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
     out(f"\nResolving {resource}: keep {survivor}, discard {victim.host}.")
     out(f"Discarded: {sb.discarded(a, survivor)}")
     out("Steps:")
+    if keep:
+        out(f"  {victim.host}$ lvcreate --snapshot --permission r ... {victim.lvm_volume}    "
+            f"# keep {victim.host}'s data ({sb._size(sb.snapshot_size(a, survivor))} "
+            "copy-on-write)")
     for step in steps:
         out(f"  {step.host}$ {step.command} {resource}    # {step.why}")
     if not yes:
@@ -210,6 +221,17 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
                  + " ".join(hard))
         return cli.EXIT_REFUSED
     amount = victim.out_of_sync_bytes
+    if keep:
+        where = "local" if victim.host == a.sides[0].host else "peer"
+        ok, result = channel.call(where, {
+            "action": "snapshot", "resource": resource, "size": sb.snapshot_size(a, survivor),
+            "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime())})
+        if not ok or not isinstance(result, dict) or not result.get("ok"):
+            said = result.get("said") if isinstance(result, dict) else result
+            cli._err(f"{victim.host}: the snapshot failed: {said}; nothing was discarded")
+            return cli.EXIT_REFUSED
+        out(f"  {victim.host}$ {result.get('said')}")
+        out(sb.snapshot_help(victim.host, str(result.get("snapshot"))))
     for step in steps:
         where = "local" if step.host == a.sides[0].host else "peer"
         ok, result = channel.call(where, {"action": "step", "resource": resource,

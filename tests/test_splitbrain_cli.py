@@ -207,6 +207,7 @@ def test_split_brain_over_the_real_control_socket(tmp_path):
     DRBD's resolve steps are refused with a sentence; the audit line lands in the state dir."""
     import tempfile
 
+    from fakes import FakeRunner
     from iscsi_ha.controller.config import Config, PathsConfig, VipConfig
     from iscsi_ha.controller.model import PoolRole
     from test_control import Host, StubDaemon, serving
@@ -219,6 +220,9 @@ def test_split_brain_over_the_real_control_socket(tmp_path):
         peer_disk="DUnknown", split_brain=True, out_of_sync_bytes=65536),), serving=True,
         vip_local=True)
     host = Host(str(state), split)
+    # The world's DRBD runs nothing; `drbdadm sh-ll-dev` (the backing device) gets no answer.
+    drbd = host.controller.systems.drbd
+    drbd.runner, drbd.drbdadm, drbd.timeout = FakeRunner(), "drbdadm", None
     cfg = Config(resources=("iscsi1",), vip=VipConfig(address="10.99.0.3/24"),
                  paths=PathsConfig(state_dir=str(state)))
     sockdir = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
@@ -230,6 +234,7 @@ def test_split_brain_over_the_real_control_socket(tmp_path):
         side = sb.side_from_dict(answer["result"])
         assert (side.host, side.connection, side.split_brain) == ("test-host", "StandAlone", True)
         assert side.out_of_sync_bytes == 65536 and side.vip_local is True
+        assert side.lvm_volume is None and "sh-ll-dev" in side.lvm_error
         answer = cli.ask(path, {"cmd": "split-brain", "host": "peer", "action": "evidence",
                                 "resource": "iscsi1"})
         assert not answer["ok"] and "no peer channel" in answer["error"]

@@ -99,12 +99,14 @@ class Channel:
 
     def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
         self._ask = ask
+        self.unreachable = False  # the local controller did not answer
 
     def call(self, where: str, args: Dict[str, Any]) -> Tuple[bool, Any]:
         req = {"cmd": "split-brain", "who": _who(), **args}
         if where == "peer":
             req["host"] = "peer"
         answer = self._ask(req)
+        self.unreachable = self.unreachable or bool(answer.get("unreachable"))
         if not answer.get("ok"):
             return False, str(answer.get("error") or answer.get("message") or "refused")
         return True, answer.get("result")
@@ -162,6 +164,8 @@ def run(where: Any, args: argparse.Namespace) -> int:
         print(json.dumps([sb.assessment_to_dict(a) for a in assessments], indent=2))
     else:
         print("\n\n".join(sb.render(a) for a in assessments))
+    if channel.unreachable:
+        return cli.EXIT_UNREACHABLE
     unreadable = [a for a in assessments if a.kind == "unknown"]
     return cli.EXIT_REFUSED if unreadable and len(unreadable) == len(assessments) else cli.EXIT_OK
 

@@ -250,3 +250,10 @@ def test_split_brain_over_the_real_control_socket(tmp_path):
     record = json.loads((state / "split-brain.log").read_text())
     assert record["line"] == "x resolved" and "user alice" in record["who"]
     assert "uid" in record["who"]
+
+
+def test_view_without_a_controller_says_so_and_exits_3(capsys):
+    code = cli.main(["--socket", "/nonexistent/control.sock", "split-brain", "r0"])
+    assert code == cli.EXIT_UNREACHABLE
+    out = capsys.readouterr().out
+    assert "unknown: one side could not be read" in out and "the local iscsi-ha controller" in out

@@ -94,7 +94,11 @@ def pair(tmp_path_factory):
         # be kept in a snapshot (`resolve --snapshot`).
         text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
         lab.prepare({ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")})
-        lab.boot()
+        # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
+        for vm in lab.vms:
+            vm.start()
+        for vm in lab.vms:
+            vm.wait_ready(timeout=300)
         for vm in lab.vms:
             lvm_setup(vm)
             lvm_disk(vm)

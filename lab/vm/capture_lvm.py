@@ -56,7 +56,11 @@ def main(out: Path) -> None:
     try:
         text = drbd_resource(RES, 0, 7789, lab.vms).replace("disk /dev/vda;", "disk /dev/vg0/r0;")
         lab.prepare({RES: text})
-        lab.boot()
+        # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
+        for vm in lab.vms:
+            vm.start()
+        for vm in lab.vms:
+            vm.wait_ready(timeout=300)
         n1 = lab.vms[0]
         lvm_setup(n1)
         lvm_disk(n1)

@@ -70,7 +70,9 @@ def test_snapshot_runs_lvcreate_read_only_with_the_size_asked():
     assert fake.ran("lvcreate") == [tuple(shlex.split(frame("lvcreate").command))]
     assert out["snapshot"] == "vg0/r0-splitbrain-20261202T021500"
     # The real lvcreate's answer to more than the free space: refused, in its words.
-    assert out["ok"] is (frame("lvcreate").rc == 0)
+    assert out["ok"] is False and "insufficient free space" in out["said"]
+    out = snapshot(Drbd(fake, version="8.4"), "r0", "20261202T021501", 16777216, "uid 0")
+    assert out["ok"] is True and out["snapshot"] == "vg0/r0-splitbrain-20261202T021501"
     with pytest.raises(SplitBrainRefused):
         snapshot(Drbd(fake, version="8.4"), "r0", "../../etc", 1 << 20, "uid 0")
     with pytest.raises(SplitBrainRefused):

@@ -19,7 +19,6 @@ from iscsi_ha.controller.splitbrain_ops import SplitBrainRefused, _backing, snap
 from iscsi_ha.controller.systems.drbd import Drbd, DrbdParseError
 from iscsi_ha.controller.systems.drbd.backing import parse_sh_ll_dev
 from iscsi_ha.controller.systems.lvm import LvmParseError, parse_lvs
-
 from test_splitbrain import both
 
 CAPTURE = Path(__file__).parent / "fixtures" / "lvm" / "lvm-node1.txt"

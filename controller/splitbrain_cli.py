@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import splitbrain as sb
 
+EVIDENCE_ATTEMPTS = 3
+TRANSIENT = ("timeout", "unreachable", "tls", "bad_answer")  # PeerError kinds worth a retry
 # Evidence waits for the controller's lock (one cycle at most) and, for the peer's side, the
 # peer channel; a step is one drbdadm call.
 CALL_TIMEOUT = 180.0
@@ -97,9 +99,12 @@ def _who() -> str:
 class Channel:
     """The two hosts as seen through the local controller."""
 
-    def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
+    def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]],
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._ask = ask
+        self.sleep = sleep
         self.unreachable = False  # the local controller did not answer
+        self.last_kind: Optional[str] = None  # why the last relayed call failed (PeerError.kind)
 
     def call(self, where: str, args: Dict[str, Any]) -> Tuple[bool, Any]:
         req = {"cmd": "split-brain", "who": _who(), **args}
@@ -107,6 +112,7 @@ class Channel:
             req["host"] = "peer"
         answer = self._ask(req)
         self.unreachable = self.unreachable or bool(answer.get("unreachable"))
+        self.last_kind = answer.get("kind") if not answer.get("ok") else None
         if not answer.get("ok"):
             return False, str(answer.get("error") or answer.get("message") or "refused")
         return True, answer.get("result")
@@ -114,7 +120,13 @@ class Channel:
     def sides(self, resource: str) -> Tuple[sb.Side, sb.Side]:
         out = []
         for where in ("local", "peer"):
-            ok, result = self.call(where, {"action": "evidence", "resource": resource})
+            # Evidence only reads: a call the peer channel lost on the way (a slow TLS
+            # handshake on a loaded host) is asked again, a few times.
+            for _attempt in range(EVIDENCE_ATTEMPTS):
+                ok, result = self.call(where, {"action": "evidence", "resource": resource})
+                if ok or self.last_kind not in TRANSIENT:
+                    break
+                self.sleep(1.0)
             side: Optional[sb.Side] = None
             if ok and isinstance(result, dict):
                 try:

@@ -257,3 +257,27 @@ def test_view_without_a_controller_says_so_and_exits_3(capsys):
     assert code == cli.EXIT_UNREACHABLE
     out = capsys.readouterr().out
     assert "unknown: one side could not be read" in out and "the local iscsi-ha controller" in out
+
+
+def test_evidence_lost_by_the_peer_channel_is_asked_again_but_a_refusal_is_not():
+    n1, n2 = both()
+    answers = {"peer": [{"ok": False, "kind": "bad_answer", "error": "the peer: answered b''"},
+                        {"ok": False, "kind": "timeout", "error": "the peer: timed out"},
+                        {"ok": True, "result": sb.side_to_dict(n2)}]}
+    asked = []
+
+    def ask(req):
+        asked.append(req.get("host", "local"))
+        if req.get("host") == "peer":
+            return answers["peer"].pop(0)
+        return {"ok": True, "result": sb.side_to_dict(n1)}
+
+    local, peer = Channel(ask, sleep=lambda s: None).sides("r0")
+    assert peer == n2 and asked.count("peer") == 3
+    refused = Channel(lambda req: {"ok": False, "kind": "unknown_resource", "error": "no r0"},
+                      sleep=lambda s: None)
+    calls = []
+    refused._ask = lambda req: calls.append(req) or {"ok": False, "kind": "unknown_resource",
+                                                     "error": "no r0"}
+    local, peer = refused.sides("r0")
+    assert len(calls) == 2 and peer.error == "no r0"

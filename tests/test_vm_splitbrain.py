@@ -77,7 +77,9 @@ def _write_configs(lab: VmLab) -> None:
                        "listen": f"{vm.lan_addr}:{PEER_PORT}",
                        "cert_file": "/run/lab/peer/host.crt",
                        "key_file": "/run/lab/peer/host.key",
-                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 2}
+                       # The lab is slow (TCG) and the machine shared: at load ~18 a TLS
+                       # handshake took over 2 s and the peer cut the request off.
+                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 5}
         (vm.xdir / "state").mkdir(exist_ok=True)
         (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 

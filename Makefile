@@ -62,7 +62,7 @@ bench-hostile: setup
 
 # seeded fault schedules in the namespace lab with invariant and data checkers (root)
 chaos: setup
-	$(PY) -m lab.chaos --seed 1 --schedules 500
+	$(PY) -m lab.chaos --seed 1 --schedules 500 $(CHAOS_ARGS)
 
 chaos-ci: setup
 	$(PY) -m lab.chaos --seed 1 --schedules 50

@@ -85,10 +85,11 @@ def block(objective: float, period: str) -> str:
     add("  - name: iscsi-ha.slo\n")
     add("    interval: 15s\n")
     add("    rules:\n")
-    add("      - record: iscsi_ha:storage_slo_objective:ratio\n")
-    add(f"        expr: vector({fmt(objective / 100)})\n")
-    add("      - record: iscsi_ha:storage_slo_period:seconds\n")
-    add(f"        expr: vector({seconds(period)})\n")
+    add("      # The objective and the period, per cluster, for the dashboard's error budget.\n")
+    add("      - record: cluster:iscsi_ha_storage_slo_objective:ratio\n")
+    add(f"        expr: 0 * count by (cluster) (iscsi_ha_up) + {fmt(objective / 100)}\n")
+    add("      - record: cluster:iscsi_ha_storage_slo_period:seconds\n")
+    add(f"        expr: 0 * count by (cluster) (iscsi_ha_up) + {seconds(period)}\n")
     add("      # Every probe of every observer and LUN counts; an observer that cannot be\n"
         "      # scraped drops out instead of counting as failed (its controller is down, not\n"
         "      # the storage).\n")

@@ -28,6 +28,9 @@ class Command(str, enum.Enum):
     MANUAL_MODE_DISABLE = "manual-mode-disable"
     BECOME_PRIMARY = "become-primary"
     BECOME_SECONDARY = "become-secondary"
+    # Moves the storage to the other host with the peer's controller (switchover.py); takes
+    # the lock step by step, not for the whole move.
+    SWITCHOVER = "switchover"
 
     def __str__(self) -> str:  # the name on the wire and on the command line, on every Python
         return str(self.value)

@@ -620,8 +620,7 @@ _PASSWORD_ENV = _optional(_secret(_env_name, "an environment variable name (lett
 @dataclass(frozen=True)
 class XenApiConfig:
     enabled: bool = setting(True, check=_boolean,
-                            help="false: no SR handling and no cross-check of pool.conf through "
-                            "XenAPI.")
+                            help="false: no XenAPI at all (no SR plugging, no SR or VM evidence).")
     url: str = setting("local", check=_xenapi_url,
                        help="\"local\" logs in over the xapi Unix socket below; or https://HOST "
                        "(http:// only for labs). Never put a user or password in the URL.")
@@ -840,6 +839,26 @@ class ProbeConfig:
                         help="The iSCSI port the target listens on at the VIP.")
 
 
+@dataclass(frozen=True)
+class AuditConfig:
+    """The data-safety audit (audit.py): settings that decide whether a failover loses data."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check every few minutes, on a job of its own: DRBD protocol C, split-brain "
+        "policies that discard data, fencing with a fence-peer handler, the LVM filter "
+        "rejecting the DRBD and backing devices, multipath leaving DRBD alone. Each finding is a "
+        "metric and an alert (docs/runbook.md).")
+    interval: float = setting(300.0, check=_seconds(maximum=MAX_PERIOD),
+                              help="Seconds between audits.")
+    lvmconfig: str = setting("lvmconfig", check=_command,
+                             help="LVM's lvmconfig command (dom0 has it).")
+    multipath_conf: str = setting(
+        "/etc/multipath.conf", check=_path,
+        help="multipath's configuration; the conf.d directory next to it "
+        "(/etc/multipath/conf.d) is read too. No file: multipath is not configured.")
+
+
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
     return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
 
@@ -884,6 +903,7 @@ class Config:
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         # Frozen: derived defaults are set once, here, so every Config is complete.

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from .config import Config
-from .systems.iscsi_probe import DEFAULT_PORT, LatestProbe, ProbeHistory, ProbeResult, run_probe
+from .report import LatestProbe, ProbeHistory, ProbeResult
+from .systems.iscsi_probe import DEFAULT_PORT, run_probe
 
 log = logging.getLogger("iscsi_ha.probe")
 

@@ -35,8 +35,8 @@ class MetricDef:
     labels: Tuple[str, ...]
     help: str  # the HELP line
     note: str = ""  # for the docs: the values it takes, when it is absent
-    # Which collector emits it: "snapshot" (collector.py, from the last cycle) or "probe"
-    # (probe_collector.py, from the storage probe's own job).
+    # Which collector emits it: "snapshot" (collector.py, from the last cycle), "probe" or
+    # "audit" (probe_collector.py, audit_collector.py: those jobs run on their own).
     source: str = "snapshot"
 
     @property
@@ -59,6 +59,7 @@ def _m(name: str, kind: str, labels: Sequence[str], help: str, note: str = "",
 
 
 PROBE_HELP = "as of the last storage probe (its own job, every cycle interval)"
+AUDIT = "as of the last data-safety audit (every audit.interval)"
 
 
 CATALOGUE: Tuple[MetricDef, ...] = (
@@ -81,6 +82,12 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        f"not asked), {AS_OF}.", "one-hot over primary/secondary/none"),
     _m("manual_mode_since_timestamp_seconds", "gauge", (),
        f"Unix time manual mode was enabled, {AS_OF}.", "absent when manual mode is off"),
+    _m("switchover_duration_seconds", "gauge", ("phase",),
+       "Seconds each phase of the last `iscsi-cfg switchover` this host took part in took "
+       "(check, arm, release, react, promote, serve, vip, total), as published with the last "
+       "cycle.",
+       "absent until a switchover ran since the controller started; react is measured across "
+       "both hosts' clocks"),
     _m("desired_role", "gauge", ("role",),
        "Storage role the controller wants for this host (one series per role, none = "
        f"holding), {AS_OF}.", "one-hot over primary/secondary/none"),
@@ -201,6 +208,28 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        "the SLO's bad events", source="probe"),
     _m("storage_probe_duration_seconds", "histogram", ("observer",),
        "Duration of whole storage probes (connect, login, every LUN, logout).", source="probe"),
+    # -- the data-safety audit (controller/audit.py), every audit.interval. Absent until the
+    # first audit; a check that could not run leaves its series out and says so in audit_error.
+    _m("audit_timestamp_seconds", "gauge", (), "Unix time the last data-safety audit started.",
+       source="audit"),
+    _m("audit_error", "gauge", ("check",),
+       "1 when that check of the data-safety audit could not run (drbd, lvm, multipath), "
+       f"{AUDIT}.", "the reason is in the controller's log", source="audit"),
+    _m("drbd_replication_protocol", "gauge", ("resource", "protocol"),
+       f"DRBD replication protocol the kernel runs (one series per protocol), {AUDIT}.",
+       "one-hot over A/B/C; only C waits for both disks", source="audit"),
+    _m("drbd_split_brain_policy_discards", "gauge", ("resource", "policy"),
+       "1 when the after-sb policy (0pri, 1pri, 2pri) resolves a split brain by discarding one "
+       f"side's writes automatically, {AUDIT}.", source="audit"),
+    _m("drbd_fencing", "gauge", ("resource",),
+       "1 when DRBD fences the peer (fencing resource-only or resource-and-stonith, with a "
+       f"fence-peer handler), {AUDIT}.", source="audit"),
+    _m("lvm_filter_rejects", "gauge", ("device", "kind"),
+       "1 when LVM's filter and global_filter reject the device (kind drbd: /dev/drbdN; "
+       f"backing: DRBD's backing device), {AUDIT}.", source="audit"),
+    _m("multipath_blacklists_drbd", "gauge", ("device",),
+       f"1 when multipath's blacklist leaves the DRBD device alone, {AUDIT}.",
+       "absent when multipath is not configured (no multipath.conf)", source="audit"),
 )
 
 BY_NAME: Dict[str, MetricDef] = {m.name: m for m in CATALOGUE}

@@ -222,6 +222,11 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
     add(req)
     if manual.enabled and manual.since is not None:
         add(gauge("manual_mode_since_timestamp_seconds", manual.since))
+    if snap.switchover_phases:
+        switchover = gauge("switchover_duration_seconds")
+        for phase, seconds in snap.switchover_phases:
+            switchover.add_metric([phase], seconds)
+        add(switchover)
 
     plan = last.plan
     if plan is not None:

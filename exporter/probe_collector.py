@@ -23,7 +23,7 @@ from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ..controller.systems.iscsi_probe import DURATION_BUCKETS, ProbeHistory
+from ..controller.report import DURATION_BUCKETS, ProbeHistory
 from . import catalogue
 
 DEFS = tuple(m for m in catalogue.CATALOGUE if m.source == "probe")
@@ -36,8 +36,8 @@ def probe_families(h: ProbeHistory) -> List[Metric]:
         return []
     obs = h.observer
     success = catalogue.gauge("storage_probe_success")
-    for lun in h.last.luns:
-        success.add_metric([obs, str(lun.lun)], float(lun.ok))
+    for probe in h.last.luns:
+        success.add_metric([obs, str(probe.lun)], float(probe.ok))
     stamp = catalogue.gauge("storage_probe_timestamp_seconds")
     stamp.add_metric([obs], h.last.started)
     runs = catalogue.counter("storage_probes_total")

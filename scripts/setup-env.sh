@@ -28,6 +28,8 @@ APT_PACKAGES=(
                                 # SQLite's amalgamation (tclsh), readelf for the glibc audit
   createrepo-c                  # make repo: yum metadata for dist/
   openssl                       # certificates for the exporter's TLS tests
+  libfaketime                   # lab/chaos.py's clock jumps: the controller's wall clock moves,
+                                # the machine's does not
   qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
   keepalived resource-agents    # rival methods in bench/bench_switch.py (run by hand, never
                                 # as services: policy-rc.d below keeps them from starting)

@@ -152,6 +152,17 @@ def test_alert_names_are_unique():
             assert crit["annotations"][key] == warn["annotations"][key], (name, key)
 
 
+def test_docs_alert_list_has_every_alert_with_its_severities():
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    rows = re.findall(r"^\| (IscsiHa\w+) \| ([a-z /]+) \|", text.split("## Alert list", 1)[1],
+                      re.M)
+    documented = {name: set(sev.split(" / ")) for name, sev in rows}
+    actual: dict = {}
+    for rule in alerts():
+        actual.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+    assert documented == actual
+
+
 def test_split_brain_and_two_primaries_page_without_delay():
     by_name = {rule["alert"]: rule for rule in alerts()}
     for name in ("IscsiHaSplitBrain", "IscsiHaTwoPrimaries"):
@@ -217,11 +228,12 @@ TARGET_LABELS = {"job", "instance", "cluster"}
 
 def exporter_metrics() -> dict:
     """The exporter's own list, name -> label names: exporter/collector.py's METRICS table (the
-    same list its module docstring shows) and the storage probe's (exporter/probe_collector.py)."""
-    from iscsi_ha.exporter import collector, probe_collector
+    same list its module docstring shows), the storage probe's and the audit's (their own
+    collectors), all from the catalogue."""
+    from iscsi_ha.exporter import audit_collector, collector, probe_collector
 
     table = {name: set(labels) for name, _kind, labels in
-             collector.METRICS + probe_collector.METRICS}
+             collector.METRICS + probe_collector.METRICS + audit_collector.METRICS}
     assert table, "exporter/collector.py lists no metrics"
     return table
 
@@ -470,8 +482,8 @@ def test_slo_objective_and_period_change_the_thresholds(tmp_path):
     assert res.returncode == 0, res.stderr
     text = copy.read_text()
     # 2 % of the budget in 1 h over 28 d: burn rate 13.44; x 0.5 % = 0.0672.
-    assert "ratio_rate1h > 0.0672" in text and "vector(0.995)" in text
-    assert "vector(2419200)" in text  # 28 d in seconds
+    assert "ratio_rate1h > 0.0672" in text and "(iscsi_ha_up) + 0.995" in text
+    assert "(iscsi_ha_up) + 2419200" in text  # 28 d in seconds
     assert text.split("# BEGIN storage SLO")[0] == RULES.read_text().split("# BEGIN storage SLO")[0]
     check = run([tool("promtool"), "check", "rules", str(copy)])
     assert check.returncode == 0, check.stdout + check.stderr

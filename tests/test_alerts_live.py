@@ -59,6 +59,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import yaml
+from iscsi_ha.exporter import audit_collector
 from test_dashboards import VARIABLES, dashboard, queries, substitute
 
 from lab import prometheus as lprom
@@ -100,6 +101,11 @@ EMPTY_BY_DESIGN = {
     ),
 }
 ALERTS_PANELS = {("Firing alerts", "A"), ("Alerts over time", "A")}  # read while alerts fire
+# The data-safety audit's metrics: the namespace lab runs DRBD's simulator, which has no
+# `drbdsetup show`, so the lab switches the audit off (lab/netlab.py); the audit's parsers and
+# verdicts are tested on real DRBD 8.4 captures (tests/test_audit.py) and its alerts by promtool.
+# Their selectors must still run without error here; they return nothing by design.
+AUDIT_METRICS = {name for name, _kind, _labels in audit_collector.METRICS}
 SYNC_ONLY = "iscsi_ha_drbd_sync_eta_seconds"  # exported during a resync only
 
 # --------------------------------------------------------------------------------------------
@@ -426,8 +432,9 @@ def test_test_copies_change_only_the_timing():
 
 def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     lab, n2 = live.lab, live.lab.node2
+    wait_for_recording_rules(live)
     exprs = alert_expressions()
-    assert len(exprs) == 41
+    assert len(exprs) == 47
     selectors = sorted({s for _, e in exprs for s in vector_selectors(e)})
     # The one series of the rules that exists only in manual mode: switch it on, on the
     # standby (nothing moves), while the selectors are read.
@@ -444,7 +451,7 @@ def test_every_alert_expression_runs_and_its_selectors_return_data(live):
             result, error = live.evaluate(sel)
             if result is None:
                 failed[sel] = error
-            elif not result:
+            elif not result and not any(name in sel for name in AUDIT_METRICS):
                 empty.append(sel)
     finally:
         res = cfg(n2, "manual-mode-disable")
@@ -485,8 +492,15 @@ def test_every_alert_expression_runs_and_its_selectors_return_data(live):
     assert live.hook.posts == [], live.hook.posts
 
 
+def wait_for_recording_rules(live: Live) -> None:
+    """The SLO's recording rules need two scrapes of the probe's counters before they answer."""
+    for window in ("5m", "3d", "30d"):
+        wait_for_data(live, f"cluster:iscsi_ha_storage_probe_errors:ratio_rate{window}")
+
+
 def test_every_dashboard_query_returns_data(live):
     lab = live.lab
+    wait_for_recording_rules(live)
     panel_queries = [(t, r, substitute(e)) for t, r, e in queries(dashboard())]
     assert len(panel_queries) >= 30
     healthy = [q for q in panel_queries if (q[0], q[1]) not in ALERTS_PANELS]
@@ -504,6 +518,8 @@ def test_every_dashboard_query_returns_data(live):
             if result is None:
                 failed[f"{title} {ref}"] = error
                 continue
+            if any(name in expr for name in AUDIT_METRICS):
+                continue  # runs without error; no data in this lab by design (AUDIT_METRICS)
             if not result and (title, ref) not in EMPTY_BY_DESIGN:
                 empty_queries.append((title, ref, expr))
             for sel in vector_selectors(expr):

@@ -20,13 +20,9 @@ from typing import Callable, Iterator, List, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from iscsi_ha.controller.report import DURATION_BUCKETS, LatestProbe, ProbeResult
 from iscsi_ha.controller.systems import iscsi_pdu as pdu
-from iscsi_ha.controller.systems.iscsi_probe import (
-    DURATION_BUCKETS,
-    LatestProbe,
-    ProbeResult,
-    run_probe,
-)
+from iscsi_ha.controller.systems.iscsi_probe import run_probe
 
 FIX = Path(__file__).parent / "fixtures" / "iscsi"
 CAPTURE = (FIX / "tgtd-probe-lun1.target.bin").read_bytes()

@@ -9,8 +9,8 @@ device in dom0 and leave sessions behind).
 
 The whole run has one hard deadline (``timeout``): every socket operation gets what is left of it,
 so a target that accepts and then says nothing, or trickles bytes, costs at most ``timeout``
-seconds. The daemon runs the probe as its own scheduler job, so even that never delays a cycle or
-a scrape; the result is handed over as one frozen ``ProbeResult`` (``LatestProbe``).
+seconds. The daemon runs the probe as its own scheduler job (``controller/probe.py``), so even that
+never delays a cycle or a scrape; the result is a frozen ``report.ProbeResult``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import os
 import socket
 import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from ..report import LunProbe, ProbeResult
 from . import iscsi_pdu as pdu
 from .iscsi_pdu import PduError
 
@@ -31,43 +31,6 @@ DEFAULT_INITIATOR = "iqn.2024-01.org.iscsi-ha:probe"
 
 class ProbeError(Exception):
     """The storage did not answer as a working iSCSI target; the message says at which step."""
-
-
-@dataclass(frozen=True)
-class LunProbe:
-    lun: int
-    ok: bool
-    seconds: float  # from the start of this LUN's commands to its last answer
-    error: str = ""
-    vendor: str = ""
-    product: str = ""
-    block_size: int = 0
-    block0_crc32: int = 0  # of the block read: the same on both hosts' probes when all is well
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """One run: the portal, when it started, how long it took, and each LUN's outcome. ``error``
-    is set when the run failed before or outside the LUNs (connect, login, logout); the LUNs not
-    reached then read as failed with that error."""
-
-    portal: str
-    started: float  # unix time
-    seconds: float
-    luns: Tuple[LunProbe, ...]
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error and all(lun.ok for lun in self.luns)
-
-    def sentence(self) -> str:
-        if self.ok:
-            return (f"storage probe of {self.portal}: {len(self.luns)} LUN(s) read in "
-                    f"{self.seconds * 1000:.0f} ms")
-        failed = [f"LUN {lun.lun}: {lun.error}" for lun in self.luns if not lun.ok]
-        return f"storage probe of {self.portal} failed: " + "; ".join(
-            ([self.error] if self.error else []) + failed[:3])
 
 
 class Deadline:
@@ -308,47 +271,3 @@ def run_probe(
     if error.startswith("logout") and out and all(r.ok for r in out):
         error = ""
     return ProbeResult(portal=portal, started=started, seconds=elapsed, luns=out, error=error)
-
-
-# --------------------------------------------------------------------------------------------
-# The hand-over to the exporter, and the cumulative figures it exports
-# --------------------------------------------------------------------------------------------
-
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-@dataclass(frozen=True)
-class ProbeHistory:
-    """What the exporter renders: the last result, plus counters since the controller started
-    (runs and failures per LUN, a histogram of the whole run's duration)."""
-
-    last: Optional[ProbeResult] = None
-    observer: str = ""
-    runs: Dict[int, int] = field(default_factory=dict)
-    failures: Dict[int, int] = field(default_factory=dict)
-    bucket_counts: Tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)  # cumulative; +Inf last
-    duration_sum: float = 0.0
-
-    def add(self, result: ProbeResult) -> "ProbeHistory":
-        runs, failures = dict(self.runs), dict(self.failures)
-        for lun in result.luns:
-            runs[lun.lun] = runs.get(lun.lun, 0) + 1
-            failures[lun.lun] = failures.get(lun.lun, 0) + (not lun.ok)
-        counts = tuple(n + (result.seconds <= b) for n, b in
-                       zip(self.bucket_counts, DURATION_BUCKETS + (float("inf"),)))
-        return ProbeHistory(result, self.observer, runs, failures, counts,
-                            self.duration_sum + result.seconds)
-
-
-class LatestProbe:
-    """Single-reference hand-over, like ``collector.LatestSnapshot``: never a lock."""
-
-    def __init__(self, observer: str) -> None:
-        self._history = ProbeHistory(observer=observer)
-
-    def publish(self, result: ProbeResult) -> ProbeHistory:
-        self._history = self._history.add(result)
-        return self._history
-
-    def get(self) -> ProbeHistory:
-        return self._history

@@ -14,11 +14,17 @@ records for each, on node1, ``drbdsetup show r0`` (what the kernel runs), ``drbd
 * ``audit-03-safe``: protocol C, ``fencing resource-only`` with iscsi-ha's fence-peer handler,
   the split-brain policies at ``disconnect``.
 
+Then, with the real controllers running in both VMs on the LIO target (dom0's default backend),
+node1 serving: ``probe-lio-metrics-NODE.txt``, the storage-probe and audit lines of each host's
+``/metrics`` - the probe of our own initiator against the kernel's LIO target through the VIP, and
+the audit of a real DRBD 8.4 host.
+
 Only the capture: the files are copied into the repository by hand after reading them.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -73,8 +79,37 @@ def main(out: Path) -> None:
             (out / f"audit-{tag}-node1.txt").write_text(text)
             for vm in lab.vms:
                 vm.run(["drbdadm", "down", RES], check=True)
+        probe_on_lio(lab, out)
     finally:
         lab.teardown()
+
+
+def probe_on_lio(lab: VmLab, out: Path) -> None:
+    from . import controllers as ctl
+
+    for vm in lab.vms:
+        (vm.xdir / "drbd.d" / f"{RES}.res").write_text(ctl.resources(lab)[RES])
+        vm.run(["drbdadm", "up", RES], check=True)
+    c = ctl.Controllers(lab, backend="lio")
+    c.write_configs()
+    c.set_pool_master("node1")
+    for vm in lab.vms:
+        c.start(vm)
+    try:
+        c.settle("node1", limit=300)
+        want = 'iscsi_ha_storage_probe_success{lun="1",observer="node2"}'
+        ctl.wait_for("node2's probe reads LUN 1 through the VIP",
+                     lambda: c.metrics(lab.vm("node2")).get(want) == 1.0, 120)
+        time.sleep(5)  # a few more probes, and the first audit of both hosts
+        for vm in lab.vms:
+            lines = [f"{k} {v}" for k, v in sorted(c.metrics(vm).items())
+                     if re.match(r"iscsi_ha_(storage_probe|audit|drbd_replication|drbd_split_brain_"
+                                 r"policy|drbd_fencing|lvm_|multipath_)", k)]
+            (out / f"probe-lio-metrics-{vm.name}.txt").write_text("\n".join(lines) + "\n")
+    finally:
+        for vm in lab.vms:
+            (out / f"controller-{vm.name}.log").write_text(c.controller_log(vm))
+            c.stop(vm)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Optional, Sequence, Tuple
@@ -45,7 +44,7 @@ from .config import (
     load_yaml,
 )
 from .control import root_socket_path
-from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text, write_temp
 from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
 from .status_view import plural as _plural
 
@@ -532,13 +531,8 @@ def write_new(path: str, text: str, overwrite: bool) -> None:
     """Write a whole file atomically; unless ``overwrite``, FileExistsError if it exists (checked
     atomically too: the file is linked into place, which fails on an existing name)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".iscsi-cfg-", dir=directory)
+    tmp = write_temp(directory, text, 0o644, prefix=".iscsi-cfg-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
         if overwrite:
             os.replace(tmp, path)
         else:

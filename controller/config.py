@@ -620,8 +620,7 @@ _PASSWORD_ENV = _optional(_secret(_env_name, "an environment variable name (lett
 @dataclass(frozen=True)
 class XenApiConfig:
     enabled: bool = setting(True, check=_boolean,
-                            help="false: no SR handling and no cross-check of pool.conf through "
-                            "XenAPI.")
+                            help="false: no XenAPI at all (no SR plugging, no SR or VM evidence).")
     url: str = setting("local", check=_xenapi_url,
                        help="\"local\" logs in over the xapi Unix socket below; or https://HOST "
                        "(http:// only for labs). Never put a user or password in the URL.")

@@ -520,13 +520,16 @@ class Runner:
 
     def _fill(self, node: Node) -> None:
         """The state directory's file system full: a filler file written until ENOSPC."""
-        with open(node.state_dir / FILLER, "ab") as f:
-            for _ in range(4 * STATE_TMPFS_KB // 64):  # bounded: the tmpfs is that small
-                try:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-                except OSError:
-                    break
+        try:
+            with open(node.state_dir / FILLER, "ab") as f:
+                for _ in range(4 * STATE_TMPFS_KB // 64):  # bounded: the tmpfs is that small
+                    try:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                    except OSError:
+                        break
+        except OSError:  # read-only right now (a state-ro fault on the same node): already full
+            pass
 
     def _unfill(self, node: Node) -> None:
         try:

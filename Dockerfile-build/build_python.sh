@@ -111,8 +111,7 @@ build_libffi() {
   # which closures.c hides in this configuration); ctypes works with the classic closures.
   ./configure --prefix="$DEST" --disable-shared --enable-static --with-pic --disable-docs \
     --disable-multi-os-directory --disable-exec-static-tramp --disable-dependency-tracking
-  make -j"$JOBS" libffi.la && make install-pkgconfigDATA install-toolexeclibLTLIBRARIES \
-    && make -C include install
+  make -j"$JOBS" && make install
 }
 build_sqlite3() {
   # The source tree generates its amalgamation with tclsh (Debian: tcl); the library is that

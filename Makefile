@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # What `make unit` leaves out: tests that need root, Debian packages, namespaces or VMs.
 UNIT_MARKERS := not root and not tools and not integration and not vm
 
-.PHONY: setup venv test unit vm-test demo demo-once lint typecheck bench bench-switch bench-hostile chaos chaos-ci clean \
+.PHONY: setup venv test unit vm-test demo demo-once lint typecheck docs docs-check bench bench-switch bench-hostile chaos chaos-ci clean \
 	bench-rpm rpm repo
 
 setup:
@@ -35,6 +35,14 @@ demo-once: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# examples/iscsi-ha.yaml, README's config table and docs/metrics.md, from the declarations in
+# controller/config.py and exporter/catalogue.py (tests/test_generated_docs.py fails on drift).
+docs: venv
+	$(PY) scripts/gen_docs.py
+
+docs-check: venv
+	$(PY) scripts/gen_docs.py --check
 
 typecheck: setup
 	$(VENV)/bin/mypy controller/decide.py controller/model.py

@@ -56,6 +56,7 @@ setup(
     packages=[
         "iscsi_ha.controller",
         "iscsi_ha.controller.systems",
+        "iscsi_ha.controller.systems.drbd",
         "iscsi_ha.exporter",
     ],
     package_dir={

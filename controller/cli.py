@@ -36,6 +36,7 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from . import __version__
+from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -60,7 +61,6 @@ STALE_GRACE = 5.0  # seconds on top of the interval before the status file count
 DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
 CLEAR_SCREEN = "\033[H\033[2J"
 
-ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
 
 
 class Unreachable(Exception):
@@ -472,7 +472,7 @@ def _err(text: str) -> None:
 
 def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
     try:
-        doc = ask(where.socket, {"cmd": "status"})
+        doc = ask(where.socket, {"cmd": Command.STATUS})
     except Denied as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -566,7 +566,7 @@ def request(
 
 
 def cmd_get(where: Where, args: argparse.Namespace) -> int:
-    answer, code = request(where, {"cmd": "get"})
+    answer, code = request(where, {"cmd": Command.GET})
     if answer is None:
         return code
     config = answer.get("config")
@@ -584,7 +584,7 @@ def cmd_log(where: Where, args: argparse.Namespace) -> int:
     since = 0.0
     try:
         while True:
-            answer, code = request(where, {"cmd": "log", "since": since})
+            answer, code = request(where, {"cmd": Command.LOG, "since": since})
             if answer is None:
                 return code
             for entry in answer.get("entries") or []:
@@ -606,10 +606,10 @@ def log_text(entry: Dict[str, Any]) -> str:
 
 
 def cmd_role(where: Where, args: argparse.Namespace) -> int:
-    req: Dict[str, Any] = {"cmd": args.command}
+    req: Dict[str, Any] = {"cmd": Command(args.command)}
     if getattr(args, "accept_stale", None):
         resource = args.accept_stale
-        info, code = request(where, {"cmd": "stale-info", "resource": resource},
+        info, code = request(where, {"cmd": Command.STALE_INFO, "resource": resource},
                              unreachable=", nothing was done")
         if info is None:
             return code
@@ -908,6 +908,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
+        name = str(name)  # a Command is shown by its value
         short, long = HELP[name]
         return sub.add_parser(name, help=short, description=long, epilog=EXIT_CODES,
                               formatter_class=fmt)
@@ -925,7 +926,7 @@ def parser() -> argparse.ArgumentParser:
                       help="keep printing new outcomes until Ctrl-C")
     for name in ROLE_COMMANDS:
         sp = add(name)
-        if name == "become-primary":
+        if name is Command.BECOME_PRIMARY:
             sp.add_argument("--accept-stale", metavar="RESOURCE",
                             help="promote RESOURCE even though nothing proves this host has "
                             "the newest data (prints what is known, asks to confirm)")
@@ -970,11 +971,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         where = locate(args.config, args.socket)
         if where.note:
             _err(f"note: {where.note}")
-        if args.command == "status":
+        if args.command == Command.STATUS:
             return cmd_status(where, args)
-        if args.command == "get":
+        if args.command == Command.GET:
             return cmd_get(where, args)
-        if args.command == "log":
+        if args.command == Command.LOG:
             return cmd_log(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`

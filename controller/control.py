@@ -52,6 +52,7 @@ import threading
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .commands import ROLE_COMMANDS, Command
 from .model import Snapshot
 
 log = logging.getLogger("iscsi_ha.control")
@@ -67,8 +68,8 @@ DRAIN_SECONDS = 1.0  # after an oversize request: read (and drop) the rest this 
 DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
-ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
+# The names, for the error answer to an unknown command ("known: ...").
+COMMANDS: Tuple[str, ...] = tuple(c.value for c in Command)
 
 CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
 
@@ -525,33 +526,35 @@ class ControlServer:
 
     def dispatch(self, request: Dict[str, Any], pid: int = 0, uid: int = 0) -> Dict[str, Any]:
         cmd = request["cmd"]
+        command = Command.parse(cmd)
         try:
-            if cmd == "status":
+            if command is Command.STATUS:
                 return self.status()
-            if cmd == "get":
+            if command is Command.GET:
                 return {"ok": True, "config": self.daemon.cfg.to_dict(redact=True),
                         "config_path": getattr(self.daemon, "config_path", None)}
-            if cmd == "log":
+            if command is Command.LOG:
                 since = request.get("since", 0)
                 if isinstance(since, bool) or not isinstance(since, (int, float)):
                     return error_answer('"since" must be a unix time (a number)')
                 return {"ok": True, "now": time.time(),
                         "entries": history_entries(_copy(self.daemon.controller.history), since)}
-            if cmd == "stale-info":
+            if command is Command.STALE_INFO:
                 name = request.get("resource")
                 try:
                     return {"ok": True, **self.daemon.controller.stale_report(str(name))}
                 except KeyError:
                     return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
                                         "of this controller")
-            if cmd in ROLE_COMMANDS:
+            if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
-                if cmd != "become-primary" and accept or not isinstance(accept, list) or \
+                only_promotion = command is not Command.BECOME_PRIMARY and accept
+                if only_promotion or not isinstance(accept, list) or \
                         not all(isinstance(a, str) for a in accept):
                     return error_answer('"accept_stale" is a list of resource names, for '
                                         "become-primary only")
                 who = str(request.get("who") or "")[:80]
-                return self.role_command(cmd, pid, uid, tuple(accept), who)
+                return self.role_command(command, pid, uid, tuple(accept), who)
         except Exception as exc:
             log.exception("control socket: %s failed", cmd)
             return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "

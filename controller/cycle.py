@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
+from .commands import Command
 from .decide import (
     become_refusal,
     decide,
@@ -410,14 +411,16 @@ class Controller:
         """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused.
         Whether a command is allowed is decided in ``decide.py``; this only runs it."""
         with self.lock:
-            handler = {
-                "manual-mode-enable": self._manual_enable,
-                "manual-mode-disable": self._manual_disable,
-                "become-primary": lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
-                "become-secondary": lambda: self._become(StorageRole.SECONDARY),
-            }.get(name)
+            handlers: Dict[str, Callable[[], Tuple[int, str]]] = {
+                Command.MANUAL_MODE_ENABLE: self._manual_enable,
+                Command.MANUAL_MODE_DISABLE: self._manual_disable,
+                Command.BECOME_PRIMARY:
+                    lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
+                Command.BECOME_SECONDARY: lambda: self._become(StorageRole.SECONDARY),
+            }
+            handler = handlers.get(name)
             if handler is None:
-                return 2, f"unknown command {name!r}"
+                return 2, f"unknown command {str(name)!r}"
             code, message = handler()
             # Show the new mode at once (metrics, status) instead of after the next cycle.
             last = self._snapshot.last if self._snapshot else None

@@ -13,7 +13,7 @@ fallback; these make a cycle run at once:
 * a change of pool.conf's content, seen through inotify (``systems/filewatch.py``; it falls back
   to reading the file twice a second where inotify is unavailable);
 * a DRBD state change of a configured resource, from DRBD's own event stream
-  (``systems/drbd_events.py``): the new master promotes the moment its peer reports Secondary;
+  (``systems/drbd/events.py``): the new master promotes the moment its peer reports Secondary;
 * an operator's role command.
 
 A plan that asks to look again soon (the peer is demoting right now) waits for the next of those
@@ -52,7 +52,7 @@ from .execute import Systems
 from .model import Policy, PoolObservation
 from .state import ManualModeStore
 from .systems.drbd import Drbd
-from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
+from .systems.drbd.events import DrbdEvent, DrbdEventSource, events_argv
 from .systems.filewatch import FileWatch
 from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner

@@ -14,9 +14,10 @@ The policy (docs/design.md §3-4):
   the target; bind the VIP and announce it; plug the SRs (pool master only). A refusal anywhere
   stops the plan there: never a target without Primary, never a VIP without a target.
 * Demote, in order: VIP away; target stops serving; every resource Secondary.
-* Never promote while the peer is Primary, while in split brain, without quorum, or when the local
-  disk is not UpToDate and the peer cannot supply good data. Never bind the VIP while another host
-  answers for it. Never resolve a split brain.
+* Never promote while the peer is Primary (DRBD says so, or with the link down the peer channel
+  does from a view newer than the loss: ``peer_channel_primary``), while in split brain, without
+  quorum, or when the local disk is not UpToDate and the peer cannot supply good data. Never bind
+  the VIP while another host answers for it. Never resolve a split brain.
 * Never serve stale data: with the peer unreachable, promote only with proof that this host holds
   every acknowledged write (``stale_refusal``): it watched without a gap while in sync to a peer
   that then vanished (``controller/ledger.py``), or the peer's disk is known Outdated/Inconsistent
@@ -142,6 +143,43 @@ def promotion_refusal(res: DrbdResource) -> Optional[str]:
     return None
 
 
+def peer_channel_primary(res: DrbdResource, obs: Observation) -> Optional[Tuple[str, bool]]:
+    """(sentence, wait) when the peer channel says the peer still holds ``res`` Primary.
+
+    DRBD's own ``peer_role`` covers a connected peer. With the replication link down only the
+    peer channel can tell that the old holder is alive and still Primary (its ``secondary`` was
+    refused because something holds the device open, and no fencing is configured): promoting
+    then makes two Primaries that diverge. Only an answer the peer gave from a view *after* the
+    link loss counts (the freshness rule of ``two_masters``): a view from before it is what a
+    peer that crashed a moment ago last said, and must not stall the failover. ``wait`` is True
+    when the answer is older than the loss and the peer still answers: the next one decides.
+    """
+    peer = obs.peer
+    if res.peer_reachable or peer is None or not peer.reachable:
+        return None
+    theirs = peer.resources.get(res.name) or {}
+    if theirs.get("role") != "Primary":
+        return None
+    if theirs.get("connection", "Connected") != "Connected":
+        # The peer has seen the link go and is still Primary: its view postdates the loss.
+        link = theirs["connection"]
+        return (f"not promoting {res.name}: the peer says over the peer channel that it is still "
+                f"Primary with the replication link down ({link}); it must demote first "
+                "(`iscsi-cfg become-secondary` on the peer, or stop what holds the device open "
+                "there)", False)
+    seen_ago = peer.view_ago()
+    lost_ago = obs.evidence_for(res.name).unreachable_for
+    if seen_ago is not None and lost_ago is not None and seen_ago < lost_ago:
+        # Seen after this host lost the link, and the peer's DRBD has not noticed: alive and
+        # Primary on a link that broke one way.
+        return (f"not promoting {res.name}: the peer says over the peer channel that it is still "
+                "Primary (its DRBD has not noticed the link loss yet)", False)
+    if peer.last_poll_failed:
+        return None  # it stopped answering after that view: it went down with the link
+    return (f"not promoting {res.name}: waiting for the peer's view after the link loss (its "
+            "last answer over the peer channel, from before the loss, says Primary)", True)
+
+
 def stale_refusal(res: DrbdResource, obs: Observation,
                   policy: Policy = SAFE) -> Optional[Tuple[str, str]]:
     """(sentence, reason) when promoting ``res`` could serve stale data; None with proof.
@@ -214,7 +252,8 @@ def become_refusal(role: StorageRole, manual: ManualMode,
         return (f"refused: become-{role.value} works only in manual mode; "
                 "run `iscsi-cfg manual-mode-enable` first")
     if role is StorageRole.PRIMARY and obs is not None:
-        peers = [r.name for r in obs.resources if r.peer_role == "Primary"]
+        peers = [r.name for r in obs.resources
+                 if r.peer_role == "Primary" or peer_channel_primary(r, obs)]
         if peers:
             return (f"refused: the peer is Primary for {', '.join(peers)}; run "
                     "`iscsi-cfg become-secondary` on the peer first")
@@ -260,7 +299,8 @@ def vip_probe_needed(obs: Observation, policy: Policy = SAFE) -> bool:
         return False
     if any(not r.configured for r in obs.resources):
         return False
-    return not any(promotion_refusal(r) or stale_refusal(r, obs, policy)
+    return not any(promotion_refusal(r) or peer_channel_primary(r, obs)
+                   or stale_refusal(r, obs, policy)
                    for r in obs.resources if r.role != "Primary")
 
 
@@ -281,6 +321,7 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
                     (f"waiting for {', '.join(came_up)} to connect after up",), retry_soon=True)
 
     to_promote = [r for r in obs.resources if r.role != "Primary"]
+    waiting_for_peer = False
     for res in to_promote:
         why = promotion_refusal(res)
         if why:
@@ -289,6 +330,12 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
                 # DRBD's own guard against stale data (with fencing, a rebooted disk comes up
                 # Consistent; the fence-peer handler leaves the peer Outdated): it pages too.
                 blocked.append((res.name, f"local_disk_{res.disk.lower()}"))
+            continue
+        primary = peer_channel_primary(res, obs)
+        if primary:
+            refusals.append(primary[0])
+            blocked.append((res.name, "peer_channel_primary"))
+            waiting_for_peer = waiting_for_peer or primary[1]
             continue
         stale = stale_refusal(res, obs, policy)
         if stale:
@@ -299,7 +346,7 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
         # Primary is usually demoting right now (it saw the same pool.conf change): look again soon.
         peer_demoting = any(r.peer_role == "Primary" and not r.split_brain for r in to_promote)
         return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals),
-                    retry_soon=peer_demoting, blocked=tuple(blocked))
+                    retry_soon=peer_demoting or waiting_for_peer, blocked=tuple(blocked))
     vip = obs.vip
     if (to_promote or not obs.target.serving) and vip_held_elsewhere(obs):
         # With the peer unreachable, whoever answers for the VIP is most likely the old holder,

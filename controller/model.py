@@ -209,6 +209,17 @@ class PeerObservation:
     age: Optional[float] = None  # seconds since the answer
     error: Optional[str] = None
     answered_at: Optional[float] = None  # monotonic time of the answer (this process's clock)
+    # How old the peer's own observation was when it answered (its last cycle; a duration, so no
+    # clock is compared across hosts). With ``age``: how long ago the peer saw what it reports.
+    view_age: Optional[float] = None
+    # The newest poll got no answer while this (older) one is still within its lifetime.
+    last_poll_failed: bool = False
+
+    def view_ago(self) -> Optional[float]:
+        """Seconds since the peer made the observation it reported, or None when unknown."""
+        if self.age is None or self.view_age is None:
+            return None
+        return self.age + self.view_age
 
 
 @dataclass(frozen=True)

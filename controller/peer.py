@@ -37,6 +37,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -342,6 +343,7 @@ class PeerWatcher:
             pool_role=str(result.get("pool_role")) if result.get("pool_role") else None,
             resources={str(k): {str(a): str(b) for a, b in dict(v).items()}
                        for k, v in dict(resources).items()},
+            view_age=_duration(result.get("age")),
         )
         self._last, self._error = (self.monotonic(), obs), None
 
@@ -352,7 +354,15 @@ class PeerWatcher:
         age = self.monotonic() - at
         if age > self.max_age:
             return PeerObservation(False, age=age, error=self._error or f"no answer for {age:.0f}s")
-        return dataclasses.replace(obs, age=age, answered_at=at)
+        return dataclasses.replace(obs, age=age, answered_at=at,
+                                   last_poll_failed=self._error is not None)
+
+
+def _duration(value: Any) -> Optional[float]:
+    """A non-negative finite number of seconds from the peer's answer, else None (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return max(0.0, float(value)) if math.isfinite(value) else None
 
 
 # ------------------------------------------------------------------------------ operations

@@ -340,6 +340,53 @@ def test_unproven_wait_relaxes_after_the_configured_time_only():
     assert Promote("iscsi1") not in decide(obs, AUTO).actions  # 0 = never (the default)
 
 
+def _peer_says(role, connection, view_ago=None, failed=False):
+    """The peer channel's answer: the peer's view of iscsi1, seen ``view_ago`` seconds ago."""
+    age = None if view_ago is None else view_ago / 2
+    return PeerObservation(True, "slave", {"iscsi1": {"role": role, "connection": connection,
+                                                       "disk": "UpToDate"}},
+                           age=age, view_age=age, last_poll_failed=failed)
+
+
+# The old holder is alive and still Primary (its `secondary` was refused: the device is held open),
+# its VIP already removed, the replication link down, no fencing: DRBD cannot say the peer is
+# Primary, and this host watched the link to the end (proof of the newest data). Only the peer
+# channel knows; promoting makes two Primaries that diverge.
+LOST_10S_AGO = (replace(WATCHED[0], unreachable_for=10.0),)
+
+
+@pytest.mark.parametrize("how, peer, promotes, retry", [
+    ("peer saw the loss and is still Primary", _peer_says("Primary", "StandAlone", 1.0, True),
+     False, False),
+    ("seen after the loss, its DRBD has not noticed", _peer_says("Primary", "Connected", 4.0),
+     False, False),
+    ("view from before the loss, peer still answers", _peer_says("Primary", "Connected", 30.0),
+     False, True),
+    ("view from before the loss, peer stopped answering (crashed with the link)",
+     _peer_says("Primary", "Connected", 30.0, failed=True), True, False),
+    ("peer says Secondary", _peer_says("Secondary", "WFConnection", 1.0), True, False),
+    ("peer channel unreachable", PeerObservation(False), True, False),
+    ("no peer channel", None, True, False),
+])
+def test_peer_channel_primary_holds_the_promotion(how, peer, promotes, retry):
+    obs = world(resources=(GONE,), conflict=False, evidence=LOST_10S_AGO, peer=peer)
+    plan = decide(obs, AUTO)
+    assert (Promote("iscsi1") in plan.actions) == promotes, how
+    assert plan.retry_soon == retry, how
+    if not promotes:
+        assert plan.blocked == (("iscsi1", "peer_channel_primary"),)
+        assert plan.refusals[0].startswith("not promoting iscsi1: ")
+        assert "peer channel" in plan.refusals[0]
+        # The operator cannot force it either: the peer must demote first.
+        assert "peer is Primary for iscsi1" in become_refusal(StorageRole.PRIMARY, MANUAL, obs)
+
+
+def test_peer_channel_primary_is_not_asked_while_drbd_sees_the_peer():
+    # Connected: DRBD's own peer role decides (here Secondary), whatever a cached answer says.
+    obs = world(conflict=False, peer=_peer_says("Primary", "Connected", 30.0))
+    assert Promote("iscsi1") in decide(obs, AUTO).actions
+
+
 @pytest.mark.parametrize("local", ["Primary", "Secondary"])
 def test_two_masters_both_hold_and_page(local):
     peer = PeerObservation(True, "master", {})

@@ -85,7 +85,8 @@ def test_wheel_holds_the_namespaced_packages_entry_points_and_data_files(dists):
         unit = zf.read(f"{data}/iscsi-ha.service")
         example = zf.read(f"{data}/iscsi-ha.yaml")
     for module in ("controller/__init__.py", "controller/daemon.py", "controller/model.py",
-                   "controller/systems/runner.py", "exporter/__init__.py"):
+                   "controller/systems/runner.py", "controller/systems/drbd/adapter.py",
+                   "exporter/__init__.py"):
         assert f"iscsi_ha/{module}" in names
     # The package_dir mapping must not leak the source folder names as top-level packages.
     assert not any(n.startswith(("controller/", "exporter/", "tests/", "lab/")) for n in names)

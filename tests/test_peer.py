@@ -216,6 +216,30 @@ def test_a_dead_peer_never_delays_a_cycle(certs, tmp_path):
         lst.close()
 
 
+@pytest.mark.parametrize("reported, expected", [
+    (1.5, 1.5), (-3, 0.0), (True, None), ("2", None), (float("nan"), None), (None, None)])
+def test_the_watcher_keeps_how_old_the_peers_view_was_and_a_failed_poll(certs, reported,
+                                                                        expected):
+    # decide() trusts the peer's "still Primary" only from a view newer than the link loss, and
+    # forgets a cached one as soon as the peer stops answering (controller/decide.py).
+    status = {"host": "node1", "pool_role": "slave", "age": reported,
+              "resources": {"iscsi1": {"role": "Primary", "connection": "Connected"}}}
+    srv = server_for(certs, {"status": lambda a: status})
+    clock = [100.0]
+    try:
+        w = PeerWatcher(client_for(certs, srv.address[1]), max_age=15, monotonic=lambda: clock[0])
+        w.poll()
+        clock[0] += 2
+        cur = w.current()
+        assert cur.view_age == expected and not cur.last_poll_failed
+        assert cur.view_ago() == (None if expected is None else 2 + expected)
+    finally:
+        srv.stop()
+    w.poll()  # the server is gone: the answer stays (fresh) but the failure is said
+    cur = w.current()
+    assert cur.reachable and cur.last_poll_failed
+
+
 def test_the_watcher_reports_the_peer_and_forgets_an_old_answer(certs):
     status = {"host": "node1", "pool_role": "master",
               "resources": {"iscsi1": {"role": "Primary", "disk": "UpToDate"}}}

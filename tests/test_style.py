@@ -14,10 +14,10 @@ TYPED = [
     "controller/model.py", "controller/decide.py", "controller/execute.py", "controller/cycle.py",
     "controller/state.py", "controller/statusfile.py", "controller/config.py",
     "controller/daemon.py", "controller/ledger.py", "controller/peer.py",
-    "controller/systems/drbd.py", "controller/systems/target.py", "controller/systems/vip.py",
+    "controller/systems/drbd/", "controller/systems/target.py", "controller/systems/vip.py",
     "controller/systems/tgt.py", "controller/systems/lio.py",
     "controller/systems/pool.py", "controller/systems/sr.py", "controller/systems/xenapi.py",
-    "controller/systems/filewatch.py", "controller/systems/drbd_events.py",
+    "controller/systems/filewatch.py",
 ]
 
 

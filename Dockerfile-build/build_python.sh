@@ -418,12 +418,16 @@ lane "${LIBS_A[@]}" 9>&- &
 pid_a=$!
 lane "${LIBS_B[@]}" 9>&- &
 pid_b=$!
-for _ in 1 2; do
+pending=("$pid_a" "$pid_b")
+while [ ${#pending[@]} -gt 0 ]; do
   set +e
-  wait -n "$pid_a" "$pid_b"
+  wait -n -p finished "${pending[@]}"
   rc=$?
   set -e
   [ "$rc" = 0 ] || die "a static library failed to build (see above)"
+  left=()
+  for p in "${pending[@]}"; do [ "$p" = "$finished" ] || left+=("$p"); done
+  pending=(${left[@]+"${left[@]}"})
 done
 say "static libraries ready ($((SECONDS - t0)) s)"
 

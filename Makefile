@@ -33,8 +33,9 @@ demo: setup
 demo-once: setup
 	$(PY) -m lab.demo --once
 
-lint: setup
+lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # examples/iscsi-ha.yaml, README's config table and docs/metrics.md, from the declarations in
 # controller/config.py and exporter/catalogue.py (tests/test_generated_docs.py fails on drift).
@@ -44,8 +45,9 @@ docs: venv
 docs-check: venv
 	$(PY) scripts/gen_docs.py --check
 
-typecheck: setup
-	$(VENV)/bin/mypy controller/decide.py controller/model.py
+# mypy over controller/ and exporter/ as the iscsi_ha packages (mypy.ini; tests/test_style.py)
+typecheck: venv
+	$(PY) scripts/typecheck.py
 
 bench: setup
 	$(PY) bench/bench_scrape.py
@@ -60,7 +62,7 @@ bench-hostile: setup
 
 # seeded fault schedules in the namespace lab with invariant and data checkers (root)
 chaos: setup
-	$(PY) -m lab.chaos --seed 1 --schedules 500
+	$(PY) -m lab.chaos --seed 1 --schedules 500 $(CHAOS_ARGS)
 
 chaos-ci: setup
 	$(PY) -m lab.chaos --seed 1 --schedules 50

@@ -28,10 +28,9 @@ import os
 import socket
 import sys
 import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
@@ -39,7 +38,7 @@ from . import __version__
 from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
-    Config,
+    DEFAULT_INTERVAL,
     ConfigError,
     PathsConfig,
     load_config,
@@ -47,6 +46,8 @@ from .config import (
 )
 from .control import root_socket_path
 from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
+from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
+from .status_view import plural as _plural
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -57,8 +58,6 @@ QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally i
 # timeout, 10 s by default), after any cycle that is running already.
 ROLE_TIMEOUT = 180.0
 MAX_ANSWER = 16 * 1024 * 1024
-STALE_GRACE = 5.0  # seconds on top of the interval before the status file counts as stale
-DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
 CLEAR_SCREEN = "\033[H\033[2J"
 
 
@@ -214,251 +213,9 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def fmt_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
-
-
-def fmt_time(t: Optional[float]) -> str:
-    if t is None:
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def sync_text(res: Dict[str, Any]) -> str:
-    """The SYNC column: in sync, or the progress of a resync with its ETA."""
-    progress = res.get("sync_progress")
-    oos = res.get("out_of_sync_bytes")
-    if progress is None:
-        return "-" if not oos else f"{fmt_bytes(oos)} out of sync"
-    if progress >= 1.0 and not oos:
-        return "in sync"
-    text = f"{progress * 100:.1f}%"
-    if res.get("sync_eta_seconds") is not None:
-        text += f" ETA {fmt_duration(res['sync_eta_seconds'])}"
-    if oos:
-        text += f" ({fmt_bytes(oos)} to go)"
-    return text
-
-
-def _storage_role(resources: Sequence[Dict[str, Any]]) -> str:
-    roles = [r.get("role") for r in resources if r.get("configured", True) and not r.get("error")]
-    if not roles or len(roles) != len(resources):
-        return "UNKNOWN"
-    if all(r == "Primary" for r in roles):
-        return "PRIMARY"
-    if not any(r == "Primary" for r in roles):
-        return "SECONDARY"
-    return "MIXED"
-
-
-def _table(rows: List[List[str]], indent: str) -> List[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-            for row in rows]
-
-
-LABEL = 15  # width of the left column
-
-
-def _line(label: str, text: str) -> str:
-    return f"{label.ljust(LABEL)}{text}"
-
-
 def render_status(doc: Dict[str, Any]) -> str:
-    """The status screen from a ``status`` answer: what an operator reads at a glance."""
-    now = doc.get("now") or time.time()
-    out: List[str] = []
-    warnings: List[str] = []
-    if doc.get("starting") or "hostname" not in doc:
-        return "iscsi-ha controller is starting: no snapshot yet\n"
-    head = f"iscsi-ha {doc.get('version', '?')} on {doc.get('hostname', '?')}"
-    if doc.get("drbd_version"):
-        head += f" - DRBD {doc['drbd_version']}"
-    head += f" - up {fmt_duration(doc.get('uptime'))} - {fmt_time(now)}"
-    out.append(head)
-    out.append("-" * max(60, len(head)))
-
-    last = doc.get("last") or {}
-    obs = last.get("observation")
-    manual = doc.get("manual") or {}
-    interval = float(doc.get("interval") or DEFAULT_INTERVAL)
-
-    if obs:
-        pool = obs.get("pool") or {}
-        role = str(pool.get("role", "unknown")).upper()
-        extra = ""
-        if pool.get("role") == "slave" and pool.get("master_address"):
-            extra = f"  (pool master is {pool['master_address']})"
-        elif pool.get("role") not in ("master", "slave") and pool.get("detail"):
-            extra = f"  ({pool['detail']})"
-        out.append(_line("HOST ROLE", role + extra))
-        resources = obs.get("resources") or []
-        storage = _storage_role(resources)
-        desired = last.get("desired")
-        reason = last.get("reason") or ""
-        if desired:
-            wanted = f"  (wanted {desired}: {reason})"
-        else:
-            wanted = f"  (holding: {reason})" if reason else ""
-        out.append(_line("STORAGE ROLE", storage + wanted))
-    elif last:
-        out.append(_line("HOST ROLE", "UNKNOWN (the last cycle could not observe)"))
-    else:
-        out.append(_line("HOST ROLE", "not observed yet"))
-
-    if manual.get("enabled"):
-        asked = manual.get("requested")
-        what = f"operator asked for {asked}" if asked else "keeping the current roles"
-        out.append(_line("MANUAL MODE", f"ON since {fmt_time(manual.get('since'))} ({what})"))
-    else:
-        out.append(_line("MANUAL MODE", "off (storage follows the pool role)"))
-    if manual.get("problem"):
-        warnings.append(str(manual["problem"]))
-
-    if obs:
-        resources = obs.get("resources") or []
-        rows = [["RESOURCE", "ROLE", "PEER", "CONNECTION", "DISK", "PEER DISK", "SYNC"]]
-        notes: List[str] = []
-        for r in resources:
-            name = str(r.get("name", "?"))
-            if r.get("error"):
-                rows.append([name, "?", "?", "?", "?", "?", "-"])
-                notes.append(f"{name}: {r['error']}")
-                continue
-            if not r.get("configured", True):
-                rows.append([name, "down", "-", "Unconfigured", "-", "-", "-"])
-                continue
-            sync = sync_text(r)
-            if r.get("split_brain"):
-                sync = "SPLIT BRAIN"
-                warnings.append(f"split brain on {name}: DRBD will not reconnect by itself; "
-                                "resolve by hand (choose the victim)")
-            if r.get("quorum") is False:
-                sync += " NO QUORUM"
-                warnings.append(f"{name} has lost quorum: I/O is suspended")
-            rows.append([name, str(r.get("role")), str(r.get("peer_role")),
-                         str(r.get("connection")), str(r.get("disk")), str(r.get("peer_disk")),
-                         sync])
-        table = _table(rows, "")
-        out.append(_line("DRBD", table[0]))
-        out.extend(_line("", row) for row in table[1:])
-        out.extend(_line("", f"ERROR {n}") for n in notes)
-
-        t = obs.get("target") or {}
-        luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
-        daemon = "kernel target LIO" if t.get("backend") == "lio" else "tgtd"
-        if t.get("serving"):
-            target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
-        elif t.get("target_present"):
-            target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
-        elif t.get("daemon_running"):
-            target = f"standby ({daemon} running, no target)"
-        else:
-            target = f"stopped ({daemon} not running)"
-        if t.get("error"):
-            target += f"; ERROR {t['error']}"
-        out.append(_line("ISCSI TARGET", target))
-        # The identity initiators read (XenServer's SCSIid): must be the same on both hosts.
-        for i, lun in enumerate(t.get("lun_info") or ()):
-            ident = (f"LUN {lun.get('number')}: serial {lun.get('serial')}, {lun.get('wwn')}, "
-                     f"{lun.get('vendor')} {lun.get('product')}")
-            cache = lun.get("write_cache")
-            if cache:
-                ident += ", WRITE CACHE ON"
-                warnings.append(f"LUN {lun.get('number')} acknowledges writes before DRBD has "
-                                "them (write cache on)")
-            elif cache is False:
-                ident += ", write cache off"
-            elif not (t.get("serving") or t.get("target_present")):
-                ident += " (when served here)"
-            out.append(_line("IDENTITY" if i == 0 else "", ident))
-
-        v = obs.get("vip") or {}
-        vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "
-        vip += "local" if v.get("local") else "not local"
-        if v.get("conflict"):
-            vip += ", CONFLICT: another host answers ARP for it"
-            warnings.append(f"another host answers for the VIP {v.get('address')} "
-                            "(duplicate address)")
-        if v.get("error"):
-            vip += f"; ERROR {v['error']}"
-        out.append(_line("VIRTUAL IP", vip))
-
-        srs = obs.get("srs")
-        if srs:
-            out.append(_line("ISCSI SRS", _srs_text(srs)))
-        if last.get("results"):
-            # The snapshot's observation is taken before the cycle acts.
-            out.append(_line("", "(states as observed before the last cycle's actions; the next "
-                                 "cycle shows their effect)"))
-
-    ended = doc.get("last_cycle_ended")
-    age = doc.get("last_cycle_age")
-    if last:
-        took = float(last.get("duration") or 0.0)
-        outcome = str(last.get("outcome", "?"))
-        out.append(_line("LAST CYCLE", f"{outcome.upper()}, {fmt_duration(age)} ago "
-                                       f"(took {took * 1000:.0f} ms)"))
-        for chunk in textwrap.wrap(str(last.get("message", "")), 100 - LABEL):
-            out.append(_line("", chunk))
-        if age is not None and age > interval + STALE_GRACE:
-            warnings.append(f"the last cycle ended {fmt_duration(age)} ago at "
-                            f"{fmt_time(ended)}, but the interval is {interval:g}s: "
-                            "the controller may be stuck")
-    else:
-        out.append(_line("LAST CYCLE", "none yet (the controller has just started)"))
-
-    c = doc.get("counters") or {}
-    cycles = c.get("cycles") or {}
-    timeouts = sum((c.get("command_timeouts") or {}).values())
-    out.append(_line("SINCE START", (
-        f"{cycles.get('ok', 0)} ok, {cycles.get('held', 0)} held, {cycles.get('error', 0)} "
-        f"error cycles; {_plural(timeouts, 'command timeout')}; "
-        f"{_plural(int(c.get('target_daemon_restarts') or 0), 'tgtd restart')}")))
-    if doc.get("xenapi_reachable") is False:
-        warnings.append("XenAPI does not answer: SRs are neither checked nor plugged")
-    for w in warnings:
-        out.append(f"WARNING: {w}")
-    return "\n".join(out) + "\n"
-
-
-def _srs_text(srs: Dict[str, Any]) -> str:
-    if srs.get("error"):
-        return f"ERROR {srs['error']}"
-    items = srs.get("srs") or []
-    pbds = [p for sr in items for p in (sr.get("pbds") or [])]
-    detached = [p for p in pbds if not p.get("attached")]
-    text = _plural(len(items), "SR")
-    if not pbds:
-        return text
-    if detached:
-        hosts = ", ".join(str(p.get("host")) for p in detached)
-        return f"{text}, {len(detached)} of {len(pbds)} PBDs NOT attached ({hosts})"
-    return f"{text}, all {len(pbds)} PBDs attached"
+    """The status screen from a ``status`` answer (``status_view``)."""
+    return render_answer(doc, DEFAULT_INTERVAL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,6 +388,30 @@ def cmd_role(where: Where, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_switchover(where: Where, args: argparse.Namespace) -> int:
+    from .switchover import DONE, FAILED, render
+
+    try:
+        answer = ask(where.socket, {"cmd": Command.SWITCHOVER}, timeout=ROLE_TIMEOUT)
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        _err(f"the iscsi-ha controller is not reachable, nothing was done: {exc}")
+        return EXIT_UNREACHABLE
+    code = answer.get("code")
+    if "message" not in answer:  # an error answer of the socket itself
+        _err(str(answer.get("error") or "switchover refused"))
+        return answer_code(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif code == DONE:
+        print(render(answer))
+    else:
+        _err(render(answer))
+    return code if code in (DONE, EXIT_REFUSED, FAILED) else EXIT_REFUSED
+
+
 def render_stale_info(info: Dict[str, Any]) -> str:
     """What is known about a resource's data before an operator promotes it without proof."""
     now = float(info.get("now") or time.time())
@@ -791,7 +572,8 @@ exit codes:
   0  done
   1  refused for safety (the reason is printed)
   2  usage or configuration error (also: not run as root)
-  3  the controller is unreachable"""
+  3  the controller is unreachable
+  4  switchover only: failed half way (the message says where the storage is)"""
 
 DESCRIPTION = """\
 Status and manual control of iscsi-ha, the controller that keeps DRBD Primary, the iSCSI
@@ -799,8 +581,10 @@ target and the floating IP (VIP) on the pool master of a two-host XenServer / XC
 Commands that talk to the controller use its control socket, which only root may use."""
 
 EPILOG = f"""\
-planned switch of the storage to the other host (maintenance without VM downtime;
-storage pauses for a few seconds):
+planned switch of the storage to the other host (maintenance without VM downtime):
+  on either host:               iscsi-cfg switchover
+  (needs the peer channel; leaves both hosts in manual mode with the roles swapped:
+  see `iscsi-cfg switchover --help`). By hand, without the peer channel:
   1. on both hosts:             iscsi-cfg manual-mode-enable
   2. on the current primary:    iscsi-cfg become-secondary
   3. on the other host:         iscsi-cfg become-primary
@@ -863,6 +647,23 @@ HELP: Dict[str, Tuple[str, str]] = {
         "Demote this host: VIP removed, target stopped, DRBD Secondary (step 2 of a planned\n"
         "switch). Only in manual mode; refused (exit 1) otherwise. VMs lose their storage\n"
         "until the other host runs become-primary.",
+    ),
+    "switchover": (
+        "move the storage to the other host (both controllers coordinate)",
+        "Move the storage to the other host in one command, run on either host: the other\n"
+        "controller is armed first (it promotes the moment DRBD reports this side Secondary),\n"
+        "then the holder releases (VIP removed, target stopped, DRBD Secondary), then the new\n"
+        "holder promotes, serves and binds the VIP. Prints how long each phase took (also\n"
+        "exported as iscsi_ha_switchover_duration_seconds{phase}).\n\n"
+        "Refused (exit 1, nothing changed) when the peer channel is not configured or the peer\n"
+        "does not answer, when a resource is not Connected and UpToDate on both hosts or a\n"
+        "resync runs, when the hosts' LUN identities differ, when the storage is not on exactly\n"
+        "one host, or while another switchover runs. Exit 4 when it failed half way: the\n"
+        "message says where the storage is (moved back to the old holder, or nowhere).\n\n"
+        "Afterwards both hosts are in manual mode with the roles swapped, so the pool master\n"
+        "does not take the storage back. To end it: `iscsi-cfg switchover` back and then\n"
+        "`iscsi-cfg manual-mode-disable` on both hosts, or designate the new holder pool master\n"
+        "(xe pool-designate-new-master) and then `manual-mode-disable` on both (docs/runbook.md).",
     ),
     "drbd-snippet": (
         "print the drbd.conf lines for the fence-peer handler",
@@ -932,6 +733,9 @@ def parser() -> argparse.ArgumentParser:
                             "the newest data (prints what is known, asks to confirm)")
             sp.add_argument("--yes", action="store_true",
                             help="with --accept-stale: do not ask (for scripts)")
+    sw = add("switchover")
+    sw.add_argument("--json", action="store_true",
+                    help="print the report (message, phases in seconds) as JSON")
     add("drbd-snippet")
     pc = add("peer-cert")
     pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
@@ -949,6 +753,9 @@ def parser() -> argparse.ArgumentParser:
                      "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
     imp.add_argument("--iqn", metavar="IQN",
                      help="with --tgt-conf: the target to import when the file has several")
+    from .splitbrain_cli import add_parser as add_split_brain
+
+    add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p
@@ -977,6 +784,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_get(where, args)
         if args.command == Command.LOG:
             return cmd_log(where, args)
+        if args.command == Command.SWITCHOVER:
+            return cmd_switchover(where, args)
+        if args.command == "split-brain":
+            from .splitbrain_cli import run as split_brain
+
+            return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`
         _quiet_stdout()

@@ -20,11 +20,17 @@ class Command(str, enum.Enum):
     GET = "get"
     LOG = "log"
     STALE_INFO = "stale-info"
+    # Split-brain evidence, DRBD's resolve steps, the audit line (controller/splitbrain_ops.py):
+    # root only, relayed to the peer's controller when asked ("host": "peer").
+    SPLIT_BRAIN = "split-brain"
     # Role commands: run by the controller under its lock, then a cycle follows.
     MANUAL_MODE_ENABLE = "manual-mode-enable"
     MANUAL_MODE_DISABLE = "manual-mode-disable"
     BECOME_PRIMARY = "become-primary"
     BECOME_SECONDARY = "become-secondary"
+    # Moves the storage to the other host with the peer's controller (switchover.py); takes
+    # the lock step by step, not for the whole move.
+    SWITCHOVER = "switchover"
 
     def __str__(self) -> str:  # the name on the wire and on the command line, on every Python
         return str(self.value)

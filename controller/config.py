@@ -44,6 +44,7 @@ DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
 DEFAULT_EXPORTER_PORT = 19856
 DEFAULT_PEER_PORT = 19857  # the peer channel (controller/peer.py), next to the exporter's
+DEFAULT_INTERVAL = 5.0  # seconds between cycles; iscsi-cfg also uses it when no config is readable
 # target.restart_backoff doubles after each failed restart, up to this ceiling.
 MAX_RESTART_BACKOFF = 300.0
 # Every duration lies in this range unless its key says otherwise: longer than an hour is a typo
@@ -233,12 +234,20 @@ def _path(value: Any) -> str:
     return text
 
 
-def _optional(check: Check) -> Check:
-    def optional(value: Any) -> Any:
-        return None if value is None else check(value)
+class _Optional:
+    """A check that also takes null (YAML's ``null`` / ``~``): the reader passes it None."""
 
-    optional.nullable = True  # type: ignore[attr-defined]
-    return optional
+    nullable = True
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, value: Any) -> Any:
+        return None if value is None else self.check(value)
+
+
+def _optional(check: Check) -> Check:
+    return _Optional(check)
 
 
 def _choice(options: Sequence[str], lower: bool = True) -> Check:
@@ -305,7 +314,7 @@ def _kernel_log(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         raise _Invalid(f"must be a command as a list of arguments, e.g. [{value}] or "
                        "[journalctl, -k, -n, \"1000\"]")
-    return _list_of(_string, "arguments", "[dmesg]")(value)  # type: ignore[no-any-return]
+    return _list_of(_string, "arguments", "[dmesg]")(value)
 
 
 def _xenapi_url(value: Any) -> str:
@@ -449,7 +458,7 @@ def _peer_address(value: Any) -> str:
 
 
 def _uid(value: Any) -> int:
-    return _integer(0, MAX_UID)(value)  # type: ignore[no-any-return]
+    return _integer(0, MAX_UID)(value)
 
 
 _IDENTITY_KEYS = {
@@ -611,8 +620,7 @@ _PASSWORD_ENV = _optional(_secret(_env_name, "an environment variable name (lett
 @dataclass(frozen=True)
 class XenApiConfig:
     enabled: bool = setting(True, check=_boolean,
-                            help="false: no SR handling and no cross-check of pool.conf through "
-                            "XenAPI.")
+                            help="false: no XenAPI at all (no SR plugging, no SR or VM evidence).")
     url: str = setting("local", check=_xenapi_url,
                        help="\"local\" logs in over the xapi Unix socket below; or https://HOST "
                        "(http:// only for labs). Never put a user or password in the URL.")
@@ -811,6 +819,46 @@ class PeerConfig:
         return bool(self.address)
 
 
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The storage probe (probe.py): this host as an iSCSI client of the VIP."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check the storage as the VMs' hosts see it: log in to the target at the VIP and "
+        "read block 0 of every LUN, on a job of its own (never in a cycle or a scrape). Its "
+        "metrics decide what pages (alerts/iscsi-ha.rules.yml, docs/alerts.md).")
+    interval: float = setting(
+        0.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between probes; 0 = the cycle interval.")
+    timeout: float = setting(
+        2.0, check=_seconds(maximum=30),
+        help="Hard limit in seconds for a whole probe (connect, login, every LUN, logout); "
+        "never more than the interval.")
+    port: int = setting(3260, check=_integer(1, 65535),
+                        help="The iSCSI port the target listens on at the VIP.")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The data-safety audit (audit.py): settings that decide whether a failover loses data."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check every few minutes, on a job of its own: DRBD protocol C, split-brain "
+        "policies that discard data, fencing with a fence-peer handler, the LVM filter "
+        "rejecting the DRBD and backing devices, multipath leaving DRBD alone. Each finding is a "
+        "metric and an alert (docs/runbook.md).")
+    interval: float = setting(300.0, check=_seconds(maximum=MAX_PERIOD),
+                              help="Seconds between audits.")
+    lvmconfig: str = setting("lvmconfig", check=_command,
+                             help="LVM's lvmconfig command (dom0 has it).")
+    multipath_conf: str = setting(
+        "/etc/multipath.conf", check=_path,
+        help="multipath's configuration; the conf.d directory next to it "
+        "(/etc/multipath/conf.d) is read too. No file: multipath is not configured.")
+
+
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
     return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
 
@@ -831,7 +879,7 @@ class Config:
     node_name: str = setting(default_factory=socket.gethostname, check=_string,
                              derived="the host name", example="xcp-host1",
                              help="Shown in logs and metrics.")
-    interval: float = setting(5.0, check=_seconds(minimum=0.05),
+    interval: float = setting(DEFAULT_INTERVAL, check=_seconds(minimum=0.05),
                               help="Seconds between two cycles of observe -> decide -> act (the "
                               "original tool's MONITOR_DELAY).")
     cycle_deadline: float = setting(
@@ -854,6 +902,8 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     peer: PeerConfig = field(default_factory=PeerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def __post_init__(self) -> None:
         # Frozen: derived defaults are set once, here, so every Config is complete.
@@ -900,7 +950,7 @@ def section_class(name: str) -> Optional[type]:
 
 
 def check_of(f: "dataclasses.Field[Any]") -> Check:
-    return f.metadata["check"]  # type: ignore[no-any-return]
+    return f.metadata["check"]
 
 
 def yaml_key(f: "dataclasses.Field[Any]") -> str:
@@ -1073,7 +1123,7 @@ class _Reader:
         return value
 
 
-def _show_default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+def _show_default(f: "dataclasses.Field[Any]") -> str:
     if f.metadata.get("derived"):
         return str(f.metadata["derived"])
     default = f.default
@@ -1161,7 +1211,7 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             else:
                 seen[key] = line
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         digits = sum(c.isalnum() for c in str(node.value))
@@ -1169,7 +1219,7 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {digits} digits; no setting takes a number that "
                 f"long (at most {MAX_INT_DIGITS} digits)", node.start_mark)
-        return super().construct_yaml_int(node)  # type: ignore[no-any-return]
+        return super().construct_yaml_int(node)
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)

@@ -145,6 +145,11 @@ class Controller:
         self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
+        # Called with each cycle's result (not dry runs): the switchover's armed host waits
+        # for the cycle that serves (switchover.py). A listener must not block.
+        self.listeners: List[Callable[[CycleResult], None]] = []
+        self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist=False)
+        self.switchover_phases: Tuple[Tuple[str, float], ...] = ()  # the last switchover's
         self.publish(None, ManualMode())
 
     # ---------------------------------------------------------------- snapshot hand-over
@@ -178,6 +183,7 @@ class Controller:
             manual=manual,
             counters=counters,
             xenapi_reachable=srs.reachable if srs is not None else None,
+            switchover_phases=self.switchover_phases,
         )
 
     # ---------------------------------------------------------------- the cycle
@@ -217,6 +223,12 @@ class Controller:
             if self.settings.status_file:
                 self._write_status_file(self.settings.status_file, result, manual)
         self.publish(result, manual)
+        if not dry_run:
+            for listener in list(self.listeners):
+                try:
+                    listener(result)
+                except Exception:  # a listener bug must not stop the loop
+                    log.exception("cycle listener failed")
         return result
 
     def _write_status_file(self, path: str, result: CycleResult, manual: ManualMode) -> None:
@@ -235,6 +247,8 @@ class Controller:
             self._status_problem = None
 
     def load_manual(self) -> ManualMode:
+        if self._manual_override is not None:
+            return self._manual_override
         manual, problem = self.manual_store.load()
         if problem and problem != self._manual_problem:
             log.warning(problem)
@@ -262,7 +276,7 @@ class Controller:
             gi = self.systems.drbd.generation_ids(wanted.name)
             gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap, gis)
+                         store.run_id, gap, gis, sessions=target.sessions)
         if record:
             store.ledger = ledger
             store.save_if_changed(now_wall)
@@ -403,6 +417,36 @@ class Controller:
         with self.lock:
             self.settings, self.systems, self.read_pool = settings, systems, read_pool
             self.probe_vip_now = probe_vip
+
+    # ---------------------------------------------------------------- switchover (switchover.py)
+
+    def save_manual(self, mode: ManualMode) -> None:
+        """Persist ``mode`` between two cycles and show it at once; the next cycle acts on it."""
+        with self.lock:
+            self.manual_store.save(mode)
+            self._manual_problem = None
+            self.publish(self._snapshot.last if self._snapshot else None, mode)
+
+    def run_with_manual(self, mode: ManualMode, persist: bool = True) -> CycleResult:
+        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first,
+        otherwise it holds for this cycle only (a controller killed during it restarts in the
+        mode it had: a switchover's release must not outlive a dead controller)."""
+        with self.lock:
+            if persist:
+                self.manual_store.save(mode)
+                self._manual_problem = None
+                return self._run_cycle(dry_run=False)
+            self._manual_override = mode
+            try:
+                return self._run_cycle(dry_run=False)
+            finally:
+                self._manual_override = None
+
+    def set_switchover_phases(self, phases: Dict[str, float]) -> None:
+        self.switchover_phases = tuple(phases.items())
+        snap = self._snapshot
+        if snap is not None:
+            self._snapshot = replace(snap, switchover_phases=self.switchover_phases)
 
     # ---------------------------------------------------------------- operator commands
 

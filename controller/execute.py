@@ -95,7 +95,8 @@ def execute(
         except Exception as exc:  # an adapter bug must not kill the cycle
             log.exception("%s raised", action_name(action))
             step = StepResult(False, f"{action_name(action)} raised {type(exc).__name__}: {exc}")
-        result = ActionResult(action, step.ok, step.message, clock() - start, step.refused)
+        result = ActionResult(action, step.ok, step.message, clock() - start, step.refused,
+                              step.reason)
         results.append(result)
         if on_result:
             on_result(result)

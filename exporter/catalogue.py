@@ -35,6 +35,9 @@ class MetricDef:
     labels: Tuple[str, ...]
     help: str  # the HELP line
     note: str = ""  # for the docs: the values it takes, when it is absent
+    # Which collector emits it: "snapshot" (collector.py, from the last cycle), "probe" or
+    # "audit" (probe_collector.py, audit_collector.py: those jobs run on their own).
+    source: str = "snapshot"
 
     @property
     def family_name(self) -> str:
@@ -50,8 +53,13 @@ class MetricDef:
         return "gauge" if self.kind == "info" else self.kind
 
 
-def _m(name: str, kind: str, labels: Sequence[str], help: str, note: str = "") -> MetricDef:
-    return MetricDef(PREFIX + name, kind, tuple(labels), help, note)
+def _m(name: str, kind: str, labels: Sequence[str], help: str, note: str = "",
+       source: str = "snapshot") -> MetricDef:
+    return MetricDef(PREFIX + name, kind, tuple(labels), help, note, source)
+
+
+PROBE_HELP = "as of the last storage probe (its own job, every cycle interval)"
+AUDIT = "as of the last data-safety audit (every audit.interval)"
 
 
 CATALOGUE: Tuple[MetricDef, ...] = (
@@ -74,6 +82,12 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        f"not asked), {AS_OF}.", "one-hot over primary/secondary/none"),
     _m("manual_mode_since_timestamp_seconds", "gauge", (),
        f"Unix time manual mode was enabled, {AS_OF}.", "absent when manual mode is off"),
+    _m("switchover_duration_seconds", "gauge", ("phase",),
+       "Seconds each phase of the last `iscsi-cfg switchover` this host took part in took "
+       "(check, arm, release, react, promote, serve, vip, total), as published with the last "
+       "cycle.",
+       "absent until a switchover ran since the controller started; react is measured across "
+       "both hosts' clocks"),
     _m("desired_role", "gauge", ("role",),
        "Storage role the controller wants for this host (one series per role, none = "
        f"holding), {AS_OF}.", "one-hot over primary/secondary/none"),
@@ -179,6 +193,43 @@ CATALOGUE: Tuple[MetricDef, ...] = (
        f"External commands killed on timeout, by command, {AS_OF}."),
     _m("target_daemon_restarts_total", "counter", (),
        f"Restarts of the tgt daemon by the self-healing, {AS_OF}."),
+    # -- the storage probe (controller/probe.py): this host as an iSCSI client of the VIP.
+    # `observer` is this host's node name. Absent until the first probe has run.
+    _m("storage_probe_success", "gauge", ("observer", "lun"),
+       "1 when the storage probe from this host logged in to the target at the VIP and read "
+       f"block 0 of the LUN, 0 when it could not, {PROBE_HELP}.", source="probe"),
+    _m("storage_probe_timestamp_seconds", "gauge", ("observer",),
+       "Unix time the last storage probe started.", source="probe"),
+    _m("storage_probes_total", "counter", ("observer", "lun"),
+       "Storage probes that tried the LUN since the controller started.",
+       "the SLO's events", source="probe"),
+    _m("storage_probe_failures_total", "counter", ("observer", "lun"),
+       "Storage probes that could not read the LUN since the controller started.",
+       "the SLO's bad events", source="probe"),
+    _m("storage_probe_duration_seconds", "histogram", ("observer",),
+       "Duration of whole storage probes (connect, login, every LUN, logout).", source="probe"),
+    # -- the data-safety audit (controller/audit.py), every audit.interval. Absent until the
+    # first audit; a check that could not run leaves its series out and says so in audit_error.
+    _m("audit_timestamp_seconds", "gauge", (), "Unix time the last data-safety audit started.",
+       source="audit"),
+    _m("audit_error", "gauge", ("check",),
+       "1 when that check of the data-safety audit could not run (drbd, lvm, multipath), "
+       f"{AUDIT}.", "the reason is in the controller's log", source="audit"),
+    _m("drbd_replication_protocol", "gauge", ("resource", "protocol"),
+       f"DRBD replication protocol the kernel runs (one series per protocol), {AUDIT}.",
+       "one-hot over A/B/C; only C waits for both disks", source="audit"),
+    _m("drbd_split_brain_policy_discards", "gauge", ("resource", "policy"),
+       "1 when the after-sb policy (0pri, 1pri, 2pri) resolves a split brain by discarding one "
+       f"side's writes automatically, {AUDIT}.", source="audit"),
+    _m("drbd_fencing", "gauge", ("resource",),
+       "1 when DRBD fences the peer (fencing resource-only or resource-and-stonith, with a "
+       f"fence-peer handler), {AUDIT}.", source="audit"),
+    _m("lvm_filter_rejects", "gauge", ("device", "kind"),
+       "1 when LVM's filter and global_filter reject the device (kind drbd: /dev/drbdN; "
+       f"backing: DRBD's backing device), {AUDIT}.", source="audit"),
+    _m("multipath_blacklists_drbd", "gauge", ("device",),
+       f"1 when multipath's blacklist leaves the DRBD device alone, {AUDIT}.",
+       "absent when multipath is not configured (no multipath.conf)", source="audit"),
 )
 
 BY_NAME: Dict[str, MetricDef] = {m.name: m for m in CATALOGUE}

@@ -137,7 +137,7 @@ class SnapshotCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so the registry can refuse a clash; never touches the snapshot.
-        return [catalogue.empty(m) for m in catalogue.CATALOGUE]
+        return [catalogue.empty(m) for m in catalogue.CATALOGUE if m.source == "snapshot"]
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._get()
@@ -222,6 +222,11 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
     add(req)
     if manual.enabled and manual.since is not None:
         add(gauge("manual_mode_since_timestamp_seconds", manual.since))
+    if snap.switchover_phases:
+        switchover = gauge("switchover_duration_seconds")
+        for phase, seconds in snap.switchover_phases:
+            switchover.add_metric([phase], seconds)
+        add(switchover)
 
     plan = last.plan
     if plan is not None:
@@ -424,5 +429,5 @@ def counter_families(c: model.Counters) -> list[Metric]:
 # Every family this collector can emit: (name as exposed, type in the text format, labels),
 # from the catalogue, for the alert, dashboard and collector tests.
 METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
-    (m.name, m.exposed_kind, m.labels) for m in catalogue.CATALOGUE
+    (m.name, m.exposed_kind, m.labels) for m in catalogue.CATALOGUE if m.source == "snapshot"
 )

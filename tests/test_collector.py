@@ -326,8 +326,24 @@ def all_snapshots():
         snapshots.odd_resources(),
         snapshots.failed_cycle(),
         snapshots.starting(),
+        switched(),
         None,
     ]
+
+
+def switched():
+    return snapshots.dataclasses.replace(
+        snapshots.master(), switchover_phases=(("check", 0.012), ("release", 0.08),
+                                               ("total", 0.41)))
+
+
+def test_the_last_switchover_is_exported_per_phase():
+    r = registry_for(switched())
+    assert value(r, "iscsi_ha_switchover_duration_seconds", phase="release") == 0.08
+    assert value(r, "iscsi_ha_switchover_duration_seconds", phase="total") == 0.41
+    # Before any switchover there is no series at all (not a misleading 0).
+    assert value(registry_for(snapshots.master()), "iscsi_ha_switchover_duration_seconds",
+                 phase="total") is None
 
 
 def test_names_and_labels_are_those_of_the_table():

@@ -204,16 +204,6 @@ def parse_show(text: str) -> Tuple[TgtTarget, ...]:
     return tuple(targets)
 
 
-def parse_params(text: str) -> Dict[str, str]:
-    """``tgtadm --mode target --op show --tid N``: the target's iSCSI parameters, KEY=VALUE."""
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key:
-            out[key] = value
-    return out
-
-
 def find_tgtd_pids(control_port: int, proc_root: str = "/proc") -> Tuple[int, ...]:
     """PIDs of live tgtd processes started with ``-C control_port`` (scans /proc/*/cmdline)."""
     pids = []

@@ -1,4 +1,4 @@
-"""A small, bounded XenAPI client shared by the pool-role cross-check and the SR adapter.
+"""A small, bounded XenAPI client shared by the SR adapter and the split-brain evidence.
 
 The XenAPI SDK (``pip install XenAPI``) speaks XML-RPC through ``xmlrpc.client`` and sets no socket
 timeout anywhere: a xapi that accepts the connection and never answers would hang the controller's
@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
-import XenAPI  # type: ignore[import-untyped]
+import XenAPI  # untyped: mypy.ini says so
 
 from .runner import DEFAULT_TIMEOUT, CommandStats
 

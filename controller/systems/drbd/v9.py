@@ -47,6 +47,87 @@ class Drbd9Resource:
     connections: Tuple[Drbd9Connection, ...] = ()
 
 
+class _Reader:
+    """Typed access to one ``drbdsetup status --json`` document; a missing or mistyped state
+    raises DrbdParseError quoting the command and its output."""
+
+    def __init__(self, command: str, text: str) -> None:
+        self.command, self.text = command, text
+
+    def need(self, obj: Any, key: str, kind: type) -> Any:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not _is_a(value, kind):
+            raise DrbdParseError(self.command, self.text,
+                                 f"{key!r} missing or not a {kind.__name__}")
+        return value
+
+    @staticmethod
+    def opt(obj: dict, key: str, *kinds: type) -> Any:
+        value = obj.get(key)
+        return value if any(_is_a(value, kind) for kind in kinds) else None
+
+    def state(self, obj: Any, key: str) -> str:
+        return _state_word(self.need(obj, key, str), self.command, self.text)
+
+    def objects(self, obj: dict, key: str) -> List[dict]:
+        value = obj.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise DrbdParseError(self.command, self.text, f"{key!r} is not a list of objects")
+        return value
+
+
+def _peer_device(r: _Reader, pd: dict) -> Drbd9PeerDevice:
+    syncing = r.opt(pd, "has-sync-details", bool) is True
+    oos = r.opt(pd, "out-of-sync", int)
+    eta = r.opt(pd, "estimated-seconds-to-finish", int, float) if syncing else None
+    done = r.opt(pd, "percent-resync-done", int, float) if syncing else None
+    in_sync = r.opt(pd, "percent-in-sync", int, float)
+    return Drbd9PeerDevice(
+        volume=r.need(pd, "volume", int),
+        replication=r.state(pd, "replication-state"),
+        peer_disk=r.state(pd, "peer-disk-state"),
+        out_of_sync_bytes=oos * KIB if oos is not None else None,
+        percent_in_sync=float(in_sync) if in_sync is not None else None,
+        resync_done=float(done) if done is not None else None,
+        eta_seconds=float(eta) if eta is not None else None,
+    )
+
+
+def _connection(r: _Reader, conn: dict) -> Drbd9Connection:
+    # The peer devices are read before the connection's own states, as DRBD lists them.
+    peer_devices = tuple(_peer_device(r, pd) for pd in r.objects(conn, "peer_devices"))
+    return Drbd9Connection(
+        name=str(conn.get("name", "")),
+        peer_node_id=r.opt(conn, "peer-node-id", int),
+        state=r.state(conn, "connection-state"),
+        peer_role=r.state(conn, "peer-role"),
+        peer_devices=peer_devices,
+    )
+
+
+def _resource(r: _Reader, res: Any) -> Drbd9Resource:
+    name = r.need(res, "name", str)
+    devices = tuple(
+        Drbd9Device(
+            volume=r.need(dev, "volume", int),
+            minor=r.opt(dev, "minor", int),
+            disk=r.state(dev, "disk-state"),
+            quorum=r.opt(dev, "quorum", bool) is not False,
+        )
+        for dev in r.objects(res, "devices")
+    )
+    connections = tuple(_connection(r, conn) for conn in r.objects(res, "connections"))
+    return Drbd9Resource(
+        name=name,
+        role=r.state(res, "role"),
+        suspended_quorum=r.opt(res, "suspended-quorum", bool) is True,
+        devices=devices,
+        connections=connections,
+    )
+
+
 def parse_status_json(
     text: str, command: str = "drbdsetup status --json"
 ) -> Dict[str, Drbd9Resource]:
@@ -58,76 +139,11 @@ def parse_status_json(
         raise DrbdParseError(command, text, f"not JSON: {exc}") from None
     if not isinstance(data, list):
         raise DrbdParseError(command, text, "not a list of resources")
-
-    def need(obj: Any, key: str, kind: type) -> Any:
-        value = obj.get(key) if isinstance(obj, dict) else None
-        if not _is_a(value, kind):
-            raise DrbdParseError(command, text, f"{key!r} missing or not a {kind.__name__}")
-        return value
-
-    def opt(obj: dict, key: str, *kinds: type) -> Any:
-        value = obj.get(key)
-        return value if any(_is_a(value, kind) for kind in kinds) else None
-
-    def state(obj: Any, key: str) -> str:
-        return _state_word(need(obj, key, str), command, text)
-
-    def objects(obj: dict, key: str) -> List[dict]:
-        value = obj.get(key)
-        if value is None:
-            return []
-        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-            raise DrbdParseError(command, text, f"{key!r} is not a list of objects")
-        return value
-
+    r = _Reader(command, text)
     resources: Dict[str, Drbd9Resource] = {}
     for res in data:
-        name = need(res, "name", str)
-        devices = tuple(
-            Drbd9Device(
-                volume=need(dev, "volume", int),
-                minor=opt(dev, "minor", int),
-                disk=state(dev, "disk-state"),
-                quorum=opt(dev, "quorum", bool) is not False,
-            )
-            for dev in objects(res, "devices")
-        )
-        connections = []
-        for conn in objects(res, "connections"):
-            peer_devices = []
-            for pd in objects(conn, "peer_devices"):
-                syncing = opt(pd, "has-sync-details", bool) is True
-                oos = opt(pd, "out-of-sync", int)
-                eta = opt(pd, "estimated-seconds-to-finish", int, float) if syncing else None
-                done = opt(pd, "percent-resync-done", int, float) if syncing else None
-                in_sync = opt(pd, "percent-in-sync", int, float)
-                peer_devices.append(
-                    Drbd9PeerDevice(
-                        volume=need(pd, "volume", int),
-                        replication=state(pd, "replication-state"),
-                        peer_disk=state(pd, "peer-disk-state"),
-                        out_of_sync_bytes=oos * KIB if oos is not None else None,
-                        percent_in_sync=float(in_sync) if in_sync is not None else None,
-                        resync_done=float(done) if done is not None else None,
-                        eta_seconds=float(eta) if eta is not None else None,
-                    )
-                )
-            connections.append(
-                Drbd9Connection(
-                    name=str(conn.get("name", "")),
-                    peer_node_id=opt(conn, "peer-node-id", int),
-                    state=state(conn, "connection-state"),
-                    peer_role=state(conn, "peer-role"),
-                    peer_devices=tuple(peer_devices),
-                )
-            )
-        resources[name] = Drbd9Resource(
-            name=name,
-            role=state(res, "role"),
-            suspended_quorum=opt(res, "suspended-quorum", bool) is True,
-            devices=devices,
-            connections=tuple(connections),
-        )
+        resource = _resource(r, res)
+        resources[resource.name] = resource
     return resources
 
 

@@ -57,7 +57,9 @@ from .model import (
     Snapshot,
     StartTargetDaemon,
     StorageRole,
+    TargetObservation,
     UnbindVip,
+    VipObservation,
     action_name,
 )
 from .state import ManualModeStore
@@ -271,11 +273,16 @@ class Controller:
         pool = self.read_pool()
         # The target and the VIP are read while DRBD is: three commands cost the slowest one,
         # not their sum, on every cycle (and so on the path of every promotion).
-        target_f = self._readers.submit(s.target.observe)
-        vip_f = self._readers.submit(s.vip.observe)
+        target_f: Optional[concurrent.futures.Future[TargetObservation]] = None
+        vip_f: Optional[concurrent.futures.Future[VipObservation]] = None
+        try:
+            target_f = self._readers.submit(s.target.observe)
+            vip_f = self._readers.submit(s.vip.observe)
+        except RuntimeError:  # the interpreter is shutting down: one after the other
+            pass
         resources = s.drbd.observe(self.settings.resources)
-        target = target_f.result()
-        vip = vip_f.result()
+        target = target_f.result() if target_f is not None else s.target.observe()
+        vip = vip_f.result() if vip_f is not None else s.vip.observe()
         self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
         now_wall, now_mono = self.clock(), self.monotonic()
         store = self.ledger

@@ -27,7 +27,6 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import IO, Any, Dict, Optional, Sequence, Tuple
@@ -45,7 +44,7 @@ from .config import (
     load_yaml,
 )
 from .control import root_socket_path
-from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text, write_temp
 from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
 from .status_view import plural as _plural
 
@@ -466,6 +465,24 @@ def cmd_drbd_snippet(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_node_time2wait(args: argparse.Namespace) -> int:
+    from .initiator_tuning import run
+
+    path = args.config or DEFAULT_CONFIG_PATH
+    if args.set_to is not None and not 0 <= args.set_to <= 3600:
+        _err("--set: DefaultTime2Wait is 0 to 3600 seconds (RFC 7143)")
+        return EXIT_USAGE
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        _err(f"invalid configuration, nothing was changed:\n{exc}")
+        return EXIT_USAGE
+    code, text = run(cfg.paths.state_dir, cfg.target.iqn, cfg.target.default_time2wait,
+                     args.set_to, args.revert)
+    (print if code == EXIT_OK else _err)(text)
+    return code
+
+
 def cmd_peer_cert(args: argparse.Namespace) -> int:
     """Create this host's key and self-signed certificate for the peer channel (openssl)."""
     import socket as _socket
@@ -532,13 +549,8 @@ def write_new(path: str, text: str, overwrite: bool) -> None:
     """Write a whole file atomically; unless ``overwrite``, FileExistsError if it exists (checked
     atomically too: the file is linked into place, which fails on an existing name)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".iscsi-cfg-", dir=directory)
+    tmp = write_temp(directory, text, 0o644, prefix=".iscsi-cfg-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -665,6 +677,17 @@ HELP: Dict[str, Tuple[str, str]] = {
         "`iscsi-cfg manual-mode-disable` on both hosts, or designate the new holder pool master\n"
         "(xe pool-designate-new-master) and then `manual-mode-disable` on both (docs/runbook.md).",
     ),
+    "node-time2wait": (
+        "show or set DefaultTime2Wait in this host's open-iscsi records for our target",
+        "XenServer's initiator (open-iscsi) waits DefaultTime2Wait seconds before it reconnects\n"
+        "after the storage moved; a login negotiates the larger of the target's offer\n"
+        "(target.default_time2wait) and the node record's (open-iscsi's default: 2). Without\n"
+        "options: show the records of target.iqn on this host. --set 0 asks for 0 in each of\n"
+        "them (iscsiadm -m node -o update; nothing else is touched; each previous value is kept\n"
+        "in <state_dir>/node-time2wait.json), --revert puts the previous values back. Applies to\n"
+        "sessions logged in afterwards (re-plug the SR's PBD on this host). Opt-in, on each host;\n"
+        "needs no controller. See docs/runbook.md, \"Faster reconnects\".",
+    ),
     "drbd-snippet": (
         "print the drbd.conf lines for the fence-peer handler",
         "Print the lines to add to each DRBD resource (both hosts) so that DRBD calls\n"
@@ -736,6 +759,12 @@ def parser() -> argparse.ArgumentParser:
     sw = add("switchover")
     sw.add_argument("--json", action="store_true",
                     help="print the report (message, phases in seconds) as JSON")
+    nt = add("node-time2wait")
+    what = nt.add_mutually_exclusive_group()
+    what.add_argument("--set", type=int, metavar="SECONDS", dest="set_to",
+                      help="ask for SECONDS (0: reconnect at once) in every record of target.iqn")
+    what.add_argument("--revert", action="store_true",
+                      help="put back the values --set replaced")
     add("drbd-snippet")
     pc = add("peer-cert")
     pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
@@ -775,6 +804,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_drbd_snippet(args)
         if args.command == "peer-cert":
             return cmd_peer_cert(args)
+        if args.command == "node-time2wait":
+            return cmd_node_time2wait(args)
         where = locate(args.config, args.socket)
         if where.note:
             _err(f"note: {where.note}")

@@ -18,6 +18,7 @@ change never runs beside a cycle. Every cycle ends in exactly one log line, e.g.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -56,7 +57,9 @@ from .model import (
     Snapshot,
     StartTargetDaemon,
     StorageRole,
+    TargetObservation,
     UnbindVip,
+    VipObservation,
     action_name,
 )
 from .state import ManualModeStore
@@ -149,6 +152,8 @@ class Controller:
         # for the cycle that serves (switchover.py). A listener must not block.
         self.listeners: List[Callable[[CycleResult], None]] = []
         self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist=False)
+        # observe() reads the target and the VIP beside DRBD (each adapter in one thread at once).
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observe")
         self.switchover_phases: Tuple[Tuple[str, float], ...] = ()  # the last switchover's
         self.publish(None, ManualMode())
 
@@ -201,11 +206,16 @@ class Controller:
         results: Tuple[ActionResult, ...] = ()
         try:
             manual = self.load_manual()
-            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale)
+            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale,
+                               save=False)
             plan = self._with_backoff(decide(obs, manual, self.settings.policy))
             if not dry_run:
                 results = execute(plan, self.systems)
                 self._after_execute(results)
+                # Written after acting, not before: its fsync (~30 ms on a busy disk) is not
+                # on the path of a promotion. The record is in memory already, and the file
+                # never proves anything by itself (ledger.py).
+                self.ledger.save_if_changed(self.clock())
             outcome, message = summarise(plan, results, dry_run)
             if self._manual_problem:
                 message += f" (warning: {self._manual_problem})"
@@ -256,14 +266,23 @@ class Controller:
         return manual
 
     def observe(self, manual: ManualMode, record: bool = True,
-                accept_stale: Tuple[str, ...] = ()) -> Observation:
+                accept_stale: Tuple[str, ...] = (), save: bool = True) -> Observation:
         """Look at everything once. ``record`` keeps what was seen in the ledger (not in a
-        dry run, which must change nothing)."""
+        dry run, which must change nothing); ``save`` also writes it to disk now."""
         s = self.systems
         pool = self.read_pool()
+        # The target and the VIP are read while DRBD is: three commands cost the slowest one,
+        # not their sum, on every cycle (and so on the path of every promotion).
+        target_f: Optional[concurrent.futures.Future[TargetObservation]] = None
+        vip_f: Optional[concurrent.futures.Future[VipObservation]] = None
+        try:
+            target_f = self._readers.submit(s.target.observe)
+            vip_f = self._readers.submit(s.vip.observe)
+        except RuntimeError:  # the interpreter is shutting down: one after the other
+            pass
         resources = s.drbd.observe(self.settings.resources)
-        target = s.target.observe()
-        vip = s.vip.observe()
+        target = target_f.result() if target_f is not None else s.target.observe()
+        vip = vip_f.result() if vip_f is not None else s.vip.observe()
         self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
         now_wall, now_mono = self.clock(), self.monotonic()
         store = self.ledger
@@ -279,7 +298,8 @@ class Controller:
                          store.run_id, gap, gis, sessions=target.sessions)
         if record:
             store.ledger = ledger
-            store.save_if_changed(now_wall)
+            if save:
+                store.save_if_changed(now_wall)
         proofs = tuple(self._with_drbd_flags(
             evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
             for r in resources)
@@ -312,8 +332,13 @@ class Controller:
         vip = replace(vip, conflict=conflict, announce_due=bool(due))
 
         srs = None
+        # PBDs are plugged only once this host holds everything (the last step of a promotion);
+        # reading them before costs XenAPI round trips on the path of the promotion itself. The
+        # cycle after it (woken by its own DRBD role change) plugs them.
+        holding = bool(resources) and all(r.role == "Primary" for r in resources) \
+            and target.serving and vip.local
         if (s.sr is not None and self.settings.observe_srs and pool.role is PoolRole.MASTER
-                and desired is StorageRole.PRIMARY):
+                and desired is StorageRole.PRIMARY and holding):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
 

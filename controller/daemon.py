@@ -124,6 +124,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         drbdsetup=cfg.drbd.drbdsetup,
         proc_drbd=cfg.drbd.proc_drbd,
         kernel_log=tuple(cfg.drbd.kernel_log),
+        read_proc_directly=True,
     )
     target = make_target(cfg.target, runner)
     vip = Vip(

@@ -51,25 +51,36 @@ def settings_from_config(cfg: Config) -> Optional[ProbeSettings]:
         initiator=f"iqn.2024-01.org.iscsi-ha:probe.{node or 'host'}")
 
 
+def _step(result: ProbeResult) -> str:
+    """The step that failed ("connect", "login", "READ", ...); "" when it worked."""
+    if result.ok:
+        return ""
+    text = result.error or next((lun.error for lun in result.luns if not lun.ok), "")
+    return text.split(":", 1)[0].split(" (", 1)[0].strip()
+
+
 class ProbeJob:
     """Runs the probe and publishes the result; ``run()`` never raises (it is a scheduler job)."""
 
     def __init__(self, settings: ProbeSettings, observer: str) -> None:
         self.settings = settings
         self.latest = LatestProbe(observer)
-        self._was_ok: Optional[bool] = None
+        self._last_state: Optional[Tuple[bool, str]] = None
 
     def run(self) -> ProbeResult:
         s = self.settings
         result = run_probe(s.host, s.target, s.luns, port=s.port, timeout=s.timeout,
                            initiator=s.initiator)
         self.latest.publish(result)
-        if result.ok != self._was_ok:
+        # Logged when it starts failing, when the failing step changes (connect -> login ...)
+        # and when it recovers: an outage writes a few lines, not one per interval.
+        state = (result.ok, _step(result))
+        if state != self._last_state:
             level = logging.INFO if result.ok else logging.WARNING
-            if self._was_ok is None and result.ok:
+            if self._last_state is None and result.ok:
                 level = logging.DEBUG
             log.log(level, "%s", result.sentence())
-            self._was_ok = result.ok
+            self._last_state = state
         return result
 
     def history(self) -> ProbeHistory:

@@ -69,6 +69,7 @@ class Side:
     gi: Optional[str] = None  # `drbdadm get-gi` as DRBD printed it (8.4)
     pool_role: Optional[str] = None
     manual: Optional[bool] = None  # the controller is in manual mode
+    manual_requested: Optional[str] = None  # "primary" | "secondary": the operator's last ask
     vip_local: Optional[bool] = None
     target_present: Optional[bool] = None
     sessions: Optional[int] = None  # iSCSI sessions on this host's target now
@@ -82,6 +83,12 @@ class Side:
     # disk(s))"); None when XenAPI is off or did not answer (``vms_error`` says why).
     vms: Optional[Tuple[str, ...]] = None
     vms_error: Optional[str] = None
+    # The backing device (`drbdadm sh-ll-dev`) and, when it is an LVM logical volume, its name
+    # and the free space of its volume group (for a snapshot before discarding); else why not.
+    backing: Optional[str] = None
+    lvm_volume: Optional[str] = None
+    lvm_free: Optional[int] = None
+    lvm_error: Optional[str] = None
     now: Optional[float] = None  # the host's clock when gathered
 
     @property
@@ -323,6 +330,9 @@ def refusals(a: Assessment, survivor: str) -> Tuple[List[str], List[str]]:
     if victim.pool_role == "master" and not victim.manual:
         hard.append(f"the victim {victim.host} is pool master outside manual mode: its "
                     "controller would promote it again")
+    elif victim.manual and victim.manual_requested == "primary":
+        hard.append(f"the victim {victim.host} is in manual mode asked to be primary: its "
+                    "controller would promote it again")
     if hard:
         hard.append(f"first, on {victim.host}: `iscsi-cfg manual-mode-enable` and `iscsi-cfg "
                     "become-secondary` (VIP away, target stopped, DRBD Secondary)")
@@ -357,6 +367,44 @@ def plan(a: Assessment, survivor: str) -> Tuple[Step, ...]:
         steps.append(Step(keep.host, CONNECT, f"{keep.host} is StandAlone: reconnect it "
                           "(it keeps its data and becomes the resync source)"))
     return tuple(steps)
+
+
+MIB = 1024 * 1024
+SNAPSHOT_MIN = 32 * MIB
+
+
+def snapshot_size(a: Assessment, survivor: str) -> int:
+    """Copy-on-write space for a snapshot of the victim taken before the resync: the resync
+    rewrites the blocks either side changed (both out-of-sync counts), and the snapshot must
+    also outlive the writes that follow; twice that, at least SNAPSHOT_MIN, in whole MiB."""
+    victim, keep = a.other(survivor), a.side(survivor)
+    changed = (victim.out_of_sync_bytes or 0) + (keep.out_of_sync_bytes or 0)
+    size = max(2 * changed, SNAPSHOT_MIN)
+    return -(-size // MIB) * MIB
+
+
+def snapshot_refusal(a: Assessment, survivor: str) -> Optional[str]:
+    """Why the victim's data cannot be kept in an LVM snapshot; None when it can."""
+    victim = a.other(survivor)
+    if victim.lvm_volume is None:
+        return (f"{victim.host}'s backing device {victim.backing or '(unknown)'} cannot be "
+                f"snapshotted: {victim.lvm_error or 'not on LVM'}")
+    need = snapshot_size(a, survivor)
+    if victim.lvm_free is None or victim.lvm_free < need:
+        return (f"{victim.host}'s volume group of {victim.lvm_volume} has "
+                f"{_size(victim.lvm_free)} free; a snapshot needs {_size(need)}")
+    return None
+
+
+def snapshot_help(host: str, snapshot: str) -> str:
+    """How to read a kept snapshot later, and to drop it."""
+    return (f"{host}'s data before the resolve is kept in the read-only LVM snapshot "
+            f"{snapshot} (on {host}). To read it: `lvchange -ay {snapshot}` if it is not "
+            f"active, then `losetup -r -f --show /dev/{snapshot}`: it holds what DRBD's backing "
+            "device held (the data first, DRBD's internal meta data at the end); an LVM-based SR "
+            "inside is itself an LVM physical volume: `vgimportclone` on the loop device shows "
+            "its volumes without clashing with the live SR. It fills as the origin changes and "
+            f"becomes invalid when full: `lvremove {snapshot}` once done.")
 
 
 def discarded(a: Assessment, survivor: str) -> str:
@@ -479,6 +527,7 @@ def render(a: Assessment) -> str:
         ("  for", _period(l), _period(p)),
         ("  sessions meanwhile", num(l.alone_sessions), num(p.alone_sessions)),
         ("last in sync", _when(l.last_in_sync, l.now), _when(p.last_in_sync, p.now)),
+        ("backing (LVM free)", _backing(l), _backing(p)),
     ]
     out += [_row(*r) for r in rows]
     for problem in a.problems:
@@ -507,9 +556,19 @@ def render(a: Assessment) -> str:
     out += [f"  because {r}" for r in a.reasons]
     if a.survivor:
         out.append(f"Would be discarded: {discarded(a, a.survivor)}")
+        if snapshot_refusal(a, a.survivor) is None:
+            out.append(f"Keep a copy first: add --snapshot (a read-only LVM snapshot of "
+                       f"{a.other(a.survivor).lvm_volume}, "
+                       f"{_size(snapshot_size(a, a.survivor))} copy-on-write)")
         out.append(f"Resolve: iscsi-cfg split-brain resolve --survivor {a.survivor} "
                    f"{a.resource}")
     return "\n".join(out)
+
+
+def _backing(s: Side) -> str:
+    if s.lvm_volume is not None:
+        return f"{s.lvm_volume} ({_size(s.lvm_free)})"
+    return f"{s.backing or '?'} (not LVM)" if s.backing else "?"
 
 
 def _gi_short(s: Side) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import splitbrain as sb
 
+EVIDENCE_ATTEMPTS = 3
+TRANSIENT = ("timeout", "unreachable", "tls", "bad_answer")  # PeerError kinds worth a retry
 # Evidence waits for the controller's lock (one cycle at most) and, for the peer's side, the
 # peer channel; a step is one drbdadm call.
 CALL_TIMEOUT = 180.0
@@ -81,6 +83,10 @@ def add_parser(sub: Any, epilog: str, fmt: Any) -> None:
     sp.add_argument("--force", action="store_true",
                     help="with resolve: override the refusal to discard the side the VMs wrote "
                     "to (asks a second confirmation unless --yes)")
+    sp.add_argument("--snapshot", action="store_true",
+                    help="with resolve: first keep the victim's data in a read-only LVM snapshot "
+                    "of its backing device (refused when it is not on LVM or the volume group "
+                    "lacks the space); says how to read it later")
     sp.add_argument("--timeout", type=float, default=RESYNC_TIMEOUT, metavar="SECONDS",
                     help="with resolve: how long to follow the resync (default 6 h)")
 
@@ -93,14 +99,20 @@ def _who() -> str:
 class Channel:
     """The two hosts as seen through the local controller."""
 
-    def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]]) -> None:
+    def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]],
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self._ask = ask
+        self.sleep = sleep
+        self.unreachable = False  # the local controller did not answer
+        self.last_kind: Optional[str] = None  # why the last relayed call failed (PeerError.kind)
 
     def call(self, where: str, args: Dict[str, Any]) -> Tuple[bool, Any]:
         req = {"cmd": "split-brain", "who": _who(), **args}
         if where == "peer":
             req["host"] = "peer"
         answer = self._ask(req)
+        self.unreachable = self.unreachable or bool(answer.get("unreachable"))
+        self.last_kind = answer.get("kind") if not answer.get("ok") else None
         if not answer.get("ok"):
             return False, str(answer.get("error") or answer.get("message") or "refused")
         return True, answer.get("result")
@@ -108,7 +120,13 @@ class Channel:
     def sides(self, resource: str) -> Tuple[sb.Side, sb.Side]:
         out = []
         for where in ("local", "peer"):
-            ok, result = self.call(where, {"action": "evidence", "resource": resource})
+            # Evidence only reads: a call the peer channel lost on the way (a slow TLS
+            # handshake on a loaded host) is asked again, a few times.
+            for _attempt in range(EVIDENCE_ATTEMPTS):
+                ok, result = self.call(where, {"action": "evidence", "resource": resource})
+                if ok or self.last_kind not in TRANSIENT:
+                    break
+                self.sleep(1.0)
             side: Optional[sb.Side] = None
             if ok and isinstance(result, dict):
                 try:
@@ -138,9 +156,10 @@ def run(where: Any, args: argparse.Namespace) -> int:
         if len(words) != 2 or not args.survivor:
             cli._err("usage: iscsi-cfg split-brain resolve --survivor HOST RESOURCE")
             return cli.EXIT_USAGE
-        return resolve(channel, words[1], args.survivor, args.yes, args.force, args.timeout)
-    if args.survivor or args.force:
-        cli._err("--survivor and --force belong to `split-brain resolve`")
+        return resolve(channel, words[1], args.survivor, args.yes, args.force, args.timeout,
+                       keep=args.snapshot)
+    if args.survivor or args.force or args.snapshot:
+        cli._err("--survivor, --force and --snapshot belong to `split-brain resolve`")
         return cli.EXIT_USAGE
     if len(words) > 1:
         cli._err("usage: iscsi-cfg split-brain [RESOURCE]")
@@ -157,6 +176,8 @@ def run(where: Any, args: argparse.Namespace) -> int:
         print(json.dumps([sb.assessment_to_dict(a) for a in assessments], indent=2))
     else:
         print("\n\n".join(sb.render(a) for a in assessments))
+    if channel.unreachable:
+        return cli.EXIT_UNREACHABLE
     unreadable = [a for a in assessments if a.kind == "unknown"]
     return cli.EXIT_REFUSED if unreadable and len(unreadable) == len(assessments) else cli.EXIT_OK
 
@@ -169,12 +190,14 @@ def _confirm(prompt: str, expected: str) -> bool:
 
 def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bool,
             follow_limit: float, sleep: Callable[[float], None] = time.sleep,
-            out: Callable[[str], None] = print) -> int:
+            out: Callable[[str], None] = print, keep: bool = False) -> int:
     from . import cli
 
     a = sb.assess(*channel.sides(resource))
     out(sb.render(a))
     hard, forceable = sb.refusals(a, survivor)
+    if keep and not hard and sb.snapshot_refusal(a, survivor):
+        hard.append(f"--snapshot: {sb.snapshot_refusal(a, survivor)}")
     if hard:
         cli._err("refused: " + "\n  ".join(hard + forceable))
         return cli.EXIT_REFUSED
@@ -187,6 +210,10 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
     out(f"\nResolving {resource}: keep {survivor}, discard {victim.host}.")
     out(f"Discarded: {sb.discarded(a, survivor)}")
     out("Steps:")
+    if keep:
+        out(f"  {victim.host}$ lvcreate --snapshot --permission r ... {victim.lvm_volume}    "
+            f"# keep {victim.host}'s data ({sb._size(sb.snapshot_size(a, survivor))} "
+            "copy-on-write)")
     for step in steps:
         out(f"  {step.host}$ {step.command} {resource}    # {step.why}")
     if not yes:
@@ -210,6 +237,17 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
                  + " ".join(hard))
         return cli.EXIT_REFUSED
     amount = victim.out_of_sync_bytes
+    if keep:
+        where = "local" if victim.host == a.sides[0].host else "peer"
+        ok, result = channel.call(where, {
+            "action": "snapshot", "resource": resource, "size": sb.snapshot_size(a, survivor),
+            "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime())})
+        if not ok or not isinstance(result, dict) or not result.get("ok"):
+            said = result.get("said") if isinstance(result, dict) else result
+            cli._err(f"{victim.host}: the snapshot failed: {said}; nothing was discarded")
+            return cli.EXIT_REFUSED
+        out(f"  {victim.host}$ {result.get('said')}")
+        out(sb.snapshot_help(victim.host, str(result.get("snapshot"))))
     for step in steps:
         where = "local" if step.host == a.sides[0].host else "peer"
         ok, result = channel.call(where, {"action": "step", "resource": resource,
@@ -259,6 +297,8 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
         ok, result = channel.call(where, {"action": "audit", "line": line})
         if not ok:
             problems.append(f"{where}: {result}")
+        elif isinstance(result, dict) and result.get("error"):
+            problems.append(f"{where}: logged, but not written to its file: {result['error']}")
     out(f"Audit: {line}")
     if problems:
         cli._err("the audit line could not be recorded everywhere: " + "; ".join(problems))

@@ -13,6 +13,8 @@ Requests (``action``):
   ledger's record of this host Primary without its peer;
 * ``step``: one of DRBD's resolve commands (``splitbrain.ACTIONS``) for a resource here. Nothing
   else can be run through it, and every step is logged with who asked;
+* ``snapshot``: a read-only LVM snapshot of this host's backing device, before it is discarded
+  (``resolve --snapshot``; only the name's suffix and the size come from the request);
 * ``audit``: log the final line and append it to ``<state_dir>/split-brain.log``.
 
 The order of the steps and every check before them are the CLI's (``splitbrain_cli.py``), from
@@ -24,9 +26,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from .model import DrbdResource
 from .splitbrain import ACTIONS, Side, side_to_dict
@@ -87,12 +90,61 @@ def gather(controller: Any, resource: str, iqn: Optional[str] = None) -> Side:
         res = obs.resource(resource)
         gi = controller.systems.drbd.generation_ids(resource)
         entry = controller.ledger.ledger.entries.get(resource)
+    backing, volume, lvm_error = _backing(controller.systems.drbd, resource)
     side = side_from_observation(
         controller.hostname, res, gi.text if gi is not None else None,
         obs.pool.role.value, bool(manual.enabled), obs.vip.local if not obs.vip.error else None,
         obs.target.target_present if not obs.target.error else None,
         obs.target.sessions if not obs.target.error else None, entry, obs.now)
-    return replace(side, vms=vms, vms_error=vms_error)
+    requested = manual.requested.value if manual.enabled and manual.requested else None
+    return replace(side, vms=vms, vms_error=vms_error, backing=backing,
+                   manual_requested=requested,
+                   lvm_volume=volume.name if volume else None,
+                   lvm_free=volume.vg_free if volume else None, lvm_error=lvm_error)
+
+
+def _backing(drbd: Any, resource: str) -> Tuple[Optional[str], Any, Optional[str]]:
+    """(backing device, its LVM volume or None, why not LVM) of a single-volume resource."""
+    from .systems.drbd import DrbdParseError
+    from .systems.drbd.backing import parse_sh_ll_dev
+    from .systems.lvm import Lvm
+
+    res = drbd.runner.run((drbd.drbdadm, "sh-ll-dev", resource), timeout=drbd.timeout)
+    if not res.ok:
+        return None, None, f"drbdadm sh-ll-dev: rc {res.rc}"
+    try:
+        devices = parse_sh_ll_dev(res.stdout, res.command)
+    except DrbdParseError as exc:
+        return None, None, str(exc)
+    if len(devices) != 1:
+        return ", ".join(devices), None, "several volumes: snapshot each by hand"
+    volume, why = Lvm(drbd.runner, drbd.timeout).volume_of(devices[0])
+    return devices[0], volume, why
+
+
+SNAPSHOT_SUFFIX = re.compile(r"^[0-9]{8}T[0-9]{6}$")
+
+
+def snapshot(drbd: Any, resource: str, stamp: Any, size: Any, who: str) -> Dict[str, Any]:
+    """A read-only snapshot ``<lv>-splitbrain-<stamp>`` of this host's backing volume."""
+    from .systems.lvm import Lvm
+
+    if not isinstance(stamp, str) or not SNAPSHOT_SUFFIX.match(stamp):
+        raise SplitBrainRefused("snapshot: the name's suffix must be YYYYmmddTHHMMSS",
+                                "bad_request")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 1 << 50:
+        raise SplitBrainRefused("snapshot: size must be a positive number of bytes",
+                                "bad_request")
+    device, volume, why = _backing(drbd, resource)
+    if volume is None:
+        return {"ok": False, "said": why or "not on LVM"}
+    name = f"{volume.lv}-splitbrain-{stamp}"
+    log.warning("split brain: snapshot of %s as %s/%s, %d bytes (asked by %s)", volume.name,
+                volume.vg, name, size, who or "unknown")
+    ok, said = Lvm(drbd.runner, drbd.timeout).snapshot(volume, name, size)
+    log.log(logging.WARNING if ok else logging.ERROR, "split brain: %s", said)
+    return {"ok": ok, "said": said, "snapshot": f"{volume.vg}/{name}", "origin": volume.name,
+            "size": size}
 
 
 def run_step(drbd: Any, resource: str, action: str, who: str) -> Dict[str, Any]:
@@ -149,8 +201,11 @@ def handle(controller: Any, state_dir: str, resources: tuple, args: Mapping[str,
         return side_to_dict(gather(controller, str(name), iqn))
     if action == "step":
         return run_step(controller.systems.drbd, str(name), str(args.get("step")), who)
-    raise SplitBrainRefused(f"unknown action {str(action)[:40]!r} (evidence, step, audit)",
-                            "bad_request")
+    if action == "snapshot":
+        return snapshot(controller.systems.drbd, str(name), args.get("stamp"), args.get("size"),
+                        who)
+    raise SplitBrainRefused(f"unknown action {str(action)[:40]!r} (evidence, step, snapshot, "
+                            "audit)", "bad_request")
 
 
 def peer_handler(controller: Any, state_dir: str, resources: tuple,
@@ -173,7 +228,7 @@ def control(daemon: Any, request: Mapping[str, Any], who: str) -> Dict[str, Any]
     controller over the peer channel; anything else runs here."""
     cfg = daemon.cfg
     controller = daemon.controller
-    args = {k: request.get(k) for k in ("action", "resource", "step", "line")}
+    args = {k: request.get(k) for k in ("action", "resource", "step", "line", "stamp", "size")}
     args["who"] = who
     state_dir = cfg.paths.state_dir
     if request.get("host") == "peer":

@@ -359,7 +359,7 @@ class Switchover:
         # it had and serves again (or holds, if the new holder got DRBD first): one host serves.
         result = self.controller.run_with_manual(secondary, persist=False)
         if released(result):
-            at = self.clock()
+            at = result.started + result.duration  # DRBD Secondary by then, before the fsync
             self.controller.save_manual(secondary)
             return {"host": self.controller.hostname, "released_at": at,
                     "duration": result.duration, "message": result.message}

@@ -524,6 +524,17 @@ def probe_duration():
     )
 
 
+def switchover_phases():
+    return graph(
+        "Last switchover, by phase",
+        "How long each phase of the last `iscsi-cfg switchover` took on each host (check, arm, "
+        "release, react, promote, serve, vip, total). Empty until a switchover ran since the "
+        "controllers started.",
+        [query(f"iscsi_ha_switchover_duration_seconds{{{SEL}}}", "{{instance}} {{phase}}")],
+        unit="s", span=24,
+    )
+
+
 def audit_table():
     """One row per finding of the data-safety audit (empty: nothing risky found)."""
     checks = [
@@ -625,6 +636,7 @@ def build() -> gd.Dashboard:
         .with_panel(vip_target_timeline())
         .with_panel(transitions())
         .with_panel(alerts_timeline().span(12).height(7))
+        .with_panel(switchover_phases())
         .with_row(gd.Row("DRBD"))
         .with_panel(resources_table())
         .with_panel(connection_timeline())

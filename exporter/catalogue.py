@@ -13,7 +13,7 @@ state in a label, HELP saying the value is as of the last cycle.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Type, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -249,21 +249,25 @@ def _kind(short: str, kind: str) -> MetricDef:
     return m
 
 
+_F = TypeVar("_F", GaugeMetricFamily, CounterMetricFamily)
+
+
+def _simple(cls: Type[_F], short: str, kind: str, value: Optional[float]) -> _F:
+    m = _kind(short, kind)
+    if value is not None:
+        return cls(m.family_name, m.help, value=float(value))
+    return cls(m.family_name, m.help, labels=list(m.labels))
+
+
 def gauge(short: str, value: Optional[float] = None) -> GaugeMetricFamily:
     """Gauge ``iscsi_ha_<short>`` with the catalogue's HELP: empty with its labels, or, for an
     unlabelled one, holding ``value``."""
-    m = _kind(short, "gauge")
-    if value is not None:
-        return GaugeMetricFamily(m.family_name, m.help, value=float(value))
-    return GaugeMetricFamily(m.family_name, m.help, labels=list(m.labels))
+    return _simple(GaugeMetricFamily, short, "gauge", value)
 
 
 def counter(short: str, value: Optional[float] = None) -> CounterMetricFamily:
     """Counter ``iscsi_ha_<short>`` (``short`` ends in _total), like ``gauge()``."""
-    m = _kind(short, "counter")
-    if value is not None:
-        return CounterMetricFamily(m.family_name, m.help, value=float(value))
-    return CounterMetricFamily(m.family_name, m.help, labels=list(m.labels))
+    return _simple(CounterMetricFamily, short, "counter", value)
 
 
 def info(short: str, labels: Dict[str, str]) -> InfoMetricFamily:

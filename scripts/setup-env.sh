@@ -35,6 +35,8 @@ APT_PACKAGES=(
                                 # as services: policy-rc.d below keeps them from starting)
   open-iscsi                    # XenServer's initiator (iscsid, iscsiadm), run inside the VM
                                 # lab only; the host's kernel has no iSCSI initiator
+  lvm2                          # the split-brain scenario's LVM snapshot of the victim, inside
+                                # the VM lab only (the host has no device mapper)
 )
 VENV=${VENV:-.venv}
 

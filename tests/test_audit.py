@@ -1,7 +1,8 @@
 """The data-safety audit: its parsers on real captures, its verdicts, its job and its metrics.
 
-DRBD: ``drbdsetup show`` / ``drbdadm dump`` of real DRBD 8.4.11 in the VM lab (three
-configurations, ``tests/fixtures/drbd84-audit``, ``lab/vm/capture_audit.py``) and of DRBD 9.2
+DRBD: ``drbdsetup show`` (with and without ``--show-defaults``) and ``drbdadm dump`` of real DRBD
+8.4.11 in the VM lab (``tests/fixtures/drbd84-audit``, ``lab/vm/capture_audit.py``), ``drbdadm
+dump`` of the non-default settings (unsafe, safe) and ``drbdsetup show`` of DRBD 9.2
 (``tests/fixtures/drbd92``). LVM: real ``lvmconfig`` output for five filter settings. multipath:
 XCP-ng's shipped ``multipath.conf``. The parsers are also fed damaged copies (Hypothesis): they
 refuse with their own error, never anything else, and never hang.
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry
 
 FIX = Path(__file__).parent / "fixtures"
 AUDIT = FIX / "audit"
+D84 = FIX / "drbd84-audit"
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -42,7 +44,7 @@ def frames(path: Path) -> Dict[str, str]:
     out: Dict[str, str] = {}
     for block in re.split(r"^\$ ", path.read_text(), flags=re.M)[1:]:
         cmd, _, rest = block.partition("\n")
-        rest = re.sub(r"^# --config:.*\n", "", rest)
+        rest = re.sub(r"^(#.*\n)+", "", rest)  # a capture's comment lines (the input)
         rc, _, body = rest.partition("\n")
         assert re.fullmatch(r"\(rc=\d+\)", rc), (path, rc)
         out[cmd.strip()] = body
@@ -70,6 +72,36 @@ def test_drbd92_defaults_protocol_c_no_discard_no_fencing():
     assert d.after_sb == (("0pri", "disconnect"), ("1pri", "disconnect"), ("2pri", "disconnect"))
     assert d.discarding == () and d.fencing == "dont-care" and not d.fenced
     assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
+
+
+def test_drbd84_lab_default_as_the_kernel_runs_it():
+    f = frames(D84 / "audit-01-lab-default-node1.txt")
+    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
+    assert d.protocol == "C" and d.discarding == ()
+    assert d.fencing == "dont-care" and d.fence_handler is False and not d.fenced
+    assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
+    # --show-defaults prints every value (8.4: fencing inside the volume's disk section).
+    full = drbd_safety(f["drbdsetup show --show-defaults r0"], "r0")
+    assert (full.protocol, full.after_sb, full.fencing, full.devices, full.disks) == \
+        (d.protocol, d.after_sb, d.fencing, d.devices, d.disks)
+    assert 'fencing         \tdont-care; # default' in f["drbdsetup show --show-defaults r0"]
+
+
+def test_unsafe_configuration_from_drbdadm_dump():
+    (dump,) = frames(D84 / "host-dump-unsafe.txt").values()
+    d = drbd_safety(dump, "r0", dump)
+    assert d.protocol == "A"
+    assert dict(d.discarding) == {"0pri": "discard-least-changes",
+                                  "1pri": "discard-secondary", "2pri": "violently-as0p"}
+    assert not d.fenced and d.fence_handler is False
+    assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
+
+
+def test_safe_configuration_from_drbdadm_dump():
+    (dump,) = frames(D84 / "host-dump-safe.txt").values()
+    d = drbd_safety(dump, "r0", dump)
+    assert d.protocol == "C" and d.discarding == ()
+    assert d.fencing == "resource-only" and d.fence_handler is True and d.fenced
 
 
 def test_unknown_resource_and_broken_text_are_refused():

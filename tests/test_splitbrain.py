@@ -279,3 +279,12 @@ def test_view_lists_the_vms_on_this_target_and_who_holds_the_vip():
     assert sb.assessment_to_dict(sb.assess(n1, n2))["vms"] == ["db (Running on xcp1, 1 disk(s))"]
     off = sb.render(sb.assess(*both()))
     assert "VMs with disks on this target: unknown (XenAPI not enabled)" in off
+
+
+def test_a_victim_in_manual_mode_asked_to_be_primary_is_refused():
+    n1, n2 = both(alone_sessions=1)
+    n1 = replace(n1, manual=True, manual_requested="primary")
+    hard, _ = sb.refusals(sb.assess(n1, n2), "node2")
+    assert any("asked to be primary" in h for h in hard)
+    n1 = replace(n1, manual_requested="secondary")
+    assert sb.refusals(sb.assess(n1, n2), "node2") == ([], [])

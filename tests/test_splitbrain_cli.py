@@ -10,6 +10,8 @@ thing runs in ``tests/test_vm_splitbrain.py``.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import replace
 from typing import Any, Dict, List, Tuple
 
@@ -194,3 +196,88 @@ def test_options_may_come_before_the_resource():
     assert args.words == ["resolve", "r0"] and args.survivor == "node2"
     args = cli.parser().parse_args(["split-brain", "--json", "r0"])
     assert args.words == ["r0"] and args.json
+
+
+# --------------------------------------------------------------------------- the control socket
+
+
+def test_split_brain_over_the_real_control_socket(tmp_path):
+    """The control command end to end: a controller over a fake world answers `evidence` with
+    this host's side; a relay to the peer without a peer channel and a step that is not one of
+    DRBD's resolve steps are refused with a sentence; the audit line lands in the state dir."""
+    import tempfile
+
+    from fakes import FakeRunner
+    from iscsi_ha.controller.config import Config, PathsConfig, VipConfig
+    from iscsi_ha.controller.model import PoolRole
+    from test_control import Host, StubDaemon, serving
+    from worlds import res, world
+
+    state = tmp_path / "state"
+    state.mkdir()
+    split = world(pool=PoolRole.MASTER, resources=(res(
+        name="iscsi1", role="Primary", peer_role="Unknown", connection="StandAlone",
+        peer_disk="DUnknown", split_brain=True, out_of_sync_bytes=65536),), serving=True,
+        vip_local=True)
+    host = Host(str(state), split)
+    # The world's DRBD runs nothing; `drbdadm sh-ll-dev` (the backing device) gets no answer.
+    drbd = host.controller.systems.drbd
+    drbd.runner, drbd.drbdadm, drbd.timeout = FakeRunner(), "drbdadm", None
+    cfg = Config(resources=("iscsi1",), vip=VipConfig(address="10.99.0.3/24"),
+                 paths=PathsConfig(state_dir=str(state)))
+    sockdir = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
+    path = os.path.join(sockdir, "control.sock")
+    with serving(StubDaemon(host.controller, cfg), path):
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
+                                "resource": "iscsi1"})
+        assert answer["ok"], answer
+        side = sb.side_from_dict(answer["result"])
+        assert (side.host, side.connection, side.split_brain) == ("test-host", "StandAlone", True)
+        assert side.out_of_sync_bytes == 65536 and side.vip_local is True
+        assert side.lvm_volume is None and "sh-ll-dev" in side.lvm_error
+        answer = cli.ask(path, {"cmd": "split-brain", "host": "peer", "action": "evidence",
+                                "resource": "iscsi1"})
+        assert not answer["ok"] and "no peer channel" in answer["error"]
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "step", "resource": "iscsi1",
+                                "step": "primary --force"})
+        assert not answer["ok"] and "unknown step" in answer["error"] and answer["code"] == 2
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
+                                "resource": "other"})
+        assert not answer["ok"] and "not a resource" in answer["error"]
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "audit", "line": "x resolved",
+                                "who": "user alice"})
+        assert answer["ok"], answer
+    record = json.loads((state / "split-brain.log").read_text())
+    assert record["line"] == "x resolved" and "user alice" in record["who"]
+    assert "uid" in record["who"]
+
+
+def test_view_without_a_controller_says_so_and_exits_3(capsys):
+    code = cli.main(["--socket", "/nonexistent/control.sock", "split-brain", "r0"])
+    assert code == cli.EXIT_UNREACHABLE
+    out = capsys.readouterr().out
+    assert "unknown: one side could not be read" in out and "the local iscsi-ha controller" in out
+
+
+def test_evidence_lost_by_the_peer_channel_is_asked_again_but_a_refusal_is_not():
+    n1, n2 = both()
+    answers = {"peer": [{"ok": False, "kind": "bad_answer", "error": "the peer: answered b''"},
+                        {"ok": False, "kind": "timeout", "error": "the peer: timed out"},
+                        {"ok": True, "result": sb.side_to_dict(n2)}]}
+    asked = []
+
+    def ask(req):
+        asked.append(req.get("host", "local"))
+        if req.get("host") == "peer":
+            return answers["peer"].pop(0)
+        return {"ok": True, "result": sb.side_to_dict(n1)}
+
+    local, peer = Channel(ask, sleep=lambda s: None).sides("r0")
+    assert peer == n2 and asked.count("peer") == 3
+    refused = Channel(lambda req: {"ok": False, "kind": "unknown_resource", "error": "no r0"},
+                      sleep=lambda s: None)
+    calls = []
+    refused._ask = lambda req: calls.append(req) or {"ok": False, "kind": "unknown_resource",
+                                                     "error": "no r0"}
+    local, peer = refused.sides("r0")
+    assert len(calls) == 2 and peer.error == "no r0"

@@ -436,3 +436,30 @@ def test_settings_from_the_configuration():
                                                             "port": 3261}}))
     assert s is not None and (s.interval, s.timeout, s.port) == (1, 1, 3261)
     assert settings_from_config(parse_config({**base, "probe": {"enabled": False}})) is None
+
+
+def test_job_logs_changes_not_every_run(target, caplog):
+    import logging
+
+    from iscsi_ha.controller.probe import ProbeJob, ProbeSettings
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    closed_port = s.getsockname()[1]
+    s.close()
+    job = ProbeJob(ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,), port=closed_port,
+                                 timeout=TIMEOUT), "node2")
+    caplog.set_level(logging.DEBUG, logger="iscsi_ha.probe")
+    job.run()
+    job.run()  # the same failure: not logged again
+    job.settings = ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,),
+                                 port=target(replay([NO_TARGET])).port, timeout=TIMEOUT)
+    job.run()  # another step fails: logged
+    job.settings = ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,),
+                                 port=target(replay(ANSWERS)).port, timeout=TIMEOUT)
+    job.run()  # recovered: logged
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [lvl for lvl, _ in lines] == ["WARNING", "WARNING", "INFO"], lines
+    assert "connect:" in lines[0][1] and "no such target" in lines[1][1]
+    assert "1 LUN(s) read" in lines[2][1]
+    assert job.history().runs == {1: 4} and job.history().failures == {1: 3}

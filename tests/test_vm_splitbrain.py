@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ if str(REPO) not in sys.path:
 from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
 
 from lab.vm import controllers as ctl  # noqa: E402
+from lab.vm.capture_lvm import lvm_disk, lvm_setup  # noqa: E402
 from lab.vm.harness import VmLab  # noqa: E402
 
 pytestmark = pytest.mark.vm
@@ -75,7 +77,9 @@ def _write_configs(lab: VmLab) -> None:
                        "listen": f"{vm.lan_addr}:{PEER_PORT}",
                        "cert_file": "/run/lab/peer/host.crt",
                        "key_file": "/run/lab/peer/host.key",
-                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 2}
+                       # The lab is slow (TCG) and the machine shared: at load ~18 a TLS
+                       # handshake took over 2 s and the peer cut the request off.
+                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 5}
         (vm.xdir / "state").mkdir(exist_ok=True)
         (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -83,14 +87,23 @@ def _write_configs(lab: VmLab) -> None:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     _require_prerequisites()
-    lab = VmLab(tmp_path_factory.mktemp("vm-splitbrain"))
+    lab = VmLab(tmp_path_factory.mktemp("vm-splitbrain"), disk_mib=128)
     failed = True
     try:
         # The lab's fast resync (no fencing: with the peer channel up, fence-peer would outdate
-        # node2 and DRBD would refuse to make it Primary, which is the point of fencing).
-        lab.prepare({ctl.RES: ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)})
-        lab.boot()
+        # node2 and DRBD would refuse to make it Primary, which is the point of fencing). DRBD's
+        # backing device is an LVM volume (64 MiB of the 128 MiB disk), so the victim's data can
+        # be kept in a snapshot (`resolve --snapshot`).
+        text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
+        lab.prepare({ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")})
+        # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
         for vm in lab.vms:
+            vm.start()
+        for vm in lab.vms:
+            vm.wait_ready(timeout=300)
+        for vm in lab.vms:
+            lvm_setup(vm)
+            lvm_disk(vm)
             vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
             vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
         _peer_certs(lab)
@@ -168,7 +181,7 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
     states = {vm.name: c.drbd(vm, "cstate") for vm in lab.vms}
     kind = "both" if set(states.values()) == {"StandAlone"} else "one-sided"
     assert set(states.values()) <= {"StandAlone", "WFConnection"}, states
-    return {"kind": kind, "states": states, "vms": vms_data, "before": before}
+    return {"kind": kind, "states": states, "vms": vms_data, "before": before, "local": local}
 
 
 def _split_brain_view(c, vm) -> dict:
@@ -180,11 +193,11 @@ def _split_brain_view(c, vm) -> dict:
     return view
 
 
-def _resolve(c, lab, data, round_: int) -> float:
+def _resolve(c, lab, data, round_: int, keep: bool = False) -> float:
     n1, n2 = lab.vms
     t0 = time.monotonic()
     res = c.cfg(n1, "split-brain", "resolve", "--survivor", "node1", ctl.RES, "--yes",
-                timeout=600)
+                *(["--snapshot"] if keep else []), timeout=600)
     took = time.monotonic() - t0
     print(f"\nround {round_}: resolve took {took:.1f} s (iscsi-cfg in the VM):\n{res.out}")
     assert res.rc == 0, res.out + res.err
@@ -201,6 +214,16 @@ def _resolve(c, lab, data, round_: int) -> float:
     assert _sha(got) == _sha(data["before"]), "node2's local write must be discarded"
     for vm in lab.vms:
         assert "AUDIT split-brain resolve r0: survivor node1" in c.controller_log(vm)
+    if keep:
+        # node2's data as it was before the resolve: its local write, in the snapshot.
+        m = re.search(r"read-only LVM snapshot (vg0/r0-splitbrain-[0-9T]+)", res.out)
+        assert m, res.out
+        snap = n2.sh(f"dd if=/dev/{m.group(1)} bs=512 skip={LBA_VMS} count={BLOCKS} "
+                     "status=none | sha256sum", timeout=60)
+        assert snap.out.split()[0] == hashlib.sha256(data["local"]).hexdigest(), \
+            "the snapshot must hold node2's data"
+        print(f"round {round_}: {m.group(1)} on node2 holds node2's discarded write")
+        n2.run(["lvremove", "-f", m.group(1)], timeout=60, check=True)
     return took
 
 
@@ -238,7 +261,7 @@ def test_split_brain_is_shown_recommended_refused_the_wrong_way_and_resolved(pai
         assert "holds the VIP" in wrong.err
         assert {vm.name: (c.drbd(vm, "cstate"), c.drbd(vm, "role")) for vm in lab.vms} == before
         assert c.serving(n1) and c.vip_local(n1)
-        took = _resolve(c, lab, data, 1)
+        took = _resolve(c, lab, data, 1, keep=True)
         print(f"round 1 ({data['kind']}): resolved, end to end {took:.1f} s")
         pair_state["first"] = data["kind"]
     except Exception:

@@ -56,6 +56,7 @@ setup(
     packages=[
         "iscsi_ha.controller",
         "iscsi_ha.controller.systems",
+        "iscsi_ha.controller.systems.drbd",
         "iscsi_ha.exporter",
     ],
     package_dir={
@@ -85,6 +86,8 @@ setup(
             "hypothesis>=6.80",
             "ruff>=0.4",
             "mypy>=1.5",
+            # lint-imports: the layer contracts in .importlinter ("protected" needs 2.x)
+            "import-linter>=2.1,<3",
             "types-PyYAML",
             # tests/test_packaging.py: builds the sdist/wheel and checks version specifiers.
             "build>=1.0",

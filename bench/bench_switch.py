@@ -28,7 +28,9 @@ iscsi-ha-failover           both ``iscsi-ha run`` controllers; the pool master m
                             pool.conf files rewritten atomically, the XenAPI fake follows).
 iscsi-ha-planned            both controllers in manual mode (set outside the timed window);
                             ``iscsi-cfg become-secondary`` on the old, ``become-primary`` on the
-                            new: today's two-command planned switch.
+                            new: the two-command planned switch by hand.
+iscsi-ha-switchover         ``iscsi-cfg switchover`` (one command, issued on the old and the new
+                            holder in turn): the controllers coordinate over the peer channel.
 ==========================  =================================================================
 
 **The probe** (the same for every method, as in the anchors' measurements): a loop inside the
@@ -71,6 +73,7 @@ sys.path.insert(0, str(REPO))
 
 from lab.demo import cfg, converged_on, start_cluster, tgt_ports, wait_for  # noqa: E402
 from lab.netlab import IQN, VIP, Lab, Node  # noqa: E402
+from lab.peerlab import peer_configs  # noqa: E402
 
 RES = "iscsi1"
 VIP_ADDR = VIP.split("/")[0]
@@ -79,7 +82,7 @@ PROBE_TIMEOUT = 0.05
 SETTLE = 0.4  # successful probing before and after each move
 OCF_ROOT = Path("/usr/lib/ocf")
 METHODS = ("bare", "keepalived-vrrp3", "original", "pacemaker-agents", "iscsi-ha-failover",
-           "iscsi-ha-planned")
+           "iscsi-ha-planned", "iscsi-ha-switchover")
 ANCHORS = METHODS[:4]
 
 PROBE_SCRIPT = r"""
@@ -230,6 +233,8 @@ class Bench:
         self.bin: Dict[str, Path] = {}
         self.ka_pids: Dict[str, int] = {}
         self.background: List[int] = []
+        self.switchovers = 0
+        self.phases: List[Dict[str, float]] = []  # iscsi-cfg switchover's own report, per round
         for node in lab.nodes:
             b = work / f"bin-{node.name}"
             b.mkdir(parents=True, exist_ok=True)
@@ -503,6 +508,21 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
         wait_for("the new master binds the VIP", lambda: vip_on(new), 20, period=0.002)
         return time.monotonic() - t
 
+    def iscsi_ha_switchover(self, old: Node, new: Node) -> float:
+        self.switchovers += 1
+        issuer = old if self.switchovers % 2 else new
+        t = time.monotonic()
+        res = cfg(issuer, "switchover", "--json")
+        elapsed = time.monotonic() - t
+        try:
+            report = json.loads(res.out)
+        except ValueError:
+            report = {}
+        if res.rc or not report.get("ok"):
+            raise RoundFailed(f"iscsi-cfg switchover on {issuer.name}: {res.text[-400:]}")
+        self.phases.append(dict(report.get("phases") or {}))
+        return elapsed
+
     def iscsi_ha_planned(self, old: Node, new: Node) -> float:
         t = time.monotonic()
         sec = cfg(old, "become-secondary")
@@ -528,7 +548,7 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
             for node in self.lab.nodes:  # the controllers start their own tgtd
                 self.stop_tgtd(node)
             self.lab.set_pool_master(self.n1)
-            start_cluster(self.lab)
+            start_cluster(self.lab, configs=peer_configs(self.lab))
             wait_for("node1 holds the storage", converged_on(self.lab, self.n1), 60)
             if "iscsi-ha-failover" in only:
                 results["iscsi-ha-failover"] = self.rounds_of("iscsi-ha-failover", say)
@@ -541,12 +561,16 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
                     if res.rc:
                         raise RoundFailed(f"manual-mode-enable on {node.name}: {res.text}")
                 results["iscsi-ha-planned"] = self.rounds_of("iscsi-ha-planned", say)
+            if "iscsi-ha-switchover" in only:
+                results["iscsi-ha-switchover"] = self.rounds_of("iscsi-ha-switchover", say)
+                results["iscsi-ha-switchover"]["phases"] = self.phases
         return results
 
     def rounds_of(self, name: str, say: Callable[[str], None]) -> dict:
         move = {"bare": self.bare, "original": self.original, "pacemaker-agents": self.ocf,
                 "keepalived-vrrp3": self.keepalived, "iscsi-ha-failover": self.iscsi_ha_failover,
-                "iscsi-ha-planned": self.iscsi_ha_planned}[name]
+                "iscsi-ha-planned": self.iscsi_ha_planned,
+                "iscsi-ha-switchover": self.iscsi_ha_switchover}[name]
         rows: List[Dict[str, float]] = []
         errors: List[str] = []
         for i in range(self.rounds):
@@ -645,6 +669,13 @@ def table(results: Dict[str, dict]) -> str:
         lines.append(f"| {name} | {median_range(outs)} | "
                      f"{median_range([r['vip_absent'] for r in rows])} | "
                      f"{median_range([r['server'] for r in rows])} | {ratio} | {runs} |")
+    phases = results.get("iscsi-ha-switchover", {}).get("phases")
+    if phases:
+        names = [p for p in ("release", "react", "promote", "serve", "vip", "total")
+                 if any(p in row for row in phases)]
+        lines.append("")
+        lines.append("iscsi-cfg switchover's own phases, ms: " + ", ".join(
+            f"{p} {median_range([row[p] for row in phases if p in row])}" for p in names))
     fo = results.get("iscsi-ha-failover", {}).get("rows")
     if fo:
         vals = [r["poolconf_to_vip"] for r in fo]

@@ -27,25 +27,26 @@ import json
 import os
 import socket
 import sys
-import tempfile
-import textwrap
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, Optional, Sequence, Tuple
 
 import yaml
 
 from . import __version__
+from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
-    Config,
+    DEFAULT_INTERVAL,
     ConfigError,
     PathsConfig,
     load_config,
     load_yaml,
 )
 from .control import root_socket_path
-from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text
+from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text, write_temp
+from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
+from .status_view import plural as _plural
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -56,11 +57,8 @@ QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally i
 # timeout, 10 s by default), after any cycle that is running already.
 ROLE_TIMEOUT = 180.0
 MAX_ANSWER = 16 * 1024 * 1024
-STALE_GRACE = 5.0  # seconds on top of the interval before the status file counts as stale
-DEFAULT_INTERVAL = float(Config.__dataclass_fields__["interval"].default)  # type: ignore[arg-type]
 CLEAR_SCREEN = "\033[H\033[2J"
 
-ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
 
 
 class Unreachable(Exception):
@@ -214,251 +212,9 @@ def _lenient(path: str, defaults: PathsConfig) -> Tuple[str, str, float]:
 # --------------------------------------------------------------------------------------------
 
 
-def fmt_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def fmt_bytes(n: Optional[float]) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
-
-
-def fmt_time(t: Optional[float]) -> str:
-    if t is None:
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def sync_text(res: Dict[str, Any]) -> str:
-    """The SYNC column: in sync, or the progress of a resync with its ETA."""
-    progress = res.get("sync_progress")
-    oos = res.get("out_of_sync_bytes")
-    if progress is None:
-        return "-" if not oos else f"{fmt_bytes(oos)} out of sync"
-    if progress >= 1.0 and not oos:
-        return "in sync"
-    text = f"{progress * 100:.1f}%"
-    if res.get("sync_eta_seconds") is not None:
-        text += f" ETA {fmt_duration(res['sync_eta_seconds'])}"
-    if oos:
-        text += f" ({fmt_bytes(oos)} to go)"
-    return text
-
-
-def _storage_role(resources: Sequence[Dict[str, Any]]) -> str:
-    roles = [r.get("role") for r in resources if r.get("configured", True) and not r.get("error")]
-    if not roles or len(roles) != len(resources):
-        return "UNKNOWN"
-    if all(r == "Primary" for r in roles):
-        return "PRIMARY"
-    if not any(r == "Primary" for r in roles):
-        return "SECONDARY"
-    return "MIXED"
-
-
-def _table(rows: List[List[str]], indent: str) -> List[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-            for row in rows]
-
-
-LABEL = 15  # width of the left column
-
-
-def _line(label: str, text: str) -> str:
-    return f"{label.ljust(LABEL)}{text}"
-
-
 def render_status(doc: Dict[str, Any]) -> str:
-    """The status screen from a ``status`` answer: what an operator reads at a glance."""
-    now = doc.get("now") or time.time()
-    out: List[str] = []
-    warnings: List[str] = []
-    if doc.get("starting") or "hostname" not in doc:
-        return "iscsi-ha controller is starting: no snapshot yet\n"
-    head = f"iscsi-ha {doc.get('version', '?')} on {doc.get('hostname', '?')}"
-    if doc.get("drbd_version"):
-        head += f" - DRBD {doc['drbd_version']}"
-    head += f" - up {fmt_duration(doc.get('uptime'))} - {fmt_time(now)}"
-    out.append(head)
-    out.append("-" * max(60, len(head)))
-
-    last = doc.get("last") or {}
-    obs = last.get("observation")
-    manual = doc.get("manual") or {}
-    interval = float(doc.get("interval") or DEFAULT_INTERVAL)
-
-    if obs:
-        pool = obs.get("pool") or {}
-        role = str(pool.get("role", "unknown")).upper()
-        extra = ""
-        if pool.get("role") == "slave" and pool.get("master_address"):
-            extra = f"  (pool master is {pool['master_address']})"
-        elif pool.get("role") not in ("master", "slave") and pool.get("detail"):
-            extra = f"  ({pool['detail']})"
-        out.append(_line("HOST ROLE", role + extra))
-        resources = obs.get("resources") or []
-        storage = _storage_role(resources)
-        desired = last.get("desired")
-        reason = last.get("reason") or ""
-        if desired:
-            wanted = f"  (wanted {desired}: {reason})"
-        else:
-            wanted = f"  (holding: {reason})" if reason else ""
-        out.append(_line("STORAGE ROLE", storage + wanted))
-    elif last:
-        out.append(_line("HOST ROLE", "UNKNOWN (the last cycle could not observe)"))
-    else:
-        out.append(_line("HOST ROLE", "not observed yet"))
-
-    if manual.get("enabled"):
-        asked = manual.get("requested")
-        what = f"operator asked for {asked}" if asked else "keeping the current roles"
-        out.append(_line("MANUAL MODE", f"ON since {fmt_time(manual.get('since'))} ({what})"))
-    else:
-        out.append(_line("MANUAL MODE", "off (storage follows the pool role)"))
-    if manual.get("problem"):
-        warnings.append(str(manual["problem"]))
-
-    if obs:
-        resources = obs.get("resources") or []
-        rows = [["RESOURCE", "ROLE", "PEER", "CONNECTION", "DISK", "PEER DISK", "SYNC"]]
-        notes: List[str] = []
-        for r in resources:
-            name = str(r.get("name", "?"))
-            if r.get("error"):
-                rows.append([name, "?", "?", "?", "?", "?", "-"])
-                notes.append(f"{name}: {r['error']}")
-                continue
-            if not r.get("configured", True):
-                rows.append([name, "down", "-", "Unconfigured", "-", "-", "-"])
-                continue
-            sync = sync_text(r)
-            if r.get("split_brain"):
-                sync = "SPLIT BRAIN"
-                warnings.append(f"split brain on {name}: DRBD will not reconnect by itself; "
-                                "resolve by hand (choose the victim)")
-            if r.get("quorum") is False:
-                sync += " NO QUORUM"
-                warnings.append(f"{name} has lost quorum: I/O is suspended")
-            rows.append([name, str(r.get("role")), str(r.get("peer_role")),
-                         str(r.get("connection")), str(r.get("disk")), str(r.get("peer_disk")),
-                         sync])
-        table = _table(rows, "")
-        out.append(_line("DRBD", table[0]))
-        out.extend(_line("", row) for row in table[1:])
-        out.extend(_line("", f"ERROR {n}") for n in notes)
-
-        t = obs.get("target") or {}
-        luns, sessions = int(t.get("luns") or 0), int(t.get("sessions") or 0)
-        daemon = "kernel target LIO" if t.get("backend") == "lio" else "tgtd"
-        if t.get("serving"):
-            target = f"serving {_plural(luns, 'LUN')}, {_plural(sessions, 'session')}"
-        elif t.get("target_present"):
-            target = f"INCOMPLETE: target present with {_plural(luns, 'LUN')}, not serving"
-        elif t.get("daemon_running"):
-            target = f"standby ({daemon} running, no target)"
-        else:
-            target = f"stopped ({daemon} not running)"
-        if t.get("error"):
-            target += f"; ERROR {t['error']}"
-        out.append(_line("ISCSI TARGET", target))
-        # The identity initiators read (XenServer's SCSIid): must be the same on both hosts.
-        for i, lun in enumerate(t.get("lun_info") or ()):
-            ident = (f"LUN {lun.get('number')}: serial {lun.get('serial')}, {lun.get('wwn')}, "
-                     f"{lun.get('vendor')} {lun.get('product')}")
-            cache = lun.get("write_cache")
-            if cache:
-                ident += ", WRITE CACHE ON"
-                warnings.append(f"LUN {lun.get('number')} acknowledges writes before DRBD has "
-                                "them (write cache on)")
-            elif cache is False:
-                ident += ", write cache off"
-            elif not (t.get("serving") or t.get("target_present")):
-                ident += " (when served here)"
-            out.append(_line("IDENTITY" if i == 0 else "", ident))
-
-        v = obs.get("vip") or {}
-        vip = f"{v.get('address') or '?'} on {v.get('interface') or '?'}: "
-        vip += "local" if v.get("local") else "not local"
-        if v.get("conflict"):
-            vip += ", CONFLICT: another host answers ARP for it"
-            warnings.append(f"another host answers for the VIP {v.get('address')} "
-                            "(duplicate address)")
-        if v.get("error"):
-            vip += f"; ERROR {v['error']}"
-        out.append(_line("VIRTUAL IP", vip))
-
-        srs = obs.get("srs")
-        if srs:
-            out.append(_line("ISCSI SRS", _srs_text(srs)))
-        if last.get("results"):
-            # The snapshot's observation is taken before the cycle acts.
-            out.append(_line("", "(states as observed before the last cycle's actions; the next "
-                                 "cycle shows their effect)"))
-
-    ended = doc.get("last_cycle_ended")
-    age = doc.get("last_cycle_age")
-    if last:
-        took = float(last.get("duration") or 0.0)
-        outcome = str(last.get("outcome", "?"))
-        out.append(_line("LAST CYCLE", f"{outcome.upper()}, {fmt_duration(age)} ago "
-                                       f"(took {took * 1000:.0f} ms)"))
-        for chunk in textwrap.wrap(str(last.get("message", "")), 100 - LABEL):
-            out.append(_line("", chunk))
-        if age is not None and age > interval + STALE_GRACE:
-            warnings.append(f"the last cycle ended {fmt_duration(age)} ago at "
-                            f"{fmt_time(ended)}, but the interval is {interval:g}s: "
-                            "the controller may be stuck")
-    else:
-        out.append(_line("LAST CYCLE", "none yet (the controller has just started)"))
-
-    c = doc.get("counters") or {}
-    cycles = c.get("cycles") or {}
-    timeouts = sum((c.get("command_timeouts") or {}).values())
-    out.append(_line("SINCE START", (
-        f"{cycles.get('ok', 0)} ok, {cycles.get('held', 0)} held, {cycles.get('error', 0)} "
-        f"error cycles; {_plural(timeouts, 'command timeout')}; "
-        f"{_plural(int(c.get('target_daemon_restarts') or 0), 'tgtd restart')}")))
-    if doc.get("xenapi_reachable") is False:
-        warnings.append("XenAPI does not answer: SRs are neither checked nor plugged")
-    for w in warnings:
-        out.append(f"WARNING: {w}")
-    return "\n".join(out) + "\n"
-
-
-def _srs_text(srs: Dict[str, Any]) -> str:
-    if srs.get("error"):
-        return f"ERROR {srs['error']}"
-    items = srs.get("srs") or []
-    pbds = [p for sr in items for p in (sr.get("pbds") or [])]
-    detached = [p for p in pbds if not p.get("attached")]
-    text = _plural(len(items), "SR")
-    if not pbds:
-        return text
-    if detached:
-        hosts = ", ".join(str(p.get("host")) for p in detached)
-        return f"{text}, {len(detached)} of {len(pbds)} PBDs NOT attached ({hosts})"
-    return f"{text}, all {len(pbds)} PBDs attached"
+    """The status screen from a ``status`` answer (``status_view``)."""
+    return render_answer(doc, DEFAULT_INTERVAL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,7 +228,7 @@ def _err(text: str) -> None:
 
 def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
     try:
-        doc = ask(where.socket, {"cmd": "status"})
+        doc = ask(where.socket, {"cmd": Command.STATUS})
     except Denied as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -566,7 +322,7 @@ def request(
 
 
 def cmd_get(where: Where, args: argparse.Namespace) -> int:
-    answer, code = request(where, {"cmd": "get"})
+    answer, code = request(where, {"cmd": Command.GET})
     if answer is None:
         return code
     config = answer.get("config")
@@ -584,7 +340,7 @@ def cmd_log(where: Where, args: argparse.Namespace) -> int:
     since = 0.0
     try:
         while True:
-            answer, code = request(where, {"cmd": "log", "since": since})
+            answer, code = request(where, {"cmd": Command.LOG, "since": since})
             if answer is None:
                 return code
             for entry in answer.get("entries") or []:
@@ -606,10 +362,10 @@ def log_text(entry: Dict[str, Any]) -> str:
 
 
 def cmd_role(where: Where, args: argparse.Namespace) -> int:
-    req: Dict[str, Any] = {"cmd": args.command}
+    req: Dict[str, Any] = {"cmd": Command(args.command)}
     if getattr(args, "accept_stale", None):
         resource = args.accept_stale
-        info, code = request(where, {"cmd": "stale-info", "resource": resource},
+        info, code = request(where, {"cmd": Command.STALE_INFO, "resource": resource},
                              unreachable=", nothing was done")
         if info is None:
             return code
@@ -629,6 +385,30 @@ def cmd_role(where: Where, args: argparse.Namespace) -> int:
         return code
     print(answer.get("message", "done"))
     return EXIT_OK
+
+
+def cmd_switchover(where: Where, args: argparse.Namespace) -> int:
+    from .switchover import DONE, FAILED, render
+
+    try:
+        answer = ask(where.socket, {"cmd": Command.SWITCHOVER}, timeout=ROLE_TIMEOUT)
+    except Denied as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except Unreachable as exc:
+        _err(f"the iscsi-ha controller is not reachable, nothing was done: {exc}")
+        return EXIT_UNREACHABLE
+    code = answer.get("code")
+    if "message" not in answer:  # an error answer of the socket itself
+        _err(str(answer.get("error") or "switchover refused"))
+        return answer_code(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    elif code == DONE:
+        print(render(answer))
+    else:
+        _err(render(answer))
+    return code if code in (DONE, EXIT_REFUSED, FAILED) else EXIT_REFUSED
 
 
 def render_stale_info(info: Dict[str, Any]) -> str:
@@ -683,6 +463,24 @@ def cmd_drbd_snippet(args: argparse.Namespace) -> int:
     config = args.config or DEFAULT_CONFIG_PATH
     print(drbd_snippet(config, shutil.which("iscsi-ha") or "/usr/bin/iscsi-ha"), end="")
     return EXIT_OK
+
+
+def cmd_node_time2wait(args: argparse.Namespace) -> int:
+    from .initiator_tuning import run
+
+    path = args.config or DEFAULT_CONFIG_PATH
+    if args.set_to is not None and not 0 <= args.set_to <= 3600:
+        _err("--set: DefaultTime2Wait is 0 to 3600 seconds (RFC 7143)")
+        return EXIT_USAGE
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        _err(f"invalid configuration, nothing was changed:\n{exc}")
+        return EXIT_USAGE
+    code, text = run(cfg.paths.state_dir, cfg.target.iqn, cfg.target.default_time2wait,
+                     args.set_to, args.revert)
+    (print if code == EXIT_OK else _err)(text)
+    return code
 
 
 def cmd_peer_cert(args: argparse.Namespace) -> int:
@@ -751,13 +549,8 @@ def write_new(path: str, text: str, overwrite: bool) -> None:
     """Write a whole file atomically; unless ``overwrite``, FileExistsError if it exists (checked
     atomically too: the file is linked into place, which fails on an existing name)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".iscsi-cfg-", dir=directory)
+    tmp = write_temp(directory, text, 0o644, prefix=".iscsi-cfg-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -791,7 +584,8 @@ exit codes:
   0  done
   1  refused for safety (the reason is printed)
   2  usage or configuration error (also: not run as root)
-  3  the controller is unreachable"""
+  3  the controller is unreachable
+  4  switchover only: failed half way (the message says where the storage is)"""
 
 DESCRIPTION = """\
 Status and manual control of iscsi-ha, the controller that keeps DRBD Primary, the iSCSI
@@ -799,8 +593,10 @@ target and the floating IP (VIP) on the pool master of a two-host XenServer / XC
 Commands that talk to the controller use its control socket, which only root may use."""
 
 EPILOG = f"""\
-planned switch of the storage to the other host (maintenance without VM downtime;
-storage pauses for a few seconds):
+planned switch of the storage to the other host (maintenance without VM downtime):
+  on either host:               iscsi-cfg switchover
+  (needs the peer channel; leaves both hosts in manual mode with the roles swapped:
+  see `iscsi-cfg switchover --help`). By hand, without the peer channel:
   1. on both hosts:             iscsi-cfg manual-mode-enable
   2. on the current primary:    iscsi-cfg become-secondary
   3. on the other host:         iscsi-cfg become-primary
@@ -864,6 +660,34 @@ HELP: Dict[str, Tuple[str, str]] = {
         "switch). Only in manual mode; refused (exit 1) otherwise. VMs lose their storage\n"
         "until the other host runs become-primary.",
     ),
+    "switchover": (
+        "move the storage to the other host (both controllers coordinate)",
+        "Move the storage to the other host in one command, run on either host: the other\n"
+        "controller is armed first (it promotes the moment DRBD reports this side Secondary),\n"
+        "then the holder releases (VIP removed, target stopped, DRBD Secondary), then the new\n"
+        "holder promotes, serves and binds the VIP. Prints how long each phase took (also\n"
+        "exported as iscsi_ha_switchover_duration_seconds{phase}).\n\n"
+        "Refused (exit 1, nothing changed) when the peer channel is not configured or the peer\n"
+        "does not answer, when a resource is not Connected and UpToDate on both hosts or a\n"
+        "resync runs, when the hosts' LUN identities differ, when the storage is not on exactly\n"
+        "one host, or while another switchover runs. Exit 4 when it failed half way: the\n"
+        "message says where the storage is (moved back to the old holder, or nowhere).\n\n"
+        "Afterwards both hosts are in manual mode with the roles swapped, so the pool master\n"
+        "does not take the storage back. To end it: `iscsi-cfg switchover` back and then\n"
+        "`iscsi-cfg manual-mode-disable` on both hosts, or designate the new holder pool master\n"
+        "(xe pool-designate-new-master) and then `manual-mode-disable` on both (docs/runbook.md).",
+    ),
+    "node-time2wait": (
+        "show or set DefaultTime2Wait in this host's open-iscsi records for our target",
+        "XenServer's initiator (open-iscsi) waits DefaultTime2Wait seconds before it reconnects\n"
+        "after the storage moved; a login negotiates the larger of the target's offer\n"
+        "(target.default_time2wait) and the node record's (open-iscsi's default: 2). Without\n"
+        "options: show the records of target.iqn on this host. --set 0 asks for 0 in each of\n"
+        "them (iscsiadm -m node -o update; nothing else is touched; each previous value is kept\n"
+        "in <state_dir>/node-time2wait.json), --revert puts the previous values back. Applies to\n"
+        "sessions logged in afterwards (re-plug the SR's PBD on this host). Opt-in, on each host;\n"
+        "needs no controller. See docs/runbook.md, \"Faster reconnects\".",
+    ),
     "drbd-snippet": (
         "print the drbd.conf lines for the fence-peer handler",
         "Print the lines to add to each DRBD resource (both hosts) so that DRBD calls\n"
@@ -908,6 +732,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
+        name = str(name)  # a Command is shown by its value
         short, long = HELP[name]
         return sub.add_parser(name, help=short, description=long, epilog=EXIT_CODES,
                               formatter_class=fmt)
@@ -925,12 +750,21 @@ def parser() -> argparse.ArgumentParser:
                       help="keep printing new outcomes until Ctrl-C")
     for name in ROLE_COMMANDS:
         sp = add(name)
-        if name == "become-primary":
+        if name is Command.BECOME_PRIMARY:
             sp.add_argument("--accept-stale", metavar="RESOURCE",
                             help="promote RESOURCE even though nothing proves this host has "
                             "the newest data (prints what is known, asks to confirm)")
             sp.add_argument("--yes", action="store_true",
                             help="with --accept-stale: do not ask (for scripts)")
+    sw = add("switchover")
+    sw.add_argument("--json", action="store_true",
+                    help="print the report (message, phases in seconds) as JSON")
+    nt = add("node-time2wait")
+    what = nt.add_mutually_exclusive_group()
+    what.add_argument("--set", type=int, metavar="SECONDS", dest="set_to",
+                      help="ask for SECONDS (0: reconnect at once) in every record of target.iqn")
+    what.add_argument("--revert", action="store_true",
+                      help="put back the values --set replaced")
     add("drbd-snippet")
     pc = add("peer-cert")
     pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
@@ -948,6 +782,9 @@ def parser() -> argparse.ArgumentParser:
                      "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
     imp.add_argument("--iqn", metavar="IQN",
                      help="with --tgt-conf: the target to import when the file has several")
+    from .splitbrain_cli import add_parser as add_split_brain
+
+    add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
     return p
@@ -967,15 +804,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_drbd_snippet(args)
         if args.command == "peer-cert":
             return cmd_peer_cert(args)
+        if args.command == "node-time2wait":
+            return cmd_node_time2wait(args)
         where = locate(args.config, args.socket)
         if where.note:
             _err(f"note: {where.note}")
-        if args.command == "status":
+        if args.command == Command.STATUS:
             return cmd_status(where, args)
-        if args.command == "get":
+        if args.command == Command.GET:
             return cmd_get(where, args)
-        if args.command == "log":
+        if args.command == Command.LOG:
             return cmd_log(where, args)
+        if args.command == Command.SWITCHOVER:
+            return cmd_switchover(where, args)
+        if args.command == "split-brain":
+            from .splitbrain_cli import run as split_brain
+
+            return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`
         _quiet_stdout()

@@ -8,10 +8,12 @@ number; ``tid: true`` is not an int even though Python says ``bool`` is one), an
 collected and reported together, one per line, as ``FILE: key.path: what is wrong (how to fix it)``.
 An operator fixes the file once, not once per error.
 
-The schema lives in the frozen dataclasses below: their field names are the YAML keys and their
-defaults are the documented defaults (``examples/iscsi-ha.yaml`` shows each one, and a test checks
-that the two agree). Three defaults are derived: ``node_name`` (the host name), ``cycle_deadline``
-(twice the interval) and ``target.luns`` (one LUN per resource, in order).
+The schema lives in the frozen dataclasses below, one ``setting()`` per key: the field name is
+the YAML key, the field default the documented default, and the field carries its check and its
+help. ``examples/iscsi-ha.yaml`` and the README's table are generated from these fields
+(``make docs``; a test fails when they drift). Three defaults are derived: ``node_name`` (the host
+name), ``cycle_deadline`` (twice the interval) and ``target.luns`` (one LUN per resource, in
+order).
 
 The XenAPI password is deliberately *not* part of ``Config``: a config object gets logged, dumped
 by ``iscsi-cfg get`` and sent over the control socket, and a secret that is never in it cannot leak
@@ -29,6 +31,7 @@ import math
 import os
 import re
 import socket
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -41,6 +44,7 @@ DEFAULT_CONFIG_PATH = "/etc/iscsi-ha/iscsi-ha.yaml"
 # The exporter work owns the final choice of port; every default and message derives from this.
 DEFAULT_EXPORTER_PORT = 19856
 DEFAULT_PEER_PORT = 19857  # the peer channel (controller/peer.py), next to the exporter's
+DEFAULT_INTERVAL = 5.0  # seconds between cycles; iscsi-cfg also uses it when no config is readable
 # target.restart_backoff doubles after each failed restart, up to this ceiling.
 MAX_RESTART_BACKOFF = 300.0
 # Every duration lies in this range unless its key says otherwise: longer than an hour is a typo
@@ -80,273 +84,6 @@ class ConfigError(Exception):
         self.source = source
         self.problems: Tuple[str, ...] = tuple(problems)
         super().__init__("\n".join(f"{source}: {p}" for p in self.problems))
-
-
-# --------------------------------------------------------------------------------------------
-# The schema
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Lun:
-    number: int  # "lun" in YAML; 0 is tgt's own controller LUN, so ours start at 1
-    path: str
-    # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
-    # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
-    serial: Optional[str] = None  # VPD 0x80
-    scsi_id: Optional[str] = None  # tgt's scsi_id: its NAA designator (VPD 0x83)
-    vendor: Optional[str] = None  # T10 vendor id, <= 8 characters
-    product: Optional[str] = None  # <= 16 characters
-
-
-@dataclass(frozen=True)
-class DrbdConfig:
-    version: str = "auto"  # "auto" | "8.4" | "9"
-    drbdadm: str = "drbdadm"
-    drbdsetup: str = "drbdsetup"
-    proc_drbd: str = "/proc/drbd"
-    # argv whose output is searched for "Split-Brain detected but unresolved"
-    kernel_log: Tuple[str, ...] = ("dmesg",)
-
-
-@dataclass(frozen=True)
-class PoolConfig:
-    conf: str = "/etc/xensource/pool.conf"
-
-
-@dataclass(frozen=True)
-class XenApiConfig:
-    enabled: bool = True
-    url: str = "local"  # "local" = the xapi Unix socket; or http(s)://HOST
-    socket: str = "/var/lib/xcp/xapi"
-    username: str = "root"
-    password_file: Optional[str] = "/etc/iscsi-ha/xapi-password"
-    password_env: Optional[str] = "ISCSI_HA_XAPI_PASSWORD"  # wins over the file when set
-    timeout: float = 10.0
-    verify_tls: bool = False  # XenServer ships self-signed certificates
-    plug_srs: bool = True
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    backend: str = "auto"  # "auto" (LIO when the kernel target is there, else tgt) | "lio" | "tgt"
-    default_time2wait: int = 2  # seconds an initiator waits before it reconnects (iSCSI default)
-    configfs: str = "/sys/kernel/config"  # LIO
-    modprobe: str = "modprobe"  # LIO: loads the kernel target's modules when missing
-    tgtadm: str = "tgtadm"
-    tgtd: str = "tgtd"
-    control_port: int = 0  # tgtd -C N / tgtadm -C N
-    tid: int = 1
-    iqn: str = "iqn.2024-01.org.iscsi-ha:storage"
-    initiator_address: str = "ALL"
-    luns: Tuple[Lun, ...] = ()  # empty = derived by Config: one per resource
-    stop_timeout: float = 5.0
-    restart_backoff: float = 2.0
-    log_file: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class VipConfig:
-    address: str  # "10.10.10.3/24", normalised
-    interface: str = "xenbr0"
-    ip: str = "ip"  # the ip(8) command
-    arping: str = "arping"
-    announce_interval: float = 60.0  # 0 = no periodic gratuitous ARP
-    announce_count: int = 2
-    probe_interval: float = 10.0
-
-    @property
-    def bare_address(self) -> str:
-        """The address without its prefix ("10.10.10.3"), as arping wants it."""
-        return self.address.split("/", 1)[0]
-
-    @property
-    def prefixlen(self) -> int:
-        return int(self.address.split("/", 1)[1])
-
-
-@dataclass(frozen=True)
-class PathsConfig:
-    state_dir: str = "/etc/iscsi-ha/state"
-    status_file: str = "/etc/iscsi-ha/state/status"
-    control_socket: str = "/run/iscsi-ha/control.sock"
-
-
-@dataclass(frozen=True)
-class ExporterConfig:
-    enabled: bool = True
-    listen: str = f"0.0.0.0:{DEFAULT_EXPORTER_PORT}"
-    web_config_file: Optional[str] = None
-
-    @property
-    def host(self) -> str:
-        """The listen host without IPv6 brackets; "" means every interface."""
-        return self.listen.rsplit(":", 1)[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"  # debug | info | warning | error
-    syslog: bool = True
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    allowed_uids: Tuple[int, ...] = (0,)
-
-
-@dataclass(frozen=True)
-class PromotionConfig:
-    # Promote without proof of the newest data after watching the peer unreachable this many
-    # seconds (0 = never, the safe default). RISK: a host that was down while its peer served
-    # writes would serve its old data (VMs go back in time, split brain when the peer returns).
-    unproven_wait: float = 0.0
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    """The peer channel: mutually authenticated TLS between the two controllers (peer.py)."""
-
-    address: str = ""  # the other host's management address; "" = no peer channel
-    port: int = DEFAULT_PEER_PORT
-    listen: str = f"0.0.0.0:{DEFAULT_PEER_PORT}"
-    cert_file: str = "/etc/iscsi-ha/peer/host.crt"  # this host's certificate ...
-    key_file: str = "/etc/iscsi-ha/peer/host.key"  # ... and key (0600)
-    peer_cert_file: str = "/etc/iscsi-ha/peer/peer.crt"  # the only certificate accepted
-    timeout: float = 2.0  # every call, connect to answer
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
-
-def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
-    return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration. Build it with ``load_config`` / ``parse_config``.
-
-    Constructing it directly (in tests) skips validation but still fills the derived defaults.
-    """
-
-    resources: Tuple[str, ...]
-    vip: VipConfig
-    node_name: str = field(default_factory=socket.gethostname)
-    interval: float = 5.0
-    cycle_deadline: float = 0.0  # 0 = derived: twice the interval (filled in by __post_init__)
-    command_timeout: float = 10.0
-    drbd: DrbdConfig = field(default_factory=DrbdConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    xenapi: XenApiConfig = field(default_factory=XenApiConfig)
-    target: TargetConfig = field(default_factory=TargetConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    exporter: ExporterConfig = field(default_factory=ExporterConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    control: ControlConfig = field(default_factory=ControlConfig)
-    promotion: PromotionConfig = field(default_factory=PromotionConfig)
-    peer: PeerConfig = field(default_factory=PeerConfig)
-
-    def __post_init__(self) -> None:
-        # Frozen: derived defaults are set once, here, so every Config is complete.
-        if not self.cycle_deadline:
-            object.__setattr__(self, "cycle_deadline", 2 * self.interval)
-        if not self.target.luns:
-            luns = default_luns(self.resources)
-            object.__setattr__(self, "target", dataclasses.replace(self.target, luns=luns))
-
-    def to_dict(self, redact: bool = True,
-                environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
-        """Plain data in the YAML shape, for ``iscsi-cfg get`` and the control socket.
-
-        Nothing secret is ever in a Config, so both forms are safe to print. ``redact=True`` (the
-        display form) adds ``xenapi.password_source``: where the password would come from, never
-        the value. ``redact=False`` gives exactly the keys ``parse_config`` accepts, so it
-        round-trips.
-        """
-        out: Dict[str, Any] = {}
-        for name in _TOP_ORDER:
-            value = getattr(self, name)
-            out[name] = _plain(value)
-        if redact:
-            out["xenapi"]["password_source"] = password_source(self, environ)
-        return out
-
-
-_TOP_ORDER = (
-    "node_name", "interval", "cycle_deadline", "command_timeout", "resources", "drbd", "pool",
-    "xenapi", "target", "vip", "paths", "exporter", "logging", "control",
-)
-_SECTIONS: Dict[str, type] = {
-    "drbd": DrbdConfig, "pool": PoolConfig, "xenapi": XenApiConfig, "target": TargetConfig,
-    "vip": VipConfig, "paths": PathsConfig, "exporter": ExporterConfig,
-    "logging": LoggingConfig, "control": ControlConfig, "promotion": PromotionConfig,
-    "peer": PeerConfig,
-}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Lun):
-        out = {"lun": value.number, "path": value.path}
-        out.update({k: getattr(value, k) for k in ("serial", "scsi_id", "vendor", "product")
-                    if getattr(value, k) is not None})
-        return out
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (tuple, list)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# The secret
-# --------------------------------------------------------------------------------------------
-
-
-def read_xenapi_password(cfg: Config,
-                         environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
-    """The XenAPI password: the environment variable if set and non-empty, else the file.
-
-    None when neither is there (a local socket login needs no password on XenServer). An
-    unreadable file raises ConfigError naming the file, never its content.
-    """
-    env = os.environ if environ is None else environ
-    x = cfg.xenapi
-    if x.password_env and env.get(x.password_env):
-        return env[x.password_env]
-    if not x.password_file:
-        return None
-    try:
-        text = read_capped(x.password_file, SMALL_LIMIT).decode("utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise ConfigError(x.password_file, [f"xenapi.password_file: cannot read: {why}"]) from None
-    # Editors add a final newline; a password never ends in one.
-    password = text.rstrip("\r\n")
-    return password or None
-
-
-def password_source(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> str:
-    """Where read_xenapi_password() would take the password from, in words."""
-    env = os.environ if environ is None else environ
-    x = cfg.xenapi
-    if x.password_env and env.get(x.password_env):
-        return f"environment variable {x.password_env}"
-    if x.password_file and os.path.exists(x.password_file):
-        return f"file {x.password_file}"
-    tried = [f"environment variable {x.password_env}" if x.password_env else "",
-             f"file {x.password_file}" if x.password_file else ""]
-    tried = [t for t in tried if t]
-    if not tried:
-        return "not set"
-    return "not set (" + ("neither " + " nor ".join(tried) if len(tried) > 1 else tried[0]) + ")"
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,12 +234,20 @@ def _path(value: Any) -> str:
     return text
 
 
-def _optional(check: Check) -> Check:
-    def optional(value: Any) -> Any:
-        return None if value is None else check(value)
+class _Optional:
+    """A check that also takes null (YAML's ``null`` / ``~``): the reader passes it None."""
 
-    optional.nullable = True  # type: ignore[attr-defined]
-    return optional
+    nullable = True
+
+    def __init__(self, check: Check) -> None:
+        self.check = check
+
+    def __call__(self, value: Any) -> Any:
+        return None if value is None else self.check(value)
+
+
+def _optional(check: Check) -> Check:
+    return _Optional(check)
 
 
 def _choice(options: Sequence[str], lower: bool = True) -> Check:
@@ -569,7 +314,7 @@ def _kernel_log(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
         raise _Invalid(f"must be a command as a list of arguments, e.g. [{value}] or "
                        "[journalctl, -k, -n, \"1000\"]")
-    return _list_of(_string, "arguments", "[dmesg]")(value)  # type: ignore[no-any-return]
+    return _list_of(_string, "arguments", "[dmesg]")(value)
 
 
 def _xenapi_url(value: Any) -> str:
@@ -713,7 +458,7 @@ def _peer_address(value: Any) -> str:
 
 
 def _uid(value: Any) -> int:
-    return _integer(0, MAX_UID)(value)  # type: ignore[no-any-return]
+    return _integer(0, MAX_UID)(value)
 
 
 _IDENTITY_KEYS = {
@@ -745,35 +490,26 @@ def _lun_entry(value: Any) -> Lun:
         raise _Invalid(f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
                        f"got {_describe(value)}")
     problems: List[Tuple[str, str]] = []
-    known = ("lun", "path") + tuple(_IDENTITY_KEYS)
+    fields = {yaml_key(f): f for f in dataclasses.fields(Lun)}
     for key in value:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "known here: " + ", ".join(known)
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else "known here: " + ", ".join(fields))
             problems.append((f".{key}", f"unknown key; {hint}"))
-    pinned: Dict[str, str] = {}
-    for key in _IDENTITY_KEYS:
-        if key in value and value[key] is not None:
-            try:
-                pinned[key] = _identity(key)(value[key])
-            except _Invalid as exc:
-                problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
-    number: Any = None
-    path: Any = None
-    for key, check in (("lun", _integer(1, MAX_LUN)), ("path", _path)):
+    values: Dict[str, Any] = {}
+    for key, f in fields.items():
         if key not in value:
-            problems.append((f".{key}", "is required"))
+            if f.default is dataclasses.MISSING:
+                problems.append((f".{key}", "is required"))
             continue
         try:
-            if key == "lun":
-                number = check(value[key])
-            else:
-                path = check(value[key])
+            values[f.name] = check_of(f)(value[key])
         except _Invalid as exc:
             problems.extend((f".{key}{sub}", msg) for sub, msg in exc.problems)
     if problems:
         raise _Invalid(problems=problems)
-    return Lun(number, path, **pinned)
+    return Lun(**values)
 
 
 def _luns(value: Any) -> Tuple[Lun, ...]:
@@ -794,58 +530,490 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
     return tuple(entries)
 
 
-_CHECKS: Dict[type, Dict[str, Check]] = {
-    Config: {
-        "node_name": _string,
-        "interval": _seconds(minimum=0.05),
-        "cycle_deadline": _seconds(maximum=2 * MAX_SECONDS),
-        "command_timeout": _seconds(),
-        "resources": _list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]",
-                              unique=True),
-    },
-    DrbdConfig: {
-        "version": _drbd_version, "drbdadm": _command, "drbdsetup": _command,
-        "proc_drbd": _path, "kernel_log": _kernel_log,
-    },
-    PoolConfig: {"conf": _path},
-    XenApiConfig: {
-        "enabled": _boolean, "url": _xenapi_url, "socket": _path, "username": _string,
-        "password_file": _optional(_secret(_path, "an absolute path to the file that holds the "
-                                            "password, e.g. /etc/iscsi-ha/xapi-password")),
-        "password_env": _optional(_secret(_env_name, "an environment variable name (letters, "
-                                                      "digits, _), e.g. ISCSI_HA_XAPI_PASSWORD")),
-        "timeout": _seconds(), "verify_tls": _boolean, "plug_srs": _boolean,
-    },
-    TargetConfig: {
-        "backend": _choice(("auto", "lio", "tgt")),
-        "default_time2wait": _integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
-        "configfs": _path, "modprobe": _command,
-        "tgtadm": _command, "tgtd": _command,
-        "control_port": _integer(0, 32767, " (tgtadm -C accepts 0..32767)"),
-        "tid": _integer(1, MAX_TID),
-        "iqn": _iqn, "initiator_address": _initiator_address, "luns": _luns,
-        "stop_timeout": _seconds(), "restart_backoff": _seconds(maximum=MAX_RESTART_BACKOFF),
-        "log_file": _optional(_path),
-    },
-    VipConfig: {
-        "address": _vip_address, "interface": _interface, "ip": _command, "arping": _command,
-        "announce_interval": _seconds(allow_zero=True, maximum=MAX_PERIOD),
-        "announce_count": _integer(1, MAX_ANNOUNCE_COUNT),
-        "probe_interval": _seconds(maximum=MAX_PERIOD),
-    },
-    PathsConfig: {"state_dir": _path, "status_file": _path, "control_socket": _path},
-    ExporterConfig: {"enabled": _boolean, "listen": _listen, "web_config_file": _optional(_path)},
-    LoggingConfig: {
-        "level": _choice(("debug", "info", "warning", "error")), "syslog": _boolean,
-    },
-    ControlConfig: {"allowed_uids": _list_of(_uid, "user ids", "[0]")},
-    PromotionConfig: {"unproven_wait": _seconds(allow_zero=True)},
-    PeerConfig: {
-        "address": _peer_address, "port": _integer(1, 65535), "listen": _listen,
-        "cert_file": _path,
-        "key_file": _path, "peer_cert_file": _path, "timeout": _seconds(maximum=30),
-    },
+
+# --------------------------------------------------------------------------------------------
+# The schema: every key once, with its default, its check and its help
+# --------------------------------------------------------------------------------------------
+#
+# A key is a dataclass field made by ``setting()``: the field name is the YAML key, the field
+# default is the documented default, and the metadata carries the check and the help. Nothing
+# else lists keys: the reader below, ``iscsi-cfg get``, the README's table and
+# examples/iscsi-ha.yaml (both generated by scripts/gen_docs.py) all walk these fields.
+
+
+def setting(default: Any = dataclasses.MISSING, *, check: Check, help: str,
+            default_factory: Any = dataclasses.MISSING, derived: str = "",
+            example: str = "") -> Any:
+    """One configuration key with a default.
+
+    ``help`` is what an operator reads (README table, example file); ``derived`` names a default
+    computed from other keys (the example then shows ``example`` commented out, not a default).
+    """
+    meta = about(check=check, help=help, derived=derived, example=example)
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def about(*, check: Check, help: str, derived: str = "", example: str = "",
+          key: str = "") -> Dict[str, Any]:
+    """The metadata of a key; a required key is ``field(metadata=about(...))`` (mypy sees a
+    ``field()`` without a default as required). ``example`` is the value the example file shows
+    for it; ``key`` is the YAML name when it is not the field name (a LUN's ``lun``)."""
+    return {"check": check, "help": help, "derived": derived, "example": example, "key": key}
+
+
+def _identity_setting(name: str) -> Any:
+    limit, what, _allowed = _IDENTITY_KEYS[name]
+    return setting(None, check=_optional(_identity(name)),
+                   help=f"{what}, at most {limit} characters; default: derived")
+
+
+@dataclass(frozen=True)
+class Lun:
+    """One entry of ``target.luns``."""
+
+    number: int = field(metadata=about(
+        key="lun", check=_integer(1, MAX_LUN),
+        help=f"the LUN number, 1..{MAX_LUN} (0 is the target's own controller LUN)"))
+    path: str = field(metadata=about(check=_path, help="the block device it serves"))
+    # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
+    # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
+    serial: Optional[str] = _identity_setting("serial")
+    scsi_id: Optional[str] = _identity_setting("scsi_id")
+    vendor: Optional[str] = _identity_setting("vendor")
+    product: Optional[str] = _identity_setting("product")
+
+
+@dataclass(frozen=True)
+class DrbdConfig:
+    version: str = setting(
+        "auto", check=_drbd_version,
+        help="DRBD userland to speak: auto (detected from /proc/drbd), \"8.4\" or \"9\".")
+    drbdadm: str = setting("drbdadm", check=_command,
+                           help="The drbdadm command: a name or an absolute path, run without a "
+                           "shell.")
+    drbdsetup: str = setting("drbdsetup", check=_command,
+                             help="The drbdsetup command: a name or an absolute path.")
+    proc_drbd: str = setting("/proc/drbd", check=_path,
+                             help="Where DRBD's kernel module reports its version and states.")
+    kernel_log: Tuple[str, ...] = setting(
+        ("dmesg",), check=_kernel_log,
+        help="Command (a list of arguments) whose output is searched for the kernel's "
+        "\"Split-Brain detected but unresolved\"; [journalctl, -k, -b, -o, cat] keeps the "
+        "whole boot.")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    conf: str = setting("/etc/xensource/pool.conf", check=_path,
+                        help="Where XenServer / XCP-ng writes this host's pool role (\"master\" "
+                        "or \"slave:ADDRESS\").")
+
+
+_PASSWORD_FILE = _optional(_secret(_path, "an absolute path to the file that holds the password, "
+                                          "e.g. /etc/iscsi-ha/xapi-password"))
+_PASSWORD_ENV = _optional(_secret(_env_name, "an environment variable name (letters, digits, _), "
+                                             "e.g. ISCSI_HA_XAPI_PASSWORD"))
+
+
+@dataclass(frozen=True)
+class XenApiConfig:
+    enabled: bool = setting(True, check=_boolean,
+                            help="false: no XenAPI at all (no SR plugging, no SR or VM evidence).")
+    url: str = setting("local", check=_xenapi_url,
+                       help="\"local\" logs in over the xapi Unix socket below; or https://HOST "
+                       "(http:// only for labs). Never put a user or password in the URL.")
+    socket: str = setting("/var/lib/xcp/xapi", check=_path, help="The xapi Unix socket.")
+    username: str = setting("root", check=_string, help="The XenAPI user.")
+    password_file: Optional[str] = setting(
+        "/etc/iscsi-ha/xapi-password", check=_PASSWORD_FILE,
+        help="The file that holds the password (mode 0600, owned by root; one line); null = "
+        "none. The password itself never goes in this configuration and is never printed.")
+    password_env: Optional[str] = setting(
+        "ISCSI_HA_XAPI_PASSWORD", check=_PASSWORD_ENV,
+        help="The environment variable that holds the password; when it is set and not empty "
+        "it wins over password_file. null = none.")
+    timeout: float = setting(10.0, check=_seconds(),
+                             help="Seconds every XenAPI call may take; the XenAPI SDK has no "
+                             "timeout of its own.")
+    verify_tls: bool = setting(False, check=_boolean,
+                               help="Check the https certificate; XenServer ships self-signed "
+                               "ones.")
+    plug_srs: bool = setting(True, check=_boolean,
+                             help="On the master, plug the unattached PBDs of lvmoiscsi SRs once "
+                             "the target serves.")
+
+
+_LUNS_EXAMPLE = """\
+luns:
+  - {lun: 1, path: /dev/drbd/by-res/iscsi1/0}
+  - {lun: 2, path: /dev/drbd/by-res/iscsi2/0}"""
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    backend: str = setting(
+        "auto", check=_choice(("auto", "lio", "tgt")),
+        help="Which daemon serves the LUNs: lio (the kernel target), tgt (user space), or auto: "
+        "LIO when it is loaded, or when tgtd is not installed and the kernel has LIO's modules "
+        "(the XCP-ng 8.3 / XenServer 8 dom0 has them); else tgt. See the README's \"Choosing a "
+        "target backend\".")
+    default_time2wait: int = setting(
+        2, check=_integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
+        help="Seconds an initiator waits before it reconnects after a lost connection or a "
+        "logout (iSCSI DefaultTime2Wait, offered by the target: tgt --name DefaultTime2Wait, "
+        "LIO tpgt_1/param/DefaultTime2Wait; 2 is what both offer by default).")
+    configfs: str = setting("/sys/kernel/config", check=_path,
+                            help="LIO: where configfs is mounted.")
+    modprobe: str = setting("modprobe", check=_command,
+                            help="LIO: the command that loads the kernel target's modules when "
+                            "they are missing.")
+    tgtadm: str = setting("tgtadm", check=_command, help="tgt: the tgtadm command.")
+    tgtd: str = setting("tgtd", check=_command, help="tgt: the tgtd command.")
+    control_port: int = setting(
+        0, check=_integer(0, 32767, " (tgtadm -C accepts 0..32767)"),
+        help="tgt: the tgtd instance (tgtd -C N / tgtadm -C N); its control socket is "
+        "/var/run/tgtd/socket.N.")
+    tid: int = setting(1, check=_integer(1, MAX_TID), help="The target id.")
+    iqn: str = setting("iqn.2024-01.org.iscsi-ha:storage", check=_iqn,
+                       help="The target's iSCSI qualified name: iqn.YYYY-MM.reversed.domain"
+                       "[:name], lower case.")
+    initiator_address: str = setting(
+        "ALL", check=_initiator_address,
+        help="Who may log in: ALL, an address or a network such as 10.10.10.0/24 (LIO: ALL "
+        "only).")
+    luns: Tuple[Lun, ...] = setting(
+        (), check=_luns, derived="one LUN per resource, in order, LUN 1 "
+        "upwards at /dev/drbd/by-res/RESOURCE/0", example=_LUNS_EXAMPLE,
+        help="The LUNs of the target. Each LUN's identity (unit serial, NAA designator) is "
+        "derived from the IQN and the LUN number, the same on both hosts; pin it to keep an "
+        "existing SR's SCSIid (import-conf --tgt-conf does).")
+    stop_timeout: float = setting(5.0, check=_seconds(),
+                                  help="Seconds to wait for tgtd to exit after `tgtadm --mode "
+                                  "system --op delete` (then SIGKILL).")
+    restart_backoff: float = setting(
+        2.0, check=_seconds(maximum=MAX_RESTART_BACKOFF),
+        help="Seconds before restarting a tgtd that died where it should run; doubles after each "
+        f"failed restart, up to {MAX_RESTART_BACKOFF:g}.")
+    log_file: Optional[str] = setting(None, check=_optional(_path),
+                                      help="Where tgtd's output goes; null discards it.")
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    address: str = field(metadata=about(
+        check=_vip_address, example="10.10.10.3/24",
+        help="The floating IPv4 address the initiators (the SRs) connect to, with the prefix of "
+        "its subnet (ADDRESS/PREFIX). A bare address is an error."))
+    interface: str = setting("xenbr0", check=_interface,
+                             help="The interface it is bound to on the holder.")
+    ip: str = setting("ip", check=_command, help="The iproute2 ip command.")
+    arping: str = setting("arping", check=_command,
+                          help="iputils arping (not the Habets arping package: its exit codes "
+                          "differ).")
+    announce_interval: float = setting(
+        60.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between periodic gratuitous ARPs sent by the holder; 0 = off.")
+    announce_count: int = setting(2, check=_integer(1, MAX_ANNOUNCE_COUNT),
+                                  help="Gratuitous ARPs per announcement.")
+    probe_interval: float = setting(10.0, check=_seconds(maximum=MAX_PERIOD),
+                                    help="Seconds between duplicate-address probes (arping -D) "
+                                    "for the VIP.")
+
+    @property
+    def bare_address(self) -> str:
+        """The address without its prefix ("10.10.10.3"), as arping wants it."""
+        return self.address.split("/", 1)[0]
+
+    @property
+    def prefixlen(self) -> int:
+        return int(self.address.split("/", 1)[1])
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: str = setting("/etc/iscsi-ha/state", check=_path,
+                             help="Manual mode and the promotion ledger are persisted here.")
+    status_file: str = setting("/etc/iscsi-ha/state/status", check=_path,
+                               help="The legacy status file; HA-Lizard reads its age before it "
+                               "fences the peer.")
+    control_socket: str = setting("/run/iscsi-ha/control.sock", check=_path,
+                                  help="Where iscsi-cfg talks to the controller.")
+
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    enabled: bool = setting(True, check=_boolean, help="Serve Prometheus metrics over HTTP.")
+    listen: str = setting(f"0.0.0.0:{DEFAULT_EXPORTER_PORT}", check=_listen,
+                          help="HOST:PORT of the metrics endpoint ([::]:PORT for IPv6).")
+    web_config_file: Optional[str] = setting(
+        None, check=_optional(_path),
+        help="A Prometheus exporter-toolkit web configuration file (TLS, client certificates, "
+        "basic auth with bcrypt hashes); null = plain HTTP.")
+
+    @property
+    def host(self) -> str:
+        """The listen host without IPv6 brackets; "" means every interface."""
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = setting("info", check=_choice(("debug", "info", "warning", "error")),
+                         help="debug, info, warning or error. Logs always go to stderr.")
+    syslog: bool = setting(True, check=_boolean,
+                           help="Also log to syslog (/dev/log) when it exists.")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    allowed_uids: Tuple[int, ...] = setting(
+        (0,), check=_list_of(_uid, "user ids", "[0]"),
+        help="User ids allowed on the control socket (iscsi-cfg).")
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    unproven_wait: float = setting(
+        0.0, check=_seconds(allow_zero=True),
+        help="Never serve stale data: with the peer unreachable the controller promotes only "
+        "with proof that this host holds the newest data (it watched the peer vanish while in "
+        "sync, or the peer is Outdated); otherwise it holds and pages (IscsiHaPromotionBlocked). "
+        "This is the number of seconds after which it promotes WITHOUT proof, like DRBD's "
+        "degr-wfc-timeout; 0 = never. RISK: a host that was down while its peer served writes "
+        "then serves its old data: the VMs go back in time, and DRBD reports a split brain when "
+        "the peer returns. Leave at 0 unless losing those writes is acceptable.")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The peer channel: mutually authenticated TLS between the two controllers (peer.py)."""
+
+    address: str = setting(
+        "", check=_peer_address,
+        help="The peer channel: mutually authenticated TLS between the two controllers over the "
+        "management network (never the replication link), used by the fence-peer handler, the "
+        "two-masters check and to learn the peer's disk state. This is the other host's "
+        "management address; \"\" = no peer channel.")
+    port: int = setting(DEFAULT_PEER_PORT, check=_integer(1, 65535),
+                        help="The port the peer listens on.")
+    listen: str = setting(f"0.0.0.0:{DEFAULT_PEER_PORT}", check=_listen,
+                          help="HOST:PORT this host's peer channel listens on.")
+    cert_file: str = setting("/etc/iscsi-ha/peer/host.crt", check=_path,
+                             help="This host's certificate (create it with `iscsi-cfg "
+                             "peer-cert`).")
+    key_file: str = setting("/etc/iscsi-ha/peer/host.key", check=_path,
+                            help="This host's private key (0600).")
+    peer_cert_file: str = setting("/etc/iscsi-ha/peer/peer.crt", check=_path,
+                                  help="The peer's certificate: the only one accepted (pinned).")
+    timeout: float = setting(2.0, check=_seconds(maximum=30),
+                             help="Seconds every call may take, connect to answer.")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.address)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The storage probe (probe.py): this host as an iSCSI client of the VIP."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check the storage as the VMs' hosts see it: log in to the target at the VIP and "
+        "read block 0 of every LUN, on a job of its own (never in a cycle or a scrape). Its "
+        "metrics decide what pages (alerts/iscsi-ha.rules.yml, docs/alerts.md).")
+    interval: float = setting(
+        0.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between probes; 0 = the cycle interval.")
+    timeout: float = setting(
+        2.0, check=_seconds(maximum=30),
+        help="Hard limit in seconds for a whole probe (connect, login, every LUN, logout); "
+        "never more than the interval.")
+    port: int = setting(3260, check=_integer(1, 65535),
+                        help="The iSCSI port the target listens on at the VIP.")
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The data-safety audit (audit.py): settings that decide whether a failover loses data."""
+
+    enabled: bool = setting(
+        True, check=_boolean,
+        help="Check every few minutes, on a job of its own: DRBD protocol C, split-brain "
+        "policies that discard data, fencing with a fence-peer handler, the LVM filter "
+        "rejecting the DRBD and backing devices, multipath leaving DRBD alone. Each finding is a "
+        "metric and an alert (docs/runbook.md).")
+    interval: float = setting(300.0, check=_seconds(maximum=MAX_PERIOD),
+                              help="Seconds between audits.")
+    lvmconfig: str = setting("lvmconfig", check=_command,
+                             help="LVM's lvmconfig command (dom0 has it).")
+    multipath_conf: str = setting(
+        "/etc/multipath.conf", check=_path,
+        help="multipath's configuration; the conf.d directory next to it "
+        "(/etc/multipath/conf.d) is read too. No file: multipath is not configured.")
+
+
+def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
+    return tuple(Lun(i + 1, f"/dev/drbd/by-res/{name}/0") for i, name in enumerate(resources))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. Build it with ``load_config`` / ``parse_config``.
+
+    Constructing it directly (in tests) skips validation but still fills the derived defaults.
+    """
+
+    resources: Tuple[str, ...] = field(metadata=about(
+        check=_list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]", unique=True),
+        example="[iscsi1]",
+        help="The DRBD resources to keep Primary on the pool master, in order. Names as in "
+        "/etc/drbd.d/*.res (letters, digits, _ . -), each once."))
+    vip: VipConfig = field()
+    node_name: str = setting(default_factory=socket.gethostname, check=_string,
+                             derived="the host name", example="xcp-host1",
+                             help="Shown in logs and metrics.")
+    interval: float = setting(DEFAULT_INTERVAL, check=_seconds(minimum=0.05),
+                              help="Seconds between two cycles of observe -> decide -> act (the "
+                              "original tool's MONITOR_DELAY).")
+    cycle_deadline: float = setting(
+        0.0, check=_seconds(maximum=2 * MAX_SECONDS), derived="twice the interval",
+        example="10",
+        help="A cycle that takes longer than this many seconds is reported as an overrun (log "
+        "and metrics).")
+    command_timeout: float = setting(
+        10.0, check=_seconds(),
+        help="Default timeout in seconds of every external command (drbdadm, tgtadm, ip, "
+        "arping...). A command that runs over is killed and counted in "
+        "iscsi_ha_command_timeouts_total.")
+    drbd: DrbdConfig = field(default_factory=DrbdConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    xenapi: XenApiConfig = field(default_factory=XenApiConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    exporter: ExporterConfig = field(default_factory=ExporterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    peer: PeerConfig = field(default_factory=PeerConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+
+    def __post_init__(self) -> None:
+        # Frozen: derived defaults are set once, here, so every Config is complete.
+        if not self.cycle_deadline:
+            object.__setattr__(self, "cycle_deadline", 2 * self.interval)
+        if not self.target.luns:
+            luns = default_luns(self.resources)
+            object.__setattr__(self, "target", dataclasses.replace(self.target, luns=luns))
+
+    def to_dict(self, redact: bool = True,
+                environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+        """Plain data in the YAML shape, for ``iscsi-cfg get`` and the control socket.
+
+        Nothing secret is ever in a Config, so both forms are safe to print. ``redact=True`` (the
+        display form) adds ``xenapi.password_source``: where the password would come from, never
+        the value. ``redact=False`` gives exactly the keys ``parse_config`` accepts, so it
+        round-trips.
+        """
+        out: Dict[str, Any] = {}
+        for name in TOP_ORDER:
+            value = getattr(self, name)
+            out[name] = _plain(value)
+        if redact:
+            out["xenapi"]["password_source"] = password_source(self, environ)
+        return out
+
+
+# The sections: the top-level keys whose value is a mapping of settings, with their dataclass.
+_TYPES = typing.get_type_hints(Config)
+_SECTIONS: Dict[str, type] = {
+    f.name: _TYPES[f.name] for f in dataclasses.fields(Config)
+    if dataclasses.is_dataclass(_TYPES[f.name])
 }
+# The order of the file (example, README, `iscsi-cfg get`): the plain keys, then the sections,
+# each in the order declared above (so the two required keys, resources and vip, come first).
+TOP_ORDER: Tuple[str, ...] = tuple(
+    [f.name for f in dataclasses.fields(Config) if f.name not in _SECTIONS] + list(_SECTIONS)
+)
+
+
+def section_class(name: str) -> Optional[type]:
+    """The dataclass of section ``name`` (``vip`` -> VipConfig); None for a plain key."""
+    return _SECTIONS.get(name)
+
+
+def check_of(f: "dataclasses.Field[Any]") -> Check:
+    return f.metadata["check"]
+
+
+def yaml_key(f: "dataclasses.Field[Any]") -> str:
+    return f.metadata.get("key") or f.name
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Lun):
+        out = {"lun": value.number, "path": value.path}
+        out.update({k: getattr(value, k) for k in ("serial", "scsi_id", "vendor", "product")
+                    if getattr(value, k) is not None})
+        return out
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+# --------------------------------------------------------------------------------------------
+# The secret
+# --------------------------------------------------------------------------------------------
+
+
+def read_xenapi_password(cfg: Config,
+                         environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The XenAPI password: the environment variable if set and non-empty, else the file.
+
+    None when neither is there (a local socket login needs no password on XenServer). An
+    unreadable file raises ConfigError naming the file, never its content.
+    """
+    env = os.environ if environ is None else environ
+    x = cfg.xenapi
+    if x.password_env and env.get(x.password_env):
+        return env[x.password_env]
+    if not x.password_file:
+        return None
+    try:
+        text = read_capped(x.password_file, SMALL_LIMIT).decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(x.password_file, [f"xenapi.password_file: cannot read: {why}"]) from None
+    # Editors add a final newline; a password never ends in one.
+    password = text.rstrip("\r\n")
+    return password or None
+
+
+def password_source(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> str:
+    """Where read_xenapi_password() would take the password from, in words."""
+    env = os.environ if environ is None else environ
+    x = cfg.xenapi
+    if x.password_env and env.get(x.password_env):
+        return f"environment variable {x.password_env}"
+    if x.password_file and os.path.exists(x.password_file):
+        return f"file {x.password_file}"
+    tried = [f"environment variable {x.password_env}" if x.password_env else "",
+             f"file {x.password_file}" if x.password_file else ""]
+    tried = [t for t in tried if t]
+    if not tried:
+        return "not set"
+    return "not set (" + ("neither " + " nor ".join(tried) if len(tried) > 1 else tried[0]) + ")"
+
 
 _REQUIRED_HINTS = {
     "resources": "is required: the DRBD resources to manage, e.g. resources: [iscsi1]",
@@ -922,12 +1090,11 @@ class _Reader:
             if key not in known:
                 self.add(*_unknown_key(key, known, prefix))
         values: Dict[str, Any] = {}
-        checks = _CHECKS[cls]
         for f in fields:
             path = f"{prefix}.{f.name}" if prefix else f.name
             required = (f.default is dataclasses.MISSING
                         and f.default_factory is dataclasses.MISSING)
-            check = checks[f.name]
+            check = check_of(f)
             value = data.get(f.name)
             if value is None and not getattr(check, "nullable", False):
                 if required:
@@ -956,16 +1123,9 @@ class _Reader:
         return value
 
 
-_DERIVED_DEFAULTS = {
-    "node_name": "the host name",
-    "cycle_deadline": "twice the interval",
-    "luns": "one LUN per resource",
-}
-
-
-def _show_default(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
-    if f.name in _DERIVED_DEFAULTS:
-        return _DERIVED_DEFAULTS[f.name]
+def _show_default(f: "dataclasses.Field[Any]") -> str:
+    if f.metadata.get("derived"):
+        return str(f.metadata["derived"])
     default = f.default
     if isinstance(default, tuple):
         return "[" + ", ".join(str(d) for d in default) + "]"
@@ -1051,7 +1211,7 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             else:
                 seen[key] = line
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         digits = sum(c.isalnum() for c in str(node.value))
@@ -1059,7 +1219,7 @@ class _StrictLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, f"an integer of {digits} digits; no setting takes a number that "
                 f"long (at most {MAX_INT_DIGITS} digits)", node.start_mark)
-        return super().construct_yaml_int(node)  # type: ignore[no-any-return]
+        return super().construct_yaml_int(node)
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)

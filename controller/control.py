@@ -11,10 +11,11 @@ line each way::
     -> {"cmd": "become-primary"}
     <- {"ok": false, "code": 1, "message": "refused: the peer is Primary for iscsi1; ..."}
 
-Requests: ``status`` (the last snapshot), ``get`` (the running configuration, secrets redacted),
-``log`` (the last cycle sentences, ``"since": unix time``) and the four role commands, which go to
-``Controller.command`` and so run under the controller's lock, never beside a cycle. ``code`` in
-an answer is the exit code ``iscsi-cfg`` should use: 0 done, 1 refused for safety, 2 a bad request.
+Three parts, one module each: this one owns the socket (binding it, the accept loop, who may
+use it and how many connections each uid may hold: ``Slots``); ``control_wire.py`` the framing
+(reading one bounded request, writing one answer); ``control_requests.py`` what the requests
+(``commands.Command``) do. ``code`` in an answer is the exit code ``iscsi-cfg`` should use: 0
+done, 1 refused for safety, 2 a bad request.
 
 Why it is built this way:
 
@@ -42,141 +43,105 @@ Why it is built this way:
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
 import stat
-import struct
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
-from .model import Snapshot
+from . import control_wire as wire
+from .control_requests import (  # noqa: F401 - the names callers know from here
+    COMMANDS,
+    ControlledDaemon,
+    OperatorControls,
+    Requests,
+    describe_snapshot,
+    history_entries,
+)
+from .control_wire import (  # noqa: F401 - the names callers know from here
+    CODE_BAD_REQUEST,
+    CODE_OK,
+    CODE_REFUSED,
+    MAX_REQUEST,
+    READ_TIMEOUT,
+    error_answer,
+    parse_request,
+    peer_credentials,
+)
+from .control_wire import BadRequest as _BadRequest  # noqa: F401 - tests feed it
+from .control_wire import Probe as _Probe
 
 log = logging.getLogger("iscsi_ha.control")
 
-MAX_REQUEST = 64 * 1024  # bytes; a real request is a few dozen
-READ_TIMEOUT = 5.0  # seconds for a whole request to arrive
-WRITE_TIMEOUT = 5.0
 MAX_CONNECTIONS = 16
 PER_UID_SLOTS = 4  # connections at once for each allowed uid other than root
 REFUSAL_LOG_PERIOD = 60.0  # seconds between two log lines about one refused uid
 BACKLOG = 128  # connects that wait for the accept loop (it drains them in microseconds each)
-DRAIN_SECONDS = 1.0  # after an oversize request: read (and drop) the rest this long, then close
-DRAIN_BYTES = 16 * 1024 * 1024
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
-
-ROLE_COMMANDS = ("manual-mode-enable", "manual-mode-disable", "become-primary", "become-secondary")
-COMMANDS = ("status", "get", "log", "stale-info") + ROLE_COMMANDS
-
-CODE_OK, CODE_REFUSED, CODE_BAD_REQUEST = 0, 1, 2
-
 
 class ControlSocketError(OSError):
     """The control socket cannot be set up (another controller owns it, the path is unusable)."""
 
 
-class _BadRequest(Exception):
-    def __init__(self, message: str, drain: bool = False) -> None:
-        super().__init__(message)
-        self.drain = drain
-
-
-class _Probe(Exception):
-    """A connection closed before sending anything (``socket_answers`` of a second controller)."""
-
-
-def error_answer(message: str, code: int = CODE_BAD_REQUEST) -> Dict[str, Any]:
-    return {"ok": False, "code": code, "error": message}
-
-
-def peer_credentials(conn: socket.socket) -> Tuple[int, int, int]:
-    """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
-
-
-def parse_request(raw: bytes) -> Dict[str, Any]:
-    """The request object, or _BadRequest saying what is wrong with it (quoting a little)."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise _BadRequest(f"malformed request, not JSON ({exc}): {_quote(raw)}") from None
-    if not isinstance(data, dict):
-        raise _BadRequest(f"malformed request: expected a JSON object like "
-                          f'{{"cmd": "status"}}, got {type(data).__name__}')
-    cmd = data.get("cmd")
-    if not isinstance(cmd, str):
-        raise _BadRequest('malformed request: "cmd" must be a string, e.g. {"cmd": "status"}')
-    return data
-
-
-def _quote(raw: bytes, limit: int = 80) -> str:
-    text = raw[:limit].decode("utf-8", errors="replace")
-    return repr(text) + ("..." if len(raw) > limit else "")
-
-
 # --------------------------------------------------------------------------------------------
-# Answers (pure: snapshot in, plain JSON-able data out)
+# Who may hold a connection
 # --------------------------------------------------------------------------------------------
 
 
-def describe_snapshot(
-    snap: Optional[Snapshot],
-    now: float,
-    manual: Optional[Dict[str, Any]] = None,
-) -> Dict[str, Any]:
-    """The ``status`` answer: the last cycle (``CycleResult.to_dict``) plus what surrounds it.
+class Slots:
+    """Connections being served, counted per uid, so that root is never crowded out: root (and
+    the controller's own uid) may use all ``total``, every other uid at most ``PER_UID_SLOTS``,
+    and all of those together leave a quarter free for root."""
 
-    ``manual`` is the persisted manual mode when it could be read (it changes the moment an
-    operator runs manual-mode-enable, before the next cycle republishes the snapshot); otherwise
-    the snapshot's.
-    """
-    if snap is None:
-        return {"ok": True, "now": now, "last": None, "starting": True}
-    last = snap.last
-    ended = last.started + last.duration if last else None
-    c = snap.counters
-    if manual is None:
-        m = snap.manual
-        manual = {
-            "enabled": m.enabled,
-            "requested": m.requested.value if m.requested else None,
-            "since": m.since,
-            "problem": None,
-        }
-    return {
-        "ok": True,
-        "now": now,
-        "version": snap.version,
-        "hostname": snap.hostname,
-        "drbd_version": snap.drbd_version,
-        "started": snap.started,
-        "uptime": max(0.0, now - snap.started),
-        "interval": snap.interval,
-        "manual": manual,
-        "last": last.to_dict() if last else None,
-        "last_cycle_ended": ended,
-        "last_cycle_age": max(0.0, now - ended) if ended is not None else None,
-        "xenapi_reachable": snap.xenapi_reachable,
-        "counters": {
-            "cycles": dict(c.cycles),
-            "actions": [
-                {"action": action, "result": result, "count": n}
-                for (action, result), n in sorted(c.actions.items())
-            ],
-            "command_timeouts": dict(c.command_timeouts),
-            "target_daemon_restarts": c.target_daemon_restarts,
-            "cycle_overruns": c.cycle_overruns,
-        },
-    }
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._lock = threading.Lock()
+        self._in_use: Dict[int, int] = {}  # uid -> connections being served
+
+    @staticmethod
+    def privileged(uid: int) -> bool:
+        return uid in (0, os.geteuid())
+
+    def take(self, uid: int) -> bool:
+        with self._lock:
+            if sum(self._in_use.values()) >= self.total:
+                return False
+            if not self.privileged(uid):
+                others = sum(n for u, n in self._in_use.items() if not self.privileged(u))
+                reserved = max(1, self.total // 4)
+                if others >= self.total - reserved or self._in_use.get(uid, 0) >= PER_UID_SLOTS:
+                    return False
+            self._in_use[uid] = self._in_use.get(uid, 0) + 1
+            return True
+
+    def give(self, uid: int) -> None:
+        with self._lock:
+            left = self._in_use.get(uid, 0) - 1
+            if left > 0:
+                self._in_use[uid] = left
+            else:
+                self._in_use.pop(uid, None)
 
 
-def history_entries(history: Iterable[Tuple[float, str, str]], since: float) -> List[dict]:
-    return [{"t": t, "outcome": outcome, "message": message}
-            for t, outcome, message in history if t > since]
+class RefusalLog:
+    """Logs a refused uid at most once per ``REFUSAL_LOG_PERIOD``, counting the quiet ones."""
+
+    def __init__(self) -> None:
+        self._last: Dict[int, Tuple[float, int]] = {}  # uid -> (last logged, refused since)
+
+    def refused(self, pid: int, uid: int) -> None:
+        now = time.monotonic()
+        last, quiet = self._last.get(uid, (-REFUSAL_LOG_PERIOD, 0))
+        if now - last >= REFUSAL_LOG_PERIOD:
+            more = f"; {quiet} more refused in the last {now - last:.0f}s" if quiet else ""
+            log.warning("control socket: refused uid %d (pid %d)%s", uid, pid, more)
+            self._last[uid] = (now, 0)
+        else:
+            self._last[uid] = (last, quiet + 1)
+        if len(self._last) > 1024:  # bounded, whatever the number of local uids
+            self._last.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,13 +150,13 @@ def history_entries(history: Iterable[Tuple[float, str, str]], since: float) -> 
 
 
 class ControlServer:
-    """Serves the control socket for a ``Daemon`` (anything with ``.controller``, ``.cfg`` and
-    ``.trigger(why)``). ``start()`` raises ControlSocketError when the socket cannot be had."""
+    """Serves the control socket for a daemon (``ControlledDaemon``). ``start()`` raises
+    ControlSocketError when the socket cannot be had."""
 
     def __init__(
         self,
         path: str,
-        daemon: Any,
+        daemon: ControlledDaemon,
         allowed_uids: Iterable[int] = (0,),
         *,
         read_timeout: float = READ_TIMEOUT,
@@ -204,9 +169,9 @@ class ControlServer:
         self.read_timeout = read_timeout
         self.max_request = max_request
         self.max_connections = max_connections
-        self._slots_lock = threading.Lock()
-        self._in_use: Dict[int, int] = {}  # uid -> connections being served
-        self._refusals: Dict[int, Tuple[float, int]] = {}  # uid -> (last logged, since then)
+        self.slots = Slots(max_connections)
+        self.requests = Requests(daemon, Slots.privileged)
+        self._refusals = RefusalLog()
         self._stopping = threading.Event()
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
@@ -357,13 +322,13 @@ class ControlServer:
             try:
                 pid, uid, _ = peer_credentials(conn)
             except OSError as exc:
-                self._send_and_close(conn, error_answer(f"cannot identify the client: {exc}"))
+                wire.send_and_close(conn, error_answer(f"cannot identify the client: {exc}"))
                 continue
             if uid not in self.allowed_uids:
                 self._refuse(conn, pid, uid)
                 continue
-            if not self._take_slot(uid):
-                self._send_and_close(conn, error_answer(
+            if not self.slots.take(uid):
+                wire.send_and_close(conn, error_answer(
                     f"busy: {self.max_connections} requests are being served; try again",
                     CODE_REFUSED))
                 continue
@@ -371,46 +336,13 @@ class ControlServer:
                 threading.Thread(target=self._handle_slot, args=(conn, uid), daemon=True,
                                  name="control-conn").start()
             except RuntimeError:  # cannot start a thread: answer nothing, keep serving
-                self._give_slot(uid)
+                self.slots.give(uid)
                 conn.close()
-
-    def _privileged(self, uid: int) -> bool:
-        return uid in (0, os.geteuid())
-
-    def _take_slot(self, uid: int) -> bool:
-        with self._slots_lock:
-            if sum(self._in_use.values()) >= self.max_connections:
-                return False
-            if not self._privileged(uid):
-                others = sum(n for u, n in self._in_use.items() if not self._privileged(u))
-                reserved = max(1, self.max_connections // 4)
-                if (others >= self.max_connections - reserved
-                        or self._in_use.get(uid, 0) >= PER_UID_SLOTS):
-                    return False
-            self._in_use[uid] = self._in_use.get(uid, 0) + 1
-            return True
-
-    def _give_slot(self, uid: int) -> None:
-        with self._slots_lock:
-            left = self._in_use.get(uid, 0) - 1
-            if left > 0:
-                self._in_use[uid] = left
-            else:
-                self._in_use.pop(uid, None)
 
     def _refuse(self, conn: socket.socket, pid: int, uid: int) -> None:
         """Answer a uid that may not use the socket, from the accept loop, without waiting."""
-        now = time.monotonic()
-        last, quiet = self._refusals.get(uid, (-REFUSAL_LOG_PERIOD, 0))
-        if now - last >= REFUSAL_LOG_PERIOD:
-            more = f"; {quiet} more refused in the last {now - last:.0f}s" if quiet else ""
-            log.warning("control socket: refused uid %d (pid %d)%s", uid, pid, more)
-            self._refusals[uid] = (now, 0)
-        else:
-            self._refusals[uid] = (last, quiet + 1)
-        if len(self._refusals) > 1024:  # bounded, whatever the number of local uids
-            self._refusals.clear()
-        self._send_and_close(conn, self._denied(uid), wait=0.0)
+        self._refusals.refused(pid, uid)
+        wire.send_and_close(conn, self._denied(uid), wait=0.0)
 
     def _denied(self, uid: int) -> Dict[str, Any]:
         allowed = ", ".join(str(u) for u in sorted(self.allowed_uids))
@@ -424,19 +356,7 @@ class ControlServer:
         except Exception:  # a handler bug must not leak a slot or reach the accept loop
             log.exception("control socket: handler failed")
         finally:
-            self._give_slot(uid)
-            conn.close()
-
-    def _send_and_close(self, conn: socket.socket, answer: Dict[str, Any],
-                        wait: float = 0.5) -> None:
-        try:
-            # A short answer fits the socket buffer; a client that does not read gets nothing
-            # more from the accept loop than that.
-            conn.settimeout(wait)
-            conn.sendall(_encode(answer))
-        except OSError:
-            pass
-        finally:
+            self.slots.give(uid)
             conn.close()
 
     # -- one connection
@@ -445,176 +365,27 @@ class ControlServer:
         try:
             pid, uid, _ = peer_credentials(conn)
         except OSError as exc:
-            self._send(conn, error_answer(f"cannot identify the client: {exc}"))
+            wire.send(conn, error_answer(f"cannot identify the client: {exc}"))
             return
         if uid not in self.allowed_uids:  # the accept loop refuses them; this is for direct use
             log.warning("control socket: refused uid %d (pid %d)", uid, pid)
-            self._send(conn, self._denied(uid))
+            wire.send(conn, self._denied(uid))
             return
         try:
-            request = parse_request(self._read_request(conn))
+            request = parse_request(wire.read_request(conn, self.read_timeout, self.max_request))
         except _Probe:
             return  # connected and closed without a word: someone checking that we are alive
         except _BadRequest as exc:
             log.info("control socket: bad request from pid %d: %s", pid, exc)
-            self._send(conn, error_answer(str(exc)))
+            wire.send(conn, error_answer(str(exc)))
             if exc.drain:
-                self._drain(conn)
+                wire.drain(conn)
             return
-        self._send(conn, self.dispatch(request, pid, uid))
-
-    def _read_request(self, conn: socket.socket) -> bytes:
-        deadline = time.monotonic() + self.read_timeout
-        buf = bytearray()
-        while True:
-            newline = buf.find(b"\n")
-            if newline >= 0:
-                if newline > self.max_request:
-                    break
-                return bytes(buf[:newline])
-            if len(buf) > self.max_request:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _BadRequest(f"timeout: no complete request within {self.read_timeout:g}s")
-            conn.settimeout(remaining)
-            try:
-                chunk = conn.recv(65536)
-            except socket.timeout:
-                raise _BadRequest(
-                    f"timeout: no complete request within {self.read_timeout:g}s") from None
-            except OSError as exc:
-                raise _BadRequest(f"cannot read the request: {exc}") from None
-            if not chunk:  # EOF ends a request as well as a newline does
-                if not buf:
-                    raise _Probe()
-                if not buf.strip():
-                    raise _BadRequest("empty request")
-                return bytes(buf)
-            buf += chunk
-        raise _BadRequest(f"request too large (limit {self.max_request} bytes)", drain=True)
-
-    def _drain(self, conn: socket.socket) -> None:
-        """Read and drop what an oversize client is still sending (bounded), so that it is not
-        cut off mid-send and can read our error answer."""
-        deadline = time.monotonic() + DRAIN_SECONDS
-        total = 0
-        try:
-            conn.shutdown(socket.SHUT_WR)
-            while total < DRAIN_BYTES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                conn.settimeout(remaining)
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                total += len(chunk)
-        except OSError:
-            return
-
-    def _send(self, conn: socket.socket, answer: Dict[str, Any]) -> None:
-        try:
-            conn.settimeout(WRITE_TIMEOUT)
-            conn.sendall(_encode(answer))
-        except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, None):
-                log.info("control socket: cannot answer: %s", exc)
-
-    # -- requests
+        wire.send(conn, self.dispatch(request, pid, uid))
 
     def dispatch(self, request: Dict[str, Any], pid: int = 0, uid: int = 0) -> Dict[str, Any]:
-        cmd = request["cmd"]
-        try:
-            if cmd == "status":
-                return self.status()
-            if cmd == "get":
-                return {"ok": True, "config": self.daemon.cfg.to_dict(redact=True),
-                        "config_path": getattr(self.daemon, "config_path", None)}
-            if cmd == "log":
-                since = request.get("since", 0)
-                if isinstance(since, bool) or not isinstance(since, (int, float)):
-                    return error_answer('"since" must be a unix time (a number)')
-                return {"ok": True, "now": time.time(),
-                        "entries": history_entries(_copy(self.daemon.controller.history), since)}
-            if cmd == "stale-info":
-                name = request.get("resource")
-                try:
-                    return {"ok": True, **self.daemon.controller.stale_report(str(name))}
-                except KeyError:
-                    return error_answer(f"{_quote(str(name).encode(), 40)} is not a resource "
-                                        "of this controller")
-            if cmd in ROLE_COMMANDS:
-                accept = request.get("accept_stale") or []
-                if cmd != "become-primary" and accept or not isinstance(accept, list) or \
-                        not all(isinstance(a, str) for a in accept):
-                    return error_answer('"accept_stale" is a list of resource names, for '
-                                        "become-primary only")
-                who = str(request.get("who") or "")[:80]
-                return self.role_command(cmd, pid, uid, tuple(accept), who)
-        except Exception as exc:
-            log.exception("control socket: %s failed", cmd)
-            return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
-                                f"{exc}", CODE_REFUSED)
-        shown = _quote(cmd.encode("utf-8", "backslashreplace"), 40)  # JSON allows lone surrogates
-        return error_answer(f"unknown command {shown}; "
-                            f"known: {', '.join(COMMANDS)}")
-
-    def status(self) -> Dict[str, Any]:
-        controller = self.daemon.controller
-        manual: Optional[Dict[str, Any]] = None
-        store = getattr(controller, "manual_store", None)
-        if store is not None:
-            try:
-                mode, problem = store.load()
-                manual = {
-                    "enabled": mode.enabled,
-                    "requested": mode.requested.value if mode.requested else None,
-                    "since": mode.since,
-                    "problem": problem,
-                }
-            except Exception:  # shown from the snapshot instead
-                log.exception("cannot read the manual-mode file")
-        return describe_snapshot(controller.snapshot(), time.time(), manual)
-
-    def role_command(self, cmd: str, pid: int, uid: int, accept_stale: Tuple[str, ...] = (),
-                     who: str = "") -> Dict[str, Any]:
-        # The uid comes from SO_PEERCRED (the kernel's word); `who` is what the client says.
-        by = f"uid {uid}, pid {pid}" + (f", {who}" if who else "")
-        if accept_stale:
-            log.warning("operator command %s --accept-stale %s (%s)", cmd,
-                        ", ".join(accept_stale), by)
-            code, message = self.daemon.controller.command(cmd, accept_stale=accept_stale,
-                                                           who=by)
-            log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
-            self._trigger(cmd)
-            return {"ok": code == 0, "code": code, "message": message}
-        log.info("operator command %s (%s)", cmd, by)
-        code, message = self.daemon.controller.command(cmd)
-        log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
-        self._trigger(cmd)
-        return {"ok": code == 0, "code": code, "message": message}
-
-    def _trigger(self, cmd: str) -> None:
-        try:
-            # The normal loop follows up at once (and republishes the snapshot).
-            self.daemon.trigger(f"operator ran {cmd}")
-        except Exception:
-            log.exception("cannot trigger a cycle after %s", cmd)
-
-
-def _copy(history: Iterable[Tuple[float, str, str]]) -> List[Tuple[float, str, str]]:
-    # list(deque) runs in C under the GIL, but retry anyway if a cycle appended meanwhile.
-    for _ in range(5):
-        try:
-            return list(history)
-        except RuntimeError:
-            continue
-    return []
-
-
-def _encode(answer: Dict[str, Any]) -> bytes:
-    return (json.dumps(answer, sort_keys=True, default=str) + "\n").encode("utf-8")
+        """The answer to one parsed request (``control_requests.Requests``)."""
+        return self.requests.dispatch(request, pid, uid)
 
 
 def root_socket_path(path: str) -> str:

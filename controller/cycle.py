@@ -18,6 +18,7 @@ change never runs beside a cycle. Every cycle ends in exactly one log line, e.g.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import socket
 import threading
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from . import __version__
+from .commands import Command
 from .decide import (
     become_refusal,
     decide,
@@ -55,7 +57,9 @@ from .model import (
     Snapshot,
     StartTargetDaemon,
     StorageRole,
+    TargetObservation,
     UnbindVip,
+    VipObservation,
     action_name,
 )
 from .state import ManualModeStore
@@ -144,6 +148,13 @@ class Controller:
         self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
+        # Called with each cycle's result (not dry runs): the switchover's armed host waits
+        # for the cycle that serves (switchover.py). A listener must not block.
+        self.listeners: List[Callable[[CycleResult], None]] = []
+        self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist=False)
+        # observe() reads the target and the VIP beside DRBD (each adapter in one thread at once).
+        self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observe")
+        self.switchover_phases: Tuple[Tuple[str, float], ...] = ()  # the last switchover's
         self.publish(None, ManualMode())
 
     # ---------------------------------------------------------------- snapshot hand-over
@@ -177,6 +188,7 @@ class Controller:
             manual=manual,
             counters=counters,
             xenapi_reachable=srs.reachable if srs is not None else None,
+            switchover_phases=self.switchover_phases,
         )
 
     # ---------------------------------------------------------------- the cycle
@@ -194,11 +206,16 @@ class Controller:
         results: Tuple[ActionResult, ...] = ()
         try:
             manual = self.load_manual()
-            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale)
+            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale,
+                               save=False)
             plan = self._with_backoff(decide(obs, manual, self.settings.policy))
             if not dry_run:
                 results = execute(plan, self.systems)
                 self._after_execute(results)
+                # Written after acting, not before: its fsync (~30 ms on a busy disk) is not
+                # on the path of a promotion. The record is in memory already, and the file
+                # never proves anything by itself (ledger.py).
+                self.ledger.save_if_changed(self.clock())
             outcome, message = summarise(plan, results, dry_run)
             if self._manual_problem:
                 message += f" (warning: {self._manual_problem})"
@@ -216,6 +233,12 @@ class Controller:
             if self.settings.status_file:
                 self._write_status_file(self.settings.status_file, result, manual)
         self.publish(result, manual)
+        if not dry_run:
+            for listener in list(self.listeners):
+                try:
+                    listener(result)
+                except Exception:  # a listener bug must not stop the loop
+                    log.exception("cycle listener failed")
         return result
 
     def _write_status_file(self, path: str, result: CycleResult, manual: ManualMode) -> None:
@@ -234,6 +257,8 @@ class Controller:
             self._status_problem = None
 
     def load_manual(self) -> ManualMode:
+        if self._manual_override is not None:
+            return self._manual_override
         manual, problem = self.manual_store.load()
         if problem and problem != self._manual_problem:
             log.warning(problem)
@@ -241,14 +266,23 @@ class Controller:
         return manual
 
     def observe(self, manual: ManualMode, record: bool = True,
-                accept_stale: Tuple[str, ...] = ()) -> Observation:
+                accept_stale: Tuple[str, ...] = (), save: bool = True) -> Observation:
         """Look at everything once. ``record`` keeps what was seen in the ledger (not in a
-        dry run, which must change nothing)."""
+        dry run, which must change nothing); ``save`` also writes it to disk now."""
         s = self.systems
         pool = self.read_pool()
+        # The target and the VIP are read while DRBD is: three commands cost the slowest one,
+        # not their sum, on every cycle (and so on the path of every promotion).
+        target_f: Optional[concurrent.futures.Future[TargetObservation]] = None
+        vip_f: Optional[concurrent.futures.Future[VipObservation]] = None
+        try:
+            target_f = self._readers.submit(s.target.observe)
+            vip_f = self._readers.submit(s.vip.observe)
+        except RuntimeError:  # the interpreter is shutting down: one after the other
+            pass
         resources = s.drbd.observe(self.settings.resources)
-        target = s.target.observe()
-        vip = s.vip.observe()
+        target = target_f.result() if target_f is not None else s.target.observe()
+        vip = vip_f.result() if vip_f is not None else s.vip.observe()
         self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
         now_wall, now_mono = self.clock(), self.monotonic()
         store = self.ledger
@@ -261,10 +295,11 @@ class Controller:
             gi = self.systems.drbd.generation_ids(wanted.name)
             gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
         ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap, gis)
+                         store.run_id, gap, gis, sessions=target.sessions)
         if record:
             store.ledger = ledger
-            store.save_if_changed(now_wall)
+            if save:
+                store.save_if_changed(now_wall)
         proofs = tuple(self._with_drbd_flags(
             evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
             for r in resources)
@@ -297,8 +332,13 @@ class Controller:
         vip = replace(vip, conflict=conflict, announce_due=bool(due))
 
         srs = None
+        # PBDs are plugged only once this host holds everything (the last step of a promotion);
+        # reading them before costs XenAPI round trips on the path of the promotion itself. The
+        # cycle after it (woken by its own DRBD role change) plugs them.
+        holding = bool(resources) and all(r.role == "Primary" for r in resources) \
+            and target.serving and vip.local
         if (s.sr is not None and self.settings.observe_srs and pool.role is PoolRole.MASTER
-                and desired is StorageRole.PRIMARY):
+                and desired is StorageRole.PRIMARY and holding):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
 
@@ -403,6 +443,36 @@ class Controller:
             self.settings, self.systems, self.read_pool = settings, systems, read_pool
             self.probe_vip_now = probe_vip
 
+    # ---------------------------------------------------------------- switchover (switchover.py)
+
+    def save_manual(self, mode: ManualMode) -> None:
+        """Persist ``mode`` between two cycles and show it at once; the next cycle acts on it."""
+        with self.lock:
+            self.manual_store.save(mode)
+            self._manual_problem = None
+            self.publish(self._snapshot.last if self._snapshot else None, mode)
+
+    def run_with_manual(self, mode: ManualMode, persist: bool = True) -> CycleResult:
+        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first,
+        otherwise it holds for this cycle only (a controller killed during it restarts in the
+        mode it had: a switchover's release must not outlive a dead controller)."""
+        with self.lock:
+            if persist:
+                self.manual_store.save(mode)
+                self._manual_problem = None
+                return self._run_cycle(dry_run=False)
+            self._manual_override = mode
+            try:
+                return self._run_cycle(dry_run=False)
+            finally:
+                self._manual_override = None
+
+    def set_switchover_phases(self, phases: Dict[str, float]) -> None:
+        self.switchover_phases = tuple(phases.items())
+        snap = self._snapshot
+        if snap is not None:
+            self._snapshot = replace(snap, switchover_phases=self.switchover_phases)
+
     # ---------------------------------------------------------------- operator commands
 
     def command(self, name: str, accept_stale: Tuple[str, ...] = (),
@@ -410,14 +480,16 @@ class Controller:
         """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused.
         Whether a command is allowed is decided in ``decide.py``; this only runs it."""
         with self.lock:
-            handler = {
-                "manual-mode-enable": self._manual_enable,
-                "manual-mode-disable": self._manual_disable,
-                "become-primary": lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
-                "become-secondary": lambda: self._become(StorageRole.SECONDARY),
-            }.get(name)
+            handlers: Dict[str, Callable[[], Tuple[int, str]]] = {
+                Command.MANUAL_MODE_ENABLE: self._manual_enable,
+                Command.MANUAL_MODE_DISABLE: self._manual_disable,
+                Command.BECOME_PRIMARY:
+                    lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
+                Command.BECOME_SECONDARY: lambda: self._become(StorageRole.SECONDARY),
+            }
+            handler = handlers.get(name)
             if handler is None:
-                return 2, f"unknown command {name!r}"
+                return 2, f"unknown command {str(name)!r}"
             code, message = handler()
             # Show the new mode at once (metrics, status) instead of after the next cycle.
             last = self._snapshot.last if self._snapshot else None

@@ -13,7 +13,7 @@ fallback; these make a cycle run at once:
 * a change of pool.conf's content, seen through inotify (``systems/filewatch.py``; it falls back
   to reading the file twice a second where inotify is unavailable);
 * a DRBD state change of a configured resource, from DRBD's own event stream
-  (``systems/drbd_events.py``): the new master promotes the moment its peer reports Secondary;
+  (``systems/drbd/events.py``): the new master promotes the moment its peer reports Secondary;
 * an operator's role command.
 
 A plan that asks to look again soon (the peer is demoting right now) waits for the next of those
@@ -36,9 +36,12 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, List, NamedTuple, Optional
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from . import __version__
+from .audit import AuditJob
+from .audit import settings_from_config as audit_settings
 from .config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -50,9 +53,10 @@ from .config import (
 from .cycle import Controller, CycleSettings
 from .execute import Systems
 from .model import Policy, PoolObservation
+from .probe import ProbeJob, settings_from_config
 from .state import ManualModeStore
 from .systems.drbd import Drbd
-from .systems.drbd_events import DrbdEvent, DrbdEventSource, events_argv
+from .systems.drbd.events import DrbdEvent, DrbdEventSource, events_argv
 from .systems.filewatch import FileWatch
 from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner
@@ -65,6 +69,24 @@ EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 2
 QUICK_RETRY_DELAY = 0.2  # at most this long before looking again while the peer is demoting
 MAX_QUICK_RETRIES = 50  # bounded: after ~10 s the normal interval takes over
 WATCH_PERIOD = 0.5  # pool.conf read this often only where inotify cannot be used
+CLOCK_STEP = 2.0  # a wall-clock step larger than this (NTP, `date -s`) re-bases every job
+
+
+class ClockStepGuard:
+    """Notices the wall clock stepping against the monotonic one.
+
+    APScheduler keeps its jobs' next run times in wall-clock time and sleeps on the monotonic
+    clock: after a step back of an hour it sleeps an hour -- no cycle (the holder would not
+    restart a dead tgtd), no peer poll, no VIP probe -- until an event wakes it; lab/chaos.py's
+    clock-jump fault found it. ``step()`` returns the step in seconds once it happened."""
+
+    def __init__(self, wall: float, mono: float) -> None:
+        self.wall, self.mono = wall, mono
+
+    def step(self, wall: float, mono: float) -> float:
+        drift = (wall - self.wall) - (mono - self.mono)
+        self.wall, self.mono = wall, mono
+        return drift if abs(drift) > CLOCK_STEP else 0.0
 
 
 def build_controller(cfg: Config, stats: Optional[CommandStats] = None) -> Controller:
@@ -102,6 +124,7 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         drbdsetup=cfg.drbd.drbdsetup,
         proc_drbd=cfg.drbd.proc_drbd,
         kernel_log=tuple(cfg.drbd.kernel_log),
+        read_proc_directly=True,
     )
     target = make_target(cfg.target, runner)
     vip = Vip(
@@ -180,6 +203,19 @@ class Daemon:
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
         self.peer_watcher: Optional[Any] = None
+        self.peer_client: Optional[Any] = None
+        from .switchover import Switchover
+
+        self.switchover = Switchover(self.controller, self.trigger)
+        probe = settings_from_config(cfg)
+        self.probe: Optional[ProbeJob] = ProbeJob(probe, cfg.node_name) if probe else None
+        audit = audit_settings(cfg)
+        self.audit: Optional[AuditJob] = None
+        if audit is not None:
+            hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env)
+                             if n})
+            self.audit = AuditJob(audit, ProcessRunner(default_timeout=cfg.command_timeout,
+                                                       stats=self.stats, hide_env=hidden))
 
     # -- jobs
 
@@ -233,18 +269,27 @@ class Daemon:
 
             registry = CollectorRegistry(auto_describe=False)
             SnapshotCollector(self.controller.snapshot, registry)
+            if self.probe is not None:
+                from ..exporter.probe_collector import ProbeCollector
+
+                ProbeCollector(self.probe.history, registry)
+            if self.audit is not None:
+                from ..exporter.audit_collector import AuditCollector
+
+                AuditCollector(self.audit.latest, registry)
             self.exporter = start_exporter(cfg.exporter.listen, registry,
                                            self.controller.snapshot, cfg.exporter.web_config_file)
             log.info("metrics on %s", cfg.exporter.listen)
-        try:
-            from .control import ControlServer
-        except ImportError:  # pragma: no cover - the control socket ships with the CLI
-            ControlServer = None  # type: ignore[assignment,misc]
-        if ControlServer is not None:
-            self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
-            self.control.start()
+        from .control import ControlServer
+
+        self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
+        self.control.start()
         if cfg.peer.enabled:
             self.start_peer_channel()
+        # Armed for a switchover when it stopped: keep the deadline (or ask the peer).
+        from .switchover import peer_call
+
+        self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
                                next_run_time=now)
@@ -255,6 +300,15 @@ class Daemon:
         if cfg.vip.probe_interval > 0:
             self.scheduler.add_job(self.controller.run_vip_probe, "interval",
                                    seconds=cfg.vip.probe_interval, id="vip-probe")
+        if self.probe is not None:
+            # Its own job, bounded by probe.timeout: a dead target delays only the probe.
+            self.scheduler.add_job(self.probe.run, "interval", seconds=self.probe.settings.interval,
+                                   id="storage-probe", next_run_time=now)
+        if self.audit is not None:
+            # Every few minutes, first at start: settings change rarely, and reading them costs
+            # a few commands.
+            self.scheduler.add_job(self.audit.run, "interval", seconds=self.audit.settings.interval,
+                                   id="audit", next_run_time=now)
         self.scheduler.start()
         self.pool_watch.start()
         self.drbd_events.start()
@@ -268,12 +322,25 @@ class Daemon:
         client, server_ctx, pin = peer_client(cfg)
         handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
                                  self.controller.snapshot, self.controller.systems.drbd)
+        handlers.update(self.switchover.handlers())
+        self.peer_client = client
+        from .splitbrain_ops import PEER_OP, peer_handler
+
+        handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
+                                         tuple(cfg.resources), cfg.target.iqn)
         host, port = cfg.peer.listen.rsplit(":", 1)
         self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
                                       timeout=cfg.peer.timeout)
         self.peer_server.start()
         self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
         self.controller.peer_status = self.peer_watcher.current
+
+    def run_switchover(self) -> Dict[str, Any]:
+        """``iscsi-cfg switchover``: the whole move, orchestrated from this host."""
+        from .switchover import peer_call
+
+        client = self.peer_client
+        return self.switchover.run(peer_call(client) if client is not None else None)
 
     def reload(self) -> None:
         try:
@@ -295,6 +362,21 @@ class Daemon:
         if cfg.pool.conf != self.cfg.pool.conf:
             log.warning("pool.conf path changed: it is watched after a restart")
         self.drbd_events.resources = tuple(cfg.resources)
+        probe = settings_from_config(cfg)
+        if self.probe is not None and probe is not None:
+            if probe.interval != self.probe.settings.interval:
+                self.scheduler.reschedule_job("storage-probe", trigger="interval",
+                                              seconds=probe.interval)
+            self.probe.settings = probe
+        elif (self.probe is None) != (probe is None):
+            log.warning("probe.enabled changed: it takes effect after a restart")
+        audit = audit_settings(cfg)
+        if self.audit is not None and audit is not None:
+            if audit.interval != self.audit.settings.interval:
+                self.scheduler.reschedule_job("audit", trigger="interval", seconds=audit.interval)
+            self.audit.settings = audit
+        elif (self.audit is None) != (audit is None):
+            log.warning("audit.enabled changed: it takes effect after a restart")
         self.cfg = cfg
         log.info("configuration reloaded from %s", self.config_path)
         self.trigger("configuration reloaded")
@@ -317,15 +399,30 @@ class Daemon:
         if started:
             log.info("stopped; storage roles left as they are")
 
+    def rebase_jobs(self, stepped: float) -> None:
+        """Every job runs now; its next run then counts from the new wall clock."""
+        log.warning("the wall clock stepped %+.0f s: running every job now so that none waits "
+                    "for the old time", stepped)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for job in self.scheduler.get_jobs():
+            try:
+                job.modify(next_run_time=now)
+            except Exception:  # removed meanwhile, or the scheduler is shutting down
+                pass
+
     def run(self) -> int:
         """Block until SIGTERM/SIGINT (``start()`` must have been called)."""
         reload_requested = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
         signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+        clock = ClockStepGuard(time.time(), time.monotonic())
         try:
             while not self.stop_event.is_set():
                 self.stop_event.wait(0.5)
+                stepped = clock.step(time.time(), time.monotonic())
+                if stepped:
+                    self.rebase_jobs(stepped)
                 if reload_requested.is_set():
                     reload_requested.clear()
                     self.reload()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 
 # Caps by kind: real files are a few hundred bytes to a few KiB.
 CONFIG_LIMIT = 1024 * 1024
@@ -78,3 +79,29 @@ def read_capped(path: str, limit: int) -> bytes:
 def read_text(path: str, limit: int) -> str:
     """``read_capped`` decoded as UTF-8; a byte that is not UTF-8 becomes U+FFFD, never raises."""
     return read_capped(path, limit).decode("utf-8", errors="replace")
+
+
+def write_temp(directory: str, text: str, mode: int, prefix: str = ".tmp-") -> str:
+    """A new file in ``directory`` holding ``text``, flushed to disk, with ``mode``: its path.
+
+    The caller renames or links it into place (atomic) and removes it if that fails.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return tmp
+
+
+def remove_quietly(path: str) -> None:
+    """Remove a file if it is there; a temporary file's cleanup must not hide the real error."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -85,6 +85,12 @@ class Entry:
     reason: str = "no_record"  # why there is no proof, machine-readable
     why_not: str = "no record of this resource in the ledger"
     unreachable_since_mono: Optional[float] = None  # this run, without a gap
+    # This host Primary while the peer was unreachable, since the last in-sync observation
+    # (unix times first and last seen) and the most target sessions seen meanwhile: after a
+    # split brain, which side the VMs wrote to (`iscsi-cfg split-brain`, controller/splitbrain.py).
+    alone_primary_since: Optional[float] = None
+    alone_primary_last: Optional[float] = None
+    alone_sessions: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,19 +106,37 @@ class Ledger:
 
 def advance(ledger: Ledger, resources: Sequence[DrbdResource], now_mono: float, now: float,
             boot_id: str, run_id: str, max_gap: float,
-            gis: Optional[Mapping[str, str]] = None) -> Ledger:
+            gis: Optional[Mapping[str, str]] = None, sessions: int = 0) -> Ledger:
     """The ledger after one more observation of ``resources`` (``gis``: get-gi lines read for
-    some of them in this cycle, see ``gi_wanted``)."""
+    some of them in this cycle, see ``gi_wanted``; ``sessions``: iSCSI sessions on this host's
+    target in this cycle)."""
     entries: Dict[str, Entry] = dict(ledger.entries)
     for res in resources:
         entry = _advance_entry(entries.get(res.name), res, now_mono, now, boot_id, run_id,
                                max_gap, ledger.problem)
+        entry = _advance_alone(entry, res, now, sessions)
         gi = (gis or {}).get(res.name)
         if gi is not None and entry.connected is not None and entry.connected.at == now:
             # "" = read but unreadable: remembered as tried, so it is not retried every cycle.
             entry = replace(entry, connected=replace(entry.connected, gi=gi or None, gi_at=now))
         entries[res.name] = entry
     return replace(ledger, entries=entries)
+
+
+def _advance_alone(entry: Entry, res: DrbdResource, now: float, sessions: int) -> Entry:
+    """Record this host Primary without its peer (kept until the two are in sync again)."""
+    if res.error or not res.configured:
+        return entry
+    if res.connection in IN_SYNC_CONNECTIONS:
+        if entry.alone_primary_since is None and not entry.alone_sessions:
+            return entry
+        return replace(entry, alone_primary_since=None, alone_primary_last=None,
+                       alone_sessions=0)
+    if res.peer_reachable or res.role != "Primary":
+        return entry
+    since = entry.alone_primary_since if entry.alone_primary_since is not None else now
+    return replace(entry, alone_primary_since=since, alone_primary_last=now,
+                   alone_sessions=max(entry.alone_sessions, max(0, int(sessions))))
 
 
 def gi_wanted(ledger: Ledger, res: DrbdResource, now: float) -> bool:
@@ -274,6 +298,7 @@ def _entry(raw: Any) -> Entry:
                          float(gi_at) if gi_at is not None else None)
     since = raw.get("unreachable_since_mono")
     lost = raw.get("lost_at")
+    alone_since, alone_last = raw.get("alone_primary_since"), raw.get("alone_primary_last")
     return Entry(
         boot_id=str(raw["boot_id"]), run_id=str(raw["run_id"]),
         last_seen_mono=float(raw["last_seen_mono"]), last_seen=float(raw["last_seen"]),
@@ -281,6 +306,10 @@ def _entry(raw: Any) -> Entry:
         lost_at=float(lost) if lost is not None else None, proof=bool(raw["proof"]),
         reason=str(raw["reason"]), why_not=str(raw["why_not"]),
         unreachable_since_mono=float(since) if since is not None else None,
+        # Absent in ledgers written before these were kept.
+        alone_primary_since=float(alone_since) if alone_since is not None else None,
+        alone_primary_last=float(alone_last) if alone_last is not None else None,
+        alone_sessions=int(raw.get("alone_sessions") or 0),
     )
 
 

@@ -34,7 +34,7 @@ import os
 import re
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import yaml
 
@@ -271,140 +271,187 @@ def _plain_number(value: float) -> Any:
     return int(value) if value.is_integer() else value
 
 
-def convert_legacy(text: str, source: str) -> Tuple[Dict[str, Any], List[str]]:
-    """Convert a legacy iscsi-ha.conf to a mapping that ``parse_config`` accepts, plus notes.
+class _Conversion:
+    """One conversion under way: the file's settings (the last assignment of each name) and
+    what the per-key converters made of them so far."""
 
-    Raises ConfigError listing every problem ("line N: KEY: what is wrong"); the result has been
-    validated with ``parse_config``, so ``render_yaml`` of it loads.
-    """
-    assignments, problems = scan_assignments(text)
-    notes: List[str] = [f"Converted from {source} by `iscsi-cfg import-conf`."]
-    seen: Dict[str, Assignment] = {}
-    for asg in assignments:
-        if asg.name in seen:
-            notes.append(f"line {asg.line}: {asg.name} is set again (first on line "
-                         f"{seen[asg.name].line}); the last one wins, as in the shell.")
-        seen[asg.name] = asg
-    handled: Set[str] = set()
+    def __init__(self, source: str, assignments: List[Assignment], problems: List[str]) -> None:
+        self.source = source
+        self.problems = problems
+        self.notes: List[str] = [f"Converted from {source} by `iscsi-cfg import-conf`."]
+        self.seen: Dict[str, Assignment] = {}
+        for asg in assignments:
+            if asg.name in self.seen:
+                self.notes.append(f"line {asg.line}: {asg.name} is set again (first on line "
+                                  f"{self.seen[asg.name].line}); the last one wins, as in the "
+                                  "shell.")
+            self.seen[asg.name] = asg
+        self.handled: Set[str] = set()
+        self.mapped: List[str] = []  # "OLD -> new" for the "Copied:" note
+        self.top: Dict[str, Any] = {}
+        self.vip: Dict[str, Any] = {}
+        self.logging: Dict[str, Any] = {}
+        self.address: Optional[str] = None  # the VIP, once DRBD_VIRTUAL_IP is read
 
-    def take(name: str) -> Optional[Assignment]:
-        handled.add(name)
-        a = seen.get(name)
+    def take(self, name: str) -> Optional[Assignment]:
+        """The setting ``name`` for converting its value (None when absent or not convertible:
+        a value built by a shell expansion is a problem, never a guess)."""
+        self.handled.add(name)
+        a = self.seen.get(name)
         if a is not None and a.expanded:
-            problems.append(f"line {a.line}: {name}: the value uses a shell expansion ($... or "
-                            "`...`) that cannot be converted; write the value itself")
+            self.problems.append(f"line {a.line}: {name}: the value uses a shell expansion ($... "
+                                 "or `...`) that cannot be converted; write the value itself")
             return None
         return a
 
-    def bad(a: Assignment, message: str) -> None:
-        problems.append(f"line {a.line}: {a.name}: {message}")
+    def drop(self, name: str) -> Optional[Assignment]:
+        """The setting ``name``, which is dropped (its value is never used, so not checked)."""
+        self.handled.add(name)
+        return self.seen.get(name)
 
-    mapped: List[str] = []
-    top: Dict[str, Any] = {}
-    vip: Dict[str, Any] = {}
-    logging_: Dict[str, Any] = {}
+    def bad(self, a: Assignment, message: str) -> None:
+        self.problems.append(f"line {a.line}: {a.name}: {message}")
 
-    # DRBD_RESOURCES=iscsi1:iscsi2 -> resources
-    a: Optional[Assignment] = take("DRBD_RESOURCES")
-    if a is None and "DRBD_RESOURCES" not in seen:
-        problems.append("DRBD_RESOURCES: is not set; it names the DRBD resources to manage, "
-                        "e.g. DRBD_RESOURCES=iscsi1:iscsi2")
-    elif a is not None:
-        parts = [p.strip() for p in a.value.split(":")]
-        names = [p for p in parts if p]
-        if len(names) != len(parts) and names:
-            notes.append(f"line {a.line}: DRBD_RESOURCES has empty entries between colons; "
-                         "they were skipped.")
-        if not names:
-            bad(a, "names no resource (expected e.g. iscsi1:iscsi2)")
-        for rname in names:
-            if not RESOURCE_NAME.match(rname) or rname in (".", ".."):
-                bad(a, f"{rname!r} is not a DRBD resource name (letters, digits, _ . - only)")
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            bad(a, f"{', '.join(dupes)} listed more than once")
-        top["resources"] = list(dict.fromkeys(names))
-        mapped.append("DRBD_RESOURCES -> resources")
+    def result(self) -> Tuple[Dict[str, Any], List[str]]:
+        unknown = [a for n, a in self.seen.items() if n not in self.handled]
+        if unknown:
+            self.notes.append("Left out, not settings of iscsi-ha.conf: "
+                              + ", ".join(f"{a.name} (line {a.line})" for a in unknown) + ".")
+        if self.mapped:
+            self.notes.insert(1, "Copied: " + "; ".join(self.mapped) + ".")
+        data: Dict[str, Any] = {k: self.top[k] for k in ("interval", "cycle_deadline", "resources")
+                                if k in self.top}
+        if self.vip:
+            data["vip"] = self.vip
+        if self.logging:
+            data["logging"] = self.logging
+        if self.problems:
+            raise ConfigError(self.source, self.problems)
+        try:
+            parse_config(data, self.source)
+        except ConfigError as exc:
+            raise ConfigError(self.source,
+                              [f"after conversion: {p}" for p in exc.problems]) from None
+        return data, self.notes
 
-    # DRBD_VIRTUAL_IP + DRBD_VIRTUAL_MASK -> vip.address
-    ip_a, mask_a = take("DRBD_VIRTUAL_IP"), take("DRBD_VIRTUAL_MASK")
-    address: Optional[str] = None
-    prefix: Optional[int] = None
+
+def _resources(c: _Conversion) -> None:
+    """DRBD_RESOURCES=iscsi1:iscsi2 -> resources."""
+    a = c.take("DRBD_RESOURCES")
+    if a is None:
+        if "DRBD_RESOURCES" not in c.seen:
+            c.problems.append("DRBD_RESOURCES: is not set; it names the DRBD resources to "
+                              "manage, e.g. DRBD_RESOURCES=iscsi1:iscsi2")
+        return
+    parts = [p.strip() for p in a.value.split(":")]
+    names = [p for p in parts if p]
+    if len(names) != len(parts) and names:
+        c.notes.append(f"line {a.line}: DRBD_RESOURCES has empty entries between colons; "
+                       "they were skipped.")
+    if not names:
+        c.bad(a, "names no resource (expected e.g. iscsi1:iscsi2)")
+    for rname in names:
+        if not RESOURCE_NAME.match(rname) or rname in (".", ".."):
+            c.bad(a, f"{rname!r} is not a DRBD resource name (letters, digits, _ . - only)")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        c.bad(a, f"{', '.join(dupes)} listed more than once")
+    c.top["resources"] = list(dict.fromkeys(names))
+    c.mapped.append("DRBD_RESOURCES -> resources")
+
+
+def _vip_address(c: _Conversion) -> None:
+    """DRBD_VIRTUAL_IP + DRBD_VIRTUAL_MASK -> vip.address."""
+    ip_a, mask_a = c.take("DRBD_VIRTUAL_IP"), c.take("DRBD_VIRTUAL_MASK")
     for name, got in (("DRBD_VIRTUAL_IP", ip_a), ("DRBD_VIRTUAL_MASK", mask_a)):
-        if got is None and name not in seen:
-            problems.append(f"{name}: is not set; the VIP needs DRBD_VIRTUAL_IP (e.g. 10.10.10.3) "
-                            "and DRBD_VIRTUAL_MASK (e.g. 255.255.255.0)")
+        if got is None and name not in c.seen:
+            c.problems.append(f"{name}: is not set; the VIP needs DRBD_VIRTUAL_IP (e.g. "
+                              "10.10.10.3) and DRBD_VIRTUAL_MASK (e.g. 255.255.255.0)")
     if ip_a is not None:
         try:
-            address = str(ipaddress.IPv4Address(ip_a.value.strip()))
+            c.address = str(ipaddress.IPv4Address(ip_a.value.strip()))
         except ValueError:
-            bad(ip_a, f"{ip_a.value!r} is not an IPv4 address (expected e.g. 10.10.10.3)")
+            c.bad(ip_a, f"{ip_a.value!r} is not an IPv4 address (expected e.g. 10.10.10.3)")
+    prefix: Optional[int] = None
     if mask_a is not None:
         try:
             prefix = mask_to_prefix(mask_a.value)
             if prefix == 0:
-                bad(mask_a, f"{mask_a.value!r} covers every address; use the netmask of the "
-                            "VIP's subnet, e.g. 255.255.255.0")
+                c.bad(mask_a, f"{mask_a.value!r} covers every address; use the netmask of the "
+                              "VIP's subnet, e.g. 255.255.255.0")
                 prefix = None
         except ValueError as exc:
-            bad(mask_a, str(exc))
-    if address is not None and prefix is not None:
-        vip["address"] = f"{address}/{prefix}"
-        mapped.append("DRBD_VIRTUAL_IP + DRBD_VIRTUAL_MASK -> vip.address")
+            c.bad(mask_a, str(exc))
+    if c.address is not None and prefix is not None:
+        c.vip["address"] = f"{c.address}/{prefix}"
+        c.mapped.append("DRBD_VIRTUAL_IP + DRBD_VIRTUAL_MASK -> vip.address")
 
-    # DRBD_INTERFACE -> vip.interface
-    a = take("DRBD_INTERFACE")
+
+def _vip_interface(c: _Conversion) -> None:
+    """DRBD_INTERFACE -> vip.interface."""
+    a = c.take("DRBD_INTERFACE")
     if a is not None:
         if a.value.strip():
-            vip["interface"] = a.value.strip()
-            mapped.append("DRBD_INTERFACE -> vip.interface")
+            c.vip["interface"] = a.value.strip()
+            c.mapped.append("DRBD_INTERFACE -> vip.interface")
         else:
-            bad(a, "is empty (expected the interface the VIP binds to, e.g. xenbr0)")
-    elif "DRBD_INTERFACE" not in seen:
-        notes.append("DRBD_INTERFACE is not set: vip.interface keeps its default, xenbr0. "
-                     "Check that this is the interface the VIP belongs on.")
+            c.bad(a, "is empty (expected the interface the VIP binds to, e.g. xenbr0)")
+    elif "DRBD_INTERFACE" not in c.seen:
+        c.notes.append("DRBD_INTERFACE is not set: vip.interface keeps its default, xenbr0. "
+                       "Check that this is the interface the VIP belongs on.")
 
-    # ISCSI_TARGET_SERVICE -> we manage tgtd ourselves
-    handled.add("ISCSI_TARGET_SERVICE")
-    a = seen.get("ISCSI_TARGET_SERVICE")
-    if a is not None:
-        service = os.path.basename(a.value.strip()) if not a.expanded else ""
-        other = "" if service == "tgtd" else " Only tgt is supported (it was not tgtd)."
-        notes.append(
-            f"line {a.line}: ISCSI_TARGET_SERVICE dropped: iscsi-ha now runs tgtd itself "
-            "(`tgtd -f -C <target.control_port>`, one daemon per control port) instead of "
-            "starting the tgtd system service. Disable that service (systemctl disable --now "
-            f"tgtd) so that a second tgtd does not hold port 3260.{other}"
-        )
 
-    # MONITOR_DELAY -> interval; MONITOR_MAX_STARTS (+ SCANRATE) -> cycle_deadline
+def _target_service(c: _Conversion) -> None:
+    """ISCSI_TARGET_SERVICE: dropped, the controller runs the target daemon itself."""
+    a = c.drop("ISCSI_TARGET_SERVICE")
+    if a is None:
+        return
+    service = os.path.basename(a.value.strip()) if not a.expanded else ""
+    other = "" if service == "tgtd" else " Only tgt is supported (it was not tgtd)."
+    c.notes.append(
+        f"line {a.line}: ISCSI_TARGET_SERVICE dropped: iscsi-ha now runs tgtd itself "
+        "(`tgtd -f -C <target.control_port>`, one daemon per control port) instead of "
+        "starting the tgtd system service. Disable that service (systemctl disable --now "
+        f"tgtd) so that a second tgtd does not hold port 3260.{other}"
+    )
+
+
+def _monitor_numbers(c: _Conversion) -> Dict[str, float]:
+    """The valid MONITOR_DELAY / MONITOR_MAX_STARTS / MONITOR_SCANRATE values, by name."""
     numbers: Dict[str, float] = {}
     for name, minimum in (("MONITOR_DELAY", 0.0), ("MONITOR_MAX_STARTS", None),
                           ("MONITOR_SCANRATE", 0.0)):
-        a = take(name)
+        a = c.take(name)
         if a is None:
             continue
         num = _number(a.value)
         if num is None or (minimum is not None and num <= minimum):
             what = "a whole number" if minimum is None else "a number of seconds greater than 0"
-            bad(a, f"{a.value!r} is not {what}")
+            c.bad(a, f"{a.value!r} is not {what}")
         elif minimum is None and not num.is_integer():
-            bad(a, f"{a.value!r} is not a whole number")
+            c.bad(a, f"{a.value!r} is not a whole number")
         else:
             numbers[name] = num
+    return numbers
+
+
+def _monitor(c: _Conversion) -> None:
+    """MONITOR_DELAY -> interval; MONITOR_MAX_STARTS (with SCANRATE) -> cycle_deadline;
+    MONITOR_KILLALL dropped."""
+    numbers = _monitor_numbers(c)
     if "MONITOR_DELAY" in numbers:
-        top["interval"] = _plain_number(numbers["MONITOR_DELAY"])
-        mapped.append("MONITOR_DELAY -> interval")
+        c.top["interval"] = _plain_number(numbers["MONITOR_DELAY"])
+        c.mapped.append("MONITOR_DELAY -> interval")
     if "MONITOR_MAX_STARTS" in numbers:
         delay = numbers.get("MONITOR_DELAY", ORIGINAL_MONITOR_DELAY)
         scan = numbers.get("MONITOR_SCANRATE", ORIGINAL_MONITOR_SCANRATE)
         starts = numbers["MONITOR_MAX_STARTS"]
         deadline = delay + starts * scan
-        top["cycle_deadline"] = _plain_number(deadline)
+        c.top["cycle_deadline"] = _plain_number(deadline)
         assumed = [f"{n}={v}" for n, v in (("MONITOR_DELAY", ORIGINAL_MONITOR_DELAY),
                                            ("MONITOR_SCANRATE", ORIGINAL_MONITOR_SCANRATE))
                    if n not in numbers]
-        notes.append(
+        c.notes.append(
             f"MONITOR_MAX_STARTS -> cycle_deadline: {deadline:g} s = MONITOR_DELAY "
             f"{delay:g} + MONITOR_MAX_STARTS {starts:g} x MONITOR_SCANRATE {scan:g}, the age at "
             "which the original monitor declared a run hung. A cycle longer than that is "
@@ -412,90 +459,95 @@ def convert_legacy(text: str, source: str) -> Tuple[Dict[str, Any], List[str]]:
             + (f" Assumed the original's shipped {', '.join(assumed)}." if assumed else "")
         )
     elif "MONITOR_SCANRATE" in numbers:
-        notes.append("MONITOR_SCANRATE dropped: without MONITOR_MAX_STARTS it sets no deadline; "
-                     "cycle_deadline keeps its default (twice the interval).")
-    handled.add("MONITOR_KILLALL")
-    a = seen.get("MONITOR_KILLALL")
+        c.notes.append("MONITOR_SCANRATE dropped: without MONITOR_MAX_STARTS it sets no "
+                       "deadline; cycle_deadline keeps its default (twice the interval).")
+    a = c.drop("MONITOR_KILLALL")
     if a is not None:
-        notes.append(
+        c.notes.append(
             f"line {a.line}: MONITOR_KILLALL dropped: there are no hung runs to kill. Every "
             "external command has a timeout (command_timeout, 10 s by default) and is killed "
             "when it runs over, and only one cycle runs at a time."
         )
 
-    # ENABLE_LOGGING -> logging
-    a = take("ENABLE_LOGGING")
-    if a is not None:
-        value = a.value.strip()
-        if value == "1":
-            logging_["level"] = "info"
-            mapped.append("ENABLE_LOGGING=1 -> logging.level: info")
-        elif value == "0":
-            logging_.update(level="warning", syslog=False)
-            notes.append(
-                f"line {a.line}: ENABLE_LOGGING=0 -> logging.syslog: false, logging.level: "
-                "warning. Logging cannot be switched off entirely: warnings and errors still go "
-                "to the journal."
-            )
-        else:
-            bad(a, f"{value!r} must be 1 (log) or 0 (do not log)")
 
-    # MAIL_* / SMTP_* -> Prometheus alerts
-    mail = [n for n in seen if n.startswith(_MAIL_PREFIXES)]
-    handled.update(mail)
+def _logging(c: _Conversion) -> None:
+    """ENABLE_LOGGING -> logging.level / logging.syslog."""
+    a = c.take("ENABLE_LOGGING")
+    if a is None:
+        return
+    value = a.value.strip()
+    if value == "1":
+        c.logging["level"] = "info"
+        c.mapped.append("ENABLE_LOGGING=1 -> logging.level: info")
+    elif value == "0":
+        c.logging.update(level="warning", syslog=False)
+        c.notes.append(
+            f"line {a.line}: ENABLE_LOGGING=0 -> logging.syslog: false, logging.level: "
+            "warning. Logging cannot be switched off entirely: warnings and errors still go "
+            "to the journal."
+        )
+    else:
+        c.bad(a, f"{value!r} must be 1 (log) or 0 (do not log)")
+
+
+def _mail(c: _Conversion) -> None:
+    """MAIL_* / SMTP_*: dropped, alerts go through Prometheus and Alertmanager."""
+    mail = [n for n in c.seen if n.startswith(_MAIL_PREFIXES)]
+    c.handled.update(mail)
     if mail:
-        notes.append(
+        c.notes.append(
             f"{', '.join(mail)} dropped: e-mail alerts are replaced by Prometheus alert rules "
             "routed through Alertmanager; put the mail receiver (SMTP server, sender, "
             "recipients) in alerts/alertmanager.yml. No value was copied, including any SMTP "
             "password."
         )
 
-    # Settings that are not configuration in the new model.
-    handled.update(_NOT_SETTINGS)
-    a = seen.get("MANUAL_MODE")
+
+def _not_settings(c: _Conversion) -> None:
+    """MANUAL_MODE, SERVER_ONE_IP, SERVER_TWO_IP, REPLICATION_IP_ISCSI: not configuration in
+    the new model."""
+    c.handled.update(_NOT_SETTINGS)
+    a = c.seen.get("MANUAL_MODE")
     if a is not None and a.value.strip():
-        notes.append(f"line {a.line}: MANUAL_MODE dropped: manual mode is a persisted state, not "
-                     "a setting; run `iscsi-cfg manual-mode-enable` on the host instead.")
+        c.notes.append(f"line {a.line}: MANUAL_MODE dropped: manual mode is a persisted state, "
+                       "not a setting; run `iscsi-cfg manual-mode-enable` on the host instead.")
     elif a is not None:
-        notes.append(f"line {a.line}: MANUAL_MODE dropped (it was empty: automatic mode, which is "
-                     "the default).")
-    replication = [n for n in ("SERVER_ONE_IP", "SERVER_TWO_IP") if n in seen]
+        c.notes.append(f"line {a.line}: MANUAL_MODE dropped (it was empty: automatic mode, "
+                       "which is the default).")
+    replication = [n for n in ("SERVER_ONE_IP", "SERVER_TWO_IP") if n in c.seen]
     if replication:
-        notes.append(f"{' and '.join(replication)} dropped: the replication addresses belong to "
-                     "the DRBD resource files (/etc/drbd.d/*.res); iscsi-ha does not use them.")
-    a = seen.get("REPLICATION_IP_ISCSI")
+        c.notes.append(f"{' and '.join(replication)} dropped: the replication addresses belong "
+                       "to the DRBD resource files (/etc/drbd.d/*.res); iscsi-ha does not use "
+                       "them.")
+    a = c.seen.get("REPLICATION_IP_ISCSI")
     if a is not None:
-        same = address is not None and a.value.strip() == address
-        notes.append(
+        same = c.address is not None and a.value.strip() == c.address
+        c.notes.append(
             f"line {a.line}: REPLICATION_IP_ISCSI dropped: "
             + ("it repeats DRBD_VIRTUAL_IP." if same else
                "it differs from DRBD_VIRTUAL_IP; vip.address was built from DRBD_VIRTUAL_IP. "
                "Check which address the SRs use.")
         )
 
-    unknown = [a for n, a in seen.items() if n not in handled]
-    if unknown:
-        notes.append("Left out, not settings of iscsi-ha.conf: "
-                     + ", ".join(f"{a.name} (line {a.line})" for a in unknown) + ".")
 
-    if mapped:
-        notes.insert(1, "Copied: " + "; ".join(mapped) + ".")
-    data: Dict[str, Any] = {}
-    for key in ("interval", "cycle_deadline", "resources"):
-        if key in top:
-            data[key] = top[key]
-    if vip:
-        data["vip"] = vip
-    if logging_:
-        data["logging"] = logging_
-    if problems:
-        raise ConfigError(source, problems)
-    try:
-        parse_config(data, source)
-    except ConfigError as exc:
-        raise ConfigError(source, [f"after conversion: {p}" for p in exc.problems]) from None
-    return data, notes
+# The per-key converters, in the order their notes and problems are reported.
+_CONVERTERS: Tuple[Callable[[_Conversion], None], ...] = (
+    _resources, _vip_address, _vip_interface, _target_service, _monitor, _logging, _mail,
+    _not_settings,
+)
+
+
+def convert_legacy(text: str, source: str) -> Tuple[Dict[str, Any], List[str]]:
+    """Convert a legacy iscsi-ha.conf to a mapping that ``parse_config`` accepts, plus notes.
+
+    Raises ConfigError listing every problem ("line N: KEY: what is wrong"); the result has been
+    validated with ``parse_config``, so ``render_yaml`` of it loads.
+    """
+    assignments, problems = scan_assignments(text)
+    conversion = _Conversion(source, assignments, problems)
+    for convert in _CONVERTERS:
+        convert(conversion)
+    return conversion.result()
 
 
 def load_legacy(path: Any) -> Tuple[Dict[str, Any], List[str]]:

@@ -411,6 +411,9 @@ class ActionResult:
     duration: float = 0.0
     # A DRBD refusal or a detected conflict: a safety stop, not a malfunction.
     refused: bool = False
+    # The adapter's machine-readable kind of failure (StepResult.reason: "timeout",
+    # "multiple_primaries", "pbd_plug_failed", ...), for scripts reading `status --json`.
+    reason: Optional[str] = None
 
     @property
     def result_label(self) -> str:
@@ -448,7 +451,7 @@ class CycleResult:
             "blocked": [list(b) for b in self.plan.blocked] if self.plan else [],
             "results": [
                 {**action_to_dict(r.action), "ok": r.ok, "refused": r.refused,
-                 "message": r.message, "duration": r.duration}
+                 "reason": r.reason, "message": r.message, "duration": r.duration}
                 for r in self.results
             ],
         }
@@ -491,6 +494,8 @@ class Snapshot:
     manual: ManualMode
     counters: Counters
     xenapi_reachable: Optional[bool] = None
+    # The last `iscsi-cfg switchover` this host took part in: (phase, seconds), switchover.PHASES.
+    switchover_phases: Tuple[Tuple[str, float], ...] = ()
 
 
 def _plain(value: Any) -> Any:

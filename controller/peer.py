@@ -29,6 +29,10 @@ Operations (named, so later features add to the list instead of inventing a seco
 * ``status``: the peer's pool role and DRBD states as of its last cycle (never waits for a cycle).
 * ``outdate``: ``drbdadm outdate RESOURCE`` here, for the other host's fence-peer handler. Refused
   while this host is Primary for it (DRBD refuses too; the refusal says so first).
+* ``switchover-facts``, ``-arm``, ``-release``, ``-wait``, ``-abort``, ``-end``: the parts of
+  ``iscsi-cfg switchover``, served by ``switchover.Switchover`` (its docstring has the protocol).
+* ``splitbrain``: this host's split-brain evidence, one of DRBD's resolve steps, or the audit
+  line, for ``iscsi-cfg split-brain`` on the other host (``controller/splitbrain_ops.py``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ log = logging.getLogger("iscsi_ha.peer")
 
 MAX_MESSAGE = 64 * 1024
 MAX_CONNECTIONS = 8
-OPERATIONS = ("ping", "status", "outdate")
+OPERATIONS = ("ping", "status", "outdate", "splitbrain", "switchover-facts",
+              "switchover-arm", "switchover-release", "switchover-wait",
+              "switchover-abort", "switchover-end")
 
 Handler = Callable[[Mapping[str, Any]], Dict[str, Any]]
 

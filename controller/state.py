@@ -19,10 +19,9 @@ import logging
 import math
 import os
 import stat
-import tempfile
 from typing import Callable, Optional, Tuple
 
-from .files import STATE_LIMIT, kind_of, read_capped
+from .files import STATE_LIMIT, kind_of, read_capped, remove_quietly, write_temp
 from .model import ManualMode, StorageRole
 
 log = logging.getLogger(__name__)
@@ -131,19 +130,11 @@ def atomic_write(path: str, text: str, mode: int = 0o644,
                            "file (point the setting at a file path, or remove it)", path)
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    tmp = write_temp(directory, text, mode)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove_quietly(tmp)
         raise
     dir_fd = os.open(directory, os.O_RDONLY)
     try:

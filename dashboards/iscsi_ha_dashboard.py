@@ -440,6 +440,129 @@ def command_time():
     )
 
 
+# -- what the VMs get: the storage probe and the SLO (alerts/iscsi_ha_slo.py records these)
+
+RATIO = "cluster:iscsi_ha_storage_probe_errors:ratio_rate"
+OBJECTIVE = f"cluster:iscsi_ha_storage_slo_objective:ratio{{{SEL}}}"
+OK_FAILING = {"1": ("reads", "green"), "0": ("fails", "red")}
+
+
+def slo_availability_stat():
+    return (
+        stat.Panel()
+        .title("Storage availability (SLO period)")
+        .description("Share of storage probes that read every LUN through the VIP over the SLO "
+                     "period (30 d by default), both hosts counted; the objective is the "
+                     "threshold (alerts/iscsi_ha_slo.py).")
+        .datasource(DS)
+        .with_target(query(f"1 - {RATIO}30d{{{SEL}}}", "availability", instant=True))
+        .unit("percentunit").decimals(3)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+        .no_value("no probe data")
+        .span(6).height(4)
+    )
+
+
+def error_budget_stat():
+    return (
+        stat.Panel()
+        .title("Error budget left")
+        .description("Share of the SLO period's error budget (1 - objective) not yet spent by "
+                     "failed storage probes. Below 0: the objective is missed.")
+        .datasource(DS)
+        .with_target(query(f"1 - {RATIO}30d{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
+                           "budget left", instant=True))
+        .unit("percentunit").decimals(1)
+        .color_mode(common.BigValueColorMode.VALUE)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+        .no_value("no probe data")
+        .span(6).height(4)
+    )
+
+
+def burn_rate():
+    def rate(window: str, ref: str):
+        return query(f"{RATIO}{window}{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
+                     f"burn rate over {window}", ref=ref)
+
+    return graph(
+        "Error budget burn rate",
+        "How fast failed storage probes spend the error budget (1 = exactly over the SLO "
+        "period). The page fires above 14.4 over both 1 h and 5 m, or above 6 over 6 h and "
+        "30 m; the ticket above 3 (1 d, 2 h) or 1 (3 d, 6 h).",
+        [rate("5m", "A"), rate("1h", "B"), rate("6h", "C"), rate("3d", "D")],
+        span=12,
+    )
+
+
+def probe_timeline():
+    return timeline(
+        "Storage probe from each host",
+        "Each host's storage probe per LUN: login at the VIP and a read of block 0 "
+        "(observer = the host that probes).",
+        [query(f"iscsi_ha_storage_probe_success{{{SEL}}}", "{{observer}} LUN {{lun}}")],
+        OK_FAILING, height=5,
+    ).span(12)
+
+
+def probe_duration():
+    hist = f"iscsi_ha_storage_probe_duration_seconds_bucket{{{SEL}}}"
+    return graph(
+        "Storage probe duration",
+        "How long a whole probe takes (connect, login, every LUN, logout), per observer.",
+        [
+            query(f"histogram_quantile(0.5, sum by (observer, le) "
+                  f"(rate({hist}[$__rate_interval])))", "{{observer}} median", ref="A"),
+            query(f"histogram_quantile(0.99, sum by (observer, le) "
+                  f"(rate({hist}[$__rate_interval])))", "{{observer}} 99th percentile",
+                  ref="B"),
+        ],
+        unit="s", span=12,
+    )
+
+
+def switchover_phases():
+    return graph(
+        "Last switchover, by phase",
+        "How long each phase of the last `iscsi-cfg switchover` took on each host (check, arm, "
+        "release, react, promote, serve, vip, total). Empty until a switchover ran since the "
+        "controllers started.",
+        [query(f"iscsi_ha_switchover_duration_seconds{{{SEL}}}", "{{instance}} {{phase}}")],
+        unit="s", span=24,
+    )
+
+
+def audit_table():
+    """One row per finding of the data-safety audit (empty: nothing risky found)."""
+    checks = [
+        ("A", f'iscsi_ha_drbd_replication_protocol{{{SEL}, protocol!="C"}} == 1'),
+        ("B", f"iscsi_ha_drbd_split_brain_policy_discards{{{SEL}}} == 1"),
+        ("C", f"iscsi_ha_drbd_fencing{{{SEL}}} == 0"),
+        ("D", f"iscsi_ha_lvm_filter_rejects{{{SEL}}} == 0"),
+        ("E", f"iscsi_ha_multipath_blacklists_drbd{{{SEL}}} == 0"),
+        ("F", f"iscsi_ha_audit_error{{{SEL}}} == 1"),
+    ]
+    panel = (
+        table.Panel()
+        .title("Data-safety audit findings")
+        .description("Risky settings found by each host's audit (every audit.interval): DRBD "
+                     "not protocol C, split-brain policies that discard data, no fencing, an "
+                     "LVM filter that scans DRBD or its backing device, multipath over DRBD, a "
+                     "check that cannot run. Each has an alert and a runbook section.")
+        .datasource(DS)
+        .with_transformation(MERGE)
+        .with_transformation(hide_fields(["Time", "Value", "job"]))
+        .no_value("no findings")
+        .span(24).height(5)
+    )
+    for ref, expr in checks:
+        panel = panel.with_target(query(expr, ref=ref, instant=True, as_table=True))
+    return panel
+
+
 ALERTS_SEL = 'alertname=~"IscsiHa.+", alertstate="firing", cluster=~"$cluster|"'
 
 
@@ -500,12 +623,20 @@ def build() -> gd.Dashboard:
         .with_panel(vip_stat())
         .with_panel(hosts_table())
         .with_panel(firing_alerts())
+        .with_row(gd.Row("What the VMs get: storage probe and SLO"))
+        .with_panel(slo_availability_stat())
+        .with_panel(error_budget_stat())
+        .with_panel(burn_rate())
+        .with_panel(probe_timeline())
+        .with_panel(probe_duration())
+        .with_panel(audit_table())
         .with_row(gd.Row("Roles over time"))
         .with_panel(role_timeline())
         .with_panel(pool_role_timeline())
         .with_panel(vip_target_timeline())
         .with_panel(transitions())
         .with_panel(alerts_timeline().span(12).height(7))
+        .with_panel(switchover_phases())
         .with_row(gd.Row("DRBD"))
         .with_panel(resources_table())
         .with_panel(connection_timeline())

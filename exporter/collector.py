@@ -16,112 +16,8 @@ Before the first cycle (no snapshot yet, or a snapshot whose ``last`` is None) o
 state is invented. Series marked "absent when ..." below are left out in that situation instead
 of reading a made-up 0.
 
-Metrics (the list the alert rules and dashboards are written against; ``name{labels}  type``,
-then what it means)::
-
-    iscsi_ha_up                                               gauge
-        1 while the controller runs (always present)
-    iscsi_ha_build_info{version, drbd_version}                gauge
-        1 (always; drbd_version "unknown" before the first snapshot)
-    iscsi_ha_start_time_seconds                               gauge
-        unix time the controller started (always present)
-    iscsi_ha_host_info{hostname}                              gauge
-        1
-    iscsi_ha_pool_role{role}                                  gauge
-        one-hot over master/slave/unknown
-    iscsi_ha_manual_mode                                      gauge
-        1 when manual mode is on
-    iscsi_ha_manual_mode_requested_role{role}                 gauge
-        one-hot over primary/secondary/none: last become-* asked
-    iscsi_ha_manual_mode_since_timestamp_seconds              gauge
-        unix time manual mode was enabled; absent when off
-    iscsi_ha_desired_role{role}                               gauge
-        one-hot over primary/secondary/none (none = holding)
-    iscsi_ha_refusals                                         gauge
-        safety refusals in the last plan
-    iscsi_ha_promotion_blocked{resource,reason}               gauge
-        1 per resource held for lack of proof of the newest data (or two masters)
-    iscsi_ha_planned_actions                                  gauge
-        actions in the last plan (0 = converged or holding)
-    iscsi_ha_last_cycle_outcome{outcome}                      gauge
-        one-hot over ok/held/error
-    iscsi_ha_last_cycle_timestamp_seconds                     gauge
-        unix time the last cycle ended
-    iscsi_ha_last_cycle_duration_seconds                      gauge
-        how long the last cycle took
-    iscsi_ha_cycle_interval_seconds                           gauge
-        configured loop interval
-    iscsi_ha_dry_run                                          gauge
-        1 when the last cycle only planned (dry run)
-    iscsi_ha_observation_error{system}                        gauge
-        1 when drbd/target/vip/sr output could not be read
-    iscsi_ha_drbd_resource_configured{resource}               gauge
-        0 before ``drbdadm up`` (its state series are then absent)
-    iscsi_ha_drbd_resource_error{resource}                    gauge
-        1 when its state was unreadable (state series absent)
-    iscsi_ha_drbd_role{resource, role}                        gauge
-        one-hot over model.DRBD_ROLES, local role
-    iscsi_ha_drbd_peer_role{resource, role}                   gauge
-        one-hot over model.DRBD_ROLES
-    iscsi_ha_drbd_connection_state{resource, state}           gauge
-        one-hot over model.DRBD_CONNECTION_STATES (8.4 and 9)
-    iscsi_ha_drbd_disk_state{resource, side, state}           gauge
-        one-hot over model.DRBD_DISK_STATES; side local/peer
-    iscsi_ha_drbd_out_of_sync_bytes{resource}                 gauge
-        bytes to resync; absent when unknown
-    iscsi_ha_drbd_sync_progress_ratio{resource}               gauge
-        0..1, 1 when in sync; absent when unknown
-    iscsi_ha_drbd_sync_eta_seconds{resource}                  gauge
-        estimated time to the end of the resync; only during one
-    iscsi_ha_drbd_split_brain{resource}                       gauge
-        1 when split brain was detected
-    iscsi_ha_drbd_quorum{resource}                            gauge
-        1 when DRBD has quorum (DRBD 9; always 1 on 8.4)
-    iscsi_ha_target_daemon_up                                 gauge
-        1 when the target daemon runs (tgtd; for LIO: the kernel target is loaded)
-    iscsi_ha_target_present                                   gauge
-        1 when our target exists (in tgtd, or in LIO's configfs)
-    iscsi_ha_target_serving                                   gauge
-        1 when the target serves every LUN with its binding
-    iscsi_ha_target_luns                                      gauge
-        LUNs of our target (LUN 0 not counted)
-    iscsi_ha_target_sessions                                  gauge
-        initiator sessions on our target
-    iscsi_ha_lun_info{lun, backend, serial, wwn}              gauge
-        1 per served LUN: the identity initiators read (VPD 0x80 serial, VPD 0x83 NAA);
-        must be equal on both hosts (alert IscsiHaLunIdentityDiffers)
-    iscsi_ha_target_write_cache_enabled{lun}                  gauge
-        1 when a WRITE to that LUN may complete before DRBD has it (corrected by the controller)
-    iscsi_ha_vip_info{address, interface}                     gauge
-        1; the configured VIP ("10.10.10.3/24") and interface
-    iscsi_ha_vip_local                                        gauge
-        1 when the VIP is bound on this host
-    iscsi_ha_vip_conflict                                     gauge
-        1 when another host answers ARP for the VIP; absent until probed
-    iscsi_ha_vip_announce_due                                 gauge
-        1 when the periodic gratuitous ARP was due
-    iscsi_ha_xenapi_reachable                                 gauge
-        1 when XenAPI answered; absent when not used or not known
-    iscsi_ha_sr_unattached_pbds                               gauge
-        unattached PBDs of iSCSI SRs; absent when SRs not observed
-    iscsi_ha_sr_pbd_attached{sr, sr_name, host}               gauge
-        1 when that host's PBD of SR ``sr`` (uuid) is attached
-    iscsi_ha_cycles_total{result}                             counter
-        cycles by result ok/held/error (all three always present)
-    iscsi_ha_cycle_overruns_total                             counter
-        cycles that overran their deadline
-    iscsi_ha_cycle_duration_seconds                           histogram
-        cycle durations
-    iscsi_ha_actions_total{action, result}                    counter
-        every model.ACTION_NAMES action x ok/error/refused
-    iscsi_ha_commands_total{command}                          counter
-        external commands run
-    iscsi_ha_command_duration_seconds_total{command}          counter
-        seconds spent in that command
-    iscsi_ha_command_timeouts_total{command}                  counter
-        commands killed on timeout
-    iscsi_ha_target_daemon_restarts_total                     counter
-        tgtd restarts by the self-healing
+The metrics, their labels and HELP texts are declared once, in ``catalogue.py``; the list with
+what each means is ``docs/metrics.md``, generated from it (``make docs``).
 
 Counters and the histogram are cumulative since the controller started, copied into each
 snapshot; they too are as of the last cycle (and absent before it). Staleness is PromQL's job:
@@ -158,24 +54,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Optional
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    InfoMetricFamily,
-    Metric,
-)
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from ..controller import __version__, model
 from ..controller.model import Snapshot
+from . import catalogue
+from .catalogue import counter, gauge
 
 log = logging.getLogger(__name__)
 
 GetSnapshot = Callable[[], Optional[Snapshot]]
 
-AS_OF = "as of the last cycle"
 ROLE_CHOICES = ("primary", "secondary", "none")
 ACTION_RESULTS = ("ok", "error", "refused")
 OBSERVED_SYSTEMS = ("drbd", "target", "vip", "sr")
@@ -246,7 +137,7 @@ class SnapshotCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         # Names only, so the registry can refuse a clash; never touches the snapshot.
-        return [_empty(name, kind) for name, kind, _labels in METRICS]
+        return [catalogue.empty(m) for m in catalogue.CATALOGUE if m.source == "snapshot"]
 
     def collect(self) -> Iterator[Metric]:
         snapshot = self._get()
@@ -288,21 +179,6 @@ class SnapshotCollector(Collector):
 # Rendering: pure functions from a snapshot to metric families.
 # ------------------------------------------------------------------------------------------
 
-P = "iscsi_ha_"
-
-
-def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(P + name, doc, labels=list(labels))
-
-
-def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(P + name, doc, labels=list(labels))
-
-
-def _one(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(P + name, doc, value=float(value))
-
-
 def _one_hot(
     fam: GaugeMetricFamily, prefix: list[str], choices: Sequence[str], current: str
 ) -> None:
@@ -315,18 +191,14 @@ def _one_hot(
 
 def base_families(snapshot: Optional[Snapshot], version: str, created: float) -> list[Metric]:
     """The three metrics that exist from the controller's start, before any cycle."""
-    build = InfoMetricFamily(
-        P + "build", "Version of iscsi-ha and of the DRBD kernel module it drives.",
-        value={
-            "version": snapshot.version if snapshot else version,
-            "drbd_version": (snapshot.drbd_version or "unknown") if snapshot else "unknown",
-        },
-    )
+    build = catalogue.info("build_info", {
+        "version": snapshot.version if snapshot else version,
+        "drbd_version": (snapshot.drbd_version or "unknown") if snapshot else "unknown",
+    })
     return [
-        _one("up", "1 while the iscsi-ha controller runs.", 1),
+        gauge("up", 1),
         build,
-        _one("start_time_seconds", "Unix time the iscsi-ha controller started.",
-             snapshot.started if snapshot else created),
+        gauge("start_time_seconds", snapshot.started if snapshot else created),
     ]
 
 
@@ -339,37 +211,30 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
     out: list[Metric] = []
     add = out.append
 
-    host = _gauge("host_info", f"Host name of this iscsi-ha node, {AS_OF}.", ["hostname"])
+    host = gauge("host_info")
     host.add_metric([snap.hostname], 1.0)
     add(host)
 
     manual = snap.manual
-    add(_one("manual_mode", f"1 when manual mode is on (no automatic role changes), {AS_OF}.",
-             manual.enabled))
-    req = _gauge("manual_mode_requested_role",
-                 "Storage role the operator last asked for in manual mode (one series per role, "
-                 f"none = not asked), {AS_OF}.", ["role"])
+    add(gauge("manual_mode", manual.enabled))
+    req = gauge("manual_mode_requested_role")
     _one_hot(req, [], ROLE_CHOICES, manual.requested.value if manual.requested else "none")
     add(req)
     if manual.enabled and manual.since is not None:
-        add(_one("manual_mode_since_timestamp_seconds",
-                 f"Unix time manual mode was enabled, {AS_OF}.", manual.since))
+        add(gauge("manual_mode_since_timestamp_seconds", manual.since))
+    if snap.switchover_phases:
+        switchover = gauge("switchover_duration_seconds")
+        for phase, seconds in snap.switchover_phases:
+            switchover.add_metric([phase], seconds)
+        add(switchover)
 
     plan = last.plan
     if plan is not None:
-        desired = _gauge("desired_role",
-                         "Storage role the controller wants for this host (one series per role, "
-                         f"none = holding), {AS_OF}.", ["role"])
+        desired = gauge("desired_role")
         _one_hot(desired, [], ROLE_CHOICES, plan.desired.value if plan.desired else "none")
         add(desired)
-        add(_one("refusals", f"Safety refusals in the plan, {AS_OF}.", len(plan.refusals)))
-        blocked = _gauge("promotion_blocked",
-                         "1 for each resource whose promotion is held because this host cannot "
-                         "prove it has the newest data (reason: no_record, untrusted_record, "
-                         "restarted, rebooted, gap, not_in_sync, two_masters, "
-                         "peer_channel_primary, or "
-                         "local_disk_<state> when DRBD's disk is not UpToDate); 0 without a "
-                         f"reason when it is not held, {AS_OF}.", ["resource", "reason"])
+        add(gauge("refusals", len(plan.refusals)))
+        blocked = gauge("promotion_blocked")
         for resource, reason in plan.blocked:
             blocked.add_metric([resource, reason], 1.0)
         # A 0 series (empty reason = no label) per resource that is not held, so the alert's
@@ -379,27 +244,21 @@ def cycle_families(snap: Snapshot, drbd_enums: Optional[DrbdEnums] = None) -> li
             if res.name not in held:
                 blocked.add_metric([res.name, ""], 0.0)
         add(blocked)
-        add(_one("planned_actions", f"Actions in the plan (0 = converged or holding), {AS_OF}.",
-                 len(plan.actions)))
+        add(gauge("planned_actions", len(plan.actions)))
 
-    outcome = _gauge("last_cycle_outcome",
-                     "Outcome of the last cycle (one series per outcome, 1 = current).",
-                     ["outcome"])
+    outcome = gauge("last_cycle_outcome")
     _one_hot(outcome, [], [o.value for o in model.Outcome], last.outcome.value)
     add(outcome)
-    add(_one("last_cycle_timestamp_seconds", "Unix time the last cycle ended.",
-             last.started + last.duration))
-    add(_one("last_cycle_duration_seconds", "Duration of the last cycle.", last.duration))
-    add(_one("cycle_interval_seconds", f"Configured interval between cycles, {AS_OF}.",
-             snap.interval))
-    add(_one("dry_run", "1 when the last cycle only planned and changed nothing (dry run).",
-             last.dry_run))
+    add(gauge("last_cycle_timestamp_seconds", last.started + last.duration))
+    add(gauge("last_cycle_duration_seconds", last.duration))
+    add(gauge("cycle_interval_seconds", snap.interval))
+    add(gauge("dry_run", last.dry_run))
 
     obs = last.observation
     if obs is not None:
         out.extend(observation_families(obs, snap.xenapi_reachable, drbd_enums))
     elif snap.xenapi_reachable is not None:
-        add(_one("xenapi_reachable", f"1 when XenAPI answered, {AS_OF}.", snap.xenapi_reachable))
+        add(gauge("xenapi_reachable", snap.xenapi_reachable))
 
     out.extend(counter_families(snap.counters))
     return out
@@ -411,14 +270,11 @@ def observation_families(
     out: list[Metric] = []
     add = out.append
 
-    pool = _gauge("pool_role",
-                  "Pool role of this host from pool.conf (one series per role, 1 = current), "
-                  f"{AS_OF}.", ["role"])
+    pool = gauge("pool_role")
     _one_hot(pool, [], [r.value for r in model.PoolRole], obs.pool.role.value)
     add(pool)
 
-    err = _gauge("observation_error",
-                 f"1 when the output of that system could not be read, {AS_OF}.", ["system"])
+    err = gauge("observation_error")
     srs = obs.srs
     errors = {
         "drbd": any(r.error for r in obs.resources),
@@ -434,20 +290,13 @@ def observation_families(
     out.extend((drbd_enums or drbd_enum_families)(obs.resources))
 
     tgt = obs.target
-    add(_one("target_daemon_up", f"1 when the target daemon (tgtd, or the kernel target LIO) "
-             f"runs, {AS_OF}.", tgt.daemon_running))
-    add(_one("target_present", f"1 when our iSCSI target exists, {AS_OF}.",
-             tgt.target_present))
-    add(_one("target_serving",
-             f"1 when the iSCSI target serves every configured LUN, {AS_OF}.", tgt.serving))
-    add(_one("target_luns", f"LUNs of our iSCSI target (LUN 0 not counted), {AS_OF}.", tgt.luns))
-    add(_one("target_sessions", f"iSCSI initiator sessions on our target, {AS_OF}.",
-             tgt.sessions))
-    lun_info = _gauge("lun_info", "1 per served LUN: the identity an initiator reads (VPD 0x80 "
-                      f"unit serial, VPD 0x83 NAA designator), {AS_OF}.",
-                      ["lun", "backend", "serial", "wwn"])
-    cache = _gauge("target_write_cache_enabled", "1 when a WRITE to the LUN may complete before "
-                   f"DRBD has it (the controller turns it off), {AS_OF}.", ["lun"])
+    add(gauge("target_daemon_up", tgt.daemon_running))
+    add(gauge("target_present", tgt.target_present))
+    add(gauge("target_serving", tgt.serving))
+    add(gauge("target_luns", tgt.luns))
+    add(gauge("target_sessions", tgt.sessions))
+    lun_info = gauge("lun_info")
+    cache = gauge("target_write_cache_enabled")
     for lun in tgt.lun_info:
         lun_info.add_metric([str(lun.number), tgt.backend, lun.serial, lun.wwn], 1.0)
         if lun.write_cache is not None:
@@ -457,28 +306,20 @@ def observation_families(
 
     vip = obs.vip
     if vip.address:
-        info = _gauge("vip_info",
-                      f"The configured virtual IP address and its interface, {AS_OF}.",
-                      ["address", "interface"])
+        info = gauge("vip_info")
         info.add_metric([vip.address, vip.interface], 1.0)
         add(info)
-    add(_one("vip_local", f"1 when the virtual IP is bound on this host, {AS_OF}.", vip.local))
+    add(gauge("vip_local", vip.local))
     if vip.conflict is not None:
-        add(_one("vip_conflict",
-                 f"1 when another host answers ARP for the virtual IP, {AS_OF}.", vip.conflict))
-    add(_one("vip_announce_due", f"1 when the periodic gratuitous ARP was due, {AS_OF}.",
-             vip.announce_due))
+        add(gauge("vip_conflict", vip.conflict))
+    add(gauge("vip_announce_due", vip.announce_due))
 
     reachable = xenapi if xenapi is not None else (srs.reachable if srs is not None else None)
     if reachable is not None:
-        add(_one("xenapi_reachable", f"1 when XenAPI answered, {AS_OF}.", reachable))
+        add(gauge("xenapi_reachable", reachable))
     if srs is not None:
-        add(_one("sr_unattached_pbds",
-                 f"PBDs of iSCSI storage repositories that are not attached, {AS_OF}.",
-                 len(srs.unattached_pbds())))
-        pbd = _gauge("sr_pbd_attached",
-                     f"1 when the host's PBD of the iSCSI SR is attached, {AS_OF}.",
-                     ["sr", "sr_name", "host"])
+        add(gauge("sr_unattached_pbds", len(srs.unattached_pbds())))
+        pbd = gauge("sr_pbd_attached")
         for sr in srs.srs:
             for p in sr.pbds:
                 pbd.add_metric([sr.uuid, sr.name, p.host], float(p.attached))
@@ -501,18 +342,10 @@ def enum_key(resources: Sequence[model.DrbdResource]) -> tuple:
 
 def drbd_enum_families(resources: Sequence[model.DrbdResource]) -> list[Metric]:
     """The one-hot DRBD families: most of the series, and stable between cycles."""
-    role = _gauge("drbd_role",
-                  f"Local DRBD role (one series per role, 1 = current), {AS_OF}.",
-                  ["resource", "role"])
-    peer_role = _gauge("drbd_peer_role",
-                       f"DRBD role of the peer (one series per role, 1 = current), {AS_OF}.",
-                       ["resource", "role"])
-    conn = _gauge("drbd_connection_state",
-                  "DRBD connection state of the resource (one series per state, 1 = current), "
-                  f"{AS_OF}.", ["resource", "state"])
-    disk = _gauge("drbd_disk_state",
-                  "DRBD disk state, local and peer (one series per state, 1 = current), "
-                  f"{AS_OF}.", ["resource", "side", "state"])
+    role = gauge("drbd_role")
+    peer_role = gauge("drbd_peer_role")
+    conn = gauge("drbd_connection_state")
+    disk = gauge("drbd_disk_state")
     for res in resources:
         if not _shown(res):
             continue
@@ -527,23 +360,13 @@ def drbd_enum_families(resources: Sequence[model.DrbdResource]) -> list[Metric]:
 
 def drbd_value_families(resources: Sequence[model.DrbdResource]) -> list[Metric]:
     """One series per resource each: configured, error, sync figures, split brain, quorum."""
-    configured = _gauge("drbd_resource_configured",
-                        f"0 when the DRBD resource is not up (not configured), {AS_OF}.",
-                        ["resource"])
-    error = _gauge("drbd_resource_error",
-                   f"1 when the state of the DRBD resource could not be read, {AS_OF}.",
-                   ["resource"])
-    oos = _gauge("drbd_out_of_sync_bytes", f"Bytes of the resource out of sync, {AS_OF}.",
-                 ["resource"])
-    progress = _gauge("drbd_sync_progress_ratio",
-                      f"Share of the resource in sync, 0..1 (1 = in sync), {AS_OF}.",
-                      ["resource"])
-    eta = _gauge("drbd_sync_eta_seconds",
-                 f"Estimated seconds until the running resync ends, {AS_OF}.", ["resource"])
-    split = _gauge("drbd_split_brain", f"1 when DRBD split brain was detected, {AS_OF}.",
-                   ["resource"])
-    quorum = _gauge("drbd_quorum", f"1 when the DRBD resource has quorum (DRBD 9), {AS_OF}.",
-                    ["resource"])
+    configured = gauge("drbd_resource_configured")
+    error = gauge("drbd_resource_error")
+    oos = gauge("drbd_out_of_sync_bytes")
+    progress = gauge("drbd_sync_progress_ratio")
+    eta = gauge("drbd_sync_eta_seconds")
+    split = gauge("drbd_split_brain")
+    quorum = gauge("drbd_quorum")
     for res in resources:
         name = [res.name]
         error.add_metric(name, float(res.error is not None))
@@ -567,113 +390,44 @@ def counter_families(c: model.Counters) -> list[Metric]:
     out: list[Metric] = []
     add = out.append
 
-    cycles = _counter("cycles", f"Cycles by result since the controller started, {AS_OF}.",
-                      ["result"])
+    cycles = counter("cycles_total")
     results = [o.value for o in model.Outcome]
     for result in results + sorted(set(c.cycles) - set(results)):
         cycles.add_metric([result], float(c.cycles.get(result, 0)))
     add(cycles)
-    add(CounterMetricFamily(P + "cycle_overruns",
-                            f"Cycles that overran their deadline, {AS_OF}.",
-                            value=float(c.cycle_overruns)))
+    add(counter("cycle_overruns_total", c.cycle_overruns))
 
     hist = c.cycle_duration
     if hist is not None and len(hist.counts) == len(hist.buckets) + 1:
         buckets = [(floatToGoString(b), float(n)) for b, n in zip(hist.buckets, hist.counts)]
         buckets.append(("+Inf", float(hist.counts[-1])))
-        add(HistogramMetricFamily(P + "cycle_duration_seconds",
-                                  f"Duration of the controller's cycles, {AS_OF}.",
-                                  buckets=buckets, sum_value=float(hist.total)))
+        add(catalogue.histogram("cycle_duration_seconds", buckets, float(hist.total)))
     elif hist is not None:
         log.warning("cycle-duration histogram has %d counts for %d buckets; not exported",
                     len(hist.counts), len(hist.buckets))
 
-    actions = _counter("actions", f"Actions run, by action and result, {AS_OF}.",
-                       ["action", "result"])
+    actions = counter("actions_total")
     known = [(a, r) for a in model.ACTION_NAMES.values() for r in ACTION_RESULTS]
     for key in known + sorted(set(c.actions) - set(known)):
         actions.add_metric(list(key), float(c.actions.get(key, 0)))
     add(actions)
 
     commands = sorted(set(c.command_calls) | set(c.command_seconds) | set(c.command_timeouts))
-    calls = _counter("commands", f"External commands run, by command, {AS_OF}.", ["command"])
-    seconds = _counter("command_duration_seconds",
-                       f"Seconds spent in external commands, by command, {AS_OF}.", ["command"])
-    timeouts = _counter("command_timeouts",
-                        f"External commands killed on timeout, by command, {AS_OF}.",
-                        ["command"])
+    calls = counter("commands_total")
+    seconds = counter("command_duration_seconds_total")
+    timeouts = counter("command_timeouts_total")
     for cmd in commands:
         calls.add_metric([cmd], float(c.command_calls.get(cmd, 0)))
         seconds.add_metric([cmd], float(c.command_seconds.get(cmd, 0.0)))
         timeouts.add_metric([cmd], float(c.command_timeouts.get(cmd, 0)))
     out += [calls, seconds, timeouts]
 
-    add(CounterMetricFamily(P + "target_daemon_restarts",
-                            f"Restarts of the tgt daemon by the self-healing, {AS_OF}.",
-                            value=float(c.target_daemon_restarts)))
+    add(counter("target_daemon_restarts_total", c.target_daemon_restarts))
     return out
 
 
-# Every family this collector can emit: (name as exposed, type, labels). describe() and the
-# tests use it; the docstring table above lists the same names.
-METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("iscsi_ha_up", "gauge", ()),
-    ("iscsi_ha_build_info", "gauge", ("version", "drbd_version")),
-    ("iscsi_ha_start_time_seconds", "gauge", ()),
-    ("iscsi_ha_host_info", "gauge", ("hostname",)),
-    ("iscsi_ha_pool_role", "gauge", ("role",)),
-    ("iscsi_ha_manual_mode", "gauge", ()),
-    ("iscsi_ha_manual_mode_requested_role", "gauge", ("role",)),
-    ("iscsi_ha_manual_mode_since_timestamp_seconds", "gauge", ()),
-    ("iscsi_ha_desired_role", "gauge", ("role",)),
-    ("iscsi_ha_refusals", "gauge", ()),
-    ("iscsi_ha_promotion_blocked", "gauge", ("resource", "reason")),
-    ("iscsi_ha_planned_actions", "gauge", ()),
-    ("iscsi_ha_last_cycle_outcome", "gauge", ("outcome",)),
-    ("iscsi_ha_last_cycle_timestamp_seconds", "gauge", ()),
-    ("iscsi_ha_last_cycle_duration_seconds", "gauge", ()),
-    ("iscsi_ha_cycle_interval_seconds", "gauge", ()),
-    ("iscsi_ha_dry_run", "gauge", ()),
-    ("iscsi_ha_observation_error", "gauge", ("system",)),
-    ("iscsi_ha_drbd_resource_configured", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_resource_error", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_role", "gauge", ("resource", "role")),
-    ("iscsi_ha_drbd_peer_role", "gauge", ("resource", "role")),
-    ("iscsi_ha_drbd_connection_state", "gauge", ("resource", "state")),
-    ("iscsi_ha_drbd_disk_state", "gauge", ("resource", "side", "state")),
-    ("iscsi_ha_drbd_out_of_sync_bytes", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_sync_progress_ratio", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_sync_eta_seconds", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_split_brain", "gauge", ("resource",)),
-    ("iscsi_ha_drbd_quorum", "gauge", ("resource",)),
-    ("iscsi_ha_target_daemon_up", "gauge", ()),
-    ("iscsi_ha_target_present", "gauge", ()),
-    ("iscsi_ha_target_serving", "gauge", ()),
-    ("iscsi_ha_target_luns", "gauge", ()),
-    ("iscsi_ha_target_sessions", "gauge", ()),
-    ("iscsi_ha_lun_info", "gauge", ("lun", "backend", "serial", "wwn")),
-    ("iscsi_ha_target_write_cache_enabled", "gauge", ("lun",)),
-    ("iscsi_ha_vip_info", "gauge", ("address", "interface")),
-    ("iscsi_ha_vip_local", "gauge", ()),
-    ("iscsi_ha_vip_conflict", "gauge", ()),
-    ("iscsi_ha_vip_announce_due", "gauge", ()),
-    ("iscsi_ha_xenapi_reachable", "gauge", ()),
-    ("iscsi_ha_sr_unattached_pbds", "gauge", ()),
-    ("iscsi_ha_sr_pbd_attached", "gauge", ("sr", "sr_name", "host")),
-    ("iscsi_ha_cycles_total", "counter", ("result",)),
-    ("iscsi_ha_cycle_overruns_total", "counter", ()),
-    ("iscsi_ha_cycle_duration_seconds", "histogram", ()),
-    ("iscsi_ha_actions_total", "counter", ("action", "result")),
-    ("iscsi_ha_commands_total", "counter", ("command",)),
-    ("iscsi_ha_command_duration_seconds_total", "counter", ("command",)),
-    ("iscsi_ha_command_timeouts_total", "counter", ("command",)),
-    ("iscsi_ha_target_daemon_restarts_total", "counter", ()),
+# Every family this collector can emit: (name as exposed, type in the text format, labels),
+# from the catalogue, for the alert, dashboard and collector tests.
+METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(
+    (m.name, m.exposed_kind, m.labels) for m in catalogue.CATALOGUE if m.source == "snapshot"
 )
-
-
-def _empty(name: str, kind: str) -> Metric:
-    if kind == "counter":
-        return CounterMetricFamily(name, "")
-    if kind == "histogram":
-        return HistogramMetricFamily(name, "")
-    return GaugeMetricFamily(name, "")

@@ -42,6 +42,7 @@ import base64
 import binascii
 import gzip
 import html
+import io
 import ipaddress
 import logging
 import socket
@@ -52,11 +53,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Optional, cast
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
-from prometheus_client.registry import Collector
+from prometheus_client.registry import CollectorRegistry
 
 from ..controller import __version__
 from ..controller.model import Snapshot
@@ -137,7 +138,7 @@ class Exposition:
     correct answer.
     """
 
-    def __init__(self, registry: Collector, gzip_level: int = GZIP_LEVEL) -> None:
+    def __init__(self, registry: CollectorRegistry, gzip_level: int = GZIP_LEVEL) -> None:
         self.registry = registry
         self.gzip_level = gzip_level
         self._parts: dict[str, dict[int, tuple[Any, bytes]]] = {}
@@ -151,7 +152,7 @@ class Exposition:
         encoder, content_type = choose_encoder(accept or "")
         gz = gzip_accepted(accept_encoding or "")
         if names:
-            body = encoder(self.registry.restricted_registry(names))  # type: ignore[attr-defined]
+            body = encoder(self.registry.restricted_registry(names))
             if gz:
                 body = gzip.compress(body, compresslevel=self.gzip_level)
         else:
@@ -245,7 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
             # get to keep the connection).
             self.server.mark(conn, "idle", IDLE_TIMEOUT)
             try:
-                if not self.rfile.peek(1):
+                # StreamRequestHandler buffers its input (rbufsize -1): a BufferedReader,
+                # which typeshed only knows as BufferedIOBase.
+                if not cast(io.BufferedReader, self.rfile).peek(1):
                     self.close_connection = True
                     return
             except OSError:
@@ -471,7 +474,7 @@ class _Server(ThreadingHTTPServer):
                     self.shutdown_request(request)
                     return
             try:
-                self.RequestHandlerClass(request, client_address, self)
+                super().finish_request(request, client_address)
             finally:
                 if tls is not None:
                     self.shutdown_request(request)
@@ -548,12 +551,12 @@ def parse_listen(listen: str) -> tuple[int, str, int]:
     except socket.gaierror as e:
         raise ValueError(f"listen address {listen!r}: cannot resolve {host!r}: {e}") from e
     family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr[0], int(port)
+    return family, str(sockaddr[0]), int(port)
 
 
 def start_exporter(
     listen: str,
-    registry: Collector,
+    registry: CollectorRegistry,
     get_snapshot: Any,
     web_config_file: Optional[str] = None,
 ) -> ExporterHandle:

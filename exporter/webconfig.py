@@ -147,9 +147,9 @@ class WebConfig:
         Credentials that passed once are answered from the cache, never limited: the flood of
         wrong passwords that the budget stops cannot lock out a scraper that knows its own.
         """
-        hashed = self.users.get(user)
-        known = hashed is not None
-        hashed = hashed if known else DUMMY_HASH
+        stored = self.users.get(user)
+        known = stored is not None
+        hashed = stored if stored is not None else DUMMY_HASH
         key = hashlib.sha256(
             b"\0".join((user.encode(), hashed, password.encode()))
         ).digest()
@@ -327,101 +327,128 @@ def _tls_enabled(t: dict) -> bool:
     ))
 
 
-def _tls(t: dict, base: str, path: str) -> TlsSettings:
-    p = "tls_server_config."
+_P = "tls_server_config."
 
+
+@dataclass(frozen=True)
+class _TlsMaterial:
+    """The certificate, key and client CA: each as a file (made absolute) or inline PEM."""
+
+    cert_file: str
+    cert: str
+    key_file: str
+    key: str
+    ca_file: str
+    ca: str
+
+
+def _tls_material(t: dict, base: str, path: str) -> _TlsMaterial:
     def file_key(key: str) -> str:
         value = _str(t, key, path)
         return os.path.join(base, value) if value else ""
 
-    cert_file, key_file, ca_file = file_key("cert_file"), file_key("key_file"), \
-        file_key("client_ca_file")
-    cert, key, ca = _str(t, "cert", path), _str(t, "key", path), _str(t, "client_ca", path)
-    if not cert_file and not cert:
-        raise WebConfigError(f"{path}: {p}cert_file: missing one of cert or cert_file")
-    if not key_file and not key:
-        raise WebConfigError(f"{path}: {p}key_file: missing one of key or key_file")
-    for k, both in (("cert", cert and cert_file), ("key", key and key_file),
-                    ("client_ca", ca and ca_file)):
+    m = _TlsMaterial(file_key("cert_file"), _str(t, "cert", path), file_key("key_file"),
+                     _str(t, "key", path), file_key("client_ca_file"), _str(t, "client_ca", path))
+    if not m.cert_file and not m.cert:
+        raise WebConfigError(f"{path}: {_P}cert_file: missing one of cert or cert_file")
+    if not m.key_file and not m.key:
+        raise WebConfigError(f"{path}: {_P}key_file: missing one of key or key_file")
+    for k, both in (("cert", m.cert and m.cert_file), ("key", m.key and m.key_file),
+                    ("client_ca", m.ca and m.ca_file)):
         if both:
-            raise WebConfigError(f"{path}: {p}{k}: give either {k} or {k}_file, not both")
+            raise WebConfigError(f"{path}: {_P}{k}: give either {k} or {k}_file, not both")
+    return m
 
+
+def _tls_versions(t: dict, path: str) -> tuple[str, str]:
+    """(min_version, max_version) by exporter-toolkit's names, e.g. ("TLS12", "TLS13")."""
     versions = {}
     for k, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         name = t.get(k) or default
         if name not in TLS_VERSIONS:
-            raise WebConfigError(
-                f"{path}: {p}{k}: unknown TLS version {name!r} (one of {', '.join(TLS_VERSIONS)})"
-            )
+            raise WebConfigError(f"{path}: {_P}{k}: unknown TLS version {name!r} (one of "
+                                 f"{', '.join(TLS_VERSIONS)})")
         versions[k] = name
     if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
-        raise WebConfigError(f"{path}: {p}min_version: {versions['min_version']} is newer than "
+        raise WebConfigError(f"{path}: {_P}min_version: {versions['min_version']} is newer than "
                              f"max_version {versions['max_version']}")
+    return versions["min_version"], versions["max_version"]
 
+
+def _client_auth(t: dict, m: _TlsMaterial, path: str) -> tuple[str, tuple[str, ...]]:
+    """(client_auth_type, client_allowed_sans), refusing what Python's ssl cannot do."""
     auth = t.get("client_auth_type") or "NoClientCert"
     if auth not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(f"{path}: {p}client_auth_type: invalid value {auth!r} "
+        raise WebConfigError(f"{path}: {_P}client_auth_type: invalid value {auth!r} "
                              f"(one of {', '.join(CLIENT_AUTH_TYPES)})")
     if auth in ("RequireAnyClientCert", "RequireClientCert"):
         raise WebConfigError(
-            f"{path}: {p}client_auth_type: {auth} (require a certificate without verifying it) "
-            "cannot be done with Python's ssl module; use RequireAndVerifyClientCert with "
+            f"{path}: {_P}client_auth_type: {auth} (require a certificate without verifying "
+            "it) cannot be done with Python's ssl module; use RequireAndVerifyClientCert with "
             "client_ca_file"
         )
-    if (ca_file or ca) and auth == "NoClientCert":
-        raise WebConfigError(f"{path}: {p}client_ca_file: client CAs are configured without a "
+    if (m.ca_file or m.ca) and auth == "NoClientCert":
+        raise WebConfigError(f"{path}: {_P}client_ca_file: client CAs are configured without a "
                              "client_auth_type that uses them")
     for unsupported in ("cipher_suites", "curve_preferences"):
         if t.get(unsupported):
-            raise WebConfigError(f"{path}: {p}{unsupported}: not supported by iscsi-ha (Python's "
-                                 "ssl module takes no Go cipher/curve names); remove the key to "
-                                 "use OpenSSL's defaults")
+            raise WebConfigError(f"{path}: {_P}{unsupported}: not supported by iscsi-ha "
+                                 "(Python's ssl module takes no Go cipher/curve names); remove "
+                                 "the key to use OpenSSL's defaults")
     sans = t.get("client_allowed_sans")
     if sans is not None:
         if not isinstance(sans, list) or not all(isinstance(s, str) for s in sans):
-            raise WebConfigError(f"{path}: {p}client_allowed_sans: expected a list of strings")
+            raise WebConfigError(f"{path}: {_P}client_allowed_sans: expected a list of strings")
         if auth != "RequireAndVerifyClientCert":
-            raise WebConfigError(f"{path}: {p}client_allowed_sans: requires client_auth_type "
+            raise WebConfigError(f"{path}: {_P}client_allowed_sans: requires client_auth_type "
                                  "RequireAndVerifyClientCert")
+    return auth, tuple(sans or ())
+
+
+def _verify_clients(ctx: ssl.SSLContext, auth: str, m: _TlsMaterial, path: str) -> None:
+    if auth not in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
+        # NoClientCert, and RequestClientCert whose unverified certificate grants nothing more.
+        ctx.verify_mode = ssl.CERT_NONE
+        return
+    ctx.verify_mode = (
+        ssl.CERT_REQUIRED if auth == "RequireAndVerifyClientCert" else ssl.CERT_OPTIONAL
+    )
+    try:
+        if m.ca_file:
+            ctx.load_verify_locations(cafile=m.ca_file)
+        elif m.ca:
+            ctx.load_verify_locations(cadata=m.ca)
+        else:
+            # Go verifies against the system roots when no client CA is given.
+            ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
+    except (OSError, ssl.SSLError) as e:
+        key_name = "client_ca_file" if m.ca_file else "client_ca"
+        where = f" ({m.ca_file})" if m.ca_file else ""
+        raise WebConfigError(
+            f"{path}: {_P}{key_name}: cannot load the client CA{where}: {e}"
+        ) from e
+
+
+def _tls(t: dict, base: str, path: str) -> TlsSettings:
+    m = _tls_material(t, base, path)
+    min_version, max_version = _tls_versions(t, path)
+    auth, sans = _client_auth(t, m, path)
     prefer = t.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
-        raise WebConfigError(f"{path}: {p}prefer_server_cipher_suites: must be true or false")
+        raise WebConfigError(f"{path}: {_P}prefer_server_cipher_suites: must be true or false")
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        ctx.minimum_version = TLS_VERSIONS[versions["min_version"]]
-        ctx.maximum_version = TLS_VERSIONS[versions["max_version"]]
+        ctx.minimum_version = TLS_VERSIONS[min_version]
+        ctx.maximum_version = TLS_VERSIONS[max_version]
     except ValueError as e:
-        raise WebConfigError(f"{path}: {p}min_version: not allowed by this OpenSSL: {e}") from e
+        raise WebConfigError(f"{path}: {_P}min_version: not allowed by this OpenSSL: {e}") from e
     if prefer:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    _load_cert_chain(ctx, cert_file, cert, key_file, key, path)
-
-    if auth in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert"):
-        ctx.verify_mode = (
-            ssl.CERT_REQUIRED if auth == "RequireAndVerifyClientCert" else ssl.CERT_OPTIONAL
-        )
-        try:
-            if ca_file:
-                ctx.load_verify_locations(cafile=ca_file)
-            elif ca:
-                ctx.load_verify_locations(cadata=ca)
-            else:
-                # Go verifies against the system roots when no client CA is given.
-                ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-        except (OSError, ssl.SSLError) as e:
-            key_name = "client_ca_file" if ca_file else "client_ca"
-            where = f" ({ca_file})" if ca_file else ""
-            raise WebConfigError(
-                f"{path}: {p}{key_name}: cannot load the client CA{where}: {e}"
-            ) from e
-    else:
-        # NoClientCert, and RequestClientCert whose unverified certificate grants nothing more.
-        ctx.verify_mode = ssl.CERT_NONE
-    return TlsSettings(
-        context=ctx, client_auth_type=auth, min_version=versions["min_version"],
-        max_version=versions["max_version"], client_allowed_sans=tuple(sans or ()),
-    )
+    _load_cert_chain(ctx, m.cert_file, m.cert, m.key_file, m.key, path)
+    _verify_clients(ctx, auth, m, path)
+    return TlsSettings(context=ctx, client_auth_type=auth, min_version=min_version,
+                       max_version=max_version, client_allowed_sans=sans)
 
 
 def _load_cert_chain(
@@ -438,8 +465,8 @@ def _load_cert_chain(
             if text:
                 fd, name = tempfile.mkstemp(prefix="iscsi-ha-web-", suffix=".pem")
                 tmp.append(name)
-                with os.fdopen(fd, "w") as f:
-                    f.write(text)
+                with os.fdopen(fd, "w") as pem:
+                    pem.write(text)
         it = iter(tmp)
         certfile = cert_file or next(it)
         keyfile = key_file or next(it)

@@ -23,16 +23,36 @@ six seconds:
   controller's ``command_timeout``, 5 s in the lab, kills it) or fails, for 1-5 s: the controller's
   ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
-  doing: that invariant gets ``TGTD_GRACE`` seconds for the controller to restart and re-serve).
+  doing: that invariant waits until the node's controller has finished two cycles since, killed
+  and restarted meanwhile or not -- see ``TGTD_GRACE``);
+* ``vip-stranger`` -- a third host on the segment binds the VIP and announces it, for 1-4 s;
+* ``state-full`` / ``state-ro`` -- the node's state directory (a small tmpfs: ledger, manual-mode
+  file, status file) is filled to ENOSPC / remounted read-only, for 1-5 s;
+* ``clock-jump`` -- the node's controller's wall clock steps 30 s to 1 h forward or back (an NTP
+  step; libfaketime through ``lab/chaos_clock.py``, the machine's clock is untouched), and stays
+  stepped until the schedule is healed;
+* ``mgmt-cut`` -- the management network between the nodes goes for 1-5 s (each routes the
+  other's address to a blackhole: the peer channel and the other host's xapi are unreachable)
+  while the replication link and the client's path to the VIP stay up.
 
-Throughout, the **invariant checker** samples both nodes as fast as the tools answer (``ip addr``,
-``tgtadm --op show`` and the simulator's state per node; the period achieved is printed) and
-counts a violation when it sees DRBD Primary, the VIP or a serving target on both nodes (read
-A, B, A: A held it when B was read), a target serving from a Secondary or the VIP bound without a
-serving target (each read twice in a row on the same node, so a move between two reads does not
-count). The **data checker** writes numbered, checksummed 512-byte blocks through the VIP from
-the client, one after another, records each acknowledged one, and at the end of the schedule
-reads every acknowledged block back through the VIP.
+The lab runs the peer channel (``iscsi-cfg peer-cert`` certificates), so ``mgmt-cut`` cuts
+something the controllers use.
+
+Throughout, the **invariant checker** samples both nodes every ``PERIOD`` (10 ms; without a
+process per reading: rtnetlink, tgtd's management socket and the simulator's state,
+``lab/chaos_probe.py``; the period achieved is printed) and counts a violation when it sees DRBD
+Primary on both nodes (both roles from one reading of the simulator's state), the VIP or a
+serving target on both nodes (read A, B, A: A held it when B was read), a target serving from a
+Secondary or the VIP bound without a serving target (each read twice in a row on the same node,
+so a move between two reads does not count). A sample whose readings took longer than
+``MAX_SPAN`` (a descheduled sampler on a loaded machine) is not judged for the last four -- a move
+there and back could fit in it -- and is counted as slow. A stranger's copy of the VIP
+is the fault, not a violation: only the two nodes are compared. The **data checker** writes
+numbered, checksummed 512-byte blocks through the VIP from the client, one after another,
+records each acknowledged one, and at the end of the schedule reads every acknowledged block back
+through the VIP. Each node has its own backing file and the simulator copies data only when DRBD
+would have it on both (``lab/drbdsim``), so a node promoted on stale data reads old blocks: that
+counts as lost acknowledged writes.
 
 After the last fault the lab is healed (links up, controllers running, one master) and the
 schedule must converge within ``--converge`` seconds: the master holds the storage alone and the
@@ -41,9 +61,12 @@ no convergence; the runner then prints the seed and schedule number, shrinks the
 faults one at a time while it still fails) and prints the shortest one, and keeps both nodes'
 logs under ``--out``.
 
-What this lab cannot show: both nodes' tgtd export ONE backing file (the simulator is about roles,
-not replication), so the data checker proves the path (acknowledged writes survive every move),
-not DRBD's replication; real DRBD runs are the VM lab's job.
+What this lab cannot show: DRBD's own replication (the simulator copies whole files at the moments
+protocol C guarantees the peer has the data); real DRBD runs are the VM lab's job
+(``tests/test_vm_chaos.py``).
+
+``--faults "AT KIND NODE [HOLD]; ..."`` runs one given schedule (a regression schedule, or one a
+failure printed), e.g. ``--faults "0.5 clock-jump node1 -3600; 2 kill-tgtd node1"``.
 """
 
 from __future__ import annotations
@@ -51,6 +74,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import shutil
 import struct
@@ -60,12 +84,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import chaos_clock
+from .chaos_probe import FastProbe
 from .demo import (
     NodeState,
     converged_on,
-    node_state,
+    drbd_roles,
     start_cluster,
     tgt_ports,
     tgtd_pids,
@@ -74,7 +100,14 @@ from .demo import (
 from .netlab import Lab, Node
 
 FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd",
-               "hang-cmd", "fail-cmd")
+               "hang-cmd", "fail-cmd", "vip-stranger", "state-full", "state-ro", "clock-jump",
+               "mgmt-cut")
+MOVES = ("kill-mid-move", "move", "both-master", "flap")
+PERIOD = 0.010  # the invariant checker's sampling period
+MAX_SPAN = 0.1  # a sample whose three readings took longer is not judged (see _check)
+STATE_TMPFS_KB = 512  # the state directory's size: small, so that filling it is quick
+PEER_PORT = 7788
+CLOCK_WATCH = 6.0  # a schedule with a clock jump heals no sooner than this after the jump
 # The wrapper on the controller's command path: drbdadm goes through it; a flag file next to it
 # makes every call hang (killed by command_timeout) or fail, for as long as the fault lasts.
 WRAPPER = """#!/bin/sh
@@ -85,10 +118,14 @@ exec "$dir/drbdadm" "$@"
 """
 WINDOW = 6.0  # faults start within the first seconds of a schedule
 BLOCK = 512
+FILLER = "chaos-filler"  # the file that fills a node's state directory
 MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 MiB)
-# After tgtd is killed the VIP is without a target until a cycle restarts it: the lab's interval
-# (1 s), the restart and its back-off, and the re-serve. Longer than this counts.
-TGTD_GRACE = 4.0
+# After tgtd is killed the VIP is without a target until a cycle of the node's controller restarts
+# it: the grace lasts until the controller has finished two cycles after the kill (the first may
+# have begun before it), as its status file's mtime shows, plus this margin; however long that
+# takes on a loaded machine, or with the controller killed and still starting.
+TGTD_GRACE = 0.5
+GRACE_LIMIT = 120.0  # bounded: a status file that cannot be written ends the grace here
 
 
 @dataclass(frozen=True)
@@ -100,8 +137,31 @@ class Fault:
     count: int = 0  # flap: how many moves
 
     def text(self) -> str:
+        if self.kind == "clock-jump":
+            return f"t+{self.at:.2f}s {self.kind} {self.node} ({self.hold:+.0f} s)"
         extra = f", {self.count} moves" if self.count else ""
         return f"t+{self.at:.2f}s {self.kind} {self.node} (hold {self.hold:.2f}s{extra})"
+
+    def spec(self) -> str:
+        """The ``--faults`` form of this fault."""
+        extra = f" {self.count}" if self.count else ""
+        return f"{self.at:g} {self.kind} {self.node} {self.hold:g}{extra}"
+
+
+def parse_faults(text: str) -> Tuple[Fault, ...]:
+    """``"AT KIND NODE [HOLD [COUNT]]; ..."`` -> faults (what ``Fault.spec()`` prints)."""
+    faults = []
+    for part in text.split(";"):
+        words = part.split()
+        if not words:
+            continue
+        if len(words) < 3 or words[1] not in FAULT_KINDS or words[2] not in ("node1", "node2"):
+            raise ValueError(f"--faults: {part.strip()!r} is not 'AT KIND NODE [HOLD [COUNT]]' "
+                             f"(kinds: {', '.join(FAULT_KINDS)})")
+        hold = float(words[3]) if len(words) > 3 else 1.0
+        count = int(words[4]) if len(words) > 4 else (2 if words[1] == "flap" else 0)
+        faults.append(Fault(float(words[0]), words[1], words[2], hold, count))
+    return tuple(sorted(faults, key=lambda f: f.at))
 
 
 def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
@@ -113,10 +173,10 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         kind = rng.choice(FAULT_KINDS)
         at = round(rng.uniform(0.0, WINDOW), 2)
         node = rng.choice(("node1", "node2"))
-        moves_master = kind in ("kill-mid-move", "move", "both-master", "flap")
+        moves_master = kind in MOVES
         if kind == "cut":
             hold = round(rng.uniform(1.0, 4.0), 2)
-            if any(f.kind in ("kill-mid-move", "move", "both-master", "flap") for f in faults):
+            if any(f.kind in MOVES for f in faults):
                 continue  # see the module docstring: no move while a link is cut
             cut_until = max(cut_until, at + hold + 1.0)
             faults.append(Fault(at, kind, node, hold))
@@ -131,8 +191,13 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         elif kind == "flap":
             faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2),
                                 rng.randint(2, 5)))
-        elif kind in ("hang-cmd", "fail-cmd"):
+        elif kind in ("hang-cmd", "fail-cmd", "state-full", "state-ro", "mgmt-cut"):
             faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 5.0), 2)))
+        elif kind == "vip-stranger":
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 4.0), 2)))
+        elif kind == "clock-jump":
+            faults.append(Fault(at, kind, node,
+                                float(rng.choice((-1, 1)) * rng.randint(30, 3600))))
         else:  # move, kill-tgtd
             faults.append(Fault(at, kind, node))
     if not faults:
@@ -146,12 +211,24 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
 
 
 class InvariantChecker:
-    """Samples both nodes in a bounded loop; ``violations`` says what was seen, and when."""
+    """Samples both nodes in a bounded loop; ``violations`` says what was seen, and when.
 
-    def __init__(self, lab: Lab) -> None:
+    In the namespace lab it reads through ``FastProbe`` every ``PERIOD``; the VM lab
+    (``lab/chaos_vm.py``) gives its own ``nodes``/``read``/``roles`` and a longer ``max_span``."""
+
+    def __init__(self, lab: Any, nodes: Optional[Sequence[Any]] = None,
+                 read: Optional[Callable[[Any], NodeState]] = None,
+                 roles: Optional[Callable[[], Dict[str, str]]] = None,
+                 period: float = PERIOD, max_span: float = MAX_SPAN) -> None:
         self.lab = lab
+        self.nodes = tuple(nodes) if nodes is not None else None
+        self.read, self.roles = read, roles
+        self.period, self.max_span = period, max_span
         self.violations: List[str] = []
         self.samples = 0
+        self.costs: List[float] = []  # seconds per sample (its three node readings)
+        self.longest_gap = 0.0  # the longest time between two samples' starts
+        self.slow_samples = 0  # samples whose readings took longer than MAX_SPAN
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="invariants", daemon=True)
         self._t0 = 0.0
@@ -159,6 +236,9 @@ class InvariantChecker:
         # node name -> monotonic time until which "VIP without a target" is the injected fault
         # itself (tgtd killed), not the controller's doing: it needs a cycle to see it.
         self.grace: Dict[str, float] = {}
+
+    def stopped(self) -> bool:
+        return self._stop.is_set()
 
     def start(self) -> "InvariantChecker":
         self._t0 = time.monotonic()
@@ -173,33 +253,64 @@ class InvariantChecker:
         return span / max(1, self.samples)
 
     def _run(self) -> None:
-        a, b = self.lab.nodes
+        a, b = self.nodes or self.lab.nodes
         flip = False
         deadline = time.monotonic() + 600  # bounded whatever happens
+        probe: Optional[FastProbe] = None
         try:
+            read, roles_of = self.read, self.roles
+            realtime(self.period)
+            if read is None:
+                probe = FastProbe(self.lab)
+                read, roles_of = probe.state, (lambda: drbd_roles(self.lab))
+            due = last = time.monotonic()
             while not self._stop.is_set() and time.monotonic() < deadline:
                 first, second = (b, a) if flip else (a, b)
                 flip = not flip
-                s1 = node_state(self.lab, first)
-                s2 = node_state(self.lab, second)
-                s3 = node_state(self.lab, first)
+                start = time.monotonic()
+                self.longest_gap = max(self.longest_gap, start - last)
+                last = start
+                roles = roles_of() if roles_of is not None else None
+                s1 = read(first)
+                s2 = read(second)
+                s3 = read(first)
+                span = time.monotonic() - start
+                if len(self.costs) < 200_000:
+                    self.costs.append(span)
                 self.samples += 1
-                self._check(first, second, s1, s2, s3)
+                self._check(first, second, s1, s2, s3, roles, span)
+                due += self.period
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(wait)
+                else:  # late (a loaded machine): no burst to catch up, and never a busy loop
+                    due = time.monotonic()
+                    self._stop.wait(0.001)
         except BaseException as exc:  # noqa: BLE001 - reported by the runner
             self.error = exc
+        finally:
+            if probe is not None:
+                probe.close()
 
     def _check(self, first: Node, second: Node, s1: NodeState, s2: NodeState,
-               s3: NodeState) -> None:
+               s3: NodeState, roles: Optional[Dict[str, str]] = None, span: float = 0.0) -> None:
         t = time.monotonic() - self._t0
-        for prop, has in (("DRBD Primary", lambda s: s.primary), ("VIP", lambda s: s.vip > 0),
-                          ("serving target", lambda s: s.serving)):
+        for state in (s1, s2, s3):
+            if state.vip > 1:
+                self.violations.append(f"t+{t:.2f}s the VIP twice on one node")
+        # Both roles come from ONE reading of DRBD's state: exact, whatever the timing.
+        if roles and len(roles) == 2 and all(r == "Primary" for r in roles.values()):
+            self.violations.append(f"t+{t:.2f}s DRBD Primary on both nodes (one reading)")
+        if span > self.max_span:
+            # Read A, B, A assumes A did not change in between; over this long a move there and
+            # back could fit (a flap's moves are 0.3 s apart). Not judged; counted.
+            self.slow_samples += 1
+            return
+        for prop, has in (("VIP", lambda s: s.vip > 0), ("serving target", lambda s: s.serving)):
             if has(s1) and has(s2) and has(s3):
                 self.violations.append(f"t+{t:.2f}s {prop} on both nodes "
                                        f"({first.name}: {s1.describe()}; "
                                        f"{second.name}: {s2.describe()})")
-        for state in (s1, s2, s3):
-            if state.vip > 1:
-                self.violations.append(f"t+{t:.2f}s the VIP twice on one node")
         # Per node, read twice in a row (s1 and s3 are the same node): a move in between
         # changes at least one of the two readings, so both showing it means it was so.
         if s1.serving and not s1.primary and s3.serving and not s3.primary and \
@@ -210,6 +321,19 @@ class InvariantChecker:
                 time.monotonic() > self.grace.get(first.name, 0.0):
             self.violations.append(f"t+{t:.2f}s {first.name} has the VIP without a serving "
                                    "target")
+
+
+def realtime(period: float) -> bool:
+    """The sampling thread (only it: pid 0 is the calling thread) at real-time priority 1 when
+    allowed, so that on a loaded machine it wakes on time; it reads for a fraction of a
+    millisecond every ``period`` and always sleeps in between, so it takes ~2% of a core."""
+    if not period or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        return True
+    except OSError:  # not root, or no real-time budget in this cgroup: ordinary priority
+        return False
 
 
 def block_for(seed: str, lba: int) -> bytes:
@@ -223,8 +347,9 @@ def block_for(seed: str, lba: int) -> bytes:
 class DataChecker:
     """Writes numbered blocks through the VIP, one after the other, and records the acked."""
 
-    def __init__(self, lab: Lab, tag: str, first_lba: int = 0) -> None:
-        self.lab = lab
+    def __init__(self, lab: Any, tag: str, first_lba: int = 0, write_timeout: float = 2.0) -> None:
+        self.lab = lab  # anything with client_write/client_read (the VM lab's: lab/chaos_vm.py)
+        self.write_timeout = write_timeout
         self.tag = tag
         self.next_lba = first_lba
         self.acked: List[int] = []
@@ -245,7 +370,8 @@ class DataChecker:
             lba = self.next_lba
             self.next_lba += 1
             try:
-                self.lab.client_write(block_for(self.tag, lba), lba=lba, timeout=2.0)
+                self.lab.client_write(block_for(self.tag, lba), lba=lba,
+                                      timeout=self.write_timeout)
             except Exception:  # noqa: BLE001 - not acknowledged: nothing is promised for it
                 self.failed_writes += 1
                 self._stop.wait(0.1)
@@ -289,6 +415,10 @@ class Outcome:
     acked: int = 0
     failed_writes: int = 0
     period: float = 0.0
+    sample_cost: float = 0.0  # median seconds one sample's three readings took
+    longest_gap: float = 0.0
+    samples: int = 0
+    slow_samples: int = 0
     seconds: float = 0.0
     note: str = ""
 
@@ -298,14 +428,16 @@ class Outcome:
 
 
 class Runner:
-    def __init__(self, lab: Lab, seed: int, converge: float) -> None:
+    def __init__(self, lab: Lab, seed: int, converge: float, write_timeout: float = 2.0) -> None:
         self.lab = lab
+        self.write_timeout = write_timeout
         self.seed = seed
         self.converge = converge
         self.pids: Dict[str, int] = {}
         self.master = lab.node1
         self.next_lba = 0
         self.checker: Optional[InvariantChecker] = None
+        self.read_only: set = set()
 
     def node(self, name: str) -> Node:
         return self.lab.node(name)
@@ -314,14 +446,40 @@ class Runner:
         return self.lab.node2 if node is self.lab.node1 else self.lab.node1
 
     def start(self) -> None:
-        configs = {}
+        certs = {n.name: peer_cert(n) for n in self.lab.nodes}
+        start_cluster(self.lab, nodes=[])  # the XenAPI fake only; the controllers follow
         for node in self.lab.nodes:
+            other = self.other(node)
             wrapper = node.bin_dir / "drbdadm-chaos"
             wrapper.write_text(WRAPPER)
             wrapper.chmod(0o755)
-            configs[node.name] = {"drbd": {"drbdadm": str(wrapper)}}
-        self.pids = start_cluster(self.lab, configs=configs)
+            # Small, so that filling it is quick; before the controller starts, so that the
+            # controller's mount namespace has it.
+            self.lab.mount_tmpfs(node.state_dir, STATE_TMPFS_KB)
+            self.clock_file(node).write_text("+0\n")
+            node.write_config({
+                "drbd": {"drbdadm": str(wrapper)},
+                "peer": {"address": other.addr, "port": PEER_PORT,
+                         "listen": f"{node.addr}:{PEER_PORT}",
+                         "cert_file": certs[node.name][0], "key_file": certs[node.name][1],
+                         "peer_cert_file": certs[other.name][0]},
+            })
+            self._restart(node)
         wait_for("node1 holds the storage", converged_on(self.lab, self.lab.node1), 60, self.lab)
+
+    @staticmethod
+    def clock_file(node: Node) -> Path:
+        return node.dir / "clock-offset"
+
+    def start_controller(self, node: Node) -> int:
+        """The node's controller with its own wall clock (``lab/chaos_clock.py``)."""
+        argv = node.controller_argv()
+        if not argv[0].endswith("/iscsi-ha"):  # an RPM payload's wrapper: no clock of its own
+            return self.lab.start_controller(node)
+        clock = str(self.clock_file(node))
+        return self.lab.start_process(
+            node, [sys.executable, chaos_clock.__file__, clock, *argv],
+            env=chaos_clock.environment(clock), log=node.log_dir / "controller.log")
 
     # -- faults
 
@@ -332,7 +490,59 @@ class Runner:
 
     def _restart(self, node: Node) -> None:
         if node.name not in self.pids:
-            self.pids[node.name] = self.lab.start_controller(node)
+            self.pids[node.name] = self.start_controller(node)
+
+    def _grace_until_repaired(self, node: Node) -> None:
+        """The fault's own VIP-without-target is not counted until the node's controller has
+        had its chance: two completed cycles after the kill (``TGTD_GRACE``)."""
+        checker = self.checker
+        if checker is None:
+            return
+        checker.grace[node.name] = float("inf")
+
+        def mtime() -> float:
+            try:
+                return node.status_file.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        def watch() -> None:
+            last, cycles = mtime(), 0
+            deadline = time.monotonic() + GRACE_LIMIT
+            while cycles < 2 and time.monotonic() < deadline and not checker.stopped():
+                time.sleep(0.05)
+                now = mtime()
+                if now != last:
+                    cycles, last = cycles + 1, now
+            checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+
+        threading.Thread(target=watch, name=f"grace-{node.name}", daemon=True).start()
+
+    def _fill(self, node: Node) -> None:
+        """The state directory's file system full: a filler file written until ENOSPC."""
+        with open(node.state_dir / FILLER, "ab") as f:
+            for _ in range(4 * STATE_TMPFS_KB // 64):  # bounded: the tmpfs is that small
+                try:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+                except OSError:
+                    break
+
+    def _unfill(self, node: Node) -> None:
+        try:
+            (node.state_dir / FILLER).unlink(missing_ok=True)
+        except OSError:  # read-only right now: the heal removes it after the remount
+            pass
+
+    def _read_only(self, node: Node, on: bool) -> None:
+        if on:
+            self.read_only.add(node.name)
+        else:
+            self.read_only.discard(node.name)
+        self.lab.remount(node.state_dir, writable=not on)
+
+    def _jump(self, node: Node, offset: float) -> None:
+        self.clock_file(node).write_text(f"{offset:+.0f}\n")
 
     def _move(self, node: Node) -> None:
         self.master = node
@@ -370,19 +580,44 @@ class Runner:
                     (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True))]
         if f.kind == "kill-tgtd":
             def kill_tgtd() -> None:
-                if self.checker is not None:
-                    self.checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+                self._grace_until_repaired(node)
                 for pid in tgtd_pids(node):
                     subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
             return [(f.at, "kill-tgtd", kill_tgtd)]
+        if f.kind == "vip-stranger":
+            return [(f.at, "stranger takes the VIP", self.lab.stranger_takes_vip),
+                    (f.at + f.hold, "stranger releases it", self.lab.stranger_releases_vip)]
+        if f.kind == "state-full":
+            return [(f.at, "fill", lambda: self._fill(node)),
+                    (f.at + f.hold, "unfill", lambda: self._unfill(node))]
+        if f.kind == "state-ro":
+            return [(f.at, "read-only", lambda: self._read_only(node, True)),
+                    (f.at + f.hold, "read-write", lambda: self._read_only(node, False))]
+        if f.kind == "clock-jump":
+            # The step stays until the heal; the schedule lasts long enough after it for a
+            # stalled loop to show (a tgtd kill's grace and more).
+            return [(f.at, "clock-jump", lambda: self._jump(node, f.hold)),
+                    (f.at + CLOCK_WATCH, "clock still stepped", lambda: None)]
+        if f.kind == "mgmt-cut":
+            return [(f.at, "mgmt-cut", self.lab.cut_management),
+                    (f.at + f.hold, "mgmt-restore", self.lab.restore_management)]
         raise ValueError(f.kind)
 
     def heal(self) -> None:
+        if self.lab.stranger_has_vip():
+            self.lab.stranger_releases_vip()
+        if self.lab.management_cut():
+            self.lab.restore_management()
         for node in self.lab.nodes:
             for flag in ("chaos-hang", "chaos-fail"):
                 (node.bin_dir / flag).unlink(missing_ok=True)
             if not self.lab.drbd_link_up(node):
                 self.lab.restore_link(node)
+            if node.name in self.read_only:
+                self._read_only(node, False)
+            self._unfill(node)
+            if self.clock_file(node).read_text().strip() != "+0":
+                self._jump(node, 0)
             self._restart(node)
         self._move(self.master)
 
@@ -391,7 +626,8 @@ class Runner:
         t0 = time.monotonic()
         events = sorted((e for f in faults for e in self._events(f)), key=lambda e: e[0])
         checker = self.checker = InvariantChecker(self.lab).start()
-        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba).start()
+        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba,
+                           write_timeout=self.write_timeout).start()
         try:
             for at, _what, act in events:
                 delay = t0 + at - time.monotonic()
@@ -409,6 +645,10 @@ class Runner:
         finally:
             data.stop()
             out.period = checker.stop()
+        costs = sorted(checker.costs)
+        out.sample_cost = costs[len(costs) // 2] if costs else 0.0
+        out.longest_gap = checker.longest_gap
+        out.samples, out.slow_samples = checker.samples, checker.slow_samples
         out.violations = list(checker.violations)
         if checker.error is not None:
             out.note += f" (sampler stopped: {checker.error!r})"
@@ -439,6 +679,15 @@ def shrink(runner: Runner, out: Outcome, budget: int = 6) -> Outcome:
     return best
 
 
+def peer_cert(node: Node) -> Tuple[str, str]:
+    """The node's peer-channel certificate and key, made by ``iscsi-cfg peer-cert``."""
+    where = node.dir / "peer"
+    cli = Path(sys.executable).parent / "iscsi-cfg"
+    subprocess.run([str(cli), "peer-cert", "--dir", str(where), "--name", node.name],
+                   check=True, capture_output=True, timeout=60)
+    return str(where / "host.crt"), str(where / "host.key")
+
+
 def keep_logs(lab: Lab, out_dir: Path, index: int) -> Path:
     dest = out_dir / f"schedule-{index}"
     for node in lab.nodes:
@@ -452,35 +701,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--schedules", type=int, default=50)
     ap.add_argument("--only", type=int, help="run this one schedule (its number) again")
+    ap.add_argument("--faults", help='run this one schedule: "AT KIND NODE [HOLD [COUNT]]; ..."')
     ap.add_argument("--converge", type=float, default=45.0,
                     help="seconds a healed schedule has to converge")
     ap.add_argument("--out", default="/tmp/iscsi-ha-chaos", help="logs of failed schedules")
     ap.add_argument("--json", help="write the summary here as JSON")
+    ap.add_argument("--write-timeout", type=float, default=2.0,
+                    help="seconds one client write may take before it counts as not "
+                         "acknowledged (raise it under nice or on a loaded machine)")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="keep both nodes' logs after every schedule, not only failed ones")
     args = ap.parse_args(argv)
-    indices = [args.only] if args.only is not None else list(range(args.schedules))
+    given = parse_faults(args.faults) if args.faults else None
+    if given is not None:
+        indices = [args.only if args.only is not None else 0]
+    else:
+        indices = [args.only] if args.only is not None else list(range(args.schedules))
     out_dir = Path(args.out)
     kinds: Dict[str, int] = {}
     failures: List[Outcome] = []
     violations = lost = acked = unconverged = 0
     periods: List[float] = []
+    costs: List[float] = []
+    gaps: List[float] = []
+    samples = slow = 0
     t_start = time.monotonic()
     with Lab(tgt_ports=tgt_ports()) as lab:
-        runner = Runner(lab, args.seed, args.converge)
+        runner = Runner(lab, args.seed, args.converge, args.write_timeout)
         runner.start()
         for index in indices:
-            faults = draw_schedule(args.seed, index)
+            faults = given if given is not None else draw_schedule(args.seed, index)
             for f in faults:
                 kinds[f.kind] = kinds.get(f.kind, 0) + 1
             res = runner.run(index, faults)
             periods.append(res.period)
+            costs.append(res.sample_cost)
+            gaps.append(res.longest_gap)
+            samples += res.samples
+            slow += res.slow_samples
             violations += len(res.violations)
             lost += len(res.lost)
             acked += res.acked
             unconverged += 0 if res.converged else 1
             status = "ok" if res.ok else "FAILED"
             print(f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
-                  f"({res.failed_writes} not), sampled every {1000 * res.period:.0f} ms, "
-                  f"{res.seconds:.1f} s", flush=True)
+                  f"({res.failed_writes} not), sampled every {1000 * res.period:.1f} ms "
+                  f"(a sample {1000 * res.sample_cost:.1f} ms, longest gap "
+                  f"{1000 * res.longest_gap:.0f} ms), {res.seconds:.1f} s", flush=True)
+            if res.ok and args.keep_logs:
+                print(f"  logs of both nodes: {keep_logs(lab, out_dir, index)}", flush=True)
             if not res.ok:
                 where = keep_logs(lab, out_dir, index)
                 print(f"  seed {args.seed} schedule {index}: "
@@ -492,6 +761,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       f"--seed {args.seed} --only {index}):")
                 for f in small.faults:
                     print(f"    {f.text()}")
+                print(f'  as --faults: "{"; ".join(f.spec() for f in small.faults)}"')
                 print(f"  logs of both nodes: {where}", flush=True)
                 failures.append(small)
                 runner.heal()
@@ -502,6 +772,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "failed_schedules": [f.index for f in failures],
         "sampling_period_ms_median": round(1000 * sorted(periods)[len(periods) // 2], 1)
         if periods else None,
+        "sample_cost_ms_median": round(1000 * sorted(costs)[len(costs) // 2], 2)
+        if costs else None,
+        "longest_sampling_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
+        "samples": samples, "slow_samples_not_judged": slow,
         "minutes": round((time.monotonic() - t_start) / 60, 1),
     }
     print(json.dumps(summary, indent=2))

@@ -29,11 +29,13 @@ wrappers around the simulator with the node's identity; the controller config po
 node's generated ``/proc/drbd``. A ticker process keeps those files current. ``cut_link()``
 downs the node's port on the bridge and tells the simulator, whose connection state follows.
 
-Block data: each resource has ONE backing file that both nodes' tgtd export (the simulator is
-about roles, not replication), so a block written through the VIP before a failover reads back
-after it. The price: a target wrongly serving from a Secondary would still see good data here.
-To catch that, the simulator's "held open" check is real (a tgtd of that node's namespace holding
-the file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
+Block data: each node has its OWN backing file per resource (``disk_path(resource, node)``), and
+the simulator copies the data between them at the moments DRBD's protocol C guarantees it (a
+connected Primary demotes, the connection ends, a resync finishes; see ``lab/drbdsim``). So a
+block written through the VIP before a clean failover reads back after it, while a node promoted
+on stale data -- or a target serving from a Secondary -- shows old blocks, as it would on real
+DRBD. The simulator's "held open" check is real too (a tgtd of that node's namespace holding the
+node's file), so ``drbdadm secondary`` under a serving target is refused as real DRBD refuses it.
 
 The target is always **tgt** here (``target.backend: tgt``): the namespaces share this machine's
 kernel, which has no configfs target, so the LIO backend runs only in the VM lab (``lab/vm/``).
@@ -223,13 +225,16 @@ class Node:
                 "tid": 1,
                 "iqn": lab.iqn,
                 "luns": [
-                    {"lun": i + 1, "path": str(lab.disk_path(r))}
+                    {"lun": i + 1, "path": str(lab.disk_path(r, self))}
                     for i, r in enumerate(lab.resources)
                 ],
                 "stop_timeout": 2,
                 "log_file": str(self.log_dir / "tgtd.log"),
             },
             "vip": {"address": VIP, "interface": self.interface, "announce_interval": 10},
+            # The simulator has no `drbdsetup show` / `drbdadm dump`: the data-safety audit is
+            # checked on real DRBD 8.4 captures instead (tests/test_audit.py).
+            "audit": {"enabled": False},
             "paths": {
                 "state_dir": str(self.state_dir),
                 "status_file": str(self.status_file),
@@ -304,6 +309,9 @@ class Lab:
         self.timings: Dict[str, float] = {}
         self.xapi_pid: Optional[int] = None
         self._links: Dict[str, bool] = {}
+        self._management_cut = False
+        self._stranger = False
+        self.mounts: List[Path] = []
         self._where: Dict[int, Optional[str]] = {}  # pid -> namespace (None: root)
         self._lock = threading.RLock()
         self._started = False
@@ -374,6 +382,7 @@ class Lab:
         # found by namespace, stopped by PID; tgtd ignores SIGTERM, so the wait is short.
         kill_namespace_processes(self.namespaces, wait=0.2)
         delete_namespaces(self.namespaces)
+        unmount(self.mounts)
         try:
             (REGISTRY / self.id).unlink()
         except OSError:
@@ -418,7 +427,7 @@ class Lab:
         root_pids = [pid for pid, ns in self._where.items() if ns is None]
         entry = {
             "pid": os.getpid(), "namespaces": list(self.namespaces), "base": str(self.base),
-            "root_pids": root_pids,
+            "root_pids": root_pids, "mounts": [str(m) for m in self.mounts],
         }
         _write_atomic(REGISTRY / self.id, json.dumps(entry) + "\n")
 
@@ -475,13 +484,15 @@ class Lab:
         self.base.mkdir(parents=True, exist_ok=True)
         (self.base / "disks").mkdir(exist_ok=True)
         for res in self.resources:
-            with open(self.disk_path(res), "wb") as f:
-                f.truncate(self.disk_mb * 1024 * 1024)
+            for node in self.nodes:
+                with open(self.disk_path(res, node), "wb") as f:
+                    f.truncate(self.disk_mb * 1024 * 1024)
         Cluster.create(
             self.drbd.dir,
             {n.name: {"addr": n.addr, "netns": n.netns} for n in self.nodes},
             {
-                r: {"size_kb": self.disk_mb * 1024 - 40, "disk": str(self.disk_path(r))}
+                r: {"size_kb": self.disk_mb * 1024 - 40,
+                    "disks": {n.name: str(self.disk_path(r, n)) for n in self.nodes}}
                 for r in self.resources
             },
             initial=self.drbd_initial,
@@ -516,9 +527,11 @@ class Lab:
             py_compile.compile(str(SIMULATOR), cfile=str(target), doraise=True)
         return target
 
-    def disk_path(self, resource: str) -> Path:
-        """The one backing file of ``resource`` that both nodes' tgtd export."""
-        return self.base / "disks" / f"{resource}.img"
+    def disk_path(self, resource: str, node: Optional["Node"] = None) -> Path:
+        """``node``'s own backing file of ``resource`` (what its tgtd exports). Without a node:
+        node1's, for a tool that knows one path for both hosts (bench/bench_switch.py's rivals
+        export it from either node, as before the files were per node)."""
+        return self.base / "disks" / f"{(node or self.node1).name}-{resource}.img"
 
     # ---- processes --------------------------------------------------------------------------
 
@@ -635,6 +648,56 @@ class Lab:
 
     def drbd_link_up(self, node: Node) -> bool:
         return self._links.get(node.name, True)
+
+    def cut_management(self) -> None:
+        """The management network between the two nodes goes (the peer channel and the other
+        host's xapi become unreachable) while the replication link -- the simulator's -- and the
+        client's path to the VIP stay up: each node routes the other's address to a blackhole."""
+        for node in self.nodes:
+            peer = self.node2 if node is self.node1 else self.node1
+            _ip(node.netns, ["route", "replace", "blackhole", f"{peer.addr}/32"])
+        self._management_cut = True
+
+    def restore_management(self) -> None:
+        for node in self.nodes:
+            peer = self.node2 if node is self.node1 else self.node1
+            subprocess.run(["ip", "-n", node.netns, "route", "del", "blackhole",
+                            f"{peer.addr}/32"], capture_output=True, timeout=10)
+        self._management_cut = False
+
+    def management_cut(self) -> bool:
+        return self._management_cut
+
+    def stranger_takes_vip(self) -> None:
+        """A third host on the segment (the switch namespace's own interface) binds the VIP and
+        announces it, as a misconfigured machine would."""
+        _ip(self.sw, ["addr", "replace", VIP, "dev", "br0"])
+        self.start_process("sw", ["arping", "-U", "-c", "1", "-I", "br0", self.vip])
+        self._stranger = True
+
+    def stranger_releases_vip(self) -> None:
+        subprocess.run(["ip", "-n", self.sw, "addr", "del", VIP, "dev", "br0"],
+                       capture_output=True, timeout=10)
+        self._stranger = False
+
+    def stranger_has_vip(self) -> bool:
+        return self._stranger
+
+    def mount_tmpfs(self, path: Path, size_kb: int) -> None:
+        """A small tmpfs at ``path`` (a node's state directory: it can then be filled or made
+        read-only). Mounted before the node's controller starts, so the controller's mount
+        namespace (``ip netns exec`` makes one) has it; unmounted at teardown."""
+        path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs",
+                        str(path)], check=True, capture_output=True, timeout=10)
+        self.mounts.append(path)
+        self._register()
+
+    def remount(self, path: Path, writable: bool) -> None:
+        """Read-only or read-write again: a remount changes the file system itself, so every
+        mount namespace that has it sees the change."""
+        subprocess.run(["mount", "-o", f"remount,{'rw' if writable else 'ro'}", str(path)],
+                       check=True, capture_output=True, timeout=10)
 
     # ---- the pool ---------------------------------------------------------------------------
 
@@ -831,6 +894,12 @@ def delete_namespaces(namespaces: Sequence[str]) -> None:
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
+def unmount(paths: Sequence[Path]) -> None:
+    """Lazily: a process still inside would otherwise keep the mount (and its directory)."""
+    for path in paths:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10)
+
+
 def sweep_stale() -> List[str]:
     """Remove what runs left behind whose owning process is gone (a SIGKILLed test run)."""
     swept: List[str] = []
@@ -857,6 +926,7 @@ def sweep_stale() -> List[str]:
                 pass
         kill_namespace_processes(namespaces)
         delete_namespaces(namespaces)
+        unmount([Path(m) for m in info.get("mounts", []) if base and str(m).startswith(base)])
         if base and Path(base).name.startswith("iscsi-ha-lab-"):
             shutil.rmtree(base, ignore_errors=True)
         entry.unlink(missing_ok=True)

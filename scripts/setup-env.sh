@@ -19,6 +19,7 @@ APT_PACKAGES=(
   python3-venv python3-dev      # the project's virtualenv
   iproute2 iputils-arping iputils-ping   # VIP and ARP; iputils' arping (NOT the 'arping' package)
   tgt libiscsi-bin              # the real iSCSI target daemon and a userspace iSCSI client
+  iptables                      # the storage-probe paging test makes the target unreachable (namespace lab)
   prometheus prometheus-alertmanager   # promtool, amtool, and the live alert checks
   drbd-utils                    # real drbdadm/drbdsetup formats (no kernel module here)
   rpm patchelf                  # rpmbuild for the dom0 package check; patchelf relinks the
@@ -27,11 +28,15 @@ APT_PACKAGES=(
                                 # SQLite's amalgamation (tclsh), readelf for the glibc audit
   createrepo-c                  # make repo: yum metadata for dist/
   openssl                       # certificates for the exporter's TLS tests
+  libfaketime                   # lab/chaos.py's clock jumps: the controller's wall clock moves,
+                                # the machine's does not
   qemu-system-x86 busybox-static cpio kmod   # the VM lab: real DRBD 8.4 in two QEMU VMs
   keepalived resource-agents    # rival methods in bench/bench_switch.py (run by hand, never
                                 # as services: policy-rc.d below keeps them from starting)
   open-iscsi                    # XenServer's initiator (iscsid, iscsiadm), run inside the VM
                                 # lab only; the host's kernel has no iSCSI initiator
+  lvm2                          # the split-brain scenario's LVM snapshot of the victim, inside
+                                # the VM lab only (the host has no device mapper)
 )
 VENV=${VENV:-.venv}
 

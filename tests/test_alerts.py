@@ -47,9 +47,17 @@ def run(argv: list, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def alerts() -> list:
+def all_rules() -> list:
     doc = yaml.safe_load(RULES.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def alerts() -> list:
+    return [rule for rule in all_rules() if "alert" in rule]
+
+
+def recorded() -> set:
+    return {rule["record"] for rule in all_rules() if "record" in rule}
 
 
 def github_slug(heading: str) -> str:
@@ -74,7 +82,7 @@ def runbook_anchors() -> set:
 def test_promtool_check_rules():
     res = run([tool("promtool"), "check", "rules", str(RULES)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert f"SUCCESS: {len(alerts())} rules found" in res.stdout
+    assert f"SUCCESS: {len(all_rules())} rules found" in res.stdout
 
 
 @pytest.mark.tools
@@ -125,8 +133,34 @@ def test_every_alert_has_severity_summary_description_and_runbook():
 
 
 def test_alert_names_are_unique():
-    names = [rule["alert"] for rule in alerts()]
-    assert len(names) == len(set(names))
+    """A name is used once, or twice as a warning/critical pair: the controller-health alerts
+    that page only when the storage probe fails too (same condition, `unless` vs `and` the
+    probe's verdict, same summary and runbook)."""
+    by_name: dict = {}
+    for rule in alerts():
+        by_name.setdefault(rule["alert"], []).append(rule)
+    served = "on (cluster) (cluster:iscsi_ha_storage_probe_success:min == 1)"
+    pairs = {name: rules for name, rules in by_name.items() if len(rules) > 1}
+    assert set(pairs) == {"IscsiHaNoPrimary", "IscsiHaPromotionBlocked", "IscsiHaVipNowhere",
+                          "IscsiHaTargetNotServing"}
+    for name, (crit, warn) in pairs.items():
+        assert (crit["labels"]["severity"], warn["labels"]["severity"]) == ("critical", "warning")
+        assert crit["expr"] == warn["expr"].replace(f"and {served}", f"unless {served}"), name
+        assert crit["expr"].endswith(f"unless {served}"), name
+        assert crit.get("for") == warn.get("for")
+        for key in ("summary", "runbook_url"):
+            assert crit["annotations"][key] == warn["annotations"][key], (name, key)
+
+
+def test_docs_alert_list_has_every_alert_with_its_severities():
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    rows = re.findall(r"^\| (IscsiHa\w+) \| ([a-z /]+) \|", text.split("## Alert list", 1)[1],
+                      re.M)
+    documented = {name: set(sev.split(" / ")) for name, sev in rows}
+    actual: dict = {}
+    for rule in alerts():
+        actual.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+    assert documented == actual
 
 
 def test_split_brain_and_two_primaries_page_without_delay():
@@ -194,10 +228,12 @@ TARGET_LABELS = {"job", "instance", "cluster"}
 
 def exporter_metrics() -> dict:
     """The exporter's own list, name -> label names: exporter/collector.py's METRICS table (the
-    same list its module docstring shows)."""
-    from iscsi_ha.exporter import collector
+    same list its module docstring shows), the storage probe's and the audit's (their own
+    collectors), all from the catalogue."""
+    from iscsi_ha.exporter import audit_collector, collector, probe_collector
 
-    table = {name: set(labels) for name, _kind, labels in collector.METRICS}
+    table = {name: set(labels) for name, _kind, labels in
+             collector.METRICS + probe_collector.METRICS + audit_collector.METRICS}
     assert table, "exporter/collector.py lists no metrics"
     return table
 
@@ -207,8 +243,10 @@ def exporter_metric_names() -> set:
 
 
 def metric_names_in(expr: str) -> set:
-    """iscsi_ha_* names in a PromQL expression (label values in quotes removed first)."""
+    """iscsi_ha_* names in a PromQL expression (label values in quotes and the names of
+    recording rules, level:metric:operations, removed first)."""
     bare = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    bare = re.sub(r"\b\w*:[\w:]+", " ", bare)
     return set(re.findall(r"\biscsi_ha_[a-z0-9_]+", bare))
 
 
@@ -219,10 +257,17 @@ def known(name: str, exported: set) -> bool:
 def test_rules_use_only_exported_metrics():
     exported = exporter_metric_names()
     unknown = {
-        rule["alert"]: sorted(n for n in metric_names_in(rule["expr"]) if not known(n, exported))
-        for rule in alerts()
+        rule.get("alert") or rule["record"]:
+            sorted(n for n in metric_names_in(rule["expr"]) if not known(n, exported))
+        for rule in all_rules()
     }
     assert {k: v for k, v in unknown.items() if v} == {}
+
+
+def test_recording_rules_used_are_recorded():
+    used = {name for rule in all_rules() for name in re.findall(r"\b\w*:[\w:]+", re.sub(
+        r'"(?:[^"\\]|\\.)*"', '""', rule["expr"]))}
+    assert used and sorted(used - recorded()) == []
 
 
 def selector_labels(expr: str) -> list:
@@ -410,3 +455,39 @@ def test_controller_down_inhibits_that_host_only(alertmanager):
         assert current[key]["inhibitedBy"]
     for key in ("down", "other_host", "cluster_wide", "other_cluster", "split_brain"):
         assert current[key]["state"] == "active", (key, current[key])
+
+
+# --------------------------------------------------------------------------------------------
+# The SLO block is generated (alerts/iscsi_ha_slo.py) and configurable
+# --------------------------------------------------------------------------------------------
+
+
+def slo_tool(*args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    return run([sys.executable, str(ROOT / "alerts" / "iscsi_ha_slo.py"), *args])
+
+
+def test_committed_slo_block_is_what_the_generator_makes_by_default():
+    res = slo_tool("--check")
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.tools
+def test_slo_objective_and_period_change_the_thresholds(tmp_path):
+    copy = tmp_path / "rules.yml"
+    copy.write_text(RULES.read_text())
+    assert slo_tool("--rules", str(copy), "--check", "--objective", "99.5").returncode == 1
+    res = slo_tool("--rules", str(copy), "--objective", "99.5", "--period", "28d")
+    assert res.returncode == 0, res.stderr
+    text = copy.read_text()
+    # 2 % of the budget in 1 h over 28 d: burn rate 13.44; x 0.5 % = 0.0672.
+    assert "ratio_rate1h > 0.0672" in text and "(iscsi_ha_up) + 0.995" in text
+    assert "(iscsi_ha_up) + 2419200" in text  # 28 d in seconds
+    assert text.split("# BEGIN storage SLO")[0] == RULES.read_text().split("# BEGIN storage SLO")[0]
+    check = run([tool("promtool"), "check", "rules", str(copy)])
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert slo_tool("--rules", str(copy), "--check", "--objective", "99.5",
+                    "--period", "28d").returncode == 0
+    bad = slo_tool("--rules", str(copy), "--objective", "100")
+    assert bad.returncode == 2 and "between 0 and 100" in bad.stderr

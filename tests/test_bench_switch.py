@@ -1,7 +1,7 @@
 """Smoke test of the side-by-side switch benchmark (``bench/bench_switch.py``): one round of the
-bare script, keepalived and iscsi-ha's failover in the namespace lab, so the benchmark the README's
-table comes from cannot rot. Its figures are not asserted (a benchmark, not a timed test); that
-every method moved the storage and was measured is."""
+bare script, keepalived, iscsi-ha's failover and its switchover in the namespace lab, so the
+benchmark the README's table comes from cannot rot. Its figures are not asserted (a benchmark, not
+a timed test); that every method moved the storage and was measured is."""
 
 import json
 import os
@@ -22,9 +22,9 @@ pytestmark = [
 ]
 
 
-def test_one_round_of_three_methods(tmp_path):
+def test_one_round_of_four_methods(tmp_path):
     out = tmp_path / "rows.json"
-    methods = ["bare", "keepalived-vrrp3", "iscsi-ha-failover"]
+    methods = ["bare", "keepalived-vrrp3", "iscsi-ha-failover", "iscsi-ha-switchover"]
     res = subprocess.run(
         [sys.executable, str(REPO / "bench" / "bench_switch.py"), "--rounds", "1",
          "--only", ",".join(methods), "--json", str(out)],
@@ -38,3 +38,7 @@ def test_one_round_of_three_methods(tmp_path):
         assert 0 < row["outage"] < 10 and 0 <= row["vip_absent"] < row["outage"] + 1, row
     assert 0 < rows["iscsi-ha-failover"]["rows"][0]["poolconf_to_vip"] < 10
     assert "| iscsi-ha-failover |" in res.stdout and "ratio to best anchor" in res.stdout
+    # The switchover's own report came back with its phases, and the table shows them.
+    (phases,) = rows["iscsi-ha-switchover"]["phases"]
+    assert 0 < phases["release"] <= phases["total"] < 10, phases
+    assert "iscsi-cfg switchover's own phases" in res.stdout

@@ -101,6 +101,9 @@ def test_drbd_refusal_is_reported_as_a_refusal(tmp_path):
     assert r.outcome is Outcome.HELD
     assert "promote refused: (-1) Multiple primaries not allowed by config" in r.message
     assert ctl.snapshot().counters.actions[("promote", "refused")] == 1
+    # The adapter's machine-readable kind reaches the result and the status answer.
+    assert [a.reason for a in r.results] == ["multiple_primaries"]
+    assert r.to_dict()["results"][0]["reason"] == "multiple_primaries"
 
 
 def test_adapter_exception_is_a_failed_step_and_the_loop_goes_on(tmp_path):

@@ -569,6 +569,11 @@ EXPECT_92_DMESG = {
     "dmesg-22-teardown-node2.txt": frozenset(),
 }
 
+# Captures of other DRBD commands, read by the test file of their own parser.
+READ_ELSEWHERE_92 = {
+    "02b-drbdsetup-show-node1.txt": "test_audit.py",  # drbdsetup show: the data-safety audit
+}
+
 
 def check_proc_92(cap: Dict[str, Tuple[int, str, str]]) -> None:
     rc, out, _ = cap[PROC_DRBD]
@@ -644,12 +649,17 @@ def test_drbd92_fixture(name: str) -> None:
         check_action_92(path, EXPECT_92_ACTIONS[name])
     elif name in EXPECT_92_DMESG:
         assert find_split_brain(text(path)) == EXPECT_92_DMESG[name]
+    elif name in READ_ELSEWHERE_92:
+        reader = os.path.join(os.path.dirname(os.path.abspath(__file__)), READ_ELSEWHERE_92[name])
+        with open(reader) as f:
+            assert name in f.read(), f"{name} is read by no test in {READ_ELSEWHERE_92[name]}"
     else:
         pytest.fail(f"new fixture {name}: write down the state it must read as")
 
 
 def test_drbd92_expectations_name_existing_files() -> None:
-    tables = (EXPECT_92_STATES, EXPECT_92_DOWN, EXPECT_92_ACTIONS, EXPECT_92_DMESG)
+    tables = (EXPECT_92_STATES, EXPECT_92_DOWN, EXPECT_92_ACTIONS, EXPECT_92_DMESG,
+              READ_ELSEWHERE_92)
     assert set().union(*tables) == set(os.listdir(DRBD92))
 
 

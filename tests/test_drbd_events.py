@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from iscsi_ha.controller.systems.drbd_events import (
+from iscsi_ha.controller.systems.drbd.events import (
     DrbdEventSource,
     events_argv,
     parse_events2,

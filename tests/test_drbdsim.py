@@ -565,7 +565,7 @@ def test_concurrent_callers_keep_the_state_consistent(tmp_path):
 def test_simulated_events_stream_reads_like_real_84_events(tmp_path):
     """``drbdsetup events all`` as the simulator plays it: ST lines the controller's parser (held
     to the real 8.4.11 capture) reads, one per change, in the order a switchover makes them."""
-    from iscsi_ha.controller.systems.drbd_events import parse_events84
+    from iscsi_ha.controller.systems.drbd.events import parse_events84
 
     sim = Sim(tmp_path / "s", initial="synced")
     for node in NODES:

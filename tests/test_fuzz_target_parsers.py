@@ -18,7 +18,6 @@ from iscsi_ha.controller.systems import lio
 from iscsi_ha.controller.systems.tgt import (
     Target,
     TgtParseError,
-    parse_params,
     parse_show,
     parse_targets_conf,
 )
@@ -38,7 +37,6 @@ def _tgt_safe(raw: bytes) -> None:
         parse_show(text)
     except TgtParseError as exc:
         assert str(exc)  # a refusal names what it refused
-    parse_params(text)
     fake = FakeRunner()
     fake.answer(("tgtadm", "-C", "7", "--lld", "iscsi", "--mode", "target", "--op", "show"),
                 stdout=text)

@@ -83,12 +83,12 @@ def test_an_allowed_user_gets_its_own_few_slots_only(tmp_path, sockdir):  # noqa
     host = Host(str(tmp_path / "state"), converged_master())
     server = ControlServer(os.path.join(sockdir, "c.sock"), StubDaemon(host.controller),
                            (0, NOBODY), max_connections=16)
-    taken = [server._take_slot(NOBODY) for _ in range(PER_UID_SLOTS + 2)]
+    taken = [server.slots.take(NOBODY) for _ in range(PER_UID_SLOTS + 2)]
     assert taken == [True] * PER_UID_SLOTS + [False, False]
-    others = [server._take_slot(70000 + i) for i in range(20)]  # many allowed uids together
+    others = [server.slots.take(70000 + i) for i in range(20)]  # many allowed uids together
     assert others.count(True) == 16 - 4 - PER_UID_SLOTS  # root's quarter stays free
-    assert all(server._take_slot(0) for _ in range(4))
-    assert not server._take_slot(0)  # and now everything is in use
+    assert all(server.slots.take(0) for _ in range(4))
+    assert not server.slots.take(0)  # and now everything is in use
 
 
 def test_a_lone_surrogate_command_gets_an_answer(tmp_path):

@@ -137,28 +137,61 @@ def unserve(lab: Lab, node, pid: int) -> None:
 
 def test_a_block_written_through_the_vip_reads_back_after_a_move():
     with Lab(tgt_ports=tgt_ports()) as lab:
-        disk = lab.disk_path("iscsi1")
+        disk1, disk2 = (lab.disk_path("iscsi1", n) for n in lab.nodes)
+        assert disk1 != disk2
         for node in lab.nodes:
             assert node.drbdadm("up", "iscsi1").returncode == 0
+        wait_connected(lab)
         assert lab.node1.drbdadm("primary", "iscsi1").returncode == 0
-        pid1 = serve(lab, lab.node1, disk)
+        pid1 = serve(lab, lab.node1, disk1)
         assert lab.client_probe().ok
 
         block = os.urandom(512)
         lab.client_write(block, lba=5)
-        assert disk.read_bytes()[5 * 512:6 * 512] == block  # it went to the shared backing file
+        assert disk1.read_bytes()[5 * 512:6 * 512] == block  # node1's own backing file
+        assert disk2.read_bytes()[5 * 512:6 * 512] == bytes(512)  # not copied yet
 
         # Real "held open": node1's tgtd has the backing file open, so DRBD refuses to demote.
         res = lab.node1.drbdadm("secondary", "iscsi1")
         assert res.returncode == 11 and "(-12) Device is held open by someone" in res.stderr
 
         unserve(lab, lab.node1, pid1)
+        # A connected Primary demoting: protocol C put every acknowledged write on the peer.
         assert lab.node1.drbdadm("secondary", "iscsi1").returncode == 0
+        assert disk2.read_bytes()[5 * 512:6 * 512] == block
         assert lab.node2.drbdadm("primary", "iscsi1").returncode == 0
-        serve(lab, lab.node2, disk)
+        serve(lab, lab.node2, disk2)
         assert lab.client_read(lba=5) == block
         probe = lab.client_probe()
         assert probe.ok and "VIRTUAL-DISK" in probe.stdout
+
+
+def test_a_stale_promotion_reads_old_blocks():
+    """Per-node files make a stale promotion visible: node2, cut off before a write, promoted
+    with --force, serves its own (old) block; when the cut comes after the write, it has it."""
+    with Lab(tgt_ports=tgt_ports()) as lab:
+        disk1, disk2 = (lab.disk_path("iscsi1", n) for n in lab.nodes)
+        for node in lab.nodes:
+            assert node.drbdadm("up", "iscsi1").returncode == 0
+        wait_connected(lab)
+        assert lab.node1.drbdadm("primary", "iscsi1").returncode == 0
+        serve(lab, lab.node1, disk1)
+        before, after = os.urandom(512), os.urandom(512)
+        lab.client_write(before, lba=7)
+        lab.cut_link(lab.node2)  # the connection ends: node2 has everything acknowledged so far
+        assert disk2.read_bytes()[7 * 512:8 * 512] == before
+        lab.client_write(after, lba=7)  # acknowledged by node1 alone
+        assert disk1.read_bytes()[7 * 512:8 * 512] == after
+        assert disk2.read_bytes()[7 * 512:8 * 512] == before  # node2 is stale now
+        assert lab.node2.drbdadm("primary", "--force", "iscsi1").returncode == 0
+        assert disk2.read_bytes()[7 * 512:8 * 512] == before
+
+
+def wait_connected(lab: Lab, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while "cs:Connected" not in lab.node1.proc_drbd.read_text():
+        assert time.monotonic() < deadline, lab.node1.proc_drbd.read_text()
+        time.sleep(0.02)
 
 
 def test_teardown_after_a_failure_inside_the_lab():
@@ -251,7 +284,7 @@ def test_node_configs_load_in_the_controller():
             assert cfg.node_name == node.name and cfg.interval == 0.5
             assert cfg.vip.address == "10.99.0.3/24" and cfg.vip.interface == "eth0"
             assert cfg.target.control_port == node.tgt_port
-            assert [lun.path for lun in cfg.target.luns] == [str(lab.disk_path("iscsi1"))]
+            assert [lun.path for lun in cfg.target.luns] == [str(lab.disk_path("iscsi1", node))]
             assert cfg.drbd.drbdadm == str(node.bin_dir / "drbdadm")
             assert cfg.xenapi.url == f"http://{node.addr}"
             assert node.controller_argv()[-2:] == ["--config", str(node.config_path)]

@@ -1,4 +1,4 @@
-"""The pool role: pool.conf parsing and reading, and the XenAPI cross-check against the fake.
+"""The pool role: pool.conf parsing and reading.
 
 pool.conf is what xapi writes (``master`` or ``slave:<address>``); the parser is checked on every
 form docs/design.md §2 names, and the reader on real files: missing, a directory, unreadable
@@ -14,17 +14,7 @@ import time
 
 import pytest
 from iscsi_ha.controller.model import PoolObservation, PoolRole
-from iscsi_ha.controller.systems.pool import (
-    PoolMaster,
-    cross_check,
-    parse_pool_conf,
-    query_pool_master,
-    read_pool_conf,
-)
-from iscsi_ha.controller.systems.xenapi import XenApiClient, XenApiError
-from xapi_fake import XapiFake, loopback_hosts
-
-PASSWORD = "pool-secret"
+from iscsi_ha.controller.systems.pool import parse_pool_conf, read_pool_conf
 
 
 @pytest.mark.parametrize(
@@ -154,56 +144,3 @@ def _read_as_nobody(path: str) -> str:
         role, detail = fh.read().split("\n", 1)
     assert os.WEXITSTATUS(status) == 0 and role == "unknown"
     return detail
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-check through XenAPI (the real SDK against the fake)
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake():
-    with XapiFake(loopback_hosts(), master="node1", password=PASSWORD) as pool:
-        yield pool
-
-
-def test_query_pool_master_follows_a_master_move(fake):
-    with XenApiClient(fake.url("node2"), password=PASSWORD, timeout=2) as client:
-        master = query_pool_master(client)
-        node1 = fake.host_record("node1")
-        assert master == PoolMaster(node1["uuid"], "node1", node1["address"], "node1")
-
-        fake.set_master("node2")
-        master = query_pool_master(client)
-        assert master.name_label == "node2"
-        assert master.address == fake.host_record("node2")["address"]
-
-
-def test_query_pool_master_when_xapi_hangs(fake):
-    fake.set_delay(3)
-    client = XenApiClient(fake.url("node1"), password=PASSWORD, timeout=0.3)
-    with pytest.raises(XenApiError) as info:
-        query_pool_master(client)
-    assert info.value.timed_out
-    assert client.stats.timeouts == {"xenapi": 1}
-
-
-def test_cross_check(fake):
-    with XenApiClient(fake.url("node1"), password=PASSWORD, timeout=2) as client:
-        master = query_pool_master(client)
-    addr1 = fake.host_record("node1")["address"]
-    addr2 = fake.host_record("node2")["address"]
-
-    # node1's view: pool.conf says master, and XenAPI agrees.
-    assert cross_check(PoolObservation(PoolRole.MASTER), master, local_addresses=[addr1]) is None
-    assert cross_check(PoolObservation(PoolRole.MASTER), master, local_names=["node1"]) is None
-    # node2's view: slave of node1's address, agrees.
-    assert cross_check(PoolObservation(PoolRole.SLAVE, addr1), master, [addr2]) is None
-
-    # node2 believing it is master while XenAPI says node1 is: reported, with names.
-    msg = cross_check(PoolObservation(PoolRole.MASTER), master, [addr2], ["node2"])
-    assert msg == f"pool.conf says this host is the pool master, XenAPI says node1 ({addr1}) is"
-    msg = cross_check(PoolObservation(PoolRole.SLAVE, addr2), master, [addr1])
-    assert msg == f"pool.conf names {addr2} as the pool master, XenAPI says node1 ({addr1}) is"
-    # Unknown makes no claim.
-    assert cross_check(PoolObservation(PoolRole.UNKNOWN, detail="x"), master, [addr1]) is None

@@ -109,7 +109,7 @@ def self_signed_cert(directory: str, common_name: str = "xapi-fake") -> Tuple[st
 class XapiFake:
     """A pool of hosts, one XML-RPC endpoint per host. Use as a context manager or start/stop."""
 
-    CLASSES = ("pool", "host", "host_metrics", "SR", "PBD")
+    CLASSES = ("pool", "host", "host_metrics", "SR", "PBD", "VDI", "VBD", "VM")
 
     def __init__(
         self,
@@ -247,6 +247,37 @@ class XapiFake:
             "allowed_operations": ["scan", "plug", "unplug"], "current_operations": {},
         }
         return sr_uuid
+
+    def add_vm(self, name_label: str, sr_uuid: str, host: Optional[str] = None,
+               power_state: str = "Running", disks: int = 1,
+               control_domain: bool = False) -> str:
+        """A VM with ``disks`` virtual disks (VDI + VBD each) on the SR ``sr_uuid``, resident on
+        ``host`` (a host name; None when not running)."""
+        with self._lock:
+            sr_ref = next(r for r, rec in self.records["SR"].items() if rec["uuid"] == sr_uuid)
+            vm_ref, vm_uuid = new_ref(), new_uuid()
+            resident = self.host_ref(host) if host else NULL_REF
+            vbds = []
+            for i in range(disks):
+                vdi, vbd = new_ref(), new_ref()
+                self.records["VDI"][vdi] = {
+                    "uuid": new_uuid(), "name_label": f"{name_label} disk {i}", "SR": sr_ref,
+                    "VBDs": [vbd], "virtual_size": "10737418240", "type": "user",
+                    "sharable": False, "read_only": False, "other_config": {}}
+                self.records["SR"][sr_ref]["VDIs"].append(vdi)
+                self.records["VBD"][vbd] = {
+                    "uuid": new_uuid(), "VM": vm_ref, "VDI": vdi, "userdevice": str(i),
+                    "type": "Disk", "mode": "RW", "currently_attached": power_state == "Running",
+                    "other_config": {}}
+                vbds.append(vbd)
+            self.records["VM"][vm_ref] = {
+                "uuid": vm_uuid, "name_label": name_label, "name_description": "",
+                "power_state": power_state, "resident_on": resident, "VBDs": vbds,
+                "is_control_domain": control_domain, "is_a_template": False,
+                "is_a_snapshot": False, "other_config": {}}
+            if host:
+                self.records["host"][resident]["resident_VMs"].append(vm_ref)
+            return vm_uuid
 
     def sr_uuid(self, name_label: str) -> str:
         with self._lock:

@@ -199,18 +199,19 @@ class ProcessRunner:
 
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
         argv = tuple(argv)
-        out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        out = open(log_path, "ab") if log_path else None
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                argv, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if out is None else out, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self.env,
             )
         except OSError as exc:
             log.warning("cannot start %s: %s", argv[0], exc.strerror)
             return None
         finally:
-            if log_path:
-                out.close()  # type: ignore[union-attr]
+            if out is not None:
+                out.close()
         # Reap it when it exits so it does not linger as a zombie under the controller.
         threading.Thread(target=proc.wait, name=f"reap-{command_name(argv)}", daemon=True).start()
         log.info("started %s (pid %d)", " ".join(argv), proc.pid)

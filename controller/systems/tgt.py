@@ -60,6 +60,8 @@ from .target import DEFAULT_TIME2WAIT, LunSpec, lun_specs, planned_info, tgt_wwn
 
 log = logging.getLogger(__name__)
 
+OBSERVATION_REUSE = 2.0  # seconds: serve() starts from observe()'s reading this fresh
+
 NOT_RUNNING_RC = 107  # ENOTCONN: nothing listens on /var/run/tgtd/socket.N
 READY_TIMEOUT = 3.0  # how long a freshly started tgtd may take to answer (measured: < 50 ms)
 POLL = 0.01
@@ -204,16 +206,6 @@ def parse_show(text: str) -> Tuple[TgtTarget, ...]:
     return tuple(targets)
 
 
-def parse_params(text: str) -> Dict[str, str]:
-    """``tgtadm --mode target --op show --tid N``: the target's iSCSI parameters, KEY=VALUE."""
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key:
-            out[key] = value
-    return out
-
-
 def find_tgtd_pids(control_port: int, proc_root: str = "/proc") -> Tuple[int, ...]:
     """PIDs of live tgtd processes started with ``-C control_port`` (scans /proc/*/cmdline)."""
     pids = []
@@ -297,6 +289,8 @@ class Target:
         self.stop_timeout = stop_timeout
         self.log_file = log_file
         self.timeout = timeout
+        # What observe() last read, for serve() in the same cycle (see serve()).
+        self._seen: Optional[Tuple[float, Tuple[TgtTarget, ...]]] = None
         self.pid: Optional[int] = None  # of the tgtd we started (or found)
 
     # -- commands ------------------------------------------------------------------------------
@@ -369,6 +363,7 @@ class Target:
 
     def observe(self) -> TargetObservation:
         targets, error, _ = self._read()
+        self._seen = (time.monotonic(), targets) if targets is not None and not error else None
         if error:
             return TargetObservation(daemon_running=True, error=error)
         planned = planned_info(self.specs, "tgt")
@@ -399,6 +394,7 @@ class Target:
     # -- daemon --------------------------------------------------------------------------------
 
     def start_daemon(self) -> StepResult:
+        self._seen = None  # what it changes, observe() must read again
         res = self._show()
         if not self._not_running(res):
             if res.ok:
@@ -435,6 +431,7 @@ class Target:
             self.pid = pids[0] if len(pids) == 1 else None
 
     def stop_daemon(self) -> StepResult:
+        self._seen = None  # what it changes, observe() must read again
         self._remember_pid()
         pid = self.pid
         notes = []
@@ -493,9 +490,17 @@ class Target:
     # -- target --------------------------------------------------------------------------------
 
     def serve(self) -> StepResult:
-        targets, error, _ = self._read()
-        if error:
-            return StepResult(False, error)
+        # The cycle that asks for this observed the target a moment ago and decided on that
+        # view: start from it instead of another `tgtadm --op show` on the path of the promotion.
+        # Should it be out of date, a command below fails and says so, and the check after
+        # serve() (execute.py) reads the result anyway.
+        seen, self._seen = self._seen, None
+        if seen is not None and time.monotonic() - seen[0] < OBSERVATION_REUSE:
+            targets: Optional[Tuple[TgtTarget, ...]] = seen[1]
+        else:
+            targets, error, _ = self._read()
+            if error:
+                return StepResult(False, error)
         if targets is None:
             return StepResult(False, f"tgtd is not running on control port {self.control_port}")
         tgt = self._ours(targets)
@@ -579,6 +584,7 @@ class Target:
         return StepResult(False, prefix + failure)
 
     def stop_serving(self) -> StepResult:
+        self._seen = None  # what it changes, observe() must read again
         return self._delete_target()
 
     def _delete_target(self) -> StepResult:

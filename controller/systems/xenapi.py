@@ -1,4 +1,4 @@
-"""A small, bounded XenAPI client shared by the pool-role cross-check and the SR adapter.
+"""A small, bounded XenAPI client shared by the SR adapter and the split-brain evidence.
 
 The XenAPI SDK (``pip install XenAPI``) speaks XML-RPC through ``xmlrpc.client`` and sets no socket
 timeout anywhere: a xapi that accepts the connection and never answers would hang the controller's
@@ -36,11 +36,11 @@ import ssl
 import threading
 import time
 import xmlrpc.client
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 from xml.parsers.expat import ExpatError
 
-import XenAPI  # type: ignore[import-untyped]
+import XenAPI  # untyped: mypy.ini says so
 
 from .runner import DEFAULT_TIMEOUT, CommandStats
 
@@ -231,24 +231,19 @@ class XenApiClient:
 
     def call(self, method: str, *args: Any) -> Any:
         """``client.call("PBD.plug", ref)``: the session argument is added. Raises XenApiError."""
-        with self._lock:
-            start = time.monotonic()
-            timed_out = False
-            try:
-                return self._call(method, args)
-            except XenApiError as exc:
-                timed_out = exc.timed_out
-                raise
-            finally:
-                self.stats.record(STATS_NAME, time.monotonic() - start, timed_out)
+        return self._timed(lambda: self._call(method, args))
 
     def login(self) -> None:
         """Log in now (normally done by the first call). Raises XenApiError."""
+        self._timed(self._ensure_session)
+
+    def _timed(self, work: Callable[[], Any]) -> Any:
+        """``work()`` under the lock, timed and counted as one ``xenapi`` command."""
         with self._lock:
             start = time.monotonic()
             timed_out = False
             try:
-                self._ensure_session()
+                return work()
             except XenApiError as exc:
                 timed_out = exc.timed_out
                 raise

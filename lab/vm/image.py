@@ -33,6 +33,7 @@ MODULES = (
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "libcrc32c",
     "lru_cache", "drbd", "ext4", "9p", "9pnet", "9pnet_virtio", "overlay",
     "virtio_rng",  # entropy at once: Python blocks in getrandom() until the pool is ready
+    "dm_mod", "dm_snapshot",  # LVM (the split-brain scenario's snapshot of the victim)
     "iscsi_tcp", "sd_mod",  # open-iscsi's kernel half, for XenServer's initiator (initiator.py)
     # The kernel target (LIO) for the lio backend, with configfs mounted at /sys/kernel/config.
     # Loaded at boot: modprobe inside the VM would look in the host's /lib/modules.

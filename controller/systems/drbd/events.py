@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from .runner import Stream, open_stream
+from ..runner import Stream, open_stream
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,211 @@
+"""The chaos runner's checkers catch what they are there to catch (lab/chaos.py,
+lab/chaos_probe.py): each invariant on hand-made readings, then live in the namespace lab --
+a VIP bound on both nodes, a stranger's VIP (not a violation), the management network cut while
+replication stays up, and a stale promotion that loses acknowledged writes (per-node backing
+files)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # lab/ is imported from the repository root
+    sys.path.append(str(REPO))
+
+from lab.chaos import (  # noqa: E402
+    FAULT_KINDS,
+    MAX_SPAN,
+    DataChecker,
+    InvariantChecker,
+    draw_schedule,
+    parse_faults,
+)
+from lab.demo import NodeState  # noqa: E402
+
+A, B = SimpleNamespace(name="node1"), SimpleNamespace(name="node2")
+HOLDS = NodeState(1, ((1, (1,)),), "Primary")
+EMPTY = NodeState(0, (), "Secondary")
+
+
+def judge(s1, s2, s3, roles=None, span=0.0):
+    checker = InvariantChecker(None)
+    checker._check(A, B, s1, s2, s3, roles, span)
+    return checker
+
+
+def test_a_clean_move_is_no_violation():
+    # A held it at the first reading and not at the third: it moved between, nothing to see.
+    assert judge(HOLDS, HOLDS, EMPTY).violations == []
+    assert judge(EMPTY, HOLDS, EMPTY, {"node1": "Secondary", "node2": "Primary"}).violations == []
+
+
+def test_each_invariant_is_caught():
+    both = judge(HOLDS, HOLDS, HOLDS, {"node1": "Primary", "node2": "Primary"}).violations
+    assert any("DRBD Primary on both nodes" in v for v in both)
+    assert any("VIP on both nodes" in v for v in both)
+    assert any("serving target on both nodes" in v for v in both)
+    from_secondary = NodeState(0, ((1, (1,)),), "Secondary")
+    assert any("serves the target from DRBD Secondary" in v
+               for v in judge(from_secondary, EMPTY, from_secondary).violations)
+    bare_vip = NodeState(1, (), "Primary")
+    assert any("VIP without a serving target" in v
+               for v in judge(bare_vip, EMPTY, bare_vip).violations)
+    assert any("VIP twice" in v for v in judge(NodeState(2, ((1, (1,)),), "Primary"), EMPTY,
+                                               EMPTY).violations)
+
+
+def test_a_killed_tgtd_has_its_grace_and_a_slow_sample_is_not_judged():
+    bare_vip = NodeState(1, (), "Primary")
+    checker = InvariantChecker(None)
+    checker.grace["node1"] = time.monotonic() + 60
+    checker._check(A, B, bare_vip, EMPTY, bare_vip)
+    assert checker.violations == []
+    slow = judge(HOLDS, HOLDS, HOLDS, {"node1": "Primary", "node2": "Secondary"},
+                 span=MAX_SPAN * 2)
+    assert slow.violations == [] and slow.slow_samples == 1
+    # ... but two Primaries in ONE reading of DRBD's state count however slow the sample.
+    exact = judge(EMPTY, EMPTY, EMPTY, {"node1": "Primary", "node2": "Primary"},
+                  span=MAX_SPAN * 2)
+    assert len(exact.violations) == 1
+
+
+def test_fault_specs_round_trip_and_every_kind_is_drawn():
+    faults = [f for i in range(300) for f in draw_schedule(3, i)]
+    assert {f.kind for f in faults} == set(FAULT_KINDS)
+    text = "; ".join(f.spec() for f in faults[:40])
+    assert parse_faults(text) == tuple(sorted(faults[:40], key=lambda f: f.at))
+    with pytest.raises(ValueError, match="kinds: kill"):
+        parse_faults("1 reboot node1")
+
+
+# ---------------------------------------------------------------------------- live, in the lab
+
+lab_only = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+
+def _lab():
+    from lab.demo import tgt_ports
+    from lab.netlab import Lab
+
+    return Lab(tgt_ports=tgt_ports())
+
+
+def _serve(lab, node):
+    from test_lab_topology import serve
+
+    return serve(lab, node, lab.disk_path("iscsi1", node))
+
+
+def _connected(lab, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while "cs:Connected" not in lab.node1.proc_drbd.read_text():
+        assert time.monotonic() < deadline, lab.node1.proc_drbd.read_text()
+        time.sleep(0.02)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_the_cheap_readings_equal_the_tools_and_the_live_checker_catches_two_vips():
+    from lab.chaos_probe import FastProbe
+    from lab.demo import node_state
+    from lab.netlab import VIP
+
+    with _lab() as lab:
+        probe = FastProbe(lab)
+        try:
+            for node in lab.nodes:
+                assert node.drbdadm("up", "iscsi1").returncode == 0
+            _connected(lab)
+            assert lab.node1.drbdadm("primary", "iscsi1").returncode == 0
+            for node in lab.nodes:  # nothing served yet
+                assert probe.state(node) == node_state(lab, node)
+            _serve(lab, lab.node1)
+            for node in lab.nodes:
+                assert probe.state(node) == node_state(lab, node)
+            assert probe.state(lab.node1).holds
+
+            checker = InvariantChecker(lab).start()
+            lab.stranger_takes_vip()  # a third host's copy: the fault, not a violation
+            time.sleep(0.5)
+            assert checker.violations == [], checker.violations
+            lab.stranger_releases_vip()
+            lab.run(lab.node2, ["ip", "addr", "add", VIP, "dev", "eth0"], check=True)
+            assert probe.state(lab.node2) == node_state(lab, lab.node2)
+            time.sleep(0.5)
+            period = checker.stop()
+            assert checker.error is None
+            assert any("VIP on both nodes" in v for v in checker.violations), checker.violations
+            assert any("node2 has the VIP without a serving target" in v
+                       for v in checker.violations)
+            assert period < 0.05, period  # ~10 ms asked; generous for a loaded machine
+        finally:
+            probe.close()
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_the_management_cut_leaves_replication_and_the_client_path_up():
+    from lab.demo import drbd_connected
+
+    with _lab() as lab:
+        for node in lab.nodes:
+            assert node.drbdadm("up", "iscsi1").returncode == 0
+        _connected(lab)
+        assert lab.ping(lab.node1, lab.node2.addr)
+        lab.cut_management()
+        assert not lab.ping(lab.node1, lab.node2.addr, timeout=0.5)
+        assert not lab.ping(lab.node2, lab.node1.addr, timeout=0.5)
+        assert lab.ping("client", lab.node1.addr) and lab.ping("client", lab.node2.addr)
+        time.sleep(0.5)  # the simulator's ticker runs every 0.1 s
+        assert drbd_connected(lab)
+        lab.restore_management()
+        assert lab.ping(lab.node1, lab.node2.addr)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+def test_the_data_checker_catches_a_stale_promotion():
+    """The deliberately broken case: node2 is cut off, node1 acknowledges more writes, then node2
+    is promoted and serves anyway (what a controller without #13's rule would do)."""
+    from test_lab_topology import unserve
+
+    with _lab() as lab:
+        for node in lab.nodes:
+            assert node.drbdadm("up", "iscsi1").returncode == 0
+        _connected(lab)
+        assert lab.node1.drbdadm("primary", "iscsi1").returncode == 0
+        pid1 = _serve(lab, lab.node1)
+        data = DataChecker(lab, "stale-test").start()
+        deadline = time.monotonic() + 60
+        while len(data.acked) < 3:
+            assert time.monotonic() < deadline, "no write acknowledged"
+            time.sleep(0.05)
+        lab.cut_link(lab.node2)
+        cut_at = len(data.acked)
+        while len(data.acked) < cut_at + 3:
+            assert time.monotonic() < deadline, "no write acknowledged after the cut"
+            time.sleep(0.05)
+        data.stop()
+        unserve(lab, lab.node1, pid1)
+        assert lab.node1.drbdadm("secondary", "iscsi1").returncode == 0
+        assert lab.node2.drbdadm("primary", "iscsi1").returncode == 0  # stale, and promoted
+        # The client reaches node2 again; DRBD meets two data generations (split brain) and
+        # copies nothing.
+        lab.restore_link(lab.node2)
+        _serve(lab, lab.node2)
+        lost = data.verify()
+        # Every block acknowledged before the cut reads back; the later ones are gone.
+        assert lost, "the stale promotion went unnoticed"
+        assert not lost[0].startswith("cannot read"), (lost, lab.client_probe())
+        lost_lbas = {int(text.split()[2]) for text in lost}
+        assert lost_lbas <= set(data.acked[cut_at - 1:])
+        assert len(lost_lbas) >= 2

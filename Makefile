@@ -70,7 +70,7 @@ chaos-ci: setup
 # The dom0 RPM, dist/iscsi-ha-VERSION-1.x86_64.rpm: a CPython for glibc 2.17 built here with zig
 # (cached in $${ISCSI_HA_BUILD_CACHE:-.cache/build}), audited against the EL7 base before it lands.
 rpm: setup
-	PYTHON=$(abspath $(PY)) nice -n 10 Dockerfile-build/build.sh
+	PYTHON=$(abspath $(PY)) nice -n 19 Dockerfile-build/build.sh
 
 # RPM size, build times, installed size, controller RSS/start-up bundled vs venv (README results).
 bench-rpm: rpm

@@ -1,13 +1,18 @@
 """The dom0 RPM in figures: size, build time cold and cached, installed size, and the controller on
 the bundled interpreter beside the same controller in the project's virtualenv.
 
-    .venv/bin/python bench/bench_rpm.py [--runs 5] [--builds 3] [--cold] [--rpm dist/iscsi-ha-*.rpm]
+    .venv/bin/python bench/bench_rpm.py [--runs 5] [--builds 3] [--cold N] [--only-builds]
+                                        [--rpm dist/iscsi-ha-*.rpm]
 
 * **RPM size** and **installed size** (rpm's SIZE tag) of ``--rpm`` (default: the one in dist/).
 * **Cached build**: ``Dockerfile-build/build.sh`` end to end (interpreter from the cache, wheel,
   tree, rpmbuild, audit, inspect, publish) into scratch OUT/WORK, ``--builds`` times.
-* **Cold build** (``--cold``, one run, minutes): ``build_python.sh`` into an empty cache directory
-  (sources, ziglang and every compile), then the cached build's figure is what the rest costs.
+* **Cold build** (``--cold N``, minutes each): ``build_python.sh`` into an empty cache directory
+  (sources, ziglang and every compile), N times; wall time and CPU seconds (user+sys of the
+  whole process tree, from wait4: far less sensitive to a shared machine's load than the wall
+  time), the load average before and after, and the step lines the script prints. After each
+  cold build, **CPython alone** is rebuilt over the cached libraries (what a change to the
+  CPython step costs), and the **warm** run (every piece cached) is timed.
 * **The controller, bundled vs venv**: the RPM's payload is unpacked into a scratch root and run at
   /opt/iscsi-ha through lab/payload.py (a private mount namespace); the venv's ``iscsi-ha`` is
   run directly. Both run the real ``iscsi-ha run`` against bench_controller's world (16 replayed
@@ -27,6 +32,7 @@ import glob
 import http.client
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -75,6 +81,59 @@ def timed(argv: list, env=None, timeout=1800) -> float:
     return time.monotonic() - t0
 
 
+def timed_tree(argv: list, env: dict, timeout: float = 3600) -> tuple:
+    """(wall s, CPU s of the process and everything it waited for, its stderr)."""
+    t0 = time.monotonic()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{argv} took more than {timeout} s")
+            time.sleep(0.2)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[-1]} failed ({proc.returncode}):\n{text[-3000:]}")
+    return time.monotonic() - t0, usage.ru_utime + usage.ru_stime, text
+
+
+def cold_builds(n: int, env: dict) -> None:
+    script = ["nice", "-n", "19", "bash", str(REPO / "Dockerfile-build" / "build_python.sh")]
+    cold, cold_cpu, py_only, py_only_cpu, warm = [], [], [], [], []
+    for i in range(n):
+        with tempfile.TemporaryDirectory(prefix="ihbench-cold-") as cache:
+            e = dict(env, ISCSI_HA_BUILD_CACHE=cache)
+            load0 = os.getloadavg()
+            wall, cpu, log = timed_tree(script, e)
+            load1 = os.getloadavg()
+            cold.append(wall)
+            cold_cpu.append(cpu)
+            print(f"cold build {i + 1}/{n}: {wall:.0f} s wall, {cpu:.0f} CPU-s; load "
+                  f"{load0[0]:.1f}/{load0[1]:.1f} before, {load1[0]:.1f}/{load1[2]:.1f} after "
+                  "(1-min/5-min, 1-min/15-min)")
+            for line in log.splitlines():
+                if re.match(r"== (\S+: \d+ s, \d+ CPU-s|sources ready|static libraries ready)",
+                            line):
+                    print("   ", line)
+            for entry in Path(cache).glob("python-*"):
+                shutil.rmtree(entry)
+            wall, cpu, _ = timed_tree(script, e)
+            py_only.append(wall)
+            py_only_cpu.append(cpu)
+            warm.append(timed_tree(script, e)[0])
+    print(f"cold interpreter build (empty cache, sources and ziglang downloaded): "
+          f"{spread(cold, 's')}; CPU {spread(cold_cpu, 's')}")
+    print(f"CPython alone over cached libraries: {spread(py_only, 's')}; "
+          f"CPU {spread(py_only_cpu, 's')}")
+    print(f"warm (every piece cached): {spread(warm, 's', '{:.2f}')}")
+
+
 def controller_run(command: list, n: int = RESOURCES) -> tuple:
     """(seconds to the first finished cycle seen on /metrics, VmRSS KiB after 3 more cycles)."""
     root = Path(tempfile.mkdtemp(prefix="ihbench-rpm-"))
@@ -117,7 +176,10 @@ def main() -> int:
     ap.add_argument("--rpm", default=None, help="default: the iscsi-ha RPM in dist/")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--builds", type=int, default=3, help="cached end-to-end builds to time")
-    ap.add_argument("--cold", action="store_true", help="also time a cold interpreter build")
+    ap.add_argument("--cold", type=int, default=0, metavar="N",
+                    help="also time N cold interpreter builds (minutes each)")
+    ap.add_argument("--only-builds", action="store_true",
+                    help="time the builds only, not the controller runs")
     args = ap.parse_args()
     rpm = Path(args.rpm or (sorted(glob.glob(str(REPO / "dist" / "iscsi-ha-*.rpm"))) or [""])[-1])
     if not rpm.is_file():
@@ -131,11 +193,7 @@ def main() -> int:
 
     env = dict(os.environ, PYTHON=sys.executable)
     if args.cold:
-        with tempfile.TemporaryDirectory(prefix="ihbench-cold-") as cache:
-            cold = timed(["nice", "-n", "10", "bash", str(REPO / "Dockerfile-build" /
-                                                          "build_python.sh")],
-                         env=dict(env, ISCSI_HA_BUILD_CACHE=cache), timeout=3600)
-        print(f"cold interpreter build (empty cache, sources downloaded): {cold:.0f} s")
+        cold_builds(args.cold, env)
     builds = []
     for _ in range(args.builds):
         with tempfile.TemporaryDirectory(prefix="ihbench-build-") as d:
@@ -143,6 +201,8 @@ def main() -> int:
                                 env=dict(env, OUT=f"{d}/dist", WORK=f"{d}/work")))
     if builds:
         print(f"cached build, make rpm end to end: {spread(builds, 's')}")
+    if args.only_builds:
+        return 0
 
     with tempfile.TemporaryDirectory(prefix="ihbench-payload-") as d:
         root = Path(d)

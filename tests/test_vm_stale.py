@@ -17,6 +17,11 @@ client reads back through the VIP.
    promotes (the peer is known Outdated); after the link returns: no split brain, resynced.
 4. A gap in watching: the Primary's VM killed, the survivor's controller restarted before the
    pool master moves to it: it holds. Then `iscsi-cfg become-primary --accept-stale` promotes.
+5. A Primary held open behind a cut link, no fencing: the pool master moves away, the old
+   holder's `drbdadm secondary` is refused (a process holds the device open), its VIP is gone.
+   The new master watched the link to the end (proof of the newest data) and nobody answers for
+   the VIP: only the peer channel says the old holder is still Primary, and it holds. Once the
+   opener goes, the old holder demotes and the new master serves what was written before.
 """
 
 from __future__ import annotations
@@ -285,3 +290,70 @@ def test_a_restarted_survivor_holds_then_accept_stale_promotes(pair):
         _report(lab)
         raise
 
+
+
+D3 = pattern(b"D3-node1-wrote-before-the-cut ")
+
+
+def test_a_primary_held_open_behind_a_cut_link_is_never_joined_by_a_second(pair):
+    lab, c = pair
+    n1, n2 = lab.vms
+    opener = None
+    try:
+        # After scenario 4 node1 serves in manual mode and node2 is down (run alone: a fresh
+        # pair). Bring node2 back as slave and node1 out of manual mode.
+        c.set_pool_master("node1")
+        if not n2.alive():
+            boot_again(c, n2)
+        ctl.wait_for("both Connected and UpToDate", lambda: all(
+            c.drbd(vm, "cstate") == "Connected" and c.drbd(vm, "dstate") == "UpToDate/UpToDate"
+            for vm in lab.vms), 180)
+        c.cfg(n1, "manual-mode-disable")
+        ctl.wait_for("node1 to serve out of manual mode", lambda: "MANUAL MODE: disabled"
+                     in c.status(n1) and c.serving(n1) and c.vip_local(n1), 90)
+        # No fencing: the case where DRBD itself cannot outdate the peer behind the cut.
+        for vm in lab.vms:
+            vm.sh(f"sed -i 's/ fencing resource-only;//' /etc/drbd.d/{ctl.RES}.res && "
+                  f"drbdadm adjust {ctl.RES}", check=True)
+            assert "fencing" not in vm.run(["drbdsetup", "show"]).out
+        assert c.client_write(D3, lba=64).get("ok")
+        time.sleep(3)  # node2 watches the connected pair (every 2 s): its proof of D3
+        opener = n1.spawn(["/bin/sh", "-c", "exec sleep 100000 < /dev/drbd0"])
+        ctl.wait_for("the opener to hold /dev/drbd0", lambda: "/dev/drbd0" in n1.sh(
+            f"ls -l /proc/{opener}/fd", check=False).out, 20)
+        for vm in lab.vms:
+            vm.set_replication_link(False)
+        ctl.wait_for("both to see the link down", lambda: all(
+            c.drbd(vm, "cstate") == "WFConnection" for vm in lab.vms), 90)
+        c.set_pool_master("node2")
+        ctl.wait_for("node1 to give up the VIP and the target",
+                     lambda: not c.vip_local(n1) and not c.serving(n1), 120)
+        # The controllers' logs are read from the host (the metrics need a Python start in
+        # the emulated VM, ~10 s at load): then the page, once.
+        still = f"not promoting {ctl.RES}: the peer says over the peer channel that it is still " \
+                "Primary"
+        ctl.wait_for("node2 to hold because the peer channel says node1 is Primary",
+                     lambda: still in c.controller_log(n2), 120)
+        time.sleep(6)  # more cycles of both: still one Primary
+        assert c.drbd(n1, "role") == "Primary/Unknown"
+        assert c.drbd(n2, "role") == "Secondary/Unknown"
+        assert not c.serving(n2) and not c.vip_local(n2)
+        assert "held open" in c.controller_log(n1).lower()
+        ctl.wait_for("the page", lambda: blocked(c, n2, "peer_channel_primary"), 90)
+        # The opener goes: node1 demotes on its next cycle, node2 promotes with its proof.
+        n1.kill(opener)
+        opener = None
+        ctl.wait_for("node2 to serve at the VIP", lambda: c.serving(n2) and c.vip_local(n2)
+                     and c.client_inq() == 0, 120)
+        assert c.drbd(n1, "role") == "Secondary/Unknown"
+        assert c.client_read(32, lba=64) == D3
+    except Exception:
+        for vm in lab.vms:  # the lab's files do not outlive pytest's temporary-directory rotation
+            print(f"\n--- {vm.name}: {c.drbd(vm, 'role')} {c.drbd(vm, 'cstate')} "
+                  f"{c.drbd(vm, 'dstate')}\n{c.cfg(vm, 'status').out}\n"
+                  f"{c.controller_log(vm)[-4000:]}")
+        _report(lab)
+        raise
+    finally:
+        if opener is not None:
+            n1.kill(opener)

@@ -34,15 +34,7 @@ def pair(tmp_path_factory):
     try:
         lab.prepare(ctl.resources(lab))
         lab.boot()
-        for vm in lab.vms:
-            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
-            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
-        c = ctl.Controllers(lab)
-        c.write_configs()
-        c.set_pool_master("node1")
-        for vm in lab.vms:
-            c.start(vm)
-        c.settle("node1", limit=240)
+        c = ctl.start_pair(lab, settle_limit=240)
         yield lab, c
         failed = False
     finally:

@@ -42,15 +42,7 @@ def pool(tmp_path_factory):
     try:
         lab.prepare(ctl.resources(lab))
         lab.boot()
-        for vm in lab.vms:
-            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
-            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
-        c = ctl.Controllers(lab)
-        c.write_configs()
-        c.set_pool_master("node1")
-        for vm in lab.vms:
-            c.start(vm)
-        c.settle("node1", limit=180)
+        c = ctl.start_pair(lab, settle_limit=180)
         initiator = ini.Initiator(lab.vm("node2"), c)
         initiator.start()
         yield lab, c, initiator

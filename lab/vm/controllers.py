@@ -61,6 +61,22 @@ def config(vm: Vm, backend: str = "tgt") -> Dict[str, Any]:
     }
 
 
+def start_pair(lab: VmLab, backend: str = "tgt", settle_limit: float = 180.0) -> "Controllers":
+    """On a booted lab: fresh DRBD meta data and `up` on both VMs (as the distribution's drbd
+    service does at boot), the controllers' configs, pool master node1, a controller in each VM;
+    returns once node1 alone serves at the VIP."""
+    for vm in lab.vms:
+        vm.run(["drbdadm", "--", "--force", "create-md", RES], timeout=60, check=True)
+        vm.run(["drbdadm", "up", RES], timeout=60, check=True)
+    c = Controllers(lab, backend)
+    c.write_configs()
+    c.set_pool_master("node1")
+    for vm in lab.vms:
+        c.start(vm)
+    c.settle("node1", limit=settle_limit)
+    return c
+
+
 class Controllers:
     """Start/stop the controllers, move the pool master, read metrics, act as the client."""
 

@@ -35,6 +35,7 @@ demo-once: setup
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
 # examples/iscsi-ha.yaml, README's config table and docs/metrics.md, from the declarations in

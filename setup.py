@@ -84,7 +84,7 @@ setup(
             # a per-test time limit (pytest.ini): a hung test fails instead of stalling CI
             "pytest-timeout>=2.1",
             "hypothesis>=6.80",
-            "ruff>=0.4",
+            "ruff==0.17.6",  # pinned: `ruff format` output changes between releases
             "mypy>=1.5",
             # lint-imports: the layer contracts in .importlinter ("protected" needs 2.x)
             "import-linter>=2.1,<3",

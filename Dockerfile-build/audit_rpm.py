@@ -57,8 +57,13 @@ def is_elf(path: Path) -> bool:
 
 def elf_needs(path: Path) -> dict:
     """NEEDED sonames, needed versions per library, and the undefined symbols of each version."""
-    out = subprocess.run(["readelf", "-W", "-d", "-V", "--dyn-syms", str(path)],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["readelf", "-W", "-d", "-V", "--dyn-syms", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
     versions = {}  # version index -> (library, version name)
     library = None
@@ -100,15 +105,19 @@ def audit_elves(root: Path, capabilities: set, max_glibc: tuple) -> list:
                 newest = max(newest, version_tuple(m.group(1)))
             if m and version_tuple(m.group(1)) > max_glibc:
                 syms = sorted(set(needs["symbols"].get((library, version), [])))
-                findings.append(f"{rel}: needs {version} from {library} for "
-                                f"{', '.join(syms[:6]) or '(no symbol listed)'}")
+                findings.append(
+                    f"{rel}: needs {version} from {library} for "
+                    f"{', '.join(syms[:6]) or '(no symbol listed)'}"
+                )
             elif library not in own and f"{library}({version})(64bit)" not in capabilities:
                 findings.append(f"{rel}: needs {library}({version}), not in the EL7 base")
         for soname in needs["needed"]:
             if soname not in own and f"{soname}()(64bit)" not in capabilities:
                 findings.append(f"{rel}: loads {soname}, which the EL7 base does not have")
-    print(f"  info {len(elves)} ELF files; newest glibc version needed: "
-          f"GLIBC_{'.'.join(map(str, newest))}")
+    print(
+        f"  info {len(elves)} ELF files; newest glibc version needed: "
+        f"GLIBC_{'.'.join(map(str, newest))}"
+    )
     return findings
 
 
@@ -124,11 +133,24 @@ def build_capability_rpm(name: str, capabilities: list, work: Path) -> Path:
         f"Name: dom0-model-{name.replace('+', '-')}\nVersion: 1\nRelease: 1\n"
         "Summary: capability model of a dom0 base (audit only)\nLicense: none\n"
         f"BuildArch: noarch\nAutoReqProv: no\n{provides}\n"
-        "%description\nThe capabilities of a dom0 base, for rpm --test.\n%files\n")
+        "%description\nThe capabilities of a dom0 base, for rpm --test.\n%files\n"
+    )
     proc = subprocess.run(
-        ["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define", f"_rpmdir {top}",
-         "--define", "_build_name_fmt model.rpm", str(spec)],
-        capture_output=True, text=True, timeout=120)
+        [
+            "rpmbuild",
+            "-bb",
+            "--define",
+            f"_topdir {top}",
+            "--define",
+            f"_rpmdir {top}",
+            "--define",
+            "_build_name_fmt model.rpm",
+            str(spec),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"audit_rpm: cannot build the {name} model package:\n{proc.stderr}")
     return top / "model.rpm"
@@ -140,12 +162,17 @@ def rpm_test_install(rpm: Path, model_rpm: Path, dbroot: Path) -> list:
         shutil.rmtree(dbroot)
     dbroot.mkdir(parents=True)
     for argv in (["--initdb"], ["-i", "--justdb", "--nodeps", str(model_rpm)]):
-        proc = subprocess.run(["rpm", "--root", str(dbroot), *argv], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            ["rpm", "--root", str(dbroot), *argv], capture_output=True, text=True, timeout=120
+        )
         if proc.returncode != 0:
             raise SystemExit(f"audit_rpm: rpm {' '.join(argv)} failed: {proc.stderr.strip()}")
-    proc = subprocess.run(["rpm", "--root", str(dbroot), "-i", "--test", "--justdb", str(rpm)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["rpm", "--root", str(dbroot), "-i", "--test", "--justdb", str(rpm)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = proc.stdout + proc.stderr
     failed = [line.strip() for line in text.splitlines() if " is needed by " in line]
     if proc.returncode != 0 and not failed:
@@ -184,8 +211,10 @@ def main() -> int:
         for line in failed:
             print(f"  FAIL rpm -i --test on {name}: {line}")
         if not failed:
-            print(f"  ok   rpm -i --test --justdb: no failed dependency on the {name} model "
-                  f"({len(caps)} capabilities)")
+            print(
+                f"  ok   rpm -i --test --justdb: no failed dependency on the {name} model "
+                f"({len(caps)} capabilities)"
+            )
         findings += failed
 
     print(f"== audit: {len(findings)} finding(s)" if findings else "== audit: passed")

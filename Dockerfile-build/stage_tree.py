@@ -40,13 +40,26 @@ import time
 from pathlib import Path
 
 SYSTEM_LIB_DIRS = (
-    "/lib", "/lib64", "/usr/lib", "/usr/lib64",
-    "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
+    "/lib",
+    "/lib64",
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
 )
 # Standard-library parts a daemon never imports; they are also what would pull Tk, X11 and
 # gdbm into the RPM's automatic dependencies.
-STDLIB_PRUNE_DIRS = {"test", "tests", "idle_test", "idlelib", "tkinter", "turtledemo", "ensurepip",
-                     "lib2to3", "pydoc_data"}
+STDLIB_PRUNE_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+}
 # The wheel platform of the dom0: CentOS 7's glibc 2.17 (PEP 599). pip expands it to every
 # older manylinux tag as well.
 WHEEL_PLATFORM = "manylinux2014_x86_64"
@@ -125,9 +138,10 @@ def ldd(path: Path) -> list:
 
 
 def in_system_dir(path: str) -> bool:
-    return os.path.dirname(os.path.realpath(path)) in SYSTEM_LIB_DIRS or os.path.dirname(
-        path
-    ) in SYSTEM_LIB_DIRS
+    return (
+        os.path.dirname(os.path.realpath(path)) in SYSTEM_LIB_DIRS
+        or os.path.dirname(path) in SYSTEM_LIB_DIRS
+    )
 
 
 def strip_debug(pytree: Path) -> None:
@@ -171,8 +185,13 @@ def make_relocatable(pytree: Path, base: Path) -> list:
                 needs_runpath.add(elf)
     elves = sorted(seen)
     for elf in elves:
-        current = run(["patchelf", "--print-rpath", elf], capture_output=True, text=True,
-                      check=False).stdout.strip() if shutil.which("patchelf") else ""
+        current = (
+            run(
+                ["patchelf", "--print-rpath", elf], capture_output=True, text=True, check=False
+            ).stdout.strip()
+            if shutil.which("patchelf")
+            else ""
+        )
         wanted = ""
         if elf in needs_runpath or elf.parent == libdir:
             rel = os.path.relpath(libdir, elf.parent)
@@ -263,8 +282,10 @@ def main() -> int:
     base, xy = Path(os.path.realpath(facts["base_prefix"])), facts["xy"]
     if str(base) in ("/", "/usr", "/usr/local"):
         # A distribution's Python is spread over /usr with the system's own libraries.
-        raise StageError(f"{args.python} lives in {base}: bundle a self-contained interpreter "
-                         "(the manylinux image's /opt/python/*, pyenv, ...) instead")
+        raise StageError(
+            f"{args.python} lives in {base}: bundle a self-contained interpreter "
+            "(the manylinux image's /opt/python/*, pyenv, ...) instead"
+        )
     if stage.exists():
         shutil.rmtree(stage)
     venv.mkdir(parents=True)
@@ -285,13 +306,53 @@ def main() -> int:
     if wheels.exists():
         shutil.rmtree(wheels)
     cp = "cp" + xy.replace(".", "")
-    run([args.pip_python, "-I", "-m", "pip", "download", "-q", "--disable-pip-version-check",
-         "--dest", wheels, "--only-binary=:all:", "--platform", WHEEL_PLATFORM,
-         "--python-version", xy, "--implementation", "cp", "--abi", cp, "--abi", "abi3",
-         "--abi", "none", args.wheel])
-    run([args.pip_python, "-I", "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
-         "--disable-pip-version-check", "--no-warn-script-location", "--no-compile",
-         "--no-index", "--find-links", wheels, "--only-binary=:all:", args.wheel])
+    run(
+        [
+            args.pip_python,
+            "-I",
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--disable-pip-version-check",
+            "--dest",
+            wheels,
+            "--only-binary=:all:",
+            "--platform",
+            WHEEL_PLATFORM,
+            "--python-version",
+            xy,
+            "--implementation",
+            "cp",
+            "--abi",
+            cp,
+            "--abi",
+            "abi3",
+            "--abi",
+            "none",
+            args.wheel,
+        ]
+    )
+    run(
+        [
+            args.pip_python,
+            "-I",
+            "-m",
+            "pip",
+            "--python",
+            venv / "bin" / "python",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+            "--no-compile",
+            "--no-index",
+            "--find-links",
+            wheels,
+            "--only-binary=:all:",
+            args.wheel,
+        ]
+    )
     chosen = sorted(p.name for p in wheels.glob("*.whl"))
     fix_venv_paths(venv, stage, args.prefix, xy, facts["version"])
 
@@ -299,10 +360,23 @@ def main() -> int:
     # -s strips the staging directory from the paths recorded in the pycs.
     # The base interpreter, which finds its prefix next to itself; the venv's pyvenv.cfg already
     # names the final /opt path, which does not exist on the build machine.
-    run([staged_py, "-m", "compileall", "-q", "-j", "0",
-         "--invalidation-mode", "unchecked-hash", "-s", stage,
-         pytree / "lib" / f"python{xy}", venv / "lib" / f"python{xy}" / "site-packages"],
-        stdout=subprocess.DEVNULL)
+    run(
+        [
+            staged_py,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            stage,
+            pytree / "lib" / f"python{xy}",
+            venv / "lib" / f"python{xy}" / "site-packages",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
 
     leaks = find_leaks(stage)
     if leaks:
@@ -320,9 +394,11 @@ def main() -> int:
         "seconds": round(time.monotonic() - t0, 1),
     }
     Path(args.info).write_text(json.dumps(info, indent=2) + "\n")
-    print(f"staged {args.prefix}: Python {facts['version']} from {base}, {nfiles} files, "
-          f"{nbytes / 2**20:.1f} MiB, bundled {bundled or 'no libraries'}, "
-          f"{info['seconds']} s")
+    print(
+        f"staged {args.prefix}: Python {facts['version']} from {base}, {nfiles} files, "
+        f"{nbytes / 2**20:.1f} MiB, bundled {bundled or 'no libraries'}, "
+        f"{info['seconds']} s"
+    )
     return 0
 
 

@@ -80,8 +80,10 @@ def block(objective: float, period: str) -> str:
     windows = sorted({w for _, _, lw, sw in WINDOWS for w in (lw, sw)} | {period}, key=seconds)
     out: List[str] = [BEGIN]
     add = out.append
-    add(f"  # Objective {fmt(objective)} % of storage probes succeed over {period} "
-        f"(error budget {fmt(budget * 100)} %).\n")
+    add(
+        f"  # Objective {fmt(objective)} % of storage probes succeed over {period} "
+        f"(error budget {fmt(budget * 100)} %).\n"
+    )
     add("  - name: iscsi-ha.slo\n")
     add("    interval: 15s\n")
     add("    rules:\n")
@@ -90,50 +92,73 @@ def block(objective: float, period: str) -> str:
     add(f"        expr: 0 * count by (cluster) (iscsi_ha_up) + {fmt(objective / 100)}\n")
     add("      - record: cluster:iscsi_ha_storage_slo_period:seconds\n")
     add(f"        expr: 0 * count by (cluster) (iscsi_ha_up) + {seconds(period)}\n")
-    add("      # Every probe of every observer and LUN counts; an observer that cannot be\n"
+    add(
+        "      # Every probe of every observer and LUN counts; an observer that cannot be\n"
         "      # scraped drops out instead of counting as failed (its controller is down, not\n"
-        "      # the storage).\n")
+        "      # the storage).\n"
+    )
     for w in windows:
         add(f"      - record: {ratio_name(w)}\n")
         add("        expr: >-\n")
         add(f"          sum by (cluster) (rate(iscsi_ha_storage_probe_failures_total[{w}]))\n")
         add(f"          / sum by (cluster) (rate(iscsi_ha_storage_probes_total[{w}]))\n")
-    add("      # 1 while every observer reads every LUN; 0 when one cannot. The\n"
-        "      # controller-health alerts page only when this is not 1 (see iscsi-ha.storage).\n")
+    add(
+        "      # 1 while every observer reads every LUN; 0 when one cannot. The\n"
+        "      # controller-health alerts page only when this is not 1 (see iscsi-ha.storage).\n"
+    )
     add("      - record: cluster:iscsi_ha_storage_probe_success:min\n")
     add("        expr: min by (cluster) (iscsi_ha_storage_probe_success)\n")
     for severity, name, what in (
-            ("critical", "IscsiHaStorageErrorBudgetBurn", "fast"),
-            ("warning", "IscsiHaStorageErrorBudgetSlowBurn", "steadily")):
+        ("critical", "IscsiHaStorageErrorBudgetBurn", "fast"),
+        ("warning", "IscsiHaStorageErrorBudgetSlowBurn", "steadily"),
+    ):
         rows = [w for w in WINDOWS if w[0] == severity]
         add("\n")
         add(f"      - alert: {name}\n")
-        add("        # " + "; ".join(
-            f"{fmt(share * 100)} % of the budget in {lw} = burn rate "
-            f"{fmt(burn_rate(share, period, lw))}" for _, share, lw, _ in rows) + "\n")
+        add(
+            "        # "
+            + "; ".join(
+                f"{fmt(share * 100)} % of the budget in {lw} = burn rate "
+                f"{fmt(burn_rate(share, period, lw))}"
+                for _, share, lw, _ in rows
+            )
+            + "\n"
+        )
         add("        expr: >-\n")
         branches = []
         for _, share, lw, sw in rows:
             t = fmt(burn_rate(share, period, lw) * budget)
-            branches.append(f"          (\n            {ratio_name(lw)} > {t}\n"
-                            f"            and {ratio_name(sw)} > {t}\n          )\n")
+            branches.append(
+                f"          (\n            {ratio_name(lw)} > {t}\n"
+                f"            and {ratio_name(sw)} > {t}\n          )\n"
+            )
         add("          or\n".join(branches))
         add("        for: 1m\n" if severity == "warning" else "        for: 0s\n")
         add("        labels:\n")
         add(f"          severity: {severity}\n")
         add("        annotations:\n")
         longs = " or ".join(lw for _, _, lw, _ in rows)
-        add(f"          summary: \"Cluster {{{{ $labels.cluster }}}} burns its storage "
-            f"error budget {what}\"\n")
+        add(
+            f'          summary: "Cluster {{{{ $labels.cluster }}}} burns its storage '
+            f'error budget {what}"\n'
+        )
         add("          description: >-\n")
-        add("            {{ $value | humanizePercentage }} of the storage probes of cluster "
-            "{{ $labels.cluster }}\n")
-        add(f"            failed over the last {longs} (and still fail), against an objective "
-            f"of {fmt(objective)} %\n")
-        add(f"            over {period}: at this rate the error budget is gone in "
-            f"{'hours' if severity == 'critical' else 'days'}. The probe is what\n")
-        add("            a VM's host does: log in to the target at the VIP and read each LUN; "
-            "the observers'\n")
+        add(
+            "            {{ $value | humanizePercentage }} of the storage probes of cluster "
+            "{{ $labels.cluster }}\n"
+        )
+        add(
+            f"            failed over the last {longs} (and still fail), against an objective "
+            f"of {fmt(objective)} %\n"
+        )
+        add(
+            f"            over {period}: at this rate the error budget is gone in "
+            f"{'hours' if severity == 'critical' else 'days'}. The probe is what\n"
+        )
+        add(
+            "            a VM's host does: log in to the target at the VIP and read each LUN; "
+            "the observers'\n"
+        )
         add("            controller logs name the step that fails.\n")
         add(f"          runbook_url: {RUNBOOK}{name.lower()}\n")
     out.append(END)
@@ -154,14 +179,25 @@ def main(argv: Sequence[str] = ()) -> int:
         description="Write the storage SLO's recording rules and burn-rate alerts into the "
         "iscsi-ha rules file (the block between its BEGIN/END markers).",
         epilog="The objective is the share of storage probes (login + read of each LUN through "
-        "the VIP, from both hosts) that must succeed over the period. Reload Prometheus after.")
-    p.add_argument("--objective", type=float, default=DEFAULT_OBJECTIVE,
-                   help=f"percent of probes that succeed (default {DEFAULT_OBJECTIVE})")
-    p.add_argument("--period", default=DEFAULT_PERIOD,
-                   help=f"the SLO period: 30d, 4w, 720h ... (default {DEFAULT_PERIOD})")
+        "the VIP, from both hosts) that must succeed over the period. Reload Prometheus after.",
+    )
+    p.add_argument(
+        "--objective",
+        type=float,
+        default=DEFAULT_OBJECTIVE,
+        help=f"percent of probes that succeed (default {DEFAULT_OBJECTIVE})",
+    )
+    p.add_argument(
+        "--period",
+        default=DEFAULT_PERIOD,
+        help=f"the SLO period: 30d, 4w, 720h ... (default {DEFAULT_PERIOD})",
+    )
     p.add_argument("--rules", type=Path, default=RULES, help=f"rules file (default {RULES})")
-    p.add_argument("--check", action="store_true",
-                   help="change nothing; exit 1 when the file is not what these options make")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 when the file is not what these options make",
+    )
     args = p.parse_args(list(argv))
     try:
         seconds(args.period)
@@ -172,8 +208,11 @@ def main(argv: Sequence[str] = ()) -> int:
         return 2
     if args.check:
         if new != text:
-            print(f"{args.rules} is not what `alerts/iscsi_ha_slo.py --objective "
-                  f"{fmt(args.objective)} --period {args.period}` makes; run it", file=sys.stderr)
+            print(
+                f"{args.rules} is not what `alerts/iscsi_ha_slo.py --objective "
+                f"{fmt(args.objective)} --period {args.period}` makes; run it",
+                file=sys.stderr,
+            )
             return 1
         return 0
     args.rules.write_text(new)

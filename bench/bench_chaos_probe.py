@@ -76,17 +76,23 @@ def main():
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     runs = [one_run(args.readings) for _ in range(args.runs)]
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
-          f"{args.runs} runs x {args.readings} readings of node1")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+        f"{args.runs} runs x {args.readings} readings of node1"
+    )
     out = {}
     for key in runs[0]:
         meds = [1000 * r[key][0] for r in runs]
         p90s = [1000 * r[key][1] for r in runs]
-        out[key] = {"median_ms": round(statistics.median(meds), 3),
-                    "median_range_ms": [round(min(meds), 3), round(max(meds), 3)],
-                    "p90_ms": round(statistics.median(p90s), 3)}
-        print(f"{key:30s} median {statistics.median(meds):7.2f} ms "
-              f"({min(meds):.2f}-{max(meds):.2f}), p90 {statistics.median(p90s):7.2f} ms")
+        out[key] = {
+            "median_ms": round(statistics.median(meds), 3),
+            "median_range_ms": [round(min(meds), 3), round(max(meds), 3)],
+            "p90_ms": round(statistics.median(p90s), 3),
+        }
+        print(
+            f"{key:30s} median {statistics.median(meds):7.2f} ms "
+            f"({min(meds):.2f}-{max(meds):.2f}), p90 {statistics.median(p90s):7.2f} ms"
+        )
     print(json.dumps(out))
 
 

@@ -203,16 +203,22 @@ class Tgtd:
         self.proc: subprocess.Popen | None = None
 
     def adm(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["tgtadm", "-C", str(self.port), *args], capture_output=True,
-                              text=True, timeout=10)
+        return subprocess.run(
+            ["tgtadm", "-C", str(self.port), *args], capture_output=True, text=True, timeout=10
+        )
 
     def __enter__(self) -> "Tgtd":
         subprocess.run(["ip", "netns", "add", self.netns], check=True, timeout=10)
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", self.netns, "tgtd", "-f", "-C", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: self.adm("--lld", "iscsi", "--mode", "target", "--op", "show")
-                   .returncode == 0, 5, f"tgtd on control port {self.port}")
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(
+            lambda: self.adm("--lld", "iscsi", "--mode", "target", "--op", "show").returncode == 0,
+            5,
+            f"tgtd on control port {self.port}",
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -242,13 +248,17 @@ def measure(n: int, args) -> dict:
     config = write_world(root, n, http_port, ctl_port)
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
     bindir = root / "bin"
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
-               FAKE_DRBDADM_TABLE=str(root / "table.json"))
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{os.environ['PATH']}",
+        FAKE_DRBDADM_TABLE=str(root / "table.json"),
+    )
     log_path = root / "daemon.log"
     try:
         with Tgtd(ctl_port), open(log_path, "w") as log:
-            proc = subprocess.Popen([exe, "run", "--config", str(config)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [exe, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             try:
                 return run_against(proc, n, http_port, args)
             except Exception as exc:
@@ -313,22 +323,28 @@ def run_against(proc: subprocess.Popen, n: int, port: int, args) -> dict:
     rss = [r for r in rss if r is not None]
 
     d_cycles = cycles(after) - cycles(before)
-    cmds = {k: after[k] - before.get(k, 0.0)
-            for k in family(after, "iscsi_ha_commands_total")}
-    per_cmd = {re.search(r'command="([^"]*)"', k).group(1): v / d_cycles
-               for k, v in cmds.items() if v}
-    h_sum = (after["iscsi_ha_cycle_duration_seconds_sum"]
-             - before["iscsi_ha_cycle_duration_seconds_sum"])
-    h_count = (after["iscsi_ha_cycle_duration_seconds_count"]
-               - before["iscsi_ha_cycle_duration_seconds_count"])
-    by_result = {re.search(r'result="([^"]*)"', k).group(1): after[k] - before.get(k, 0.0)
-                 for k in family(after, "iscsi_ha_cycles_total")}
+    cmds = {k: after[k] - before.get(k, 0.0) for k in family(after, "iscsi_ha_commands_total")}
+    per_cmd = {
+        re.search(r'command="([^"]*)"', k).group(1): v / d_cycles for k, v in cmds.items() if v
+    }
+    h_sum = (
+        after["iscsi_ha_cycle_duration_seconds_sum"] - before["iscsi_ha_cycle_duration_seconds_sum"]
+    )
+    h_count = (
+        after["iscsi_ha_cycle_duration_seconds_count"]
+        - before["iscsi_ha_cycle_duration_seconds_count"]
+    )
+    by_result = {
+        re.search(r'result="([^"]*)"', k).group(1): after[k] - before.get(k, 0.0)
+        for k in family(after, "iscsi_ha_cycles_total")
+    }
     seen = list(durations.values())
 
     # The world must be what we claim: N resources, all Secondary, nothing planned, readable.
     problems = []
-    secondary = sum(v for k, v in family(after, "iscsi_ha_drbd_role").items()
-                    if 'role="Secondary"' in k)
+    secondary = sum(
+        v for k, v in family(after, "iscsi_ha_drbd_role").items() if 'role="Secondary"' in k
+    )
     if secondary != n:
         problems.append(f"{secondary:g} of {n} resources Secondary")
     if after.get("iscsi_ha_planned_actions") != 0:
@@ -382,28 +398,37 @@ def main() -> int:
     with open("/proc/loadavg") as f:
         load_after = f.read().split()[:3]
 
-    print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}; "
-          f"load average before {' '.join(load_before)}, after {' '.join(load_after)}")
-    print(f"`iscsi-ha run`, interval 1 s, slave steady state (all Secondary, empty real tgtd, "
-          f"VIP not bound), after {args.warmup} warm-up cycles; {args.scrapes} scrapes of "
-          f"/metrics (OpenMetrics + gzip, keep-alive, one every {args.pace:g} s) on 127.0.0.1")
-    head = ("| resources | series | text KiB | RSS median MiB | RSS max MiB | cycles measured "
-            "| cycle median ms | cycle max ms | cycle mean ms (histogram) | commands / cycle "
-            "| scrape median ms | scrape p99 ms | scrape max ms |")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}; "
+        f"load average before {' '.join(load_before)}, after {' '.join(load_after)}"
+    )
+    print(
+        f"`iscsi-ha run`, interval 1 s, slave steady state (all Secondary, empty real tgtd, "
+        f"VIP not bound), after {args.warmup} warm-up cycles; {args.scrapes} scrapes of "
+        f"/metrics (OpenMetrics + gzip, keep-alive, one every {args.pace:g} s) on 127.0.0.1"
+    )
+    head = (
+        "| resources | series | text KiB | RSS median MiB | RSS max MiB | cycles measured "
+        "| cycle median ms | cycle max ms | cycle mean ms (histogram) | commands / cycle "
+        "| scrape median ms | scrape p99 ms | scrape max ms |"
+    )
     print(head)
     print("|" + "|".join("---:" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
-        print(f"| {r['resources']} | {r['series']} | {r['text_kib']:.0f} "
-              f"| {r['rss_median']:.1f} | {r['rss_max']:.1f} "
-              f"| {r['cycles']:.0f} in {r['window']:.1f} s | {r['cycle_median']:.1f} "
-              f"| {r['cycle_max']:.1f} | {r['cycle_mean']:.1f} | {r['cmds_per_cycle']:.2f} "
-              f"| {r['scrape_median']:.2f} | {r['scrape_p99']:.2f} | {r['scrape_max']:.2f} |")
+        print(
+            f"| {r['resources']} | {r['series']} | {r['text_kib']:.0f} "
+            f"| {r['rss_median']:.1f} | {r['rss_max']:.1f} "
+            f"| {r['cycles']:.0f} in {r['window']:.1f} s | {r['cycle_median']:.1f} "
+            f"| {r['cycle_max']:.1f} | {r['cycle_mean']:.1f} | {r['cmds_per_cycle']:.2f} "
+            f"| {r['scrape_median']:.2f} | {r['scrape_p99']:.2f} | {r['scrape_max']:.2f} |"
+        )
     for r in rows:
         cmds = ", ".join(f"{c} {v:.2f}" for c, v in sorted(r["per_cmd"].items()))
         results = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r["results"].items()))
         check = "; ".join(r["problems"]) or "checked: N Secondary, nothing planned, no errors"
-        print(f"{r['resources']:>4} resources: commands per cycle: {cmds}; "
-              f"cycles: {results}; {check}")
+        print(
+            f"{r['resources']:>4} resources: commands per cycle: {cmds}; cycles: {results}; {check}"
+        )
     return 1 if any(r["problems"] for r in rows) else 0
 
 

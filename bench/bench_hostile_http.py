@@ -102,14 +102,20 @@ paths:
   status_file: {workdir / "state" / "status"}
   control_socket: {self.sock}
 """)
-        env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
-                   FAKE_DRBDADM_TABLE=str(workdir / "table.json"))
+        env = dict(
+            os.environ,
+            PATH=f"{bindir}:{os.environ['PATH']}",
+            FAKE_DRBDADM_TABLE=str(workdir / "table.json"),
+        )
         exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
         self.log = open(workdir / "daemon.log", "w")
         self.proc = subprocess.Popen(
-            [exe, "run", "--config", str(workdir / "iscsi-ha.yaml")], stdout=self.log,
-            stderr=subprocess.STDOUT, env=env,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)))
+            [exe, "run", "--config", str(workdir / "iscsi-ha.yaml")],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
+        )
 
     def status(self) -> dict:
         from iscsi_ha.controller.cli import ask
@@ -138,8 +144,9 @@ paths:
 
 
 def get(port: int, headers: dict, timeout: float = 5.0, source: str = "127.0.0.1") -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                      source_address=(source, 0))
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source, 0)
+    )
     try:
         conn.request("GET", "/metrics", headers=headers)
         resp = conn.getresponse()
@@ -193,8 +200,9 @@ class PasswordFlood:
         self.stop_event = threading.Event()
         self.codes: dict = {}
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True)
-                        for i in range(threads)]
+        self.threads = [
+            threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(threads)
+        ]
 
     def run(self, i: int) -> None:
         n = 0
@@ -242,15 +250,21 @@ def phase(ctl: Controller, name: str, seconds: float, idle: int) -> dict:
         for t in flood_pw.threads:
             t.join(10)
     return {
-        "phase": name, "seconds": round(elapsed, 1), "cycles": cycles,
-        "expected_cycles": int(elapsed), "max_cycle_age": round(max(ages), 2),
-        "scrapes_ok": len(latencies), "scrapes_failed": failures,
+        "phase": name,
+        "seconds": round(elapsed, 1),
+        "cycles": cycles,
+        "expected_cycles": int(elapsed),
+        "max_cycle_age": round(max(ages), 2),
+        "scrapes_ok": len(latencies),
+        "scrapes_failed": failures,
         "scrape_p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "scrape_p99_ms": round(1000 * percentile(latencies, 0.99), 1) if latencies else None,
-        "controller_cpu_pct": round(100 * cpu / elapsed, 1), "max_fds": max(fds),
+        "controller_cpu_pct": round(100 * cpu / elapsed, 1),
+        "max_fds": max(fds),
         "idle_closed_by_server": flood_idle.reopened if flood_idle else None,
         "wrong_password_answers": dict(sorted((str(k), v) for k, v in flood_pw.codes.items()))
-        if flood_pw else None,
+        if flood_pw
+        else None,
     }
 
 
@@ -263,8 +277,10 @@ def main() -> int:
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.idle)), hard))
-    print(f"# machine: {cpu_model()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
-          f"controller fd limit {FD_LIMIT}, interval 1 s, bcrypt cost 10")
+    print(
+        f"# machine: {cpu_model()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; "
+        f"controller fd limit {FD_LIMIT}, interval 1 s, bcrypt cost 10"
+    )
     results: dict = {}
     for _ in range(args.runs):
         workdir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
@@ -292,15 +308,19 @@ def main() -> int:
         finally:
             ctl.stop()
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'phase':15} {'cycles/expected':>16} {'max cycle age s':>16} {'scrapes ok/failed':>18} "
-          f"{'p50 ms':>14} {'p99 ms':>14} {'ctl CPU %':>12} {'max fds':>9}  attackers")
+    print(
+        f"{'phase':15} {'cycles/expected':>16} {'max cycle age s':>16} {'scrapes ok/failed':>18} "
+        f"{'p50 ms':>14} {'p99 ms':>14} {'ctl CPU %':>12} {'max fds':>9}  attackers"
+    )
     for name, rows in results.items():
+
         def span(key: str, rows: list = rows) -> str:
             vals = [r[key] for r in rows if r[key] is not None]
             if not vals:
                 return "-"
             med = statistics.median(vals)
             return f"{med:g} ({min(vals):g}-{max(vals):g})" if len(vals) > 1 else f"{med:g}"
+
         cyc = f"{sum(r['cycles'] for r in rows)}/{sum(r['expected_cycles'] for r in rows)}"
         ok = f"{sum(r['scrapes_ok'] for r in rows)}/{sum(r['scrapes_failed'] for r in rows)}"
         attack = ""
@@ -312,9 +332,11 @@ def main() -> int:
                 for k, v in r["wrong_password_answers"].items():
                     codes[k] = codes.get(k, 0) + v
             attack += "wrong pw " + ", ".join(f"{k}: {v}" for k, v in codes.items())
-        print(f"{name:15} {cyc:>16} {span('max_cycle_age'):>16} {ok:>18} "
-              f"{span('scrape_p50_ms'):>14} {span('scrape_p99_ms'):>14} "
-              f"{span('controller_cpu_pct'):>12} {span('max_fds'):>9}  {attack}")
+        print(
+            f"{name:15} {cyc:>16} {span('max_cycle_age'):>16} {ok:>18} "
+            f"{span('scrape_p50_ms'):>14} {span('scrape_p99_ms'):>14} "
+            f"{span('controller_cpu_pct'):>12} {span('max_fds'):>9}  {attack}"
+        )
     return 0
 
 

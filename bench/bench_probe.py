@@ -48,24 +48,52 @@ def main() -> int:
     args = p.parse_args()
     counts = [int(n) for n in args.luns.split(",")]
     port = str(20000 + os.getpid() % 10000)
-    with tempfile.TemporaryDirectory() as tmp, \
-            NetnsLab({"node1": "10.96.0.1/24", "client": "10.96.0.10/24"}) as lab:
-        proc = subprocess.Popen(lab.argv("node1", ["tgtd", "-f", "-C", port]),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        NetnsLab({"node1": "10.96.0.1/24", "client": "10.96.0.10/24"}) as lab,
+    ):
+        proc = subprocess.Popen(
+            lab.argv("node1", ["tgtd", "-f", "-C", port]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             time.sleep(0.3)
-            tgtadm(lab, port, "--mode", "target", "--op", "new", "--tid", "1",
-                   "--targetname", IQN)
+            tgtadm(lab, port, "--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN)
             for lun in range(1, max(counts) + 1):
                 disk = Path(tmp) / f"lun{lun}.img"
                 with open(disk, "wb") as f:
                     f.truncate(64 << 20)
-                tgtadm(lab, port, "--mode", "logicalunit", "--op", "new", "--tid", "1",
-                       "--lun", str(lun), "--backing-store", str(disk))
-            tgtadm(lab, port, "--mode", "target", "--op", "bind", "--tid", "1",
-                   "--initiator-address", "ALL")
-            print(f"machine: {platform.node()} {os.cpu_count()} CPUs, load "
-                  f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}")
+                tgtadm(
+                    lab,
+                    port,
+                    "--mode",
+                    "logicalunit",
+                    "--op",
+                    "new",
+                    "--tid",
+                    "1",
+                    "--lun",
+                    str(lun),
+                    "--backing-store",
+                    str(disk),
+                )
+            tgtadm(
+                lab,
+                port,
+                "--mode",
+                "target",
+                "--op",
+                "bind",
+                "--tid",
+                "1",
+                "--initiator-address",
+                "ALL",
+            )
+            print(
+                f"machine: {platform.node()} {os.cpu_count()} CPUs, load "
+                f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}"
+            )
             for n in counts:
                 luns = list(range(1, n + 1))
 
@@ -79,24 +107,48 @@ def main() -> int:
                     c1 = os.times()
                     cpu = (c1.user - c0.user + c1.system - c0.system) / args.runs * 1000
                     times.sort()
-                    return (statistics.median(times), times[int(0.99 * (len(times) - 1))],
-                            cpu, failed)
+                    return (
+                        statistics.median(times),
+                        times[int(0.99 * (len(times) - 1))],
+                        cpu,
+                        failed,
+                    )
 
-                rows = [in_netns(lab.ns["client"], repeat, timeout=600)
-                        for _ in range(args.repeats)]
+                rows = [
+                    in_netns(lab.ns["client"], repeat, timeout=600) for _ in range(args.repeats)
+                ]
                 med = [r[0] for r in rows]
                 p99 = [r[1] for r in rows]
                 cpu = [r[2] for r in rows]
-                print(f"{n} LUN(s), {args.repeats} x {args.runs} probes: median "
-                      f"{statistics.median(med):.2f} ms (range {min(med):.2f}-{max(med):.2f}), "
-                      f"p99 {statistics.median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f}), "
-                      f"CPU {statistics.median(cpu):.2f} ms per probe, "
-                      f"failures {sum(r[3] for r in rows)}")
+                print(
+                    f"{n} LUN(s), {args.repeats} x {args.runs} probes: median "
+                    f"{statistics.median(med):.2f} ms (range {min(med):.2f}-{max(med):.2f}), "
+                    f"p99 {statistics.median(p99):.2f} ms ({min(p99):.2f}-{max(p99):.2f}), "
+                    f"CPU {statistics.median(cpu):.2f} ms per probe, "
+                    f"failures {sum(r[3] for r in rows)}"
+                )
         finally:
-            subprocess.run(["tgtadm", "-C", port, "--lld", "iscsi", "--mode", "target", "--op",
-                            "delete", "--force", "--tid", "1"], capture_output=True)
-            subprocess.run(["tgtadm", "-C", port, "--lld", "iscsi", "--mode", "system", "--op",
-                            "delete"], capture_output=True)
+            subprocess.run(
+                [
+                    "tgtadm",
+                    "-C",
+                    port,
+                    "--lld",
+                    "iscsi",
+                    "--mode",
+                    "target",
+                    "--op",
+                    "delete",
+                    "--force",
+                    "--tid",
+                    "1",
+                ],
+                capture_output=True,
+            )
+            subprocess.run(
+                ["tgtadm", "-C", port, "--lld", "iscsi", "--mode", "system", "--op", "delete"],
+                capture_output=True,
+            )
             try:
                 proc.wait(3)
             except subprocess.TimeoutExpired:

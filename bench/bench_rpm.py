@@ -69,8 +69,10 @@ RESOURCES = 16
 
 def spread(values: list, unit: str, fmt: str = "{:.0f}") -> str:
     med = statistics.median(values)
-    return (f"{fmt.format(med)} {unit} ({fmt.format(min(values))}–{fmt.format(max(values))}, "
-            f"{len(values)} runs)")
+    return (
+        f"{fmt.format(med)} {unit} ({fmt.format(min(values))}–{fmt.format(max(values))}, "
+        f"{len(values)} runs)"
+    )
 
 
 def timed(argv: list, env=None, timeout=1800) -> float:
@@ -114,12 +116,15 @@ def cold_builds(n: int, env: dict) -> None:
             load1 = os.getloadavg()
             cold.append(wall)
             cold_cpu.append(cpu)
-            print(f"cold build {i + 1}/{n}: {wall:.0f} s wall, {cpu:.0f} CPU-s; load "
-                  f"{load0[0]:.1f}/{load0[1]:.1f} before, {load1[0]:.1f}/{load1[2]:.1f} after "
-                  "(1-min/5-min, 1-min/15-min)")
+            print(
+                f"cold build {i + 1}/{n}: {wall:.0f} s wall, {cpu:.0f} CPU-s; load "
+                f"{load0[0]:.1f}/{load0[1]:.1f} before, {load1[0]:.1f}/{load1[2]:.1f} after "
+                "(1-min/5-min, 1-min/15-min)"
+            )
             for line in log.splitlines():
-                if re.match(r"== (\S+: \d+ s, \d+ CPU-s|sources ready|static libraries ready)",
-                            line):
+                if re.match(
+                    r"== (\S+: \d+ s, \d+ CPU-s|sources ready|static libraries ready)", line
+                ):
                     print("   ", line)
             for entry in Path(cache).glob("python-*"):
                 shutil.rmtree(entry)
@@ -127,10 +132,14 @@ def cold_builds(n: int, env: dict) -> None:
             py_only.append(wall)
             py_only_cpu.append(cpu)
             warm.append(timed_tree(script, e)[0])
-    print(f"cold interpreter build (empty cache, sources and ziglang downloaded): "
-          f"{spread(cold, 's')}; CPU {spread(cold_cpu, 's')}")
-    print(f"CPython alone over cached libraries: {spread(py_only, 's')}; "
-          f"CPU {spread(py_only_cpu, 's')}")
+    print(
+        f"cold interpreter build (empty cache, sources and ziglang downloaded): "
+        f"{spread(cold, 's')}; CPU {spread(cold_cpu, 's')}"
+    )
+    print(
+        f"CPython alone over cached libraries: {spread(py_only, 's')}; "
+        f"CPU {spread(py_only_cpu, 's')}"
+    )
     print(f"warm (every piece cached): {spread(warm, 's', '{:.2f}')}")
 
 
@@ -139,15 +148,23 @@ def controller_run(command: list, n: int = RESOURCES) -> tuple:
     root = Path(tempfile.mkdtemp(prefix="ihbench-rpm-"))
     http_port, ctl_port = free_tcp_port(), unused_control_port()
     config = write_world(root, n, http_port, ctl_port)
-    env = dict(os.environ, PATH=f"{root / 'bin'}:{os.environ['PATH']}",
-               FAKE_DRBDADM_TABLE=str(root / "table.json"))
+    env = dict(
+        os.environ,
+        PATH=f"{root / 'bin'}:{os.environ['PATH']}",
+        FAKE_DRBDADM_TABLE=str(root / "table.json"),
+    )
     try:
         with Tgtd(ctl_port), open(root / "daemon.log", "w") as log:
             t0 = time.monotonic()
-            proc = subprocess.Popen([*command, "run", "--config", str(config)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [*command, "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
             conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
             try:
+
                 def cycles() -> float:
                     if proc.poll() is not None:
                         tail = (root / "daemon.log").read_text()[-1500:]
@@ -176,22 +193,35 @@ def main() -> int:
     ap.add_argument("--rpm", default=None, help="default: the iscsi-ha RPM in dist/")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--builds", type=int, default=3, help="cached end-to-end builds to time")
-    ap.add_argument("--cold", type=int, default=0, metavar="N",
-                    help="also time N cold interpreter builds (minutes each)")
-    ap.add_argument("--only-builds", action="store_true",
-                    help="time the builds only, not the controller runs")
+    ap.add_argument(
+        "--cold",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N cold interpreter builds (minutes each)",
+    )
+    ap.add_argument(
+        "--only-builds", action="store_true", help="time the builds only, not the controller runs"
+    )
     args = ap.parse_args()
     rpm = Path(args.rpm or (sorted(glob.glob(str(REPO / "dist" / "iscsi-ha-*.rpm"))) or [""])[-1])
     if not rpm.is_file() and not args.only_builds:
         raise SystemExit("bench_rpm: no RPM: run `make rpm` first or pass --rpm")
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}; "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, {platform.platform()}; "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
     if rpm.is_file():
         size = rpm.stat().st_size
-        installed = int(subprocess.run(["rpm", "-qp", "--qf", "%{SIZE}", str(rpm)],
-                                       capture_output=True, text=True, check=True).stdout)
-        print(f"RPM {rpm.name}: {size / 2**20:.1f} MiB; "
-              f"installed size {installed / 2**20:.1f} MiB")
+        installed = int(
+            subprocess.run(
+                ["rpm", "-qp", "--qf", "%{SIZE}", str(rpm)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        print(f"RPM {rpm.name}: {size / 2**20:.1f} MiB; installed size {installed / 2**20:.1f} MiB")
 
     env = dict(os.environ, PYTHON=sys.executable)
     if args.cold:
@@ -199,8 +229,12 @@ def main() -> int:
     builds = []
     for _ in range(args.builds):
         with tempfile.TemporaryDirectory(prefix="ihbench-build-") as d:
-            builds.append(timed(["bash", str(REPO / "Dockerfile-build" / "build.sh")],
-                                env=dict(env, OUT=f"{d}/dist", WORK=f"{d}/work")))
+            builds.append(
+                timed(
+                    ["bash", str(REPO / "Dockerfile-build" / "build.sh")],
+                    env=dict(env, OUT=f"{d}/dist", WORK=f"{d}/work"),
+                )
+            )
     if builds:
         print(f"cached build, make rpm end to end: {spread(builds, 's')}")
     if args.only_builds:
@@ -221,8 +255,10 @@ def main() -> int:
                 s, r = controller_run(exe)
                 starts.append((s - minus) * 1000)
                 rss.append(r / 1024)
-            print(f"{name:8s} --version {spread(version, 'ms')}; `run` to first cycle "
-                  f"{spread(starts, 'ms')}; RSS {spread(rss, 'MiB', '{:.1f}')}")
+            print(
+                f"{name:8s} --version {spread(version, 'ms')}; `run` to first cycle "
+                f"{spread(starts, 'ms')}; RSS {spread(rss, 'MiB', '{:.1f}')}"
+            )
     return 0
 
 

@@ -124,7 +124,9 @@ def measure(resources: int, scrapes: int, pace: float, cycle: float) -> dict:
     """Drive one exporter process from this one, so the client does not share its GIL."""
     child = subprocess.Popen(
         [sys.executable, __file__, "--serve", str(resources), "--cycle", str(cycle)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
     def ask(cmd: str) -> dict:
@@ -197,26 +199,33 @@ def main() -> int:
         serve(args.serve, args.cycle)
         return 0
 
-    rows = [measure(int(n), args.scrapes, args.pace, args.cycle)
-            for n in args.resources.split(",")]
+    rows = [measure(int(n), args.scrapes, args.pace, args.cycle) for n in args.resources.split(",")]
 
-    print(f"machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
-          f"{args.scrapes} scrapes per figure over HTTP on 127.0.0.1, OpenMetrics + gzip; "
-          f"with cycles: a scrape every {args.pace:g} s, a new snapshot every {args.cycle:g} s")
-    head = ("| resources | series | text KiB | gzip KiB | steady median ms | steady p99 ms "
-            "| with cycles median ms | with cycles p99 ms | first after cycle ms | RSS MiB |")
+    print(
+        f"machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
+        f"{args.scrapes} scrapes per figure over HTTP on 127.0.0.1, OpenMetrics + gzip; "
+        f"with cycles: a scrape every {args.pace:g} s, a new snapshot every {args.cycle:g} s"
+    )
+    head = (
+        "| resources | series | text KiB | gzip KiB | steady median ms | steady p99 ms "
+        "| with cycles median ms | with cycles p99 ms | first after cycle ms | RSS MiB |"
+    )
     print(head)
     print("|" + "|".join("---:" for _ in range(head.count("|") - 1)) + "|")
     for r in rows:
-        print(f"| {r['resources']} | {r['series']} | {r['text_kib']:.0f} | {r['gzip_kib']:.1f} "
-              f"| {r['steady_median']:.2f} | {r['steady_p99']:.2f} | {r['busy_median']:.2f} "
-              f"| {r['busy_p99']:.2f} | {r['cold_median']:.1f} | {r['rss_mib']:.1f} |")
+        print(
+            f"| {r['resources']} | {r['series']} | {r['text_kib']:.0f} | {r['gzip_kib']:.1f} "
+            f"| {r['steady_median']:.2f} | {r['steady_p99']:.2f} | {r['busy_median']:.2f} "
+            f"| {r['busy_p99']:.2f} | {r['cold_median']:.1f} | {r['rss_mib']:.1f} |"
+        )
     target = [r for r in rows if r["resources"] == 64]
     if target:
         r = target[0]
         verdict = "met" if max(r["steady_p99"], r["busy_p99"]) < 5.0 else "NOT met"
-        print(f"target p99 < 5 ms at 64 resources: {verdict} "
-              f"(steady {r['steady_p99']:.2f} ms, with cycles {r['busy_p99']:.2f} ms)")
+        print(
+            f"target p99 < 5 ms at 64 resources: {verdict} "
+            f"(steady {r['steady_p99']:.2f} ms, with cycles {r['busy_p99']:.2f} ms)"
+        )
     return 0
 
 

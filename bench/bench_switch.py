@@ -81,8 +81,15 @@ PROBE_PERIOD = 0.01
 PROBE_TIMEOUT = 0.05
 SETTLE = 0.4  # successful probing before and after each move
 OCF_ROOT = Path("/usr/lib/ocf")
-METHODS = ("bare", "keepalived-vrrp3", "original", "pacemaker-agents", "iscsi-ha-failover",
-           "iscsi-ha-planned", "iscsi-ha-switchover")
+METHODS = (
+    "bare",
+    "keepalived-vrrp3",
+    "original",
+    "pacemaker-agents",
+    "iscsi-ha-failover",
+    "iscsi-ha-planned",
+    "iscsi-ha-switchover",
+)
 ANCHORS = METHODS[:4]
 
 PROBE_SCRIPT = r"""
@@ -111,8 +118,9 @@ class RoundFailed(Exception):
 
 
 def tgtadm(node: Node, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run(["tgtadm", "-C", str(node.tgt_port), *args], capture_output=True,
-                         text=True, timeout=10)
+    res = subprocess.run(
+        ["tgtadm", "-C", str(node.tgt_port), *args], capture_output=True, text=True, timeout=10
+    )
     if check and res.returncode != 0:
         raise RoundFailed(f"tgtadm -C {node.tgt_port} {' '.join(args)}: {res.stderr.strip()}")
     return res
@@ -125,14 +133,20 @@ def drbd(node: Node, *args: str) -> None:
 
 
 def vip_on(node: Node) -> bool:
-    out = subprocess.run(["ip", "-n", node.netns, "-o", "addr", "show", "dev", node.interface],
-                         capture_output=True, text=True, timeout=5).stdout
+    out = subprocess.run(
+        ["ip", "-n", node.netns, "-o", "addr", "show", "dev", node.interface],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    ).stdout
     return f" {VIP} " in out
 
 
 def serving(node: Node) -> bool:
-    return "Target 1:" in tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "show",
-                                 check=False).stdout
+    return (
+        "Target 1:"
+        in tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "show", check=False).stdout
+    )
 
 
 class Probe:
@@ -142,16 +156,19 @@ class Probe:
         self.lab, self.out = lab, out
         script = out.with_suffix(".py")
         script.write_text(PROBE_SCRIPT)
-        self.pid = lab.start_process("client", [sys.executable, "-S", str(script),
-                                                lab.lun_url(), str(out), str(limit)])
+        self.pid = lab.start_process(
+            "client", [sys.executable, "-S", str(script), lab.lun_url(), str(out), str(limit)]
+        )
 
     def records(self) -> List[Tuple[float, float, int]]:
         try:
             lines = self.out.read_text().splitlines()
         except FileNotFoundError:
             return []
-        return [(float(a), float(b), int(c)) for a, b, c in
-                (line.split() for line in lines if line.count(" ") == 2)]
+        return [
+            (float(a), float(b), int(c))
+            for a, b, c in (line.split() for line in lines if line.count(" ") == 2)
+        ]
 
     def ok_after(self, t: float, span: float = 0.0) -> bool:
         """Successful probes, none failed, over ``span`` seconds ending now, all after ``t``."""
@@ -182,13 +199,17 @@ def outage(records: Sequence[Tuple[float, float, int]], t0: float) -> float:
 class AddrMonitor:
     """``ip -ts monitor address`` in one node namespace: when the VIP came and went (wall clock)."""
 
-    STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]\s*(Deleted )?.*\binet "
-                       + re.escape(VIP) + r"\b")
+    STAMP = re.compile(
+        r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)\]\s*(Deleted )?.*\binet "
+        + re.escape(VIP)
+        + r"\b"
+    )
 
     def __init__(self, lab: Lab, node: Node, out: Path) -> None:
         self.lab, self.out = lab, out
-        self.pid = lab.start_process(None, ["ip", "-ts", "-n", node.netns, "monitor", "address"],
-                                     log=out)
+        self.pid = lab.start_process(
+            None, ["ip", "-ts", "-n", node.netns, "monitor", "address"], log=out
+        )
 
     def events(self) -> List[Tuple[float, bool]]:
         """(epoch seconds, added?) for each VIP change."""
@@ -239,29 +260,43 @@ class Bench:
             b = work / f"bin-{node.name}"
             b.mkdir(parents=True, exist_ok=True)
             real = shutil.which("tgtadm") or "/usr/sbin/tgtadm"  # by path: the wrapper is on PATH
-            (b / "tgtadm").write_text(f"#!/bin/sh\nexec {real} -C {node.tgt_port} \"$@\"\n")
+            (b / "tgtadm").write_text(f'#!/bin/sh\nexec {real} -C {node.tgt_port} "$@"\n')
             (b / "tgtadm").chmod(0o755)
             self.bin[node.name] = b
-        (work / "targets.conf").write_text(textwrap.dedent(f"""\
+        (work / "targets.conf").write_text(
+            textwrap.dedent(f"""\
             <target {IQN}>
                 backing-store {lab.disk_path(RES)}
                 initiator-address ALL
             </target>
-            """))
+            """)
+        )
 
     # ---- the storage, by hand (outside every timed window)
 
     def start_tgtd(self, node: Node) -> None:
         if node.name in self.tgtd and serving_daemon(node):
             return
-        pid = self.lab.start_process(node, ["tgtd", "-f", "-C", str(node.tgt_port)],
-                                     log=self.work / f"tgtd-{node.name}.log")
+        pid = self.lab.start_process(
+            node, ["tgtd", "-f", "-C", str(node.tgt_port)], log=self.work / f"tgtd-{node.name}.log"
+        )
         self.tgtd[node.name] = pid
         wait_for(f"tgtd on {node.name}", lambda: serving_daemon(node), 5)
 
     def stop_tgtd(self, node: Node) -> None:
-        tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-               "--tid", "1", check=False)
+        tgtadm(
+            node,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "delete",
+            "--force",
+            "--tid",
+            "1",
+            check=False,
+        )
         tgtadm(node, "--mode", "system", "--op", "delete", check=False)
         pid = self.tgtd.pop(node.name, None)
         if pid:  # exits ~0.1 s after the system delete; the lab's or the original script's
@@ -269,40 +304,97 @@ class Bench:
             stop_pid(pid, wait=2.0)
 
     def serve(self, node: Node) -> None:
-        tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "new", "--tid", "1",
-               "--targetname", IQN)
-        tgtadm(node, "--lld", "iscsi", "--mode", "logicalunit", "--op", "new", "--tid", "1",
-               "--lun", "1", "--backing-store", str(self.lab.disk_path(RES)),
-               "--bsoflags", "sync")
-        tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "bind", "--tid", "1",
-               "--initiator-address", "ALL")
+        tgtadm(
+            node,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--targetname",
+            IQN,
+        )
+        tgtadm(
+            node,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--backing-store",
+            str(self.lab.disk_path(RES)),
+            "--bsoflags",
+            "sync",
+        )
+        tgtadm(
+            node,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "bind",
+            "--tid",
+            "1",
+            "--initiator-address",
+            "ALL",
+        )
 
     def place(self, holder: Node) -> None:
         """Storage on ``holder`` alone, both tgtds warm: DRBD, target, VIP."""
         other = self.n2 if holder is self.n1 else self.n1
         for node in self.lab.nodes:
             self.start_tgtd(node)
-        subprocess.run(["ip", "-n", other.netns, "addr", "del", VIP, "dev", other.interface],
-                       capture_output=True, timeout=5)
-        tgtadm(other, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-               "--tid", "1", check=False)
+        subprocess.run(
+            ["ip", "-n", other.netns, "addr", "del", VIP, "dev", other.interface],
+            capture_output=True,
+            timeout=5,
+        )
+        tgtadm(
+            other,
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "delete",
+            "--force",
+            "--tid",
+            "1",
+            check=False,
+        )
         other.drbdadm("secondary", RES)  # demote the other before promoting
         drbd(holder, "primary", RES)
         if not serving(holder):
             self.serve(holder)
         if not vip_on(holder):
-            subprocess.run(["ip", "-n", holder.netns, "addr", "add", VIP, "dev",
-                            holder.interface], check=True, timeout=5)
-            self.lab.run(holder, ["arping", "-U", "-I", holder.interface, "-c", "1", VIP_ADDR],
-                         timeout=5)
+            subprocess.run(
+                ["ip", "-n", holder.netns, "addr", "add", VIP, "dev", holder.interface],
+                check=True,
+                timeout=5,
+            )
+            self.lab.run(
+                holder, ["arping", "-U", "-I", holder.interface, "-c", "1", VIP_ADDR], timeout=5
+            )
 
     # ---- one timed round
 
-    def measure(self, name: str, i: int, old: Node, new: Node,
-                move: Callable[[Node, Node], float]) -> Dict[str, float]:
+    def measure(
+        self, name: str, i: int, old: Node, new: Node, move: Callable[[Node, Node], float]
+    ) -> Dict[str, float]:
         tag = f"{name}-{i}"
-        mons = {n.name: AddrMonitor(self.lab, n, self.work / f"{tag}-ipmon-{n.name}.txt")
-                for n in self.lab.nodes}
+        mons = {
+            n.name: AddrMonitor(self.lab, n, self.work / f"{tag}-ipmon-{n.name}.txt")
+            for n in self.lab.nodes
+        }
         probe = Probe(self.lab, self.work / f"{tag}-probe.txt")
         try:
             wait_for("the probe succeeds steadily", lambda: probe.ok_after(0, SETTLE), 10)
@@ -334,8 +426,13 @@ class Bench:
         path = self.work / f"{name}.sh"
         path.write_text(script)
         t = time.monotonic()
-        res = subprocess.run(["sh", str(path)], capture_output=True, text=True, timeout=60,
-                             env=dict(os.environ, PATH=f"{self.n1.bin_dir}:{os.environ['PATH']}"))
+        res = subprocess.run(
+            ["sh", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dict(os.environ, PATH=f"{self.n1.bin_dir}:{os.environ['PATH']}"),
+        )
         elapsed = time.monotonic() - t
         pids = self.work / f"{name}.pids"
         if pids.exists():  # what the script left in the background, by PID
@@ -347,7 +444,8 @@ class Bench:
 
     def bare(self, old: Node, new: Node) -> float:
         pids = self.work / "bare.pids"
-        return self.run_script(f"""set -e
+        return self.run_script(
+            f"""set -e
 {force_delete(old)}
 ip -n {old.netns} addr del {VIP} dev {old.interface}
 '{old.bin_dir}/drbdadm' secondary {RES}
@@ -359,12 +457,15 @@ tgtadm -C {new.tgt_port} --lld iscsi --mode target --op bind --tid 1 --initiator
 ip -n {new.netns} addr add {VIP} dev {new.interface}
 ip netns exec {new.netns} arping -U -I {new.interface} -c 2 {VIP_ADDR} >/dev/null 2>&1 &
 echo $! >> '{pids}'
-""", "bare")
+""",
+            "bare",
+        )
 
     def original(self, old: Node, new: Node) -> float:
         pids = self.work / "original.pids"
         new_log = self.work / f"tgtd-{new.name}.log"
-        t = self.run_script(f"""set -e
+        t = self.run_script(
+            f"""set -e
 ip -n {old.netns} addr del {VIP} dev {old.interface}
 {force_delete(old)}
 tgtadm -C {old.tgt_port} --mode system --op delete
@@ -381,7 +482,9 @@ tgt-admin -C {new.tgt_port} -e -c '{self.work / "targets.conf"}'
 tgtadm -C {new.tgt_port} --mode sys --op update --name State -v ready
 ip -n {new.netns} addr add {VIP} dev {new.interface}
 ip netns exec {new.netns} arping -U -I {new.interface} -c 2 -w 2 {VIP_ADDR} >/dev/null 2>&1 || true
-""", "original")
+""",
+            "original",
+        )
         # The cold tgtd now serves: adopt it as the new node's daemon; the old one exited.
         started = [p for p in self.background if _comm(p) == "tgtd"]
         self.background = [p for p in self.background if p not in started]
@@ -401,22 +504,31 @@ ip netns exec {new.netns} arping -U -I {new.interface} -c 2 -w 2 {VIP_ADDR} >/de
         def agent(node: Node, name: str, op: str, params: str) -> str:
             tmp = self.work / f"rsctmp-{node.name}"
             tmp.mkdir(exist_ok=True)
-            return (f"ip netns exec {node.netns} env OCF_ROOT={OCF_ROOT} HA_RSCTMP={tmp} "
-                    f"PATH={self.bin[node.name]}:$PATH {params} "
-                    f"timeout 30 {agents / name} {op} >>'{self.work / 'ocf.log'}' 2>&1")
+            return (
+                f"ip netns exec {node.netns} env OCF_ROOT={OCF_ROOT} HA_RSCTMP={tmp} "
+                f"PATH={self.bin[node.name]}:$PATH {params} "
+                f"timeout 30 {agents / name} {op} >>'{self.work / 'ocf.log'}' 2>&1"
+            )
 
-        lu = (f"OCF_RESKEY_implementation=tgt OCF_RESKEY_target_iqn={IQN} OCF_RESKEY_lun=1 "
-              f"OCF_RESKEY_path={disk}")
-        tg = (f"OCF_RESKEY_implementation=tgt OCF_RESKEY_iqn={IQN} OCF_RESKEY_tid=1 "
-              "OCF_RESKEY_allowed_initiators=ALL")
-        ip = (f"OCF_RESKEY_ip={VIP_ADDR} OCF_RESKEY_cidr_netmask=24 "
-              f"OCF_RESKEY_nic={old.interface}")
-        lines += [agent(old, "iSCSILogicalUnit", "stop", lu), agent(old, "iSCSITarget", "stop", tg),
-                  agent(old, "IPaddr2", "stop", ip),
-                  f"'{old.bin_dir}/drbdadm' secondary {RES}",
-                  f"'{new.bin_dir}/drbdadm' primary {RES}",
-                  agent(new, "IPaddr2", "start", ip), agent(new, "iSCSITarget", "start", tg),
-                  agent(new, "iSCSILogicalUnit", "start", lu)]
+        lu = (
+            f"OCF_RESKEY_implementation=tgt OCF_RESKEY_target_iqn={IQN} OCF_RESKEY_lun=1 "
+            f"OCF_RESKEY_path={disk}"
+        )
+        tg = (
+            f"OCF_RESKEY_implementation=tgt OCF_RESKEY_iqn={IQN} OCF_RESKEY_tid=1 "
+            "OCF_RESKEY_allowed_initiators=ALL"
+        )
+        ip = f"OCF_RESKEY_ip={VIP_ADDR} OCF_RESKEY_cidr_netmask=24 OCF_RESKEY_nic={old.interface}"
+        lines += [
+            agent(old, "iSCSILogicalUnit", "stop", lu),
+            agent(old, "iSCSITarget", "stop", tg),
+            agent(old, "IPaddr2", "stop", ip),
+            f"'{old.bin_dir}/drbdadm' secondary {RES}",
+            f"'{new.bin_dir}/drbdadm' primary {RES}",
+            agent(new, "IPaddr2", "start", ip),
+            agent(new, "iSCSITarget", "start", tg),
+            agent(new, "iSCSILogicalUnit", "start", lu),
+        ]
         return self.run_script("\n".join(lines) + "\n", "ocf")
 
     # keepalived: always node1 -> node2, both restarted fresh around each round
@@ -436,7 +548,8 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
 """)
         notify.chmod(0o755)
         conf = self.work / f"keepalived-{node.name}.conf"
-        conf.write_text(textwrap.dedent(f"""\
+        conf.write_text(
+            textwrap.dedent(f"""\
             global_defs {{
                 vrrp_version 3
                 script_user root
@@ -453,17 +566,33 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
                 virtual_ipaddress {{ {VIP} dev {node.interface} }}
                 notify_master "{notify}"
             }}
-            """))
+            """)
+        )
         return conf
 
     def start_keepalived(self, node: Node, master: bool) -> None:
         conf = self.keepalived_conf(node, master)
         run = self.work / f"ka-run-{node.name}"
         run.mkdir(exist_ok=True)
-        pid = self.lab.start_process(node, [
-            "keepalived", "-n", "-l", "-D", "-P", "-f", str(conf),
-            "-p", str(run / "ka.pid"), "-r", str(run / "vrrp.pid"), "-c", str(run / "chk.pid"),
-        ], log=self.work / f"keepalived-{node.name}.log")
+        pid = self.lab.start_process(
+            node,
+            [
+                "keepalived",
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-f",
+                str(conf),
+                "-p",
+                str(run / "ka.pid"),
+                "-r",
+                str(run / "vrrp.pid"),
+                "-c",
+                str(run / "chk.pid"),
+            ],
+            log=self.work / f"keepalived-{node.name}.log",
+        )
         self.ka_pids[node.name] = pid
 
     def stop_keepalived(self) -> None:
@@ -476,16 +605,33 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
         self.stop_keepalived()
         for node in self.lab.nodes:
             self.start_tgtd(node)
-            subprocess.run(["ip", "-n", node.netns, "addr", "del", VIP, "dev", node.interface],
-                           capture_output=True, timeout=5)
-            tgtadm(node, "--lld", "iscsi", "--mode", "target", "--op", "delete", "--force",
-                   "--tid", "1", check=False)
+            subprocess.run(
+                ["ip", "-n", node.netns, "addr", "del", VIP, "dev", node.interface],
+                capture_output=True,
+                timeout=5,
+            )
+            tgtadm(
+                node,
+                "--lld",
+                "iscsi",
+                "--mode",
+                "target",
+                "--op",
+                "delete",
+                "--force",
+                "--tid",
+                "1",
+                check=False,
+            )
         self.n2.drbdadm("secondary", RES)
         for f in self.work.glob("ka-done-*"):
             f.unlink()
         self.start_keepalived(self.n1, master=True)
-        wait_for("node1's keepalived holds the VIP and serves",
-                 lambda: vip_on(self.n1) and (self.work / "ka-done-node1").exists(), 10)
+        wait_for(
+            "node1's keepalived holds the VIP and serves",
+            lambda: vip_on(self.n1) and (self.work / "ka-done-node1").exists(),
+            10,
+        )
         self.start_keepalived(self.n2, master=False)
         time.sleep(0.5)  # node2 hears node1's adverts and stays BACKUP
         if vip_on(self.n2):
@@ -538,8 +684,7 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
         anchors = [m for m in ANCHORS if m in only]
         for node in self.lab.nodes:
             node.drbdadm("up", RES)
-        wait_for("DRBD connected", lambda: "Connected" in self.n1.drbdadm(
-            "cstate", RES).stdout, 20)
+        wait_for("DRBD connected", lambda: "Connected" in self.n1.drbdadm("cstate", RES).stdout, 20)
         for name in anchors:
             results[name] = self.rounds_of(name, say)
             self.stop_keepalived()
@@ -567,10 +712,15 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
         return results
 
     def rounds_of(self, name: str, say: Callable[[str], None]) -> dict:
-        move = {"bare": self.bare, "original": self.original, "pacemaker-agents": self.ocf,
-                "keepalived-vrrp3": self.keepalived, "iscsi-ha-failover": self.iscsi_ha_failover,
-                "iscsi-ha-planned": self.iscsi_ha_planned,
-                "iscsi-ha-switchover": self.iscsi_ha_switchover}[name]
+        move = {
+            "bare": self.bare,
+            "original": self.original,
+            "pacemaker-agents": self.ocf,
+            "keepalived-vrrp3": self.keepalived,
+            "iscsi-ha-failover": self.iscsi_ha_failover,
+            "iscsi-ha-planned": self.iscsi_ha_planned,
+            "iscsi-ha-switchover": self.iscsi_ha_switchover,
+        }[name]
         rows: List[Dict[str, float]] = []
         errors: List[str] = []
         for i in range(self.rounds):
@@ -585,12 +735,15 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
                 elif not name.startswith("iscsi-ha"):
                     self.place(old)
                 else:
-                    wait_for("the controllers are quiet", lambda o=old: converged_on(
-                        self.lab, o)(), 30)
+                    wait_for(
+                        "the controllers are quiet", lambda o=old: converged_on(self.lab, o)(), 30
+                    )
                 row = self.measure(name, i, old, new, move)
                 rows.append(row)
-                say(f"  {name} round {i + 1} {old.name}->{new.name}: " + ", ".join(
-                    f"{k} {v * 1000:.0f} ms" for k, v in row.items()))
+                say(
+                    f"  {name} round {i + 1} {old.name}->{new.name}: "
+                    + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in row.items())
+                )
             except Exception as exc:  # a failed round is reported, not hidden
                 errors.append(f"round {i + 1}: {exc}")
                 say(f"  {name} round {i + 1} FAILED: {exc}")
@@ -602,9 +755,11 @@ def force_delete(node: Node) -> str:
     """Shell: delete the target; tgtd refuses ``--force`` for a moment while I/O is in flight
     ("this logical unit is still active"), so retry every 10 ms for up to 2 s, as the product
     does."""
-    return (f"i=0; until tgtadm -C {node.tgt_port} --lld iscsi --mode target --op delete "
-            f"--force --tid 1 2>/dev/null; do i=$((i+1)); [ $i -lt 200 ] || exit 8; "
-            f"sleep 0.01; done")
+    return (
+        f"i=0; until tgtadm -C {node.tgt_port} --lld iscsi --mode target --op delete "
+        f"--force --tid 1 2>/dev/null; do i=$((i+1)); [ $i -lt 200 ] || exit 8; "
+        f"sleep 0.01; done"
+    )
 
 
 def stop_pid(pid: int, wait: float) -> None:
@@ -626,8 +781,14 @@ def stop_pid(pid: int, wait: float) -> None:
 
 
 def serving_daemon(node: Node) -> bool:
-    return subprocess.run(["tgtadm", "-C", str(node.tgt_port), "--mode", "sys", "--op", "show"],
-                          capture_output=True, timeout=5).returncode == 0
+    return (
+        subprocess.run(
+            ["tgtadm", "-C", str(node.tgt_port), "--mode", "sys", "--op", "show"],
+            capture_output=True,
+            timeout=5,
+        ).returncode
+        == 0
+    )
 
 
 def _comm(pid: int) -> str:
@@ -657,8 +818,10 @@ def table(results: Dict[str, dict]) -> str:
         if rows:
             med = statistics.median(r["outage"] for r in rows)
             best = med if best is None else min(best, med)
-    lines = ["| method | outage ms | VIP absent ms | server ms | ratio to best anchor | runs |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| method | outage ms | VIP absent ms | server ms | ratio to best anchor | runs |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in METHODS:
         if name not in results:
             continue
@@ -666,43 +829,65 @@ def table(results: Dict[str, dict]) -> str:
         outs = [r["outage"] for r in rows]
         ratio = f"{statistics.median(outs) / best:.2f}" if outs and best else "-"
         runs = f"{len(rows)}" + (f" (+{len(errors)} failed)" if errors else "")
-        lines.append(f"| {name} | {median_range(outs)} | "
-                     f"{median_range([r['vip_absent'] for r in rows])} | "
-                     f"{median_range([r['server'] for r in rows])} | {ratio} | {runs} |")
+        lines.append(
+            f"| {name} | {median_range(outs)} | "
+            f"{median_range([r['vip_absent'] for r in rows])} | "
+            f"{median_range([r['server'] for r in rows])} | {ratio} | {runs} |"
+        )
     phases = results.get("iscsi-ha-switchover", {}).get("phases")
     if phases:
-        names = [p for p in ("release", "react", "promote", "serve", "vip", "total")
-                 if any(p in row for row in phases)]
+        names = [
+            p
+            for p in ("release", "react", "promote", "serve", "vip", "total")
+            if any(p in row for row in phases)
+        ]
         lines.append("")
-        lines.append("iscsi-cfg switchover's own phases, ms: " + ", ".join(
-            f"{p} {median_range([row[p] for row in phases if p in row])}" for p in names))
+        lines.append(
+            "iscsi-cfg switchover's own phases, ms: "
+            + ", ".join(
+                f"{p} {median_range([row[p] for row in phases if p in row])}" for p in names
+            )
+        )
     fo = results.get("iscsi-ha-failover", {}).get("rows")
     if fo:
         vals = [r["poolconf_to_vip"] for r in fo]
         lines.append("")
-        lines.append(f"pool.conf change -> VIP bound on the new master: {median_range(vals)} ms "
-                     f"(every run: {', '.join(f'{v * 1000:.0f}' for v in vals)})")
+        lines.append(
+            f"pool.conf change -> VIP bound on the new master: {median_range(vals)} ms "
+            f"(every run: {', '.join(f'{v * 1000:.0f}' for v in vals)})"
+        )
     return "\n".join(lines)
 
 
 def preflight() -> List[str]:
-    missing = [t for t in ("tgtd", "tgtadm", "tgt-admin", "iscsi-inq", "arping", "keepalived")
-               if not shutil.which(t)]
+    missing = [
+        t
+        for t in ("tgtd", "tgtadm", "tgt-admin", "iscsi-inq", "arping", "keepalived")
+        if not shutil.which(t)
+    ]
     if not (OCF_ROOT / "resource.d" / "heartbeat" / "IPaddr2").exists():
         missing.append("resource-agents")
     return missing
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what each method does.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what each method does.",
+    )
     p.add_argument("--rounds", type=int, default=7, help="runs per method (default 7)")
-    p.add_argument("--only", default=",".join(METHODS),
-                   help="comma-separated methods (default all): " + ", ".join(METHODS))
+    p.add_argument(
+        "--only",
+        default=",".join(METHODS),
+        help="comma-separated methods (default all): " + ", ".join(METHODS),
+    )
     p.add_argument("--json", help="also write the raw rows to this file")
-    p.add_argument("--keep", action="store_true",
-                   help="keep the lab's directory (logs, probe records) after the run")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the lab's directory (logs, probe records) after the run",
+    )
     args = p.parse_args(argv)
     only = [m for m in args.only.split(",") if m]
     unknown = [m for m in only if m not in METHODS]
@@ -713,8 +898,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     missing = preflight()
     if missing:
-        print(f"bench_switch: missing {', '.join(missing)} (scripts/setup-env.sh)",
-              file=sys.stderr)
+        print(f"bench_switch: missing {', '.join(missing)} (scripts/setup-env.sh)", file=sys.stderr)
         return 2
     say = lambda text: print(text, flush=True)  # noqa: E731
     t0 = time.monotonic()
@@ -730,11 +914,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bench.stop_keepalived()
             bench.reap_background()
     print()
-    print(f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}; "
-          f"{args.rounds} rounds per method; whole run {time.monotonic() - t0:.0f} s")
-    print(f"DRBD simulator: {sim * 1000:.0f} ms per drbdadm call "
-          f"(python -S -c pass: {bare * 1000:.0f} ms on this machine now)")
+    print(
+        f"machine: {platform.node()}, {os.cpu_count()} CPUs, {platform.platform()}, "
+        f"load {os.getloadavg()[0]:.1f}; python {platform.python_version()}; "
+        f"{args.rounds} rounds per method; whole run {time.monotonic() - t0:.0f} s"
+    )
+    print(
+        f"DRBD simulator: {sim * 1000:.0f} ms per drbdadm call "
+        f"(python -S -c pass: {bare * 1000:.0f} ms on this machine now)"
+    )
     print(table(results))
     for name, res in results.items():
         for err in res["errors"]:

@@ -41,13 +41,14 @@ IQN = "iqn.2024-01.org.iscsi-ha:bench"
 
 def fmt(values, unit: str, scale: float = 1.0) -> str:
     v = [x * scale for x in values]
-    return (f"{statistics.median(v):.1f} {unit} (range {min(v):.1f}-{max(v):.1f}, "
-            f"{len(v)} runs)")
+    return f"{statistics.median(v):.1f} {unit} (range {min(v):.1f}-{max(v):.1f}, {len(v)} runs)"
 
 
 def machine() -> str:
-    return (f"{platform.node()}: {os.cpu_count()} cores, {platform.release()}, "
-            f"load {os.getloadavg()[0]:.1f}")
+    return (
+        f"{platform.node()}: {os.cpu_count()} cores, {platform.release()}, "
+        f"load {os.getloadavg()[0]:.1f}"
+    )
 
 
 def bench_tgt(args) -> None:
@@ -63,10 +64,14 @@ def bench_tgt(args) -> None:
     tgtd = None
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        tgtd = subprocess.Popen(["ip", "netns", "exec", ns, "tgtd", "-f", "-C", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t = Target(ProcessRunner(default_timeout=10), control_port=port, iqn=IQN,
-                   luns=((1, str(lun)),))
+        tgtd = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "tgtd", "-f", "-C", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        t = Target(
+            ProcessRunner(default_timeout=10), control_port=port, iqn=IQN, luns=((1, str(lun)),)
+        )
         for _ in range(100):
             if t.observe().daemon_running:
                 break
@@ -79,25 +84,72 @@ def bench_tgt(args) -> None:
             t0 = time.monotonic()
             assert t.stop_serving().ok
             remove.append(time.monotonic() - t0)
-        print(f"tgt configure (serve: target, LUN + identity, binding, DefaultTime2Wait): "
-              f"{fmt(serve, 'ms', 1000)}")
+        print(
+            f"tgt configure (serve: target, LUN + identity, binding, DefaultTime2Wait): "
+            f"{fmt(serve, 'ms', 1000)}"
+        )
         print(f"tgt remove (delete --force): {fmt(remove, 'ms', 1000)}")
         adm = ["tgtadm", "-C", str(port), "--lld", "iscsi"]
-        for label, flags in (("O_SYNC (iscsi-ha's setting)", ["--bsoflags", "sync"]),
-                             ("page cache (tgt's default: write cache on)", [])):
+        for label, flags in (
+            ("O_SYNC (iscsi-ha's setting)", ["--bsoflags", "sync"]),
+            ("page cache (tgt's default: write cache on)", []),
+        ):
             rates = []
             for _ in range(args.runs):
-                subprocess.run(adm + ["--mode", "target", "--op", "new", "--tid", "1",
-                                      "--targetname", IQN], check=True)
-                subprocess.run(adm + ["--mode", "logicalunit", "--op", "new", "--tid", "1",
-                                      "--lun", "1", "--backing-store", str(lun)] + flags,
-                               check=True)
-                subprocess.run(adm + ["--mode", "target", "--op", "bind", "--tid", "1",
-                                      "--initiator-address", "ALL"], check=True)
+                subprocess.run(
+                    adm + ["--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN],
+                    check=True,
+                )
+                subprocess.run(
+                    adm
+                    + [
+                        "--mode",
+                        "logicalunit",
+                        "--op",
+                        "new",
+                        "--tid",
+                        "1",
+                        "--lun",
+                        "1",
+                        "--backing-store",
+                        str(lun),
+                    ]
+                    + flags,
+                    check=True,
+                )
+                subprocess.run(
+                    adm
+                    + [
+                        "--mode",
+                        "target",
+                        "--op",
+                        "bind",
+                        "--tid",
+                        "1",
+                        "--initiator-address",
+                        "ALL",
+                    ],
+                    check=True,
+                )
                 out = subprocess.run(
-                    ["ip", "netns", "exec", ns, "timeout", "120", sys.executable,
-                     str(BLOCK_TOOL), "stream", f"iscsi://127.0.0.1/{IQN}/1", "0",
-                     f"{args.mib}:256"], capture_output=True, text=True, timeout=150)
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        "timeout",
+                        "120",
+                        sys.executable,
+                        str(BLOCK_TOOL),
+                        "stream",
+                        f"iscsi://127.0.0.1/{IQN}/1",
+                        "0",
+                        f"{args.mib}:256",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=150,
+                )
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 assert res.get("ok"), res
                 rates.append(res["bytes"] / res["seconds"] / (1 << 20))
@@ -105,8 +157,10 @@ def bench_tgt(args) -> None:
             print(f"tgt write throughput, {label}: {fmt(rates, 'MiB/s')}")
     finally:
         if tgtd is not None:
-            subprocess.run(["tgtadm", "-C", str(port), "--mode", "system", "--op", "delete"],
-                           capture_output=True)
+            subprocess.run(
+                ["tgtadm", "-C", str(port), "--mode", "system", "--op", "delete"],
+                capture_output=True,
+            )
             try:
                 tgtd.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -143,24 +197,46 @@ def bench_lio(args) -> None:
         res = vm.run([lab.python, "-c", LIO_TIMING, IQN, str(args.runs)], timeout=600)
         assert res.rc == 0, res.err
         times = json.loads(res.out.strip().splitlines()[-1])
-        print(f"LIO configure (serve: backstore + identity, target, TPG, LUN, portal, policy): "
-              f"{fmt(times['serve'], 'ms', 1000)}  [QEMU/TCG]")
+        print(
+            f"LIO configure (serve: backstore + identity, target, TPG, LUN, portal, policy): "
+            f"{fmt(times['serve'], 'ms', 1000)}  [QEMU/TCG]"
+        )
         print(f"LIO remove: {fmt(times['remove'], 'ms', 1000)}  [QEMU/TCG]")
-        serve = vm.run([lab.python, "-c", "from iscsi_ha.controller.systems.lio import "
-                        "LioTarget as L; from iscsi_ha.controller.systems.runner import "
-                        f"ProcessRunner as R; print(L(R(), iqn='{IQN}', luns=((1, '/dev/vda'),))"
-                        ".serve())"], timeout=120)
+        serve = vm.run(
+            [
+                lab.python,
+                "-c",
+                "from iscsi_ha.controller.systems.lio import "
+                "LioTarget as L; from iscsi_ha.controller.systems.runner import "
+                f"ProcessRunner as R; print(L(R(), iqn='{IQN}', luns=((1, '/dev/vda'),))"
+                ".serve())",
+            ],
+            timeout=120,
+        )
         assert serve.rc == 0 and "ok=True" in serve.out, serve
         addr = vm.lan_addr.split("/")[0]
         rates = []
         for _ in range(args.runs):
-            out = lab.client(["timeout", "300", sys.executable, str(BLOCK_TOOL), "stream",
-                              f"iscsi://{addr}/{IQN}/1", "0", f"{args.mib}:256"], timeout=320)
+            out = lab.client(
+                [
+                    "timeout",
+                    "300",
+                    sys.executable,
+                    str(BLOCK_TOOL),
+                    "stream",
+                    f"iscsi://{addr}/{IQN}/1",
+                    "0",
+                    f"{args.mib}:256",
+                ],
+                timeout=320,
+            )
             res2 = json.loads(out.stdout.strip().splitlines()[-1])
             assert res2.get("ok"), res2
             rates.append(res2["bytes"] / res2["seconds"] / (1 << 20))
-        print(f"LIO write throughput, iblock (no write cache; the only setting iblock accepts): "
-              f"{fmt(rates, 'MiB/s')}  [QEMU/TCG, virtio disk]")
+        print(
+            f"LIO write throughput, iblock (no write cache; the only setting iblock accepts): "
+            f"{fmt(rates, 'MiB/s')}  [QEMU/TCG, virtio disk]"
+        )
     finally:
         lab.teardown()
 

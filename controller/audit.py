@@ -47,8 +47,13 @@ from .systems.multipath import DEFAULT_CONF_DIR, MultipathParseError, parse_blac
 
 log = logging.getLogger("iscsi_ha.audit")
 
-def _drbd(resources: Sequence[str], show: Dict[str, str], dump: Dict[str, Optional[str]],
-          errors: Dict[str, str]) -> List[DrbdSafety]:
+
+def _drbd(
+    resources: Sequence[str],
+    show: Dict[str, str],
+    dump: Dict[str, Optional[str]],
+    errors: Dict[str, str],
+) -> List[DrbdSafety]:
     out = []
     for name in resources:
         if name not in show:
@@ -60,9 +65,16 @@ def _drbd(resources: Sequence[str], show: Dict[str, str], dump: Dict[str, Option
     return out
 
 
-def assess(resources: Sequence[str], started: float, *, show: Dict[str, str],
-           dump: Dict[str, Optional[str]], lvmconfig: Optional[str],
-           multipath: Optional[Sequence[str]], errors: Dict[str, str]) -> AuditResult:
+def assess(
+    resources: Sequence[str],
+    started: float,
+    *,
+    show: Dict[str, str],
+    dump: Dict[str, Optional[str]],
+    lvmconfig: Optional[str],
+    multipath: Optional[Sequence[str]],
+    errors: Dict[str, str],
+) -> AuditResult:
     """Pure: the outputs (None = that command/file could not be read; ``errors`` says why)."""
     errors = dict(errors)
     drbd = _drbd(resources, show, dump, errors)
@@ -103,25 +115,33 @@ def settings_from_config(cfg: Config) -> Optional[AuditSettings]:
     if not a.enabled:
         return None
     return AuditSettings(
-        resources=tuple(cfg.resources), interval=a.interval, drbdsetup=cfg.drbd.drbdsetup,
-        drbdadm=cfg.drbd.drbdadm, lvmconfig=a.lvmconfig, multipath_conf=a.multipath_conf,
-        multipath_conf_dir=os.path.join(os.path.dirname(a.multipath_conf) or "/",
-                                        "multipath", "conf.d"),
-        timeout=cfg.command_timeout)
+        resources=tuple(cfg.resources),
+        interval=a.interval,
+        drbdsetup=cfg.drbd.drbdsetup,
+        drbdadm=cfg.drbd.drbdadm,
+        lvmconfig=a.lvmconfig,
+        multipath_conf=a.multipath_conf,
+        multipath_conf_dir=os.path.join(
+            os.path.dirname(a.multipath_conf) or "/", "multipath", "conf.d"
+        ),
+        timeout=cfg.command_timeout,
+    )
 
 
 def read_multipath(conf: str, conf_dir: str) -> List[str]:
     """The texts of multipath.conf and its conf.d files; [] when there is no configuration."""
     paths = ([conf] if os.path.exists(conf) else []) + sorted(
-        glob.glob(os.path.join(conf_dir, "*.conf")))[:64]
+        glob.glob(os.path.join(conf_dir, "*.conf"))
+    )[:64]
     return [read_capped(p, 1 << 20).decode("utf-8", "replace") for p in paths]
 
 
 class AuditJob:
     """Runs the audit through ``runner`` and publishes the result; never raises."""
 
-    def __init__(self, settings: AuditSettings, runner,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: AuditSettings, runner, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.runner = runner
         self.clock = clock
@@ -143,8 +163,10 @@ class AuditJob:
                 if res.ok:
                     show[name] = res.stdout
                 else:  # not up (yet): nothing to judge for this resource
-                    errors.setdefault("drbd", f"{res.command} rc {res.rc}: "
-                                      f"{(res.stderr or res.stdout).strip()[:200]}")
+                    errors.setdefault(
+                        "drbd",
+                        f"{res.command} rc {res.rc}: {(res.stderr or res.stdout).strip()[:200]}",
+                    )
                     continue
                 res = self.runner.run([s.drbdadm, "dump", name], timeout=s.timeout)
                 dump[name] = res.stdout if res.ok else None
@@ -153,17 +175,26 @@ class AuditJob:
             if not res.ok:
                 errors["lvm"] = f"{res.command} rc {res.rc}: {res.stderr.strip()[:200]}"
             try:
-                multipath: Optional[List[str]] = read_multipath(s.multipath_conf,
-                                                                s.multipath_conf_dir)
+                multipath: Optional[List[str]] = read_multipath(
+                    s.multipath_conf, s.multipath_conf_dir
+                )
             except OSError as exc:
                 multipath = None
                 errors["multipath"] = str(exc)
-            result = assess(s.resources, started, show=show, dump=dump, lvmconfig=lvmconfig,
-                            multipath=multipath, errors=errors)
+            result = assess(
+                s.resources,
+                started,
+                show=show,
+                dump=dump,
+                lvmconfig=lvmconfig,
+                multipath=multipath,
+                errors=errors,
+            )
         except Exception as exc:  # a bug must not end the job; the errors say so
             log.exception("the data-safety audit failed")
-            result = AuditResult(started, errors={c: f"{type(exc).__name__}: {exc}"
-                                                  for c in CHECKS})
+            result = AuditResult(
+                started, errors={c: f"{type(exc).__name__}: {exc}" for c in CHECKS}
+            )
         self._last = result
         findings = tuple(result.findings())
         if findings != self._logged:  # logged when they change, not every few minutes

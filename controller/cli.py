@@ -60,7 +60,6 @@ MAX_ANSWER = 16 * 1024 * 1024
 CLEAR_SCREEN = "\033[H\033[2J"
 
 
-
 class Unreachable(Exception):
     """The controller did not answer (no socket, connection refused, timeout, garbled answer)."""
 
@@ -109,8 +108,10 @@ def _ask(path: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
         except ConnectionRefusedError:
             raise Unreachable(f"nothing listens on {path} (connection refused)") from None
         except PermissionError:
-            raise Denied(f"permission denied on {path}: only root may use the iscsi-ha control "
-                         "socket (run iscsi-cfg as root)") from None
+            raise Denied(
+                f"permission denied on {path}: only root may use the iscsi-ha control "
+                "socket (run iscsi-cfg as root)"
+            ) from None
         except socket.timeout:
             raise Unreachable(f"no connection to {path} within {timeout:g}s") from None
         except OSError as exc:
@@ -175,8 +176,10 @@ def locate(config: Optional[str], socket_override: Optional[str]) -> Where:
     except ConfigError:
         note = None
         if config is not None or os.path.exists(path):
-            note = (f"{path} is not a valid configuration (see `iscsi-cfg check-config "
-                    f"{path}`); read what it says about paths and interval, if anything")
+            note = (
+                f"{path} is not a valid configuration (see `iscsi-cfg check-config "
+                f"{path}`); read what it says about paths and interval, if anything"
+            )
         sock, status, interval = _lenient(path, defaults)
         where = Where(sock, status, interval, note)
     if socket_override:
@@ -259,22 +262,39 @@ def fallback_status(where: Where, reason: str, as_json: bool, compact: bool = Fa
     limit = where.interval + STALE_GRACE
     stale = age is not None and age > limit
     if as_json:
-        print(json.dumps({
-            "ok": False, "reachable": False, "error": reason,
-            "status_file": {"path": where.status_file, "age": age, "stale": stale,
-                            "text": text, "error": problem or None},
-        }, indent=None if compact else 2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "ok": False,
+                    "reachable": False,
+                    "error": reason,
+                    "status_file": {
+                        "path": where.status_file,
+                        "age": age,
+                        "stale": stale,
+                        "text": text,
+                        "error": problem or None,
+                    },
+                },
+                indent=None if compact else 2,
+                sort_keys=True,
+            )
+        )
         return EXIT_UNREACHABLE
     _err(f"the iscsi-ha controller is not reachable: {reason}")
     if text is None:
         _err(f"no status file to show either: {where.status_file}: {problem}")
         return EXIT_UNREACHABLE
-    _err(f"showing the status file it last wrote, {where.status_file} "
-         f"(written {fmt_duration(age)} ago, at {fmt_time(now - (age or 0))})")
+    _err(
+        f"showing the status file it last wrote, {where.status_file} "
+        f"(written {fmt_duration(age)} ago, at {fmt_time(now - (age or 0))})"
+    )
     if stale:
-        _err(f"WARNING: {where.status_file} is {fmt_duration(age)} old, older than the loop "
-             f"interval + {STALE_GRACE:g}s ({limit:g}s): this status is stale, and HA-Lizard "
-             "sees the same age")
+        _err(
+            f"WARNING: {where.status_file} is {fmt_duration(age)} old, older than the loop "
+            f"interval + {STALE_GRACE:g}s ({limit:g}s): this status is stale, and HA-Lizard "
+            "sees the same age"
+        )
     sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     return EXIT_UNREACHABLE
 
@@ -356,7 +376,7 @@ def cmd_log(where: Where, args: argparse.Namespace) -> int:
 
 
 def log_text(entry: Dict[str, Any]) -> str:
-    """"outcome: message", without repeating an outcome the message already starts with."""
+    """ "outcome: message", without repeating an outcome the message already starts with."""
     outcome, message = str(entry.get("outcome", "?")), str(entry.get("message", ""))
     return message if message.startswith(f"{outcome}:") else f"{outcome}: {message}"
 
@@ -365,8 +385,11 @@ def cmd_role(where: Where, args: argparse.Namespace) -> int:
     req: Dict[str, Any] = {"cmd": Command(args.command)}
     if getattr(args, "accept_stale", None):
         resource = args.accept_stale
-        info, code = request(where, {"cmd": Command.STALE_INFO, "resource": resource},
-                             unreachable=", nothing was done")
+        info, code = request(
+            where,
+            {"cmd": Command.STALE_INFO, "resource": resource},
+            unreachable=", nothing was done",
+        )
         if info is None:
             return code
         print(render_stale_info(info))
@@ -415,27 +438,34 @@ def render_stale_info(info: Dict[str, Any]) -> str:
     """What is known about a resource's data before an operator promotes it without proof."""
     now = float(info.get("now") or time.time())
     d = info.get("drbd") or {}
-    lines = [f"What this host knows about {info.get('resource')}:",
-             f"  DRBD now:        {d.get('role')}/{d.get('peer_role')}, {d.get('connection')}, "
-             f"disk {d.get('disk')}/{d.get('peer_disk')}"]
+    lines = [
+        f"What this host knows about {info.get('resource')}:",
+        f"  DRBD now:        {d.get('role')}/{d.get('peer_role')}, {d.get('connection')}, "
+        f"disk {d.get('disk')}/{d.get('peer_disk')}",
+    ]
     last = info.get("last_connected")
     if last:
-        lines.append(f"  peer last seen:  {fmt_time(float(last))} "
-                     f"({fmt_duration(now - float(last))} ago) as {info.get('last_peer_role')} "
-                     f"with its disk {info.get('last_peer_disk')}; this host was "
-                     f"{info.get('last_role')}")
+        lines.append(
+            f"  peer last seen:  {fmt_time(float(last))} "
+            f"({fmt_duration(now - float(last))} ago) as {info.get('last_peer_role')} "
+            f"with its disk {info.get('last_peer_disk')}; this host was "
+            f"{info.get('last_role')}"
+        )
     else:
         lines.append("  peer last seen:  never, as far as the ledger knows")
-    lines.append(f"  proof:           {'yes' if info.get('proof') else 'none'}: "
-                 f"{info.get('why_not')}")
+    lines.append(
+        f"  proof:           {'yes' if info.get('proof') else 'none'}: {info.get('why_not')}"
+    )
     gi = info.get("generation_ids")
     lines.append(f"  drbdadm get-gi:  {gi or '(not readable)'}")
     then = info.get("generation_ids_when_last_connected")
     if then:
         lines.append(f"  get-gi then:     {then} (when the peer was last seen connected)")
-    lines.append("If the peer served writes after that moment, promoting this host serves OLDER "
-                 "data:\nthe VMs go back in time, and DRBD reports a split brain when the peer "
-                 "returns.")
+    lines.append(
+        "If the peer served writes after that moment, promoting this host serves OLDER "
+        "data:\nthe VMs go back in time, and DRBD reports a split brain when the peer "
+        "returns."
+    )
     return "\n".join(lines)
 
 
@@ -477,8 +507,9 @@ def cmd_node_time2wait(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _err(f"invalid configuration, nothing was changed:\n{exc}")
         return EXIT_USAGE
-    code, text = run(cfg.paths.state_dir, cfg.target.iqn, cfg.target.default_time2wait,
-                     args.set_to, args.revert)
+    code, text = run(
+        cfg.paths.state_dir, cfg.target.iqn, cfg.target.default_time2wait, args.set_to, args.revert
+    )
     (print if code == EXIT_OK else _err)(text)
     return code
 
@@ -491,14 +522,31 @@ def cmd_peer_cert(args: argparse.Namespace) -> int:
     directory = args.dir
     key, crt = os.path.join(directory, "host.key"), os.path.join(directory, "host.crt")
     if not args.force and (os.path.exists(key) or os.path.exists(crt)):
-        _err(f"refused: {key} or {crt} exists (--force replaces them; the peer must then get "
-             "the new host.crt)")
+        _err(
+            f"refused: {key} or {crt} exists (--force replaces them; the peer must then get "
+            "the new host.crt)"
+        )
         return EXIT_USAGE
     os.makedirs(directory, mode=0o700, exist_ok=True)
     name = args.name or _socket.gethostname()
-    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-days", str(args.days), "-subj",
-            f"/CN=iscsi-ha {name}", "-keyout", key, "-out", crt]
+    argv = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        str(args.days),
+        "-subj",
+        f"/CN=iscsi-ha {name}",
+        "-keyout",
+        key,
+        "-out",
+        crt,
+    ]
     old = os.umask(0o077)
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -511,9 +559,11 @@ def cmd_peer_cert(args: argparse.Namespace) -> int:
         _err(f"openssl failed: {proc.stderr.strip()}")
         return EXIT_USAGE
     os.chmod(crt, 0o644)
-    print(f"created {key} (0600) and {crt}.\nNext: copy {crt} to the other host as "
-          f"{os.path.join(directory, 'peer.crt')}, and the other host's host.crt here as "
-          f"{os.path.join(directory, 'peer.crt')}; set peer.address in the YAML on both hosts.")
+    print(
+        f"created {key} (0600) and {crt}.\nNext: copy {crt} to the other host as "
+        f"{os.path.join(directory, 'peer.crt')}, and the other host's host.crt here as "
+        f"{os.path.join(directory, 'peer.crt')}; set peer.address in the YAML on both hosts."
+    )
     return EXIT_OK
 
 
@@ -686,7 +736,7 @@ HELP: Dict[str, Tuple[str, str]] = {
         "them (iscsiadm -m node -o update; nothing else is touched; each previous value is kept\n"
         "in <state_dir>/node-time2wait.json), --revert puts the previous values back. Applies to\n"
         "sessions logged in afterwards (re-plug the SR's PBD on this host). Opt-in, on each host;\n"
-        "needs no controller. See docs/runbook.md, \"Faster reconnects\".",
+        'needs no controller. See docs/runbook.md, "Faster reconnects".',
     ),
     "drbd-snippet": (
         "print the drbd.conf lines for the fence-peer handler",
@@ -712,8 +762,8 @@ HELP: Dict[str, Tuple[str, str]] = {
     ),
     "check-config": (
         "validate a YAML configuration file",
-        "Validate a configuration file without touching anything: prints \"OK: FILE\", or every\n"
-        "problem as \"FILE: key.path: what is wrong\" and exits 2. FILE defaults to --config.\n"
+        'Validate a configuration file without touching anything: prints "OK: FILE", or every\n'
+        'problem as "FILE: key.path: what is wrong" and exits 2. FILE defaults to --config.\n'
         "Run it before restarting or reloading the controller.",
     ),
 }
@@ -721,54 +771,79 @@ HELP: Dict[str, Tuple[str, str]] = {
 
 def parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt
+    )
     p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
-    p.add_argument("--config", "-c", metavar="FILE", default=None,
-                   help=f"configuration file, to find the control socket and the status file "
-                   f"(default {DEFAULT_CONFIG_PATH})")
-    p.add_argument("--socket", metavar="PATH", default=None,
-                   help="control socket path (overrides paths.control_socket)")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=None,
+        help=f"configuration file, to find the control socket and the status file "
+        f"(default {DEFAULT_CONFIG_PATH})",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="control socket path (overrides paths.control_socket)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name: str) -> argparse.ArgumentParser:
         name = str(name)  # a Command is shown by its value
         short, long = HELP[name]
-        return sub.add_parser(name, help=short, description=long, epilog=EXIT_CODES,
-                              formatter_class=fmt)
+        return sub.add_parser(
+            name, help=short, description=long, epilog=EXIT_CODES, formatter_class=fmt
+        )
 
     status = add("status")
-    status.add_argument("--watch", "-w", action="store_true",
-                        help=f"redraw every {WATCH_PERIOD:g}s until Ctrl-C")
-    status.add_argument("--json", action="store_true",
-                        help="print the status as JSON, for scripts (with --watch: one line "
-                        "per redraw)")
+    status.add_argument(
+        "--watch", "-w", action="store_true", help=f"redraw every {WATCH_PERIOD:g}s until Ctrl-C"
+    )
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print the status as JSON, for scripts (with --watch: one line per redraw)",
+    )
     get = add("get")
     get.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     log_ = add("log")
-    log_.add_argument("--follow", "-f", action="store_true",
-                      help="keep printing new outcomes until Ctrl-C")
+    log_.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing new outcomes until Ctrl-C"
+    )
     for name in ROLE_COMMANDS:
         sp = add(name)
         if name is Command.BECOME_PRIMARY:
-            sp.add_argument("--accept-stale", metavar="RESOURCE",
-                            help="promote RESOURCE even though nothing proves this host has "
-                            "the newest data (prints what is known, asks to confirm)")
-            sp.add_argument("--yes", action="store_true",
-                            help="with --accept-stale: do not ask (for scripts)")
+            sp.add_argument(
+                "--accept-stale",
+                metavar="RESOURCE",
+                help="promote RESOURCE even though nothing proves this host has "
+                "the newest data (prints what is known, asks to confirm)",
+            )
+            sp.add_argument(
+                "--yes", action="store_true", help="with --accept-stale: do not ask (for scripts)"
+            )
     sw = add("switchover")
-    sw.add_argument("--json", action="store_true",
-                    help="print the report (message, phases in seconds) as JSON")
+    sw.add_argument(
+        "--json", action="store_true", help="print the report (message, phases in seconds) as JSON"
+    )
     nt = add("node-time2wait")
     what = nt.add_mutually_exclusive_group()
-    what.add_argument("--set", type=int, metavar="SECONDS", dest="set_to",
-                      help="ask for SECONDS (0: reconnect at once) in every record of target.iqn")
-    what.add_argument("--revert", action="store_true",
-                      help="put back the values --set replaced")
+    what.add_argument(
+        "--set",
+        type=int,
+        metavar="SECONDS",
+        dest="set_to",
+        help="ask for SECONDS (0: reconnect at once) in every record of target.iqn",
+    )
+    what.add_argument("--revert", action="store_true", help="put back the values --set replaced")
     add("drbd-snippet")
     pc = add("peer-cert")
-    pc.add_argument("--dir", default="/etc/iscsi-ha/peer", help="where to write (default "
-                    "/etc/iscsi-ha/peer)")
+    pc.add_argument(
+        "--dir", default="/etc/iscsi-ha/peer", help="where to write (default /etc/iscsi-ha/peer)"
+    )
     pc.add_argument("--name", help="host name in the certificate (default: this host's)")
     pc.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
     pc.add_argument("--force", action="store_true", help="replace existing files")
@@ -776,12 +851,18 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("file", metavar="FILE", help="legacy iscsi-ha.conf to convert")
     imp.add_argument("--output", "-o", metavar="OUT", help="write the YAML here (default stdout)")
     imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
-    imp.add_argument("--tgt-conf", metavar="TARGETS_CONF",
-                     help="also carry the target of tgt-admin's targets.conf over (IQN, LUN "
-                     "numbers, backing stores, each LUN's scsi_id/scsi_sn), e.g. "
-                     "/etc/tgt/targets.conf: an existing SR keeps its SCSIid")
-    imp.add_argument("--iqn", metavar="IQN",
-                     help="with --tgt-conf: the target to import when the file has several")
+    imp.add_argument(
+        "--tgt-conf",
+        metavar="TARGETS_CONF",
+        help="also carry the target of tgt-admin's targets.conf over (IQN, LUN "
+        "numbers, backing stores, each LUN's scsi_id/scsi_sn), e.g. "
+        "/etc/tgt/targets.conf: an existing SR keeps its SCSIid",
+    )
+    imp.add_argument(
+        "--iqn",
+        metavar="IQN",
+        help="with --tgt-conf: the target to import when the file has several",
+    )
     from .splitbrain_cli import add_parser as add_split_brain
 
     add_split_brain(sub, EXIT_CODES, fmt)

@@ -52,7 +52,7 @@ MAX_RESTART_BACKOFF = 300.0
 MIN_SECONDS = 0.01
 MAX_SECONDS = 3600.0
 MAX_PERIOD = 86400.0  # the periodic jobs (gratuitous ARP, VIP probe) may be up to a day apart
-MAX_UID = 2 ** 32 - 2  # (uid_t)-1 means "no user"
+MAX_UID = 2**32 - 2  # (uid_t)-1 means "no user"
 MAX_TID = 65535
 MAX_LUN = 16383  # the flat LUN space of SAM addressing
 MAX_ANNOUNCE_COUNT = 100
@@ -130,8 +130,10 @@ def _type_hint(value: Any, wanted: str) -> str:
             return " (remove the quotes: a quoted value is a string)"
         except ValueError:
             return ""
-    if isinstance(value, str) and wanted == "bool" and value.lower() in (
-        "true", "false", "yes", "no", "on", "off"
+    if (
+        isinstance(value, str)
+        and wanted == "bool"
+        and value.lower() in ("true", "false", "yes", "no", "on", "off")
     ):
         return " (remove the quotes: a quoted value is a string)"
     if isinstance(value, int) and not isinstance(value, bool) and wanted == "bool":
@@ -142,16 +144,18 @@ def _type_hint(value: Any, wanted: str) -> str:
     return ""
 
 
-def _seconds(allow_zero: bool = False, maximum: float = MAX_SECONDS,
-             minimum: float = MIN_SECONDS) -> Check:
+def _seconds(
+    allow_zero: bool = False, maximum: float = MAX_SECONDS, minimum: float = MIN_SECONDS
+) -> Check:
     """A duration in seconds, within a range that a scheduler, ``select()`` and ``timedelta``
     can all hold: 1e308 is a finite float, and used to pass here and then kill the daemon."""
 
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _Invalid(f"must be a number of seconds, got {_describe(value)}"
-                           + _type_hint(value, "number"))
-        if isinstance(value, int) and abs(value) > 10 ** 12:
+            raise _Invalid(
+                f"must be a number of seconds, got {_describe(value)}" + _type_hint(value, "number")
+            )
+        if isinstance(value, int) and abs(value) > 10**12:
             raise _Invalid(f"must be at most {maximum:g} seconds, got {_describe(value)}")
         if not math.isfinite(value):
             raise _Invalid(f"must be a finite number of seconds, got {value!r}")
@@ -162,8 +166,9 @@ def _seconds(allow_zero: bool = False, maximum: float = MAX_SECONDS,
         if value and value < minimum:
             raise _Invalid(f"must be at least {minimum:g} seconds, got {value!r}")
         if value > maximum:
-            raise _Invalid(f"must be at most {maximum:g} seconds ({_words(maximum)}), "
-                           f"got {value!r}")
+            raise _Invalid(
+                f"must be at most {maximum:g} seconds ({_words(maximum)}), got {value!r}"
+            )
         return float(value)
 
     return check
@@ -222,8 +227,9 @@ def _string(value: Any) -> str:
 def _command(value: Any) -> str:
     text = _string(value)
     if any(c.isspace() for c in text):
-        raise _Invalid(f"{text!r} is run without a shell: give one command name or path, "
-                       "without arguments")
+        raise _Invalid(
+            f"{text!r} is run without a shell: give one command name or path, without arguments"
+        )
     return text
 
 
@@ -306,14 +312,17 @@ def _drbd_version(value: Any) -> str:
         return "8.4"
     if isinstance(value, str) and value in ("auto", "8.4", "9"):
         return value
-    raise _Invalid(f"must be auto, \"8.4\" or \"9\", got {_describe(value)} "
-                   "(use \"9\" for every DRBD 9.x)")
+    raise _Invalid(
+        f'must be auto, "8.4" or "9", got {_describe(value)} (use "9" for every DRBD 9.x)'
+    )
 
 
 def _kernel_log(value: Any) -> Tuple[str, ...]:
     if isinstance(value, str):
-        raise _Invalid(f"must be a command as a list of arguments, e.g. [{value}] or "
-                       "[journalctl, -k, -n, \"1000\"]")
+        raise _Invalid(
+            f"must be a command as a list of arguments, e.g. [{value}] or "
+            '[journalctl, -k, -n, "1000"]'
+        )
     return _list_of(_string, "arguments", "[dmesg]")(value)
 
 
@@ -324,11 +333,15 @@ def _xenapi_url(value: Any) -> str:
     parts = urlsplit(text)
     if parts.username is not None or parts.password is not None:
         # Do not echo the URL: it holds a credential.
-        raise _Invalid("must not contain a user or password: use xenapi.username and "
-                       "xenapi.password_file / xenapi.password_env")
+        raise _Invalid(
+            "must not contain a user or password: use xenapi.username and "
+            "xenapi.password_file / xenapi.password_env"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Invalid(f"{text!r} is neither 'local' (the xapi socket) nor an http(s) URL, "
-                       "e.g. https://xcp-host1")
+        raise _Invalid(
+            f"{text!r} is neither 'local' (the xapi socket) nor an http(s) URL, "
+            "e.g. https://xcp-host1"
+        )
     return text
 
 
@@ -340,8 +353,10 @@ def _secret(check: Check, wanted: str) -> Check:
         try:
             return check(value)
         except _Invalid:
-            raise _Invalid(f"must be {wanted}; the value is not shown, in case it is the "
-                           "password itself (if so, change that password)") from None
+            raise _Invalid(
+                f"must be {wanted}; the value is not shown, in case it is the "
+                "password itself (if so, change that password)"
+            ) from None
 
     return secret
 
@@ -361,8 +376,9 @@ def _iqn(value: Any) -> str:
     if not _IQN.match(text):
         raise _Invalid(f"{text!r} is not an iSCSI qualified name {fix}")
     if len(text.encode()) > _IQN_MAX_BYTES:
-        raise _Invalid(f"is {len(text.encode())} bytes long; iSCSI names are at most "
-                       f"{_IQN_MAX_BYTES}")
+        raise _Invalid(
+            f"is {len(text.encode())} bytes long; iSCSI names are at most {_IQN_MAX_BYTES}"
+        )
     return text
 
 
@@ -374,26 +390,33 @@ def _initiator_address(value: Any) -> str:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
         hint = " (write ALL in capitals)" if text.lower() == "all" else ""
-        raise _Invalid(f"{text!r} must be ALL, an IP address or a network like 10.10.10.0/24"
-                       + hint) from None
+        raise _Invalid(
+            f"{text!r} must be ALL, an IP address or a network like 10.10.10.0/24" + hint
+        ) from None
     return text
 
 
 def _interface(value: Any) -> str:
     text = _string(value)
-    if len(text) > _IFNAMSIZ or "/" in text or any(c.isspace() for c in text) or text in (
-        ".", ".."
+    if (
+        len(text) > _IFNAMSIZ
+        or "/" in text
+        or any(c.isspace() for c in text)
+        or text in (".", "..")
     ):
-        raise _Invalid(f"{text!r} is not a network interface name (at most {_IFNAMSIZ} "
-                       "characters, no / or spaces)")
+        raise _Invalid(
+            f"{text!r} is not a network interface name (at most {_IFNAMSIZ} "
+            "characters, no / or spaces)"
+        )
     return text
 
 
 def _vip_address(value: Any) -> str:
     example = "e.g. 10.10.10.3/24"
     if not isinstance(value, str):
-        raise _Invalid(f"must be an IPv4 interface ADDRESS/PREFIX ({example}), "
-                       f"got {_describe(value)}")
+        raise _Invalid(
+            f"must be an IPv4 interface ADDRESS/PREFIX ({example}), got {_describe(value)}"
+        )
     text = value.strip()
     if "/" not in text:
         try:
@@ -401,17 +424,22 @@ def _vip_address(value: Any) -> str:
         except ValueError:
             pass
         else:
-            raise _Invalid(f"{value!r} has no prefix length: write it as ADDRESS/PREFIX, "
-                           f"e.g. {text}/24 for the netmask 255.255.255.0")
+            raise _Invalid(
+                f"{value!r} has no prefix length: write it as ADDRESS/PREFIX, "
+                f"e.g. {text}/24 for the netmask 255.255.255.0"
+            )
     try:
         iface = ipaddress.IPv4Interface(text)
     except ValueError:
-        raise _Invalid(f"{value!r} is not an IPv4 interface (expected ADDRESS/PREFIX, "
-                       f"{example})") from None
+        raise _Invalid(
+            f"{value!r} is not an IPv4 interface (expected ADDRESS/PREFIX, {example})"
+        ) from None
     net = iface.network
     if net.prefixlen == 0:
-        raise _Invalid(f"{value!r}: a /0 prefix covers every address; use the prefix of the "
-                       "VIP's subnet, e.g. /24")
+        raise _Invalid(
+            f"{value!r}: a /0 prefix covers every address; use the prefix of the "
+            "VIP's subnet, e.g. /24"
+        )
     if net.prefixlen <= 30 and iface.ip in (net.network_address, net.broadcast_address):
         which = "network" if iface.ip == net.network_address else "broadcast"
         raise _Invalid(f"{value!r} is the {which} address of {net}, not a host address")
@@ -434,8 +462,9 @@ def _listen(value: Any) -> str:
         try:
             ipaddress.IPv6Address(host[1:-1] if host[:1] == "[" and host[-1:] == "]" else "!")
         except ValueError:
-            raise _Invalid(f"{text!r}: {host!r} is not an IPv6 address in brackets "
-                           f"({fix})") from None
+            raise _Invalid(
+                f"{text!r}: {host!r} is not an IPv6 address in brackets ({fix})"
+            ) from None
     elif ":" in host:
         raise _Invalid(f"{text!r}: put an IPv6 address in brackets ({fix})")
     elif host and not _HOSTNAME.match(host):
@@ -452,8 +481,10 @@ def _peer_address(value: Any) -> str:
         try:
             ipaddress.ip_address(text)
         except ValueError:
-            raise _Invalid(f"{text!r} is not a host name or address (the other host's management "
-                           "address, e.g. 10.0.0.2; \"\" for no peer channel)") from None
+            raise _Invalid(
+                f"{text!r} is not a host name or address (the other host's management "
+                'address, e.g. 10.0.0.2; "" for no peer channel)'
+            ) from None
     return text
 
 
@@ -479,23 +510,27 @@ def _identity(key: str) -> Check:
             value = str(value)
         text = _string(value)
         if len(text) > limit or not allowed.match(text):
-            raise _Invalid(f"{what} must be 1..{limit} printable ASCII characters without ',' "
-                           f"or '=' (got {text[:60]!r})")
+            raise _Invalid(
+                f"{what} must be 1..{limit} printable ASCII characters without ',' "
+                f"or '=' (got {text[:60]!r})"
+            )
         return text
+
     return check
 
 
 def _lun_entry(value: Any) -> Lun:
     if not isinstance(value, dict):
-        raise _Invalid(f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
-                       f"got {_describe(value)}")
+        raise _Invalid(
+            f"must be a mapping like {{lun: 1, path: /dev/drbd/by-res/iscsi1/0}}, "
+            f"got {_describe(value)}"
+        )
     problems: List[Tuple[str, str]] = []
     fields = {yaml_key(f): f for f in dataclasses.fields(Lun)}
     for key in value:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = (f"did you mean {close[0]!r}?" if close
-                    else "known here: " + ", ".join(fields))
+            hint = f"did you mean {close[0]!r}?" if close else "known here: " + ", ".join(fields)
             problems.append((f".{key}", f"unknown key; {hint}"))
     values: Dict[str, Any] = {}
     for key, f in fields.items():
@@ -530,7 +565,6 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
     return tuple(entries)
 
 
-
 # --------------------------------------------------------------------------------------------
 # The schema: every key once, with its default, its check and its help
 # --------------------------------------------------------------------------------------------
@@ -541,9 +575,15 @@ def _luns(value: Any) -> Tuple[Lun, ...]:
 # examples/iscsi-ha.yaml (both generated by scripts/gen_docs.py) all walk these fields.
 
 
-def setting(default: Any = dataclasses.MISSING, *, check: Check, help: str,
-            default_factory: Any = dataclasses.MISSING, derived: str = "",
-            example: str = "") -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Check,
+    help: str,
+    default_factory: Any = dataclasses.MISSING,
+    derived: str = "",
+    example: str = "",
+) -> Any:
     """One configuration key with a default.
 
     ``help`` is what an operator reads (README table, example file); ``derived`` names a default
@@ -555,8 +595,9 @@ def setting(default: Any = dataclasses.MISSING, *, check: Check, help: str,
     return field(default=default, metadata=meta)
 
 
-def about(*, check: Check, help: str, derived: str = "", example: str = "",
-          key: str = "") -> Dict[str, Any]:
+def about(
+    *, check: Check, help: str, derived: str = "", example: str = "", key: str = ""
+) -> Dict[str, Any]:
     """The metadata of a key; a required key is ``field(metadata=about(...))`` (mypy sees a
     ``field()`` without a default as required). ``example`` is the value the example file shows
     for it; ``key`` is the YAML name when it is not the field name (a LUN's ``lun``)."""
@@ -565,17 +606,24 @@ def about(*, check: Check, help: str, derived: str = "", example: str = "",
 
 def _identity_setting(name: str) -> Any:
     limit, what, _allowed = _IDENTITY_KEYS[name]
-    return setting(None, check=_optional(_identity(name)),
-                   help=f"{what}, at most {limit} characters; default: derived")
+    return setting(
+        None,
+        check=_optional(_identity(name)),
+        help=f"{what}, at most {limit} characters; default: derived",
+    )
 
 
 @dataclass(frozen=True)
 class Lun:
     """One entry of ``target.luns``."""
 
-    number: int = field(metadata=about(
-        key="lun", check=_integer(1, MAX_LUN),
-        help=f"the LUN number, 1..{MAX_LUN} (0 is the target's own controller LUN)"))
+    number: int = field(
+        metadata=about(
+            key="lun",
+            check=_integer(1, MAX_LUN),
+            help=f"the LUN number, 1..{MAX_LUN} (0 is the target's own controller LUN)",
+        )
+    )
     path: str = field(metadata=about(check=_path, help="the block device it serves"))
     # The identity initiators see; None = derived from the IQN and the LUN number (equal on both
     # hosts). Pinned by import-conf --tgt-conf from an existing tgt setup (scsi_sn, scsi_id).
@@ -588,61 +636,91 @@ class Lun:
 @dataclass(frozen=True)
 class DrbdConfig:
     version: str = setting(
-        "auto", check=_drbd_version,
-        help="DRBD userland to speak: auto (detected from /proc/drbd), \"8.4\" or \"9\".")
-    drbdadm: str = setting("drbdadm", check=_command,
-                           help="The drbdadm command: a name or an absolute path, run without a "
-                           "shell.")
-    drbdsetup: str = setting("drbdsetup", check=_command,
-                             help="The drbdsetup command: a name or an absolute path.")
-    proc_drbd: str = setting("/proc/drbd", check=_path,
-                             help="Where DRBD's kernel module reports its version and states.")
+        "auto",
+        check=_drbd_version,
+        help='DRBD userland to speak: auto (detected from /proc/drbd), "8.4" or "9".',
+    )
+    drbdadm: str = setting(
+        "drbdadm",
+        check=_command,
+        help="The drbdadm command: a name or an absolute path, run without a shell.",
+    )
+    drbdsetup: str = setting(
+        "drbdsetup", check=_command, help="The drbdsetup command: a name or an absolute path."
+    )
+    proc_drbd: str = setting(
+        "/proc/drbd", check=_path, help="Where DRBD's kernel module reports its version and states."
+    )
     kernel_log: Tuple[str, ...] = setting(
-        ("dmesg",), check=_kernel_log,
+        ("dmesg",),
+        check=_kernel_log,
         help="Command (a list of arguments) whose output is searched for the kernel's "
-        "\"Split-Brain detected but unresolved\"; [journalctl, -k, -b, -o, cat] keeps the "
-        "whole boot.")
+        '"Split-Brain detected but unresolved"; [journalctl, -k, -b, -o, cat] keeps the '
+        "whole boot.",
+    )
 
 
 @dataclass(frozen=True)
 class PoolConfig:
-    conf: str = setting("/etc/xensource/pool.conf", check=_path,
-                        help="Where XenServer / XCP-ng writes this host's pool role (\"master\" "
-                        "or \"slave:ADDRESS\").")
+    conf: str = setting(
+        "/etc/xensource/pool.conf",
+        check=_path,
+        help='Where XenServer / XCP-ng writes this host\'s pool role ("master" '
+        'or "slave:ADDRESS").',
+    )
 
 
-_PASSWORD_FILE = _optional(_secret(_path, "an absolute path to the file that holds the password, "
-                                          "e.g. /etc/iscsi-ha/xapi-password"))
-_PASSWORD_ENV = _optional(_secret(_env_name, "an environment variable name (letters, digits, _), "
-                                             "e.g. ISCSI_HA_XAPI_PASSWORD"))
+_PASSWORD_FILE = _optional(
+    _secret(
+        _path,
+        "an absolute path to the file that holds the password, e.g. /etc/iscsi-ha/xapi-password",
+    )
+)
+_PASSWORD_ENV = _optional(
+    _secret(
+        _env_name, "an environment variable name (letters, digits, _), e.g. ISCSI_HA_XAPI_PASSWORD"
+    )
+)
 
 
 @dataclass(frozen=True)
 class XenApiConfig:
-    enabled: bool = setting(True, check=_boolean,
-                            help="false: no XenAPI at all (no SR plugging, no SR or VM evidence).")
-    url: str = setting("local", check=_xenapi_url,
-                       help="\"local\" logs in over the xapi Unix socket below; or https://HOST "
-                       "(http:// only for labs). Never put a user or password in the URL.")
+    enabled: bool = setting(
+        True, check=_boolean, help="false: no XenAPI at all (no SR plugging, no SR or VM evidence)."
+    )
+    url: str = setting(
+        "local",
+        check=_xenapi_url,
+        help='"local" logs in over the xapi Unix socket below; or https://HOST '
+        "(http:// only for labs). Never put a user or password in the URL.",
+    )
     socket: str = setting("/var/lib/xcp/xapi", check=_path, help="The xapi Unix socket.")
     username: str = setting("root", check=_string, help="The XenAPI user.")
     password_file: Optional[str] = setting(
-        "/etc/iscsi-ha/xapi-password", check=_PASSWORD_FILE,
+        "/etc/iscsi-ha/xapi-password",
+        check=_PASSWORD_FILE,
         help="The file that holds the password (mode 0600, owned by root; one line); null = "
-        "none. The password itself never goes in this configuration and is never printed.")
+        "none. The password itself never goes in this configuration and is never printed.",
+    )
     password_env: Optional[str] = setting(
-        "ISCSI_HA_XAPI_PASSWORD", check=_PASSWORD_ENV,
+        "ISCSI_HA_XAPI_PASSWORD",
+        check=_PASSWORD_ENV,
         help="The environment variable that holds the password; when it is set and not empty "
-        "it wins over password_file. null = none.")
-    timeout: float = setting(10.0, check=_seconds(),
-                             help="Seconds every XenAPI call may take; the XenAPI SDK has no "
-                             "timeout of its own.")
-    verify_tls: bool = setting(False, check=_boolean,
-                               help="Check the https certificate; XenServer ships self-signed "
-                               "ones.")
-    plug_srs: bool = setting(True, check=_boolean,
-                             help="On the master, plug the unattached PBDs of lvmoiscsi SRs once "
-                             "the target serves.")
+        "it wins over password_file. null = none.",
+    )
+    timeout: float = setting(
+        10.0,
+        check=_seconds(),
+        help="Seconds every XenAPI call may take; the XenAPI SDK has no timeout of its own.",
+    )
+    verify_tls: bool = setting(
+        False, check=_boolean, help="Check the https certificate; XenServer ships self-signed ones."
+    )
+    plug_srs: bool = setting(
+        True,
+        check=_boolean,
+        help="On the master, plug the unattached PBDs of lvmoiscsi SRs once the target serves.",
+    )
 
 
 _LUNS_EXAMPLE = """\
@@ -654,72 +732,106 @@ luns:
 @dataclass(frozen=True)
 class TargetConfig:
     backend: str = setting(
-        "auto", check=_choice(("auto", "lio", "tgt")),
+        "auto",
+        check=_choice(("auto", "lio", "tgt")),
         help="Which daemon serves the LUNs: lio (the kernel target), tgt (user space), or auto: "
         "LIO when it is loaded, or when tgtd is not installed and the kernel has LIO's modules "
         "(the XCP-ng 8.3 / XenServer 8 dom0 has them); else tgt. See the README's \"Choosing a "
-        "target backend\".")
+        'target backend".',
+    )
     default_time2wait: int = setting(
-        2, check=_integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
+        2,
+        check=_integer(0, 3600, " (iSCSI allows 0..3600 seconds)"),
         help="Seconds an initiator waits before it reconnects after a lost connection or a "
         "logout (iSCSI DefaultTime2Wait, offered by the target: tgt --name DefaultTime2Wait, "
-        "LIO tpgt_1/param/DefaultTime2Wait; 2 is what both offer by default).")
-    configfs: str = setting("/sys/kernel/config", check=_path,
-                            help="LIO: where configfs is mounted.")
-    modprobe: str = setting("modprobe", check=_command,
-                            help="LIO: the command that loads the kernel target's modules when "
-                            "they are missing.")
+        "LIO tpgt_1/param/DefaultTime2Wait; 2 is what both offer by default).",
+    )
+    configfs: str = setting(
+        "/sys/kernel/config", check=_path, help="LIO: where configfs is mounted."
+    )
+    modprobe: str = setting(
+        "modprobe",
+        check=_command,
+        help="LIO: the command that loads the kernel target's modules when they are missing.",
+    )
     tgtadm: str = setting("tgtadm", check=_command, help="tgt: the tgtadm command.")
     tgtd: str = setting("tgtd", check=_command, help="tgt: the tgtd command.")
     control_port: int = setting(
-        0, check=_integer(0, 32767, " (tgtadm -C accepts 0..32767)"),
+        0,
+        check=_integer(0, 32767, " (tgtadm -C accepts 0..32767)"),
         help="tgt: the tgtd instance (tgtd -C N / tgtadm -C N); its control socket is "
-        "/var/run/tgtd/socket.N.")
+        "/var/run/tgtd/socket.N.",
+    )
     tid: int = setting(1, check=_integer(1, MAX_TID), help="The target id.")
-    iqn: str = setting("iqn.2024-01.org.iscsi-ha:storage", check=_iqn,
-                       help="The target's iSCSI qualified name: iqn.YYYY-MM.reversed.domain"
-                       "[:name], lower case.")
+    iqn: str = setting(
+        "iqn.2024-01.org.iscsi-ha:storage",
+        check=_iqn,
+        help="The target's iSCSI qualified name: iqn.YYYY-MM.reversed.domain[:name], lower case.",
+    )
     initiator_address: str = setting(
-        "ALL", check=_initiator_address,
-        help="Who may log in: ALL, an address or a network such as 10.10.10.0/24 (LIO: ALL "
-        "only).")
+        "ALL",
+        check=_initiator_address,
+        help="Who may log in: ALL, an address or a network such as 10.10.10.0/24 (LIO: ALL only).",
+    )
     luns: Tuple[Lun, ...] = setting(
-        (), check=_luns, derived="one LUN per resource, in order, LUN 1 "
-        "upwards at /dev/drbd/by-res/RESOURCE/0", example=_LUNS_EXAMPLE,
+        (),
+        check=_luns,
+        derived="one LUN per resource, in order, LUN 1 upwards at /dev/drbd/by-res/RESOURCE/0",
+        example=_LUNS_EXAMPLE,
         help="The LUNs of the target. Each LUN's identity (unit serial, NAA designator) is "
         "derived from the IQN and the LUN number, the same on both hosts; pin it to keep an "
-        "existing SR's SCSIid (import-conf --tgt-conf does).")
-    stop_timeout: float = setting(5.0, check=_seconds(),
-                                  help="Seconds to wait for tgtd to exit after `tgtadm --mode "
-                                  "system --op delete` (then SIGKILL).")
+        "existing SR's SCSIid (import-conf --tgt-conf does).",
+    )
+    stop_timeout: float = setting(
+        5.0,
+        check=_seconds(),
+        help="Seconds to wait for tgtd to exit after `tgtadm --mode "
+        "system --op delete` (then SIGKILL).",
+    )
     restart_backoff: float = setting(
-        2.0, check=_seconds(maximum=MAX_RESTART_BACKOFF),
+        2.0,
+        check=_seconds(maximum=MAX_RESTART_BACKOFF),
         help="Seconds before restarting a tgtd that died where it should run; doubles after each "
-        f"failed restart, up to {MAX_RESTART_BACKOFF:g}.")
-    log_file: Optional[str] = setting(None, check=_optional(_path),
-                                      help="Where tgtd's output goes; null discards it.")
+        f"failed restart, up to {MAX_RESTART_BACKOFF:g}.",
+    )
+    log_file: Optional[str] = setting(
+        None, check=_optional(_path), help="Where tgtd's output goes; null discards it."
+    )
 
 
 @dataclass(frozen=True)
 class VipConfig:
-    address: str = field(metadata=about(
-        check=_vip_address, example="10.10.10.3/24",
-        help="The floating IPv4 address the initiators (the SRs) connect to, with the prefix of "
-        "its subnet (ADDRESS/PREFIX). A bare address is an error."))
-    interface: str = setting("xenbr0", check=_interface,
-                             help="The interface it is bound to on the holder.")
+    address: str = field(
+        metadata=about(
+            check=_vip_address,
+            example="10.10.10.3/24",
+            help="The floating IPv4 address the initiators (the SRs) connect to, with the "
+            "prefix of "
+            "its subnet (ADDRESS/PREFIX). A bare address is an error.",
+        )
+    )
+    interface: str = setting(
+        "xenbr0", check=_interface, help="The interface it is bound to on the holder."
+    )
     ip: str = setting("ip", check=_command, help="The iproute2 ip command.")
-    arping: str = setting("arping", check=_command,
-                          help="iputils arping (not the Habets arping package: its exit codes "
-                          "differ).")
+    arping: str = setting(
+        "arping",
+        check=_command,
+        help="iputils arping (not the Habets arping package: its exit codes differ).",
+    )
     announce_interval: float = setting(
-        60.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
-        help="Seconds between periodic gratuitous ARPs sent by the holder; 0 = off.")
-    announce_count: int = setting(2, check=_integer(1, MAX_ANNOUNCE_COUNT),
-                                  help="Gratuitous ARPs per announcement.")
-    probe_interval: float = setting(10.0, check=_seconds(maximum=MAX_PERIOD),
-                                    help="Seconds between duplicate-address probes (arping -D) "
-                                    "for the VIP.")
+        60.0,
+        check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between periodic gratuitous ARPs sent by the holder; 0 = off.",
+    )
+    announce_count: int = setting(
+        2, check=_integer(1, MAX_ANNOUNCE_COUNT), help="Gratuitous ARPs per announcement."
+    )
+    probe_interval: float = setting(
+        10.0,
+        check=_seconds(maximum=MAX_PERIOD),
+        help="Seconds between duplicate-address probes (arping -D) for the VIP.",
+    )
 
     @property
     def bare_address(self) -> str:
@@ -733,24 +845,35 @@ class VipConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    state_dir: str = setting("/etc/iscsi-ha/state", check=_path,
-                             help="Manual mode and the promotion ledger are persisted here.")
-    status_file: str = setting("/etc/iscsi-ha/state/status", check=_path,
-                               help="The legacy status file; HA-Lizard reads its age before it "
-                               "fences the peer.")
-    control_socket: str = setting("/run/iscsi-ha/control.sock", check=_path,
-                                  help="Where iscsi-cfg talks to the controller.")
+    state_dir: str = setting(
+        "/etc/iscsi-ha/state",
+        check=_path,
+        help="Manual mode and the promotion ledger are persisted here.",
+    )
+    status_file: str = setting(
+        "/etc/iscsi-ha/state/status",
+        check=_path,
+        help="The legacy status file; HA-Lizard reads its age before it fences the peer.",
+    )
+    control_socket: str = setting(
+        "/run/iscsi-ha/control.sock", check=_path, help="Where iscsi-cfg talks to the controller."
+    )
 
 
 @dataclass(frozen=True)
 class ExporterConfig:
     enabled: bool = setting(True, check=_boolean, help="Serve Prometheus metrics over HTTP.")
-    listen: str = setting(f"0.0.0.0:{DEFAULT_EXPORTER_PORT}", check=_listen,
-                          help="HOST:PORT of the metrics endpoint ([::]:PORT for IPv6).")
+    listen: str = setting(
+        f"0.0.0.0:{DEFAULT_EXPORTER_PORT}",
+        check=_listen,
+        help="HOST:PORT of the metrics endpoint ([::]:PORT for IPv6).",
+    )
     web_config_file: Optional[str] = setting(
-        None, check=_optional(_path),
+        None,
+        check=_optional(_path),
         help="A Prometheus exporter-toolkit web configuration file (TLS, client certificates, "
-        "basic auth with bcrypt hashes); null = plain HTTP.")
+        "basic auth with bcrypt hashes); null = plain HTTP.",
+    )
 
     @property
     def host(self) -> str:
@@ -764,30 +887,38 @@ class ExporterConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = setting("info", check=_choice(("debug", "info", "warning", "error")),
-                         help="debug, info, warning or error. Logs always go to stderr.")
-    syslog: bool = setting(True, check=_boolean,
-                           help="Also log to syslog (/dev/log) when it exists.")
+    level: str = setting(
+        "info",
+        check=_choice(("debug", "info", "warning", "error")),
+        help="debug, info, warning or error. Logs always go to stderr.",
+    )
+    syslog: bool = setting(
+        True, check=_boolean, help="Also log to syslog (/dev/log) when it exists."
+    )
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     allowed_uids: Tuple[int, ...] = setting(
-        (0,), check=_list_of(_uid, "user ids", "[0]"),
-        help="User ids allowed on the control socket (iscsi-cfg).")
+        (0,),
+        check=_list_of(_uid, "user ids", "[0]"),
+        help="User ids allowed on the control socket (iscsi-cfg).",
+    )
 
 
 @dataclass(frozen=True)
 class PromotionConfig:
     unproven_wait: float = setting(
-        0.0, check=_seconds(allow_zero=True),
+        0.0,
+        check=_seconds(allow_zero=True),
         help="Never serve stale data: with the peer unreachable the controller promotes only "
         "with proof that this host holds the newest data (it watched the peer vanish while in "
         "sync, or the peer is Outdated); otherwise it holds and pages (IscsiHaPromotionBlocked). "
         "This is the number of seconds after which it promotes WITHOUT proof, like DRBD's "
         "degr-wfc-timeout; 0 = never. RISK: a host that was down while its peer served writes "
         "then serves its old data: the VMs go back in time, and DRBD reports a split brain when "
-        "the peer returns. Leave at 0 unless losing those writes is acceptable.")
+        "the peer returns. Leave at 0 unless losing those writes is acceptable.",
+    )
 
 
 @dataclass(frozen=True)
@@ -795,24 +926,37 @@ class PeerConfig:
     """The peer channel: mutually authenticated TLS between the two controllers (peer.py)."""
 
     address: str = setting(
-        "", check=_peer_address,
+        "",
+        check=_peer_address,
         help="The peer channel: mutually authenticated TLS between the two controllers over the "
         "management network (never the replication link), used by the fence-peer handler, the "
         "two-masters check and to learn the peer's disk state. This is the other host's "
-        "management address; \"\" = no peer channel.")
-    port: int = setting(DEFAULT_PEER_PORT, check=_integer(1, 65535),
-                        help="The port the peer listens on.")
-    listen: str = setting(f"0.0.0.0:{DEFAULT_PEER_PORT}", check=_listen,
-                          help="HOST:PORT this host's peer channel listens on.")
-    cert_file: str = setting("/etc/iscsi-ha/peer/host.crt", check=_path,
-                             help="This host's certificate (create it with `iscsi-cfg "
-                             "peer-cert`).")
-    key_file: str = setting("/etc/iscsi-ha/peer/host.key", check=_path,
-                            help="This host's private key (0600).")
-    peer_cert_file: str = setting("/etc/iscsi-ha/peer/peer.crt", check=_path,
-                                  help="The peer's certificate: the only one accepted (pinned).")
-    timeout: float = setting(2.0, check=_seconds(maximum=30),
-                             help="Seconds every call may take, connect to answer.")
+        'management address; "" = no peer channel.',
+    )
+    port: int = setting(
+        DEFAULT_PEER_PORT, check=_integer(1, 65535), help="The port the peer listens on."
+    )
+    listen: str = setting(
+        f"0.0.0.0:{DEFAULT_PEER_PORT}",
+        check=_listen,
+        help="HOST:PORT this host's peer channel listens on.",
+    )
+    cert_file: str = setting(
+        "/etc/iscsi-ha/peer/host.crt",
+        check=_path,
+        help="This host's certificate (create it with `iscsi-cfg peer-cert`).",
+    )
+    key_file: str = setting(
+        "/etc/iscsi-ha/peer/host.key", check=_path, help="This host's private key (0600)."
+    )
+    peer_cert_file: str = setting(
+        "/etc/iscsi-ha/peer/peer.crt",
+        check=_path,
+        help="The peer's certificate: the only one accepted (pinned).",
+    )
+    timeout: float = setting(
+        2.0, check=_seconds(maximum=30), help="Seconds every call may take, connect to answer."
+    )
 
     @property
     def enabled(self) -> bool:
@@ -824,19 +968,26 @@ class ProbeConfig:
     """The storage probe (probe.py): this host as an iSCSI client of the VIP."""
 
     enabled: bool = setting(
-        True, check=_boolean,
+        True,
+        check=_boolean,
         help="Check the storage as the VMs' hosts see it: log in to the target at the VIP and "
         "read block 0 of every LUN, on a job of its own (never in a cycle or a scrape). Its "
-        "metrics decide what pages (alerts/iscsi-ha.rules.yml, docs/alerts.md).")
+        "metrics decide what pages (alerts/iscsi-ha.rules.yml, docs/alerts.md).",
+    )
     interval: float = setting(
-        0.0, check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
-        help="Seconds between probes; 0 = the cycle interval.")
+        0.0,
+        check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="Seconds between probes; 0 = the cycle interval.",
+    )
     timeout: float = setting(
-        2.0, check=_seconds(maximum=30),
+        2.0,
+        check=_seconds(maximum=30),
         help="Hard limit in seconds for a whole probe (connect, login, every LUN, logout); "
-        "never more than the interval.")
-    port: int = setting(3260, check=_integer(1, 65535),
-                        help="The iSCSI port the target listens on at the VIP.")
+        "never more than the interval.",
+    )
+    port: int = setting(
+        3260, check=_integer(1, 65535), help="The iSCSI port the target listens on at the VIP."
+    )
 
 
 @dataclass(frozen=True)
@@ -844,19 +995,25 @@ class AuditConfig:
     """The data-safety audit (audit.py): settings that decide whether a failover loses data."""
 
     enabled: bool = setting(
-        True, check=_boolean,
+        True,
+        check=_boolean,
         help="Check every few minutes, on a job of its own: DRBD protocol C, split-brain "
         "policies that discard data, fencing with a fence-peer handler, the LVM filter "
         "rejecting the DRBD and backing devices, multipath leaving DRBD alone. Each finding is a "
-        "metric and an alert (docs/runbook.md).")
-    interval: float = setting(300.0, check=_seconds(maximum=MAX_PERIOD),
-                              help="Seconds between audits.")
-    lvmconfig: str = setting("lvmconfig", check=_command,
-                             help="LVM's lvmconfig command (dom0 has it).")
+        "metric and an alert (docs/runbook.md).",
+    )
+    interval: float = setting(
+        300.0, check=_seconds(maximum=MAX_PERIOD), help="Seconds between audits."
+    )
+    lvmconfig: str = setting(
+        "lvmconfig", check=_command, help="LVM's lvmconfig command (dom0 has it)."
+    )
     multipath_conf: str = setting(
-        "/etc/multipath.conf", check=_path,
+        "/etc/multipath.conf",
+        check=_path,
         help="multipath's configuration; the conf.d directory next to it "
-        "(/etc/multipath/conf.d) is read too. No file: multipath is not configured.")
+        "(/etc/multipath/conf.d) is read too. No file: multipath is not configured.",
+    )
 
 
 def default_luns(resources: Sequence[str]) -> Tuple[Lun, ...]:
@@ -870,28 +1027,43 @@ class Config:
     Constructing it directly (in tests) skips validation but still fills the derived defaults.
     """
 
-    resources: Tuple[str, ...] = field(metadata=about(
-        check=_list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]", unique=True),
-        example="[iscsi1]",
-        help="The DRBD resources to keep Primary on the pool master, in order. Names as in "
-        "/etc/drbd.d/*.res (letters, digits, _ . -), each once."))
+    resources: Tuple[str, ...] = field(
+        metadata=about(
+            check=_list_of(_resource_name, "DRBD resource names", "[iscsi1, iscsi2]", unique=True),
+            example="[iscsi1]",
+            help="The DRBD resources to keep Primary on the pool master, in order. Names as in "
+            "/etc/drbd.d/*.res (letters, digits, _ . -), each once.",
+        )
+    )
     vip: VipConfig = field()
-    node_name: str = setting(default_factory=socket.gethostname, check=_string,
-                             derived="the host name", example="xcp-host1",
-                             help="Shown in logs and metrics.")
-    interval: float = setting(DEFAULT_INTERVAL, check=_seconds(minimum=0.05),
-                              help="Seconds between two cycles of observe -> decide -> act (the "
-                              "original tool's MONITOR_DELAY).")
+    node_name: str = setting(
+        default_factory=socket.gethostname,
+        check=_string,
+        derived="the host name",
+        example="xcp-host1",
+        help="Shown in logs and metrics.",
+    )
+    interval: float = setting(
+        DEFAULT_INTERVAL,
+        check=_seconds(minimum=0.05),
+        help="Seconds between two cycles of observe -> decide -> act (the "
+        "original tool's MONITOR_DELAY).",
+    )
     cycle_deadline: float = setting(
-        0.0, check=_seconds(maximum=2 * MAX_SECONDS), derived="twice the interval",
+        0.0,
+        check=_seconds(maximum=2 * MAX_SECONDS),
+        derived="twice the interval",
         example="10",
         help="A cycle that takes longer than this many seconds is reported as an overrun (log "
-        "and metrics).")
+        "and metrics).",
+    )
     command_timeout: float = setting(
-        10.0, check=_seconds(),
+        10.0,
+        check=_seconds(),
         help="Default timeout in seconds of every external command (drbdadm, tgtadm, ip, "
         "arping...). A command that runs over is killed and counted in "
-        "iscsi_ha_command_timeouts_total.")
+        "iscsi_ha_command_timeouts_total.",
+    )
     drbd: DrbdConfig = field(default_factory=DrbdConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     xenapi: XenApiConfig = field(default_factory=XenApiConfig)
@@ -913,8 +1085,9 @@ class Config:
             luns = default_luns(self.resources)
             object.__setattr__(self, "target", dataclasses.replace(self.target, luns=luns))
 
-    def to_dict(self, redact: bool = True,
-                environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    def to_dict(
+        self, redact: bool = True, environ: Optional[Mapping[str, str]] = None
+    ) -> Dict[str, Any]:
         """Plain data in the YAML shape, for ``iscsi-cfg get`` and the control socket.
 
         Nothing secret is ever in a Config, so both forms are safe to print. ``redact=True`` (the
@@ -934,7 +1107,8 @@ class Config:
 # The sections: the top-level keys whose value is a mapping of settings, with their dataclass.
 _TYPES = typing.get_type_hints(Config)
 _SECTIONS: Dict[str, type] = {
-    f.name: _TYPES[f.name] for f in dataclasses.fields(Config)
+    f.name: _TYPES[f.name]
+    for f in dataclasses.fields(Config)
     if dataclasses.is_dataclass(_TYPES[f.name])
 }
 # The order of the file (example, README, `iscsi-cfg get`): the plain keys, then the sections,
@@ -960,8 +1134,13 @@ def yaml_key(f: "dataclasses.Field[Any]") -> str:
 def _plain(value: Any) -> Any:
     if isinstance(value, Lun):
         out = {"lun": value.number, "path": value.path}
-        out.update({k: getattr(value, k) for k in ("serial", "scsi_id", "vendor", "product")
-                    if getattr(value, k) is not None})
+        out.update(
+            {
+                k: getattr(value, k)
+                for k in ("serial", "scsi_id", "vendor", "product")
+                if getattr(value, k) is not None
+            }
+        )
         return out
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -969,13 +1148,13 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     return value
 
+
 # --------------------------------------------------------------------------------------------
 # The secret
 # --------------------------------------------------------------------------------------------
 
 
-def read_xenapi_password(cfg: Config,
-                         environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def read_xenapi_password(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """The XenAPI password: the environment variable if set and non-empty, else the file.
 
     None when neither is there (a local socket login needs no password on XenServer). An
@@ -1007,8 +1186,10 @@ def password_source(cfg: Config, environ: Optional[Mapping[str, str]] = None) ->
         return f"environment variable {x.password_env}"
     if x.password_file and os.path.exists(x.password_file):
         return f"file {x.password_file}"
-    tried = [f"environment variable {x.password_env}" if x.password_env else "",
-             f"file {x.password_file}" if x.password_file else ""]
+    tried = [
+        f"environment variable {x.password_env}" if x.password_env else "",
+        f"file {x.password_file}" if x.password_file else "",
+    ]
     tried = [t for t in tried if t]
     if not tried:
         return "not set"
@@ -1018,14 +1199,14 @@ def password_source(cfg: Config, environ: Optional[Mapping[str, str]] = None) ->
 _REQUIRED_HINTS = {
     "resources": "is required: the DRBD resources to manage, e.g. resources: [iscsi1]",
     "vip.address": "is required: the floating IPv4 address with its prefix, e.g. "
-                   "vip: {address: 10.10.10.3/24}",
+    "vip: {address: 10.10.10.3/24}",
 }
 
 # Keys people will try that must not exist, with the fix.
 _KEY_HINTS = {
     "xenapi.password": "the password is never kept in this file: put it in the file named by "
-                       "xenapi.password_file or in the environment variable named by "
-                       "xenapi.password_env",
+    "xenapi.password_file or in the environment variable named by "
+    "xenapi.password_env",
 }
 _LEGACY_PREFIXES = ("DRBD_", "MONITOR_", "MAIL_", "SMTP_", "ISCSI_", "ENABLE_LOGGING")
 
@@ -1057,13 +1238,16 @@ def _unknown_key(key: Any, known: Sequence[str], prefix: str) -> Tuple[str, str]
     if path in _KEY_HINTS:
         return path, f"unknown key: {_KEY_HINTS[path]}"
     if not prefix and key.upper() == key and key.startswith(_LEGACY_PREFIXES):
-        return path, ("unknown key: this is a setting of the legacy shell-style iscsi-ha.conf; "
-                      "convert that file with `iscsi-cfg import-conf FILE`")
+        return path, (
+            "unknown key: this is a setting of the legacy shell-style iscsi-ha.conf; "
+            "convert that file with `iscsi-cfg import-conf FILE`"
+        )
     # A real key in the wrong section ("interface" at the top) beats a spelling guess.
     elsewhere = [p for p in _all_keys().get(key, []) if p != path]
     if elsewhere:
-        return path, (f"unknown key here; did you mean {elsewhere[0]!r}? "
-                      "(it belongs in that section)")
+        return path, (
+            f"unknown key here; did you mean {elsewhere[0]!r}? (it belongs in that section)"
+        )
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     if close:
         where = f"{prefix}.{close[0]}" if prefix else close[0]
@@ -1078,8 +1262,9 @@ class _Reader:
     def add(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
-    def read(self, data: Mapping[Any, Any], cls: type, prefix: str,
-             skip: Sequence[str] = ()) -> Dict[str, Any]:
+    def read(
+        self, data: Mapping[Any, Any], cls: type, prefix: str, skip: Sequence[str] = ()
+    ) -> Dict[str, Any]:
         """Check the keys of one mapping against ``cls``; return the valid values by name.
 
         Absent keys are left out, so the dataclass default applies.
@@ -1092,16 +1277,17 @@ class _Reader:
         values: Dict[str, Any] = {}
         for f in fields:
             path = f"{prefix}.{f.name}" if prefix else f.name
-            required = (f.default is dataclasses.MISSING
-                        and f.default_factory is dataclasses.MISSING)
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
             check = check_of(f)
             value = data.get(f.name)
             if value is None and not getattr(check, "nullable", False):
                 if required:
                     self.add(path, _REQUIRED_HINTS.get(path, "is required"))
                 elif f.name in data:
-                    self.add(path, "has no value; remove the key to use the default "
-                                   f"({_show_default(f)})")
+                    self.add(
+                        path,
+                        f"has no value; remove the key to use the default ({_show_default(f)})",
+                    )
                 continue
             if f.name not in data:
                 continue
@@ -1156,11 +1342,15 @@ def parse_config(mapping: Any, source: str = "<file>") -> Config:
 def _not_a_mapping(data: Any) -> str:
     # Only the type is named: the "config" may be some other file (even the password file).
     if data is None:
-        return ("is empty: set at least resources and vip.address "
-                "(examples/iscsi-ha.yaml shows every key)")
+        return (
+            "is empty: set at least resources and vip.address "
+            "(examples/iscsi-ha.yaml shows every key)"
+        )
     if isinstance(data, str) and "=" in data:
-        return ("is not a YAML mapping: it looks like the legacy shell-style iscsi-ha.conf; "
-                "convert it with `iscsi-cfg import-conf FILE`")
+        return (
+            "is not a YAML mapping: it looks like the legacy shell-style iscsi-ha.conf; "
+            "convert it with `iscsi-cfg import-conf FILE`"
+        )
     kinds: Dict[type, str] = {str: "a single string", list: "a list"}
     kind = kinds.get(type(data), f"a {type(data).__name__}")
     return f"must be a YAML mapping of settings (key: value lines), got {kind}"
@@ -1217,8 +1407,12 @@ class _StrictLoader(yaml.SafeLoader):
         digits = sum(c.isalnum() for c in str(node.value))
         if digits > MAX_INT_DIGITS:
             raise yaml.constructor.ConstructorError(
-                None, None, f"an integer of {digits} digits; no setting takes a number that "
-                f"long (at most {MAX_INT_DIGITS} digits)", node.start_mark)
+                None,
+                None,
+                f"an integer of {digits} digits; no setting takes a number that "
+                f"long (at most {MAX_INT_DIGITS} digits)",
+                node.start_mark,
+            )
         return super().construct_yaml_int(node)
 
 
@@ -1239,9 +1433,11 @@ def _scan(text: str) -> Optional[str]:
         column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
         code = ord(bad.group())
         what = {0: "a NUL byte", 0x1B: "an escape character (a pasted terminal colour code?)"}
-        return (f"line {line}, column {column}: {what.get(code, 'a control character')} "
-                f"(U+{code:04X}); YAML does not allow it anywhere, comments included: "
-                "delete it")
+        return (
+            f"line {line}, column {column}: {what.get(code, 'a control character')} "
+            f"(U+{code:04X}); YAML does not allow it anywhere, comments included: "
+            "delete it"
+        )
     depth = 0
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
@@ -1250,8 +1446,10 @@ def _scan(text: str) -> Optional[str]:
                 if depth > MAX_YAML_DEPTH:
                     mark = event.start_mark
                     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-                    return (f"{where}nested more than {MAX_YAML_DEPTH} levels deep; a "
-                            "configuration needs 3")
+                    return (
+                        f"{where}nested more than {MAX_YAML_DEPTH} levels deep; a "
+                        "configuration needs 3"
+                    )
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.YAMLError:
@@ -1282,10 +1480,13 @@ def load_config(path: Any = DEFAULT_CONFIG_PATH) -> Config:
     try:
         raw = read_capped(source, CONFIG_LIMIT)
     except FileNotFoundError:
-        raise ConfigError(source, [
-            "no such file: create it from examples/iscsi-ha.yaml, or convert a legacy "
-            "iscsi-ha.conf with `iscsi-cfg import-conf FILE`"
-        ]) from None
+        raise ConfigError(
+            source,
+            [
+                "no such file: create it from examples/iscsi-ha.yaml, or convert a legacy "
+                "iscsi-ha.conf with `iscsi-cfg import-conf FILE`"
+            ],
+        ) from None
     except IsADirectoryError:
         raise ConfigError(source, ["is a directory, not a configuration file"]) from None
     except OSError as exc:
@@ -1324,11 +1525,13 @@ def load_yaml(text: str, source: str) -> Tuple[Any, List[str]]:
     except yaml.YAMLError as exc:
         raise ConfigError(source, [_yaml_problem(exc)]) from None
     except RecursionError:
-        raise ConfigError(source, [f"invalid YAML: nested too deeply (more than "
-                                   f"{MAX_YAML_DEPTH} levels)"]) from None
+        raise ConfigError(
+            source, [f"invalid YAML: nested too deeply (more than {MAX_YAML_DEPTH} levels)"]
+        ) from None
     except (ValueError, TypeError, OverflowError) as exc:
         # Whatever else PyYAML's constructors trip over; the type only, never the text.
-        raise ConfigError(source, [f"invalid YAML: a value cannot be read "
-                                   f"({type(exc).__name__})"]) from None
+        raise ConfigError(
+            source, [f"invalid YAML: a value cannot be read ({type(exc).__name__})"]
+        ) from None
     finally:
         loader.dispose()

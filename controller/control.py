@@ -81,6 +81,7 @@ REFUSAL_LOG_PERIOD = 60.0  # seconds between two log lines about one refused uid
 BACKLOG = 128  # connects that wait for the accept loop (it drains them in microseconds each)
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes including the final NUL
 
+
 class ControlSocketError(OSError):
     """The control socket cannot be set up (another controller owns it, the path is unusable)."""
 
@@ -195,26 +196,35 @@ class ControlServer:
     def start(self) -> None:
         self._sock, self._identity = self._bind(self.path, self.mode)
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._serve, args=(self._sock,),
-                                        name="control-socket", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(self._sock,), name="control-socket", daemon=True
+        )
         self._thread.start()
         if self.root_path is not None:
             # Any local user can connect to a 0666 socket, and a connect loop can keep its
             # listen queue full however fast we accept. Root's iscsi-cfg therefore has a socket
             # of its own, 0600, that nobody else can even connect to.
             try:
-                self._root_sock, self._root_identity = self._bind(self.root_path, 0o600,
-                                                                  private=True)
+                self._root_sock, self._root_identity = self._bind(
+                    self.root_path, 0o600, private=True
+                )
             except ControlSocketError as exc:
                 log.warning("%s; root shares the main socket", exc)
             else:
-                self._root_thread = threading.Thread(target=self._serve,
-                                                     args=(self._root_sock,),
-                                                     name="control-socket-root", daemon=True)
+                self._root_thread = threading.Thread(
+                    target=self._serve,
+                    args=(self._root_sock,),
+                    name="control-socket-root",
+                    daemon=True,
+                )
                 self._root_thread.start()
-        log.info("control socket on %s (mode %o, uids %s)%s", self.path, self.mode,
-                 ", ".join(str(u) for u in sorted(self.allowed_uids)),
-                 f"; root's own on {self.root_path}" if self._root_sock else "")
+        log.info(
+            "control socket on %s (mode %o, uids %s)%s",
+            self.path,
+            self.mode,
+            ", ".join(str(u) for u in sorted(self.allowed_uids)),
+            f"; root's own on {self.root_path}" if self._root_sock else "",
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -237,11 +247,14 @@ class ControlServer:
             self._remove_own_file(root_socket_path(self.path), self._root_identity)
             self._root_identity = None
 
-    def _bind(self, path: str, mode: int,
-              private: bool = False) -> Tuple[socket.socket, Tuple[int, int]]:
+    def _bind(
+        self, path: str, mode: int, private: bool = False
+    ) -> Tuple[socket.socket, Tuple[int, int]]:
         if len(os.fsencode(path)) > UNIX_PATH_MAX:
-            raise ControlSocketError(f"control socket path {path!r} is longer than "
-                                     f"{UNIX_PATH_MAX} bytes, the limit of a Unix socket")
+            raise ControlSocketError(
+                f"control socket path {path!r} is longer than "
+                f"{UNIX_PATH_MAX} bytes, the limit of a Unix socket"
+            )
         parent = os.path.dirname(path) or "."
         if not os.path.isdir(parent):
             os.makedirs(parent, exist_ok=True)
@@ -252,13 +265,16 @@ class ControlServer:
             st = None
         if st is not None:
             if not stat.S_ISSOCK(st.st_mode):
-                raise ControlSocketError(f"{path} exists and is not a socket; not touching it "
-                                         "(remove it, or set paths.control_socket)")
+                raise ControlSocketError(
+                    f"{path} exists and is not a socket; not touching it "
+                    "(remove it, or set paths.control_socket)"
+                )
             # The root socket is checked through the main one, which we hold by now.
             if not private and socket_answers(path):
                 raise ControlSocketError(
                     f"{path} answers: another iscsi-ha controller is running on this host; "
-                    "not starting a second one (stop it first: systemctl stop iscsi-ha)")
+                    "not starting a second one (stop it first: systemctl stop iscsi-ha)"
+                )
             log.info("replacing stale control socket %s (nothing answers on it)", path)
 
         # Bound under a temporary name, given its mode, then renamed over the final name.
@@ -288,8 +304,9 @@ class ControlServer:
                     os.unlink(tmp)
                 except OSError:
                     pass
-            raise ControlSocketError(f"cannot create control socket {path}: "
-                                     f"{exc.strerror or exc}") from None
+            raise ControlSocketError(
+                f"cannot create control socket {path}: {exc.strerror or exc}"
+            ) from None
         return sock, (st.st_dev, st.st_ino)
 
     @staticmethod
@@ -328,13 +345,18 @@ class ControlServer:
                 self._refuse(conn, pid, uid)
                 continue
             if not self.slots.take(uid):
-                wire.send_and_close(conn, error_answer(
-                    f"busy: {self.max_connections} requests are being served; try again",
-                    CODE_REFUSED))
+                wire.send_and_close(
+                    conn,
+                    error_answer(
+                        f"busy: {self.max_connections} requests are being served; try again",
+                        CODE_REFUSED,
+                    ),
+                )
                 continue
             try:
-                threading.Thread(target=self._handle_slot, args=(conn, uid), daemon=True,
-                                 name="control-conn").start()
+                threading.Thread(
+                    target=self._handle_slot, args=(conn, uid), daemon=True, name="control-conn"
+                ).start()
             except RuntimeError:  # cannot start a thread: answer nothing, keep serving
                 self.slots.give(uid)
                 conn.close()
@@ -348,7 +370,8 @@ class ControlServer:
         allowed = ", ".join(str(u) for u in sorted(self.allowed_uids))
         return error_answer(
             f"permission denied: uid {uid} may not use the iscsi-ha control socket "
-            f"(allowed uids: {allowed}); run iscsi-cfg as root")
+            f"(allowed uids: {allowed}); run iscsi-cfg as root"
+        )
 
     def _handle_slot(self, conn: socket.socket, uid: int) -> None:
         try:

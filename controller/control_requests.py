@@ -39,8 +39,9 @@ class OperatorControls(Protocol):
 
     def snapshot(self) -> Optional[Snapshot]: ...
 
-    def command(self, name: str, accept_stale: Tuple[str, ...] = (),
-                who: str = "") -> Tuple[int, str]: ...
+    def command(
+        self, name: str, accept_stale: Tuple[str, ...] = (), who: str = ""
+    ) -> Tuple[int, str]: ...
 
     def stale_report(self, name: str) -> Dict[str, object]: ...
 
@@ -120,8 +121,11 @@ def describe_snapshot(
 
 
 def history_entries(history: Iterable[Tuple[float, str, str]], since: float) -> List[dict]:
-    return [{"t": t, "outcome": outcome, "message": message}
-            for t, outcome, message in history if t > since]
+    return [
+        {"t": t, "outcome": outcome, "message": message}
+        for t, outcome, message in history
+        if t > since
+    ]
 
 
 def _copy(history: Iterable[Tuple[float, str, str]]) -> List[Tuple[float, str, str]]:
@@ -153,21 +157,28 @@ class Requests:
             if command is Command.STATUS:
                 return self.status()
             if command is Command.GET:
-                return {"ok": True, "config": self.daemon.cfg.to_dict(redact=True),
-                        "config_path": self.daemon.config_path}
+                return {
+                    "ok": True,
+                    "config": self.daemon.cfg.to_dict(redact=True),
+                    "config_path": self.daemon.config_path,
+                }
             if command is Command.LOG:
                 since = request.get("since", 0)
                 if isinstance(since, bool) or not isinstance(since, (int, float)):
                     return error_answer('"since" must be a unix time (a number)')
-                return {"ok": True, "now": time.time(),
-                        "entries": history_entries(_copy(self.daemon.controller.history), since)}
+                return {
+                    "ok": True,
+                    "now": time.time(),
+                    "entries": history_entries(_copy(self.daemon.controller.history), since),
+                }
             if command is Command.STALE_INFO:
                 name = request.get("resource")
                 try:
                     return {"ok": True, **self.daemon.controller.stale_report(str(name))}
                 except KeyError:
-                    return error_answer(f"{quote(str(name).encode(), 40)} is not a resource "
-                                        "of this controller")
+                    return error_answer(
+                        f"{quote(str(name).encode(), 40)} is not a resource of this controller"
+                    )
             if command is Command.SWITCHOVER:
                 return self.switchover(pid, uid)
             if command is Command.SPLIT_BRAIN:
@@ -177,25 +188,30 @@ class Requests:
                     return error_answer("split-brain: root only", CODE_REFUSED)
                 from .splitbrain_ops import control as split_brain
 
-                who = f"uid {uid}, pid {pid}" + (f", {str(request.get('who'))[:80]}"
-                                                 if request.get("who") else "")
+                who = f"uid {uid}, pid {pid}" + (
+                    f", {str(request.get('who'))[:80]}" if request.get("who") else ""
+                )
                 return split_brain(self.daemon, request, who)
             if command in ROLE_COMMANDS:
                 accept = request.get("accept_stale") or []
                 only_promotion = command is not Command.BECOME_PRIMARY and accept
-                if only_promotion or not isinstance(accept, list) or \
-                        not all(isinstance(a, str) for a in accept):
-                    return error_answer('"accept_stale" is a list of resource names, for '
-                                        "become-primary only")
+                if (
+                    only_promotion
+                    or not isinstance(accept, list)
+                    or not all(isinstance(a, str) for a in accept)
+                ):
+                    return error_answer(
+                        '"accept_stale" is a list of resource names, for become-primary only'
+                    )
                 who = str(request.get("who") or "")[:80]
                 return self.role_command(command, pid, uid, tuple(accept), who)
         except Exception as exc:
             log.exception("control socket: %s failed", cmd)
-            return error_answer(f"{cmd} failed inside the controller: {type(exc).__name__}: "
-                                f"{exc}", CODE_REFUSED)
+            return error_answer(
+                f"{cmd} failed inside the controller: {type(exc).__name__}: {exc}", CODE_REFUSED
+            )
         shown = quote(cmd.encode("utf-8", "backslashreplace"), 40)  # JSON allows lone surrogates
-        return error_answer(f"unknown command {shown}; "
-                            f"known: {', '.join(COMMANDS)}")
+        return error_answer(f"unknown command {shown}; known: {', '.join(COMMANDS)}")
 
     def status(self) -> Dict[str, Any]:
         controller = self.daemon.controller
@@ -214,15 +230,16 @@ class Requests:
                 log.exception("cannot read the manual-mode file")
         return describe_snapshot(controller.snapshot(), time.time(), manual)
 
-    def role_command(self, cmd: str, pid: int, uid: int, accept_stale: Tuple[str, ...] = (),
-                     who: str = "") -> Dict[str, Any]:
+    def role_command(
+        self, cmd: str, pid: int, uid: int, accept_stale: Tuple[str, ...] = (), who: str = ""
+    ) -> Dict[str, Any]:
         # The uid comes from SO_PEERCRED (the kernel's word); `who` is what the client says.
         by = f"uid {uid}, pid {pid}" + (f", {who}" if who else "")
         if accept_stale:
-            log.warning("operator command %s --accept-stale %s (%s)", cmd,
-                        ", ".join(accept_stale), by)
-            code, message = self.daemon.controller.command(cmd, accept_stale=accept_stale,
-                                                           who=by)
+            log.warning(
+                "operator command %s --accept-stale %s (%s)", cmd, ", ".join(accept_stale), by
+            )
+            code, message = self.daemon.controller.command(cmd, accept_stale=accept_stale, who=by)
             log.log(logging.INFO if code == 0 else logging.WARNING, "%s: %s", cmd, message)
             self._trigger(cmd)
             return {"ok": code == 0, "code": code, "message": message}

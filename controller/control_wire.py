@@ -57,8 +57,10 @@ def parse_request(raw: bytes) -> Dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"malformed request, not JSON ({exc}): {quote(raw)}") from None
     if not isinstance(data, dict):
-        raise BadRequest(f"malformed request: expected a JSON object like "
-                         f'{{"cmd": "status"}}, got {type(data).__name__}')
+        raise BadRequest(
+            f"malformed request: expected a JSON object like "
+            f'{{"cmd": "status"}}, got {type(data).__name__}'
+        )
     cmd = data.get("cmd")
     if not isinstance(cmd, str):
         raise BadRequest('malformed request: "cmd" must be a string, e.g. {"cmd": "status"}')

@@ -206,8 +206,7 @@ class Controller:
         results: Tuple[ActionResult, ...] = ()
         try:
             manual = self.load_manual()
-            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale,
-                               save=False)
+            obs = self.observe(manual, record=not dry_run, accept_stale=accept_stale, save=False)
             plan = self._with_backoff(decide(obs, manual, self.settings.policy))
             if not dry_run:
                 results = execute(plan, self.systems)
@@ -226,8 +225,9 @@ class Controller:
         overran = duration > self.settings.deadline
         if overran:
             message += f" (cycle overran its {self.settings.deadline:g}s deadline: {duration:.1f}s)"
-        result = CycleResult(started, duration, obs, plan, results, outcome, message, overran,
-                             dry_run)
+        result = CycleResult(
+            started, duration, obs, plan, results, outcome, message, overran, dry_run
+        )
         if not dry_run:
             self._count(result)
             if self.settings.status_file:
@@ -265,8 +265,13 @@ class Controller:
         self._manual_problem = problem
         return manual
 
-    def observe(self, manual: ManualMode, record: bool = True,
-                accept_stale: Tuple[str, ...] = (), save: bool = True) -> Observation:
+    def observe(
+        self,
+        manual: ManualMode,
+        record: bool = True,
+        accept_stale: Tuple[str, ...] = (),
+        save: bool = True,
+    ) -> Observation:
         """Look at everything once. ``record`` keeps what was seen in the ledger (not in a
         dry run, which must change nothing); ``save`` also writes it to disk now."""
         s = self.systems
@@ -294,23 +299,42 @@ class Controller:
         if wanted is not None and record:
             gi = self.systems.drbd.generation_ids(wanted.name)
             gis[wanted.name] = gi.text if gi is not None else ""  # "": tried, not readable
-        ledger = advance(store.ledger, resources, now_mono, now_wall, store.boot_id,
-                         store.run_id, gap, gis, sessions=target.sessions)
+        ledger = advance(
+            store.ledger,
+            resources,
+            now_mono,
+            now_wall,
+            store.boot_id,
+            store.run_id,
+            gap,
+            gis,
+            sessions=target.sessions,
+        )
         if record:
             store.ledger = ledger
             if save:
                 store.save_if_changed(now_wall)
-        proofs = tuple(self._with_drbd_flags(
-            evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r)
-            for r in resources)
+        proofs = tuple(
+            self._with_drbd_flags(
+                evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r
+            )
+            for r in resources
+        )
         if pool.role is PoolRole.MASTER:
-            self._master_since = self._master_since if self._master_since is not None \
-                else now_mono
+            self._master_since = self._master_since if self._master_since is not None else now_mono
         else:
             self._master_since = None
         peer = self._confirmed(self.peer_status()) if self.peer_status else None
-        obs = Observation(pool=pool, resources=resources, target=target, vip=vip,
-                          evidence=proofs, peer=peer, now=now_wall, accept_stale=accept_stale)
+        obs = Observation(
+            pool=pool,
+            resources=resources,
+            target=target,
+            vip=vip,
+            evidence=proofs,
+            peer=peer,
+            now=now_wall,
+            accept_stale=accept_stale,
+        )
         desired, _ = desired_role(obs, manual)
 
         # Duplicate-address check (arping -D): the holder uses the periodic probe's answer; a
@@ -326,8 +350,10 @@ class Controller:
         due = (
             vip.local
             and self.settings.announce_interval > 0
-            and (self._last_announce is None
-                 or now - self._last_announce >= self.settings.announce_interval)
+            and (
+                self._last_announce is None
+                or now - self._last_announce >= self.settings.announce_interval
+            )
         )
         vip = replace(vip, conflict=conflict, announce_due=bool(due))
 
@@ -335,10 +361,19 @@ class Controller:
         # PBDs are plugged only once this host holds everything (the last step of a promotion);
         # reading them before costs XenAPI round trips on the path of the promotion itself. The
         # cycle after it (woken by its own DRBD role change) plugs them.
-        holding = bool(resources) and all(r.role == "Primary" for r in resources) \
-            and target.serving and vip.local
-        if (s.sr is not None and self.settings.observe_srs and pool.role is PoolRole.MASTER
-                and desired is StorageRole.PRIMARY and holding):
+        holding = (
+            bool(resources)
+            and all(r.role == "Primary" for r in resources)
+            and target.serving
+            and vip.local
+        )
+        if (
+            s.sr is not None
+            and self.settings.observe_srs
+            and pool.role is PoolRole.MASTER
+            and desired is StorageRole.PRIMARY
+            and holding
+        ):
             srs = s.sr.observe()
         return replace(obs, vip=vip, srs=srs)
 
@@ -350,22 +385,31 @@ class Controller:
         if peer is None or peer.pool_role != PoolRole.MASTER.value:
             return peer
         since = self._master_since
-        if since is None or peer.answered_at is None or \
-                peer.answered_at < since + self.settings.interval:
+        if (
+            since is None
+            or peer.answered_at is None
+            or peer.answered_at < since + self.settings.interval
+        ):
             return replace(peer, pool_role=None)
         return peer
 
     def _with_drbd_flags(self, ev: Evidence, res: DrbdResource) -> Evidence:
         """Add DRBD's meta-data flags (get-gi) where the promotion rule may need them: the peer
         unreachable and this host not Primary. One command, only in that state."""
-        if (ev.watched or res.peer_reachable or not res.configured or res.error
-                or res.role == "Primary"):
+        if (
+            ev.watched
+            or res.peer_reachable
+            or not res.configured
+            or res.error
+            or res.role == "Primary"
+        ):
             return ev
         gi = self.systems.drbd.generation_ids(res.name)
         if gi is None:
             return ev
-        return replace(ev, drbd_peer_outdated=gi.peer_outdated,
-                       drbd_crashed_primary=gi.crashed_primary)
+        return replace(
+            ev, drbd_peer_outdated=gi.peer_outdated, drbd_crashed_primary=gi.crashed_primary
+        )
 
     def _fresh_probe(self, now: float) -> Optional[bool]:
         if self._probe is None:
@@ -412,8 +456,10 @@ class Controller:
             if isinstance(r.action, (BindVip, UnbindVip)):
                 self._vip_generation += 1
                 self._probe = None
-        if not any(isinstance(r.action, StartTargetDaemon) for r in results) and \
-                now >= self._tgtd_next_start + 60:
+        if (
+            not any(isinstance(r.action, StartTargetDaemon) for r in results)
+            and now >= self._tgtd_next_start + 60
+        ):
             self._tgtd_backoff = self.settings.restart_backoff  # stable again: reset
 
     def _count(self, result: CycleResult) -> None:
@@ -432,12 +478,20 @@ class Controller:
         else:
             self._hist_counts[-1] += 1
         self.history.append((result.started, result.outcome.value, result.message))
-        log.log(logging.WARNING if result.outcome is Outcome.ERROR else logging.INFO,
-                "%s: %s", result.outcome.value, result.message)
+        log.log(
+            logging.WARNING if result.outcome is Outcome.ERROR else logging.INFO,
+            "%s: %s",
+            result.outcome.value,
+            result.message,
+        )
 
-    def reconfigure(self, settings: CycleSettings, systems: Systems,
-                    read_pool: Callable[[], PoolObservation],
-                    probe_vip: Optional[Callable[[], Optional[bool]]]) -> None:
+    def reconfigure(
+        self,
+        settings: CycleSettings,
+        systems: Systems,
+        read_pool: Callable[[], PoolObservation],
+        probe_vip: Optional[Callable[[], Optional[bool]]],
+    ) -> None:
         """Swap in a reloaded configuration between two cycles (SIGHUP)."""
         with self.lock:
             self.settings, self.systems, self.read_pool = settings, systems, read_pool
@@ -475,16 +529,18 @@ class Controller:
 
     # ---------------------------------------------------------------- operator commands
 
-    def command(self, name: str, accept_stale: Tuple[str, ...] = (),
-                who: str = "") -> Tuple[int, str]:
+    def command(
+        self, name: str, accept_stale: Tuple[str, ...] = (), who: str = ""
+    ) -> Tuple[int, str]:
         """Run a manual-mode command; returns (exit code, message): 0 done, 1 refused.
         Whether a command is allowed is decided in ``decide.py``; this only runs it."""
         with self.lock:
             handlers: Dict[str, Callable[[], Tuple[int, str]]] = {
                 Command.MANUAL_MODE_ENABLE: self._manual_enable,
                 Command.MANUAL_MODE_DISABLE: self._manual_disable,
-                Command.BECOME_PRIMARY:
-                    lambda: self._become(StorageRole.PRIMARY, accept_stale, who),
+                Command.BECOME_PRIMARY: lambda: self._become(
+                    StorageRole.PRIMARY, accept_stale, who
+                ),
                 Command.BECOME_SECONDARY: lambda: self._become(StorageRole.SECONDARY),
             }
             handler = handlers.get(name)
@@ -516,8 +572,9 @@ class Controller:
         self.manual_store.save(ManualMode())
         return 0, f"manual mode disabled: storage role follows the pool role again ({why})"
 
-    def _become(self, role: StorageRole, accept_stale: Tuple[str, ...] = (),
-                who: str = "") -> Tuple[int, str]:
+    def _become(
+        self, role: StorageRole, accept_stale: Tuple[str, ...] = (), who: str = ""
+    ) -> Tuple[int, str]:
         manual = self.load_manual()
         obs = None
         if manual.enabled and role is StorageRole.PRIMARY:
@@ -527,8 +584,12 @@ class Controller:
             return 1, refusal
         if accept_stale:
             # Logged before acting: the operator takes responsibility for possibly old data.
-            log.warning("become-primary --accept-stale %s by %s: promoting without proof of "
-                        "the newest data", ", ".join(accept_stale), who or "unknown")
+            log.warning(
+                "become-primary --accept-stale %s by %s: promoting without proof of "
+                "the newest data",
+                ", ".join(accept_stale),
+                who or "unknown",
+            )
         self.manual_store.save(replace(manual, requested=role))
         result = self._run_cycle(dry_run=False, accept_stale=accept_stale)
         if result.outcome is Outcome.OK:
@@ -548,9 +609,13 @@ class Controller:
             return {
                 "resource": name,
                 "now": obs.now,
-                "drbd": {"role": res.role, "peer_role": res.peer_role,
-                         "connection": res.connection, "disk": res.disk,
-                         "peer_disk": res.peer_disk},
+                "drbd": {
+                    "role": res.role,
+                    "peer_role": res.peer_role,
+                    "connection": res.connection,
+                    "disk": res.disk,
+                    "peer_disk": res.peer_disk,
+                },
                 "proof": ev.watched,
                 "why_not": ev.why_not,
                 "reason": ev.reason,
@@ -571,9 +636,19 @@ def _last_gi(ledger: Ledger, name: str) -> Optional[str]:
 def _gi_text(gi: Optional[GenerationIds]) -> Optional[str]:
     if gi is None:
         return None
-    flags = [name for name in ("consistent", "was_uptodate", "primary", "connected",
-                               "full_sync", "peer_outdated", "crashed_primary")
-             if getattr(gi, name)]
+    flags = [
+        name
+        for name in (
+            "consistent",
+            "was_uptodate",
+            "primary",
+            "connected",
+            "full_sync",
+            "peer_outdated",
+            "crashed_primary",
+        )
+        if getattr(gi, name)
+    ]
     return f"{gi.text} (flags: {', '.join(flags) or 'none'})"
 
 

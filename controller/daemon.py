@@ -163,8 +163,12 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         command_timeout=cfg.command_timeout,
     )
     pool_conf = cfg.pool.conf
-    return Built(settings, Systems(drbd, target, vip, sr), lambda: read_pool_conf(pool_conf),
-                 vip.probe_conflict)
+    return Built(
+        settings,
+        Systems(drbd, target, vip, sr),
+        lambda: read_pool_conf(pool_conf),
+        vip.probe_conflict,
+    )
 
 
 def _safe_version(drbd) -> str:
@@ -191,14 +195,19 @@ class Daemon:
         self.stop_event = threading.Event()
         self.pending = threading.Event()
         self.scheduler = BackgroundScheduler(
-            job_defaults={"max_instances": 1, "coalesce": True,
-                          "misfire_grace_time": max(1, int(cfg.interval))},
+            job_defaults={
+                "max_instances": 1,
+                "coalesce": True,
+                "misfire_grace_time": max(1, int(cfg.interval)),
+            },
             timezone=datetime.timezone.utc,
         )
-        self.pool_watch = FileWatch(cfg.pool.conf, lambda: self.trigger("pool.conf changed"),
-                                    poll_period=WATCH_PERIOD)
-        self.drbd_events = DrbdEventSource(self._events_argv, cfg.resources, self._drbd_event,
-                                           on_restart=self._drbd_stream_started)
+        self.pool_watch = FileWatch(
+            cfg.pool.conf, lambda: self.trigger("pool.conf changed"), poll_period=WATCH_PERIOD
+        )
+        self.drbd_events = DrbdEventSource(
+            self._events_argv, cfg.resources, self._drbd_event, on_restart=self._drbd_stream_started
+        )
         self.exporter: Optional[Any] = None  # exporter.server handle, when enabled
         self.control: Optional[Any] = None  # control.ControlServer
         self.peer_server: Optional[Any] = None  # peer.PeerServer, when peer.address is set
@@ -212,10 +221,13 @@ class Daemon:
         audit = audit_settings(cfg)
         self.audit: Optional[AuditJob] = None
         if audit is not None:
-            hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env)
-                             if n})
-            self.audit = AuditJob(audit, ProcessRunner(default_timeout=cfg.command_timeout,
-                                                       stats=self.stats, hide_env=hidden))
+            hidden = sorted({n for n in (XenApiConfig.password_env, cfg.xenapi.password_env) if n})
+            self.audit = AuditJob(
+                audit,
+                ProcessRunner(
+                    default_timeout=cfg.command_timeout, stats=self.stats, hide_env=hidden
+                ),
+            )
 
     # -- jobs
 
@@ -236,8 +248,9 @@ class Daemon:
         log.log(level, "running a cycle now: %s", why)
         self.pending.set()
         try:
-            self.scheduler.modify_job("cycle", next_run_time=datetime.datetime.now(
-                datetime.timezone.utc))
+            self.scheduler.modify_job(
+                "cycle", next_run_time=datetime.datetime.now(datetime.timezone.utc)
+            )
         except Exception:  # the scheduler is shutting down
             pass
 
@@ -245,14 +258,18 @@ class Daemon:
 
     def _events_argv(self) -> Optional[List[str]]:
         drbd = self.controller.systems.drbd
-        return events_argv(drbd.generation() if isinstance(drbd, Drbd) else None,
-                           self.cfg.drbd.drbdsetup)
+        return events_argv(
+            drbd.generation() if isinstance(drbd, Drbd) else None, self.cfg.drbd.drbdsetup
+        )
 
     def _drbd_event(self, event: DrbdEvent) -> None:
         # Every state change is worth a look (a few per role change); debug, not info: a resync
         # or a flapping link would otherwise fill the log.
-        self.trigger(f"DRBD {event.resource}: {event.verb} {event.obj} "
-                     + " ".join(f"{k}:{v}" for k, v in event.fields.items()), logging.DEBUG)
+        self.trigger(
+            f"DRBD {event.resource}: {event.verb} {event.obj} "
+            + " ".join(f"{k}:{v}" for k, v in event.fields.items()),
+            logging.DEBUG,
+        )
 
     def _drbd_stream_started(self, why: str) -> None:
         self.trigger(why, logging.DEBUG)  # changes made while nobody listened are not replayed
@@ -277,8 +294,12 @@ class Daemon:
                 from ..exporter.audit_collector import AuditCollector
 
                 AuditCollector(self.audit.latest, registry)
-            self.exporter = start_exporter(cfg.exporter.listen, registry,
-                                           self.controller.snapshot, cfg.exporter.web_config_file)
+            self.exporter = start_exporter(
+                cfg.exporter.listen,
+                registry,
+                self.controller.snapshot,
+                cfg.exporter.web_config_file,
+            )
             log.info("metrics on %s", cfg.exporter.listen)
         from .control import ControlServer
 
@@ -291,46 +312,78 @@ class Daemon:
 
         self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.scheduler.add_job(self.cycle_job, "interval", seconds=cfg.interval, id="cycle",
-                               next_run_time=now)
+        self.scheduler.add_job(
+            self.cycle_job, "interval", seconds=cfg.interval, id="cycle", next_run_time=now
+        )
         if self.peer_watcher is not None:
             # Its own job: a slow or dead peer delays only this poll, never a cycle.
-            self.scheduler.add_job(self.peer_watcher.poll, "interval", seconds=cfg.interval,
-                                   id="peer-poll", next_run_time=now)
+            self.scheduler.add_job(
+                self.peer_watcher.poll,
+                "interval",
+                seconds=cfg.interval,
+                id="peer-poll",
+                next_run_time=now,
+            )
         if cfg.vip.probe_interval > 0:
-            self.scheduler.add_job(self.controller.run_vip_probe, "interval",
-                                   seconds=cfg.vip.probe_interval, id="vip-probe")
+            self.scheduler.add_job(
+                self.controller.run_vip_probe,
+                "interval",
+                seconds=cfg.vip.probe_interval,
+                id="vip-probe",
+            )
         if self.probe is not None:
             # Its own job, bounded by probe.timeout: a dead target delays only the probe.
-            self.scheduler.add_job(self.probe.run, "interval", seconds=self.probe.settings.interval,
-                                   id="storage-probe", next_run_time=now)
+            self.scheduler.add_job(
+                self.probe.run,
+                "interval",
+                seconds=self.probe.settings.interval,
+                id="storage-probe",
+                next_run_time=now,
+            )
         if self.audit is not None:
             # Every few minutes, first at start: settings change rarely, and reading them costs
             # a few commands.
-            self.scheduler.add_job(self.audit.run, "interval", seconds=self.audit.settings.interval,
-                                   id="audit", next_run_time=now)
+            self.scheduler.add_job(
+                self.audit.run,
+                "interval",
+                seconds=self.audit.settings.interval,
+                id="audit",
+                next_run_time=now,
+            )
         self.scheduler.start()
         self.pool_watch.start()
         self.drbd_events.start()
-        log.info("iscsi-ha %s started: %s, every %gs, resources %s", __version__,
-                 cfg.node_name, cfg.interval, ", ".join(cfg.resources))
+        log.info(
+            "iscsi-ha %s started: %s, every %gs, resources %s",
+            __version__,
+            cfg.node_name,
+            cfg.interval,
+            ", ".join(cfg.resources),
+        )
 
     def start_peer_channel(self) -> None:
         from .peer import PeerServer, PeerWatcher, make_handlers
 
         cfg = self.cfg
         client, server_ctx, pin = peer_client(cfg)
-        handlers = make_handlers(cfg.node_name, __version__, tuple(cfg.resources),
-                                 self.controller.snapshot, self.controller.systems.drbd)
+        handlers = make_handlers(
+            cfg.node_name,
+            __version__,
+            tuple(cfg.resources),
+            self.controller.snapshot,
+            self.controller.systems.drbd,
+        )
         handlers.update(self.switchover.handlers())
         self.peer_client = client
         from .splitbrain_ops import PEER_OP, peer_handler
 
-        handlers[PEER_OP] = peer_handler(self.controller, cfg.paths.state_dir,
-                                         tuple(cfg.resources), cfg.target.iqn)
+        handlers[PEER_OP] = peer_handler(
+            self.controller, cfg.paths.state_dir, tuple(cfg.resources), cfg.target.iqn
+        )
         host, port = cfg.peer.listen.rsplit(":", 1)
-        self.peer_server = PeerServer((host.strip("[]"), int(port)), server_ctx, pin, handlers,
-                                      timeout=cfg.peer.timeout)
+        self.peer_server = PeerServer(
+            (host.strip("[]"), int(port)), server_ctx, pin, handlers, timeout=cfg.peer.timeout
+        )
         self.peer_server.start()
         self.peer_watcher = PeerWatcher(client, max_age=3 * cfg.interval + cfg.peer.timeout)
         self.controller.peer_status = self.peer_watcher.current
@@ -350,8 +403,9 @@ class Daemon:
             log.error("reload refused, keeping the running configuration:\n%s", exc)
             return
         except Exception as exc:  # a reload must never end the daemon that holds the storage
-            log.exception("reload refused, keeping the running configuration: %s: %s",
-                          type(exc).__name__, exc)
+            log.exception(
+                "reload refused, keeping the running configuration: %s: %s", type(exc).__name__, exc
+            )
             return
         self.controller.reconfigure(*built)
         if cfg.interval != self.cfg.interval:
@@ -365,8 +419,9 @@ class Daemon:
         probe = settings_from_config(cfg)
         if self.probe is not None and probe is not None:
             if probe.interval != self.probe.settings.interval:
-                self.scheduler.reschedule_job("storage-probe", trigger="interval",
-                                              seconds=probe.interval)
+                self.scheduler.reschedule_job(
+                    "storage-probe", trigger="interval", seconds=probe.interval
+                )
             self.probe.settings = probe
         elif (self.probe is None) != (probe is None):
             log.warning("probe.enabled changed: it takes effect after a restart")
@@ -401,8 +456,11 @@ class Daemon:
 
     def rebase_jobs(self, stepped: float) -> None:
         """Every job runs now; its next run then counts from the new wall clock."""
-        log.warning("the wall clock stepped %+.0f s: running every job now so that none waits "
-                    "for the old time", stepped)
+        log.warning(
+            "the wall clock stepped %+.0f s: running every job now so that none waits "
+            "for the old time",
+            stepped,
+        )
         now = datetime.datetime.now(datetime.timezone.utc)
         for job in self.scheduler.get_jobs():
             try:
@@ -442,16 +500,25 @@ def peer_client(cfg: Config) -> Any:
     try:
         pin = pinned_fingerprint(p.peer_cert_file)
     except (OSError, ValueError) as exc:
-        raise ConfigError(p.peer_cert_file, [
-            f"peer.peer_cert_file: cannot read the peer's certificate {p.peer_cert_file}: {exc}; "
-            "copy the other host's host.crt there (see `iscsi-cfg peer-cert --help`)"]) from None
+        raise ConfigError(
+            p.peer_cert_file,
+            [
+                f"peer.peer_cert_file: cannot read the peer's certificate {p.peer_cert_file}: "
+                f"{exc}; "
+                "copy the other host's host.crt there (see `iscsi-cfg peer-cert --help`)"
+            ],
+        ) from None
     try:
         client_ctx = tls_context(False, p.cert_file, p.key_file, p.peer_cert_file)
         server_ctx = tls_context(True, p.cert_file, p.key_file, p.peer_cert_file)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(p.cert_file, [
-            f"peer.cert_file / peer.key_file: cannot load {p.cert_file} with {p.key_file}: "
-            f"{exc}; create them with `iscsi-cfg peer-cert`"]) from None
+        raise ConfigError(
+            p.cert_file,
+            [
+                f"peer.cert_file / peer.key_file: cannot load {p.cert_file} with {p.key_file}: "
+                f"{exc}; create them with `iscsi-cfg peer-cert`"
+            ],
+        ) from None
     return PeerClient(p.address, p.port, client_ctx, pin, timeout=p.timeout), server_ctx, pin
 
 
@@ -461,12 +528,20 @@ def fence_peer(cfg: Config, resource: str) -> int:
     from .peer import FENCE_PEER_UNREACHABLE, PeerError, fence_exit_code
 
     if not cfg.peer.enabled:
-        log.error("fence-peer %s: no peer channel configured (peer.address): cannot reach the "
-                  "peer; exit %d", resource, FENCE_PEER_UNREACHABLE)
+        log.error(
+            "fence-peer %s: no peer channel configured (peer.address): cannot reach the "
+            "peer; exit %d",
+            resource,
+            FENCE_PEER_UNREACHABLE,
+        )
         return FENCE_PEER_UNREACHABLE
     if resource not in cfg.resources:
-        log.error("fence-peer: %r is not a resource of this configuration (%s); exit %d",
-                  resource, ", ".join(cfg.resources), FENCE_PEER_UNREACHABLE)
+        log.error(
+            "fence-peer: %r is not a resource of this configuration (%s); exit %d",
+            resource,
+            ", ".join(cfg.resources),
+            FENCE_PEER_UNREACHABLE,
+        )
         return FENCE_PEER_UNREACHABLE
     try:
         client, _, _ = peer_client(cfg)
@@ -514,37 +589,65 @@ def parser() -> argparse.ArgumentParser:
         epilog="Stopping the controller never demotes: storage stays where it is. "
         "Operator commands (status, manual mode) are in iscsi-cfg.",
     )
-    p.add_argument("--version", action="version",
-                   version=f"iscsi-ha {__version__} (python {sys.version.split()[0]})")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"iscsi-ha {__version__} (python {sys.version.split()[0]})",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run the controller until SIGTERM (what systemd starts)",
-                         description="Run the controller loop, the metrics endpoint and the "
-                         "control socket until SIGTERM. SIGHUP reloads the configuration.")
-    once = sub.add_parser("once", help="run one cycle and print its outcome",
-                          description="Observe, decide and (unless --dry-run) act once, then "
-                          "print the outcome. Exit 0 when the cycle ran (even if it held on "
-                          "purpose), 1 when an action failed, 2 on a configuration error.")
+    run = sub.add_parser(
+        "run",
+        help="run the controller until SIGTERM (what systemd starts)",
+        description="Run the controller loop, the metrics endpoint and the "
+        "control socket until SIGTERM. SIGHUP reloads the configuration.",
+    )
+    once = sub.add_parser(
+        "once",
+        help="run one cycle and print its outcome",
+        description="Observe, decide and (unless --dry-run) act once, then "
+        "print the outcome. Exit 0 when the cycle ran (even if it held on "
+        "purpose), 1 when an action failed, 2 on a configuration error.",
+    )
     for sp in (run, once):
-        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH,
-                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
-        sp.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        help="override logging.level from the configuration")
+        sp.add_argument(
+            "--config",
+            "-c",
+            default=DEFAULT_CONFIG_PATH,
+            help=f"configuration file (default {DEFAULT_CONFIG_PATH})",
+        )
+        sp.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help="override logging.level from the configuration",
+        )
     fence = sub.add_parser(
-        "fence-peer", help="DRBD's fence-peer handler (drbd.conf: handlers { fence-peer ... })",
+        "fence-peer",
+        help="DRBD's fence-peer handler (drbd.conf: handlers { fence-peer ... })",
         description="Called by DRBD on the Primary when the replication link breaks (fencing "
         "resource-only): asks the peer's controller over the peer channel to outdate its disk "
         "(drbdadm outdate), so it cannot be promoted with data older than this host's. Exit "
         "codes are DRBD's: 4 the peer is Outdated, 3 the peer is Inconsistent, 5 the peer "
         "could not be reached, 6 the peer refused because it is Primary. `iscsi-cfg "
-        "drbd-snippet` prints the drbd.conf lines.")
-    fence.add_argument("--config", "-c", default=DEFAULT_CONFIG_PATH,
-                       help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
-    fence.add_argument("resource", nargs="?", default=None,
-                       help="the resource (default: $DRBD_RESOURCE, which DRBD sets)")
-    once.add_argument("--dry-run", action="store_true",
-                      help="observe and print the plan, change nothing")
-    once.add_argument("--json", action="store_true",
-                      help="print one JSON object: observation, plan, outcome, ...")
+        "drbd-snippet` prints the drbd.conf lines.",
+    )
+    fence.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG_PATH,
+        help=f"configuration file (default {DEFAULT_CONFIG_PATH})",
+    )
+    fence.add_argument(
+        "resource",
+        nargs="?",
+        default=None,
+        help="the resource (default: $DRBD_RESOURCE, which DRBD sets)",
+    )
+    once.add_argument(
+        "--dry-run", action="store_true", help="observe and print the plan, change nothing"
+    )
+    once.add_argument(
+        "--json", action="store_true", help="print one JSON object: observation, plan, outcome, ..."
+    )
     return p
 
 

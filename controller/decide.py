@@ -73,21 +73,31 @@ def decide(obs: Observation, manual: ManualMode, policy: Policy = SAFE) -> Plan:
         held = "; ".join(unreadable)
         return Plan(desired=None, reason=reason, held=held)
     if two_masters(obs, manual):
-        held = ("both hosts' pool.conf say master (split pool, the peer said so over the peer "
-                "channel): holding on both, nothing changed; see the runbook")
-        return Plan(desired=None, reason=reason, held=held,
-                    blocked=tuple((r.name, "two_masters") for r in obs.resources))
+        held = (
+            "both hosts' pool.conf say master (split pool, the peer said so over the peer "
+            "channel): holding on both, nothing changed; see the runbook"
+        )
+        return Plan(
+            desired=None,
+            reason=reason,
+            held=held,
+            blocked=tuple((r.name, "two_masters") for r in obs.resources),
+        )
     if desired is StorageRole.PRIMARY:
-        return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER,
-                             policy=policy)
+        return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER, policy=policy)
     return _demote_plan(obs, reason)
 
 
 def two_masters(obs: Observation, manual: ManualMode) -> bool:
     """Both hosts think they are pool master: neither may act on it (manual mode is exempt)."""
     peer = obs.peer
-    return (not manual.enabled and obs.pool.role is PoolRole.MASTER and peer is not None
-            and peer.reachable and peer.pool_role == PoolRole.MASTER.value)
+    return (
+        not manual.enabled
+        and obs.pool.role is PoolRole.MASTER
+        and peer is not None
+        and peer.reachable
+        and peer.pool_role == PoolRole.MASTER.value
+    )
 
 
 def desired_role(obs: Observation, manual: ManualMode) -> Tuple[Optional[StorageRole], str]:
@@ -163,25 +173,35 @@ def peer_channel_primary(res: DrbdResource, obs: Observation) -> Optional[Tuple[
     if theirs.get("connection", "Connected") != "Connected":
         # The peer has seen the link go and is still Primary: its view postdates the loss.
         link = theirs["connection"]
-        return (f"not promoting {res.name}: the peer says over the peer channel that it is still "
-                f"Primary with the replication link down ({link}); it must demote first "
-                "(`iscsi-cfg become-secondary` on the peer, or stop what holds the device open "
-                "there)", False)
+        return (
+            f"not promoting {res.name}: the peer says over the peer channel that it is still "
+            f"Primary with the replication link down ({link}); it must demote first "
+            "(`iscsi-cfg become-secondary` on the peer, or stop what holds the device open "
+            "there)",
+            False,
+        )
     seen_ago = peer.view_ago()
     lost_ago = obs.evidence_for(res.name).unreachable_for
     if seen_ago is not None and lost_ago is not None and seen_ago < lost_ago:
         # Seen after this host lost the link, and the peer's DRBD has not noticed: alive and
         # Primary on a link that broke one way.
-        return (f"not promoting {res.name}: the peer says over the peer channel that it is still "
-                "Primary (its DRBD has not noticed the link loss yet)", False)
+        return (
+            f"not promoting {res.name}: the peer says over the peer channel that it is still "
+            "Primary (its DRBD has not noticed the link loss yet)",
+            False,
+        )
     if peer.last_poll_failed:
         return None  # it stopped answering after that view: it went down with the link
-    return (f"not promoting {res.name}: waiting for the peer's view after the link loss (its "
-            "last answer over the peer channel, from before the loss, says Primary)", True)
+    return (
+        f"not promoting {res.name}: waiting for the peer's view after the link loss (its "
+        "last answer over the peer channel, from before the loss, says Primary)",
+        True,
+    )
 
 
-def stale_refusal(res: DrbdResource, obs: Observation,
-                  policy: Policy = SAFE) -> Optional[Tuple[str, str]]:
+def stale_refusal(
+    res: DrbdResource, obs: Observation, policy: Policy = SAFE
+) -> Optional[Tuple[str, str]]:
     """(sentence, reason) when promoting ``res`` could serve stale data; None with proof.
 
     Only a peer that DRBD cannot reach raises the question: a connected peer resyncs whichever
@@ -207,12 +227,17 @@ def stale_refusal(res: DrbdResource, obs: Observation,
     last = ""
     if ev.last_connected is not None:
         ago = _ago(obs.now - ev.last_connected) if obs.now else "some time ago"
-        last = (f"the peer was {ev.last_peer_role} ({ev.last_peer_disk}) when last seen, {ago}; ")
-    crashed = ("; DRBD's meta data says this host crashed as Primary and has not seen its peer "
-               "since" if ev.drbd_crashed_primary else "")
-    sentence = (f"not promoting {res.name}: cannot prove this host has the newest data: {last}"
-                f"{ev.why_not}{crashed} (see `iscsi-cfg become-primary --accept-stale` in the "
-                "runbook)")
+        last = f"the peer was {ev.last_peer_role} ({ev.last_peer_disk}) when last seen, {ago}; "
+    crashed = (
+        "; DRBD's meta data says this host crashed as Primary and has not seen its peer since"
+        if ev.drbd_crashed_primary
+        else ""
+    )
+    sentence = (
+        f"not promoting {res.name}: cannot prove this host has the newest data: {last}"
+        f"{ev.why_not}{crashed} (see `iscsi-cfg become-primary --accept-stale` in the "
+        "runbook)"
+    )
     return sentence, ev.reason
 
 
@@ -236,37 +261,51 @@ def manual_disable_refusal(obs: Observation) -> Optional[str]:
     if current is not native or (native is StorageRole.PRIMARY and not obs.vip.local):
         fix = "become-primary" if native is StorageRole.PRIMARY else "become-secondary"
         have = current.value if current else "mixed"
-        return (f"refused: storage role is {have} but this {why} (native role {native.value}); "
-                f"run `iscsi-cfg {fix}` first")
+        return (
+            f"refused: storage role is {have} but this {why} (native role {native.value}); "
+            f"run `iscsi-cfg {fix}` first"
+        )
     return None
 
 
-def become_refusal(role: StorageRole, manual: ManualMode,
-                   obs: Optional[Observation]) -> Optional[str]:
+def become_refusal(
+    role: StorageRole, manual: ManualMode, obs: Optional[Observation]
+) -> Optional[str]:
     """Why an operator's become-primary / become-secondary is refused before it is tried.
 
     ``obs`` is needed for become-primary only. What the cycle itself refuses (no UpToDate data,
     no proof of the newest data, ...) comes back from the cycle it runs.
     """
     if not manual.enabled:
-        return (f"refused: become-{role.value} works only in manual mode; "
-                "run `iscsi-cfg manual-mode-enable` first")
+        return (
+            f"refused: become-{role.value} works only in manual mode; "
+            "run `iscsi-cfg manual-mode-enable` first"
+        )
     if role is StorageRole.PRIMARY and obs is not None:
-        peers = [r.name for r in obs.resources
-                 if r.peer_role == "Primary" or peer_channel_primary(r, obs)]
+        peers = [
+            r.name
+            for r in obs.resources
+            if r.peer_role == "Primary" or peer_channel_primary(r, obs)
+        ]
         if peers:
-            return (f"refused: the peer is Primary for {', '.join(peers)}; run "
-                    "`iscsi-cfg become-secondary` on the peer first")
+            return (
+                f"refused: the peer is Primary for {', '.join(peers)}; run "
+                "`iscsi-cfg become-secondary` on the peer first"
+            )
         if not obs.vip.local and obs.vip.conflict:
-            return (f"refused: VIP {obs.vip.address} is not local but another host "
-                    "answers for it")
+            return f"refused: VIP {obs.vip.address} is not local but another host answers for it"
     return None
 
 
 def _no_good_data_alone(res: DrbdResource) -> bool:
     """Refused only because the local disk is not UpToDate while the peer is unreachable."""
-    return (not res.split_brain and res.peer_role != "Primary" and res.quorum
-            and res.disk != "UpToDate" and not res.peer_reachable)
+    return (
+        not res.split_brain
+        and res.peer_role != "Primary"
+        and res.quorum
+        and res.disk != "UpToDate"
+        and not res.peer_reachable
+    )
 
 
 def vip_release_known(obs: Observation) -> bool:
@@ -299,13 +338,14 @@ def vip_probe_needed(obs: Observation, policy: Policy = SAFE) -> bool:
         return False
     if any(not r.configured for r in obs.resources):
         return False
-    return not any(promotion_refusal(r) or peer_channel_primary(r, obs)
-                   or stale_refusal(r, obs, policy)
-                   for r in obs.resources if r.role != "Primary")
+    return not any(
+        promotion_refusal(r) or peer_channel_primary(r, obs) or stale_refusal(r, obs, policy)
+        for r in obs.resources
+        if r.role != "Primary"
+    )
 
 
-def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
-                  policy: Policy = SAFE) -> Plan:
+def _promote_plan(obs: Observation, reason: str, plug_srs: bool, policy: Policy = SAFE) -> Plan:
     actions: List[Action] = []
     refusals: List[str] = []
     blocked: List[Tuple[str, str]] = []
@@ -317,8 +357,13 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
     if came_up:
         # A resource that was just brought up needs a moment to find its peer; promoting it
         # before then could make a second Primary. The next cycle decides with fresh eyes.
-        return Plan(StorageRole.PRIMARY, reason, tuple(actions),
-                    (f"waiting for {', '.join(came_up)} to connect after up",), retry_soon=True)
+        return Plan(
+            StorageRole.PRIMARY,
+            reason,
+            tuple(actions),
+            (f"waiting for {', '.join(came_up)} to connect after up",),
+            retry_soon=True,
+        )
 
     to_promote = [r for r in obs.resources if r.role != "Primary"]
     waiting_for_peer = False
@@ -345,8 +390,14 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool,
         # All or nothing: a half-promoted set of LUNs is worse than none. A peer that is still
         # Primary is usually demoting right now (it saw the same pool.conf change): look again soon.
         peer_demoting = any(r.peer_role == "Primary" and not r.split_brain for r in to_promote)
-        return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals),
-                    retry_soon=peer_demoting or waiting_for_peer, blocked=tuple(blocked))
+        return Plan(
+            StorageRole.PRIMARY,
+            reason,
+            tuple(actions),
+            tuple(refusals),
+            retry_soon=peer_demoting or waiting_for_peer,
+            blocked=tuple(blocked),
+        )
     vip = obs.vip
     if (to_promote or not obs.target.serving) and vip_held_elsewhere(obs):
         # With the peer unreachable, whoever answers for the VIP is most likely the old holder,

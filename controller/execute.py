@@ -98,8 +98,9 @@ def execute(
         except Exception as exc:  # an adapter bug must not kill the cycle
             log.exception("%s raised", action_name(action))
             step = StepResult(False, f"{action_name(action)} raised {type(exc).__name__}: {exc}")
-        result = ActionResult(action, step.ok, step.message, clock() - start, step.refused,
-                              step.reason)
+        result = ActionResult(
+            action, step.ok, step.message, clock() - start, step.refused, step.reason
+        )
         results.append(result)
         if on_result:
             on_result(result)
@@ -116,11 +117,17 @@ def _apply(action: Action, s: Systems) -> StepResult:
     if isinstance(action, Demote):
         return _then_role(s.drbd.secondary(action.resource), s.drbd, action.resource, "Secondary")
     if isinstance(action, StartTargetDaemon):
-        return _then(s.target.start_daemon(), lambda: s.target.observe().daemon_running,
-                     "tgtd does not answer after start")
+        return _then(
+            s.target.start_daemon(),
+            lambda: s.target.observe().daemon_running,
+            "tgtd does not answer after start",
+        )
     if isinstance(action, ServeTarget):
-        return _then(s.target.serve(), lambda: s.target.observe().serving,
-                     "target is still not serving every LUN after serve")
+        return _then(
+            s.target.serve(),
+            lambda: s.target.observe().serving,
+            "target is still not serving every LUN after serve",
+        )
     # No re-read after these three: their success is the acknowledgement of tgtd (the target
     # is deleted) or of the kernel over netlink (the address is added or gone), and each sits
     # on the path of a move (a bind re-read would delay the gratuitous ARP that moves the

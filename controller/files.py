@@ -34,9 +34,12 @@ class FileTooLarge(OSError):
 def kind_of(mode: int) -> str:
     """``a FIFO``, ``a character device``, ... -- what a non-regular path is, in words."""
     for test, words in (
-        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISREG, "a regular file"),
     ):
         if test(mode):
             return words
@@ -47,11 +50,13 @@ def _check(st: os.stat_result, path: str, limit: int) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     if not stat.S_ISREG(st.st_mode):
-        raise NotARegularFile(errno.EINVAL, f"is {kind_of(st.st_mode)}, not a regular file",
-                              path)
+        raise NotARegularFile(errno.EINVAL, f"is {kind_of(st.st_mode)}, not a regular file", path)
     if st.st_size > limit:
-        raise FileTooLarge(errno.EFBIG, f"is {st.st_size} bytes, more than the {limit} bytes "
-                           "such a file can be", path)
+        raise FileTooLarge(
+            errno.EFBIG,
+            f"is {st.st_size} bytes, more than the {limit} bytes such a file can be",
+            path,
+        )
 
 
 def read_capped(path: str, limit: int) -> bytes:
@@ -69,8 +74,9 @@ def read_capped(path: str, limit: int) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
         if total > limit:
-            raise FileTooLarge(errno.EFBIG, f"grew beyond the {limit} bytes such a file can be",
-                               path)
+            raise FileTooLarge(
+                errno.EFBIG, f"grew beyond the {limit} bytes such a file can be", path
+            )
         return b"".join(chunks)
     finally:
         os.close(fd)

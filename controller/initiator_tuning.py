@@ -35,35 +35,53 @@ def _load(path: str) -> Dict[str, Dict[str, object]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{path} is damaged ({exc}); nothing was changed: look at it, remove "
-                         "it and set the values by hand if needed") from None
+        raise ValueError(
+            f"{path} is damaged ({exc}); nothing was changed: look at it, remove "
+            "it and set the values by hand if needed"
+        ) from None
 
 
 def _key(rec: NodeRecord) -> str:
     return f"{rec.portal} {rec.iqn}"
 
 
-def show(records: List[NodeRecord], saved: Dict[str, Dict[str, object]], iqn: str,
-         offered: int) -> str:
+def show(
+    records: List[NodeRecord], saved: Dict[str, Dict[str, object]], iqn: str, offered: int
+) -> str:
     if not records:
-        return (f"no open-iscsi node record for {iqn} on this host (XenServer makes them when it "
-                f"plugs the SR); the target offers DefaultTime2Wait {offered}")
-    lines = [f"open-iscsi node records for {iqn} (the target offers DefaultTime2Wait {offered}; "
-             "a login negotiates the larger of the two):"]
+        return (
+            f"no open-iscsi node record for {iqn} on this host (XenServer makes them when it "
+            f"plugs the SR); the target offers DefaultTime2Wait {offered}"
+        )
+    lines = [
+        f"open-iscsi node records for {iqn} (the target offers DefaultTime2Wait {offered}; "
+        "a login negotiates the larger of the two):"
+    ]
     for rec in records:
         mine = rec.time2wait
         got = max(mine, offered) if mine is not None else None
         before = saved.get(_key(rec))
-        note = (f"; set by iscsi-cfg, was {before.get('previous')} (--revert restores it)"
-                if before else "")
-        lines.append(f"  {rec.portal}: DefaultTime2Wait {mine if mine is not None else '?'} "
-                     f"-> negotiated {got if got is not None else '?'} s{note}")
+        note = (
+            f"; set by iscsi-cfg, was {before.get('previous')} (--revert restores it)"
+            if before
+            else ""
+        )
+        lines.append(
+            f"  {rec.portal}: DefaultTime2Wait {mine if mine is not None else '?'} "
+            f"-> negotiated {got if got is not None else '?'} s{note}"
+        )
     return "\n".join(lines)
 
 
-def run(state_dir: str, iqn: str, offered: int, set_to: Optional[int], revert: bool,
-        nodes: Optional[NodeRecords] = None,
-        clock=time.time) -> Tuple[int, str]:
+def run(
+    state_dir: str,
+    iqn: str,
+    offered: int,
+    set_to: Optional[int],
+    revert: bool,
+    nodes: Optional[NodeRecords] = None,
+    clock=time.time,
+) -> Tuple[int, str]:
     """(exit code, text) of the command."""
     nodes = nodes or NodeRecords(ProcessRunner())
     path = os.path.join(state_dir, STATE_FILE)
@@ -105,9 +123,11 @@ def run(state_dir: str, iqn: str, offered: int, set_to: Optional[int], revert: b
         if not step.ok:
             return FAILED, "\n".join(done + [f"failed: {step.message}"])
         done.append(step.message)
-    done.append("applies to sessions logged in from now on (a running session keeps what it "
-                "negotiated: re-plug the SR's PBD on this host, or reboot it); `--revert` undoes "
-                "it")
+    done.append(
+        "applies to sessions logged in from now on (a running session keeps what it "
+        "negotiated: re-plug the SR's PBD on this host, or reboot it); `--revert` undoes "
+        "it"
+    )
     return OK, "\n".join(done)
 
 
@@ -118,5 +138,6 @@ def _save(path: str, records: Dict[str, Dict[str, object]]) -> None:
         except FileNotFoundError:
             pass
         return
-    atomic_write(path, json.dumps({"format": 1, "records": records}, sort_keys=True) + "\n",
-                 mode=0o600)
+    atomic_write(
+        path, json.dumps({"format": 1, "records": records}, sort_keys=True) + "\n", mode=0o600
+    )

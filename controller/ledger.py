@@ -104,16 +104,25 @@ class Ledger:
 # --------------------------------------------------------------------------- pure rules
 
 
-def advance(ledger: Ledger, resources: Sequence[DrbdResource], now_mono: float, now: float,
-            boot_id: str, run_id: str, max_gap: float,
-            gis: Optional[Mapping[str, str]] = None, sessions: int = 0) -> Ledger:
+def advance(
+    ledger: Ledger,
+    resources: Sequence[DrbdResource],
+    now_mono: float,
+    now: float,
+    boot_id: str,
+    run_id: str,
+    max_gap: float,
+    gis: Optional[Mapping[str, str]] = None,
+    sessions: int = 0,
+) -> Ledger:
     """The ledger after one more observation of ``resources`` (``gis``: get-gi lines read for
     some of them in this cycle, see ``gi_wanted``; ``sessions``: iSCSI sessions on this host's
     target in this cycle)."""
     entries: Dict[str, Entry] = dict(ledger.entries)
     for res in resources:
-        entry = _advance_entry(entries.get(res.name), res, now_mono, now, boot_id, run_id,
-                               max_gap, ledger.problem)
+        entry = _advance_entry(
+            entries.get(res.name), res, now_mono, now, boot_id, run_id, max_gap, ledger.problem
+        )
         entry = _advance_alone(entry, res, now, sessions)
         gi = (gis or {}).get(res.name)
         if gi is not None and entry.connected is not None and entry.connected.at == now:
@@ -130,13 +139,16 @@ def _advance_alone(entry: Entry, res: DrbdResource, now: float, sessions: int) -
     if res.connection in IN_SYNC_CONNECTIONS:
         if entry.alone_primary_since is None and not entry.alone_sessions:
             return entry
-        return replace(entry, alone_primary_since=None, alone_primary_last=None,
-                       alone_sessions=0)
+        return replace(entry, alone_primary_since=None, alone_primary_last=None, alone_sessions=0)
     if res.peer_reachable or res.role != "Primary":
         return entry
     since = entry.alone_primary_since if entry.alone_primary_since is not None else now
-    return replace(entry, alone_primary_since=since, alone_primary_last=now,
-                   alone_sessions=max(entry.alone_sessions, max(0, int(sessions))))
+    return replace(
+        entry,
+        alone_primary_since=since,
+        alone_primary_last=now,
+        alone_sessions=max(entry.alone_sessions, max(0, int(sessions))),
+    )
 
 
 def gi_wanted(ledger: Ledger, res: DrbdResource, now: float) -> bool:
@@ -149,71 +161,125 @@ def gi_wanted(ledger: Ledger, res: DrbdResource, now: float) -> bool:
     return seen is None or seen.gi_at is None or now - seen.gi_at >= GI_REFRESH
 
 
-def _advance_entry(entry: Optional[Entry], res: DrbdResource, now_mono: float, now: float,
-                   boot_id: str, run_id: str, max_gap: float, problem: Optional[str]) -> Entry:
+def _advance_entry(
+    entry: Optional[Entry],
+    res: DrbdResource,
+    now_mono: float,
+    now: float,
+    boot_id: str,
+    run_id: str,
+    max_gap: float,
+    problem: Optional[str],
+) -> Entry:
     if entry is None:
-        reason, why = ("untrusted_record", problem) if problem else (
-            "no_record", "no record of this resource in the ledger (fresh state directory)")
+        reason, why = (
+            ("untrusted_record", problem)
+            if problem
+            else ("no_record", "no record of this resource in the ledger (fresh state directory)")
+        )
         entry = Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
     else:
         gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
         if gap is not None:
             reason, why = gap
-            entry = replace(entry, boot_id=boot_id, run_id=run_id, watching=False, proof=False,
-                            reason=reason, why_not=why, unreachable_since_mono=None)
+            entry = replace(
+                entry,
+                boot_id=boot_id,
+                run_id=run_id,
+                watching=False,
+                proof=False,
+                reason=reason,
+                why_not=why,
+                unreachable_since_mono=None,
+            )
     entry = replace(entry, last_seen_mono=now_mono, last_seen=now)
     if res.error or not res.configured:
         # Nothing seen: the watch goes on only while the resource is actually observed.
         if entry.watching or entry.proof:
             what = res.error or "resource not up"
-            entry = replace(entry, watching=False, proof=False, reason="gap",
-                            why_not=f"the resource could not be observed ({what})")
+            entry = replace(
+                entry,
+                watching=False,
+                proof=False,
+                reason="gap",
+                why_not=f"the resource could not be observed ({what})",
+            )
         return entry
     if res.connection in IN_SYNC_CONNECTIONS:
         old = entry.connected
-        keep = (old.gi, old.gi_at) if old is not None and entry.lost_at is None and \
-            entry.watching else (None, None)
+        keep = (
+            (old.gi, old.gi_at)
+            if old is not None and entry.lost_at is None and entry.watching
+            else (None, None)
+        )
         seen = Seen(now, res.role, res.peer_role, res.disk, res.peer_disk, *keep)
-        return replace(entry, watching=True, connected=seen, lost_at=None, proof=False,
-                       reason="peer_reachable", why_not="the peer is reachable",
-                       unreachable_since_mono=None)
+        return replace(
+            entry,
+            watching=True,
+            connected=seen,
+            lost_at=None,
+            proof=False,
+            reason="peer_reachable",
+            why_not="the peer is reachable",
+            unreachable_since_mono=None,
+        )
     if res.peer_reachable:  # resyncing: in touch with the peer but not in sync
-        return replace(entry, lost_at=None, proof=False, reason="not_in_sync",
-                       why_not=f"the resource was {res.connection} when last in touch with the "
-                       "peer", unreachable_since_mono=None)
+        return replace(
+            entry,
+            lost_at=None,
+            proof=False,
+            reason="not_in_sync",
+            why_not=f"the resource was {res.connection} when last in touch with the peer",
+            unreachable_since_mono=None,
+        )
     # The peer is unreachable now.
     since = entry.unreachable_since_mono if entry.unreachable_since_mono is not None else now_mono
     entry = replace(entry, unreachable_since_mono=since)
     if entry.lost_at is None and entry.watching and entry.connected is not None:
         seen = entry.connected
         if seen.complete:
-            return replace(entry, lost_at=now, proof=True, reason="watched",
-                           why_not="watched without a gap")
-        return replace(entry, lost_at=now, proof=False, reason="not_in_sync",
-                       why_not=f"when the peer was last seen this host was {seen.role} with its "
-                       f"disk {seen.disk} and the peer's {seen.peer_disk}")
+            return replace(
+                entry, lost_at=now, proof=True, reason="watched", why_not="watched without a gap"
+            )
+        return replace(
+            entry,
+            lost_at=now,
+            proof=False,
+            reason="not_in_sync",
+            why_not=f"when the peer was last seen this host was {seen.role} with its "
+            f"disk {seen.disk} and the peer's {seen.peer_disk}",
+        )
     if entry.lost_at is None and entry.reason == "peer_reachable":
         # Unreachable without a Connected observation before it in this watch (e.g. resyncing).
-        return replace(entry, lost_at=now, proof=False, reason="not_in_sync",
-                       why_not="the peer vanished while the disks were not in sync")
+        return replace(
+            entry,
+            lost_at=now,
+            proof=False,
+            reason="not_in_sync",
+            why_not="the peer vanished while the disks were not in sync",
+        )
     return entry
 
 
-def _gap(entry: Entry, now_mono: float, boot_id: str, run_id: str,
-         max_gap: float) -> Optional[Tuple[str, str]]:
+def _gap(
+    entry: Entry, now_mono: float, boot_id: str, run_id: str, max_gap: float
+) -> Optional[Tuple[str, str]]:
     if entry.boot_id != boot_id:
         return "rebooted", "this host rebooted since; nobody watched in between"
     if entry.run_id != run_id:
         return "restarted", "the controller restarted since; nobody watched in between"
     elapsed = now_mono - entry.last_seen_mono
     if elapsed < 0 or elapsed > max_gap:
-        return "gap", (f"this controller did not look for {elapsed:.0f}s (more than the "
-                       f"{max_gap:g}s a watch may miss)")
+        return "gap", (
+            f"this controller did not look for {elapsed:.0f}s (more than the "
+            f"{max_gap:g}s a watch may miss)"
+        )
     return None
 
 
-def evidence(ledger: Ledger, name: str, now_mono: float, boot_id: str, run_id: str,
-             max_gap: float) -> Evidence:
+def evidence(
+    ledger: Ledger, name: str, now_mono: float, boot_id: str, run_id: str, max_gap: float
+) -> Evidence:
     """What the ledger proves about ``name`` now. Only an entry of this very run and boot,
     looked at within ``max_gap``, can prove anything."""
     entry = ledger.entries.get(name)
@@ -224,28 +290,48 @@ def evidence(ledger: Ledger, name: str, now_mono: float, boot_id: str, run_id: s
     seen = entry.connected
     base = Evidence(name)
     if seen is not None:
-        base = replace(base, last_connected=seen.at, last_peer_role=seen.peer_role,
-                       last_peer_disk=seen.peer_disk, last_role=seen.role)
+        base = replace(
+            base,
+            last_connected=seen.at,
+            last_peer_role=seen.peer_role,
+            last_peer_disk=seen.peer_disk,
+            last_role=seen.role,
+        )
     gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
     if gap is not None:
         return replace(base, watched=False, reason=gap[0], why_not=gap[1])
-    unreachable_for = (now_mono - entry.unreachable_since_mono
-                       if entry.unreachable_since_mono is not None else None)
+    unreachable_for = (
+        now_mono - entry.unreachable_since_mono
+        if entry.unreachable_since_mono is not None
+        else None
+    )
     watched = entry.proof and entry.watching and entry.lost_at is not None
-    return replace(base, watched=watched, reason=entry.reason, why_not=entry.why_not,
-                   unreachable_for=unreachable_for)
+    return replace(
+        base,
+        watched=watched,
+        reason=entry.reason,
+        why_not=entry.why_not,
+        unreachable_for=unreachable_for,
+    )
 
 
 # --------------------------------------------------------------------------- the file
 
 
 def render(ledger: Ledger, now: float) -> str:
-    return json.dumps({
-        "format": FORMAT,
-        "host": ledger.host,
-        "written": now,
-        "resources": {name: _entry_dict(e) for name, e in sorted(ledger.entries.items())},
-    }, sort_keys=True, indent=1) + "\n"
+    return (
+        json.dumps(
+            {
+                "format": FORMAT,
+                "host": ledger.host,
+                "written": now,
+                "resources": {name: _entry_dict(e) for name, e in sorted(ledger.entries.items())},
+            },
+            sort_keys=True,
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 def _entry_dict(e: Entry) -> Dict[str, Any]:
@@ -264,25 +350,37 @@ def parse(text: str, host: str, now: float) -> Ledger:
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         if data.get("format") != FORMAT:
-            return Ledger(host, problem=f"the ledger has format {data.get('format')!r}, this "
-                          f"controller reads format {FORMAT}: not trusted")
+            return Ledger(
+                host,
+                problem=f"the ledger has format {data.get('format')!r}, this "
+                f"controller reads format {FORMAT}: not trusted",
+            )
         if data.get("host") != host:
-            return Ledger(host, problem=f"the ledger was written by host {data.get('host')!r}, "
-                          f"not {host!r} (copied state directory?): not trusted")
+            return Ledger(
+                host,
+                problem=f"the ledger was written by host {data.get('host')!r}, "
+                f"not {host!r} (copied state directory?): not trusted",
+            )
         written = float(data["written"])
         if written > now + FUTURE_TOLERANCE:
-            return Ledger(host, problem=f"the ledger was written in the future ({written:.0f}, "
-                          f"now {now:.0f}): not trusted")
+            return Ledger(
+                host,
+                problem=f"the ledger was written in the future ({written:.0f}, "
+                f"now {now:.0f}): not trusted",
+            )
         entries = {str(name): _entry(raw) for name, raw in dict(data["resources"]).items()}
         for name, e in entries.items():
             if e.last_seen > now + FUTURE_TOLERANCE or (
-                    e.connected is not None and e.connected.at > now + FUTURE_TOLERANCE):
-                return Ledger(host, problem=f"the ledger's entry for {name} is from the future: "
-                              "not trusted")
+                e.connected is not None and e.connected.at > now + FUTURE_TOLERANCE
+            ):
+                return Ledger(
+                    host, problem=f"the ledger's entry for {name} is from the future: not trusted"
+                )
         return Ledger(host, entries, written=written)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        return Ledger(host, problem=f"the ledger is damaged ({type(exc).__name__}: {exc}): "
-                      "not trusted")
+        return Ledger(
+            host, problem=f"the ledger is damaged ({type(exc).__name__}: {exc}): not trusted"
+        )
 
 
 def _entry(raw: Any) -> Entry:
@@ -292,19 +390,29 @@ def _entry(raw: Any) -> Entry:
     connected = None
     if seen is not None:
         gi, gi_at = seen.get("gi"), seen.get("gi_at")
-        connected = Seen(float(seen["at"]), str(seen["role"]), str(seen["peer_role"]),
-                         str(seen["disk"]), str(seen["peer_disk"]),
-                         str(gi) if gi is not None else None,
-                         float(gi_at) if gi_at is not None else None)
+        connected = Seen(
+            float(seen["at"]),
+            str(seen["role"]),
+            str(seen["peer_role"]),
+            str(seen["disk"]),
+            str(seen["peer_disk"]),
+            str(gi) if gi is not None else None,
+            float(gi_at) if gi_at is not None else None,
+        )
     since = raw.get("unreachable_since_mono")
     lost = raw.get("lost_at")
     alone_since, alone_last = raw.get("alone_primary_since"), raw.get("alone_primary_last")
     return Entry(
-        boot_id=str(raw["boot_id"]), run_id=str(raw["run_id"]),
-        last_seen_mono=float(raw["last_seen_mono"]), last_seen=float(raw["last_seen"]),
-        watching=bool(raw["watching"]), connected=connected,
-        lost_at=float(lost) if lost is not None else None, proof=bool(raw["proof"]),
-        reason=str(raw["reason"]), why_not=str(raw["why_not"]),
+        boot_id=str(raw["boot_id"]),
+        run_id=str(raw["run_id"]),
+        last_seen_mono=float(raw["last_seen_mono"]),
+        last_seen=float(raw["last_seen"]),
+        watching=bool(raw["watching"]),
+        connected=connected,
+        lost_at=float(lost) if lost is not None else None,
+        proof=bool(raw["proof"]),
+        reason=str(raw["reason"]),
+        why_not=str(raw["why_not"]),
         unreachable_since_mono=float(since) if since is not None else None,
         # Absent in ledgers written before these were kept.
         alone_primary_since=float(alone_since) if alone_since is not None else None,
@@ -325,8 +433,14 @@ def read_boot_id(path: str = BOOT_ID_PATH) -> str:
 class LedgerStore:
     """The ledger in memory and on disk. Not thread-safe: used under the controller's lock."""
 
-    def __init__(self, state_dir: str, host: str, now: float, boot_id: Optional[str] = None,
-                 run_id: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        state_dir: str,
+        host: str,
+        now: float,
+        boot_id: Optional[str] = None,
+        run_id: Optional[str] = None,
+    ) -> None:
         self.path = os.path.join(state_dir, LEDGER_FILE)
         self.boot_id = boot_id or read_boot_id()
         self.run_id = run_id or uuid.uuid4().hex
@@ -341,8 +455,9 @@ class LedgerStore:
         except FileNotFoundError:
             return Ledger(host)
         except OSError as exc:
-            return Ledger(host, problem=f"cannot read the ledger {self.path}: {exc.strerror}: "
-                          "not trusted")
+            return Ledger(
+                host, problem=f"cannot read the ledger {self.path}: {exc.strerror}: not trusted"
+            )
         ledger = parse(raw.decode("utf-8", errors="replace"), host, now)
         if ledger.problem:
             log.warning("%s: %s", self.path, ledger.problem)
@@ -350,8 +465,11 @@ class LedgerStore:
 
     def save_if_changed(self, now: float) -> None:
         """Write when anything but the last-seen times changed, or every REWRITE_AFTER s."""
-        if self._saved is not None and _without_times(self._saved) == _without_times(
-                self.ledger) and now - self._saved_at < REWRITE_AFTER:
+        if (
+            self._saved is not None
+            and _without_times(self._saved) == _without_times(self.ledger)
+            and now - self._saved_at < REWRITE_AFTER
+        ):
             return
         try:
             atomic_write(self.path, render(self.ledger, now), mode=0o600)

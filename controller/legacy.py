@@ -157,8 +157,9 @@ class _Scan:
             if c in " \t\r\n;":
                 break
             if c in _UNSUPPORTED:
-                raise _ShellError(f"unsupported shell syntax {c!r}: only KEY=value assignments "
-                                  "can be converted")
+                raise _ShellError(
+                    f"unsupported shell syntax {c!r}: only KEY=value assignments can be converted"
+                )
             if c == "\\":
                 nxt = self.peek(1)
                 if nxt == "\n":  # line continuation
@@ -172,7 +173,7 @@ class _Scan:
                 end = self.t.find("'", self.i + 1)
                 if end < 0:
                     raise _ShellError("unterminated single quote", start)
-                chunk = self.t[self.i + 1:end]
+                chunk = self.t[self.i + 1 : end]
                 chars.append(chunk)
                 self.line += chunk.count("\n")
                 self.i = end + 1
@@ -229,8 +230,10 @@ def _assignments(words: List[_Word], line: int, out: List[Assignment]) -> List[s
         if follows is not None and follows.text.startswith("=") and _NAME.match(w.text):
             return [f"line {line}: {w.text}: no spaces allowed around '=' (write {w.text}=value)"]
         if k > 0 and words[k - 1].name is not None:
-            return [f"line {line}: {words[k - 1].name}: unexpected text after the value "
-                    "(quote a value that contains spaces)"]
+            return [
+                f"line {line}: {words[k - 1].name}: unexpected text after the value "
+                "(quote a value that contains spaces)"
+            ]
         return [f"line {line}: not a KEY=value assignment"]
     return []
 
@@ -258,8 +261,9 @@ def mask_to_prefix(mask: str) -> int:
     host_bits = ~value & 0xFFFFFFFF
     # Contiguous = ones then zeros: the host part is then 2**n - 1.
     if host_bits & (host_bits + 1):
-        raise ValueError(f"{mask!r} is not a contiguous netmask (ones then zeros, "
-                         "e.g. 255.255.255.0)")
+        raise ValueError(
+            f"{mask!r} is not a contiguous netmask (ones then zeros, e.g. 255.255.255.0)"
+        )
     return 32 - host_bits.bit_length()
 
 
@@ -282,9 +286,11 @@ class _Conversion:
         self.seen: Dict[str, Assignment] = {}
         for asg in assignments:
             if asg.name in self.seen:
-                self.notes.append(f"line {asg.line}: {asg.name} is set again (first on line "
-                                  f"{self.seen[asg.name].line}); the last one wins, as in the "
-                                  "shell.")
+                self.notes.append(
+                    f"line {asg.line}: {asg.name} is set again (first on line "
+                    f"{self.seen[asg.name].line}); the last one wins, as in the "
+                    "shell."
+                )
             self.seen[asg.name] = asg
         self.handled: Set[str] = set()
         self.mapped: List[str] = []  # "OLD -> new" for the "Copied:" note
@@ -299,8 +305,10 @@ class _Conversion:
         self.handled.add(name)
         a = self.seen.get(name)
         if a is not None and a.expanded:
-            self.problems.append(f"line {a.line}: {name}: the value uses a shell expansion ($... "
-                                 "or `...`) that cannot be converted; write the value itself")
+            self.problems.append(
+                f"line {a.line}: {name}: the value uses a shell expansion ($... "
+                "or `...`) that cannot be converted; write the value itself"
+            )
             return None
         return a
 
@@ -315,12 +323,16 @@ class _Conversion:
     def result(self) -> Tuple[Dict[str, Any], List[str]]:
         unknown = [a for n, a in self.seen.items() if n not in self.handled]
         if unknown:
-            self.notes.append("Left out, not settings of iscsi-ha.conf: "
-                              + ", ".join(f"{a.name} (line {a.line})" for a in unknown) + ".")
+            self.notes.append(
+                "Left out, not settings of iscsi-ha.conf: "
+                + ", ".join(f"{a.name} (line {a.line})" for a in unknown)
+                + "."
+            )
         if self.mapped:
             self.notes.insert(1, "Copied: " + "; ".join(self.mapped) + ".")
-        data: Dict[str, Any] = {k: self.top[k] for k in ("interval", "cycle_deadline", "resources")
-                                if k in self.top}
+        data: Dict[str, Any] = {
+            k: self.top[k] for k in ("interval", "cycle_deadline", "resources") if k in self.top
+        }
         if self.vip:
             data["vip"] = self.vip
         if self.logging:
@@ -330,8 +342,9 @@ class _Conversion:
         try:
             parse_config(data, self.source)
         except ConfigError as exc:
-            raise ConfigError(self.source,
-                              [f"after conversion: {p}" for p in exc.problems]) from None
+            raise ConfigError(
+                self.source, [f"after conversion: {p}" for p in exc.problems]
+            ) from None
         return data, self.notes
 
 
@@ -340,14 +353,17 @@ def _resources(c: _Conversion) -> None:
     a = c.take("DRBD_RESOURCES")
     if a is None:
         if "DRBD_RESOURCES" not in c.seen:
-            c.problems.append("DRBD_RESOURCES: is not set; it names the DRBD resources to "
-                              "manage, e.g. DRBD_RESOURCES=iscsi1:iscsi2")
+            c.problems.append(
+                "DRBD_RESOURCES: is not set; it names the DRBD resources to "
+                "manage, e.g. DRBD_RESOURCES=iscsi1:iscsi2"
+            )
         return
     parts = [p.strip() for p in a.value.split(":")]
     names = [p for p in parts if p]
     if len(names) != len(parts) and names:
-        c.notes.append(f"line {a.line}: DRBD_RESOURCES has empty entries between colons; "
-                       "they were skipped.")
+        c.notes.append(
+            f"line {a.line}: DRBD_RESOURCES has empty entries between colons; they were skipped."
+        )
     if not names:
         c.bad(a, "names no resource (expected e.g. iscsi1:iscsi2)")
     for rname in names:
@@ -365,8 +381,10 @@ def _vip_address(c: _Conversion) -> None:
     ip_a, mask_a = c.take("DRBD_VIRTUAL_IP"), c.take("DRBD_VIRTUAL_MASK")
     for name, got in (("DRBD_VIRTUAL_IP", ip_a), ("DRBD_VIRTUAL_MASK", mask_a)):
         if got is None and name not in c.seen:
-            c.problems.append(f"{name}: is not set; the VIP needs DRBD_VIRTUAL_IP (e.g. "
-                              "10.10.10.3) and DRBD_VIRTUAL_MASK (e.g. 255.255.255.0)")
+            c.problems.append(
+                f"{name}: is not set; the VIP needs DRBD_VIRTUAL_IP (e.g. "
+                "10.10.10.3) and DRBD_VIRTUAL_MASK (e.g. 255.255.255.0)"
+            )
     if ip_a is not None:
         try:
             c.address = str(ipaddress.IPv4Address(ip_a.value.strip()))
@@ -377,8 +395,11 @@ def _vip_address(c: _Conversion) -> None:
         try:
             prefix = mask_to_prefix(mask_a.value)
             if prefix == 0:
-                c.bad(mask_a, f"{mask_a.value!r} covers every address; use the netmask of the "
-                              "VIP's subnet, e.g. 255.255.255.0")
+                c.bad(
+                    mask_a,
+                    f"{mask_a.value!r} covers every address; use the netmask of the "
+                    "VIP's subnet, e.g. 255.255.255.0",
+                )
                 prefix = None
         except ValueError as exc:
             c.bad(mask_a, str(exc))
@@ -397,8 +418,10 @@ def _vip_interface(c: _Conversion) -> None:
         else:
             c.bad(a, "is empty (expected the interface the VIP binds to, e.g. xenbr0)")
     elif "DRBD_INTERFACE" not in c.seen:
-        c.notes.append("DRBD_INTERFACE is not set: vip.interface keeps its default, xenbr0. "
-                       "Check that this is the interface the VIP belongs on.")
+        c.notes.append(
+            "DRBD_INTERFACE is not set: vip.interface keeps its default, xenbr0. "
+            "Check that this is the interface the VIP belongs on."
+        )
 
 
 def _target_service(c: _Conversion) -> None:
@@ -419,8 +442,11 @@ def _target_service(c: _Conversion) -> None:
 def _monitor_numbers(c: _Conversion) -> Dict[str, float]:
     """The valid MONITOR_DELAY / MONITOR_MAX_STARTS / MONITOR_SCANRATE values, by name."""
     numbers: Dict[str, float] = {}
-    for name, minimum in (("MONITOR_DELAY", 0.0), ("MONITOR_MAX_STARTS", None),
-                          ("MONITOR_SCANRATE", 0.0)):
+    for name, minimum in (
+        ("MONITOR_DELAY", 0.0),
+        ("MONITOR_MAX_STARTS", None),
+        ("MONITOR_SCANRATE", 0.0),
+    ):
         a = c.take(name)
         if a is None:
             continue
@@ -448,9 +474,14 @@ def _monitor(c: _Conversion) -> None:
         starts = numbers["MONITOR_MAX_STARTS"]
         deadline = delay + starts * scan
         c.top["cycle_deadline"] = _plain_number(deadline)
-        assumed = [f"{n}={v}" for n, v in (("MONITOR_DELAY", ORIGINAL_MONITOR_DELAY),
-                                           ("MONITOR_SCANRATE", ORIGINAL_MONITOR_SCANRATE))
-                   if n not in numbers]
+        assumed = [
+            f"{n}={v}"
+            for n, v in (
+                ("MONITOR_DELAY", ORIGINAL_MONITOR_DELAY),
+                ("MONITOR_SCANRATE", ORIGINAL_MONITOR_SCANRATE),
+            )
+            if n not in numbers
+        ]
         c.notes.append(
             f"MONITOR_MAX_STARTS -> cycle_deadline: {deadline:g} s = MONITOR_DELAY "
             f"{delay:g} + MONITOR_MAX_STARTS {starts:g} x MONITOR_SCANRATE {scan:g}, the age at "
@@ -459,8 +490,10 @@ def _monitor(c: _Conversion) -> None:
             + (f" Assumed the original's shipped {', '.join(assumed)}." if assumed else "")
         )
     elif "MONITOR_SCANRATE" in numbers:
-        c.notes.append("MONITOR_SCANRATE dropped: without MONITOR_MAX_STARTS it sets no "
-                       "deadline; cycle_deadline keeps its default (twice the interval).")
+        c.notes.append(
+            "MONITOR_SCANRATE dropped: without MONITOR_MAX_STARTS it sets no "
+            "deadline; cycle_deadline keeps its default (twice the interval)."
+        )
     a = c.drop("MONITOR_KILLALL")
     if a is not None:
         c.notes.append(
@@ -509,30 +542,45 @@ def _not_settings(c: _Conversion) -> None:
     c.handled.update(_NOT_SETTINGS)
     a = c.seen.get("MANUAL_MODE")
     if a is not None and a.value.strip():
-        c.notes.append(f"line {a.line}: MANUAL_MODE dropped: manual mode is a persisted state, "
-                       "not a setting; run `iscsi-cfg manual-mode-enable` on the host instead.")
+        c.notes.append(
+            f"line {a.line}: MANUAL_MODE dropped: manual mode is a persisted state, "
+            "not a setting; run `iscsi-cfg manual-mode-enable` on the host instead."
+        )
     elif a is not None:
-        c.notes.append(f"line {a.line}: MANUAL_MODE dropped (it was empty: automatic mode, "
-                       "which is the default).")
+        c.notes.append(
+            f"line {a.line}: MANUAL_MODE dropped (it was empty: automatic mode, "
+            "which is the default)."
+        )
     replication = [n for n in ("SERVER_ONE_IP", "SERVER_TWO_IP") if n in c.seen]
     if replication:
-        c.notes.append(f"{' and '.join(replication)} dropped: the replication addresses belong "
-                       "to the DRBD resource files (/etc/drbd.d/*.res); iscsi-ha does not use "
-                       "them.")
+        c.notes.append(
+            f"{' and '.join(replication)} dropped: the replication addresses belong "
+            "to the DRBD resource files (/etc/drbd.d/*.res); iscsi-ha does not use "
+            "them."
+        )
     a = c.seen.get("REPLICATION_IP_ISCSI")
     if a is not None:
         same = c.address is not None and a.value.strip() == c.address
         c.notes.append(
             f"line {a.line}: REPLICATION_IP_ISCSI dropped: "
-            + ("it repeats DRBD_VIRTUAL_IP." if same else
-               "it differs from DRBD_VIRTUAL_IP; vip.address was built from DRBD_VIRTUAL_IP. "
-               "Check which address the SRs use.")
+            + (
+                "it repeats DRBD_VIRTUAL_IP."
+                if same
+                else "it differs from DRBD_VIRTUAL_IP; vip.address was built from DRBD_VIRTUAL_IP. "
+                "Check which address the SRs use."
+            )
         )
 
 
 # The per-key converters, in the order their notes and problems are reported.
 _CONVERTERS: Tuple[Callable[[_Conversion], None], ...] = (
-    _resources, _vip_address, _vip_interface, _target_service, _monitor, _logging, _mail,
+    _resources,
+    _vip_address,
+    _vip_interface,
+    _target_service,
+    _monitor,
+    _logging,
+    _mail,
     _not_settings,
 )
 
@@ -563,8 +611,9 @@ def load_legacy(path: Any) -> Tuple[Dict[str, Any], List[str]]:
     return convert_legacy(raw.decode("utf-8", errors="replace"), source)
 
 
-def apply_tgt_conf(data: Dict[str, Any], notes: List[str], path: Any,
-                   iqn: Optional[str] = None) -> None:
+def apply_tgt_conf(
+    data: Dict[str, Any], notes: List[str], path: Any, iqn: Optional[str] = None
+) -> None:
     """Carry the target of tgt-admin's ``targets.conf`` over into ``data["target"]``: its IQN,
     LUN numbers and backing stores, and each LUN's identity pinned (``serial``/``scsi_id``/
     ``vendor``/``product``) as tgt presented it, so an existing SR keeps its SCSIid. With more
@@ -590,30 +639,43 @@ def apply_tgt_conf(data: Dict[str, Any], notes: List[str], path: Any,
         chosen = list(targets)
     if not chosen:
         names = ", ".join(t.iqn for t in targets) or "none"
-        raise ConfigError(source, [f"no target to import (targets in the file: {names}); "
-                                   "name one with --iqn"])
+        raise ConfigError(
+            source, [f"no target to import (targets in the file: {names}); name one with --iqn"]
+        )
     t = chosen[0]
     if not t.luns:
         raise ConfigError(source, [f"target {t.iqn} has no backing-store"])
     target = dict(data.get("target") or {})
     target["iqn"] = t.iqn
-    target["luns"] = [{"lun": lun.number, "path": lun.path, "serial": lun.scsi_sn,
-                       "scsi_id": lun.scsi_id, "vendor": lun.vendor_id,
-                       "product": lun.product_id} for lun in t.luns]
+    target["luns"] = [
+        {
+            "lun": lun.number,
+            "path": lun.path,
+            "serial": lun.scsi_sn,
+            "scsi_id": lun.scsi_id,
+            "vendor": lun.vendor_id,
+            "product": lun.product_id,
+        }
+        for lun in t.luns
+    ]
     if len(t.initiator_addresses) == 1:
         target["initiator_address"] = t.initiator_addresses[0]
     elif t.initiator_addresses:
-        notes.append(f"{source}: {len(t.initiator_addresses)} initiator-address lines; iscsi-ha "
-                     "binds one: set target.initiator_address to the network that holds them all")
+        notes.append(
+            f"{source}: {len(t.initiator_addresses)} initiator-address lines; iscsi-ha "
+            "binds one: set target.initiator_address to the network that holds them all"
+        )
     for key, value in t.params:
         if key == "DefaultTime2Wait" and value.isdigit():
             target["default_time2wait"] = int(value)
     data["target"] = target
     others = [x.iqn for x in targets if x is not t]
-    notes.append(f"From {source}: target {t.iqn} (tid {t.tid} there) with LUN(s) "
-                 f"{', '.join(str(lun.number) for lun in t.luns)}; each LUN's serial and "
-                 "scsi_id pinned as tgt presented them (the SR's SCSIid is kept)."
-                 + (f" Not imported: {', '.join(others)}." if others else ""))
+    notes.append(
+        f"From {source}: target {t.iqn} (tid {t.tid} there) with LUN(s) "
+        f"{', '.join(str(lun.number) for lun in t.luns)}; each LUN's serial and "
+        "scsi_id pinned as tgt presented them (the SR's SCSIid is kept)."
+        + (f" Not imported: {', '.join(others)}." if others else "")
+    )
     for item in t.ignored:
         notes.append(f"{source}: {item} not carried over (CHAP is not configured by iscsi-ha)")
     try:

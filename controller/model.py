@@ -34,23 +34,65 @@ class StorageRole(str, enum.Enum):
 DRBD_ROLES = ("Primary", "Secondary", "Unknown")
 DRBD_CONNECTION_STATES = (
     # DRBD 8.4 (drbd_strings.c) and DRBD 9 connection + replication states.
-    "StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe", "NetworkFailure",
-    "ProtocolError", "TearDown", "WFConnection", "WFReportParams", "Connecting", "Connected",
-    "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID", "SyncSource",
-    "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS", "PausedSyncT", "Ahead", "Behind",
-    "Established", "Off",
+    "StandAlone",
+    "Disconnecting",
+    "Unconnected",
+    "Timeout",
+    "BrokenPipe",
+    "NetworkFailure",
+    "ProtocolError",
+    "TearDown",
+    "WFConnection",
+    "WFReportParams",
+    "Connecting",
+    "Connected",
+    "StartingSyncS",
+    "StartingSyncT",
+    "WFBitMapS",
+    "WFBitMapT",
+    "WFSyncUUID",
+    "SyncSource",
+    "SyncTarget",
+    "VerifyS",
+    "VerifyT",
+    "PausedSyncS",
+    "PausedSyncT",
+    "Ahead",
+    "Behind",
+    "Established",
+    "Off",
 )
 DRBD_DISK_STATES = (
-    "Diskless", "Attaching", "Detaching", "Failed", "Negotiating", "Inconsistent", "Outdated",
-    "DUnknown", "Consistent", "UpToDate",
+    "Diskless",
+    "Attaching",
+    "Detaching",
+    "Failed",
+    "Negotiating",
+    "Inconsistent",
+    "Outdated",
+    "DUnknown",
+    "Consistent",
+    "UpToDate",
 )
 
 # The connection states in which the peer is reachable and its role is known.
 DRBD_PEER_REACHABLE = frozenset(
     {
-        "Connected", "Established", "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
-        "WFSyncUUID", "SyncSource", "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS",
-        "PausedSyncT", "Ahead", "Behind",
+        "Connected",
+        "Established",
+        "StartingSyncS",
+        "StartingSyncT",
+        "WFBitMapS",
+        "WFBitMapT",
+        "WFSyncUUID",
+        "SyncSource",
+        "SyncTarget",
+        "VerifyS",
+        "VerifyT",
+        "PausedSyncS",
+        "PausedSyncT",
+        "Ahead",
+        "Behind",
     }
 )
 
@@ -322,8 +364,16 @@ class PlugPbds:
 
 
 Action = Union[
-    UpResource, Promote, Demote, StartTargetDaemon, ServeTarget, StopServingTarget, BindVip,
-    UnbindVip, AnnounceVip, PlugPbds,
+    UpResource,
+    Promote,
+    Demote,
+    StartTargetDaemon,
+    ServeTarget,
+    StopServingTarget,
+    BindVip,
+    UnbindVip,
+    AnnounceVip,
+    PlugPbds,
 ]
 
 # Names used in logs, JSON and the ``action`` label of iscsi_ha_actions_total.
@@ -450,8 +500,14 @@ class CycleResult:
             "held": self.plan.held if self.plan else None,
             "blocked": [list(b) for b in self.plan.blocked] if self.plan else [],
             "results": [
-                {**action_to_dict(r.action), "ok": r.ok, "refused": r.refused,
-                 "reason": r.reason, "message": r.message, "duration": r.duration}
+                {
+                    **action_to_dict(r.action),
+                    "ok": r.ok,
+                    "refused": r.refused,
+                    "reason": r.reason,
+                    "message": r.message,
+                    "duration": r.duration,
+                }
                 for r in self.results
             ],
         }

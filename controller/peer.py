@@ -54,9 +54,18 @@ log = logging.getLogger("iscsi_ha.peer")
 
 MAX_MESSAGE = 64 * 1024
 MAX_CONNECTIONS = 8
-OPERATIONS = ("ping", "status", "outdate", "splitbrain", "switchover-facts",
-              "switchover-arm", "switchover-release", "switchover-wait",
-              "switchover-abort", "switchover-end")
+OPERATIONS = (
+    "ping",
+    "status",
+    "outdate",
+    "splitbrain",
+    "switchover-facts",
+    "switchover-arm",
+    "switchover-release",
+    "switchover-wait",
+    "switchover-abort",
+    "switchover-end",
+)
 
 Handler = Callable[[Mapping[str, Any]], Dict[str, Any]]
 
@@ -115,14 +124,16 @@ def _check_pin(sock: ssl.SSLSocket, pin: str) -> None:
 
 
 class PeerClient:
-    def __init__(self, address: str, port: int, context: ssl.SSLContext, pin: str,
-                 timeout: float = 2.0) -> None:
+    def __init__(
+        self, address: str, port: int, context: ssl.SSLContext, pin: str, timeout: float = 2.0
+    ) -> None:
         self.address, self.port = address, port
         self.context, self.pin = context, pin
         self.timeout = timeout
 
-    def call(self, op: str, args: Optional[Mapping[str, Any]] = None,
-             timeout: Optional[float] = None) -> Dict[str, Any]:
+    def call(
+        self, op: str, args: Optional[Mapping[str, Any]] = None, timeout: Optional[float] = None
+    ) -> Dict[str, Any]:
         """The result of ``op`` on the peer; raises PeerError. Never takes longer than
         ``timeout`` (default: the configured one), whatever the network does."""
         budget = self.timeout if timeout is None else timeout
@@ -131,15 +142,28 @@ class PeerClient:
         try:
             answer = self._exchange(op, dict(args or {}), deadline)
         except PeerError as exc:
-            log.info("peer call %s to %s:%d: %s: %s (%.2fs)", op, self.address, self.port,
-                     exc.kind, exc, time.monotonic() - t0)
+            log.info(
+                "peer call %s to %s:%d: %s: %s (%.2fs)",
+                op,
+                self.address,
+                self.port,
+                exc.kind,
+                exc,
+                time.monotonic() - t0,
+            )
             raise
         took = time.monotonic() - t0
         if not answer.get("ok"):
             kind = str(answer.get("error") or "failed")
             message = str(answer.get("message") or kind)
-            log.info("peer call %s to %s:%d refused: %s (%.2fs)", op, self.address, self.port,
-                     message, took)
+            log.info(
+                "peer call %s to %s:%d refused: %s (%.2fs)",
+                op,
+                self.address,
+                self.port,
+                message,
+                took,
+            )
             raise PeerError(kind, message)
         log.info("peer call %s to %s:%d: ok (%.2fs)", op, self.address, self.port, took)
         result = answer.get("result")
@@ -158,8 +182,9 @@ class PeerClient:
         except socket.timeout:
             raise PeerError("timeout", f"cannot connect to {where}: timed out") from None
         except OSError as exc:
-            raise PeerError("unreachable", f"cannot connect to {where}: "
-                            f"{exc.strerror or exc}") from None
+            raise PeerError(
+                "unreachable", f"cannot connect to {where}: {exc.strerror or exc}"
+            ) from None
         try:
             raw.settimeout(left())
             try:
@@ -204,8 +229,14 @@ class PeerClient:
 class PeerServer:
     """Serves ``handlers`` ({op: function(args) -> result}) to the authenticated peer only."""
 
-    def __init__(self, listen: Tuple[str, int], context: ssl.SSLContext, pin: str,
-                 handlers: Mapping[str, Handler], timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        listen: Tuple[str, int],
+        context: ssl.SSLContext,
+        pin: str,
+        handlers: Mapping[str, Handler],
+        timeout: float = 2.0,
+    ) -> None:
         self.context, self.pin = context, pin
         self.handlers = dict(handlers)
         self.timeout = timeout
@@ -271,8 +302,11 @@ class PeerServer:
                     while b"\n" not in buf:
                         remaining = deadline - time.monotonic()
                         if remaining <= 0 or len(buf) > MAX_MESSAGE:
-                            log.warning("peer channel: %s sent no complete request in time or "
-                                        "too much; cut off", who)
+                            log.warning(
+                                "peer channel: %s sent no complete request in time or "
+                                "too much; cut off",
+                                who,
+                            )
                             return
                         sock.settimeout(remaining)
                         chunk = sock.recv(4096)
@@ -283,9 +317,13 @@ class PeerServer:
                     log.warning("peer channel: %s: %s", who, exc)
                     return
                 answer, op = self.dispatch(buf.split(b"\n", 1)[0])
-                log.info("peer channel: %s from %s: %s (%.2fs)", op, who,
-                         "ok" if answer.get("ok") else answer.get("message"),
-                         time.monotonic() - t0)
+                log.info(
+                    "peer channel: %s from %s: %s (%.2fs)",
+                    op,
+                    who,
+                    "ok" if answer.get("ok") else answer.get("message"),
+                    time.monotonic() - t0,
+                )
                 try:
                     sock.settimeout(max(0.1, deadline - time.monotonic()))
                     sock.sendall((json.dumps(answer) + "\n").encode())
@@ -298,7 +336,7 @@ class PeerServer:
         try:
             request = json.loads(raw)
             if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-                raise ValueError("expected {\"op\": NAME, \"args\": {...}}")
+                raise ValueError('expected {"op": NAME, "args": {...}}')
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise ValueError("args must be an object")
@@ -307,9 +345,11 @@ class PeerServer:
         op = request["op"]
         handler = self.handlers.get(op)
         if handler is None:
-            return {"ok": False, "error": "unknown_op",
-                    "message": f"unknown operation; known: {', '.join(sorted(self.handlers))}"}, \
-                op[:40]
+            return {
+                "ok": False,
+                "error": "unknown_op",
+                "message": f"unknown operation; known: {', '.join(sorted(self.handlers))}",
+            }, op[:40]
         try:
             return {"ok": True, "result": handler(args)}, op
         except Refused as exc:
@@ -329,8 +369,9 @@ class PeerWatcher:
     last answer is older than ``max_age``.
     """
 
-    def __init__(self, client: PeerClient, max_age: float,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: PeerClient, max_age: float, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.max_age = max_age
         self.monotonic = monotonic
@@ -347,8 +388,10 @@ class PeerWatcher:
         obs = PeerObservation(
             reachable=True,
             pool_role=str(result.get("pool_role")) if result.get("pool_role") else None,
-            resources={str(k): {str(a): str(b) for a, b in dict(v).items()}
-                       for k, v in dict(resources).items()},
+            resources={
+                str(k): {str(a): str(b) for a, b in dict(v).items()}
+                for k, v in dict(resources).items()
+            },
             view_age=_duration(result.get("age")),
         )
         self._last, self._error = (self.monotonic(), obs), None
@@ -360,8 +403,9 @@ class PeerWatcher:
         age = self.monotonic() - at
         if age > self.max_age:
             return PeerObservation(False, age=age, error=self._error or f"no answer for {age:.0f}s")
-        return dataclasses.replace(obs, age=age, answered_at=at,
-                                   last_poll_failed=self._error is not None)
+        return dataclasses.replace(
+            obs, age=age, answered_at=at, last_poll_failed=self._error is not None
+        )
 
 
 def _duration(value: Any) -> Optional[float]:
@@ -374,9 +418,14 @@ def _duration(value: Any) -> Optional[float]:
 # ------------------------------------------------------------------------------ operations
 
 
-def make_handlers(hostname: str, version: str, resources: Tuple[str, ...],
-                  snapshot: Callable[[], Any], drbd: Any,
-                  settle: float = 1.5) -> Dict[str, Handler]:
+def make_handlers(
+    hostname: str,
+    version: str,
+    resources: Tuple[str, ...],
+    snapshot: Callable[[], Any],
+    drbd: Any,
+    settle: float = 1.5,
+) -> Dict[str, Handler]:
     """The operations this host serves to its peer. ``snapshot`` is the controller's (never
     blocks); ``drbd`` the DRBD adapter (``observe``, ``outdate``)."""
 
@@ -393,16 +442,25 @@ def make_handlers(hostname: str, version: str, resources: Tuple[str, ...],
             "pool_role": obs.pool.role.value,
             "manual": bool(snap.manual.enabled),
             "age": time.time() - (snap.last.started + snap.last.duration),
-            "resources": {r.name: {"role": r.role, "peer_role": r.peer_role,
-                                   "connection": r.connection, "disk": r.disk,
-                                   "peer_disk": r.peer_disk} for r in obs.resources},
+            "resources": {
+                r.name: {
+                    "role": r.role,
+                    "peer_role": r.peer_role,
+                    "connection": r.connection,
+                    "disk": r.disk,
+                    "peer_disk": r.peer_disk,
+                }
+                for r in obs.resources
+            },
         }
 
     def outdate(args: Mapping[str, Any]) -> Dict[str, Any]:
         name = args.get("resource")
         if name not in resources:
-            raise Refused(f"{str(name)[:60]!r} is not a resource of {hostname} "
-                          f"({', '.join(resources)})", "unknown_resource")
+            raise Refused(
+                f"{str(name)[:60]!r} is not a resource of {hostname} ({', '.join(resources)})",
+                "unknown_resource",
+            )
         (res,) = drbd.observe([name])
         # The two sides notice a broken link a moment apart; DRBD refuses to outdate a disk that
         # is still Connected. Give this side a moment (bounded) to notice too.
@@ -420,8 +478,12 @@ def make_handlers(hostname: str, version: str, resources: Tuple[str, ...],
         (after,) = drbd.observe([name])
         if not step.ok:
             raise Refused(f"{hostname}: {step.message}", "failed")
-        log.warning("peer channel: outdated %s on request of the peer's fence-peer handler "
-                    "(disk %s -> %s)", name, res.disk, after.disk)
+        log.warning(
+            "peer channel: outdated %s on request of the peer's fence-peer handler (disk %s -> %s)",
+            name,
+            res.disk,
+            after.disk,
+        )
         return {"resource": name, "disk": after.disk, "changed": True}
 
     return {"ping": ping, "status": status, "outdate": outdate}
@@ -435,8 +497,9 @@ FENCE_PEER_PRIMARY = 6  # the peer refused: it is Primary for the resource
 # 7 (peer fenced off the cluster) belongs to resource-and-stonith: never returned here.
 
 
-def fence_exit_code(result: Optional[Mapping[str, Any]],
-                    error: Optional[PeerError]) -> Tuple[int, str]:
+def fence_exit_code(
+    result: Optional[Mapping[str, Any]], error: Optional[PeerError]
+) -> Tuple[int, str]:
     """(exit code, sentence) for the fence-peer handler from the peer's answer to ``outdate``."""
     if error is not None:
         if error.kind == "primary":

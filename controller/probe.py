@@ -45,10 +45,14 @@ def settings_from_config(cfg: Config) -> Optional[ProbeSettings]:
     interval = p.interval or cfg.interval
     node = "".join(c if c.isalnum() or c in "-." else "-" for c in cfg.node_name.lower())
     return ProbeSettings(
-        host=cfg.vip.bare_address, target=cfg.target.iqn,
-        luns=tuple(lun.number for lun in cfg.target.luns), port=p.port, interval=interval,
+        host=cfg.vip.bare_address,
+        target=cfg.target.iqn,
+        luns=tuple(lun.number for lun in cfg.target.luns),
+        port=p.port,
+        interval=interval,
         timeout=min(p.timeout, interval),
-        initiator=f"iqn.2024-01.org.iscsi-ha:probe.{node or 'host'}")
+        initiator=f"iqn.2024-01.org.iscsi-ha:probe.{node or 'host'}",
+    )
 
 
 def _step(result: ProbeResult) -> str:
@@ -69,8 +73,9 @@ class ProbeJob:
 
     def run(self) -> ProbeResult:
         s = self.settings
-        result = run_probe(s.host, s.target, s.luns, port=s.port, timeout=s.timeout,
-                           initiator=s.initiator)
+        result = run_probe(
+            s.host, s.target, s.luns, port=s.port, timeout=s.timeout, initiator=s.initiator
+        )
         self.latest.publish(result)
         # Logged when it starts failing, when the failing step changes (connect -> login ...)
         # and when it recovers: an outage writes a few lines, not one per interval.

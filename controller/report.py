@@ -47,12 +47,14 @@ class ProbeResult:
 
     def sentence(self) -> str:
         if self.ok:
-            return (f"storage probe of {self.portal}: {len(self.luns)} LUN(s) read in "
-                    f"{self.seconds * 1000:.0f} ms")
+            return (
+                f"storage probe of {self.portal}: {len(self.luns)} LUN(s) read in "
+                f"{self.seconds * 1000:.0f} ms"
+            )
         failed = [f"LUN {lun.lun}: {lun.error}" for lun in self.luns if not lun.ok]
         return f"storage probe of {self.portal} failed: " + "; ".join(
-            ([self.error] if self.error else []) + failed[:3])
-
+            ([self.error] if self.error else []) + failed[:3]
+        )
 
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -75,10 +77,13 @@ class ProbeHistory:
         for lun in result.luns:
             runs[lun.lun] = runs.get(lun.lun, 0) + 1
             failures[lun.lun] = failures.get(lun.lun, 0) + (not lun.ok)
-        counts = tuple(n + (result.seconds <= b) for n, b in
-                       zip(self.bucket_counts, DURATION_BUCKETS + (float("inf"),)))
-        return ProbeHistory(result, self.observer, runs, failures, counts,
-                            self.duration_sum + result.seconds)
+        counts = tuple(
+            n + (result.seconds <= b)
+            for n, b in zip(self.bucket_counts, DURATION_BUCKETS + (float("inf"),))
+        )
+        return ProbeHistory(
+            result, self.observer, runs, failures, counts, self.duration_sum + result.seconds
+        )
 
 
 class LatestProbe:
@@ -103,13 +108,16 @@ CHECKS = ("drbd", "lvm", "multipath")
 
 # after-sb-* policies that throw one side's writes away without an operator (drbd.conf(5)).
 DISCARDING = {
-    "discard-younger-primary", "discard-older-primary", "discard-least-changes",
-    "discard-secondary", "call-pri-lost-after-sb", "violently-as0p",
+    "discard-younger-primary",
+    "discard-older-primary",
+    "discard-least-changes",
+    "discard-secondary",
+    "call-pri-lost-after-sb",
+    "violently-as0p",
 }
 # "discard-zero-changes" and "consensus" keep the side that has changes; "disconnect" keeps both.
 # discard-node-NAME (8.4) / discard-node-N always discards the named node's changes.
 SAFE_FENCING = {"resource-only", "resource-and-stonith"}
-
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,9 @@ class DrbdSafety:
 
     @property
     def discarding(self) -> Tuple[Tuple[str, str], ...]:
-        return tuple((k, v) for k, v in self.after_sb
-                     if v in DISCARDING or v.startswith("discard-node-"))
+        return tuple(
+            (k, v) for k, v in self.after_sb if v in DISCARDING or v.startswith("discard-node-")
+        )
 
     @property
     def fenced(self) -> bool:
@@ -143,7 +152,7 @@ class FilterVerdict:
 
 
 def drbd_kernel_names(devices: Sequence[str]) -> List[str]:
-    """"/dev/drbd0" -> "drbd0" (multipath matches devnode against the kernel name)."""
+    """ "/dev/drbd0" -> "drbd0" (multipath matches devnode against the kernel name)."""
     return [d.rsplit("/", 1)[-1] for d in devices if re.fullmatch(r"/dev/drbd\d+", d)]
 
 
@@ -163,12 +172,15 @@ class AuditResult:
             if d.protocol != "C":
                 out.append(f"DRBD {d.resource} replicates with protocol {d.protocol}, not C")
             for policy, value in d.discarding:
-                out.append(f"DRBD {d.resource}: after-sb-{policy} {value} discards data "
-                           "automatically")
+                out.append(
+                    f"DRBD {d.resource}: after-sb-{policy} {value} discards data automatically"
+                )
             if not d.fenced:
-                out.append(f"DRBD {d.resource}: no fencing (fencing {d.fencing}"
-                           + (", no fence-peer handler" if d.fence_handler is False else "")
-                           + ")")
+                out.append(
+                    f"DRBD {d.resource}: no fencing (fencing {d.fencing}"
+                    + (", no fence-peer handler" if d.fence_handler is False else "")
+                    + ")"
+                )
         for v in self.lvm:
             if not v.rejected:
                 out.append(f"the LVM filter does not reject {v.device} ({v.kind})")

@@ -42,7 +42,11 @@ SPLIT_BRAIN_KINDS = ("none", "both", "one-sided", "diverged", "unknown")
 
 # The actions of a resolve, in DRBD's words (``drbdadm ACTION RESOURCE``).
 DISCONNECT, SECONDARY, CONNECT_DISCARD, CONNECT = (
-    "disconnect", "secondary", "connect --discard-my-data", "connect")
+    "disconnect",
+    "secondary",
+    "connect --discard-my-data",
+    "connect",
+)
 ACTIONS = (DISCONNECT, SECONDARY, CONNECT_DISCARD, CONNECT)
 
 
@@ -237,9 +241,9 @@ def _size(n: Optional[int]) -> str:
         return "unknown"
     if n < 1024 * 1024:
         return f"{n / 1024:.0f} KiB"
-    if n < 1024 ** 3:
+    if n < 1024**3:
         return f"{n / 1024 / 1024:.1f} MiB"
-    return f"{n / 1024 ** 3:.2f} GiB"
+    return f"{n / 1024**3:.2f} GiB"
 
 
 def assess(local: Side, peer: Side) -> Assessment:
@@ -257,32 +261,42 @@ def assess(local: Side, peer: Side) -> Assessment:
         survivor, confident = wrote[0], True
         s = local if local.host == survivor else peer
         if s.alone_sessions:
-            reasons.append(f"{s.host} served the target to {s.alone_sessions} iSCSI session(s) "
-                           "while Primary without its peer: the VMs wrote there")
+            reasons.append(
+                f"{s.host} served the target to {s.alone_sessions} iSCSI session(s) "
+                "while Primary without its peer: the VMs wrote there"
+            )
         if s.sessions:
             reasons.append(f"{s.host} serves {s.sessions} iSCSI session(s) now")
         other = peer if s is local else local
-        reasons.append(f"{other.host} had no iSCSI sessions while the two were apart "
-                       "(as far as its ledger and target say)")
+        reasons.append(
+            f"{other.host} had no iSCSI sessions while the two were apart "
+            "(as far as its ledger and target say)"
+        )
     else:
         if len(wrote) == 2:
-            reasons.append("BOTH hosts served iSCSI sessions while apart: the VMs wrote on "
-                           "both, and no DRBD command merges them; whichever is discarded loses "
-                           "writes (keep a copy of it first: see --snapshot)")
+            reasons.append(
+                "BOTH hosts served iSCSI sessions while apart: the VMs wrote on "
+                "both, and no DRBD command merges them; whichever is discarded loses "
+                "writes (keep a copy of it first: see --snapshot)"
+            )
         else:
-            reasons.append("no evidence of the VMs' writes on either host (no sessions in the "
-                           "ledgers or now)")
+            reasons.append(
+                "no evidence of the VMs' writes on either host (no sessions in the ledgers or now)"
+            )
         a, b = local.out_of_sync_bytes, peer.out_of_sync_bytes
         if a is not None and b is not None and a != b:
             survivor = local.host if a > b else peer.host
-            reasons.append(f"{survivor} changed more since the two parted "
-                           f"({_size(max(a, b))} vs {_size(min(a, b))}, DRBD's out-of-sync "
-                           "count): a weaker reason than the VMs' writes")
+            reasons.append(
+                f"{survivor} changed more since the two parted "
+                f"({_size(max(a, b))} vs {_size(min(a, b))}, DRBD's out-of-sync "
+                "count): a weaker reason than the VMs' writes"
+            )
         elif local.alone_primary_since is not None or peer.alone_primary_since is not None:
             survivor = max((local, peer), key=lambda s: _alone_for(s) or 0.0).host
             reasons.append(f"{survivor} was Primary without its peer for longer")
-    return Assessment(local.resource, kind, detected, sides, survivor, confident,
-                      tuple(reasons), wrote, problems)
+    return Assessment(
+        local.resource, kind, detected, sides, survivor, confident, tuple(reasons), wrote, problems
+    )
 
 
 def _alone_for(s: Side) -> Optional[float]:
@@ -321,33 +335,44 @@ def refusals(a: Assessment, survivor: str) -> Tuple[List[str], List[str]]:
         return hard, forceable
     victim = a.other(survivor)
     if victim.sessions:
-        hard.append(f"the victim {victim.host} is serving: {victim.sessions} iSCSI session(s) "
-                    "on its target")
+        hard.append(
+            f"the victim {victim.host} is serving: {victim.sessions} iSCSI session(s) on its target"
+        )
     if victim.vip_local:
         hard.append(f"the victim {victim.host} holds the VIP")
     if victim.role == "Primary" and victim.target_present:
         hard.append(f"the victim {victim.host} is Primary and its target uses the device")
     if victim.pool_role == "master" and not victim.manual:
-        hard.append(f"the victim {victim.host} is pool master outside manual mode: its "
-                    "controller would promote it again")
+        hard.append(
+            f"the victim {victim.host} is pool master outside manual mode: its "
+            "controller would promote it again"
+        )
     elif victim.manual and victim.manual_requested == "primary":
-        hard.append(f"the victim {victim.host} is in manual mode asked to be primary: its "
-                    "controller would promote it again")
+        hard.append(
+            f"the victim {victim.host} is in manual mode asked to be primary: its "
+            "controller would promote it again"
+        )
     if hard:
-        hard.append(f"first, on {victim.host}: `iscsi-cfg manual-mode-enable` and `iscsi-cfg "
-                    "become-secondary` (VIP away, target stopped, DRBD Secondary)")
+        hard.append(
+            f"first, on {victim.host}: `iscsi-cfg manual-mode-enable` and `iscsi-cfg "
+            "become-secondary` (VIP away, target stopped, DRBD Secondary)"
+        )
     if a.wrote and survivor not in a.wrote:
-        forceable.append(f"{survivor} is not the side the VMs wrote to ({', '.join(a.wrote)} "
-                         f"is): resolving this way discards the VMs' writes on {victim.host}")
+        forceable.append(
+            f"{survivor} is not the side the VMs wrote to ({', '.join(a.wrote)} "
+            f"is): resolving this way discards the VMs' writes on {victim.host}"
+        )
     elif len(a.wrote) == 2:
-        forceable.append(f"the VMs wrote on both hosts: resolving discards their writes on "
-                         f"{victim.host}")
+        forceable.append(
+            f"the VMs wrote on both hosts: resolving discards their writes on {victim.host}"
+        )
     return hard, forceable
 
 
 def _states(a: Assessment) -> str:
-    return "; ".join(f"{s.host}: {s.connection} {s.role}/{s.peer_role} {s.disk}/{s.peer_disk}"
-                     for s in a.sides)
+    return "; ".join(
+        f"{s.host}: {s.connection} {s.role}/{s.peer_role} {s.disk}/{s.peer_disk}" for s in a.sides
+    )
 
 
 def plan(a: Assessment, survivor: str) -> Tuple[Step, ...]:
@@ -356,16 +381,32 @@ def plan(a: Assessment, survivor: str) -> Tuple[Step, ...]:
     victim, keep = a.other(survivor), a.side(survivor)
     steps = []
     if victim.connection != "StandAlone":
-        steps.append(Step(victim.host, DISCONNECT,
-                          f"{victim.host} is {victim.connection}; --discard-my-data applies "
-                          "to a new connection"))
+        steps.append(
+            Step(
+                victim.host,
+                DISCONNECT,
+                f"{victim.host} is {victim.connection}; --discard-my-data applies "
+                "to a new connection",
+            )
+        )
     if victim.role == "Primary":
         steps.append(Step(victim.host, SECONDARY, "only a Secondary can discard its data"))
-    steps.append(Step(victim.host, CONNECT_DISCARD,
-                      f"reconnect, throwing away {victim.host}'s changes since the split"))
+    steps.append(
+        Step(
+            victim.host,
+            CONNECT_DISCARD,
+            f"reconnect, throwing away {victim.host}'s changes since the split",
+        )
+    )
     if keep.connection == "StandAlone":
-        steps.append(Step(keep.host, CONNECT, f"{keep.host} is StandAlone: reconnect it "
-                          "(it keeps its data and becomes the resync source)"))
+        steps.append(
+            Step(
+                keep.host,
+                CONNECT,
+                f"{keep.host} is StandAlone: reconnect it "
+                "(it keeps its data and becomes the resync source)",
+            )
+        )
     return tuple(steps)
 
 
@@ -387,31 +428,39 @@ def snapshot_refusal(a: Assessment, survivor: str) -> Optional[str]:
     """Why the victim's data cannot be kept in an LVM snapshot; None when it can."""
     victim = a.other(survivor)
     if victim.lvm_volume is None:
-        return (f"{victim.host}'s backing device {victim.backing or '(unknown)'} cannot be "
-                f"snapshotted: {victim.lvm_error or 'not on LVM'}")
+        return (
+            f"{victim.host}'s backing device {victim.backing or '(unknown)'} cannot be "
+            f"snapshotted: {victim.lvm_error or 'not on LVM'}"
+        )
     need = snapshot_size(a, survivor)
     if victim.lvm_free is None or victim.lvm_free < need:
-        return (f"{victim.host}'s volume group of {victim.lvm_volume} has "
-                f"{_size(victim.lvm_free)} free; a snapshot needs {_size(need)}")
+        return (
+            f"{victim.host}'s volume group of {victim.lvm_volume} has "
+            f"{_size(victim.lvm_free)} free; a snapshot needs {_size(need)}"
+        )
     return None
 
 
 def snapshot_help(host: str, snapshot: str) -> str:
     """How to read a kept snapshot later, and to drop it."""
-    return (f"{host}'s data before the resolve is kept in the read-only LVM snapshot "
-            f"{snapshot} (on {host}). To read it: `lvchange -ay {snapshot}` if it is not "
-            f"active, then `losetup -r -f --show /dev/{snapshot}`: it holds what DRBD's backing "
-            "device held (the data first, DRBD's internal meta data at the end); an LVM-based SR "
-            "inside is itself an LVM physical volume: `vgimportclone` on the loop device shows "
-            "its volumes without clashing with the live SR. It fills as the origin changes and "
-            f"becomes invalid when full: `lvremove {snapshot}` once done.")
+    return (
+        f"{host}'s data before the resolve is kept in the read-only LVM snapshot "
+        f"{snapshot} (on {host}). To read it: `lvchange -ay {snapshot}` if it is not "
+        f"active, then `losetup -r -f --show /dev/{snapshot}`: it holds what DRBD's backing "
+        "device held (the data first, DRBD's internal meta data at the end); an LVM-based SR "
+        "inside is itself an LVM physical volume: `vgimportclone` on the loop device shows "
+        "its volumes without clashing with the live SR. It fills as the origin changes and "
+        f"becomes invalid when full: `lvremove {snapshot}` once done."
+    )
 
 
 def discarded(a: Assessment, survivor: str) -> str:
     """One sentence: what resolving with ``survivor`` throws away."""
     victim = a.other(survivor)
-    parts = [f"{victim.host}'s changes to {a.resource} since the two parted: "
-             f"{_size(victim.out_of_sync_bytes)} of blocks (DRBD's out-of-sync count)"]
+    parts = [
+        f"{victim.host}'s changes to {a.resource} since the two parted: "
+        f"{_size(victim.out_of_sync_bytes)} of blocks (DRBD's out-of-sync count)"
+    ]
     period = _alone_for(victim)
     if period is not None and victim.alone_primary_since is not None:
         parts.append(f"it was Primary without its peer for {_duration(period)}")
@@ -444,11 +493,15 @@ def verify(local: Side, peer: Side) -> Verdict:
             return Verdict(False, f"{s.host} is {s.connection} {s.disk}/{s.peer_disk}")
     same = same_generation(local.generation, peer.generation)
     if same is False:
-        return Verdict(False, f"the generations differ: {local.host} {local.gi}, "
-                       f"{peer.host} {peer.gi}")
+        return Verdict(
+            False, f"the generations differ: {local.host} {local.gi}, {peer.host} {peer.gi}"
+        )
     gen = local.generation
-    tail = (f", same data generation {gen.current[:15]}x" if same and gen
-            else " (generations not readable)")
+    tail = (
+        f", same data generation {gen.current[:15]}x"
+        if same and gen
+        else " (generations not readable)"
+    )
     return Verdict(True, f"both Connected and UpToDate/UpToDate{tail}")
 
 
@@ -457,22 +510,30 @@ def progress(local: Side, peer: Side) -> str:
     target = next((s for s in (local, peer) if s.connection == "SyncTarget"), None)
     src = target or next((s for s in (local, peer) if s.connection == "SyncSource"), None)
     if src is None:
-        return " / ".join(f"{s.host} {s.connection} {s.disk}/{s.peer_disk}" for s in
-                          (local, peer))
+        return " / ".join(f"{s.host} {s.connection} {s.disk}/{s.peer_disk}" for s in (local, peer))
     pct = f"{src.sync_progress * 100:.1f}%" if src.sync_progress is not None else "?%"
-    eta = (f", ETA {_duration(src.sync_eta_seconds)}" if src.sync_eta_seconds is not None
-           else "")
-    left = (f", {_size(src.out_of_sync_bytes)} left" if src.out_of_sync_bytes is not None
-            else "")
+    eta = f", ETA {_duration(src.sync_eta_seconds)}" if src.sync_eta_seconds is not None else ""
+    left = f", {_size(src.out_of_sync_bytes)} left" if src.out_of_sync_bytes is not None else ""
     return f"resync {src.host} {src.connection}: {pct}{left}{eta}"
 
 
-def audit_line(resource: str, survivor: str, victim: str, amount: Optional[int], who: str,
-               when: str, took: Optional[float], verdict: str, forced: bool) -> str:
+def audit_line(
+    resource: str,
+    survivor: str,
+    victim: str,
+    amount: Optional[int],
+    who: str,
+    when: str,
+    took: Optional[float],
+    verdict: str,
+    forced: bool,
+) -> str:
     took_text = f"{took:.1f} s" if took is not None else "unknown"
-    return (f"split-brain resolve {resource}: survivor {survivor}, discarded {victim}'s changes "
-            f"({_size(amount)} out of sync there); by {who or 'unknown'} at {when}"
-            f"{'; FORCED' if forced else ''}; resync {took_text}; {verdict}")
+    return (
+        f"split-brain resolve {resource}: survivor {survivor}, discarded {victim}'s changes "
+        f"({_size(amount)} out of sync there); by {who or 'unknown'} at {when}"
+        f"{'; FORCED' if forced else ''}; resync {took_text}; {verdict}"
+    )
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -498,7 +559,7 @@ def render(a: Assessment) -> str:
     head = {
         "both": "SPLIT BRAIN, detected by both hosts",
         "one-sided": f"SPLIT BRAIN, detected by {by} only (the other host stays {waiting} "
-                     "and logs nothing: real DRBD 8.4 does that about one time in three)",
+        "and logs nothing: real DRBD 8.4 does that about one time in three)",
         "diverged": "SPLIT BRAIN by the data generations (neither kernel log says so)",
         "none": "no split brain",
         "unknown": "unknown: one side could not be read",
@@ -522,8 +583,11 @@ def render(a: Assessment) -> str:
         ("manual mode", yn(l.manual), yn(p.manual)),
         ("VIP here now", yn(l.vip_local), yn(p.vip_local)),
         ("iSCSI sessions now", num(l.sessions), num(p.sessions)),
-        ("Primary alone since", _when(l.alone_primary_since, l.now),
-         _when(p.alone_primary_since, p.now)),
+        (
+            "Primary alone since",
+            _when(l.alone_primary_since, l.now),
+            _when(p.alone_primary_since, p.now),
+        ),
         ("  for", _period(l), _period(p)),
         ("  sessions meanwhile", num(l.alone_sessions), num(p.alone_sessions)),
         ("last in sync", _when(l.last_in_sync, l.now), _when(p.last_in_sync, p.now)),
@@ -536,32 +600,38 @@ def render(a: Assessment) -> str:
     if vms is not None:
         holder = [s.host for s in a.sides if s.vip_local]
         through = f", through the VIP held now by {holder[0]}" if len(holder) == 1 else ""
-        out.append(f"  VMs with disks on this target (XenAPI){through}: "
-                   f"{', '.join(vms) if vms else 'none'}")
+        out.append(
+            f"  VMs with disks on this target (XenAPI){through}: "
+            f"{', '.join(vms) if vms else 'none'}"
+        )
     else:
         why = next((s.vms_error for s in a.sides if s.vms_error), None)
         out.append(f"  VMs with disks on this target: unknown ({why or 'XenAPI not enabled'})")
     lg = l.generation
     if lg is not None and diverged(lg, p.generation):
-        out.append(f"  generations: both descend from {lg.bitmap[:15]}x "
-                   "and each has its own newer one: diverged")
+        out.append(
+            f"  generations: both descend from {lg.bitmap[:15]}x "
+            "and each has its own newer one: diverged"
+        )
     if not a.in_split_brain:
         return "\n".join(out)
     if a.survivor:
         strength = "" if a.confident else " (weak evidence: check before choosing)"
-        out.append(f"Recommendation: keep {a.survivor}{strength}, discard "
-                   f"{a.other(a.survivor).host}")
+        out.append(
+            f"Recommendation: keep {a.survivor}{strength}, discard {a.other(a.survivor).host}"
+        )
     else:
         out.append("Recommendation: none; the evidence does not single out a side")
     out += [f"  because {r}" for r in a.reasons]
     if a.survivor:
         out.append(f"Would be discarded: {discarded(a, a.survivor)}")
         if snapshot_refusal(a, a.survivor) is None:
-            out.append(f"Keep a copy first: add --snapshot (a read-only LVM snapshot of "
-                       f"{a.other(a.survivor).lvm_volume}, "
-                       f"{_size(snapshot_size(a, a.survivor))} copy-on-write)")
-        out.append(f"Resolve: iscsi-cfg split-brain resolve --survivor {a.survivor} "
-                   f"{a.resource}")
+            out.append(
+                f"Keep a copy first: add --snapshot (a read-only LVM snapshot of "
+                f"{a.other(a.survivor).lvm_volume}, "
+                f"{_size(snapshot_size(a, a.survivor))} copy-on-write)"
+            )
+        out.append(f"Resolve: iscsi-cfg split-brain resolve --survivor {a.survivor} {a.resource}")
     return "\n".join(out)
 
 

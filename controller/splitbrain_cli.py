@@ -70,25 +70,45 @@ class _Intermixed(argparse.ArgumentParser):
 
 
 def add_parser(sub: Any, epilog: str, fmt: Any) -> None:
-    sp = sub.add_parser("split-brain", help=SHORT, description=LONG, epilog=epilog,
-                        formatter_class=fmt)
+    sp = sub.add_parser(
+        "split-brain", help=SHORT, description=LONG, epilog=epilog, formatter_class=fmt
+    )
     sp.__class__ = _Intermixed
-    sp.add_argument("words", nargs="*", metavar="[resolve] RESOURCE",
-                    help="a resource (default: all), or `resolve RESOURCE`")
+    sp.add_argument(
+        "words",
+        nargs="*",
+        metavar="[resolve] RESOURCE",
+        help="a resource (default: all), or `resolve RESOURCE`",
+    )
     sp.add_argument("--json", action="store_true", help="print the evidence as JSON")
-    sp.add_argument("--survivor", metavar="HOST",
-                    help="with resolve: the host whose data is kept (its node_name)")
-    sp.add_argument("--yes", action="store_true",
-                    help="with resolve: do not ask for confirmation (scripts)")
-    sp.add_argument("--force", action="store_true",
-                    help="with resolve: override the refusal to discard the side the VMs wrote "
-                    "to (asks a second confirmation unless --yes)")
-    sp.add_argument("--snapshot", action="store_true",
-                    help="with resolve: first keep the victim's data in a read-only LVM snapshot "
-                    "of its backing device (refused when it is not on LVM or the volume group "
-                    "lacks the space); says how to read it later")
-    sp.add_argument("--timeout", type=float, default=RESYNC_TIMEOUT, metavar="SECONDS",
-                    help="with resolve: how long to follow the resync (default 6 h)")
+    sp.add_argument(
+        "--survivor",
+        metavar="HOST",
+        help="with resolve: the host whose data is kept (its node_name)",
+    )
+    sp.add_argument(
+        "--yes", action="store_true", help="with resolve: do not ask for confirmation (scripts)"
+    )
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="with resolve: override the refusal to discard the side the VMs wrote "
+        "to (asks a second confirmation unless --yes)",
+    )
+    sp.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="with resolve: first keep the victim's data in a read-only LVM snapshot "
+        "of its backing device (refused when it is not on LVM or the volume group "
+        "lacks the space); says how to read it later",
+    )
+    sp.add_argument(
+        "--timeout",
+        type=float,
+        default=RESYNC_TIMEOUT,
+        metavar="SECONDS",
+        help="with resolve: how long to follow the resync (default 6 h)",
+    )
 
 
 def _who() -> str:
@@ -99,8 +119,11 @@ def _who() -> str:
 class Channel:
     """The two hosts as seen through the local controller."""
 
-    def __init__(self, ask: Callable[[Dict[str, Any]], Dict[str, Any]],
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        ask: Callable[[Dict[str, Any]], Dict[str, Any]],
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._ask = ask
         self.sleep = sleep
         self.unreachable = False  # the local controller did not answer
@@ -134,8 +157,9 @@ class Channel:
                 except ValueError as exc:
                     result = f"unreadable answer: {exc}"
             if side is None:
-                side = sb.Side("the peer" if where == "peer" else "this host", resource,
-                               error=str(result))
+                side = sb.Side(
+                    "the peer" if where == "peer" else "this host", resource, error=str(result)
+                )
             out.append(side)
         return out[0], out[1]
 
@@ -147,8 +171,11 @@ def run(where: Any, args: argparse.Namespace) -> int:
         try:
             return cli.ask(where.socket, req, timeout=CALL_TIMEOUT)
         except (cli.Unreachable, cli.Denied) as exc:
-            return {"ok": False, "error": f"the local iscsi-ha controller: {exc}",
-                    "unreachable": True}
+            return {
+                "ok": False,
+                "error": f"the local iscsi-ha controller: {exc}",
+                "unreachable": True,
+            }
 
     channel = Channel(ask)
     words = list(args.words)
@@ -156,8 +183,9 @@ def run(where: Any, args: argparse.Namespace) -> int:
         if len(words) != 2 or not args.survivor:
             cli._err("usage: iscsi-cfg split-brain resolve --survivor HOST RESOURCE")
             return cli.EXIT_USAGE
-        return resolve(channel, words[1], args.survivor, args.yes, args.force, args.timeout,
-                       keep=args.snapshot)
+        return resolve(
+            channel, words[1], args.survivor, args.yes, args.force, args.timeout, keep=args.snapshot
+        )
     if args.survivor or args.force or args.snapshot:
         cli._err("--survivor, --force and --snapshot belong to `split-brain resolve`")
         return cli.EXIT_USAGE
@@ -188,9 +216,17 @@ def _confirm(prompt: str, expected: str) -> bool:
     return input(prompt).strip() == expected
 
 
-def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bool,
-            follow_limit: float, sleep: Callable[[float], None] = time.sleep,
-            out: Callable[[str], None] = print, keep: bool = False) -> int:
+def resolve(
+    channel: Channel,
+    resource: str,
+    survivor: str,
+    yes: bool,
+    force: bool,
+    follow_limit: float,
+    sleep: Callable[[float], None] = time.sleep,
+    out: Callable[[str], None] = print,
+    keep: bool = False,
+) -> int:
     from . import cli
 
     a = sb.assess(*channel.sides(resource))
@@ -202,8 +238,11 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
         cli._err("refused: " + "\n  ".join(hard + forceable))
         return cli.EXIT_REFUSED
     if forceable and not force:
-        cli._err("refused: " + "\n  ".join(forceable) +
-                 "\n  (--force overrides this, with a second confirmation)")
+        cli._err(
+            "refused: "
+            + "\n  ".join(forceable)
+            + "\n  (--force overrides this, with a second confirmation)"
+        )
         return cli.EXIT_REFUSED
     victim = a.other(survivor)
     steps = sb.plan(a, survivor)
@@ -211,37 +250,48 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
     out(f"Discarded: {sb.discarded(a, survivor)}")
     out("Steps:")
     if keep:
-        out(f"  {victim.host}$ lvcreate --snapshot --permission r ... {victim.lvm_volume}    "
+        out(
+            f"  {victim.host}$ lvcreate --snapshot --permission r ... {victim.lvm_volume}    "
             f"# keep {victim.host}'s data ({sb._size(sb.snapshot_size(a, survivor))} "
-            "copy-on-write)")
+            "copy-on-write)"
+        )
     for step in steps:
         out(f"  {step.host}$ {step.command} {resource}    # {step.why}")
     if not yes:
         if not sys.stdin.isatty():
             cli._err("refused: not a terminal; confirm interactively or pass --yes")
             return cli.EXIT_USAGE
-        if not _confirm(f"Type the resource name ({resource}) to discard {victim.host}'s "
-                        "changes: ", resource):
+        if not _confirm(
+            f"Type the resource name ({resource}) to discard {victim.host}'s changes: ", resource
+        ):
             cli._err("not confirmed; nothing was done")
             return cli.EXIT_REFUSED
         if forceable and not _confirm(
-                f"FORCED: {' '.join(forceable)}\nType {victim.host} to discard its data "
-                "anyway: ", victim.host):
+            f"FORCED: {' '.join(forceable)}\nType {victim.host} to discard its data anyway: ",
+            victim.host,
+        ):
             cli._err("not confirmed; nothing was done")
             return cli.EXIT_REFUSED
     # The state may have moved while the operator read: look again before touching anything.
     again = sb.assess(*channel.sides(resource))
     hard, _ = sb.refusals(again, survivor)
     if hard or sb.plan(again, survivor) != steps:
-        cli._err("refused: the situation changed while confirming; nothing was done. "
-                 + " ".join(hard))
+        cli._err(
+            "refused: the situation changed while confirming; nothing was done. " + " ".join(hard)
+        )
         return cli.EXIT_REFUSED
     amount = victim.out_of_sync_bytes
     if keep:
         where = "local" if victim.host == a.sides[0].host else "peer"
-        ok, result = channel.call(where, {
-            "action": "snapshot", "resource": resource, "size": sb.snapshot_size(a, survivor),
-            "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime())})
+        ok, result = channel.call(
+            where,
+            {
+                "action": "snapshot",
+                "resource": resource,
+                "size": sb.snapshot_size(a, survivor),
+                "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()),
+            },
+        )
         if not ok or not isinstance(result, dict) or not result.get("ok"):
             said = result.get("said") if isinstance(result, dict) else result
             cli._err(f"{victim.host}: the snapshot failed: {said}; nothing was discarded")
@@ -250,20 +300,25 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
         out(sb.snapshot_help(victim.host, str(result.get("snapshot"))))
     for step in steps:
         where = "local" if step.host == a.sides[0].host else "peer"
-        ok, result = channel.call(where, {"action": "step", "resource": resource,
-                                          "step": step.action})
+        ok, result = channel.call(
+            where, {"action": "step", "resource": resource, "step": step.action}
+        )
         if not ok or not isinstance(result, dict):
-            cli._err(f"{step.host}: {step.command} {resource}: {result}; stopped here (see "
-                     "docs/runbook.md, split brain, for the manual steps)")
+            cli._err(
+                f"{step.host}: {step.command} {resource}: {result}; stopped here (see "
+                "docs/runbook.md, split brain, for the manual steps)"
+            )
             return cli.EXIT_REFUSED
         said = result.get("said") or ""
         if not result.get("ok"):
             if step.action == sb.DISCONNECT and "(162)" in said:
                 said = "already StandAlone"  # DRBD 8.4's answer to disconnecting a StandAlone
             else:
-                cli._err(f"{step.host}$ {result.get('command')}: rc {result.get('rc')}: "
-                         f"{result.get('refusal') or said}; stopped here, nothing further was "
-                         "run (see docs/runbook.md, split brain, for the manual steps)")
+                cli._err(
+                    f"{step.host}$ {result.get('command')}: rc {result.get('rc')}: "
+                    f"{result.get('refusal') or said}; stopped here, nothing further was "
+                    "run (see docs/runbook.md, split brain, for the manual steps)"
+                )
                 return cli.EXIT_REFUSED
         out(f"  {step.host}$ {result.get('command')}: ok{' (' + said + ')' if said else ''}")
     t0 = time.monotonic()
@@ -271,8 +326,10 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
     while time.monotonic() - t0 < follow_limit:
         local, peer = channel.sides(resource)
         if local.split_brain or peer.split_brain:
-            cli._err("DRBD detected the split brain again after the reconnect; see "
-                     "`iscsi-cfg split-brain` and docs/runbook.md")
+            cli._err(
+                "DRBD detected the split brain again after the reconnect; see "
+                "`iscsi-cfg split-brain` and docs/runbook.md"
+            )
             return cli.EXIT_REFUSED
         verdict = sb.verify(local, peer)
         if verdict.done:
@@ -284,14 +341,21 @@ def resolve(channel: Channel, resource: str, survivor: str, yes: bool, force: bo
         sleep(FOLLOW_PERIOD)
     took = time.monotonic() - t0
     if verdict is None or not verdict.done:
-        cli._err(f"not verified after {took:.0f} s: "
-                 f"{verdict.sentence if verdict else 'no answer'}")
+        cli._err(f"not verified after {took:.0f} s: {verdict.sentence if verdict else 'no answer'}")
         return cli.EXIT_REFUSED
     out(f"Resynced and verified in {took:.1f} s: {verdict.sentence}")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    line = sb.audit_line(resource, survivor, victim.host, amount,
-                         f"uid {os.getuid()}" + (f" ({_who()})" if _who() else ""), when, took,
-                         verdict.sentence, bool(forceable))
+    line = sb.audit_line(
+        resource,
+        survivor,
+        victim.host,
+        amount,
+        f"uid {os.getuid()}" + (f" ({_who()})" if _who() else ""),
+        when,
+        took,
+        verdict.sentence,
+        bool(forceable),
+    )
     problems = []
     for where in ("local", "peer"):
         ok, result = channel.call(where, {"action": "audit", "line": line})

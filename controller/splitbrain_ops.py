@@ -50,27 +50,61 @@ class SplitBrainRefused(Exception):
         self.code = code
 
 
-def side_from_observation(host: str, res: DrbdResource, gi_text: Optional[str],
-                          pool_role: Optional[str], manual: Optional[bool],
-                          vip_local: Optional[bool], target_present: Optional[bool],
-                          sessions: Optional[int], entry: Any, now: float) -> Side:
+def side_from_observation(
+    host: str,
+    res: DrbdResource,
+    gi_text: Optional[str],
+    pool_role: Optional[str],
+    manual: Optional[bool],
+    vip_local: Optional[bool],
+    target_present: Optional[bool],
+    sessions: Optional[int],
+    entry: Any,
+    now: float,
+) -> Side:
     """A Side from what the controller observed (pure; ``entry`` is the ledger's Entry)."""
     alone = {}
     if entry is not None:
-        alone = {"alone_primary_since": entry.alone_primary_since,
-                 "alone_primary_last": entry.alone_primary_last,
-                 "alone_sessions": entry.alone_sessions,
-                 "last_in_sync": entry.connected.at if entry.connected is not None else None}
+        alone = {
+            "alone_primary_since": entry.alone_primary_since,
+            "alone_primary_last": entry.alone_primary_last,
+            "alone_sessions": entry.alone_sessions,
+            "last_in_sync": entry.connected.at if entry.connected is not None else None,
+        }
     if res.error or not res.configured:
-        return Side(host, res.name, error=res.error or f"{res.name} is not up on {host}",
-                    pool_role=pool_role, manual=manual, vip_local=vip_local,
-                    target_present=target_present, sessions=sessions, now=now, **alone)
-    return Side(host, res.name, role=res.role, peer_role=res.peer_role,
-                connection=res.connection, disk=res.disk, peer_disk=res.peer_disk,
-                split_brain=res.split_brain, out_of_sync_bytes=res.out_of_sync_bytes,
-                sync_progress=res.sync_progress, sync_eta_seconds=res.sync_eta_seconds,
-                gi=gi_text, pool_role=pool_role, manual=manual, vip_local=vip_local,
-                target_present=target_present, sessions=sessions, now=now, **alone)
+        return Side(
+            host,
+            res.name,
+            error=res.error or f"{res.name} is not up on {host}",
+            pool_role=pool_role,
+            manual=manual,
+            vip_local=vip_local,
+            target_present=target_present,
+            sessions=sessions,
+            now=now,
+            **alone,
+        )
+    return Side(
+        host,
+        res.name,
+        role=res.role,
+        peer_role=res.peer_role,
+        connection=res.connection,
+        disk=res.disk,
+        peer_disk=res.peer_disk,
+        split_brain=res.split_brain,
+        out_of_sync_bytes=res.out_of_sync_bytes,
+        sync_progress=res.sync_progress,
+        sync_eta_seconds=res.sync_eta_seconds,
+        gi=gi_text,
+        pool_role=pool_role,
+        manual=manual,
+        vip_local=vip_local,
+        target_present=target_present,
+        sessions=sessions,
+        now=now,
+        **alone,
+    )
 
 
 def gather(controller: Any, resource: str, iqn: Optional[str] = None) -> Side:
@@ -92,15 +126,28 @@ def gather(controller: Any, resource: str, iqn: Optional[str] = None) -> Side:
         entry = controller.ledger.ledger.entries.get(resource)
     backing, volume, lvm_error = _backing(controller.systems.drbd, resource)
     side = side_from_observation(
-        controller.hostname, res, gi.text if gi is not None else None,
-        obs.pool.role.value, bool(manual.enabled), obs.vip.local if not obs.vip.error else None,
+        controller.hostname,
+        res,
+        gi.text if gi is not None else None,
+        obs.pool.role.value,
+        bool(manual.enabled),
+        obs.vip.local if not obs.vip.error else None,
         obs.target.target_present if not obs.target.error else None,
-        obs.target.sessions if not obs.target.error else None, entry, obs.now)
+        obs.target.sessions if not obs.target.error else None,
+        entry,
+        obs.now,
+    )
     requested = manual.requested.value if manual.enabled and manual.requested else None
-    return replace(side, vms=vms, vms_error=vms_error, backing=backing,
-                   manual_requested=requested,
-                   lvm_volume=volume.name if volume else None,
-                   lvm_free=volume.vg_free if volume else None, lvm_error=lvm_error)
+    return replace(
+        side,
+        vms=vms,
+        vms_error=vms_error,
+        backing=backing,
+        manual_requested=requested,
+        lvm_volume=volume.name if volume else None,
+        lvm_free=volume.vg_free if volume else None,
+        lvm_error=lvm_error,
+    )
 
 
 def _backing(drbd: Any, resource: str) -> Tuple[Optional[str], Any, Optional[str]]:
@@ -130,28 +177,40 @@ def snapshot(drbd: Any, resource: str, stamp: Any, size: Any, who: str) -> Dict[
     from .systems.lvm import Lvm
 
     if not isinstance(stamp, str) or not SNAPSHOT_SUFFIX.match(stamp):
-        raise SplitBrainRefused("snapshot: the name's suffix must be YYYYmmddTHHMMSS",
-                                "bad_request")
+        raise SplitBrainRefused(
+            "snapshot: the name's suffix must be YYYYmmddTHHMMSS", "bad_request"
+        )
     if isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 1 << 50:
-        raise SplitBrainRefused("snapshot: size must be a positive number of bytes",
-                                "bad_request")
+        raise SplitBrainRefused("snapshot: size must be a positive number of bytes", "bad_request")
     device, volume, why = _backing(drbd, resource)
     if volume is None:
         return {"ok": False, "said": why or "not on LVM"}
     name = f"{volume.lv}-splitbrain-{stamp}"
-    log.warning("split brain: snapshot of %s as %s/%s, %d bytes (asked by %s)", volume.name,
-                volume.vg, name, size, who or "unknown")
+    log.warning(
+        "split brain: snapshot of %s as %s/%s, %d bytes (asked by %s)",
+        volume.name,
+        volume.vg,
+        name,
+        size,
+        who or "unknown",
+    )
     ok, said = Lvm(drbd.runner, drbd.timeout).snapshot(volume, name, size)
     log.log(logging.WARNING if ok else logging.ERROR, "split brain: %s", said)
-    return {"ok": ok, "said": said, "snapshot": f"{volume.vg}/{name}", "origin": volume.name,
-            "size": size}
+    return {
+        "ok": ok,
+        "said": said,
+        "snapshot": f"{volume.vg}/{name}",
+        "origin": volume.name,
+        "size": size,
+    }
 
 
 def run_step(drbd: Any, resource: str, action: str, who: str) -> Dict[str, Any]:
     """``drbdadm ACTION RESOURCE`` here; DRBD's words come back either way."""
     if action not in ACTIONS:
-        raise SplitBrainRefused(f"unknown step {str(action)[:40]!r}; known: {', '.join(ACTIONS)}",
-                                "bad_request")
+        raise SplitBrainRefused(
+            f"unknown step {str(action)[:40]!r}; known: {', '.join(ACTIONS)}", "bad_request"
+        )
     verb, _, option = action.partition(" ")
     argv = [drbd.drbdadm, verb, *([option] if option else []), resource]
     log.warning("split brain: running `%s` (asked by %s)", " ".join(argv), who or "unknown")
@@ -161,10 +220,21 @@ def run_step(drbd: Any, resource: str, action: str, who: str) -> Dict[str, Any]:
     text = res.stderr + "\n" + res.stdout
     words = drbd_words(text) if text.strip() else ""
     refusal = parse_refusal(text)
-    log.log(logging.WARNING if res.ok else logging.ERROR, "split brain: `%s` rc %s%s",
-            " ".join(argv), res.rc, f": {words}" if words else "")
-    return {"command": " ".join(argv), "rc": res.rc, "ok": res.ok, "said": words,
-            "refusal": refusal[2] if refusal else None, "took": took}
+    log.log(
+        logging.WARNING if res.ok else logging.ERROR,
+        "split brain: `%s` rc %s%s",
+        " ".join(argv),
+        res.rc,
+        f": {words}" if words else "",
+    )
+    return {
+        "command": " ".join(argv),
+        "rc": res.rc,
+        "ok": res.ok,
+        "said": words,
+        "refusal": refusal[2] if refusal else None,
+        "took": took,
+    }
 
 
 def audit(state_dir: str, line: str, who: str) -> Dict[str, Any]:
@@ -186,30 +256,41 @@ def audit(state_dir: str, line: str, who: str) -> Dict[str, Any]:
     return {"logged": True, "file": path}
 
 
-def handle(controller: Any, state_dir: str, resources: tuple, args: Mapping[str, Any],
-           who: str, iqn: Optional[str] = None) -> Dict[str, Any]:
+def handle(
+    controller: Any,
+    state_dir: str,
+    resources: tuple,
+    args: Mapping[str, Any],
+    who: str,
+    iqn: Optional[str] = None,
+) -> Dict[str, Any]:
     """One request of either channel for this host (see the module docstring)."""
     action = args.get("action")
     name = args.get("resource")
     if action == "audit":
         return audit(state_dir, str(args.get("line") or ""), who)
     if name not in resources:
-        raise SplitBrainRefused(f"{str(name)[:60]!r} is not a resource of "
-                                f"{controller.hostname} ({', '.join(resources)})",
-                                "unknown_resource")
+        raise SplitBrainRefused(
+            f"{str(name)[:60]!r} is not a resource of "
+            f"{controller.hostname} ({', '.join(resources)})",
+            "unknown_resource",
+        )
     if action == "evidence":
         return side_to_dict(gather(controller, str(name), iqn))
     if action == "step":
         return run_step(controller.systems.drbd, str(name), str(args.get("step")), who)
     if action == "snapshot":
-        return snapshot(controller.systems.drbd, str(name), args.get("stamp"), args.get("size"),
-                        who)
-    raise SplitBrainRefused(f"unknown action {str(action)[:40]!r} (evidence, step, snapshot, "
-                            "audit)", "bad_request")
+        return snapshot(
+            controller.systems.drbd, str(name), args.get("stamp"), args.get("size"), who
+        )
+    raise SplitBrainRefused(
+        f"unknown action {str(action)[:40]!r} (evidence, step, snapshot, audit)", "bad_request"
+    )
 
 
-def peer_handler(controller: Any, state_dir: str, resources: tuple,
-                 iqn: Optional[str] = None) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
+def peer_handler(
+    controller: Any, state_dir: str, resources: tuple, iqn: Optional[str] = None
+) -> Callable[[Mapping[str, Any]], Dict[str, Any]]:
     """The peer channel's ``splitbrain`` operation."""
     from .peer import Refused
 
@@ -234,8 +315,12 @@ def control(daemon: Any, request: Mapping[str, Any], who: str) -> Dict[str, Any]
     if request.get("host") == "peer":
         watcher = getattr(daemon, "peer_watcher", None)
         if watcher is None:
-            return {"ok": False, "code": 1, "error": "no peer channel configured (peer.address "
-                    "in the YAML): the other host cannot be asked"}
+            return {
+                "ok": False,
+                "code": 1,
+                "error": "no peer channel configured (peer.address "
+                "in the YAML): the other host cannot be asked",
+            }
         from .peer import PeerError
 
         try:
@@ -244,8 +329,7 @@ def control(daemon: Any, request: Mapping[str, Any], who: str) -> Dict[str, Any]
             return {"ok": False, "code": 1, "error": f"the peer: {exc}", "kind": exc.kind}
         return {"ok": True, "result": result}
     try:
-        result = handle(controller, state_dir, tuple(cfg.resources), args, who,
-                        cfg.target.iqn)
+        result = handle(controller, state_dir, tuple(cfg.resources), args, who, cfg.target.iqn)
     except SplitBrainRefused as exc:
         return {"ok": False, "code": 2 if exc.code == "bad_request" else 1, "error": str(exc)}
     return {"ok": True, "result": result}

@@ -60,15 +60,18 @@ def parse_manual_mode(text: str) -> ManualMode:
 
 
 def render_manual_mode(mode: ManualMode) -> str:
-    return json.dumps(
-        {
-            "format": FORMAT,
-            "enabled": mode.enabled,
-            "requested": mode.requested.value if mode.requested else None,
-            "since": mode.since,
-        },
-        sort_keys=True,
-    ) + "\n"
+    return (
+        json.dumps(
+            {
+                "format": FORMAT,
+                "enabled": mode.enabled,
+                "requested": mode.requested.value if mode.requested else None,
+                "since": mode.since,
+            },
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 class ManualModeStore:
@@ -111,9 +114,12 @@ class NotReplacing(OSError):
     """atomic_write refused to replace what is at the path (a device node, a directory)."""
 
 
-def atomic_write(path: str, text: str, mode: int = 0o644,
-                 replaceable: Tuple[Callable[[int], bool], ...] = (stat.S_ISREG, stat.S_ISLNK),
-                 ) -> None:
+def atomic_write(
+    path: str,
+    text: str,
+    mode: int = 0o644,
+    replaceable: Tuple[Callable[[int], bool], ...] = (stat.S_ISREG, stat.S_ISLNK),
+) -> None:
     """Write ``text`` to ``path`` so that a crash leaves the old or the new content, never half.
 
     The rename replaces whatever is at ``path``, so anything there that is not of a
@@ -126,8 +132,12 @@ def atomic_write(path: str, text: str, mode: int = 0o644,
     except FileNotFoundError:
         st = None
     if st is not None and not any(test(st.st_mode) for test in replaceable):
-        raise NotReplacing(errno.EEXIST, f"is {kind_of(st.st_mode)}; not replacing it with a "
-                           "file (point the setting at a file path, or remove it)", path)
+        raise NotReplacing(
+            errno.EEXIST,
+            f"is {kind_of(st.st_mode)}; not replacing it with a "
+            "file (point the setting at a file path, or remove it)",
+            path,
+        )
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = write_temp(directory, text, mode)

@@ -48,14 +48,21 @@ class ResourceView:
 
     @classmethod
     def from_json(cls, r: Mapping[str, Any]) -> "ResourceView":
-        return cls(name=str(r.get("name", "?")), error=r.get("error"),
-                   configured=bool(r.get("configured", True)), role=r.get("role"),
-                   peer_role=r.get("peer_role"), connection=r.get("connection"),
-                   disk=r.get("disk"), peer_disk=r.get("peer_disk"),
-                   split_brain=bool(r.get("split_brain")), quorum=r.get("quorum"),
-                   sync_progress=r.get("sync_progress"),
-                   out_of_sync_bytes=r.get("out_of_sync_bytes"),
-                   sync_eta_seconds=r.get("sync_eta_seconds"))
+        return cls(
+            name=str(r.get("name", "?")),
+            error=r.get("error"),
+            configured=bool(r.get("configured", True)),
+            role=r.get("role"),
+            peer_role=r.get("peer_role"),
+            connection=r.get("connection"),
+            disk=r.get("disk"),
+            peer_disk=r.get("peer_disk"),
+            split_brain=bool(r.get("split_brain")),
+            quorum=r.get("quorum"),
+            sync_progress=r.get("sync_progress"),
+            out_of_sync_bytes=r.get("out_of_sync_bytes"),
+            sync_eta_seconds=r.get("sync_eta_seconds"),
+        )
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,14 @@ class LunView:
 
     @classmethod
     def from_json(cls, lun: Mapping[str, Any]) -> "LunView":
-        return cls(lun.get("number"), lun.get("serial"), lun.get("wwn"), lun.get("vendor"),
-                   lun.get("product"), lun.get("write_cache"))
+        return cls(
+            lun.get("number"),
+            lun.get("serial"),
+            lun.get("wwn"),
+            lun.get("vendor"),
+            lun.get("product"),
+            lun.get("write_cache"),
+        )
 
 
 @dataclass(frozen=True)
@@ -86,11 +99,16 @@ class TargetView:
 
     @classmethod
     def from_json(cls, t: Mapping[str, Any]) -> "TargetView":
-        return cls(luns=int(t.get("luns") or 0), sessions=int(t.get("sessions") or 0),
-                   backend=t.get("backend"), serving=bool(t.get("serving")),
-                   target_present=bool(t.get("target_present")),
-                   daemon_running=bool(t.get("daemon_running")), error=t.get("error"),
-                   lun_info=tuple(LunView.from_json(_d(x)) for x in _list(t.get("lun_info"))))
+        return cls(
+            luns=int(t.get("luns") or 0),
+            sessions=int(t.get("sessions") or 0),
+            backend=t.get("backend"),
+            serving=bool(t.get("serving")),
+            target_present=bool(t.get("target_present")),
+            daemon_running=bool(t.get("daemon_running")),
+            error=t.get("error"),
+            lun_info=tuple(LunView.from_json(_d(x)) for x in _list(t.get("lun_info"))),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,8 +121,13 @@ class VipView:
 
     @classmethod
     def from_json(cls, v: Mapping[str, Any]) -> "VipView":
-        return cls(v.get("address"), v.get("interface"), bool(v.get("local")),
-                   bool(v.get("conflict")), v.get("error"))
+        return cls(
+            v.get("address"),
+            v.get("interface"),
+            bool(v.get("local")),
+            bool(v.get("conflict")),
+            v.get("error"),
+        )
 
 
 @dataclass(frozen=True)
@@ -116,8 +139,11 @@ class SrsView:
     @classmethod
     def from_json(cls, s: Mapping[str, Any]) -> "SrsView":
         items = _list(s.get("srs"))
-        pbds = tuple((p.get("host"), bool(p.get("attached")))
-                     for sr in items for p in (_d(x) for x in _list(_d(sr).get("pbds"))))
+        pbds = tuple(
+            (p.get("host"), bool(p.get("attached")))
+            for sr in items
+            for p in (_d(x) for x in _list(_d(sr).get("pbds")))
+        )
         return cls(s.get("error"), len(items), pbds)
 
 
@@ -135,11 +161,15 @@ class ObservationView:
     def from_json(cls, obs: Mapping[str, Any]) -> "ObservationView":
         pool = _d(obs.get("pool"))
         srs = obs.get("srs")
-        return cls(pool.get("role", "unknown"), pool.get("master_address"), pool.get("detail"),
-                   tuple(ResourceView.from_json(_d(r)) for r in _list(obs.get("resources"))),
-                   TargetView.from_json(_d(obs.get("target"))),
-                   VipView.from_json(_d(obs.get("vip"))),
-                   SrsView.from_json(_d(srs)) if srs else None)
+        return cls(
+            pool.get("role", "unknown"),
+            pool.get("master_address"),
+            pool.get("detail"),
+            tuple(ResourceView.from_json(_d(r)) for r in _list(obs.get("resources"))),
+            TargetView.from_json(_d(obs.get("target"))),
+            VipView.from_json(_d(obs.get("vip"))),
+            SrsView.from_json(_d(srs)) if srs else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,10 +185,15 @@ class CycleView:
     @classmethod
     def from_json(cls, last: Mapping[str, Any]) -> "CycleView":
         obs = last.get("observation")
-        return cls(str(last.get("outcome", "?")), str(last.get("message", "")),
-                   float(last.get("duration") or 0.0), last.get("desired"),
-                   str(last.get("reason") or ""), bool(last.get("results")),
-                   ObservationView.from_json(_d(obs)) if obs else None)
+        return cls(
+            str(last.get("outcome", "?")),
+            str(last.get("message", "")),
+            float(last.get("duration") or 0.0),
+            last.get("desired"),
+            str(last.get("reason") or ""),
+            bool(last.get("results")),
+            ObservationView.from_json(_d(obs)) if obs else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -201,13 +236,18 @@ class Status:
         last = doc.get("last")
         c = _d(doc.get("counters"))
         return cls(
-            starting=False, now=now, version=doc.get("version", "?"),
-            hostname=doc.get("hostname", "?"), drbd_version=doc.get("drbd_version"),
-            uptime=doc.get("uptime"), interval=float(doc.get("interval") or default_interval),
+            starting=False,
+            now=now,
+            version=doc.get("version", "?"),
+            hostname=doc.get("hostname", "?"),
+            drbd_version=doc.get("drbd_version"),
+            uptime=doc.get("uptime"),
+            interval=float(doc.get("interval") or default_interval),
             manual=ManualView.from_json(_d(doc.get("manual"))),
             last=CycleView.from_json(_d(last)) if last else None,
             last_cycle_ended=doc.get("last_cycle_ended"),
-            last_cycle_age=doc.get("last_cycle_age"), cycles=_d(c.get("cycles")),
+            last_cycle_age=doc.get("last_cycle_age"),
+            cycles=_d(c.get("cycles")),
             command_timeouts=sum(_d(c.get("command_timeouts")).values()),
             target_daemon_restarts=int(c.get("target_daemon_restarts") or 0),
             xenapi_reachable=doc.get("xenapi_reachable"),
@@ -281,8 +321,9 @@ def storage_role(resources: Sequence[ResourceView]) -> str:
 
 def _table(rows: List[List[str]], indent: str) -> List[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-            for row in rows]
+    return [
+        indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
+    ]
 
 
 def _line(label: str, text: str) -> str:
@@ -339,13 +380,24 @@ def _drbd(resources: Sequence[ResourceView], out: List[str], warn: List[str]) ->
         sync = sync_text(r)
         if r.split_brain:
             sync = "SPLIT BRAIN"
-            warn.append(f"split brain on {r.name}: DRBD will not reconnect by itself; "
-                        "resolve by hand (choose the victim)")
+            warn.append(
+                f"split brain on {r.name}: DRBD will not reconnect by itself; "
+                "resolve by hand (choose the victim)"
+            )
         if r.quorum is False:
             sync += " NO QUORUM"
             warn.append(f"{r.name} has lost quorum: I/O is suspended")
-        rows.append([r.name, str(r.role), str(r.peer_role), str(r.connection), str(r.disk),
-                     str(r.peer_disk), sync])
+        rows.append(
+            [
+                r.name,
+                str(r.role),
+                str(r.peer_role),
+                str(r.connection),
+                str(r.disk),
+                str(r.peer_disk),
+                sync,
+            ]
+        )
     table = _table(rows, "")
     out.append(_line("DRBD", table[0]))
     out.extend(_line("", row) for row in table[1:])
@@ -370,8 +422,9 @@ def _target(t: TargetView, out: List[str], warn: List[str]) -> None:
         ident = f"LUN {lun.number}: serial {lun.serial}, {lun.wwn}, {lun.vendor} {lun.product}"
         if lun.write_cache:
             ident += ", WRITE CACHE ON"
-            warn.append(f"LUN {lun.number} acknowledges writes before DRBD has them (write "
-                        "cache on)")
+            warn.append(
+                f"LUN {lun.number} acknowledges writes before DRBD has them (write cache on)"
+            )
         elif lun.write_cache is False:
             ident += ", write cache off"
         elif not (t.serving or t.target_present):
@@ -414,8 +467,13 @@ def _observation(last: CycleView, out: List[str], warn: List[str]) -> None:
         out.append(_line("ISCSI SRS", srs_text(obs.srs)))
     if last.acted:
         # The snapshot's observation is taken before the cycle acts.
-        out.append(_line("", "(states as observed before the last cycle's actions; the next "
-                             "cycle shows their effect)"))
+        out.append(
+            _line(
+                "",
+                "(states as observed before the last cycle's actions; the next "
+                "cycle shows their effect)",
+            )
+        )
 
 
 def _last_cycle(s: Status, out: List[str], warn: List[str]) -> None:
@@ -423,22 +481,34 @@ def _last_cycle(s: Status, out: List[str], warn: List[str]) -> None:
     if last is None:
         out.append(_line("LAST CYCLE", "none yet (the controller has just started)"))
         return
-    out.append(_line("LAST CYCLE", f"{last.outcome.upper()}, {fmt_duration(age)} ago "
-                                   f"(took {last.duration * 1000:.0f} ms)"))
+    out.append(
+        _line(
+            "LAST CYCLE",
+            f"{last.outcome.upper()}, {fmt_duration(age)} ago (took {last.duration * 1000:.0f} ms)",
+        )
+    )
     for chunk in textwrap.wrap(last.message, 100 - LABEL):
         out.append(_line("", chunk))
     if age is not None and age > s.interval + STALE_GRACE:
-        warn.append(f"the last cycle ended {fmt_duration(age)} ago at "
-                    f"{fmt_time(s.last_cycle_ended)}, but the interval is {s.interval:g}s: "
-                    "the controller may be stuck")
+        warn.append(
+            f"the last cycle ended {fmt_duration(age)} ago at "
+            f"{fmt_time(s.last_cycle_ended)}, but the interval is {s.interval:g}s: "
+            "the controller may be stuck"
+        )
 
 
 def _counters(s: Status, out: List[str], warn: List[str]) -> None:
     cycles = s.cycles
-    out.append(_line("SINCE START", (
-        f"{cycles.get('ok', 0)} ok, {cycles.get('held', 0)} held, {cycles.get('error', 0)} "
-        f"error cycles; {plural(s.command_timeouts, 'command timeout')}; "
-        f"{plural(s.target_daemon_restarts, 'tgtd restart')}")))
+    out.append(
+        _line(
+            "SINCE START",
+            (
+                f"{cycles.get('ok', 0)} ok, {cycles.get('held', 0)} held, {cycles.get('error', 0)} "
+                f"error cycles; {plural(s.command_timeouts, 'command timeout')}; "
+                f"{plural(s.target_daemon_restarts, 'tgtd restart')}"
+            ),
+        )
+    )
     if s.xenapi_reachable is False:
         warn.append("XenAPI does not answer: SRs are neither checked nor plugged")
 

@@ -84,8 +84,19 @@ TAKE_BACK_WAIT = 15.0  # the old holder serving again after an abort (the new on
 
 # Exit codes of the command (iscsi-cfg prints the message).
 DONE, REFUSED, FAILED = 0, 1, 4
-RESYNC_STATES = ("SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "StartingSyncS",
-                 "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID", "VerifyS", "VerifyT")
+RESYNC_STATES = (
+    "SyncSource",
+    "SyncTarget",
+    "PausedSyncS",
+    "PausedSyncT",
+    "StartingSyncS",
+    "StartingSyncT",
+    "WFBitMapS",
+    "WFBitMapT",
+    "WFSyncUUID",
+    "VerifyS",
+    "VerifyT",
+)
 
 
 # ------------------------------------------------------------------------------ pure: the check
@@ -104,10 +115,15 @@ class Side:
     error: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"host": self.host, "resources": {k: dict(v) for k, v in self.resources.items()},
-                "serving": self.serving, "vip_local": self.vip_local,
-                "luns": [list(lun) for lun in self.luns], "running": self.running,
-                "error": self.error}
+        return {
+            "host": self.host,
+            "resources": {k: dict(v) for k, v in self.resources.items()},
+            "serving": self.serving,
+            "vip_local": self.vip_local,
+            "luns": [list(lun) for lun in self.luns],
+            "running": self.running,
+            "error": self.error,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Side":
@@ -115,28 +131,47 @@ class Side:
         try:
             resources = {str(k): dict(v) for k, v in dict(d.get("resources") or {}).items()}
             luns = tuple((int(n), str(s), str(w)) for n, s, w in (d.get("luns") or ()))
-            return cls(host=str(d.get("host") or "the peer"), resources=resources,
-                       serving=bool(d.get("serving")), vip_local=bool(d.get("vip_local")),
-                       luns=luns, running=d.get("running") or None, error=d.get("error") or None)
+            return cls(
+                host=str(d.get("host") or "the peer"),
+                resources=resources,
+                serving=bool(d.get("serving")),
+                vip_local=bool(d.get("vip_local")),
+                luns=luns,
+                running=d.get("running") or None,
+                error=d.get("error") or None,
+            )
         except (TypeError, ValueError, AttributeError) as exc:
-            return cls(host=str(d.get("host") or "the peer") if isinstance(d, Mapping)
-                       else "the peer", resources={}, error=f"unreadable answer: {exc}")
+            return cls(
+                host=str(d.get("host") or "the peer") if isinstance(d, Mapping) else "the peer",
+                resources={},
+                error=f"unreadable answer: {exc}",
+            )
 
     def holds(self) -> bool:
         """Primary for every resource, serving and holding the VIP."""
-        return (bool(self.resources) and self.serving and self.vip_local
-                and all(r.get("role") == "Primary" for r in self.resources.values()))
+        return (
+            bool(self.resources)
+            and self.serving
+            and self.vip_local
+            and all(r.get("role") == "Primary" for r in self.resources.values())
+        )
 
     def stands_by(self) -> bool:
         """Secondary for every resource, not serving, no VIP."""
-        return (bool(self.resources) and not self.serving and not self.vip_local
-                and all(r.get("role") == "Secondary" for r in self.resources.values()))
+        return (
+            bool(self.resources)
+            and not self.serving
+            and not self.vip_local
+            and all(r.get("role") == "Secondary" for r in self.resources.values())
+        )
 
     def describe(self) -> str:
         roles = ", ".join(f"{n} {r.get('role')}" for n, r in sorted(self.resources.items()))
-        return (f"{self.host}: {roles or 'no resources'}, target "
-                f"{'serving' if self.serving else 'not serving'}, VIP "
-                f"{'here' if self.vip_local else 'not here'}")
+        return (
+            f"{self.host}: {roles or 'no resources'}, target "
+            f"{'serving' if self.serving else 'not serving'}, VIP "
+            f"{'here' if self.vip_local else 'not here'}"
+        )
 
 
 def switchover_refusal(me: Side, peer: Side) -> Tuple[Optional[str], Optional[bool]]:
@@ -149,16 +184,23 @@ def switchover_refusal(me: Side, peer: Side) -> Tuple[Optional[str], Optional[bo
         if side.running:
             return f"another switchover is running on {side.host}: {side.running}", None
     if set(me.resources) != set(peer.resources):
-        return (f"the hosts have different resources ({me.host}: "
-                f"{', '.join(sorted(me.resources))}; {peer.host}: "
-                f"{', '.join(sorted(peer.resources))}): fix the configuration first"), None
+        return (
+            f"the hosts have different resources ({me.host}: "
+            f"{', '.join(sorted(me.resources))}; {peer.host}: "
+            f"{', '.join(sorted(peer.resources))}): fix the configuration first"
+        ), None
     if me.holds() and peer.stands_by():
         holder: Optional[bool] = True
     elif peer.holds() and me.stands_by():
         holder = False
     else:
-        return ("the storage is not held by exactly one host (" + me.describe() + "; "
-                + peer.describe() + "): let the controllers converge first"), None
+        return (
+            "the storage is not held by exactly one host ("
+            + me.describe()
+            + "; "
+            + peer.describe()
+            + "): let the controllers converge first"
+        ), None
     for side in (me, peer):
         for name, r in sorted(side.resources.items()):
             conn = str(r.get("connection"))
@@ -166,23 +208,32 @@ def switchover_refusal(me: Side, peer: Side) -> Tuple[Optional[str], Optional[bo
             if conn in RESYNC_STATES:
                 progress = r.get("sync_progress")
                 shown = f", {float(progress) * 100:.0f} % done" if progress is not None else ""
-                return (f"a resync is running on {name} ({side.host}: {conn}{shown}): wait "
-                        "until it is Connected and UpToDate on both hosts"), None
+                return (
+                    f"a resync is running on {name} ({side.host}: {conn}{shown}): wait "
+                    "until it is Connected and UpToDate on both hosts"
+                ), None
             if conn != "Connected":
-                return (f"the peer is not Connected for {name} ({side.host} sees {conn}): the "
-                        "new holder must have every acknowledged write"), None
+                return (
+                    f"the peer is not Connected for {name} ({side.host} sees {conn}): the "
+                    "new holder must have every acknowledged write"
+                ), None
             if r.get("split_brain"):
                 return f"{name} is in split brain on {side.host}: see the runbook", None
             if r.get("disk") != "UpToDate" or r.get("peer_disk") != "UpToDate":
-                return (f"{name} is not UpToDate on both hosts ({side.host} sees "
-                        f"{r.get('disk')}/{r.get('peer_disk')})"), None
+                return (
+                    f"{name} is not UpToDate on both hosts ({side.host} sees "
+                    f"{r.get('disk')}/{r.get('peer_disk')})"
+                ), None
             if oos:
-                return (f"{name} has {oos} bytes out of sync ({side.host}): wait for the "
-                        "resync"), None
+                return (
+                    f"{name} has {oos} bytes out of sync ({side.host}): wait for the resync"
+                ), None
     if me.luns != peer.luns:
-        return (f"the LUN identities differ ({me.host} presents {_luns(me.luns)}, {peer.host} "
-                f"would present {_luns(peer.luns)}): XenServer's SR would not find its LUN; "
-                "pin the same target.luns[].serial on both hosts"), None
+        return (
+            f"the LUN identities differ ({me.host} presents {_luns(me.luns)}, {peer.host} "
+            f"would present {_luns(peer.luns)}): XenServer's SR would not find its LUN; "
+            "pin the same target.luns[].serial on both hosts"
+        ), None
     return None, holder
 
 
@@ -207,15 +258,26 @@ def serving_as_primary(result: CycleResult) -> bool:
     """The cycle left this host Primary, serving, with the VIP: it wanted primary, nothing was
     refused and every step it took succeeded."""
     plan = result.plan
-    return (not result.dry_run and result.outcome is Outcome.OK and plan is not None
-            and plan.desired is StorageRole.PRIMARY and not plan.refusals and plan.held is None)
+    return (
+        not result.dry_run
+        and result.outcome is Outcome.OK
+        and plan is not None
+        and plan.desired is StorageRole.PRIMARY
+        and not plan.refusals
+        and plan.held is None
+    )
 
 
 def released(result: CycleResult) -> bool:
     plan = result.plan
-    return (not result.dry_run and result.outcome is Outcome.OK and plan is not None
-            and plan.desired is StorageRole.SECONDARY and not plan.refusals
-            and plan.held is None)
+    return (
+        not result.dry_run
+        and result.outcome is Outcome.OK
+        and plan is not None
+        and plan.desired is StorageRole.SECONDARY
+        and not plan.refusals
+        and plan.held is None
+    )
 
 
 def render(report: Mapping[str, Any]) -> str:
@@ -255,11 +317,15 @@ class Switchover:
     the orchestration (``run()``). ``controller`` is the ``cycle.Controller``; ``trigger`` asks
     the daemon for a cycle now."""
 
-    def __init__(self, controller: Any, trigger: Callable[[str], None],
-                 clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 arm_timeout: float = ARM_TIMEOUT,
-                 takeover_timeout: float = TAKEOVER_TIMEOUT) -> None:
+    def __init__(
+        self,
+        controller: Any,
+        trigger: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        arm_timeout: float = ARM_TIMEOUT,
+        takeover_timeout: float = TAKEOVER_TIMEOUT,
+    ) -> None:
         self.controller = controller
         self.trigger = trigger
         self.clock, self.monotonic = clock, monotonic
@@ -285,19 +351,30 @@ class Switchover:
         except Exception as exc:  # an adapter bug: refuse, never half-act
             log.exception("switchover: reading this host failed")
             return Side(c.hostname, {}, error=f"{type(exc).__name__}: {exc}")
-        errors = [r.error for r in resources if r.error] + [e for e in (target.error, vip.error)
-                                                             if e]
+        errors = [r.error for r in resources if r.error] + [
+            e for e in (target.error, vip.error) if e
+        ]
         return Side(
             host=c.hostname,
-            resources={r.name: {"role": r.role if r.configured else "Unconfigured",
-                                "peer_role": r.peer_role, "connection": r.connection,
-                                "disk": r.disk, "peer_disk": r.peer_disk,
-                                "out_of_sync": r.out_of_sync_bytes or 0,
-                                "sync_progress": r.sync_progress,
-                                "split_brain": r.split_brain} for r in resources},
-            serving=target.serving, vip_local=vip.local,
+            resources={
+                r.name: {
+                    "role": r.role if r.configured else "Unconfigured",
+                    "peer_role": r.peer_role,
+                    "connection": r.connection,
+                    "disk": r.disk,
+                    "peer_disk": r.peer_disk,
+                    "out_of_sync": r.out_of_sync_bytes or 0,
+                    "sync_progress": r.sync_progress,
+                    "split_brain": r.split_brain,
+                }
+                for r in resources
+            },
+            serving=target.serving,
+            vip_local=vip.local,
             luns=tuple((i.number, i.serial, i.wwn) for i in target.lun_info),
-            running=running, error="; ".join(errors) or None)
+            running=running,
+            error="; ".join(errors) or None,
+        )
 
     def _running(self) -> Optional[str]:
         a = self.active
@@ -322,8 +399,11 @@ class Switchover:
         with self._lock:
             a = self.active
             if a is not None and not (a.sid == sid and a.part == "orchestrator"):
-                raise Refused(f"another switchover is running on {self.controller.hostname}: "
-                              f"{self._running()}", "busy")
+                raise Refused(
+                    f"another switchover is running on {self.controller.hostname}: "
+                    f"{self._running()}",
+                    "busy",
+                )
             previous = self.controller.load_manual()
             self.active = Active(sid, part, self.monotonic(), previous)
             return previous
@@ -333,14 +413,18 @@ class Switchover:
         while the peer is Primary and promotes on DRBD's event once it is Secondary."""
         side = self.facts()
         if side.error or not side.stands_by():
-            raise Refused(f"{side.host} cannot take over: "
-                          f"{side.error or side.describe()}", "not_standby")
+            raise Refused(
+                f"{side.host} cannot take over: {side.error or side.describe()}", "not_standby"
+            )
         previous = self._take(sid, "new")
         self._write_marker(sid, previous)
         self.controller.save_manual(ManualMode(True, StorageRole.PRIMARY, self.clock()))
         self._arm_timer(sid)
-        log.warning("switchover %s: armed as the new holder: manual mode, primary requested; "
-                    "promoting when DRBD reports the peer Secondary", sid)
+        log.warning(
+            "switchover %s: armed as the new holder: manual mode, primary requested; "
+            "promoting when DRBD reports the peer Secondary",
+            sid,
+        )
         self.trigger(f"switchover {sid}: armed")
         return {"host": self.controller.hostname, "armed": True}
 
@@ -349,8 +433,10 @@ class Switchover:
         If it does not complete, the previous mode is restored and served again (Refused)."""
         side = self.facts()
         if side.error or not side.holds():
-            raise Refused(f"{side.host} does not hold the storage: "
-                          f"{side.error or side.describe()}", "not_holder")
+            raise Refused(
+                f"{side.host} does not hold the storage: {side.error or side.describe()}",
+                "not_holder",
+            )
         previous = self._take(sid, "old")
         self._arm_timer(sid)  # forgotten if the orchestrator never ends it
         log.warning("switchover %s: releasing the storage (VIP, target, DRBD Secondary)", sid)
@@ -361,23 +447,35 @@ class Switchover:
         if released(result):
             at = result.started + result.duration  # DRBD Secondary by then, before the fsync
             self.controller.save_manual(secondary)
-            return {"host": self.controller.hostname, "released_at": at,
-                    "duration": result.duration, "message": result.message}
+            return {
+                "host": self.controller.hostname,
+                "released_at": at,
+                "duration": result.duration,
+                "message": result.message,
+            }
         log.error("switchover %s: release failed (%s); serving again", sid, result.message)
         back = self.controller.run_with_manual(previous or ManualMode())
         self._clear(sid)
-        raise Refused(f"{self.controller.hostname} could not release the storage: "
-                      f"{result.message}; previous mode restored: {back.message}", "release")
+        raise Refused(
+            f"{self.controller.hostname} could not release the storage: "
+            f"{result.message}; previous mode restored: {back.message}",
+            "release",
+        )
 
     def wait(self, sid: str, seconds: float) -> Dict[str, Any]:
         """Wait up to ``seconds`` for the armed host's promoting cycle to finish."""
         a = self.active
         if a is None or a.sid != sid or a.part != "new":
-            raise Refused(f"switchover {sid[:20]!r} is not armed on "
-                          f"{self.controller.hostname}", "not_armed")
+            raise Refused(
+                f"switchover {sid[:20]!r} is not armed on {self.controller.hostname}", "not_armed"
+            )
         serving = a.serving.wait(max(0.0, min(seconds, WAIT_SLICE)))
-        return {"host": self.controller.hostname, "serving": serving,
-                "cycle_started": a.cycle_started, "phases": dict(a.phases)}
+        return {
+            "host": self.controller.hostname,
+            "serving": serving,
+            "cycle_started": a.cycle_started,
+            "phases": dict(a.phases),
+        }
 
     def abort(self, sid: str) -> Dict[str, Any]:
         """Undo this host's part: an armed host that does not serve yet restores its previous
@@ -416,14 +514,21 @@ class Switchover:
             self.controller.listeners.remove(watch)
         message = last[0].message if last else "no cycle ran"
         log.warning("switchover %s: taking the storage back: %s", sid, message)
-        return {"host": self.controller.hostname, "aborted": True,
-                "serving": served.is_set(), "message": message}
+        return {
+            "host": self.controller.hostname,
+            "aborted": True,
+            "serving": served.is_set(),
+            "message": message,
+        }
 
     def end(self, sid: str, phases: Mapping[str, Any]) -> Dict[str, Any]:
         """The switchover is over: forget it and export its phase times."""
         self._clear(sid)
-        clean = {str(k): float(v) for k, v in dict(phases).items()
-                 if k in PHASES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        clean = {
+            str(k): float(v)
+            for k, v in dict(phases).items()
+            if k in PHASES and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.controller.set_switchover_phases(clean)
         return {"host": self.controller.hostname}
 
@@ -449,9 +554,11 @@ class Switchover:
         from .state import atomic_write, render_manual_mode
 
         prev = json.loads(render_manual_mode(previous or ManualMode()))
-        atomic_write(self.marker_path, json.dumps(
-            {"format": 1, "id": sid, "armed_at": self.clock(), "previous": prev}) + "\n",
-            mode=0o600)
+        atomic_write(
+            self.marker_path,
+            json.dumps({"format": 1, "id": sid, "armed_at": self.clock(), "previous": prev}) + "\n",
+            mode=0o600,
+        )
 
     def _remove_marker(self) -> None:
         try:
@@ -483,15 +590,20 @@ class Switchover:
         left = self.arm_timeout - max(0.0, self.clock() - armed_at)
         with self._lock:
             self.active = Active(sid, "new", self.monotonic(), previous)
-        log.warning("switchover %s: restarted while armed as the new holder; disarming in %.0f s "
-                    "unless the peer releases", sid, max(left, RECOVER_GRACE))
+        log.warning(
+            "switchover %s: restarted while armed as the new holder; disarming in %.0f s "
+            "unless the peer releases",
+            sid,
+            max(left, RECOVER_GRACE),
+        )
         if peer is None or left <= RECOVER_GRACE:
             self._arm_timer(sid, max(left, RECOVER_GRACE))
             return sid
         with self._lock:
             self._cancel_timer()
-            self._timer = threading.Timer(RECOVER_GRACE, self._ask_peer,
-                                          (sid, peer, self.monotonic() + left))
+            self._timer = threading.Timer(
+                RECOVER_GRACE, self._ask_peer, (sid, peer, self.monotonic() + left)
+            )
             self._timer.daemon = True
             self._timer.start()
         return sid
@@ -505,10 +617,17 @@ class Switchover:
         except PeerError as exc:
             log.info("switchover %s: cannot ask the peer (%s); keeping the deadline", sid, exc)
             theirs = None
-        if theirs is not None and not theirs.error and theirs.holds() \
-                and not (theirs.running or "").startswith(sid):
-            log.warning("switchover %s: the peer still holds the storage and no longer runs "
-                        "this switchover; disarming", sid)
+        if (
+            theirs is not None
+            and not theirs.error
+            and theirs.holds()
+            and not (theirs.running or "").startswith(sid)
+        ):
+            log.warning(
+                "switchover %s: the peer still holds the storage and no longer runs "
+                "this switchover; disarming",
+                sid,
+            )
             self.abort(sid)
             return
         self._arm_timer(sid, max(0.1, until - self.monotonic()))
@@ -556,20 +675,29 @@ class Switchover:
         """The whole switchover, from this host; returns {code, message, phases, ...}."""
         t0 = self.monotonic()
         if peer is None:
-            return _report(REFUSED, "refused: a switchover needs the peer channel (peer.address, "
-                           "see `iscsi-cfg peer-cert --help`); nothing was changed")
+            return _report(
+                REFUSED,
+                "refused: a switchover needs the peer channel (peer.address, "
+                "see `iscsi-cfg peer-cert --help`); nothing was changed",
+            )
         sid = uuid.uuid4().hex[:12]
         with self._lock:
             if self.active is not None:
-                return _report(REFUSED, f"refused: another switchover is running on "
-                               f"{self.controller.hostname}: {self._running()}")
+                return _report(
+                    REFUSED,
+                    f"refused: another switchover is running on "
+                    f"{self.controller.hostname}: {self._running()}",
+                )
             self.active = Active(sid, "orchestrator", t0)
         try:
             return self._run(sid, peer, t0)
         finally:
             with self._lock:
-                if self.active is not None and self.active.sid == sid \
-                        and self.active.part == "orchestrator":
+                if (
+                    self.active is not None
+                    and self.active.sid == sid
+                    and self.active.part == "orchestrator"
+                ):
                     self.active = None
 
     def _run(self, sid: str, peer: Call, t0: float) -> Dict[str, Any]:
@@ -577,8 +705,11 @@ class Switchover:
         try:
             theirs = Side.from_dict(peer("switchover-facts", {}, 5.0))
         except PeerError as exc:
-            return _report(REFUSED, f"refused: the peer is unreachable over the peer channel "
-                           f"({exc.kind}: {exc}); nothing was changed")
+            return _report(
+                REFUSED,
+                f"refused: the peer is unreachable over the peer channel "
+                f"({exc.kind}: {exc}); nothing was changed",
+            )
         mine = self.facts()
         if mine.running and mine.running.startswith(sid):  # our own orchestration
             mine = replace(mine, running=None)
@@ -594,26 +725,35 @@ class Switchover:
             new("switchover-arm", {"id": sid}, 10.0)
         except (PeerError, Refused) as exc:
             self._quiet_abort(new, sid)
-            return _report(REFUSED, f"refused: {new_name} could not be armed: {exc}; nothing "
-                           "was changed")
+            return _report(
+                REFUSED, f"refused: {new_name} could not be armed: {exc}; nothing was changed"
+            )
         phases["arm"] = self.monotonic() - t
 
         try:
             rel = old("switchover-release", {"id": sid}, RELEASE_TIMEOUT)
         except Refused as exc:
             self._quiet_abort(new, sid)
-            return _report(REFUSED, f"refused: {exc}; {new_name} disarmed, the storage stays on "
-                           f"{old_name}")
+            return _report(
+                REFUSED, f"refused: {exc}; {new_name} disarmed, the storage stays on {old_name}"
+            )
         except PeerError as exc:
             if exc.kind not in ("timeout", "unreachable", "tls", "bad_answer"):
                 self._quiet_abort(new, sid)
-                return _report(REFUSED, f"refused: {old_name} could not release the storage: "
-                               f"{exc}; {new_name} disarmed, the storage stays on {old_name}")
+                return _report(
+                    REFUSED,
+                    f"refused: {old_name} could not release the storage: "
+                    f"{exc}; {new_name} disarmed, the storage stays on {old_name}",
+                )
             # The old holder may or may not have released: the new one takes over only if DRBD
             # says it did. Wait for that below, then move back if it does not come.
             rel = {}
-            log.warning("switchover %s: no answer from %s to release (%s); waiting for DRBD",
-                        sid, old_name, exc)
+            log.warning(
+                "switchover %s: no answer from %s to release (%s); waiting for DRBD",
+                sid,
+                old_name,
+                exc,
+            )
         if rel.get("duration") is not None:
             phases["release"] = float(rel["duration"])
 
@@ -623,8 +763,7 @@ class Switchover:
         silent_since: Optional[float] = None
         while self.monotonic() < deadline:
             try:
-                answer = new("switchover-wait", {"id": sid, "wait": WAIT_SLICE},
-                             WAIT_SLICE + 5.0)
+                answer = new("switchover-wait", {"id": sid, "wait": WAIT_SLICE}, WAIT_SLICE + 5.0)
             except (PeerError, Refused) as exc:
                 # A controller that does not answer does not promote either: give the storage
                 # back soon instead of leaving it nowhere for the whole takeover time.
@@ -649,12 +788,18 @@ class Switchover:
             if name in PHASES and isinstance(value, (int, float)):
                 phases[name] = float(value)
         phases["total"] = self.monotonic() - t0
-        report = _report(DONE, f"switchover done: {new_name} serves the storage, {old_name} "
-                         f"stands by ({phases['total'] * 1000:.0f} ms)", phases)
-        report["after"] = (f"Both hosts are now in manual mode ({new_name} primary, {old_name} "
-                           "secondary). Afterwards: `iscsi-cfg switchover` back, or designate "
-                           f"{new_name} pool master; then `iscsi-cfg manual-mode-disable` on both "
-                           "(docs/runbook.md).")
+        report = _report(
+            DONE,
+            f"switchover done: {new_name} serves the storage, {old_name} "
+            f"stands by ({phases['total'] * 1000:.0f} ms)",
+            phases,
+        )
+        report["after"] = (
+            f"Both hosts are now in manual mode ({new_name} primary, {old_name} "
+            "secondary). Afterwards: `iscsi-cfg switchover` back, or designate "
+            f"{new_name} pool master; then `iscsi-cfg manual-mode-disable` on both "
+            "(docs/runbook.md)."
+        )
         for call in (new, old):
             try:
                 call("switchover-end", {"id": sid, "phases": phases}, 5.0)
@@ -663,24 +808,32 @@ class Switchover:
         log.warning("switchover %s: %s", sid, report["message"])
         return report
 
-    def _take_back(self, sid: str, old: Call, new: Call, old_name: str, new_name: str,
-                   problem: str) -> Dict[str, Any]:
+    def _take_back(
+        self, sid: str, old: Call, new: Call, old_name: str, new_name: str, problem: str
+    ) -> Dict[str, Any]:
         """The new holder did not take over in time: disarm it, serve from the old one again."""
         why = problem or f"{new_name} did not serve within {self.takeover_timeout:.0f} s"
         disarmed = self._quiet_abort(new, sid)
         if disarmed.get("serving"):
-            return _report(DONE, f"switchover done late: {new_name} serves the storage "
-                           f"({why} first)")
+            return _report(
+                DONE, f"switchover done late: {new_name} serves the storage ({why} first)"
+            )
         try:
             back = old("switchover-abort", {"id": sid}, RELEASE_TIMEOUT + TAKE_BACK_WAIT)
         except (PeerError, Refused) as exc:
-            return _report(FAILED, f"failed: {why}; moving the storage back to {old_name} failed "
-                           f"too ({exc}): no host may be serving; run `iscsi-cfg status` on both")
+            return _report(
+                FAILED,
+                f"failed: {why}; moving the storage back to {old_name} failed "
+                f"too ({exc}): no host may be serving; run `iscsi-cfg status` on both",
+            )
         if back.get("serving"):
             return _report(FAILED, f"failed: {why}; the storage is back on {old_name}")
-        return _report(FAILED, f"failed: {why}; {old_name} could not serve again "
-                       f"({back.get('message', 'no answer')}): no host may be serving; run "
-                       "`iscsi-cfg status` on both")
+        return _report(
+            FAILED,
+            f"failed: {why}; {old_name} could not serve again "
+            f"({back.get('message', 'no answer')}): no host may be serving; run "
+            "`iscsi-cfg status` on both",
+        )
 
     def _quiet_abort(self, call: Call, sid: str) -> Dict[str, Any]:
         try:

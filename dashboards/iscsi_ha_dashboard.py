@@ -59,8 +59,10 @@ ON_OFF = {"1": ("on", "orange"), "0": ("off", "transparent")}
 
 def mapping(words: Dict[str, tuple]) -> ValueMap:
     return ValueMap(
-        {value: ValueMappingResult(text=text, color=color, index=i)
-         for i, (value, (text, color)) in enumerate(words.items())}
+        {
+            value: ValueMappingResult(text=text, color=color, index=i)
+            for i, (value, (text, color)) in enumerate(words.items())
+        }
     )
 
 
@@ -73,8 +75,9 @@ def one_hot_number(metric: str, by: str, values: Dict[str, int], extra: str = ""
     return f"\n  + on ({by}) ".join(terms)
 
 
-def query(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
-          as_table: bool = False) -> prometheus.Dataquery:
+def query(
+    expr: str, legend: str = "", ref: str = "A", instant: bool = False, as_table: bool = False
+) -> prometheus.Dataquery:
     q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
     if legend:
         q = q.legend_format(legend)
@@ -87,15 +90,19 @@ def query(expr: str, legend: str = "", ref: str = "A", instant: bool = False,
     return q
 
 
-def override_name(panel, field: str, display: str, unit: Optional[str] = None,
-                  words: Optional[Dict[str, tuple]] = None):
+def override_name(
+    panel,
+    field: str,
+    display: str,
+    unit: Optional[str] = None,
+    words: Optional[Dict[str, tuple]] = None,
+):
     props = [DynamicConfigValue(id_val="displayName", value=display)]
     if unit:
         props.append(DynamicConfigValue(id_val="unit", value=unit))
     if words:
         props.append(DynamicConfigValue(id_val="mappings", value=[mapping(words)]))
-        props.append(DynamicConfigValue(
-            id_val="custom.cellOptions", value={"type": "color-text"}))
+        props.append(DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-text"}))
     return panel.override_by_name(field, props)
 
 
@@ -120,14 +127,20 @@ def holder_stat():
         .title("Storage held by")
         .description("The host that is DRBD Primary, per resource. Empty: nobody is.")
         .datasource(DS)
-        .with_target(query(f'iscsi_ha_drbd_role{{{SEL}, role="Primary"}} == 1',
-                           "{{resource}}: {{instance}}", instant=True))
+        .with_target(
+            query(
+                f'iscsi_ha_drbd_role{{{SEL}, role="Primary"}} == 1',
+                "{{resource}}: {{instance}}",
+                instant=True,
+            )
+        )
         .text_mode(common.BigValueTextMode.NAME)
         .color_mode(common.BigValueColorMode.NONE)
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .no_value("no Primary")
-        .span(8).height(4)
+        .span(8)
+        .height(4)
     )
 
 
@@ -158,7 +171,8 @@ def holder_since_stat():
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .no_value("before the time range")
-        .span(8).height(4)
+        .span(8)
+        .height(4)
     )
 
 
@@ -168,41 +182,84 @@ def vip_stat():
         .title("VIP bound on")
         .description("The host that holds the floating IP. Two names: the VIP is on both.")
         .datasource(DS)
-        .with_target(query(
-            f"(iscsi_ha_vip_local{{{SEL}}} == 1)\n"
-            f"* on (instance) group_left (address) iscsi_ha_vip_info{{{SEL}}}",
-            "{{address}}: {{instance}}", instant=True))
+        .with_target(
+            query(
+                f"(iscsi_ha_vip_local{{{SEL}}} == 1)\n"
+                f"* on (instance) group_left (address) iscsi_ha_vip_info{{{SEL}}}",
+                "{{address}}: {{instance}}",
+                instant=True,
+            )
+        )
         .text_mode(common.BigValueTextMode.NAME)
         .color_mode(common.BigValueColorMode.NONE)
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .no_value("VIP bound nowhere")
-        .span(8).height(4)
+        .span(8)
+        .height(4)
     )
 
 
 def hosts_table():
     queries = [
-        ("A", one_hot_number("iscsi_ha_pool_role", "instance",
-                             {'role="master"': 2, 'role="slave"': 1}),
-         "Pool role", None, POOL_WORDS),
+        (
+            "A",
+            one_hot_number(
+                "iscsi_ha_pool_role", "instance", {'role="master"': 2, 'role="slave"': 1}
+            ),
+            "Pool role",
+            None,
+            POOL_WORDS,
+        ),
         ("B", f"max by (instance) (iscsi_ha_manual_mode{{{SEL}}})", "Manual mode", None, ON_OFF),
-        ("C", one_hot_number("iscsi_ha_desired_role", "instance",
-                             {'role="primary"': 2, 'role="secondary"': 1}),
-         "Wants", None, DESIRED_WORDS),
+        (
+            "C",
+            one_hot_number(
+                "iscsi_ha_desired_role", "instance", {'role="primary"': 2, 'role="secondary"': 1}
+            ),
+            "Wants",
+            None,
+            DESIRED_WORDS,
+        ),
         ("D", f"max by (instance) (iscsi_ha_vip_local{{{SEL}}})", "VIP", None, YES_NO),
-        ("E", f"max by (instance) (iscsi_ha_target_serving{{{SEL}}})", "Target serving",
-         None, YES_NO),
+        (
+            "E",
+            f"max by (instance) (iscsi_ha_target_serving{{{SEL}}})",
+            "Target serving",
+            None,
+            YES_NO,
+        ),
         ("F", f"max by (instance) (iscsi_ha_target_daemon_up{{{SEL}}})", "tgtd", None, YES_NO),
-        ("G", f"max by (instance) (iscsi_ha_target_sessions{{{SEL}}})", "iSCSI sessions",
-         "none", None),
-        ("H", one_hot_number("iscsi_ha_last_cycle_outcome", "instance",
-                             {'outcome="ok"': 2, 'outcome="held"': 1}),
-         "Last cycle", None, OUTCOME_WORDS),
-        ("I", f"time() - max by (instance) (iscsi_ha_last_cycle_timestamp_seconds{{{SEL}}})",
-         "Last cycle age", "s", None),
-        ("J", f"max by (instance) (iscsi_ha_drbd_split_brain{{{SEL}}})", "Split brain",
-         None, {"1": ("SPLIT BRAIN", "red"), "0": ("no", "transparent")}),
+        (
+            "G",
+            f"max by (instance) (iscsi_ha_target_sessions{{{SEL}}})",
+            "iSCSI sessions",
+            "none",
+            None,
+        ),
+        (
+            "H",
+            one_hot_number(
+                "iscsi_ha_last_cycle_outcome", "instance", {'outcome="ok"': 2, 'outcome="held"': 1}
+            ),
+            "Last cycle",
+            None,
+            OUTCOME_WORDS,
+        ),
+        (
+            "I",
+            f"time() - max by (instance) (iscsi_ha_last_cycle_timestamp_seconds{{{SEL}}})",
+            "Last cycle age",
+            "s",
+            None,
+        ),
+        (
+            "J",
+            f"max by (instance) (iscsi_ha_drbd_split_brain{{{SEL}}})",
+            "Split brain",
+            None,
+            {"1": ("SPLIT BRAIN", "red"), "0": ("no", "transparent")},
+        ),
     ]
     panel = (
         table.Panel()
@@ -214,7 +271,8 @@ def hosts_table():
         .datasource(DS)
         .with_transformation(MERGE)
         .with_transformation(hide_fields(["Time"]))
-        .span(24).height(5)
+        .span(24)
+        .height(5)
     )
     for ref, expr, display, unit, words in queries:
         panel = panel.with_target(query(expr, ref=ref, instant=True, as_table=True))
@@ -225,16 +283,29 @@ def hosts_table():
 def resources_table():
     relabel = 'label_replace({expr}, "{new}", "$1", "state", "(.*)")'
     queries = [
-        ("A", f'max by (instance, resource, role) (iscsi_ha_drbd_role{{{SEL}}} == 1)'),
-        ("B", "max by (instance, resource, connection) ("
-              + relabel.format(expr=f"iscsi_ha_drbd_connection_state{{{SEL}}} == 1",
-                               new="connection") + ")"),
-        ("C", "max by (instance, resource, disk) ("
-              + relabel.format(expr=f'iscsi_ha_drbd_disk_state{{{SEL}, side="local"}} == 1',
-                               new="disk") + ")"),
-        ("D", "max by (instance, resource, peer_disk) ("
-              + relabel.format(expr=f'iscsi_ha_drbd_disk_state{{{SEL}, side="peer"}} == 1',
-                               new="peer_disk") + ")"),
+        ("A", f"max by (instance, resource, role) (iscsi_ha_drbd_role{{{SEL}}} == 1)"),
+        (
+            "B",
+            "max by (instance, resource, connection) ("
+            + relabel.format(expr=f"iscsi_ha_drbd_connection_state{{{SEL}}} == 1", new="connection")
+            + ")",
+        ),
+        (
+            "C",
+            "max by (instance, resource, disk) ("
+            + relabel.format(
+                expr=f'iscsi_ha_drbd_disk_state{{{SEL}, side="local"}} == 1', new="disk"
+            )
+            + ")",
+        ),
+        (
+            "D",
+            "max by (instance, resource, peer_disk) ("
+            + relabel.format(
+                expr=f'iscsi_ha_drbd_disk_state{{{SEL}, side="peer"}} == 1', new="peer_disk"
+            )
+            + ")",
+        ),
         ("E", f"max by (instance, resource) (iscsi_ha_drbd_sync_progress_ratio{{{SEL}}})"),
         ("F", f"max by (instance, resource) (iscsi_ha_drbd_out_of_sync_bytes{{{SEL}}})"),
         ("G", f"max by (instance, resource) (iscsi_ha_drbd_sync_eta_seconds{{{SEL}}})"),
@@ -248,18 +319,23 @@ def resources_table():
         )
         .datasource(DS)
         .with_transformation(MERGE)
-        .with_transformation(hide_fields(["Time", "Value #A", "Value #B", "Value #C",
-                                          "Value #D"]))
-        .span(24).height(6)
+        .with_transformation(hide_fields(["Time", "Value #A", "Value #B", "Value #C", "Value #D"]))
+        .span(24)
+        .height(6)
     )
     for ref, expr in queries:
         panel = panel.with_target(query(expr, ref=ref, instant=True, as_table=True))
     panel = override_name(panel, "Value #E", "In sync", "percentunit")
     panel = override_name(panel, "Value #F", "Out of sync", "bytes")
     panel = override_name(panel, "Value #G", "Resync ETA", "s")
-    for field, display in (("instance", "Host"), ("resource", "Resource"), ("role", "Role"),
-                           ("connection", "Connection"), ("disk", "Disk"),
-                           ("peer_disk", "Peer disk")):
+    for field, display in (
+        ("instance", "Host"),
+        ("resource", "Resource"),
+        ("role", "Role"),
+        ("connection", "Connection"),
+        ("disk", "Disk"),
+        ("peer_disk", "Peer disk"),
+    ):
         panel = panel.override_by_name(field, [DynamicConfigValue("displayName", display)])
     return panel
 
@@ -273,11 +349,15 @@ def timeline(title: str, description: str, targets, words: Dict[str, tuple], hei
         .mappings([mapping(words)])
         .show_value(common.VisibilityMode.AUTO)
         .merge_values(True)
-        .legend(VizLegendOptions().show_legend(True)
-                .display_mode(common.LegendDisplayMode.LIST)
-                .placement(common.LegendPlacement.BOTTOM))
+        .legend(
+            VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+        )
         .color_scheme(gd.FieldColor().mode(FieldColorModeId.FIXED).fixed_color("transparent"))
-        .span(24).height(height)
+        .span(24)
+        .height(height)
     )
     for t in targets:
         panel = panel.with_target(t)
@@ -285,21 +365,25 @@ def timeline(title: str, description: str, targets, words: Dict[str, tuple], hei
 
 
 def role_timeline():
-    expr = one_hot_number("iscsi_ha_drbd_role", "instance, resource",
-                          {'role="Primary"': 2, 'role="Secondary"': 1})
+    expr = one_hot_number(
+        "iscsi_ha_drbd_role", "instance, resource", {'role="Primary"': 2, 'role="Secondary"': 1}
+    )
     return timeline(
         "DRBD role over time",
         "Each host's role per resource: every colour change is a role transition.",
-        [query(expr, "{{instance}} {{resource}}")], ROLE_WORDS,
+        [query(expr, "{{instance}} {{resource}}")],
+        ROLE_WORDS,
     )
 
 
 def pool_role_timeline():
-    expr = one_hot_number("iscsi_ha_pool_role", "instance", {'role="master"': 2,
-                                                             'role="slave"': 1})
+    expr = one_hot_number("iscsi_ha_pool_role", "instance", {'role="master"': 2, 'role="slave"': 1})
     return timeline(
-        "Pool role over time", "Which host was pool master (from pool.conf).",
-        [query(expr, "{{instance}}")], POOL_WORDS, height=4,
+        "Pool role over time",
+        "Which host was pool master (from pool.conf).",
+        [query(expr, "{{instance}}")],
+        POOL_WORDS,
+        height=4,
     )
 
 
@@ -313,7 +397,8 @@ def vip_target_timeline():
             query(f"iscsi_ha_target_daemon_up{{{SEL}}}", "{{instance}} tgtd running", ref="C"),
             query(f"iscsi_ha_manual_mode{{{SEL}}}", "{{instance}} manual mode", ref="D"),
         ],
-        {"1": ("yes", "green"), "0": ("no", "transparent")}, height=8,
+        {"1": ("yes", "green"), "0": ("no", "transparent")},
+        height=8,
     )
 
 
@@ -321,25 +406,41 @@ def connection_timeline():
     return timeline(
         "DRBD connection state over time",
         "One row per host, resource and state, coloured while that state held.",
-        [query(f"iscsi_ha_drbd_connection_state{{{SEL}}} == 1",
-               "{{instance}} {{resource}} {{state}}")],
+        [
+            query(
+                f"iscsi_ha_drbd_connection_state{{{SEL}}} == 1",
+                "{{instance}} {{resource}} {{state}}",
+            )
+        ],
         {"1": ("active", "green")},
     )
 
 
-def graph(title: str, description: str, targets, unit: str = "short", bars: bool = False,
-          span: int = 12, height: int = 7, minimum: Optional[float] = 0,
-          maximum: Optional[float] = None):
+def graph(
+    title: str,
+    description: str,
+    targets,
+    unit: str = "short",
+    bars: bool = False,
+    span: int = 12,
+    height: int = 7,
+    minimum: Optional[float] = 0,
+    maximum: Optional[float] = None,
+):
     panel = (
         timeseries.Panel()
         .title(title)
         .description(description)
         .datasource(DS)
         .unit(unit)
-        .legend(VizLegendOptions().show_legend(True)
-                .display_mode(common.LegendDisplayMode.LIST)
-                .placement(common.LegendPlacement.BOTTOM))
-        .span(span).height(height)
+        .legend(
+            VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+        )
+        .span(span)
+        .height(height)
     )
     if minimum is not None:
         panel = panel.min(minimum)
@@ -354,15 +455,18 @@ def graph(title: str, description: str, targets, unit: str = "short", bars: bool
 
 def sync_progress():
     return graph(
-        "Resync progress", "Share of each resource in sync (1 = fully in sync).",
+        "Resync progress",
+        "Share of each resource in sync (1 = fully in sync).",
         [query(f"iscsi_ha_drbd_sync_progress_ratio{{{SEL}}}", "{{instance}} {{resource}}")],
-        unit="percentunit", maximum=1,
+        unit="percentunit",
+        maximum=1,
     )
 
 
 def sync_eta():
     return graph(
-        "Resync time left", "DRBD's estimate of the time to the end of a running resync.",
+        "Resync time left",
+        "DRBD's estimate of the time to the end of a running resync.",
         [query(f"iscsi_ha_drbd_sync_eta_seconds{{{SEL}}}", "{{instance}} {{resource}}")],
         unit="s",
     )
@@ -370,7 +474,8 @@ def sync_eta():
 
 def out_of_sync():
     return graph(
-        "Out of sync", "Data that differs between the two copies and still has to travel.",
+        "Out of sync",
+        "Data that differs between the two copies and still has to travel.",
         [query(f"iscsi_ha_drbd_out_of_sync_bytes{{{SEL}}}", "{{instance}} {{resource}}")],
         unit="bytes",
     )
@@ -378,12 +483,16 @@ def out_of_sync():
 
 def transitions():
     return graph(
-        "Promotions and demotions", "Successful role changes carried out by the controller.",
-        [query(
-            "sum by (instance, action) (increase(iscsi_ha_actions_total{"
-            f'{SEL}, action=~"promote|demote|vip_add|vip_del", result="ok"}}'
-            "[$__rate_interval]))",
-            "{{instance}} {{action}}")],
+        "Promotions and demotions",
+        "Successful role changes carried out by the controller.",
+        [
+            query(
+                "sum by (instance, action) (increase(iscsi_ha_actions_total{"
+                f'{SEL}, action=~"promote|demote|vip_add|vip_del", result="ok"}}'
+                "[$__rate_interval]))",
+                "{{instance}} {{action}}",
+            )
+        ],
         bars=True,
     )
 
@@ -391,15 +500,20 @@ def transitions():
 def cycle_duration():
     hist = f"iscsi_ha_cycle_duration_seconds_bucket{{{SEL}}}"
     return graph(
-        "Cycle duration", "How long one observe-decide-execute cycle takes.",
+        "Cycle duration",
+        "How long one observe-decide-execute cycle takes.",
         [
-            query(f"histogram_quantile(0.5, sum by (instance, le) "
-                  f"(rate({hist}[$__rate_interval])))", "{{instance}} median", ref="A"),
-            query(f"histogram_quantile(0.99, sum by (instance, le) "
-                  f"(rate({hist}[$__rate_interval])))", "{{instance}} 99th percentile",
-                  ref="B"),
-            query(f"iscsi_ha_last_cycle_duration_seconds{{{SEL}}}", "{{instance}} last",
-                  ref="C"),
+            query(
+                f"histogram_quantile(0.5, sum by (instance, le) (rate({hist}[$__rate_interval])))",
+                "{{instance}} median",
+                ref="A",
+            ),
+            query(
+                f"histogram_quantile(0.99, sum by (instance, le) (rate({hist}[$__rate_interval])))",
+                "{{instance}} 99th percentile",
+                ref="B",
+            ),
+            query(f"iscsi_ha_last_cycle_duration_seconds{{{SEL}}}", "{{instance}} last", ref="C"),
         ],
         unit="s",
     )
@@ -410,13 +524,24 @@ def cycle_results():
         "Cycles and errors",
         "Cycles by result, overruns, and actions that failed or were refused, per interval.",
         [
-            query("sum by (instance, result) (increase(iscsi_ha_cycles_total{"
-                  f"{SEL}}}[$__rate_interval]))", "{{instance}} cycles {{result}}", ref="A"),
-            query("sum by (instance) (increase(iscsi_ha_cycle_overruns_total{"
-                  f"{SEL}}}[$__rate_interval]))", "{{instance}} overruns", ref="B"),
-            query("sum by (instance, action, result) (increase(iscsi_ha_actions_total{"
-                  f'{SEL}, result=~"error|refused"}}[$__rate_interval]))',
-                  "{{instance}} {{action}} {{result}}", ref="C"),
+            query(
+                "sum by (instance, result) (increase(iscsi_ha_cycles_total{"
+                f"{SEL}}}[$__rate_interval]))",
+                "{{instance}} cycles {{result}}",
+                ref="A",
+            ),
+            query(
+                "sum by (instance) (increase(iscsi_ha_cycle_overruns_total{"
+                f"{SEL}}}[$__rate_interval]))",
+                "{{instance}} overruns",
+                ref="B",
+            ),
+            query(
+                "sum by (instance, action, result) (increase(iscsi_ha_actions_total{"
+                f'{SEL}, result=~"error|refused"}}[$__rate_interval]))',
+                "{{instance}} {{action}} {{result}}",
+                ref="C",
+            ),
         ],
         bars=True,
     )
@@ -424,18 +549,30 @@ def cycle_results():
 
 def command_timeouts():
     return graph(
-        "Command timeouts", "External commands killed on their timeout.",
-        [query("sum by (instance, command) (increase(iscsi_ha_command_timeouts_total{"
-               f"{SEL}}}[$__rate_interval]))", "{{instance}} {{command}}")],
+        "Command timeouts",
+        "External commands killed on their timeout.",
+        [
+            query(
+                "sum by (instance, command) (increase(iscsi_ha_command_timeouts_total{"
+                f"{SEL}}}[$__rate_interval]))",
+                "{{instance}} {{command}}",
+            )
+        ],
         bars=True,
     )
 
 
 def command_time():
     return graph(
-        "Time spent in commands", "Share of wall-clock time spent waiting for each command.",
-        [query("sum by (instance, command) (rate(iscsi_ha_command_duration_seconds_total{"
-               f"{SEL}}}[$__rate_interval]))", "{{instance}} {{command}}")],
+        "Time spent in commands",
+        "Share of wall-clock time spent waiting for each command.",
+        [
+            query(
+                "sum by (instance, command) (rate(iscsi_ha_command_duration_seconds_total{"
+                f"{SEL}}}[$__rate_interval]))",
+                "{{instance}} {{command}}",
+            )
+        ],
         unit="percentunit",
     )
 
@@ -451,17 +588,21 @@ def slo_availability_stat():
     return (
         stat.Panel()
         .title("Storage availability (SLO period)")
-        .description("Share of storage probes that read every LUN through the VIP over the SLO "
-                     "period (30 d by default), both hosts counted; the objective is the "
-                     "threshold (alerts/iscsi_ha_slo.py).")
+        .description(
+            "Share of storage probes that read every LUN through the VIP over the SLO "
+            "period (30 d by default), both hosts counted; the objective is the "
+            "threshold (alerts/iscsi_ha_slo.py)."
+        )
         .datasource(DS)
         .with_target(query(f"1 - {RATIO}30d{{{SEL}}}", "availability", instant=True))
-        .unit("percentunit").decimals(3)
+        .unit("percentunit")
+        .decimals(3)
         .color_mode(common.BigValueColorMode.VALUE)
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .no_value("no probe data")
-        .span(6).height(4)
+        .span(6)
+        .height(4)
     )
 
 
@@ -469,24 +610,36 @@ def error_budget_stat():
     return (
         stat.Panel()
         .title("Error budget left")
-        .description("Share of the SLO period's error budget (1 - objective) not yet spent by "
-                     "failed storage probes. Below 0: the objective is missed.")
+        .description(
+            "Share of the SLO period's error budget (1 - objective) not yet spent by "
+            "failed storage probes. Below 0: the objective is missed."
+        )
         .datasource(DS)
-        .with_target(query(f"1 - {RATIO}30d{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
-                           "budget left", instant=True))
-        .unit("percentunit").decimals(1)
+        .with_target(
+            query(
+                f"1 - {RATIO}30d{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
+                "budget left",
+                instant=True,
+            )
+        )
+        .unit("percentunit")
+        .decimals(1)
         .color_mode(common.BigValueColorMode.VALUE)
         .graph_mode(common.BigValueGraphMode.NONE)
         .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         .no_value("no probe data")
-        .span(6).height(4)
+        .span(6)
+        .height(4)
     )
 
 
 def burn_rate():
     def rate(window: str, ref: str):
-        return query(f"{RATIO}{window}{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
-                     f"burn rate over {window}", ref=ref)
+        return query(
+            f"{RATIO}{window}{{{SEL}}} / on (cluster) (1 - {OBJECTIVE})",
+            f"burn rate over {window}",
+            ref=ref,
+        )
 
     return graph(
         "Error budget burn rate",
@@ -504,7 +657,8 @@ def probe_timeline():
         "Each host's storage probe per LUN: login at the VIP and a read of block 0 "
         "(observer = the host that probes).",
         [query(f"iscsi_ha_storage_probe_success{{{SEL}}}", "{{observer}} LUN {{lun}}")],
-        OK_FAILING, height=5,
+        OK_FAILING,
+        height=5,
     ).span(12)
 
 
@@ -514,13 +668,19 @@ def probe_duration():
         "Storage probe duration",
         "How long a whole probe takes (connect, login, every LUN, logout), per observer.",
         [
-            query(f"histogram_quantile(0.5, sum by (observer, le) "
-                  f"(rate({hist}[$__rate_interval])))", "{{observer}} median", ref="A"),
-            query(f"histogram_quantile(0.99, sum by (observer, le) "
-                  f"(rate({hist}[$__rate_interval])))", "{{observer}} 99th percentile",
-                  ref="B"),
+            query(
+                f"histogram_quantile(0.5, sum by (observer, le) (rate({hist}[$__rate_interval])))",
+                "{{observer}} median",
+                ref="A",
+            ),
+            query(
+                f"histogram_quantile(0.99, sum by (observer, le) (rate({hist}[$__rate_interval])))",
+                "{{observer}} 99th percentile",
+                ref="B",
+            ),
         ],
-        unit="s", span=12,
+        unit="s",
+        span=12,
     )
 
 
@@ -531,7 +691,8 @@ def switchover_phases():
         "release, react, promote, serve, vip, total). Empty until a switchover ran since the "
         "controllers started.",
         [query(f"iscsi_ha_switchover_duration_seconds{{{SEL}}}", "{{instance}} {{phase}}")],
-        unit="s", span=24,
+        unit="s",
+        span=24,
     )
 
 
@@ -548,15 +709,18 @@ def audit_table():
     panel = (
         table.Panel()
         .title("Data-safety audit findings")
-        .description("Risky settings found by each host's audit (every audit.interval): DRBD "
-                     "not protocol C, split-brain policies that discard data, no fencing, an "
-                     "LVM filter that scans DRBD or its backing device, multipath over DRBD, a "
-                     "check that cannot run. Each has an alert and a runbook section.")
+        .description(
+            "Risky settings found by each host's audit (every audit.interval): DRBD "
+            "not protocol C, split-brain policies that discard data, no fencing, an "
+            "LVM filter that scans DRBD or its backing device, multipath over DRBD, a "
+            "check that cannot run. Each has an alert and a runbook section."
+        )
         .datasource(DS)
         .with_transformation(MERGE)
         .with_transformation(hide_fields(["Time", "Value", "job"]))
         .no_value("no findings")
-        .span(24).height(5)
+        .span(24)
+        .height(5)
     )
     for ref, expr in checks:
         panel = panel.with_target(query(expr, ref=ref, instant=True, as_table=True))
@@ -575,13 +739,15 @@ def firing_alerts():
         .with_target(query(f"ALERTS{{{ALERTS_SEL}}}", instant=True, as_table=True))
         .with_transformation(hide_fields(["Time", "Value", "__name__", "alertstate", "job"]))
         .no_value("no iscsi-ha alert is firing")
-        .span(24).height(6)
+        .span(24)
+        .height(6)
     )
 
 
 def alerts_timeline():
     return timeline(
-        "Alerts over time", "When each iscsi-ha alert fired.",
+        "Alerts over time",
+        "When each iscsi-ha alert fired.",
         [query(f"ALERTS{{{ALERTS_SEL}}}", "{{alertname}} {{instance}} {{resource}}")],
         {"1": ("firing", "red")},
     )
@@ -593,9 +759,7 @@ def alerts_timeline():
 
 
 def build() -> gd.Dashboard:
-    datasource = (
-        gd.DatasourceVariable("datasource").label("Data source").type("prometheus")
-    )
+    datasource = gd.DatasourceVariable("datasource").label("Data source").type("prometheus")
     cluster = (
         gd.QueryVariable("cluster")
         .label("Cluster")
@@ -658,8 +822,11 @@ def render() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if the committed JSON differs from the generated one")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the committed JSON differs from the generated one",
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args(argv)
     text = render()

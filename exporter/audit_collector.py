@@ -36,8 +36,11 @@ def audit_families(r: AuditResult) -> List[Metric]:
     for check in CHECKS:
         err.add_metric([check], float(check in r.errors))
     out.append(err)
-    proto, discards, fencing = (g("drbd_replication_protocol"),
-                                g("drbd_split_brain_policy_discards"), g("drbd_fencing"))
+    proto, discards, fencing = (
+        g("drbd_replication_protocol"),
+        g("drbd_split_brain_policy_discards"),
+        g("drbd_fencing"),
+    )
     for d in r.drbd:
         for p in PROTOCOLS + ((d.protocol,) if d.protocol not in PROTOCOLS else ()):
             proto.add_metric([d.resource, p], float(p == d.protocol))
@@ -60,8 +63,11 @@ def audit_families(r: AuditResult) -> List[Metric]:
 
 
 class AuditCollector(Collector):
-    def __init__(self, get_result: Callable[[], Optional[AuditResult]],
-                 registry: Optional[CollectorRegistry] = None) -> None:
+    def __init__(
+        self,
+        get_result: Callable[[], Optional[AuditResult]],
+        registry: Optional[CollectorRegistry] = None,
+    ) -> None:
         self._get = get_result
         if registry is not None:
             registry.register(self)

@@ -156,8 +156,9 @@ class SnapshotCollector(Collector):
         try:
             out.extend(cycle_families(snapshot, self._drbd_enums))
         except Exception:  # a bug here must not take /metrics down with it
-            log.exception("cannot render the snapshot of the cycle started at %s",
-                          snapshot.last.started)
+            log.exception(
+                "cannot render the snapshot of the cycle started at %s", snapshot.last.started
+            )
         previous = self._previous
         reused = []
         for fam in out:
@@ -179,6 +180,7 @@ class SnapshotCollector(Collector):
 # Rendering: pure functions from a snapshot to metric families.
 # ------------------------------------------------------------------------------------------
 
+
 def _one_hot(
     fam: GaugeMetricFamily, prefix: list[str], choices: Sequence[str], current: str
 ) -> None:
@@ -191,10 +193,13 @@ def _one_hot(
 
 def base_families(snapshot: Optional[Snapshot], version: str, created: float) -> list[Metric]:
     """The three metrics that exist from the controller's start, before any cycle."""
-    build = catalogue.info("build_info", {
-        "version": snapshot.version if snapshot else version,
-        "drbd_version": (snapshot.drbd_version or "unknown") if snapshot else "unknown",
-    })
+    build = catalogue.info(
+        "build_info",
+        {
+            "version": snapshot.version if snapshot else version,
+            "drbd_version": (snapshot.drbd_version or "unknown") if snapshot else "unknown",
+        },
+    )
     return [
         gauge("up", 1),
         build,
@@ -403,8 +408,11 @@ def counter_families(c: model.Counters) -> list[Metric]:
         buckets.append(("+Inf", float(hist.counts[-1])))
         add(catalogue.histogram("cycle_duration_seconds", buckets, float(hist.total)))
     elif hist is not None:
-        log.warning("cycle-duration histogram has %d counts for %d buckets; not exported",
-                    len(hist.counts), len(hist.buckets))
+        log.warning(
+            "cycle-duration histogram has %d counts for %d buckets; not exported",
+            len(hist.counts),
+            len(hist.buckets),
+        )
 
     actions = counter("actions_total")
     known = [(a, r) for a in model.ACTION_NAMES.values() for r in ACTION_RESULTS]

@@ -54,8 +54,11 @@ def probe_families(h: ProbeHistory) -> List[Metric]:
 
 
 class ProbeCollector(Collector):
-    def __init__(self, get_history: Callable[[], Optional[ProbeHistory]],
-                 registry: Optional[CollectorRegistry] = None) -> None:
+    def __init__(
+        self,
+        get_history: Callable[[], Optional[ProbeHistory]],
+        registry: Optional[CollectorRegistry] = None,
+    ) -> None:
         self._get = get_history
         if registry is not None:
             registry.register(self)

@@ -99,16 +99,24 @@ def health(snapshot: Optional[Snapshot], now: float) -> tuple[int, str]:
     if last is None:
         age = now - snapshot.started
         if age < limit:
-            return 200, (f"starting: no cycle has finished yet (controller started {age:.1f}s "
-                         f"ago, limit {limit:g}s)\n")
-        return 503, (f"stale: no cycle has finished {age:.1f}s after the controller started "
-                     f"(limit {HEALTHY_INTERVALS} intervals = {limit:g}s)\n")
+            return 200, (
+                f"starting: no cycle has finished yet (controller started {age:.1f}s "
+                f"ago, limit {limit:g}s)\n"
+            )
+        return 503, (
+            f"stale: no cycle has finished {age:.1f}s after the controller started "
+            f"(limit {HEALTHY_INTERVALS} intervals = {limit:g}s)\n"
+        )
     age = now - (last.started + last.duration)
     if age < limit:
-        return 200, (f"ok: last cycle ended {age:.1f}s ago, outcome {last.outcome.value} "
-                     f"(limit {limit:g}s)\n")
-    return 503, (f"stale: last cycle ended {age:.1f}s ago, more than {HEALTHY_INTERVALS} "
-                 f"intervals ({limit:g}s)\n")
+        return 200, (
+            f"ok: last cycle ended {age:.1f}s ago, outcome {last.outcome.value} "
+            f"(limit {limit:g}s)\n"
+        )
+    return 503, (
+        f"stale: last cycle ended {age:.1f}s ago, more than {HEALTHY_INTERVALS} "
+        f"intervals ({limit:g}s)\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,7 +154,9 @@ class Exposition:
         self._recent: dict[tuple[str, bool], tuple[Callable[..., bytes], float]] = {}
 
     def render(
-        self, accept: Optional[str], accept_encoding: Optional[str],
+        self,
+        accept: Optional[str],
+        accept_encoding: Optional[str],
         names: Optional[list[str]] = None,
     ) -> tuple[bytes, list[tuple[str, str]]]:
         encoder, content_type = choose_encoder(accept or "")
@@ -175,8 +185,11 @@ class Exposition:
     def _render(self, encoder: Callable[..., bytes], content_type: str, gz: bool) -> bytes:
         metrics = list(self.registry.collect())
         whole = self._whole.get((content_type, gz))
-        if (whole is not None and len(whole[0]) == len(metrics)
-                and all(a is b for a, b in zip(whole[0], metrics))):
+        if (
+            whole is not None
+            and len(whole[0]) == len(metrics)
+            and all(a is b for a, b in zip(whole[0], metrics))
+        ):
             return whole[1]
         openmetrics = content_type.startswith("application/openmetrics-text")
         old = self._parts.get(content_type, {})
@@ -273,13 +286,22 @@ class _Handler(BaseHTTPRequestHandler):
         if web.auth_required:
             allowed = self._authorized(web)
             if allowed is None:  # the bcrypt budget is spent: no check, come back later
-                self._send(429, "text/plain; charset=utf-8",
-                           b"Too Many Requests: too many failed logins\n", send_body,
-                           [("Retry-After", "1")])
+                self._send(
+                    429,
+                    "text/plain; charset=utf-8",
+                    b"Too Many Requests: too many failed logins\n",
+                    send_body,
+                    [("Retry-After", "1")],
+                )
                 return
             if not allowed:
-                self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n", send_body,
-                           [("WWW-Authenticate", 'Basic realm="iscsi-ha"')])
+                self._send(
+                    401,
+                    "text/plain; charset=utf-8",
+                    b"Unauthorized\n",
+                    send_body,
+                    [("WWW-Authenticate", 'Basic realm="iscsi-ha"')],
+                )
                 return
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
@@ -306,8 +328,9 @@ class _Handler(BaseHTTPRequestHandler):
         if scheme.lower() != "basic":
             return False
         try:
-            user, sep, password = base64.b64decode(token.strip(), validate=True).decode(
-                "utf-8").partition(":")
+            user, sep, password = (
+                base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
+            )
         except (binascii.Error, UnicodeDecodeError):
             return False
         if not sep:
@@ -315,7 +338,11 @@ class _Handler(BaseHTTPRequestHandler):
         return web.check_credentials(user, password, str(self.client_address[0]))
 
     def _send(
-        self, code: int, content_type: Optional[str], body: bytes, send_body: bool,
+        self,
+        code: int,
+        content_type: Optional[str],
+        body: bytes,
+        send_body: bool,
         headers: Optional[list[tuple[str, str]]] = None,
     ) -> None:
         self.send_response(code)
@@ -357,8 +384,13 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # a burst of connects waits in the kernel, not in SYN retries
 
     def __init__(
-        self, family: int, address: tuple, web: WebConfig, exposition: Exposition,
-        get_snapshot: Callable[[], Optional[Snapshot]], max_connections: int = MAX_CONNECTIONS,
+        self,
+        family: int,
+        address: tuple,
+        web: WebConfig,
+        exposition: Exposition,
+        get_snapshot: Callable[[], Optional[Snapshot]],
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address_family = family
         self.web = web
@@ -529,16 +561,22 @@ def parse_listen(listen: str) -> tuple[int, str, int]:
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise ValueError(f"listen address {listen!r}: expected host:port (e.g. "
-                             f"0.0.0.0:{DEFAULT_PORT})")
+            raise ValueError(
+                f"listen address {listen!r}: expected host:port (e.g. 0.0.0.0:{DEFAULT_PORT})"
+            )
         if ":" in host:
-            raise ValueError(f"listen address {listen!r}: write IPv6 addresses in brackets, "
-                             f"e.g. [::]:{DEFAULT_PORT}")
+            raise ValueError(
+                f"listen address {listen!r}: write IPv6 addresses in brackets, "
+                f"e.g. [::]:{DEFAULT_PORT}"
+            )
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"listen address {listen!r}: port {port!r} is not a number 0-65535")
     if host == "":
-        return (socket.AF_INET6, "::", int(port)) if socket.has_ipv6 else \
-            (socket.AF_INET, "0.0.0.0", int(port))
+        return (
+            (socket.AF_INET6, "::", int(port))
+            if socket.has_ipv6
+            else (socket.AF_INET, "0.0.0.0", int(port))
+        )
     try:
         ip = ipaddress.ip_address(host)
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
@@ -546,8 +584,9 @@ def parse_listen(listen: str) -> tuple[int, str, int]:
     except ValueError:
         pass
     try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as e:
         raise ValueError(f"listen address {listen!r}: cannot resolve {host!r}: {e}") from e
     family, _, _, _, sockaddr = infos[0]
@@ -584,17 +623,28 @@ def start_exporter(
                 log.exception("pre-rendering the metrics failed")
 
     threads = (
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                         name="exporter-http", daemon=True),
+        threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.5},
+            name="exporter-http",
+            daemon=True,
+        ),
         threading.Thread(target=warm, name="exporter-warm", daemon=True),
     )
     for t in threads:
         t.start()
     bound = server.server_address
     handle = ExporterHandle(
-        host=str(bound[0]), port=int(bound[1]), scheme="https" if web.tls else "http",
-        _server=server, _threads=threads, _stop=stop,
+        host=str(bound[0]),
+        port=int(bound[1]),
+        scheme="https" if web.tls else "http",
+        _server=server,
+        _threads=threads,
+        _stop=stop,
     )
-    log.info("exporter listening on %s (%s)", handle.url,
-             "TLS " + web.tls.client_auth_type if web.tls else "plain HTTP")
+    log.info(
+        "exporter listening on %s (%s)",
+        handle.url,
+        "TLS " + web.tls.client_auth_type if web.tls else "plain HTTP",
+    )
     return handle

@@ -65,8 +65,12 @@ TLS_VERSIONS = {
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
 CLIENT_AUTH_TYPES = (
-    "NoClientCert", "RequestClientCert", "RequireAnyClientCert", "RequireClientCert",
-    "VerifyClientCertIfGiven", "RequireAndVerifyClientCert",
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "RequireClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
 )
 # exporter-toolkit only lets these headers be set, some only to these values.
 ALLOWED_HEADERS: dict[str, tuple[str, ...]] = {
@@ -78,9 +82,19 @@ ALLOWED_HEADERS: dict[str, tuple[str, ...]] = {
 }
 TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit")
 TLS_KEYS = (
-    "cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type", "client_ca_file",
-    "client_allowed_sans", "min_version", "max_version", "cipher_suites",
-    "prefer_server_cipher_suites", "curve_preferences",
+    "cert",
+    "key",
+    "client_ca",
+    "cert_file",
+    "key_file",
+    "client_auth_type",
+    "client_ca_file",
+    "client_allowed_sans",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "prefer_server_cipher_suites",
+    "curve_preferences",
 )
 HTTP_KEYS = ("http2", "headers")
 RATE_KEYS = ("interval", "burst")
@@ -132,7 +146,8 @@ class WebConfig:
         self._bcrypt_lock = threading.Lock()
         self._limiter = (
             TokenBucket(self.rate_limit_interval, self.rate_limit_burst)
-            if self.rate_limit_interval > 0 else None
+            if self.rate_limit_interval > 0
+            else None
         )
         self._bcrypt_budget = CpuBudget()
 
@@ -150,9 +165,7 @@ class WebConfig:
         stored = self.users.get(user)
         known = stored is not None
         hashed = stored if stored is not None else DUMMY_HASH
-        key = hashlib.sha256(
-            b"\0".join((user.encode(), hashed, password.encode()))
-        ).digest()
+        key = hashlib.sha256(b"\0".join((user.encode(), hashed, password.encode()))).digest()
         if known and self._auth_cache.get(key):
             return True
         with self._bcrypt_lock:  # the budget is looked at inside: queued checks see it spent
@@ -207,8 +220,12 @@ class CpuBudget:
     keeps the limit the same at any bcrypt cost.
     """
 
-    def __init__(self, per_client: float = BCRYPT_CLIENT_SHARE,
-                 overall: float = BCRYPT_TOTAL_SHARE, burst: float = BCRYPT_BURST) -> None:
+    def __init__(
+        self,
+        per_client: float = BCRYPT_CLIENT_SHARE,
+        overall: float = BCRYPT_TOTAL_SHARE,
+        burst: float = BCRYPT_BURST,
+    ) -> None:
         self.per_client = per_client
         self.overall = overall
         self.burst = burst
@@ -222,8 +239,10 @@ class CpuBudget:
     def allow(self, client: str) -> bool:
         now = time.monotonic()
         with self._lock:
-            return (self._balance("", self.overall, now) > 0
-                    and self._balance("c:" + client, self.per_client, now) > 0)
+            return (
+                self._balance("", self.overall, now) > 0
+                and self._balance("c:" + client, self.per_client, now) > 0
+            )
 
     def charge(self, client: str, seconds: float) -> None:
         now = time.monotonic()
@@ -241,8 +260,9 @@ def load_web_config(path: Optional[str]) -> WebConfig:
     try:
         text = read_capped(path, CONFIG_LIMIT).decode("utf-8")
     except OSError as e:
-        raise WebConfigError(f"{path}: cannot read the web configuration file: "
-                             f"{e.strerror or e}") from None
+        raise WebConfigError(
+            f"{path}: cannot read the web configuration file: {e.strerror or e}"
+        ) from None
     except UnicodeDecodeError as e:
         raise WebConfigError(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
     try:
@@ -279,17 +299,23 @@ def parse_web_config(data: Any, path: str) -> WebConfig:
     _known(rate, RATE_KEYS, path, "rate_limit.")
     interval = _duration(rate.get("interval", 0), path, "rate_limit.interval")
     if interval > MAX_RATE_INTERVAL:
-        raise WebConfigError(f"{path}: rate_limit.interval: at most {MAX_RATE_INTERVAL:g}s "
-                             "(one hour)")
+        raise WebConfigError(
+            f"{path}: rate_limit.interval: at most {MAX_RATE_INTERVAL:g}s (one hour)"
+        )
     burst = rate.get("burst", 0)
     if not isinstance(burst, int) or isinstance(burst, bool) or not 0 <= burst <= MAX_RATE_BURST:
-        raise WebConfigError(f"{path}: rate_limit.burst: not a whole number from 0 to "
-                             f"{MAX_RATE_BURST}")
+        raise WebConfigError(
+            f"{path}: rate_limit.burst: not a whole number from 0 to {MAX_RATE_BURST}"
+        )
     if interval > 0 and burst < 1:
         raise WebConfigError(f"{path}: rate_limit.burst: must be at least 1 when interval is set")
 
     return WebConfig(
-        path=path, tls=tls, users=users, headers=headers, rate_limit_interval=interval,
+        path=path,
+        tls=tls,
+        users=users,
+        headers=headers,
+        rate_limit_interval=interval,
         rate_limit_burst=burst,
     )
 
@@ -306,9 +332,7 @@ def _mapping(value: Any, path: str, key: str) -> dict:
 def _known(section: dict, keys: tuple[str, ...], path: str, prefix: str) -> None:
     for key in section:
         if key not in keys:
-            raise WebConfigError(
-                f"{path}: {prefix}{key}: unknown key (known: {', '.join(keys)})"
-            )
+            raise WebConfigError(f"{path}: {prefix}{key}: unknown key (known: {', '.join(keys)})")
 
 
 def _str(section: dict, key: str, path: str, prefix: str = "tls_server_config.") -> str:
@@ -322,9 +346,18 @@ def _str(section: dict, key: str, path: str, prefix: str = "tls_server_config.")
 
 def _tls_enabled(t: dict) -> bool:
     # exporter-toolkit's TLSConfig.IsEnabled: any of these set means "serve TLS".
-    return any(t.get(k) for k in (
-        "cert_file", "cert", "key_file", "key", "client_ca_file", "client_ca", "client_auth_type",
-    ))
+    return any(
+        t.get(k)
+        for k in (
+            "cert_file",
+            "cert",
+            "key_file",
+            "key",
+            "client_ca_file",
+            "client_ca",
+            "client_auth_type",
+        )
+    )
 
 
 _P = "tls_server_config."
@@ -347,14 +380,23 @@ def _tls_material(t: dict, base: str, path: str) -> _TlsMaterial:
         value = _str(t, key, path)
         return os.path.join(base, value) if value else ""
 
-    m = _TlsMaterial(file_key("cert_file"), _str(t, "cert", path), file_key("key_file"),
-                     _str(t, "key", path), file_key("client_ca_file"), _str(t, "client_ca", path))
+    m = _TlsMaterial(
+        file_key("cert_file"),
+        _str(t, "cert", path),
+        file_key("key_file"),
+        _str(t, "key", path),
+        file_key("client_ca_file"),
+        _str(t, "client_ca", path),
+    )
     if not m.cert_file and not m.cert:
         raise WebConfigError(f"{path}: {_P}cert_file: missing one of cert or cert_file")
     if not m.key_file and not m.key:
         raise WebConfigError(f"{path}: {_P}key_file: missing one of key or key_file")
-    for k, both in (("cert", m.cert and m.cert_file), ("key", m.key and m.key_file),
-                    ("client_ca", m.ca and m.ca_file)):
+    for k, both in (
+        ("cert", m.cert and m.cert_file),
+        ("key", m.key and m.key_file),
+        ("client_ca", m.ca and m.ca_file),
+    ):
         if both:
             raise WebConfigError(f"{path}: {_P}{k}: give either {k} or {k}_file, not both")
     return m
@@ -366,12 +408,15 @@ def _tls_versions(t: dict, path: str) -> tuple[str, str]:
     for k, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         name = t.get(k) or default
         if name not in TLS_VERSIONS:
-            raise WebConfigError(f"{path}: {_P}{k}: unknown TLS version {name!r} (one of "
-                                 f"{', '.join(TLS_VERSIONS)})")
+            raise WebConfigError(
+                f"{path}: {_P}{k}: unknown TLS version {name!r} (one of {', '.join(TLS_VERSIONS)})"
+            )
         versions[k] = name
     if TLS_VERSIONS[versions["min_version"]] > TLS_VERSIONS[versions["max_version"]]:
-        raise WebConfigError(f"{path}: {_P}min_version: {versions['min_version']} is newer than "
-                             f"max_version {versions['max_version']}")
+        raise WebConfigError(
+            f"{path}: {_P}min_version: {versions['min_version']} is newer than "
+            f"max_version {versions['max_version']}"
+        )
     return versions["min_version"], versions["max_version"]
 
 
@@ -379,8 +424,10 @@ def _client_auth(t: dict, m: _TlsMaterial, path: str) -> tuple[str, tuple[str, .
     """(client_auth_type, client_allowed_sans), refusing what Python's ssl cannot do."""
     auth = t.get("client_auth_type") or "NoClientCert"
     if auth not in CLIENT_AUTH_TYPES:
-        raise WebConfigError(f"{path}: {_P}client_auth_type: invalid value {auth!r} "
-                             f"(one of {', '.join(CLIENT_AUTH_TYPES)})")
+        raise WebConfigError(
+            f"{path}: {_P}client_auth_type: invalid value {auth!r} "
+            f"(one of {', '.join(CLIENT_AUTH_TYPES)})"
+        )
     if auth in ("RequireAnyClientCert", "RequireClientCert"):
         raise WebConfigError(
             f"{path}: {_P}client_auth_type: {auth} (require a certificate without verifying "
@@ -388,20 +435,26 @@ def _client_auth(t: dict, m: _TlsMaterial, path: str) -> tuple[str, tuple[str, .
             "client_ca_file"
         )
     if (m.ca_file or m.ca) and auth == "NoClientCert":
-        raise WebConfigError(f"{path}: {_P}client_ca_file: client CAs are configured without a "
-                             "client_auth_type that uses them")
+        raise WebConfigError(
+            f"{path}: {_P}client_ca_file: client CAs are configured without a "
+            "client_auth_type that uses them"
+        )
     for unsupported in ("cipher_suites", "curve_preferences"):
         if t.get(unsupported):
-            raise WebConfigError(f"{path}: {_P}{unsupported}: not supported by iscsi-ha "
-                                 "(Python's ssl module takes no Go cipher/curve names); remove "
-                                 "the key to use OpenSSL's defaults")
+            raise WebConfigError(
+                f"{path}: {_P}{unsupported}: not supported by iscsi-ha "
+                "(Python's ssl module takes no Go cipher/curve names); remove "
+                "the key to use OpenSSL's defaults"
+            )
     sans = t.get("client_allowed_sans")
     if sans is not None:
         if not isinstance(sans, list) or not all(isinstance(s, str) for s in sans):
             raise WebConfigError(f"{path}: {_P}client_allowed_sans: expected a list of strings")
         if auth != "RequireAndVerifyClientCert":
-            raise WebConfigError(f"{path}: {_P}client_allowed_sans: requires client_auth_type "
-                                 "RequireAndVerifyClientCert")
+            raise WebConfigError(
+                f"{path}: {_P}client_allowed_sans: requires client_auth_type "
+                "RequireAndVerifyClientCert"
+            )
     return auth, tuple(sans or ())
 
 
@@ -447,8 +500,13 @@ def _tls(t: dict, base: str, path: str) -> TlsSettings:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _load_cert_chain(ctx, m.cert_file, m.cert, m.key_file, m.key, path)
     _verify_clients(ctx, auth, m, path)
-    return TlsSettings(context=ctx, client_auth_type=auth, min_version=min_version,
-                       max_version=max_version, client_allowed_sans=sans)
+    return TlsSettings(
+        context=ctx,
+        client_auth_type=auth,
+        min_version=min_version,
+        max_version=max_version,
+        client_allowed_sans=sans,
+    )
 
 
 def _load_cert_chain(
@@ -489,8 +547,9 @@ def _headers(headers: Any, path: str) -> dict[str, str]:
     for name, value in headers.items():
         where = f"{path}: http_server_config.headers.{name}"
         if name not in ALLOWED_HEADERS:
-            raise WebConfigError(f"{where}: this header can not be configured "
-                                 f"(one of {', '.join(ALLOWED_HEADERS)})")
+            raise WebConfigError(
+                f"{where}: this header can not be configured (one of {', '.join(ALLOWED_HEADERS)})"
+            )
         if not isinstance(value, str):
             raise WebConfigError(f"{where}: expected a string")
         allowed = ALLOWED_HEADERS[name]
@@ -513,13 +572,16 @@ def _users(users: Any, path: str) -> dict[str, bytes]:
         m = BCRYPT_RE.match(hashed) if isinstance(hashed, str) else None
         if m is None or not 4 <= int(m.group(1)) <= 31:
             # Never echo the value: it may be a plain-text password put there by mistake.
-            raise WebConfigError(f"{where}: not a bcrypt hash (expected $2y$<cost>$... as made "
-                                 "by htpasswd -nBC 10)")
+            raise WebConfigError(
+                f"{where}: not a bcrypt hash (expected $2y$<cost>$... as made by htpasswd -nBC 10)"
+            )
         if int(m.group(1)) > MAX_BCRYPT_COST:
             # Each failed login costs one check: at cost 16 that is ~5 s of a core per request.
-            raise WebConfigError(f"{where}: bcrypt cost {int(m.group(1))} is too slow to check "
-                                 f"on every wrong password (at most {MAX_BCRYPT_COST}; make "
-                                 "the hash with htpasswd -nBC 10)")
+            raise WebConfigError(
+                f"{where}: bcrypt cost {int(m.group(1))} is too slow to check "
+                f"on every wrong password (at most {MAX_BCRYPT_COST}; make "
+                "the hash with htpasswd -nBC 10)"
+            )
         out[name] = hashed.encode()
     return out
 

@@ -99,9 +99,22 @@ from .demo import (
 )
 from .netlab import Lab, Node
 
-FAULT_KINDS = ("kill", "kill-mid-move", "cut", "move", "both-master", "flap", "kill-tgtd",
-               "hang-cmd", "fail-cmd", "vip-stranger", "state-full", "state-ro", "clock-jump",
-               "mgmt-cut")
+FAULT_KINDS = (
+    "kill",
+    "kill-mid-move",
+    "cut",
+    "move",
+    "both-master",
+    "flap",
+    "kill-tgtd",
+    "hang-cmd",
+    "fail-cmd",
+    "vip-stranger",
+    "state-full",
+    "state-ro",
+    "clock-jump",
+    "mgmt-cut",
+)
 MOVES = ("kill-mid-move", "move", "both-master", "flap")
 PERIOD = 0.010  # the invariant checker's sampling period
 MAX_SPAN = 0.1  # a sample whose three readings took longer is not judged (see _check)
@@ -156,8 +169,10 @@ def parse_faults(text: str) -> Tuple[Fault, ...]:
         if not words:
             continue
         if len(words) < 3 or words[1] not in FAULT_KINDS or words[2] not in ("node1", "node2"):
-            raise ValueError(f"--faults: {part.strip()!r} is not 'AT KIND NODE [HOLD [COUNT]]' "
-                             f"(kinds: {', '.join(FAULT_KINDS)})")
+            raise ValueError(
+                f"--faults: {part.strip()!r} is not 'AT KIND NODE [HOLD [COUNT]]' "
+                f"(kinds: {', '.join(FAULT_KINDS)})"
+            )
         hold = float(words[3]) if len(words) > 3 else 1.0
         count = int(words[4]) if len(words) > 4 else (2 if words[1] == "flap" else 0)
         faults.append(Fault(float(words[0]), words[1], words[2], hold, count))
@@ -189,15 +204,13 @@ def draw_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         elif kind == "both-master":
             faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 3.0), 2)))
         elif kind == "flap":
-            faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2),
-                                rng.randint(2, 5)))
+            faults.append(Fault(at, kind, node, round(rng.uniform(0.3, 1.0), 2), rng.randint(2, 5)))
         elif kind in ("hang-cmd", "fail-cmd", "state-full", "state-ro", "mgmt-cut"):
             faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 5.0), 2)))
         elif kind == "vip-stranger":
             faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 4.0), 2)))
         elif kind == "clock-jump":
-            faults.append(Fault(at, kind, node,
-                                float(rng.choice((-1, 1)) * rng.randint(30, 3600))))
+            faults.append(Fault(at, kind, node, float(rng.choice((-1, 1)) * rng.randint(30, 3600))))
         else:  # move, kill-tgtd
             faults.append(Fault(at, kind, node))
     if not faults:
@@ -216,10 +229,15 @@ class InvariantChecker:
     In the namespace lab it reads through ``FastProbe`` every ``PERIOD``; the VM lab
     (``lab/chaos_vm.py``) gives its own ``nodes``/``read``/``roles`` and a longer ``max_span``."""
 
-    def __init__(self, lab: Any, nodes: Optional[Sequence[Any]] = None,
-                 read: Optional[Callable[[Any], NodeState]] = None,
-                 roles: Optional[Callable[[], Dict[str, str]]] = None,
-                 period: float = PERIOD, max_span: float = MAX_SPAN) -> None:
+    def __init__(
+        self,
+        lab: Any,
+        nodes: Optional[Sequence[Any]] = None,
+        read: Optional[Callable[[Any], NodeState]] = None,
+        roles: Optional[Callable[[], Dict[str, str]]] = None,
+        period: float = PERIOD,
+        max_span: float = MAX_SPAN,
+    ) -> None:
         self.lab = lab
         self.nodes = tuple(nodes) if nodes is not None else None
         self.read, self.roles = read, roles
@@ -292,8 +310,16 @@ class InvariantChecker:
             if probe is not None:
                 probe.close()
 
-    def _check(self, first: Node, second: Node, s1: NodeState, s2: NodeState,
-               s3: NodeState, roles: Optional[Dict[str, str]] = None, span: float = 0.0) -> None:
+    def _check(
+        self,
+        first: Node,
+        second: Node,
+        s1: NodeState,
+        s2: NodeState,
+        s3: NodeState,
+        roles: Optional[Dict[str, str]] = None,
+        span: float = 0.0,
+    ) -> None:
         t = time.monotonic() - self._t0
         for state in (s1, s2, s3):
             if state.vip > 1:
@@ -308,19 +334,30 @@ class InvariantChecker:
             return
         for prop, has in (("VIP", lambda s: s.vip > 0), ("serving target", lambda s: s.serving)):
             if has(s1) and has(s2) and has(s3):
-                self.violations.append(f"t+{t:.2f}s {prop} on both nodes "
-                                       f"({first.name}: {s1.describe()}; "
-                                       f"{second.name}: {s2.describe()})")
+                self.violations.append(
+                    f"t+{t:.2f}s {prop} on both nodes "
+                    f"({first.name}: {s1.describe()}; "
+                    f"{second.name}: {s2.describe()})"
+                )
         # Per node, read twice in a row (s1 and s3 are the same node): a move in between
         # changes at least one of the two readings, so both showing it means it was so.
-        if s1.serving and not s1.primary and s3.serving and not s3.primary and \
-                s1.drbd == s3.drbd and s1.drbd not in ("?",):
-            self.violations.append(f"t+{t:.2f}s {first.name} serves the target from DRBD "
-                                   f"{s1.drbd}")
-        if s1.vip and not s1.serving and s3.vip and not s3.serving and \
-                time.monotonic() > self.grace.get(first.name, 0.0):
-            self.violations.append(f"t+{t:.2f}s {first.name} has the VIP without a serving "
-                                   "target")
+        if (
+            s1.serving
+            and not s1.primary
+            and s3.serving
+            and not s3.primary
+            and s1.drbd == s3.drbd
+            and s1.drbd not in ("?",)
+        ):
+            self.violations.append(f"t+{t:.2f}s {first.name} serves the target from DRBD {s1.drbd}")
+        if (
+            s1.vip
+            and not s1.serving
+            and s3.vip
+            and not s3.serving
+            and time.monotonic() > self.grace.get(first.name, 0.0)
+        ):
+            self.violations.append(f"t+{t:.2f}s {first.name} has the VIP without a serving target")
 
 
 def realtime(period: float) -> bool:
@@ -370,8 +407,7 @@ class DataChecker:
             lba = self.next_lba
             self.next_lba += 1
             try:
-                self.lab.client_write(block_for(self.tag, lba), lba=lba,
-                                      timeout=self.write_timeout)
+                self.lab.client_write(block_for(self.tag, lba), lba=lba, timeout=self.write_timeout)
             except Exception:  # noqa: BLE001 - not acknowledged: nothing is promised for it
                 self.failed_writes += 1
                 self._stop.wait(0.1)
@@ -394,7 +430,7 @@ class DataChecker:
         if not data:
             return [f"cannot read back blocks {lo}-{hi}"]
         for lba in self.acked:
-            got = data[(lba - lo) * BLOCK:(lba - lo + 1) * BLOCK]
+            got = data[(lba - lo) * BLOCK : (lba - lo + 1) * BLOCK]
             if got != block_for(self.tag, lba):
                 lost.append(f"acknowledged block {lba} reads back different")
         return lost
@@ -457,13 +493,19 @@ class Runner:
             # controller's mount namespace has it.
             self.lab.mount_tmpfs(node.state_dir, STATE_TMPFS_KB)
             self.clock_file(node).write_text("+0\n")
-            node.write_config({
-                "drbd": {"drbdadm": str(wrapper)},
-                "peer": {"address": other.addr, "port": PEER_PORT,
-                         "listen": f"{node.addr}:{PEER_PORT}",
-                         "cert_file": certs[node.name][0], "key_file": certs[node.name][1],
-                         "peer_cert_file": certs[other.name][0]},
-            })
+            node.write_config(
+                {
+                    "drbd": {"drbdadm": str(wrapper)},
+                    "peer": {
+                        "address": other.addr,
+                        "port": PEER_PORT,
+                        "listen": f"{node.addr}:{PEER_PORT}",
+                        "cert_file": certs[node.name][0],
+                        "key_file": certs[node.name][1],
+                        "peer_cert_file": certs[other.name][0],
+                    },
+                }
+            )
             self._restart(node)
         wait_for("node1 holds the storage", converged_on(self.lab, self.lab.node1), 60, self.lab)
 
@@ -478,8 +520,11 @@ class Runner:
             return self.lab.start_controller(node)
         clock = str(self.clock_file(node))
         return self.lab.start_process(
-            node, [sys.executable, chaos_clock.__file__, clock, *argv],
-            env=chaos_clock.environment(clock), log=node.log_dir / "controller.log")
+            node,
+            [sys.executable, chaos_clock.__file__, clock, *argv],
+            env=chaos_clock.environment(clock),
+            log=node.log_dir / "controller.log",
+        )
 
     # -- faults
 
@@ -554,21 +599,29 @@ class Runner:
     def _events(self, f: Fault) -> List[Tuple[float, str, Callable[[], None]]]:
         node = self.node(f.node)
         if f.kind == "kill":
-            return [(f.at, "kill", lambda: self._kill(node)),
-                    (f.at + f.hold, "restart", lambda: self._restart(node))]
+            return [
+                (f.at, "kill", lambda: self._kill(node)),
+                (f.at + f.hold, "restart", lambda: self._restart(node)),
+            ]
         if f.kind == "kill-mid-move":
-            return [(f.at, "move", lambda: self._move(node)),
-                    (f.at + f.hold, "kill", lambda: self._kill(node)),
-                    (f.at + f.hold + 1.0, "restart", lambda: self._restart(node))]
+            return [
+                (f.at, "move", lambda: self._move(node)),
+                (f.at + f.hold, "kill", lambda: self._kill(node)),
+                (f.at + f.hold + 1.0, "restart", lambda: self._restart(node)),
+            ]
         if f.kind == "cut":
-            return [(f.at, "cut", lambda: self.lab.cut_link(node)),
-                    (f.at + f.hold, "restore", lambda: self.lab.restore_link(node))]
+            return [
+                (f.at, "cut", lambda: self.lab.cut_link(node)),
+                (f.at + f.hold, "restore", lambda: self.lab.restore_link(node)),
+            ]
         if f.kind == "move":
             return [(f.at, "move", lambda: self._move(node))]
         if f.kind == "both-master":
+
             def both() -> None:
                 for n in self.lab.nodes:
                     (n.pool_conf).write_text("master")
+
             return [(f.at, "both-master", both), (f.at + f.hold, "move", lambda: self._move(node))]
         if f.kind == "flap":
             out = []
@@ -579,31 +632,45 @@ class Runner:
             return out
         if f.kind in ("hang-cmd", "fail-cmd"):
             flag = node.bin_dir / ("chaos-hang" if f.kind == "hang-cmd" else "chaos-fail")
-            return [(f.at, f.kind, flag.touch),
-                    (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True))]
+            return [
+                (f.at, f.kind, flag.touch),
+                (f.at + f.hold, "heal-cmd", lambda: flag.unlink(missing_ok=True)),
+            ]
         if f.kind == "kill-tgtd":
+
             def kill_tgtd() -> None:
                 self._grace_until_repaired(node)
                 for pid in tgtd_pids(node):
                     subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
+
             return [(f.at, "kill-tgtd", kill_tgtd)]
         if f.kind == "vip-stranger":
-            return [(f.at, "stranger takes the VIP", self.lab.stranger_takes_vip),
-                    (f.at + f.hold, "stranger releases it", self.lab.stranger_releases_vip)]
+            return [
+                (f.at, "stranger takes the VIP", self.lab.stranger_takes_vip),
+                (f.at + f.hold, "stranger releases it", self.lab.stranger_releases_vip),
+            ]
         if f.kind == "state-full":
-            return [(f.at, "fill", lambda: self._fill(node)),
-                    (f.at + f.hold, "unfill", lambda: self._unfill(node))]
+            return [
+                (f.at, "fill", lambda: self._fill(node)),
+                (f.at + f.hold, "unfill", lambda: self._unfill(node)),
+            ]
         if f.kind == "state-ro":
-            return [(f.at, "read-only", lambda: self._read_only(node, True)),
-                    (f.at + f.hold, "read-write", lambda: self._read_only(node, False))]
+            return [
+                (f.at, "read-only", lambda: self._read_only(node, True)),
+                (f.at + f.hold, "read-write", lambda: self._read_only(node, False)),
+            ]
         if f.kind == "clock-jump":
             # The step stays until the heal; the schedule lasts long enough after it for a
             # stalled loop to show (a tgtd kill's grace and more).
-            return [(f.at, "clock-jump", lambda: self._jump(node, f.hold)),
-                    (f.at + CLOCK_WATCH, "clock still stepped", lambda: None)]
+            return [
+                (f.at, "clock-jump", lambda: self._jump(node, f.hold)),
+                (f.at + CLOCK_WATCH, "clock still stepped", lambda: None),
+            ]
         if f.kind == "mgmt-cut":
-            return [(f.at, "mgmt-cut", self.lab.cut_management),
-                    (f.at + f.hold, "mgmt-restore", self.lab.restore_management)]
+            return [
+                (f.at, "mgmt-cut", self.lab.cut_management),
+                (f.at + f.hold, "mgmt-restore", self.lab.restore_management),
+            ]
         raise ValueError(f.kind)
 
     def heal(self) -> None:
@@ -629,8 +696,9 @@ class Runner:
         t0 = time.monotonic()
         events = sorted((e for f in faults for e in self._events(f)), key=lambda e: e[0])
         checker = self.checker = InvariantChecker(self.lab).start()
-        data = DataChecker(self.lab, f"{self.seed}:{index}", self.next_lba,
-                           write_timeout=self.write_timeout).start()
+        data = DataChecker(
+            self.lab, f"{self.seed}:{index}", self.next_lba, write_timeout=self.write_timeout
+        ).start()
         try:
             for at, _what, act in events:
                 delay = t0 + at - time.monotonic()
@@ -639,8 +707,12 @@ class Runner:
                 act()
             self.heal()
             try:
-                wait_for(f"schedule {index}: {self.master.name} holds the storage",
-                         converged_on(self.lab, self.master), self.converge, self.lab)
+                wait_for(
+                    f"schedule {index}: {self.master.name} holds the storage",
+                    converged_on(self.lab, self.master),
+                    self.converge,
+                    self.lab,
+                )
             except AssertionError as exc:
                 out.converged = False
                 out.note = str(exc).splitlines()[0]
@@ -674,7 +746,7 @@ def shrink(runner: Runner, out: Outcome, budget: int = 6) -> Outcome:
             if tries >= budget:
                 break
             tries += 1
-            candidate = best.faults[:i] + best.faults[i + 1:]
+            candidate = best.faults[:i] + best.faults[i + 1 :]
             again = runner.run(best.index, candidate)
             if not again.ok:
                 best, changed = again, True
@@ -686,8 +758,12 @@ def peer_cert(node: Node) -> Tuple[str, str]:
     """The node's peer-channel certificate and key, made by ``iscsi-cfg peer-cert``."""
     where = node.dir / "peer"
     cli = Path(sys.executable).parent / "iscsi-cfg"
-    subprocess.run([str(cli), "peer-cert", "--dir", str(where), "--name", node.name],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [str(cli), "peer-cert", "--dir", str(where), "--name", node.name],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return str(where / "host.crt"), str(where / "host.key")
 
 
@@ -705,15 +781,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--schedules", type=int, default=50)
     ap.add_argument("--only", type=int, help="run this one schedule (its number) again")
     ap.add_argument("--faults", help='run this one schedule: "AT KIND NODE [HOLD [COUNT]]; ..."')
-    ap.add_argument("--converge", type=float, default=45.0,
-                    help="seconds a healed schedule has to converge")
+    ap.add_argument(
+        "--converge", type=float, default=45.0, help="seconds a healed schedule has to converge"
+    )
     ap.add_argument("--out", default="/tmp/iscsi-ha-chaos", help="logs of failed schedules")
     ap.add_argument("--json", help="write the summary here as JSON")
-    ap.add_argument("--write-timeout", type=float, default=2.0,
-                    help="seconds one client write may take before it counts as not "
-                         "acknowledged (raise it under nice or on a loaded machine)")
-    ap.add_argument("--keep-logs", action="store_true",
-                    help="keep both nodes' logs after every schedule, not only failed ones")
+    ap.add_argument(
+        "--write-timeout",
+        type=float,
+        default=2.0,
+        help="seconds one client write may take before it counts as not "
+        "acknowledged (raise it under nice or on a loaded machine)",
+    )
+    ap.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep both nodes' logs after every schedule, not only failed ones",
+    )
     args = ap.parse_args(argv)
     given = parse_faults(args.faults) if args.faults else None
     if given is not None:
@@ -747,21 +831,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             acked += res.acked
             unconverged += 0 if res.converged else 1
             status = "ok" if res.ok else "FAILED"
-            print(f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
-                  f"({res.failed_writes} not), sampled every {1000 * res.period:.1f} ms "
-                  f"(a sample {1000 * res.sample_cost:.1f} ms, longest gap "
-                  f"{1000 * res.longest_gap:.0f} ms), {res.seconds:.1f} s", flush=True)
+            print(
+                f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
+                f"({res.failed_writes} not), sampled every {1000 * res.period:.1f} ms "
+                f"(a sample {1000 * res.sample_cost:.1f} ms, longest gap "
+                f"{1000 * res.longest_gap:.0f} ms), {res.seconds:.1f} s",
+                flush=True,
+            )
             if res.ok and args.keep_logs:
                 print(f"  logs of both nodes: {keep_logs(lab, out_dir, index)}", flush=True)
             if not res.ok:
                 where = keep_logs(lab, out_dir, index)
-                print(f"  seed {args.seed} schedule {index}: "
-                      + "; ".join(res.violations[:5] + res.lost[:5] + [res.note]), flush=True)
+                print(
+                    f"  seed {args.seed} schedule {index}: "
+                    + "; ".join(res.violations[:5] + res.lost[:5] + [res.note]),
+                    flush=True,
+                )
                 for f in faults:
                     print(f"    {f.text()}")
                 small = shrink(runner, res)
-                print(f"  shortest failing schedule ({len(small.faults)} faults; rerun with "
-                      f"--seed {args.seed} --only {index}):")
+                print(
+                    f"  shortest failing schedule ({len(small.faults)} faults; rerun with "
+                    f"--seed {args.seed} --only {index}):"
+                )
                 for f in small.faults:
                     print(f"    {f.text()}")
                 print(f'  as --faults: "{"; ".join(f.spec() for f in small.faults)}"')
@@ -769,16 +861,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 failures.append(small)
                 runner.heal()
     summary = {
-        "seed": args.seed, "schedules": len(indices), "faults_by_kind": kinds,
-        "invariant_violations": violations, "acknowledged_writes": acked,
-        "acknowledged_writes_lost": lost, "did_not_converge": unconverged,
+        "seed": args.seed,
+        "schedules": len(indices),
+        "faults_by_kind": kinds,
+        "invariant_violations": violations,
+        "acknowledged_writes": acked,
+        "acknowledged_writes_lost": lost,
+        "did_not_converge": unconverged,
         "failed_schedules": [f.index for f in failures],
         "sampling_period_ms_median": round(1000 * sorted(periods)[len(periods) // 2], 1)
-        if periods else None,
-        "sample_cost_ms_median": round(1000 * sorted(costs)[len(costs) // 2], 2)
-        if costs else None,
+        if periods
+        else None,
+        "sample_cost_ms_median": round(1000 * sorted(costs)[len(costs) // 2], 2) if costs else None,
         "longest_sampling_gap_ms": round(1000 * max(gaps), 1) if gaps else None,
-        "samples": samples, "slow_samples_not_judged": slow,
+        "samples": samples,
+        "slow_samples_not_judged": slow,
         "minutes": round((time.monotonic() - t_start) / 60, 1),
     }
     print(json.dumps(summary, indent=2))

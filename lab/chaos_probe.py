@@ -78,8 +78,7 @@ class AddrReader:
     """IPv4 addresses of one namespace through its own rtnetlink socket."""
 
     def __init__(self, netns: str) -> None:
-        self.sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW,
-                                    socket.NETLINK_ROUTE)
+        self.sock = socket_in_netns(netns, socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self.sock.settimeout(2.0)
         self.sock.bind((0, 0))
         self.seq = 0
@@ -91,8 +90,10 @@ class AddrReader:
         """[(interface index, address, prefix length)] of every IPv4 address."""
         self.seq += 1
         body = IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0)
-        self.sock.send(NLMSG.pack(NLMSG.size + len(body), RTM_GETADDR,
-                                  NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0) + body)
+        self.sock.send(
+            NLMSG.pack(NLMSG.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, self.seq, 0)
+            + body
+        )
         out: List[Tuple[int, str, int]] = []
         for _ in range(1000):  # bounded: a dump of a lab namespace is one or two datagrams
             data = self.sock.recv(65536)
@@ -107,7 +108,7 @@ class AddrReader:
                     if kind == NLMSG_ERROR:
                         raise OSError("rtnetlink answered an error to RTM_GETADDR")
                     if kind == RTM_NEWADDR:
-                        out.append(_parse_addr(data[offset + NLMSG.size:offset + length]))
+                        out.append(_parse_addr(data[offset + NLMSG.size : offset + length]))
                 offset += (length + 3) & ~3
         raise OSError("rtnetlink dump did not end")
 
@@ -120,7 +121,7 @@ def _parse_addr(msg: bytes) -> Tuple[int, str, int]:
         length, kind = RTATTR.unpack_from(msg, offset)
         if length < RTATTR.size:
             break
-        attrs[kind] = msg[offset + RTATTR.size:offset + length]
+        attrs[kind] = msg[offset + RTATTR.size : offset + length]
         offset += (length + 3) & ~3
     raw = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS) or b""
     addr = str(ipaddress.IPv4Address(raw)) if len(raw) == 4 and family == socket.AF_INET else ""
@@ -130,8 +131,9 @@ def _parse_addr(msg: bytes) -> Tuple[int, str, int]:
 def tgt_show(port: int, timeout: float = 2.0) -> Optional[str]:
     """What ``tgtadm -C PORT --lld iscsi --mode target --op show`` prints; None when tgtd does
     not answer (not running, or killed)."""
-    req = TGTADM_REQ.pack(MODE_TARGET, OP_SHOW, b"iscsi", TGTADM_REQ.size, -1, 0,
-                          0xFFFFFFFFFFFFFFFF, 0, 0, 0, 0, 0, 0)
+    req = TGTADM_REQ.pack(
+        MODE_TARGET, OP_SHOW, b"iscsi", TGTADM_REQ.size, -1, 0, 0xFFFFFFFFFFFFFFFF, 0, 0, 0, 0, 0, 0
+    )
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -175,11 +177,13 @@ class FastProbe:
     def vip_count(self, node: Node) -> int:
         addrs = self.readers[node.name].addresses()
         own = {index for index, addr, _ in addrs if addr == node.addr}  # the node's interface
-        return sum(1 for index, addr, prefix in addrs
-                   if addr == self.vip and prefix == self.prefix and index in own)
+        return sum(
+            1
+            for index, addr, prefix in addrs
+            if addr == self.vip and prefix == self.prefix and index in own
+        )
 
     def state(self, node: Node) -> NodeState:
         text = tgt_show(node.tgt_port)
         targets = parse_tgt_targets(text) if text is not None else ()
-        return NodeState(self.vip_count(node), targets,
-                         drbd_roles(self.lab).get(node.name, "?"))
+        return NodeState(self.vip_count(node), targets, drbd_roles(self.lab).get(node.name, "?"))

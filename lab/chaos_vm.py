@@ -71,8 +71,7 @@ def draw_vm_schedule(seed: int, index: int) -> Tuple[Fault, ...]:
         elif kind == "cut":
             faults.append(Fault(at, kind, node, round(rng.uniform(2.0, 5.0), 2)))
         elif kind == "flap":
-            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 2.0), 2),
-                                rng.randint(2, 3)))
+            faults.append(Fault(at, kind, node, round(rng.uniform(1.0, 2.0), 2), rng.randint(2, 3)))
         else:
             faults.append(Fault(at, kind, node))
     return tuple(sorted(faults, key=lambda f: f.at))
@@ -110,8 +109,10 @@ def read_vm(vm: Vm) -> NodeState:
     if not vm.alive():
         return NodeState(0, (), "down")
     try:
-        out = vm.run(["env", f"VIPADDR={VIP.split('/')[0]}", "DEV=/dev/drbd0", "/bin/sh", "-c",
-                      READ_SCRIPT], timeout=10).out
+        out = vm.run(
+            ["env", f"VIPADDR={VIP.split('/')[0]}", "DEV=/dev/drbd0", "/bin/sh", "-c", READ_SCRIPT],
+            timeout=10,
+        ).out
     except VmError:
         return NodeState(0, (), "?")
     words = out.split()
@@ -128,14 +129,14 @@ class VmClient:
     def __init__(self, c: ctl.Controllers) -> None:
         self.c = c
 
-    def client_write(self, data: bytes, lba: int = 0, lun: int = 1,
-                     timeout: float = 5.0) -> None:
+    def client_write(self, data: bytes, lba: int = 0, lun: int = 1, timeout: float = 5.0) -> None:
         out = self.c.client_write(data, lba=lba, timeout=timeout)
         if not out.get("ok"):
             raise VmError(f"write through the VIP failed: {out.get('error')}")
 
-    def client_read(self, lba: int = 0, blocks: int = 1, lun: int = 1,
-                    timeout: float = 5.0) -> bytes:
+    def client_read(
+        self, lba: int = 0, blocks: int = 1, lun: int = 1, timeout: float = 5.0
+    ) -> bytes:
         data = self.c.client_read(blocks, lba=lba, timeout=max(timeout, 20.0))
         if data is None:
             raise VmError("read through the VIP failed")
@@ -179,15 +180,20 @@ class VmRunner:
         if f.kind == "kill":
             return [(f.at, lambda: self._kill(name)), (f.at + f.hold, lambda: self._restart(name))]
         if f.kind == "kill-mid-move":
-            return [(f.at, lambda: self._move(name)), (f.at + f.hold, lambda: self._kill(name)),
-                    (f.at + f.hold + 1.0, lambda: self._restart(name))]
+            return [
+                (f.at, lambda: self._move(name)),
+                (f.at + f.hold, lambda: self._kill(name)),
+                (f.at + f.hold + 1.0, lambda: self._restart(name)),
+            ]
         if f.kind == "cut":
             return [(f.at, lambda: self._link(False)), (f.at + f.hold, lambda: self._link(True))]
         if f.kind == "move":
             return [(f.at, lambda: self._move(name))]
         if f.kind == "flap":
-            return [(f.at + k * f.hold, (lambda t=(name if k % 2 == 0 else other):
-                                         self._move(t))) for k in range(f.count)]
+            return [
+                (f.at + k * f.hold, (lambda t=(name if k % 2 == 0 else other): self._move(t)))
+                for k in range(f.count)
+            ]
         raise ValueError(f.kind)
 
     def heal(self) -> None:
@@ -203,17 +209,27 @@ class VmRunner:
         h, o = read_vm(holder), read_vm(other)
         if not (h.holds and o.empty and self.c.client_inq() == 0):
             return False
-        return all(self.c.drbd(vm, "cstate") == "Connected"
-                   and self.c.drbd(vm, "dstate") == "UpToDate/UpToDate" for vm in self.lab.vms)
+        return all(
+            self.c.drbd(vm, "cstate") == "Connected"
+            and self.c.drbd(vm, "dstate") == "UpToDate/UpToDate"
+            for vm in self.lab.vms
+        )
 
     def run(self, index: int, faults: Sequence[Fault]) -> Outcome:
         out = Outcome(index, tuple(faults))
         t0 = time.monotonic()
         events = sorted((e for f in faults for e in self._events(f)), key=lambda e: e[0])
-        checker = InvariantChecker(self.lab, nodes=self.lab.vms, read=read_vm, roles=None,
-                                   period=VM_PERIOD, max_span=VM_MAX_SPAN).start()
-        data = DataChecker(VmClient(self.c), f"vm:{self.seed}:{index}", self.next_lba,
-                           write_timeout=10.0).start()
+        checker = InvariantChecker(
+            self.lab,
+            nodes=self.lab.vms,
+            read=read_vm,
+            roles=None,
+            period=VM_PERIOD,
+            max_span=VM_MAX_SPAN,
+        ).start()
+        data = DataChecker(
+            VmClient(self.c), f"vm:{self.seed}:{index}", self.next_lba, write_timeout=10.0
+        ).start()
         try:
             for at, act in events:
                 delay = t0 + at - time.monotonic()
@@ -222,8 +238,12 @@ class VmRunner:
                 act()
             self.heal()
             try:
-                ctl.wait_for(f"schedule {index}: {self.master} alone to hold the storage",
-                             self.converged, self.converge, interval=0.5)
+                ctl.wait_for(
+                    f"schedule {index}: {self.master} alone to hold the storage",
+                    self.converged,
+                    self.converge,
+                    interval=0.5,
+                )
             except VmError as exc:
                 out.converged = False
                 out.note = str(exc)
@@ -253,13 +273,13 @@ def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
     periods = sorted(o.period for o in outcomes)
     return {
-        "schedules": len(outcomes), "faults_by_kind": kinds,
+        "schedules": len(outcomes),
+        "faults_by_kind": kinds,
         "invariant_violations": sum(len(o.violations) for o in outcomes),
         "acknowledged_writes": sum(o.acked for o in outcomes),
         "acknowledged_writes_lost": sum(len(o.lost) for o in outcomes),
         "did_not_converge": sum(0 if o.converged else 1 for o in outcomes),
-        "sampling_period_ms_median": round(1000 * periods[len(periods) // 2]) if periods
-        else None,
+        "sampling_period_ms_median": round(1000 * periods[len(periods) // 2]) if periods else None,
         "samples": sum(o.samples for o in outcomes),
         "slow_samples_not_judged": sum(o.slow_samples for o in outcomes),
         "block_bytes": BLOCK,
@@ -267,9 +287,11 @@ def summary(outcomes: Sequence[Outcome]) -> Dict[str, Any]:
 
 
 def describe(o: Outcome) -> str:
-    head = (f"vm schedule {o.index} {'ok' if o.ok else 'FAILED'}: "
-            f"{', '.join(f.text() for f in o.faults)}; {o.acked} writes acked "
-            f"({o.failed_writes} not), sampled every {1000 * o.period:.0f} ms "
-            f"({o.slow_samples} of {o.samples} samples too slow to judge), {o.seconds:.0f} s")
+    head = (
+        f"vm schedule {o.index} {'ok' if o.ok else 'FAILED'}: "
+        f"{', '.join(f.text() for f in o.faults)}; {o.acked} writes acked "
+        f"({o.failed_writes} not), sampled every {1000 * o.period:.0f} ms "
+        f"({o.slow_samples} of {o.samples} samples too slow to judge), {o.seconds:.0f} s"
+    )
     extra: List[Optional[str]] = list(o.violations[:5]) + list(o.lost[:5]) + [o.note or None]
     return head + "".join(f"\n  {x}" for x in extra if x)

@@ -102,7 +102,9 @@ class NodeState:
 def vip_count(node: Node) -> int:
     res = subprocess.run(
         ["ip", "-n", node.netns, "-o", "addr", "show", "dev", node.interface],
-        capture_output=True, text=True, timeout=5,
+        capture_output=True,
+        text=True,
+        timeout=5,
     )
     return sum(1 for line in res.stdout.splitlines() if f"inet {VIP} " in line)
 
@@ -114,12 +116,12 @@ def parse_tgt_targets(text: str) -> Tuple[Tuple[int, Tuple[int, ...]], ...]:
     for line in text.splitlines():
         if line.startswith("Target ") and ":" in line:
             try:
-                out.append((int(line[len("Target "):line.index(":")]), []))
+                out.append((int(line[len("Target ") : line.index(":")]), []))
             except ValueError:
                 continue
         elif line.strip().startswith("LUN: ") and out:
             try:
-                lun = int(line.strip()[len("LUN: "):])
+                lun = int(line.strip()[len("LUN: ") :])
             except ValueError:
                 continue
             if lun != 0:
@@ -130,8 +132,10 @@ def parse_tgt_targets(text: str) -> Tuple[Tuple[int, Tuple[int, ...]], ...]:
 def targets_on(node: Node) -> Tuple[Tuple[int, Tuple[int, ...]], ...]:
     # tgtd's control socket is machine-wide (/var/run/tgtd/socket.N): no namespace needed.
     res = subprocess.run(
-        [_tgtadm(), "-C", str(node.tgt_port), "--lld", "iscsi", "--mode", "target", "--op",
-         "show"], capture_output=True, text=True, timeout=5,
+        [_tgtadm(), "-C", str(node.tgt_port), "--lld", "iscsi", "--mode", "target", "--op", "show"],
+        capture_output=True,
+        text=True,
+        timeout=5,
     )
     return parse_tgt_targets(res.stdout) if res.returncode == 0 else ()
 
@@ -167,14 +171,13 @@ def layout(lab: Lab) -> Dict[str, NodeState]:
 def holds_alone(lab: Lab, holder: Node) -> bool:
     """``holder`` has DRBD Primary, the target serving and the VIP; the other node none."""
     states = layout(lab)
-    return all(
-        states[n.name].holds if n is holder else states[n.name].empty for n in lab.nodes
-    )
+    return all(states[n.name].holds if n is holder else states[n.name].empty for n in lab.nodes)
 
 
 def tgtd_pids(node: Node) -> List[int]:
-    res = subprocess.run(["ip", "netns", "pids", node.netns], capture_output=True, text=True,
-                         timeout=5)
+    res = subprocess.run(
+        ["ip", "netns", "pids", node.netns], capture_output=True, text=True, timeout=5
+    )
     pids = []
     for pid in res.stdout.split():
         try:
@@ -205,8 +208,12 @@ class CliResult:
 def cfg(node: Node, *args: str, timeout: float = 60.0) -> CliResult:
     """``iscsi-cfg --config <node's config> ARGS`` (the control socket is a file: any namespace)."""
     t0 = time.monotonic()
-    res = subprocess.run([str(CLI), "--config", str(node.config_path), *args],
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [str(CLI), "--config", str(node.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return CliResult(res.returncode, res.stdout, res.stderr, time.monotonic() - t0)
 
 
@@ -413,12 +420,16 @@ class ProbeReport:
 
     def text(self) -> str:
         if not self.failed:
-            return (f"no probe failed ({self.probes} probes, one every "
-                    f"{1000 * self.typical_gap:.0f} ms)")
+            return (
+                f"no probe failed ({self.probes} probes, one every "
+                f"{1000 * self.typical_gap:.0f} ms)"
+            )
         codes = ", ".join(f"rc {rc} x{n}" for rc, n in sorted(self.rcs.items()))
-        return (f"{1000 * self.outage:.0f} ms without a successful probe "
-                f"({self.failed} of {self.probes} probes failed: {codes}; a probe every "
-                f"{1000 * self.typical_gap:.0f} ms)")
+        return (
+            f"{1000 * self.outage:.0f} ms without a successful probe "
+            f"({self.failed} of {self.probes} probes failed: {codes}; a probe every "
+            f"{1000 * self.typical_gap:.0f} ms)"
+        )
 
 
 class ClientProbe:
@@ -427,8 +438,13 @@ class ClientProbe:
     The outage is the longest time between two successful probes that has failed probes in it:
     the client had no working LUN for (at most) that long. Its resolution is a probe's period."""
 
-    def __init__(self, lab: Lab, period: float = PROBE_PERIOD, timeout: float = PROBE_TIMEOUT,
-                 max_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        period: float = PROBE_PERIOD,
+        timeout: float = PROBE_TIMEOUT,
+        max_seconds: float = 60.0,
+    ) -> None:
         self.lab = lab
         self.period = period
         self.timeout = timeout
@@ -437,8 +453,16 @@ class ClientProbe:
         self.mark_at: Optional[float] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._argv = ["ip", "netns", "exec", lab.client, "timeout", str(timeout), "iscsi-inq",
-                      lab.lun_url()]
+        self._argv = [
+            "ip",
+            "netns",
+            "exec",
+            lab.client,
+            "timeout",
+            str(timeout),
+            "iscsi-inq",
+            lab.lun_url(),
+        ]
 
     def __enter__(self) -> "ClientProbe":
         return self.start()
@@ -467,8 +491,12 @@ class ClientProbe:
         while not self._stop.is_set() and time.monotonic() < deadline:
             t0 = time.monotonic()
             try:
-                rc = subprocess.run(self._argv, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, timeout=self.timeout + 3).returncode
+                rc = subprocess.run(
+                    self._argv,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    timeout=self.timeout + 3,
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = 124
             self.records.append((t0, time.monotonic(), rc))
@@ -534,8 +562,7 @@ def start_cluster(
     ``nodes`` (default both), each with its config written: the lab's, with ``config`` and then
     ``configs[node name]`` merged in. Returns {node name: controller PID}."""
     if xapi and lab.xapi_pid is None:
-        master = next((n.name for n in lab.nodes if n.pool_conf.read_text() == "master"),
-                      "node1")
+        master = next((n.name for n in lab.nodes if n.pool_conf.read_text() == "master"), "node1")
         lab.start_xapi_fake(master=master)
     pids = {}
     for node in nodes if nodes is not None else lab.nodes:
@@ -645,25 +672,34 @@ class Demo:
 
     def scenario(self, lab: Lab) -> None:
         n1, n2 = lab.node1, lab.node2
-        self.say(f"lab {lab.id}: namespaces {', '.join(lab.namespaces)} "
-                 f"(built in {1000 * lab.timings['start']:.0f} ms), run dir {lab.base}")
-        self.say(f"node1 {n1.addr}, node2 {n2.addr}, client 10.99.0.10, VIP {VIP}; "
-                 f"pool master: node1")
+        self.say(
+            f"lab {lab.id}: namespaces {', '.join(lab.namespaces)} "
+            f"(built in {1000 * lab.timings['start']:.0f} ms), run dir {lab.base}"
+        )
+        self.say(
+            f"node1 {n1.addr}, node2 {n2.addr}, client 10.99.0.10, VIP {VIP}; pool master: node1"
+        )
         t = time.monotonic()
         start_cluster(lab)
-        self.say("controllers started (`iscsi-ha run`, interval 1 s in the lab configs; the "
-                 "product's default is 5 s)")
+        self.say(
+            "controllers started (`iscsi-ha run`, interval 1 s in the lab configs; the "
+            "product's default is 5 s)"
+        )
         self.prom = lprom.start_prometheus(lab, local_port=self.prometheus_port)
         wait_for("node1 holds the storage", converged_on(lab, n1), 30, lab)
         took = time.monotonic() - t
         self.figures["converge"] = [took]
-        self.check("initial convergence", True,
-                   f"node1 Primary, target serving, VIP bound; node2 standby ({took:.1f} s "
-                   "from start; node1's first cycle may spend ~2 s probing for a duplicate VIP "
-                   "while node2 is not connected yet)")
+        self.check(
+            "initial convergence",
+            True,
+            f"node1 Primary, target serving, VIP bound; node2 standby ({took:.1f} s "
+            "from start; node1's first cycle may spend ~2 s probing for a duplicate VIP "
+            "while node2 is not connected yet)",
+        )
         # One more cycle each, so that the status shows the converged state, not the actions.
-        wait_for("both controllers report a quiet cycle", lambda: all(map(quiet, lab.nodes)), 10,
-                 lab)
+        wait_for(
+            "both controllers report a quiet cycle", lambda: all(map(quiet, lab.nodes)), 10, lab
+        )
         self.say("status of both nodes (iscsi-cfg status):")
         for node in lab.nodes:
             st = cfg(node, "status")
@@ -673,36 +709,57 @@ class Demo:
         block = os.urandom(512)
         lba = 7
         lab.client_write(block, lba=lba)
-        self.check("a block written through the VIP", True,
-                   f"LBA {lba}, {block[:6].hex()}... from the client namespace")
+        self.check(
+            "a block written through the VIP",
+            True,
+            f"LBA {lba}, {block[:6].hex()}... from the client namespace",
+        )
 
         for round_no in range(1, self.rounds + 1):
             if self.rounds > 1:
                 self.say(f"== round {round_no} of {self.rounds}")
             self.failover(lab, n1, n2)
             data = lab.client_read(lba=lba)
-            self.check("the block reads back after the failover", data == block,
-                       "same 512 bytes" if data == block else f"got {data[:6].hex()}...",
-                       fatal=True)
+            self.check(
+                "the block reads back after the failover",
+                data == block,
+                "same 512 bytes" if data == block else f"got {data[:6].hex()}...",
+                fatal=True,
+            )
             self.planned_switch(lab, old=n2, new=n1, teach=round_no == 1)
             data = lab.client_read(lba=lba)
-            self.check("the block reads back after the planned switch", data == block,
-                       "same 512 bytes" if data == block else f"got {data[:6].hex()}...",
-                       fatal=True)
+            self.check(
+                "the block reads back after the planned switch",
+                data == block,
+                "same 512 bytes" if data == block else f"got {data[:6].hex()}...",
+                fatal=True,
+            )
         self.prometheus(lab)
 
     def failover(self, lab: Lab, old: Node, new: Node) -> None:
-        self.say(f"moving the pool master {old.name} -> {new.name} as HA-Lizard does "
-                 "(both pool.conf files and the XenAPI fake)")
+        self.say(
+            f"moving the pool master {old.name} -> {new.name} as HA-Lizard does "
+            "(both pool.conf files and the XenAPI fake)"
+        )
         with ClientProbe(lab) as probe, Sampler(lab) as sampler:
             wait_for("the client probe runs", lambda: probe.ok_since(0), 5)
             time.sleep(0.3)
             t = probe.mark()
             move_pool_master(lab, new)
-            follow = wait_for(f"{new.name} holds the storage alone", lambda: holds_alone(lab, new),
-                              20, lab, period=0.01)
-            wait_for("the client reads the LUN again", lambda: probe.ok_since(t + follow), 10, lab,
-                     period=0.02)
+            follow = wait_for(
+                f"{new.name} holds the storage alone",
+                lambda: holds_alone(lab, new),
+                20,
+                lab,
+                period=0.01,
+            )
+            wait_for(
+                "the client reads the LUN again",
+                lambda: probe.ok_since(t + follow),
+                10,
+                lab,
+                period=0.02,
+            )
             time.sleep(0.3)
         report = probe.report()
         self.figures["failover"].append(report.outage)
@@ -711,13 +768,18 @@ class Demo:
             f"+{1000 * dt:.0f} ms {node} {prop} {'on' if v else 'off'}"
             for dt, node, prop, v in sampler.transitions(t)
         )
-        self.say(f"storage followed in {1000 * follow:.0f} ms (pool.conf written -> {new.name} "
-                 f"Primary, serving, VIP bound, {old.name} empty)")
+        self.say(
+            f"storage followed in {1000 * follow:.0f} ms (pool.conf written -> {new.name} "
+            f"Primary, serving, VIP bound, {old.name} empty)"
+        )
         self.say(f"  seen from outside ({sampler.summary()}): {steps}")
         overlaps = sampler.overlaps()
-        self.check("never on both nodes (VIP, target, DRBD Primary)", not overlaps and
-                   sampler.error is None,
-                   str(overlaps[:3] or sampler.error or sampler.summary()), fatal=True)
+        self.check(
+            "never on both nodes (VIP, target, DRBD Primary)",
+            not overlaps and sampler.error is None,
+            str(overlaps[:3] or sampler.error or sampler.summary()),
+            fatal=True,
+        )
         self.check("client outage during the failover", report.probes > 0, report.text())
 
     def planned_switch(self, lab: Lab, old: Node, new: Node, teach: bool) -> None:
@@ -731,49 +793,78 @@ class Demo:
             self.cli_step(old, "become-secondary")
             self.cli_step(new, "become-primary")
             switched = time.monotonic() - t
-            wait_for(f"{new.name} holds the storage alone", lambda: holds_alone(lab, new), 10,
-                     lab)
-            wait_for("the client reads the LUN again", lambda: probe.ok_since(t + switched), 10,
-                     lab, period=0.02)
+            wait_for(f"{new.name} holds the storage alone", lambda: holds_alone(lab, new), 10, lab)
+            wait_for(
+                "the client reads the LUN again",
+                lambda: probe.ok_since(t + switched),
+                10,
+                lab,
+                period=0.02,
+            )
             time.sleep(0.3)
         report = probe.report()
         self.figures["planned"].append(report.outage)
         overlaps = sampler.overlaps()
-        self.check("never on both nodes during the planned switch", not overlaps and
-                   sampler.error is None, str(overlaps[:3] or sampler.error or sampler.summary()),
-                   fatal=True)
-        self.say(f"  two commands took {1000 * switched:.0f} ms end to end (each is one "
-                 "`iscsi-cfg` run: Python start-up, then one cycle under the controller's lock)")
+        self.check(
+            "never on both nodes during the planned switch",
+            not overlaps and sampler.error is None,
+            str(overlaps[:3] or sampler.error or sampler.summary()),
+            fatal=True,
+        )
+        self.say(
+            f"  two commands took {1000 * switched:.0f} ms end to end (each is one "
+            "`iscsi-cfg` run: Python start-up, then one cycle under the controller's lock)"
+        )
         self.check("client outage during the planned switch", report.probes > 0, report.text())
 
         # Leaving manual mode: the native role follows the pool role. new is the storage holder
         # but old is still the pool master, so new's native role is secondary: refused.
         if teach:
             res = cfg(new, "manual-mode-disable")
-            self.say(f"{new.name}$ iscsi-cfg manual-mode-disable   (rc {res.rc}, expected 1: "
-                     f"{new.name} is not the pool master yet)")
+            self.say(
+                f"{new.name}$ iscsi-cfg manual-mode-disable   (rc {res.rc}, expected 1: "
+                f"{new.name} is not the pool master yet)"
+            )
             self.show(res.text)
-            self.check(f"manual-mode-disable on {new.name} refused before the pool master moves",
-                       res.rc == 1, f"rc {res.rc}")
-        self.say(f"moving the pool master to {new.name} too (as `xe pool-designate-new-master` "
-                 "would); in manual mode nothing moves")
+            self.check(
+                f"manual-mode-disable on {new.name} refused before the pool master moves",
+                res.rc == 1,
+                f"rc {res.rc}",
+            )
+        self.say(
+            f"moving the pool master to {new.name} too (as `xe pool-designate-new-master` "
+            "would); in manual mode nothing moves"
+        )
         move_pool_master(lab, new)
         time.sleep(1.2)  # a cycle on each node sees the new pool.conf
-        self.check("manual mode kept the storage in place", holds_alone(lab, new),
-                   layout_text(lab))
+        self.check("manual mode kept the storage in place", holds_alone(lab, new), layout_text(lab))
         for node in (new, old):
             self.cli_step(node, "manual-mode-disable")
-        wait_for("both controllers out of manual mode and converged",
-                 lambda: all(not (control_status(n) or {}).get("manual", {}).get("enabled", True)
-                             for n in lab.nodes) and holds_alone(lab, new), 10, lab)
+        wait_for(
+            "both controllers out of manual mode and converged",
+            lambda: (
+                all(
+                    not (control_status(n) or {}).get("manual", {}).get("enabled", True)
+                    for n in lab.nodes
+                )
+                and holds_alone(lab, new)
+            ),
+            10,
+            lab,
+        )
 
     def cli_step(self, node: Node, command: str, expect: int = 0) -> CliResult:
         res = cfg(node, command)
         first = res.text.splitlines()[0] if res.text else ""
-        self.say(f"{node.name}$ iscsi-cfg {command}   rc {res.rc}, {1000 * res.seconds:.0f} ms: "
-                 f"{first}")
-        self.check(f"{command} on {node.name}", res.rc == expect,
-                   f"rc {res.rc}, expected {expect}", fatal=True)
+        self.say(
+            f"{node.name}$ iscsi-cfg {command}   rc {res.rc}, {1000 * res.seconds:.0f} ms: {first}"
+        )
+        self.check(
+            f"{command} on {node.name}",
+            res.rc == expect,
+            f"rc {res.rc}, expected {expect}",
+            fatal=True,
+        )
         return res
 
     def prometheus(self, lab: Lab) -> None:
@@ -798,8 +889,10 @@ class Demo:
         self.check(f"Prometheus: {expr}", value == 1.0, f"{value}")
         who = prom.query('iscsi_ha_drbd_role{role="Primary"} == 1')
         holders = sorted(s["metric"].get("node", "?") for s in who)
-        self.say(f"Prometheus: Primary on {holders}; cluster label "
-                 f"{prom.extra['cluster']!r}; targets: 2 up")
+        self.say(
+            f"Prometheus: Primary on {holders}; cluster label "
+            f"{prom.extra['cluster']!r}; targets: 2 up"
+        )
 
     # -- the end
 
@@ -808,20 +901,26 @@ class Demo:
         figs = self.figures
         if figs.get("converge"):
             self.say(f"convergence from start: {figs['converge'][0]:.1f} s")
-        for key, label in (("follow", "storage follows a pool master change"),
-                           ("failover", "client outage, pool master change"),
-                           ("planned", "client outage, planned switch (manual mode)")):
+        for key, label in (
+            ("follow", "storage follows a pool master change"),
+            ("failover", "client outage, pool master change"),
+            ("planned", "client outage, planned switch (manual mode)"),
+        ):
             vals = figs.get(key) or []
             if vals:
                 ms = [round(1000 * v) for v in vals]
                 med = statistics.median(ms)
-                self.say(f"{label}: {med:.0f} ms" + (f" (median of {len(ms)}: {ms})"
-                                                      if len(ms) > 1 else ""))
+                self.say(
+                    f"{label}: {med:.0f} ms"
+                    + (f" (median of {len(ms)}: {ms})" if len(ms) > 1 else "")
+                )
         failed = [c for c in self.checks if not c.ok]
         passed = len(self.checks) - len(failed)
         if self.prom is not None and self.lab is not None:
-            self.say(f"Prometheus: {self.prom.local_url}/  (runs in namespace {self.lab.sw} at "
-                     f"{self.prom.lab_url}; forwarded to this machine's loopback)")
+            self.say(
+                f"Prometheus: {self.prom.local_url}/  (runs in namespace {self.lab.sw} at "
+                f"{self.prom.lab_url}; forwarded to this machine's loopback)"
+            )
         if failed:
             self.say(f"{len(failed)} of {len(self.checks)} checks FAILED:")
             for c in failed:
@@ -832,18 +931,23 @@ class Demo:
     def stay_up(self, lab: Lab, ok: bool) -> None:
         n1 = lab.node1
         print(flush=True)
-        print("The lab stays up" + ("" if ok else " for inspection") + ". Try, as root:",
-              flush=True)
+        print(
+            "The lab stays up" + ("" if ok else " for inspection") + ". Try, as root:", flush=True
+        )
         print(f"  {CLI} --config {n1.config_path} status", flush=True)
         print(f"  {CLI} --config {n1.config_path} log", flush=True)
         if self.prom is not None:
             q = 'sum(iscsi_ha_drbd_role{role="Primary"})'
-            print(f"  curl -s '{self.prom.local_url}/api/v1/query' --data-urlencode 'query={q}'",
-                  flush=True)
+            print(
+                f"  curl -s '{self.prom.local_url}/api/v1/query' --data-urlencode 'query={q}'",
+                flush=True,
+            )
             print(f"  Prometheus UI: {self.prom.local_url}/graph", flush=True)
         print(f"  ip netns exec {lab.client} iscsi-inq {lab.lun_url()}", flush=True)
-        print(f"  controller logs: {n1.log_dir}/controller.log, "
-              f"{lab.node2.log_dir}/controller.log", flush=True)
+        print(
+            f"  controller logs: {n1.log_dir}/controller.log, {lab.node2.log_dir}/controller.log",
+            flush=True,
+        )
         print("Ctrl-C stops everything and cleans up.", flush=True)
         try:
             while True:
@@ -861,17 +965,24 @@ def preflight() -> List[str]:
     problems = []
     if os.geteuid() != 0:
         problems.append("run as root (network namespaces, tgtd)")
-    for tool, pkg in (("ip", "iproute2"), ("tgtd", "tgt"), ("tgtadm", "tgt"),
-                      ("arping", "iputils-arping"), ("iscsi-inq", "libiscsi-bin"),
-                      ("timeout", "coreutils")):
+    for tool, pkg in (
+        ("ip", "iproute2"),
+        ("tgtd", "tgt"),
+        ("tgtadm", "tgt"),
+        ("arping", "iputils-arping"),
+        ("iscsi-inq", "libiscsi-bin"),
+        ("timeout", "coreutils"),
+    ):
         if not (shutil.which(tool) or Path(f"/usr/sbin/{tool}").exists()):
             problems.append(f"`{tool}` is missing (Debian package {pkg})")
     if not os.access(lprom.PROMETHEUS, os.X_OK):
         problems.append(f"{lprom.PROMETHEUS} is missing (Debian package prometheus)")
     for exe in ("iscsi-ha", "iscsi-cfg"):
         if not (Path(sys.executable).parent / exe).exists():
-            problems.append(f"{exe} is not installed next to {sys.executable} "
-                            "(run `make setup`, or pip install -e . in this virtualenv)")
+            problems.append(
+                f"{exe} is not installed next to {sys.executable} "
+                "(run `make setup`, or pip install -e . in this virtualenv)"
+            )
     try:
         import yaml  # noqa: F401
     except ImportError:
@@ -883,18 +994,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m lab.demo",
         description="Two iscsi-ha controllers in a namespace lab: convergence, a pool master "
-        "failover and a planned switch, measured from the client.")
-    p.add_argument("--once", action="store_true",
-                   help="run end to end and exit: 0 only if every check passed")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat the failover and the planned switch N times (median figures)")
-    p.add_argument("--prometheus-port", type=int, default=None,
-                   help="loopback port for Prometheus (default 9090, or any free port with "
-                   "--once; a taken port falls back to a free one)")
-    p.add_argument("--payload", metavar="DIR", default=None,
-                   help="run both controllers from an unpacked RPM payload (DIR/opt/iscsi-ha, "
-                   "mounted at /opt/iscsi-ha for them only): the shipped bits, not this "
-                   "virtualenv; same as ISCSI_HA_PAYLOAD=DIR")
+        "failover and a planned switch, measured from the client.",
+    )
+    p.add_argument(
+        "--once", action="store_true", help="run end to end and exit: 0 only if every check passed"
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the failover and the planned switch N times (median figures)",
+    )
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=None,
+        help="loopback port for Prometheus (default 9090, or any free port with "
+        "--once; a taken port falls back to a free one)",
+    )
+    p.add_argument(
+        "--payload",
+        metavar="DIR",
+        default=None,
+        help="run both controllers from an unpacked RPM payload (DIR/opt/iscsi-ha, "
+        "mounted at /opt/iscsi-ha for them only): the shipped bits, not this "
+        "virtualenv; same as ISCSI_HA_PAYLOAD=DIR",
+    )
     args = p.parse_args(argv)
     if args.payload:
         from lab.payload import ENV_VAR, payload_root

@@ -43,7 +43,7 @@ def parse_url(url: str) -> Tuple[str, str, int]:
     """iscsi://HOST[:PORT]/IQN/LUN -> (portal, iqn, lun)."""
     if not url.startswith("iscsi://"):
         raise ValueError(f"not an iscsi:// URL: {url!r}")
-    portal, iqn, lun = url[len("iscsi://"):].split("/", 2)
+    portal, iqn, lun = url[len("iscsi://") :].split("/", 2)
     if ":" not in portal:
         portal += ":3260"
     return portal, iqn, int(lun)
@@ -65,26 +65,45 @@ def _lib() -> ctypes.CDLL:
     lib.iscsi_destroy_context.argtypes = [ctypes.c_void_p]
     lib.scsi_free_scsi_task.argtypes = [ctypes.c_void_p]
     io_args = [
-        ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64,  # iscsi, lun, lba
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_uint64,  # iscsi, lun, lba
     ]
     lib.iscsi_write16_iov_sync.restype = ctypes.c_void_p
     lib.iscsi_write16_iov_sync.argtypes = io_args + [
-        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,  # data, datalen, blocksize
-        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-        ctypes.POINTER(ScsiIovec), ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,  # data, datalen, blocksize
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(ScsiIovec),
+        ctypes.c_int,
     ]
     lib.iscsi_read16_iov_sync.restype = ctypes.c_void_p
     lib.iscsi_read16_iov_sync.argtypes = io_args + [
-        ctypes.c_uint32, ctypes.c_int,  # datalen, blocksize
-        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-        ctypes.POINTER(ScsiIovec), ctypes.c_int,
+        ctypes.c_uint32,
+        ctypes.c_int,  # datalen, blocksize
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(ScsiIovec),
+        ctypes.c_int,
     ]
     lib.scsi_cdb_inquiry.restype = ctypes.c_void_p
     lib.scsi_cdb_inquiry.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.scsi_task_set_iov_in.argtypes = [ctypes.c_void_p, ctypes.POINTER(ScsiIovec), ctypes.c_int]
     lib.iscsi_scsi_command_sync.restype = ctypes.c_void_p
-    lib.iscsi_scsi_command_sync.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
-                                            ctypes.c_void_p]
+    lib.iscsi_scsi_command_sync.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     return lib
 
 
@@ -102,7 +121,7 @@ def _vpd(lib: ctypes.CDLL, ctx: int, lun: int, page: int) -> Tuple[int, bytes]:
     if not lib.iscsi_scsi_command_sync(ctx, lun, task, None):
         return 0, b""  # not freed: on failure libiscsi may still hold it (a one-shot process)
     length = 4 + int.from_bytes(buf.raw[2:4], "big")  # header + PAGE LENGTH
-    return task, buf.raw[:min(length, VPD_ALLOC)]
+    return task, buf.raw[: min(length, VPD_ALLOC)]
 
 
 def transfer(url: str, op: str, lba: int, arg: str) -> Dict[str, Any]:
@@ -144,10 +163,23 @@ def transfer(url: str, op: str, lba: int, arg: str) -> Dict[str, Any]:
             t0 = time.monotonic()
             for i in range(mib * 1024 // chunk_kib):
                 task = lib.iscsi_write16_iov_sync(
-                    ctx, lun, lba + i * (size // BLOCK), None, size, BLOCK, 0, 0, 0, 0, 0,
-                    ctypes.byref(iov), 1)
-                status = ctypes.cast(task, ctypes.POINTER(ctypes.c_int)).contents.value \
-                    if task else -1
+                    ctx,
+                    lun,
+                    lba + i * (size // BLOCK),
+                    None,
+                    size,
+                    BLOCK,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    ctypes.byref(iov),
+                    1,
+                )
+                status = (
+                    ctypes.cast(task, ctypes.POINTER(ctypes.c_int)).contents.value if task else -1
+                )
                 if task:
                     lib.scsi_free_scsi_task(task)
                 if status != SCSI_STATUS_GOOD:

@@ -354,8 +354,16 @@ class Lab:
             if ticker:
                 self.start_process(
                     None,
-                    [sys.executable, "-S", str(SIMULATOR), "--sim-dir", self.drbd.dir,
-                     "--sim-kernel", "--interval=0.1", "--max-seconds=86400"],
+                    [
+                        sys.executable,
+                        "-S",
+                        str(SIMULATOR),
+                        "--sim-dir",
+                        self.drbd.dir,
+                        "--sim-kernel",
+                        "--interval=0.1",
+                        "--max-seconds=86400",
+                    ],
                     log=self.base / "drbdsim-kernel.log",
                 )
         except BaseException:
@@ -426,8 +434,11 @@ class Lab:
         REGISTRY.mkdir(parents=True, exist_ok=True)
         root_pids = [pid for pid, ns in self._where.items() if ns is None]
         entry = {
-            "pid": os.getpid(), "namespaces": list(self.namespaces), "base": str(self.base),
-            "root_pids": root_pids, "mounts": [str(m) for m in self.mounts],
+            "pid": os.getpid(),
+            "namespaces": list(self.namespaces),
+            "base": str(self.base),
+            "root_pids": root_pids,
+            "mounts": [str(m) for m in self.mounts],
         }
         _write_atomic(REGISTRY / self.id, json.dumps(entry) + "\n")
 
@@ -445,15 +456,25 @@ class Lab:
             )
         _ip_batch(None, root)
         # 2) inside: the bridge, the addresses, links up (one ip process per namespace, parallel).
-        sw = ["link set lo up", "link add br0 type bridge", "link set br0 up",
-              f"addr add {SWITCH_ADDR}/{PREFIXLEN} dev br0"]
+        sw = [
+            "link set lo up",
+            "link add br0 type bridge",
+            "link set br0 up",
+            f"addr add {SWITCH_ADDR}/{PREFIXLEN} dev br0",
+        ]
         for port, _ in ends:
             sw += [f"link set {port} master br0", f"link set {port} up"]
         jobs = [(self.sw, sw)]
         for ns, addr in [(n.netns, n.addr) for n in self.nodes] + [(self.client, CLIENT_ADDR)]:
             jobs.append(
-                (ns, ["link set lo up", f"addr add {addr}/{PREFIXLEN} dev {NODE_IF}",
-                      f"link set {NODE_IF} up"])
+                (
+                    ns,
+                    [
+                        "link set lo up",
+                        f"addr add {addr}/{PREFIXLEN} dev {NODE_IF}",
+                        f"link set {NODE_IF} up",
+                    ],
+                )
             )
         procs = [_ip_batch_start(ns, cmds) for ns, cmds in jobs]
         for proc, (ns, _) in zip(procs, jobs):
@@ -466,7 +487,9 @@ class Lab:
         while True:
             res = subprocess.run(
                 ["bridge", "-n", self.sw, "-j", "link", "show"],
-                capture_output=True, text=True, timeout=10,
+                capture_output=True,
+                text=True,
+                timeout=10,
             )
             try:
                 ports = {p["ifname"]: p.get("state") for p in json.loads(res.stdout or "[]")}
@@ -491,8 +514,10 @@ class Lab:
             self.drbd.dir,
             {n.name: {"addr": n.addr, "netns": n.netns} for n in self.nodes},
             {
-                r: {"size_kb": self.disk_mb * 1024 - 40,
-                    "disks": {n.name: str(self.disk_path(r, n)) for n in self.nodes}}
+                r: {
+                    "size_kb": self.disk_mb * 1024 - 40,
+                    "disks": {n.name: str(self.disk_path(r, n)) for n in self.nodes},
+                }
                 for r in self.resources
             },
             initial=self.drbd_initial,
@@ -505,8 +530,11 @@ class Lab:
             os.chmod(node.password_file, 0o600)
             ident = f"--sim-dir '{self.drbd.dir}' --sim-node {node.name}"
             compiled = self.compiled_simulator()
-            for tool, extra in (("drbdadm", ""), ("dmesg", " --sim-dmesg"),
-                                ("drbdsetup", " --sim-drbdsetup")):
+            for tool, extra in (
+                ("drbdadm", ""),
+                ("dmesg", " --sim-dmesg"),
+                ("drbdsetup", " --sim-drbdsetup"),
+            ):
                 wrapper = node.bin_dir / tool
                 wrapper.write_text(
                     "#!/bin/sh\n# lab: the DRBD simulator as this node\n"
@@ -563,8 +591,12 @@ class Lab:
             log = log_dir / f"{Path(str(argv[0])).name}-{len(self.processes)}.log"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                full, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=merged, start_new_session=True,
+                full,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=merged,
+                start_new_session=True,
             )
         self.processes[proc.pid] = proc
         self._where[proc.pid] = ns
@@ -661,8 +693,11 @@ class Lab:
     def restore_management(self) -> None:
         for node in self.nodes:
             peer = self.node2 if node is self.node1 else self.node1
-            subprocess.run(["ip", "-n", node.netns, "route", "del", "blackhole",
-                            f"{peer.addr}/32"], capture_output=True, timeout=10)
+            subprocess.run(
+                ["ip", "-n", node.netns, "route", "del", "blackhole", f"{peer.addr}/32"],
+                capture_output=True,
+                timeout=10,
+            )
         self._management_cut = False
 
     def management_cut(self) -> bool:
@@ -676,8 +711,9 @@ class Lab:
         self._stranger = True
 
     def stranger_releases_vip(self) -> None:
-        subprocess.run(["ip", "-n", self.sw, "addr", "del", VIP, "dev", "br0"],
-                       capture_output=True, timeout=10)
+        subprocess.run(
+            ["ip", "-n", self.sw, "addr", "del", VIP, "dev", "br0"], capture_output=True, timeout=10
+        )
         self._stranger = False
 
     def stranger_has_vip(self) -> bool:
@@ -688,16 +724,24 @@ class Lab:
         read-only). Mounted before the node's controller starts, so the controller's mount
         namespace (``ip netns exec`` makes one) has it; unmounted at teardown."""
         path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs",
-                        str(path)], check=True, capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0700", "tmpfs", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
         self.mounts.append(path)
         self._register()
 
     def remount(self, path: Path, writable: bool) -> None:
         """Read-only or read-write again: a remount changes the file system itself, so every
         mount namespace that has it sees the change."""
-        subprocess.run(["mount", "-o", f"remount,{'rw' if writable else 'ro'}", str(path)],
-                       check=True, capture_output=True, timeout=10)
+        subprocess.run(
+            ["mount", "-o", f"remount,{'rw' if writable else 'ro'}", str(path)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
 
     # ---- the pool ---------------------------------------------------------------------------
 
@@ -719,13 +763,20 @@ class Lab:
         if not XAPI_FAKE.exists():
             raise LabError(f"{XAPI_FAKE} is missing")
         argv = [
-            sys.executable, str(XAPI_FAKE),
-            "--listen", f"own:{self.xapi_port}",
-            "--hosts", ",".join(f"{n.name}={n.addr}" for n in self.nodes),
-            "--master", master,
-            "--netns", ",".join(f"{n.name}={n.netns}" for n in self.nodes),
-            "--unix", f"{master}={self.xapi_socket}",
-            "--password-file", str(self.node1.password_file),
+            sys.executable,
+            str(XAPI_FAKE),
+            "--listen",
+            f"own:{self.xapi_port}",
+            "--hosts",
+            ",".join(f"{n.name}={n.addr}" for n in self.nodes),
+            "--master",
+            master,
+            "--netns",
+            ",".join(f"{n.name}={n.netns}" for n in self.nodes),
+            "--unix",
+            f"{master}={self.xapi_socket}",
+            "--password-file",
+            str(self.node1.password_file),
         ]
         log = self.base / "logs" / "xapi-fake.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -762,7 +813,8 @@ class Lab:
         own, hence timeout(1); rc 124 = it hung)."""
         t0 = time.monotonic()
         res = self.run(
-            "client", ["timeout", str(timeout), "iscsi-inq", self.lun_url(lun)],
+            "client",
+            ["timeout", str(timeout), "iscsi-inq", self.lun_url(lun)],
             timeout=timeout + 5,
         )
         return ProbeResult(res.returncode, time.monotonic() - t0, res.stdout, res.stderr)
@@ -782,8 +834,16 @@ class Lab:
         return bytes.fromhex(out["data"])
 
     def _block(self, op: str, lba: int, lun: int, timeout: float, arg: str) -> Dict[str, Any]:
-        argv = ["timeout", str(timeout), sys.executable, str(BLOCK_TOOL), op,
-                self.lun_url(lun), str(lba), arg]
+        argv = [
+            "timeout",
+            str(timeout),
+            sys.executable,
+            str(BLOCK_TOOL),
+            op,
+            self.lun_url(lun),
+            str(lba),
+            arg,
+        ]
         res = self.run("client", argv, timeout=timeout + 5)
         try:
             return json.loads(res.stdout.strip().splitlines()[-1])

@@ -33,15 +33,26 @@ def payload_root() -> Optional[Path]:
         return None
     root = Path(value).resolve()
     if not (root / PREFIX.lstrip("/") / "bin" / "iscsi-ha").exists():
-        raise SystemExit(f"{ENV_VAR}={value}: no {PREFIX}/bin/iscsi-ha under it (unpack the RPM "
-                         "there, e.g. with Dockerfile-build/inspect_rpm.py's unpack_newc)")
+        raise SystemExit(
+            f"{ENV_VAR}={value}: no {PREFIX}/bin/iscsi-ha under it (unpack the RPM "
+            "there, e.g. with Dockerfile-build/inspect_rpm.py's unpack_newc)"
+        )
     return root
 
 
 def payload_argv(root: Path, argv: Sequence[str]) -> List[str]:
     """``argv`` run with ``root``'s /opt/iscsi-ha mounted at /opt/iscsi-ha."""
-    return ["unshare", "--mount", sys.executable, "-S", os.path.abspath(__file__),
-            "--root", str(root), "--", *argv]
+    return [
+        "unshare",
+        "--mount",
+        sys.executable,
+        "-S",
+        os.path.abspath(__file__),
+        "--root",
+        str(root),
+        "--",
+        *argv,
+    ]
 
 
 def _mount(*args: str) -> None:

@@ -20,23 +20,35 @@ PEER_PORT = 19857  # each node has its own namespace: the product's default port
 CLI = Path(sys.executable).parent / "iscsi-cfg"
 
 
-def peer_configs(lab: Lab, port: int = PEER_PORT,
-                 timeout: float = 2.0) -> Dict[str, Dict[str, Any]]:
+def peer_configs(
+    lab: Lab, port: int = PEER_PORT, timeout: float = 2.0
+) -> Dict[str, Dict[str, Any]]:
     dirs = {}
     for node in lab.nodes:
         d = node.dir / "peer"
         if not (d / "host.crt").exists():
-            subprocess.run([str(CLI), "peer-cert", "--dir", str(d), "--name", node.name],
-                           check=True, capture_output=True, text=True, timeout=60)
+            subprocess.run(
+                [str(CLI), "peer-cert", "--dir", str(d), "--name", node.name],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         dirs[node.name] = d
     out: Dict[str, Dict[str, Any]] = {}
     for node in lab.nodes:
         other = next(n for n in lab.nodes if n is not node)
         mine = dirs[node.name]
         shutil.copyfile(dirs[other.name] / "host.crt", mine / "peer.crt")
-        out[node.name] = {"peer": {
-            "address": other.addr, "port": port, "listen": f"{node.addr}:{port}",
-            "cert_file": str(mine / "host.crt"), "key_file": str(mine / "host.key"),
-            "peer_cert_file": str(mine / "peer.crt"), "timeout": timeout,
-        }}
+        out[node.name] = {
+            "peer": {
+                "address": other.addr,
+                "port": port,
+                "listen": f"{node.addr}:{port}",
+                "cert_file": str(mine / "host.crt"),
+                "key_file": str(mine / "host.key"),
+                "peer_cert_file": str(mine / "peer.crt"),
+                "timeout": timeout,
+            }
+        }
     return out

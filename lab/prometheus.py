@@ -155,8 +155,16 @@ def forward(listen_port: int, netns: str, upstream: str, max_seconds: float) -> 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(json.dumps({"listen": f"127.0.0.1:{listener.getsockname()[1]}",
-                      "netns": netns, "upstream": upstream}), flush=True)
+    print(
+        json.dumps(
+            {
+                "listen": f"127.0.0.1:{listener.getsockname()[1]}",
+                "netns": netns,
+                "upstream": upstream,
+            }
+        ),
+        flush=True,
+    )
     deadline = time.monotonic() + max_seconds
     listener.settimeout(0.2)
     while not stop.is_set() and time.monotonic() < deadline:
@@ -295,8 +303,20 @@ def _start_forwarder(lab: Any, name: str, upstream: str, local_port: int) -> tup
     log.parent.mkdir(parents=True, exist_ok=True)
     # --run-dir names the run directory on the command line, so a later run can sweep this
     # root-namespace process if this one is SIGKILLed (netlab.sweep_stale checks cmdline).
-    argv = [sys.executable, "-S", str(SELF), "forward", "--port", str(local_port),
-            "--netns", lab.sw, "--to", upstream, "--run-dir", str(lab.base)]
+    argv = [
+        sys.executable,
+        "-S",
+        str(SELF),
+        "forward",
+        "--port",
+        str(local_port),
+        "--netns",
+        lab.sw,
+        "--to",
+        upstream,
+        "--run-dir",
+        str(lab.base),
+    ]
     pid = lab.start_process(None, argv, log=log)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -324,15 +344,20 @@ def prometheus_config(
 ) -> str:
     """Scrape both controllers, each with ``cluster`` and ``node`` labels. JSON is YAML."""
     cfg: Dict[str, Any] = {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
-                   "scrape_timeout": scrape_interval},
-        "scrape_configs": [{
-            "job_name": "iscsi-ha",
-            "static_configs": [
-                {"targets": [n.exporter_listen], "labels": {"cluster": cluster, "node": n.name}}
-                for n in lab.nodes
-            ],
-        }],
+        "global": {
+            "scrape_interval": scrape_interval,
+            "evaluation_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+        },
+        "scrape_configs": [
+            {
+                "job_name": "iscsi-ha",
+                "static_configs": [
+                    {"targets": [n.exporter_listen], "labels": {"cluster": cluster, "node": n.name}}
+                    for n in lab.nodes
+                ],
+            }
+        ],
     }
     if rule_files:
         cfg["rule_files"] = [str(Path(f).resolve()) for f in rule_files]
@@ -362,22 +387,38 @@ def start_prometheus(
     d = lab.base / "prometheus"
     (d / "data").mkdir(parents=True, exist_ok=True)
     config = d / "prometheus.yml"
-    config.write_text(prometheus_config(
-        lab, cluster, scrape_interval, rule_files,
-        alertmanager.lab_url.split("//", 1)[1] if alertmanager else None,
-    ))
+    config.write_text(
+        prometheus_config(
+            lab,
+            cluster,
+            scrape_interval,
+            rule_files,
+            alertmanager.lab_url.split("//", 1)[1] if alertmanager else None,
+        )
+    )
     listen = f"{SWITCH_ADDR}:{port}"
     log = lab.base / "logs" / "prometheus.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={d / 'data'}",
-        f"--web.listen-address={listen}", "--storage.tsdb.retention.time=1d",
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={d / 'data'}",
+        f"--web.listen-address={listen}",
+        "--storage.tsdb.retention.time=1d",
         "--log.level=warn",
     ]
     pid = lab.start_process("sw", argv, log=log)
     fwd_pid, local_url = _start_forwarder(lab, "prometheus", listen, local_port)
-    return Prometheus("prometheus", pid, f"http://{listen}", local_url, fwd_pid, d, log,
-                      {"cluster": cluster, "config": str(config)})
+    return Prometheus(
+        "prometheus",
+        pid,
+        f"http://{listen}",
+        local_url,
+        fwd_pid,
+        d,
+        log,
+        {"cluster": cluster, "config": str(config)},
+    )
 
 
 DEFAULT_ALERTMANAGER_CONFIG = """\
@@ -415,13 +456,18 @@ def start_alertmanager(
     log = lab.base / "logs" / "alertmanager.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     argv = [
-        ALERTMANAGER, f"--config.file={config}", f"--storage.path={d / 'data'}",
-        f"--web.listen-address={listen}", "--cluster.listen-address=", "--log.level=warn",
+        ALERTMANAGER,
+        f"--config.file={config}",
+        f"--storage.path={d / 'data'}",
+        f"--web.listen-address={listen}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
     ]
     pid = lab.start_process("sw", argv, log=log)
     fwd_pid, local_url = _start_forwarder(lab, "alertmanager", listen, local_port)
-    return LabService("alertmanager", pid, f"http://{listen}", local_url, fwd_pid, d, log,
-                      {"config": str(config)})
+    return LabService(
+        "alertmanager", pid, f"http://{listen}", local_url, fwd_pid, d, log, {"config": str(config)}
+    )
 
 
 # --------------------------------------------------------------------------------------------

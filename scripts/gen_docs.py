@@ -96,9 +96,14 @@ def keys() -> Iterator[Tuple[str, str, "dataclasses.Field[Any]"]]:
 
 def comment(text: str, indent: str, hang: str = "") -> List[str]:
     """``text`` as comment lines of at most WIDTH columns; ``hang`` indents it after the hash."""
-    return textwrap.wrap(text, WIDTH, initial_indent=f"{indent}# {hang}",
-                         subsequent_indent=f"{indent}# {hang}  " if hang else f"{indent}# ",
-                         break_on_hyphens=False, break_long_words=False)
+    return textwrap.wrap(
+        text,
+        WIDTH,
+        initial_indent=f"{indent}# {hang}",
+        subsequent_indent=f"{indent}# {hang}  " if hang else f"{indent}# ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
 
 
 def example_entry(f: "dataclasses.Field[Any]", indent: str) -> List[str]:
@@ -163,8 +168,10 @@ def render_table() -> str:
         if f.name == "luns":
             for sub in dataclasses.fields(config.Lun):
                 default = "**required**" if sub.default is dataclasses.MISSING else "derived"
-                rows.append(f"| `{path}[].{config.yaml_key(sub)}` | {default} | "
-                            f"{cell(sub.metadata['help'])} |")
+                rows.append(
+                    f"| `{path}[].{config.yaml_key(sub)}` | {default} | "
+                    f"{cell(sub.metadata['help'])} |"
+                )
     return "\n".join(rows) + "\n"
 
 
@@ -173,8 +180,10 @@ def render_readme(current: str) -> str:
         head, rest = current.split(README_BEGIN + "\n", 1)
         _old, tail = rest.split(README_END, 1)
     except ValueError:
-        raise SystemExit(f"README.md: the markers {README_BEGIN!r} ... {README_END!r} are "
-                         "missing; put them back around the configuration table") from None
+        raise SystemExit(
+            f"README.md: the markers {README_BEGIN!r} ... {README_END!r} are "
+            "missing; put them back around the configuration table"
+        ) from None
     return head + README_BEGIN + "\n" + render_table() + README_END + tail
 
 
@@ -194,21 +203,28 @@ def generated() -> Dict[Path, str]:
 
 
 def drifted() -> List[Path]:
-    return [path for path, text in generated().items()
-            if not path.exists() or path.read_text() != text]
+    return [
+        path for path, text in generated().items() if not path.exists() or path.read_text() != text
+    ]
 
 
 def main(argv: List[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true",
-                   help="only compare; exit 1 naming every file that is not up to date")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only compare; exit 1 naming every file that is not up to date",
+    )
     args = p.parse_args(argv)
     if args.check:
         stale = drifted()
         for path in stale:
-            print(f"{path.relative_to(ROOT)}: out of date with the code; run `make docs`",
-                  file=sys.stderr)
+            print(
+                f"{path.relative_to(ROOT)}: out of date with the code; run `make docs`",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for path, text in generated().items():
         if not path.exists() or path.read_text() != text:

@@ -34,8 +34,13 @@ def view(base: Path) -> Path:
 def main(argv: list[str]) -> int:
     base = view(Path(sys.prefix) / "typecheck")
     mypy = Path(sys.executable).with_name("mypy")
-    cmd = [str(mypy) if mypy.exists() else "mypy", "--config-file", str(ROOT / "mypy.ini"),
-           "--cache-dir", str(ROOT / ".mypy_cache")]
+    cmd = [
+        str(mypy) if mypy.exists() else "mypy",
+        "--config-file",
+        str(ROOT / "mypy.ini"),
+        "--cache-dir",
+        str(ROOT / ".mypy_cache"),
+    ]
     for name in PACKAGES:
         cmd += ["-p", f"iscsi_ha.{name}"]
     proc = subprocess.run(cmd + argv, cwd=base, capture_output=True, text=True)

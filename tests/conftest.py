@@ -37,8 +37,10 @@ FIXTURE_MARKERS = {
 # Under CI every test must run: a skip there means a missing package or a machine that cannot run
 # part of the suite, and it must not read as a pass. ``make unit`` deselects with -m instead of
 # skipping, so it is not affected.
-STRICT = os.environ.get("CI", "").lower() in ("1", "true", "yes") or \
-    os.environ.get("ISCSI_HA_NO_SKIP") == "1"
+STRICT = (
+    os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    or os.environ.get("ISCSI_HA_NO_SKIP") == "1"
+)
 # Skips CI accepts: a gap someone decided on and wrote down (never a missing package). Each is
 # listed with why, and still shown as skipped.
 ALLOWED_SKIPS: dict = {}
@@ -53,8 +55,9 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("timeout") is not None:
             continue
         limits = [s for name, s in TIMEOUT_BY_MARKER.items() if item.get_closest_marker(name)]
-        limits += [s for name, s in TIMEOUT_BY_FIXTURE.items()
-                   if name in getattr(item, "fixturenames", ())]
+        limits += [
+            s for name, s in TIMEOUT_BY_FIXTURE.items() if name in getattr(item, "fixturenames", ())
+        ]
         if limits:
             item.add_marker(pytest.mark.timeout(max(limits)))
 

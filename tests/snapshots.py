@@ -71,7 +71,9 @@ def histogram(
     counts = [sum(1 for d in durations if d <= b) for b in buckets]
     counts.append(len(durations))
     return HistogramData(
-        buckets=tuple(buckets), counts=tuple(counts), total=float(sum(durations)),
+        buckets=tuple(buckets),
+        counts=tuple(counts),
+        total=float(sum(durations)),
         count=len(durations),
     )
 
@@ -84,15 +86,24 @@ def counters(ok: int = 1200, held: int = 3, error: int = 1, **overrides) -> Coun
     base = Counters(
         cycles={"ok": ok, "held": held, "error": error},
         actions={
-            ("promote", "ok"): 2, ("promote", "refused"): 1, ("target_serve", "ok"): 2,
-            ("vip_add", "ok"): 2, ("vip_announce", "ok"): 20, ("demote", "ok"): 1,
-            ("target_stop", "ok"): 1, ("vip_del", "ok"): 1, ("drbd_up", "error"): 1,
+            ("promote", "ok"): 2,
+            ("promote", "refused"): 1,
+            ("target_serve", "ok"): 2,
+            ("vip_add", "ok"): 2,
+            ("vip_announce", "ok"): 20,
+            ("demote", "ok"): 1,
+            ("target_stop", "ok"): 1,
+            ("vip_del", "ok"): 1,
+            ("drbd_up", "error"): 1,
         },
         command_timeouts={"drbdadm": 1},
         command_calls={"drbdadm": 3 * n, "tgtadm": n, "ip": n, "arping": 40, "xenapi": n // 6},
         command_seconds={
-            "drbdadm": 0.008 * 3 * n + 10.0, "tgtadm": 0.004 * n, "ip": 0.002 * n,
-            "arping": 2.0 * 40, "xenapi": 0.05 * (n // 6),
+            "drbdadm": 0.008 * 3 * n + 10.0,
+            "tgtadm": 0.004 * n,
+            "ip": 0.002 * n,
+            "arping": 2.0 * 40,
+            "xenapi": 0.05 * (n // 6),
         },
         target_daemon_restarts=1,
         cycle_overruns=1,
@@ -132,13 +143,24 @@ def _snapshot(
 ) -> Snapshot:
     end = time.time() if now is None else now
     last = CycleResult(
-        started=end - duration, duration=duration, observation=observation, plan=plan,
-        results=results, outcome=outcome, message=message, **cycle_overrides,
+        started=end - duration,
+        duration=duration,
+        observation=observation,
+        plan=plan,
+        results=results,
+        outcome=outcome,
+        message=message,
+        **cycle_overrides,
     )
     return Snapshot(
-        version=VERSION, hostname=hostname, drbd_version=DRBD_VERSION,
-        started=end - 6200.0, interval=INTERVAL, last=last,
-        manual=manual or ManualMode(), counters=counters_ or counters(),
+        version=VERSION,
+        hostname=hostname,
+        drbd_version=DRBD_VERSION,
+        started=end - 6200.0,
+        interval=INTERVAL,
+        last=last,
+        manual=manual or ManualMode(),
+        counters=counters_ or counters(),
         xenapi_reachable=xenapi_reachable,
     )
 
@@ -147,7 +169,8 @@ def master_srs(attached: bool = True) -> SrObservation:
     return SrObservation(
         srs=(
             SrState(
-                uuid="6f1e0c2a-3b8e-4f61-9d5e-2a7c1b0e9f11", name="iSCSI HA storage",
+                uuid="6f1e0c2a-3b8e-4f61-9d5e-2a7c1b0e9f11",
+                name="iSCSI HA storage",
                 type="lvmoiscsi",
                 pbds=(
                     PbdState("a1d2c3b4-0000-4000-8000-000000000001", HOSTNAME_MASTER, True),
@@ -162,22 +185,37 @@ def master_srs(attached: bool = True) -> SrObservation:
 def master(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """The pool master, converged: Primary, target serving, VIP bound, SR attached."""
     res = _resources(
-        resources, role="Primary", peer_role="Secondary", connection="Connected",
-        disk="UpToDate", peer_disk="UpToDate", out_of_sync_bytes=0, sync_progress=1.0,
+        resources,
+        role="Primary",
+        peer_role="Secondary",
+        connection="Connected",
+        disk="UpToDate",
+        peer_disk="UpToDate",
+        out_of_sync_bytes=0,
+        sync_progress=1.0,
     )
     obs = Observation(
         pool=PoolObservation(PoolRole.MASTER),
         resources=res,
         target=TargetObservation(
-            daemon_running=True, target_present=True, serving=True, luns=len(res), sessions=2,
+            daemon_running=True,
+            target_present=True,
+            serving=True,
+            luns=len(res),
+            sessions=2,
         ),
         vip=VipObservation(address=VIP, interface=VIP_IF, local=True, conflict=False),
         srs=master_srs(),
     )
     plan = Plan(desired=StorageRole.PRIMARY, reason="host is pool master")
     snap = _snapshot(
-        hostname=HOSTNAME_MASTER, observation=obs, plan=plan, results=(), outcome=Outcome.OK,
-        message="no action: primary, target serving, VIP bound: host is pool master", now=now,
+        hostname=HOSTNAME_MASTER,
+        observation=obs,
+        plan=plan,
+        results=(),
+        outcome=Outcome.OK,
+        message="no action: primary, target serving, VIP bound: host is pool master",
+        now=now,
     )
     return dataclasses.replace(snap, **overrides)
 
@@ -185,8 +223,14 @@ def master(resources: Resources = 1, now: float | None = None, **overrides) -> S
 def promoting(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """The cycle in which a former slave became master and took the storage over."""
     res = _resources(
-        resources, role="Secondary", peer_role="Unknown", connection="WFConnection",
-        disk="UpToDate", peer_disk="DUnknown", out_of_sync_bytes=0, sync_progress=1.0,
+        resources,
+        role="Secondary",
+        peer_role="Unknown",
+        connection="WFConnection",
+        disk="UpToDate",
+        peer_disk="DUnknown",
+        out_of_sync_bytes=0,
+        sync_progress=1.0,
     )
     obs = Observation(
         pool=PoolObservation(PoolRole.MASTER),
@@ -199,9 +243,14 @@ def promoting(resources: Resources = 1, now: float | None = None, **overrides) -
     plan = Plan(desired=StorageRole.PRIMARY, reason="host is pool master", actions=actions)
     results = tuple(ActionResult(a, ok=True, duration=0.02) for a in actions)
     snap = _snapshot(
-        hostname=HOSTNAME_SLAVE, observation=obs, plan=plan, results=results,
-        outcome=Outcome.OK, duration=0.35,
-        message="promoted iscsi1, target serving, VIP bound: host is pool master", now=now,
+        hostname=HOSTNAME_SLAVE,
+        observation=obs,
+        plan=plan,
+        results=results,
+        outcome=Outcome.OK,
+        duration=0.35,
+        message="promoted iscsi1, target serving, VIP bound: host is pool master",
+        now=now,
     )
     return dataclasses.replace(snap, **overrides)
 
@@ -209,8 +258,14 @@ def promoting(resources: Resources = 1, now: float | None = None, **overrides) -
 def slave(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """The pool slave, converged: Secondary, tgtd running empty, no VIP, SRs not handled."""
     res = _resources(
-        resources, role="Secondary", peer_role="Primary", connection="Connected",
-        disk="UpToDate", peer_disk="UpToDate", out_of_sync_bytes=0, sync_progress=1.0,
+        resources,
+        role="Secondary",
+        peer_role="Primary",
+        connection="Connected",
+        disk="UpToDate",
+        peer_disk="UpToDate",
+        out_of_sync_bytes=0,
+        sync_progress=1.0,
     )
     obs = Observation(
         pool=PoolObservation(PoolRole.SLAVE, master_address="192.0.2.11"),
@@ -221,9 +276,14 @@ def slave(resources: Resources = 1, now: float | None = None, **overrides) -> Sn
     )
     plan = Plan(desired=StorageRole.SECONDARY, reason="host is pool slave")
     snap = _snapshot(
-        hostname=HOSTNAME_SLAVE, observation=obs, plan=plan, results=(), outcome=Outcome.OK,
+        hostname=HOSTNAME_SLAVE,
+        observation=obs,
+        plan=plan,
+        results=(),
+        outcome=Outcome.OK,
         message="no action: secondary, target not serving, VIP absent: host is pool slave",
-        now=now, counters_=counters(ok=900, held=0, error=0),
+        now=now,
+        counters_=counters(ok=900, held=0, error=0),
     )
     return dataclasses.replace(snap, **overrides)
 
@@ -231,14 +291,21 @@ def slave(resources: Resources = 1, now: float | None = None, **overrides) -> Sn
 def syncing(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """The master while a resync to the peer is in progress (42 %, 2 minutes to go)."""
     res = _resources(
-        resources, role="Primary", peer_role="Secondary", connection="SyncSource",
-        disk="UpToDate", peer_disk="Inconsistent", out_of_sync_bytes=6 * GIB,
-        sync_progress=0.42, sync_eta_seconds=120.0,
+        resources,
+        role="Primary",
+        peer_role="Secondary",
+        connection="SyncSource",
+        disk="UpToDate",
+        peer_disk="Inconsistent",
+        out_of_sync_bytes=6 * GIB,
+        sync_progress=0.42,
+        sync_eta_seconds=120.0,
     )
     base = master(res, now=now)
     obs = dataclasses.replace(base.last.observation, resources=res)
     last = dataclasses.replace(
-        base.last, observation=obs,
+        base.last,
+        observation=obs,
         message="no action: primary (resync to peer 42%), target serving, VIP bound: "
         "host is pool master",
     )
@@ -248,8 +315,14 @@ def syncing(resources: Resources = 1, now: float | None = None, **overrides) -> 
 def split_brain(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """The master after a split brain: StandAlone, reported and left to the operator."""
     res = _resources(
-        resources, role="Primary", peer_role="Unknown", connection="StandAlone",
-        disk="UpToDate", peer_disk="DUnknown", out_of_sync_bytes=None, sync_progress=None,
+        resources,
+        role="Primary",
+        peer_role="Unknown",
+        connection="StandAlone",
+        disk="UpToDate",
+        peer_disk="DUnknown",
+        out_of_sync_bytes=None,
+        sync_progress=None,
         split_brain=True,
     )
     base = master(res, now=now)
@@ -259,7 +332,10 @@ def split_brain(resources: Resources = 1, now: float | None = None, **overrides)
     )
     plan = Plan(desired=StorageRole.PRIMARY, reason="host is pool master", refusals=refusals)
     last = dataclasses.replace(
-        base.last, observation=obs, plan=plan, outcome=Outcome.HELD,
+        base.last,
+        observation=obs,
+        plan=plan,
+        outcome=Outcome.HELD,
         message="held: split brain on iscsi1 (StandAlone): resolve by hand",
     )
     return dataclasses.replace(base, last=last, **overrides)
@@ -268,8 +344,14 @@ def split_brain(resources: Resources = 1, now: float | None = None, **overrides)
 def unknown_pool(resources: Resources = 1, now: float | None = None, **overrides) -> Snapshot:
     """pool.conf says 'broken': the controller holds and changes nothing."""
     res = _resources(
-        resources, role="Secondary", peer_role="Primary", connection="Connected",
-        disk="UpToDate", peer_disk="UpToDate", out_of_sync_bytes=0, sync_progress=1.0,
+        resources,
+        role="Secondary",
+        peer_role="Primary",
+        connection="Connected",
+        disk="UpToDate",
+        peer_disk="UpToDate",
+        out_of_sync_bytes=0,
+        sync_progress=1.0,
     )
     obs = Observation(
         pool=PoolObservation(PoolRole.UNKNOWN, detail="pool.conf says 'broken'"),
@@ -281,8 +363,14 @@ def unknown_pool(resources: Resources = 1, now: float | None = None, **overrides
     reason = "pool role unknown: pool.conf says 'broken'"
     plan = Plan(desired=None, reason=reason, held=reason)
     snap = _snapshot(
-        hostname=HOSTNAME_SLAVE, observation=obs, plan=plan, results=(), outcome=Outcome.HELD,
-        message=f"held: {reason}", now=now, xenapi_reachable=False,
+        hostname=HOSTNAME_SLAVE,
+        observation=obs,
+        plan=plan,
+        results=(),
+        outcome=Outcome.HELD,
+        message=f"held: {reason}",
+        now=now,
+        xenapi_reachable=False,
     )
     return dataclasses.replace(snap, **overrides)
 
@@ -290,10 +378,14 @@ def unknown_pool(resources: Resources = 1, now: float | None = None, **overrides
 def failed_cycle(now: float | None = None, **overrides) -> Snapshot:
     """A cycle that raised before it could observe anything (no observation, no plan)."""
     snap = _snapshot(
-        hostname=HOSTNAME_MASTER, observation=None, plan=None, results=(),
+        hostname=HOSTNAME_MASTER,
+        observation=None,
+        plan=None,
+        results=(),
         outcome=Outcome.ERROR,
         message="error: cycle raised OSError: [Errno 24] Too many open files",
-        now=now, xenapi_reachable=None,
+        now=now,
+        xenapi_reachable=None,
     )
     return dataclasses.replace(snap, **overrides)
 
@@ -305,13 +397,27 @@ def odd_resources(now: float | None = None) -> Snapshot:
     output could not be read, iscsi4 lost quorum (DRBD 9).
     """
     res = (
-        DrbdResource("iscsi1", role="Primary", peer_role="Secondary", connection="Congested",
-                     disk="UpToDate", peer_disk="UpToDate", out_of_sync_bytes=0,
-                     sync_progress=1.0),
+        DrbdResource(
+            "iscsi1",
+            role="Primary",
+            peer_role="Secondary",
+            connection="Congested",
+            disk="UpToDate",
+            peer_disk="UpToDate",
+            out_of_sync_bytes=0,
+            sync_progress=1.0,
+        ),
         DrbdResource("iscsi2", configured=False),
         DrbdResource("iscsi3", error="cannot read `drbdadm cstate iscsi3`: 'garbled'"),
-        DrbdResource("iscsi4", role="Primary", peer_role="Unknown", connection="Connecting",
-                     disk="UpToDate", peer_disk="DUnknown", quorum=False),
+        DrbdResource(
+            "iscsi4",
+            role="Primary",
+            peer_role="Unknown",
+            connection="Connecting",
+            disk="UpToDate",
+            peer_disk="DUnknown",
+            quorum=False,
+        ),
     )
     return master(res, now=now)
 
@@ -320,8 +426,14 @@ def starting(now: float | None = None) -> Snapshot:
     """Published by the controller at start, before its first cycle finished (``last`` None)."""
     start = time.time() if now is None else now
     return Snapshot(
-        version=VERSION, hostname=HOSTNAME_MASTER, drbd_version=DRBD_VERSION, started=start,
-        interval=INTERVAL, last=None, manual=ManualMode(), counters=Counters(),
+        version=VERSION,
+        hostname=HOSTNAME_MASTER,
+        drbd_version=DRBD_VERSION,
+        started=start,
+        interval=INTERVAL,
+        last=None,
+        manual=ManualMode(),
+        counters=Counters(),
     )
 
 
@@ -335,6 +447,18 @@ ALL = {
 }
 
 __all__ = [
-    "ALL", "counters", "failed_cycle", "histogram", "manual_on", "master", "model",
-    "odd_resources", "promoting", "slave", "split_brain", "starting", "syncing", "unknown_pool",
+    "ALL",
+    "counters",
+    "failed_cycle",
+    "histogram",
+    "manual_on",
+    "master",
+    "model",
+    "odd_resources",
+    "promoting",
+    "slave",
+    "split_brain",
+    "starting",
+    "syncing",
+    "unknown_pool",
 ]

@@ -24,16 +24,18 @@ sockdir = test_control.sockdir  # the same fixture: a socket directory every uid
 
 @pytest.fixture
 def lonely(tmp_path, sockdir):
-    host = Host(str(tmp_path / "state"), world(PoolRole.MASTER, resources=(GONE,)),
-                probe_answer=False)
+    host = Host(
+        str(tmp_path / "state"), world(PoolRole.MASTER, resources=(GONE,)), probe_answer=False
+    )
     with serving(StubDaemon(host.controller), os.path.join(sockdir, "c.sock")) as server:
         assert ask(server.path, {"cmd": "manual-mode-enable"})["code"] == 0
         yield host, server.path
 
 
 def cfg(path, *args, **kw):
-    return subprocess.run([EXE, "--socket", path, *args], capture_output=True, text=True,
-                          timeout=60, **kw)
+    return subprocess.run(
+        [EXE, "--socket", path, *args], capture_output=True, text=True, timeout=60, **kw
+    )
 
 
 def test_plain_become_primary_is_refused_and_says_why(lonely):
@@ -46,8 +48,14 @@ def test_plain_become_primary_is_refused_and_says_why(lonely):
 
 def test_accept_stale_with_yes_prints_what_is_known_then_promotes(lonely, caplog):
     host, path = lonely
-    proc = cfg(path, "become-primary", "--accept-stale", "iscsi1", "--yes",
-               env=dict(os.environ, SUDO_USER="alice"))
+    proc = cfg(
+        path,
+        "become-primary",
+        "--accept-stale",
+        "iscsi1",
+        "--yes",
+        env=dict(os.environ, SUDO_USER="alice"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "What this host knows about iscsi1" in proc.stdout
     assert "WFConnection" in proc.stdout and "proof:           none" in proc.stdout
@@ -71,8 +79,13 @@ def test_accept_stale_asks_for_the_resource_name(lonely, typed, code):
     master, slave = os.openpty()
     try:
         os.write(master, typed.encode())
-        proc = subprocess.run([EXE, "--socket", path, "become-primary", "--accept-stale",
-                               "iscsi1"], stdin=slave, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [EXE, "--socket", path, "become-primary", "--accept-stale", "iscsi1"],
+            stdin=slave,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         os.close(master)
         os.close(slave)

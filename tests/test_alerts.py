@@ -141,8 +141,12 @@ def test_alert_names_are_unique():
         by_name.setdefault(rule["alert"], []).append(rule)
     served = "on (cluster) (cluster:iscsi_ha_storage_probe_success:min == 1)"
     pairs = {name: rules for name, rules in by_name.items() if len(rules) > 1}
-    assert set(pairs) == {"IscsiHaNoPrimary", "IscsiHaPromotionBlocked", "IscsiHaVipNowhere",
-                          "IscsiHaTargetNotServing"}
+    assert set(pairs) == {
+        "IscsiHaNoPrimary",
+        "IscsiHaPromotionBlocked",
+        "IscsiHaVipNowhere",
+        "IscsiHaTargetNotServing",
+    }
     for name, (crit, warn) in pairs.items():
         assert (crit["labels"]["severity"], warn["labels"]["severity"]) == ("critical", "warning")
         assert crit["expr"] == warn["expr"].replace(f"and {served}", f"unless {served}"), name
@@ -154,8 +158,7 @@ def test_alert_names_are_unique():
 
 def test_docs_alert_list_has_every_alert_with_its_severities():
     text = (ROOT / "docs" / "alerts.md").read_text()
-    rows = re.findall(r"^\| (IscsiHa\w+) \| ([a-z /]+) \|", text.split("## Alert list", 1)[1],
-                      re.M)
+    rows = re.findall(r"^\| (IscsiHa\w+) \| ([a-z /]+) \|", text.split("## Alert list", 1)[1], re.M)
     documented = {name: set(sev.split(" / ")) for name, sev in rows}
     actual: dict = {}
     for rule in alerts():
@@ -173,7 +176,8 @@ def test_split_brain_and_two_primaries_page_without_delay():
 def test_every_runbook_anchor_exists():
     anchors = runbook_anchors()
     missing = [
-        rule["alert"] for rule in alerts()
+        rule["alert"]
+        for rule in alerts()
         if rule["annotations"]["runbook_url"].split("#", 1)[1] not in anchors
     ]
     assert not missing, f"no section in docs/runbook.md for: {missing}"
@@ -188,10 +192,16 @@ def test_runbook_internal_links_resolve():
 
 def test_runbook_split_brain_gives_drbd_recovery_commands():
     text = RUNBOOK.read_text()
-    section = text[text.index("## IscsiHaSplitBrain"):text.index("## IscsiHaDrbdDiskNotUpToDate")]
+    section = text[text.index("## IscsiHaSplitBrain") : text.index("## IscsiHaDrbdDiskNotUpToDate")]
     for needle in (
-        "drbdadm secondary", "drbdadm connect --discard-my-data", "drbdadm connect iscsi1",
-        "/proc/drbd", "drbdadm status", "victim", "survivor", "never resolves a split brain",
+        "drbdadm secondary",
+        "drbdadm connect --discard-my-data",
+        "drbdadm connect iscsi1",
+        "/proc/drbd",
+        "drbdadm status",
+        "victim",
+        "survivor",
+        "never resolves a split brain",
     ):
         assert needle in section, needle
 
@@ -232,8 +242,12 @@ def exporter_metrics() -> dict:
     collectors), all from the catalogue."""
     from iscsi_ha.exporter import audit_collector, collector, probe_collector
 
-    table = {name: set(labels) for name, _kind, labels in
-             collector.METRICS + probe_collector.METRICS + audit_collector.METRICS}
+    table = {
+        name: set(labels)
+        for name, _kind, labels in collector.METRICS
+        + probe_collector.METRICS
+        + audit_collector.METRICS
+    }
     assert table, "exporter/collector.py lists no metrics"
     return table
 
@@ -257,16 +271,20 @@ def known(name: str, exported: set) -> bool:
 def test_rules_use_only_exported_metrics():
     exported = exporter_metric_names()
     unknown = {
-        rule.get("alert") or rule["record"]:
-            sorted(n for n in metric_names_in(rule["expr"]) if not known(n, exported))
+        rule.get("alert") or rule["record"]: sorted(
+            n for n in metric_names_in(rule["expr"]) if not known(n, exported)
+        )
         for rule in all_rules()
     }
     assert {k: v for k, v in unknown.items() if v} == {}
 
 
 def test_recording_rules_used_are_recorded():
-    used = {name for rule in all_rules() for name in re.findall(r"\b\w*:[\w:]+", re.sub(
-        r'"(?:[^"\\]|\\.)*"', '""', rule["expr"]))}
+    used = {
+        name
+        for rule in all_rules()
+        for name in re.findall(r"\b\w*:[\w:]+", re.sub(r'"(?:[^"\\]|\\.)*"', '""', rule["expr"]))
+    }
     assert used and sorted(used - recorded()) == []
 
 
@@ -340,9 +358,17 @@ def test_amtool_check_config_with_commented_receivers(tmp_path):
 @pytest.mark.tools
 @pytest.mark.parametrize("severity", sorted(SEVERITIES))
 def test_amtool_routes_each_severity(severity):
-    argv = [tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
-            f"--verify.receivers={RECEIVER_OF[severity]}",
-            f"severity={severity}", "alertname=IscsiHaNoPrimary", "cluster=pool-a"]
+    argv = [
+        tool("amtool"),
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ALERTMANAGER}",
+        f"--verify.receivers={RECEIVER_OF[severity]}",
+        f"severity={severity}",
+        "alertname=IscsiHaNoPrimary",
+        "cluster=pool-a",
+    ]
     res = run(argv)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.split() == [RECEIVER_OF[severity]]
@@ -350,8 +376,17 @@ def test_amtool_routes_each_severity(severity):
 
 @pytest.mark.tools
 def test_amtool_route_verification_can_fail():
-    res = run([tool("amtool"), "config", "routes", "test", f"--config.file={ALERTMANAGER}",
-               "--verify.receivers=iscsi-ha-ticket", "severity=critical"])
+    res = run(
+        [
+            tool("amtool"),
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER}",
+            "--verify.receivers=iscsi-ha-ticket",
+            "severity=critical",
+        ]
+    )
     assert res.returncode != 0
 
 
@@ -368,7 +403,8 @@ def free_port() -> int:
 
 def http(url: str, data=None, timeout: float = 2.0):
     req = urllib.request.Request(
-        url, data=None if data is None else json.dumps(data).encode(),
+        url,
+        data=None if data is None else json.dumps(data).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -386,9 +422,15 @@ def alertmanager(tmp_path):
     config.write_text(ALERTMANAGER.read_text().replace("127.0.0.1:9095", "127.0.0.1:1"))
     log = (tmp_path / "alertmanager.log").open("w")
     proc = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -399,8 +441,10 @@ def alertmanager(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("alertmanager did not start: "
-                                + (tmp_path / "alertmanager.log").read_text()[-2000:])
+                    pytest.fail(
+                        "alertmanager did not start: "
+                        + (tmp_path / "alertmanager.log").read_text()[-2000:]
+                    )
                 time.sleep(0.1)
         yield base
     finally:
@@ -417,22 +461,55 @@ def alertmanager(tmp_path):
 def test_controller_down_inhibits_that_host_only(alertmanager):
     common = {"job": "iscsi-ha", "cluster": "pool-a"}
     sent = {
-        "down": {**common, "alertname": "IscsiHaControllerDown", "severity": "warning",
-                 "instance": "xs1:19856"},
-        "same_host": {**common, "alertname": "IscsiHaTargetNotServing", "severity": "critical",
-                      "instance": "xs1:19856"},
-        "other_host": {**common, "alertname": "IscsiHaDrbdDisconnected", "severity": "warning",
-                       "instance": "xs2:19856", "resource": "iscsi1", "state": "WFConnection"},
-        "cluster_wide": {"cluster": "pool-a", "alertname": "IscsiHaNoPrimary",
-                         "severity": "critical", "resource": "iscsi1"},
-        "other_cluster": {"job": "iscsi-ha", "cluster": "pool-b", "alertname":
-                          "IscsiHaTargetNotServing", "severity": "critical",
-                          "instance": "xs1:19856"},
+        "down": {
+            **common,
+            "alertname": "IscsiHaControllerDown",
+            "severity": "warning",
+            "instance": "xs1:19856",
+        },
+        "same_host": {
+            **common,
+            "alertname": "IscsiHaTargetNotServing",
+            "severity": "critical",
+            "instance": "xs1:19856",
+        },
+        "other_host": {
+            **common,
+            "alertname": "IscsiHaDrbdDisconnected",
+            "severity": "warning",
+            "instance": "xs2:19856",
+            "resource": "iscsi1",
+            "state": "WFConnection",
+        },
+        "cluster_wide": {
+            "cluster": "pool-a",
+            "alertname": "IscsiHaNoPrimary",
+            "severity": "critical",
+            "resource": "iscsi1",
+        },
+        "other_cluster": {
+            "job": "iscsi-ha",
+            "cluster": "pool-b",
+            "alertname": "IscsiHaTargetNotServing",
+            "severity": "critical",
+            "instance": "xs1:19856",
+        },
         # A split brain explains its resource's disconnection (and nothing about iscsi1's).
-        "split_brain": {**common, "alertname": "IscsiHaSplitBrain", "severity": "critical",
-                        "instance": "xs2:19856", "resource": "iscsi2"},
-        "explained": {**common, "alertname": "IscsiHaDrbdDisconnected", "severity": "warning",
-                      "instance": "xs2:19856", "resource": "iscsi2", "state": "StandAlone"},
+        "split_brain": {
+            **common,
+            "alertname": "IscsiHaSplitBrain",
+            "severity": "critical",
+            "instance": "xs2:19856",
+            "resource": "iscsi2",
+        },
+        "explained": {
+            **common,
+            "alertname": "IscsiHaDrbdDisconnected",
+            "severity": "warning",
+            "instance": "xs2:19856",
+            "resource": "iscsi2",
+            "state": "StandAlone",
+        },
     }
     http(alertmanager + "/api/v2/alerts", [{"labels": labels} for labels in sent.values()])
 
@@ -442,8 +519,9 @@ def test_controller_down_inhibits_that_host_only(alertmanager):
         return {k: by_labels.get(json.dumps(v, sort_keys=True)) for k, v in sent.items()}
 
     def settled(current: dict) -> bool:
-        return all((current[k] or {}).get("state") == "suppressed"
-                   for k in ("same_host", "explained"))
+        return all(
+            (current[k] or {}).get("state") == "suppressed" for k in ("same_host", "explained")
+        )
 
     deadline = time.monotonic() + 10
     current = states()
@@ -487,7 +565,11 @@ def test_slo_objective_and_period_change_the_thresholds(tmp_path):
     assert text.split("# BEGIN storage SLO")[0] == RULES.read_text().split("# BEGIN storage SLO")[0]
     check = run([tool("promtool"), "check", "rules", str(copy)])
     assert check.returncode == 0, check.stdout + check.stderr
-    assert slo_tool("--rules", str(copy), "--check", "--objective", "99.5",
-                    "--period", "28d").returncode == 0
+    assert (
+        slo_tool(
+            "--rules", str(copy), "--check", "--objective", "99.5", "--period", "28d"
+        ).returncode
+        == 0
+    )
     bad = slo_tool("--rules", str(copy), "--objective", "100")
     assert bad.returncode == 2 and "between 0 and 100" in bad.stderr

@@ -70,8 +70,10 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
     pytest.mark.skipif(
-        not all(shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
-                for t in ("tgtd", "tgtadm", "arping", "iscsi-inq", "iptables")),
+        not all(
+            shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
+            for t in ("tgtd", "tgtadm", "arping", "iscsi-inq", "iptables")
+        ),
         reason="needs tgt, iputils-arping, libiscsi-bin and iptables",
     ),
     pytest.mark.skipif(
@@ -118,8 +120,20 @@ IDENT = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
 NUMBER = re.compile(r"[0-9.][0-9A-Za-z_.]*")  # numbers, durations (5m, 1h30m), 0x1f
 GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"}
-AGGREGATIONS = {"sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
-                "count_values", "bottomk", "topk", "quantile"}
+AGGREGATIONS = {
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+}
 
 
 def _skip_string(text: str, i: int) -> int:
@@ -164,7 +178,7 @@ def vector_selectors(expr: str) -> List[str]:
             end = _close(expr, i, "{", "}")
             out.append(expr[i:end])
             i = end
-        elif c.isdigit() or (c == "." and expr[i + 1:i + 2].isdigit()):
+        elif c.isdigit() or (c == "." and expr[i + 1 : i + 2].isdigit()):
             i = NUMBER.match(expr, i).end()  # type: ignore[union-attr]
         elif IDENT.match(expr, i):
             m = IDENT.match(expr, i)
@@ -173,7 +187,7 @@ def vector_selectors(expr: str) -> List[str]:
             k = i
             while k < len(expr) and expr[k].isspace():
                 k += 1
-            nxt = expr[k:k + 1]
+            nxt = expr[k : k + 1]
             if word in GROUPING:
                 if nxt == "(":
                     i = _close(expr, k, "(", ")")
@@ -231,7 +245,7 @@ def alertmanager_for_test(webhooks: str) -> Dict[str, Any]:
         assert hooks, f"receiver {receiver['name']} has no webhook the test can stand in for"
         for hook in hooks:
             assert hook["url"].startswith(SHIPPED_WEBHOOKS), hook["url"]
-            hook["url"] = webhooks + hook["url"][len(SHIPPED_WEBHOOKS):]
+            hook["url"] = webhooks + hook["url"][len(SHIPPED_WEBHOOKS) :]
     return doc
 
 
@@ -283,8 +297,9 @@ class Webhook:
 
         self.server = lprom.in_netns(netns, lambda: Server((host, 0), Handler))
         self.url = f"http://{host}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
-                                        name="webhook", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.1,), name="webhook", daemon=True
+        )
         self._thread.start()
 
     def since(self, t: float) -> List[Tuple[float, str, Dict[str, Any]]]:
@@ -320,8 +335,15 @@ def alert_names(docs: List[Dict[str, Any]], status: str) -> set:
 
 
 class Live:
-    def __init__(self, lab: Lab, pids: Dict[str, int], prom: lprom.Prometheus,
-                 am: lprom.LabService, hook: Webhook, timings: Dict[str, float]) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        pids: Dict[str, int],
+        prom: lprom.Prometheus,
+        am: lprom.LabService,
+        hook: Webhook,
+        timings: Dict[str, float],
+    ) -> None:
         self.lab, self.pids, self.prom, self.am, self.hook = lab, pids, prom, am, hook
         self.timings = timings
 
@@ -332,8 +354,7 @@ class Live:
             doc = self.prom.get_json(url, timeout=10)
         except urllib.error.HTTPError as exc:  # 400/422: the error is in the JSON body
             return None, exc.read().decode("utf-8", "replace")
-        if doc.get("status") != "success" or doc["data"]["resultType"] not in ("vector",
-                                                                                 "scalar"):
+        if doc.get("status") != "success" or doc["data"]["resultType"] not in ("vector", "scalar"):
             return None, json.dumps(doc)
         result = doc["data"]["result"]
         if doc["data"]["resultType"] == "scalar":
@@ -353,7 +374,8 @@ def live():
         hook = Webhook(lab.sw, SWITCH_ADDR)
         try:
             am = lprom.start_alertmanager(
-                lab, yaml.safe_dump(alertmanager_for_test(hook.url), sort_keys=False))
+                lab, yaml.safe_dump(alertmanager_for_test(hook.url), sort_keys=False)
+            )
             rules = lab.base / "alerts-test" / "iscsi-ha.rules.yml"
             rules.parent.mkdir(parents=True, exist_ok=True)
             rules.write_text(yaml.safe_dump(rules_for_test(), sort_keys=False))
@@ -363,8 +385,7 @@ def live():
             timings["converged"] = time.monotonic() - t0
             # Started on a converged lab: nothing it ever saw should have alerted before the
             # paging test's fault.
-            prom = lprom.start_prometheus(lab, cluster=CLUSTER, rule_files=[rules],
-                                          alertmanager=am)
+            prom = lprom.start_prometheus(lab, cluster=CLUSTER, rule_files=[rules], alertmanager=am)
             am.wait_ready(lab)
             prom.wait_ready(lab)
             prom.wait_targets_up(2, timeout=20)
@@ -372,13 +393,19 @@ def live():
             yield Live(lab, pids, prom, am, hook, timings)
         finally:
             hook.close()
-            print(f"\ntimings (s from the start of the module): "
-                  f"{ {k: round(v, 1) for k, v in timings.items()} }")
+            print(
+                f"\ntimings (s from the start of the module): "
+                f"{ {k: round(v, 1) for k, v in timings.items()} }"
+            )
 
 
 def wait_for_data(live: Live, expr: str, timeout: float = SIGNAL) -> float:
-    return wait_for(f"Prometheus returns data for {expr}",
-                    lambda: bool(live.evaluate(expr)[0]), timeout, period=0.2)
+    return wait_for(
+        f"Prometheus returns data for {expr}",
+        lambda: bool(live.evaluate(expr)[0]),
+        timeout,
+        period=0.2,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,8 +423,13 @@ def test_vector_selectors_finds_metrics_not_functions_labels_or_keywords():
       * on (instance) group_left (address) iscsi_ha_e > bool 1e3
       and max without (role) (ALERTS) and {__name__="iscsi_ha_f"}"""
     assert vector_selectors(expr) == [
-        'iscsi_ha_a{state=~"x|}y", role!="by"}', "iscsi_ha_b", 'up{job="j"}', "iscsi_ha_d",
-        "iscsi_ha_e", "ALERTS", '{__name__="iscsi_ha_f"}',
+        'iscsi_ha_a{state=~"x|}y", role!="by"}',
+        "iscsi_ha_b",
+        'up{job="j"}',
+        "iscsi_ha_d",
+        "iscsi_ha_e",
+        "ALERTS",
+        '{__name__="iscsi_ha_f"}',
     ]
     # Every selector of the shipped rules and panels is found: none is left in what remains
     # once the selectors are cut out.
@@ -416,20 +448,26 @@ def test_test_copies_change_only_the_timing():
         assert new_group["interval"] == "1s"
         assert len(new_group["rules"]) == len(old_group["rules"])
         for old, new in zip(old_group["rules"], new_group["rules"]):
-            assert {k: v for k, v in new.items() if k != "for"} == \
-                {k: v for k, v in old.items() if k != "for"}
-            assert _seconds(new.get("for", "0s")) == min(_seconds(old.get("for", "0s")),
-                                                         _seconds(TEST_FOR))
+            assert {k: v for k, v in new.items() if k != "for"} == {
+                k: v for k, v in old.items() if k != "for"
+            }
+            assert _seconds(new.get("for", "0s")) == min(
+                _seconds(old.get("for", "0s")), _seconds(TEST_FOR)
+            )
             assert _seconds(new.get("for", "0s")) > 0 or _seconds(old.get("for", "0s")) == 0
     am_shipped = yaml.safe_load(ALERTMANAGER.read_text())
     am = alertmanager_for_test("http://10.0.0.1:1")
     assert am["inhibit_rules"] == am_shipped["inhibit_rules"]
     assert am["route"]["group_by"] == am_shipped["route"]["group_by"]
-    assert [(r["receiver"], r["matchers"]) for r in am["route"]["routes"]] == \
-        [(r["receiver"], r["matchers"]) for r in am_shipped["route"]["routes"]]
+    assert [(r["receiver"], r["matchers"]) for r in am["route"]["routes"]] == [
+        (r["receiver"], r["matchers"]) for r in am_shipped["route"]["routes"]
+    ]
     urls = [h["url"] for r in am["receivers"] for h in r["webhook_configs"]]
-    assert urls == ["http://10.0.0.1:1/iscsi-ha/pager", "http://10.0.0.1:1/iscsi-ha/ticket",
-                    "http://10.0.0.1:1/iscsi-ha/chat"]
+    assert urls == [
+        "http://10.0.0.1:1/iscsi-ha/pager",
+        "http://10.0.0.1:1/iscsi-ha/ticket",
+        "http://10.0.0.1:1/iscsi-ha/chat",
+    ]
 
 
 def test_every_alert_expression_runs_and_its_selectors_return_data(live):
@@ -480,8 +518,12 @@ def test_every_alert_expression_runs_and_its_selectors_return_data(live):
 
     # The lab is healthy and converged: every full expression runs and returns nothing (no
     # alert would fire), and none fires or is pending.
-    wait_for("manual mode off again in Prometheus",
-             lambda: not live.evaluate(f'{since}{{node="node2"}}')[0], SIGNAL, period=0.2)
+    wait_for(
+        "manual mode off again in Prometheus",
+        lambda: not live.evaluate(f'{since}{{node="node2"}}')[0],
+        SIGNAL,
+        period=0.2,
+    )
     loud = {}
     for name, expr in exprs:
         result, error = live.evaluate(expr)
@@ -541,16 +583,23 @@ def test_every_dashboard_query_returns_data(live):
         res = n2.drbdadm(cmd, RESOURCE)
         assert res.returncode == 0, res.stderr
     try:
-        seen = wait_for_data(live, f'{SYNC_ONLY}{{cluster="{CLUSTER}"}}',
-                             timeout=RESYNC_SECONDS)
+        seen = wait_for_data(live, f'{SYNC_ONLY}{{cluster="{CLUSTER}"}}', timeout=RESYNC_SECONDS)
         failed, empty_sel, empty = check(sync_only)
     finally:
-        wait_for("the resync ends, Connected and UpToDate on both", lambda: all(
-            live.evaluate(
-                f'iscsi_ha_drbd_connection_state{{node="{n.name}",state="Connected"}} == 1 '
-                f'and on (instance) iscsi_ha_drbd_disk_state{{node="{n.name}",side="local",'
-                f'state="UpToDate"}} == 1')[0] for n in lab.nodes), RESYNC_SECONDS + SIGNAL,
-                 lab, period=0.2)
+        wait_for(
+            "the resync ends, Connected and UpToDate on both",
+            lambda: all(
+                live.evaluate(
+                    f'iscsi_ha_drbd_connection_state{{node="{n.name}",state="Connected"}} == 1 '
+                    f'and on (instance) iscsi_ha_drbd_disk_state{{node="{n.name}",side="local",'
+                    f'state="UpToDate"}} == 1'
+                )[0]
+                for n in lab.nodes
+            ),
+            RESYNC_SECONDS + SIGNAL,
+            lab,
+            period=0.2,
+        )
     assert not failed, failed
     assert not empty_sel, empty_sel
     assert not empty, f"resync panel queries with no data during a resync: {empty}"
@@ -579,8 +628,12 @@ def test_paging_path_controller_killed_fires_delivers_and_resolves(live, record_
     def firing_names() -> set:
         return {a["labels"]["alertname"] for a in live.firing()}
 
-    fired = wait_for("the alerts fire in Prometheus", lambda: firing_names() >= set(expected),
-                     SIGNAL + 5, period=0.1)
+    fired = wait_for(
+        "the alerts fire in Prometheus",
+        lambda: firing_names() >= set(expected),
+        SIGNAL + 5,
+        period=0.1,
+    )
     assert firing_names() == set(expected), live.firing()
     for alert in live.firing():
         name = alert["labels"]["alertname"]
@@ -605,8 +658,12 @@ def test_paging_path_controller_killed_fires_delivers_and_resolves(live, record_
             for name, (receiver, _) in expected.items()
         ) and all(notifications(hook, since, r, status) for r in receivers)
 
-    wait_for("Alertmanager delivers them to the webhook",
-             lambda: delivered("firing", t_kill), SIGNAL, period=0.1)
+    wait_for(
+        "Alertmanager delivers them to the webhook",
+        lambda: delivered("firing", t_kill),
+        SIGNAL,
+        period=0.1,
+    )
     paged = time.monotonic() - t_kill
     for receiver in ("iscsi-ha-ticket",):
         for doc in notifications(hook, t_kill, receiver, "firing"):
@@ -620,15 +677,27 @@ def test_paging_path_controller_killed_fires_delivers_and_resolves(live, record_
     # Repair: the controller is back, Prometheus scrapes it, everything resolves.
     t_restart = time.monotonic()
     live.pids["node1"] = lab.start_controller(n1)
-    resolved_in_prom = wait_for("nothing fires in Prometheus any more",
-                                lambda: not live.firing(), SIGNAL + 5, lab, period=0.1)
-    wait_for('each receiver gets "status": "resolved"',
-             lambda: delivered("resolved", t_restart), SIGNAL, lab, period=0.1)
+    resolved_in_prom = wait_for(
+        "nothing fires in Prometheus any more",
+        lambda: not live.firing(),
+        SIGNAL + 5,
+        lab,
+        period=0.1,
+    )
+    wait_for(
+        'each receiver gets "status": "resolved"',
+        lambda: delivered("resolved", t_restart),
+        SIGNAL,
+        lab,
+        period=0.1,
+    )
     resolved = time.monotonic() - t_restart
     for receiver in ("iscsi-ha-ticket",):
         for doc in notifications(hook, t_restart, receiver, "resolved"):
-            assert all(a["status"] == "resolved" and not a["endsAt"].startswith("0001")
-                       for a in doc["alerts"]), doc
+            assert all(
+                a["status"] == "resolved" and not a["endsAt"].startswith("0001")
+                for a in doc["alerts"]
+            ), doc
     wait_for("node1 still holds the storage", converged_on(lab, n1), 10, lab)
     assert not notifications(hook, t_kill, "iscsi-ha-pager"), "the controller's death paged"
 
@@ -649,22 +718,42 @@ def test_paging_path_target_gone_while_controllers_run_pages_fast(live, record_p
     lab, hook = live.lab, live.hook
     n1 = lab.node1
     wait_for("both controllers quiet", lambda: all(map(quiet, lab.nodes)), 10, lab)
-    wait_for("node1 restarted in the previous test probes again", lambda: bool(live.evaluate(
-        'min(iscsi_ha_storage_probe_success{lun="1"}) == 1 and count(iscsi_ha_storage_probe_'
-        'success{lun="1"}) == 2')[0]), SIGNAL, lab, period=0.2)
+    wait_for(
+        "node1 restarted in the previous test probes again",
+        lambda: bool(
+            live.evaluate(
+                'min(iscsi_ha_storage_probe_success{lun="1"}) == 1 and '
+                "count(iscsi_ha_storage_probe_"
+                'success{lun="1"}) == 2'
+            )[0]
+        ),
+        SIGNAL,
+        lab,
+        period=0.2,
+    )
     assert live.firing() == [], live.firing()
     rule = ["INPUT", "-p", "tcp", "--dport", "3260", "-j", "DROP"]
     t_cut = time.monotonic()
     lab.run(n1, ["iptables", "-I", *rule], check=True)
     try:
-        wait_for("both probes fail", lambda: bool(live.evaluate(
-            'max(iscsi_ha_storage_probe_success{lun="1"}) == 0')[0]), SIGNAL, lab, period=0.2)
+        wait_for(
+            "both probes fail",
+            lambda: bool(live.evaluate('max(iscsi_ha_storage_probe_success{lun="1"}) == 0')[0]),
+            SIGNAL,
+            lab,
+            period=0.2,
+        )
 
         def paged() -> set:
             return alert_names(notifications(hook, t_cut, "iscsi-ha-pager"), "firing")
 
-        wait_for("the burn-rate page reaches the pager", lambda: "IscsiHaStorageErrorBudgetBurn"
-                 in paged(), 60, lab, period=0.2)
+        wait_for(
+            "the burn-rate page reaches the pager",
+            lambda: "IscsiHaStorageErrorBudgetBurn" in paged(),
+            60,
+            lab,
+            period=0.2,
+        )
         to_page = time.monotonic() - t_cut
         # Within the fast-burn window (5 m), and nothing but the probe pages: the controllers
         # see a healthy target, the VIP and a Primary.
@@ -676,8 +765,13 @@ def test_paging_path_target_gone_while_controllers_run_pages_fast(live, record_p
         assert "IscsiHaNoPrimary" not in firing and "IscsiHaTargetNotServing" not in firing
     finally:
         lab.run(n1, ["iptables", "-D", *rule], check=True)
-    wait_for("the probes read the LUN again", lambda: bool(live.evaluate(
-        'min(iscsi_ha_storage_probe_success{lun="1"}) == 1')[0]), SIGNAL, lab, period=0.2)
+    wait_for(
+        "the probes read the LUN again",
+        lambda: bool(live.evaluate('min(iscsi_ha_storage_probe_success{lun="1"}) == 1')[0]),
+        SIGNAL,
+        lab,
+        period=0.2,
+    )
     figures = {"cut_to_pager_s": round(to_page, 1)}
     live.timings.update(figures)
     record_property("target_gone_paging", json.dumps(figures))

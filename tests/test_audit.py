@@ -82,17 +82,25 @@ def test_drbd84_lab_default_as_the_kernel_runs_it():
     assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
     # --show-defaults prints every value (8.4: fencing inside the volume's disk section).
     full = drbd_safety(f["drbdsetup show --show-defaults r0"], "r0")
-    assert (full.protocol, full.after_sb, full.fencing, full.devices, full.disks) == \
-        (d.protocol, d.after_sb, d.fencing, d.devices, d.disks)
-    assert 'fencing         \tdont-care; # default' in f["drbdsetup show --show-defaults r0"]
+    assert (full.protocol, full.after_sb, full.fencing, full.devices, full.disks) == (
+        d.protocol,
+        d.after_sb,
+        d.fencing,
+        d.devices,
+        d.disks,
+    )
+    assert "fencing         \tdont-care; # default" in f["drbdsetup show --show-defaults r0"]
 
 
 def test_unsafe_configuration_from_drbdadm_dump():
     (dump,) = frames(D84 / "host-dump-unsafe.txt").values()
     d = drbd_safety(dump, "r0", dump)
     assert d.protocol == "A"
-    assert dict(d.discarding) == {"0pri": "discard-least-changes",
-                                  "1pri": "discard-secondary", "2pri": "violently-as0p"}
+    assert dict(d.discarding) == {
+        "0pri": "discard-least-changes",
+        "1pri": "discard-secondary",
+        "2pri": "violently-as0p",
+    }
     assert not d.fenced and d.fence_handler is False
     assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
 
@@ -120,10 +128,10 @@ def test_damaged_drbd_output_is_refused_or_read(data):
     text = drbd92_show()
     how = data.draw(st.sampled_from(["truncate", "flip", "insert"]))
     if how == "truncate":
-        text = text[:data.draw(st.integers(0, len(text)))]
+        text = text[: data.draw(st.integers(0, len(text)))]
     elif how == "flip":
         i = data.draw(st.integers(0, len(text) - 1))
-        text = text[:i] + data.draw(st.sampled_from("{};\"#x \n")) + text[i + 1:]
+        text = text[:i] + data.draw(st.sampled_from('{};"#x \n')) + text[i + 1 :]
     else:
         i = data.draw(st.integers(0, len(text)))
         text = text[:i] + data.draw(st.text(max_size=40)) + text[i:]
@@ -140,13 +148,16 @@ def test_damaged_drbd_output_is_refused_or_read(data):
 DEVICES = ["/dev/drbd0"]
 
 
-@pytest.mark.parametrize("fixture, backing, expected", [
-    ("default", "/dev/sdb", {"/dev/drbd0": False, "/dev/sdb": False}),
-    ("rejects-drbd-and-backing", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": True}),
-    ("rejects-drbd-only", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": False}),
-    ("xenserver-filter", "/dev/sdb", {"/dev/drbd0": False, "/dev/sdb": False}),
-    ("single-string", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": True}),
-])
+@pytest.mark.parametrize(
+    "fixture, backing, expected",
+    [
+        ("default", "/dev/sdb", {"/dev/drbd0": False, "/dev/sdb": False}),
+        ("rejects-drbd-and-backing", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": True}),
+        ("rejects-drbd-only", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": False}),
+        ("xenserver-filter", "/dev/sdb", {"/dev/drbd0": False, "/dev/sdb": False}),
+        ("single-string", "/dev/sdb", {"/dev/drbd0": True, "/dev/sdb": True}),
+    ],
+)
 def test_lvm_filter_verdicts(fixture, backing, expected):
     verdicts = judge_filters(parse_lvmconfig(lvm(fixture)), DEVICES, [backing])
     assert {v.device: v.rejected for v in verdicts} == expected
@@ -198,8 +209,11 @@ def test_multipath_exception_lets_drbd_back_in_and_conf_d_counts():
 def test_damaged_multipath_conf_is_refused_or_read(data):
     text = (AUDIT / "multipath-xcpng.conf").read_text()
     i = data.draw(st.integers(0, len(text)))
-    text = text[:i] + data.draw(st.sampled_from(["", "{", "}", '"', "\n}\n"])) + \
-        text[i + data.draw(st.integers(0, 30)):]
+    text = (
+        text[:i]
+        + data.draw(st.sampled_from(["", "{", "}", '"', "\n}\n"]))
+        + text[i + data.draw(st.integers(0, 30)) :]
+    )
     try:
         parse_blacklists([text])
     except MultipathParseError as exc:
@@ -212,10 +226,15 @@ def test_damaged_multipath_conf_is_refused_or_read(data):
 
 
 def test_assess_and_render_an_unsafe_host():
-    result = assess(["r0"], 1000.0, show={"r0": drbd92_show()}, dump={"r0": None},
-                    lvmconfig=lvm("rejects-drbd-only"),
-                    multipath=[(AUDIT / "multipath-xcpng-drbd-line-removed.conf").read_text()],
-                    errors={})
+    result = assess(
+        ["r0"],
+        1000.0,
+        show={"r0": drbd92_show()},
+        dump={"r0": None},
+        lvmconfig=lvm("rejects-drbd-only"),
+        multipath=[(AUDIT / "multipath-xcpng-drbd-line-removed.conf").read_text()],
+        errors={},
+    )
     text = "\n".join(result.findings())
     assert "DRBD r0: no fencing (fencing dont-care)" in text
     assert "the LVM filter does not reject /dev/vda (backing)" in text
@@ -227,8 +246,7 @@ def test_assess_and_render_an_unsafe_host():
     assert v("iscsi_ha_audit_error", {"check": "lvm"}) == 0
     assert v("iscsi_ha_drbd_replication_protocol", {"resource": "r0", "protocol": "C"}) == 1
     assert v("iscsi_ha_drbd_replication_protocol", {"resource": "r0", "protocol": "A"}) == 0
-    assert v("iscsi_ha_drbd_split_brain_policy_discards",
-             {"resource": "r0", "policy": "1pri"}) == 0
+    assert v("iscsi_ha_drbd_split_brain_policy_discards", {"resource": "r0", "policy": "1pri"}) == 0
     assert v("iscsi_ha_drbd_fencing", {"resource": "r0"}) == 0
     assert v("iscsi_ha_lvm_filter_rejects", {"device": "/dev/drbd0", "kind": "drbd"}) == 1
     assert v("iscsi_ha_lvm_filter_rejects", {"device": "/dev/vda", "kind": "backing"}) == 0
@@ -236,14 +254,25 @@ def test_assess_and_render_an_unsafe_host():
 
 
 def test_a_check_that_cannot_run_is_an_error_not_a_finding():
-    result = assess(["r0"], 1.0, show={"r0": drbd92_show()}, dump={"r0": None}, lvmconfig=None,
-                    multipath=[], errors={"lvm": "`lvmconfig` rc 127: not found"})
+    result = assess(
+        ["r0"],
+        1.0,
+        show={"r0": drbd92_show()},
+        dump={"r0": None},
+        lvmconfig=None,
+        multipath=[],
+        errors={"lvm": "`lvmconfig` rc 127: not found"},
+    )
     assert not any("LVM" in f for f in result.findings())
     reg = CollectorRegistry()
     AuditCollector(lambda: result, reg)
     assert reg.get_sample_value("iscsi_ha_audit_error", {"check": "lvm"}) == 1
-    assert reg.get_sample_value("iscsi_ha_lvm_filter_rejects",
-                                {"device": "/dev/drbd0", "kind": "drbd"}) is None
+    assert (
+        reg.get_sample_value(
+            "iscsi_ha_lvm_filter_rejects", {"device": "/dev/drbd0", "kind": "drbd"}
+        )
+        is None
+    )
     # No multipath.conf: nothing exported, nothing to fear.
     assert reg.get_sample_value("iscsi_ha_multipath_blacklists_drbd", {"device": "drbd0"}) is None
 
@@ -256,14 +285,25 @@ def test_job_runs_the_commands_and_survives_failures(tmp_path):
     runner.answer(["lvmconfig"], stdout=lvm("rejects-drbd-and-backing"))
     conf = tmp_path / "multipath.conf"
     conf.write_text((AUDIT / "multipath-xcpng.conf").read_text())
-    job = AuditJob(AuditSettings(resources=("r0", "r1"), multipath_conf=str(conf),
-                                 multipath_conf_dir=str(tmp_path / "conf.d")), runner,
-                   clock=lambda: 5.0)
+    job = AuditJob(
+        AuditSettings(
+            resources=("r0", "r1"),
+            multipath_conf=str(conf),
+            multipath_conf_dir=str(tmp_path / "conf.d"),
+        ),
+        runner,
+        clock=lambda: 5.0,
+    )
     assert job.latest() is None
     result = job.run()
     assert job.latest() is result
-    assert ("lvmconfig", "--typeconfig", "full", "devices/filter",
-            "devices/global_filter") in runner.calls
+    assert (
+        "lvmconfig",
+        "--typeconfig",
+        "full",
+        "devices/filter",
+        "devices/global_filter",
+    ) in runner.calls
     assert [d.resource for d in result.drbd] == ["r0"]
     assert "r1" in result.errors["drbd"] and "No such resource" in result.errors["drbd"]
     assert result.findings() == ["DRBD r0: no fencing (fencing dont-care)"]
@@ -276,9 +316,9 @@ def test_settings_from_the_configuration():
 
     base = {"resources": ["iscsi1"], "vip": {"address": "10.10.10.3/24"}}
     s = settings_from_config(parse_config(base))
-    assert s is not None and s.interval == 300 and s.multipath_conf_dir == \
-        "/etc/multipath/conf.d"
+    assert s is not None and s.interval == 300 and s.multipath_conf_dir == "/etc/multipath/conf.d"
     assert settings_from_config(parse_config({**base, "audit": {"enabled": False}})) is None
-    s: Optional[AuditSettings] = settings_from_config(parse_config(
-        {**base, "audit": {"interval": 60, "lvmconfig": "/sbin/lvmconfig"}}))
+    s: Optional[AuditSettings] = settings_from_config(
+        parse_config({**base, "audit": {"interval": 60, "lvmconfig": "/sbin/lvmconfig"}})
+    )
     assert s is not None and (s.interval, s.lvmconfig) == (60, "/sbin/lvmconfig")

@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
-    pytest.mark.skipif(not all(shutil.which(t) for t in ("tgtd", "iscsi-inq", "keepalived")),
-                       reason="needs tgt, libiscsi-bin and keepalived (scripts/setup-env.sh)"),
+    pytest.mark.skipif(
+        not all(shutil.which(t) for t in ("tgtd", "iscsi-inq", "keepalived")),
+        reason="needs tgt, libiscsi-bin and keepalived (scripts/setup-env.sh)",
+    ),
 ]
 
 
@@ -26,9 +28,20 @@ def test_one_round_of_four_methods(tmp_path):
     out = tmp_path / "rows.json"
     methods = ["bare", "keepalived-vrrp3", "iscsi-ha-failover", "iscsi-ha-switchover"]
     res = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bench_switch.py"), "--rounds", "1",
-         "--only", ",".join(methods), "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_switch.py"),
+            "--rounds",
+            "1",
+            "--only",
+            ",".join(methods),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert set(rows) == set(methods)

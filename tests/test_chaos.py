@@ -40,9 +40,23 @@ def test_blocks_name_themselves_and_differ():
 def test_ci_subset_of_chaos_schedules(tmp_path):
     summary = tmp_path / "chaos.json"
     res = subprocess.run(
-        [sys.executable, "-m", "lab.chaos", "--seed", "1", "--schedules", str(CI_SCHEDULES),
-         "--out", str(tmp_path / "logs"), "--json", str(summary)],
-        cwd=ROOT, capture_output=True, text=True, timeout=880,
+        [
+            sys.executable,
+            "-m",
+            "lab.chaos",
+            "--seed",
+            "1",
+            "--schedules",
+            str(CI_SCHEDULES),
+            "--out",
+            str(tmp_path / "logs"),
+            "--json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     print(res.stdout[-4000:])
@@ -70,9 +84,21 @@ REGRESSIONS = {
 def test_regression_schedule(tmp_path, name):
     summary = tmp_path / "chaos.json"
     res = subprocess.run(
-        [sys.executable, "-m", "lab.chaos", "--faults", REGRESSIONS[name],
-         "--out", str(tmp_path / "logs"), "--json", str(summary)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
+        [
+            sys.executable,
+            "-m",
+            "lab.chaos",
+            "--faults",
+            REGRESSIONS[name],
+            "--out",
+            str(tmp_path / "logs"),
+            "--json",
+            str(summary),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     print(res.stdout[-3000:])

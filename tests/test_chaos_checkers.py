@@ -51,13 +51,18 @@ def test_each_invariant_is_caught():
     assert any("VIP on both nodes" in v for v in both)
     assert any("serving target on both nodes" in v for v in both)
     from_secondary = NodeState(0, ((1, (1,)),), "Secondary")
-    assert any("serves the target from DRBD Secondary" in v
-               for v in judge(from_secondary, EMPTY, from_secondary).violations)
+    assert any(
+        "serves the target from DRBD Secondary" in v
+        for v in judge(from_secondary, EMPTY, from_secondary).violations
+    )
     bare_vip = NodeState(1, (), "Primary")
-    assert any("VIP without a serving target" in v
-               for v in judge(bare_vip, EMPTY, bare_vip).violations)
-    assert any("VIP twice" in v for v in judge(NodeState(2, ((1, (1,)),), "Primary"), EMPTY,
-                                               EMPTY).violations)
+    assert any(
+        "VIP without a serving target" in v for v in judge(bare_vip, EMPTY, bare_vip).violations
+    )
+    assert any(
+        "VIP twice" in v
+        for v in judge(NodeState(2, ((1, (1,)),), "Primary"), EMPTY, EMPTY).violations
+    )
 
 
 def test_a_killed_tgtd_has_its_grace_and_a_slow_sample_is_not_judged():
@@ -66,12 +71,10 @@ def test_a_killed_tgtd_has_its_grace_and_a_slow_sample_is_not_judged():
     checker.grace["node1"] = time.monotonic() + 60
     checker._check(A, B, bare_vip, EMPTY, bare_vip)
     assert checker.violations == []
-    slow = judge(HOLDS, HOLDS, HOLDS, {"node1": "Primary", "node2": "Secondary"},
-                 span=MAX_SPAN * 2)
+    slow = judge(HOLDS, HOLDS, HOLDS, {"node1": "Primary", "node2": "Secondary"}, span=MAX_SPAN * 2)
     assert slow.violations == [] and slow.slow_samples == 1
     # ... but two Primaries in ONE reading of DRBD's state count however slow the sample.
-    exact = judge(EMPTY, EMPTY, EMPTY, {"node1": "Primary", "node2": "Primary"},
-                  span=MAX_SPAN * 2)
+    exact = judge(EMPTY, EMPTY, EMPTY, {"node1": "Primary", "node2": "Primary"}, span=MAX_SPAN * 2)
     assert len(exact.violations) == 1
 
 
@@ -144,8 +147,9 @@ def test_the_cheap_readings_equal_the_tools_and_the_live_checker_catches_two_vip
             period = checker.stop()
             assert checker.error is None
             assert any("VIP on both nodes" in v for v in checker.violations), checker.violations
-            assert any("node2 has the VIP without a serving target" in v
-                       for v in checker.violations)
+            assert any(
+                "node2 has the VIP without a serving target" in v for v in checker.violations
+            )
             assert period < 0.05, period  # ~10 ms asked; generous for a loaded machine
         finally:
             probe.close()

@@ -89,8 +89,7 @@ def test_status_screen_from_a_live_controller(live, capsys):
     assert "STORAGE ROLE   PRIMARY  (wanted primary: host is pool master)" in lines
     assert "MANUAL MODE    off (storage follows the pool role)" in lines
     row = next(line for line in lines if " iscsi1 " in f" {line} ")
-    assert row.split()[1:7] == ["Primary", "Secondary", "Connected", "UpToDate", "UpToDate",
-                                "in"]
+    assert row.split()[1:7] == ["Primary", "Secondary", "Connected", "UpToDate", "UpToDate", "in"]
     assert "ISCSI TARGET   serving 1 LUN, 0 sessions" in lines
     assert "VIRTUAL IP     10.99.0.3/24 on eth0: local" in lines
     assert re.search(r"^LAST CYCLE     OK, [0-2]s ago \(took \d+ ms\)$", out, re.M)
@@ -105,8 +104,12 @@ def test_status_follows_the_controller_state(live, capsys):
     host.controller.run_cycle()  # the follow-up cycle the daemon would run (trigger)
     code, out, _ = run(capsys, "--socket", path, "status")
     assert code == 0
-    assert re.search(r"^MANUAL MODE    ON since \d{4}-\d\d-\d\d .*\(operator asked for "
-                     r"secondary\)$", out, re.M)
+    assert re.search(
+        r"^MANUAL MODE    ON since \d{4}-\d\d-\d\d .*\(operator asked for "
+        r"secondary\)$",
+        out,
+        re.M,
+    )
     assert "STORAGE ROLE   SECONDARY" in out
     assert "ISCSI TARGET   standby (tgtd running, no target)" in out
     assert "on eth0: not local" in out
@@ -161,8 +164,7 @@ def test_screen_warns_when_the_last_cycle_is_old():
 
 def test_screen_shows_manual_mode_the_vip_conflict_and_the_pool_master():
     snap = snapshots.master(manual=snapshots.manual_on("secondary"))
-    vip = VipObservation(address="10.10.10.3/24", interface="xenbr0", local=False,
-                         conflict=True)
+    vip = VipObservation(address="10.10.10.3/24", interface="xenbr0", local=False, conflict=True)
     last = replace(snap.last, observation=replace(snap.last.observation, vip=vip))
     out = screen(replace(snap, last=last))
     assert "(operator asked for secondary)" in out
@@ -205,11 +207,16 @@ def legacy_status(path: Path, age: float) -> str:
 
 @pytest.mark.parametrize("interval, stale", [(2, True), (30, False)])
 def test_controller_down_shows_the_status_file_and_warns_when_it_is_stale(
-        tmp_path, capsys, interval, stale):
+    tmp_path, capsys, interval, stale
+):
     status = tmp_path / "status"
     text = legacy_status(status, age=10)  # stale when older than interval + 5 s
-    cfg = write_config(tmp_path, socket_path=str(tmp_path / "none.sock"),
-                       status_file=str(status), interval=interval)
+    cfg = write_config(
+        tmp_path,
+        socket_path=str(tmp_path / "none.sock"),
+        status_file=str(status),
+        interval=interval,
+    )
     code, out, err = run(capsys, "--config", cfg, "status")
     assert code == 3
     assert out == text
@@ -238,8 +245,9 @@ def test_connection_refused_and_no_answer_count_as_down(tmp_path, capsys, monkey
         hung.bind(str(tmp_path / "hung.sock"))
         hung.listen(1)
         t0 = time.monotonic()
-        code, out, err = run(capsys, "--config", cfg, "--socket", str(tmp_path / "hung.sock"),
-                             "status")
+        code, out, err = run(
+            capsys, "--config", cfg, "--socket", str(tmp_path / "hung.sock"), "status"
+        )
         assert time.monotonic() - t0 < 2
     finally:
         hung.close()
@@ -250,8 +258,9 @@ def test_connection_refused_and_no_answer_count_as_down(tmp_path, capsys, monkey
 def test_controller_down_json_and_no_status_file(tmp_path, capsys):
     status = tmp_path / "status"
     legacy_status(status, age=100)
-    cfg = write_config(tmp_path, socket_path=str(tmp_path / "none.sock"),
-                       status_file=str(status), interval=5)
+    cfg = write_config(
+        tmp_path, socket_path=str(tmp_path / "none.sock"), status_file=str(status), interval=5
+    )
     code, out, err = run(capsys, "--config", cfg, "status", "--json")
     doc = json.loads(out)
     assert code == 3 and doc["reachable"] is False and doc["status_file"]["stale"] is True
@@ -265,8 +274,10 @@ def test_an_invalid_config_still_gives_the_socket_and_status_file(tmp_path, caps
     status = tmp_path / "status"
     legacy_status(status, age=20)
     cfg = tmp_path / "broken.yaml"
-    cfg.write_text(f"interval: 60\npaths: {{status_file: {status}, "
-                   f"control_socket: {tmp_path / 'x.sock'}}}\nvip: {{adress: 1}}\n")
+    cfg.write_text(
+        f"interval: 60\npaths: {{status_file: {status}, "
+        f"control_socket: {tmp_path / 'x.sock'}}}\nvip: {{adress: 1}}\n"
+    )
     code, out, err = run(capsys, "--config", str(cfg), "status")
     assert code == 3 and out.startswith("HOST ROLE: MASTER")
     assert "is not a valid configuration" in err and "check-config" in err
@@ -371,9 +382,13 @@ def stop(proc: subprocess.Popen) -> int:
 
 def test_watch_redraws_until_ctrl_c(live):
     host, path = live
-    proc = subprocess.Popen(CLI + ["--socket", path, "status", "--watch"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        CLI + ["--socket", path, "status", "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
     try:
         out = Lines(proc.stdout)
         out.wait_for("LAST CYCLE     none yet")
@@ -392,8 +407,12 @@ def test_watch_redraws_until_ctrl_c(live):
 def test_watch_clears_the_screen_on_a_terminal(live):
     host, path = live
     master, slave = pty.openpty()
-    proc = subprocess.Popen(CLI + ["--socket", path, "status", "--watch"],
-                            stdout=slave, stderr=subprocess.DEVNULL, preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        CLI + ["--socket", path, "status", "--watch"],
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=sigint_default,
+    )
     os.close(slave)
     data = b""
     try:
@@ -414,9 +433,13 @@ def test_watch_clears_the_screen_on_a_terminal(live):
 def test_log_follow_prints_new_cycles_until_ctrl_c(live):
     host, path = live
     host.controller.run_cycle()
-    proc = subprocess.Popen(CLI + ["--socket", path, "log", "-f"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        CLI + ["--socket", path, "log", "-f"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_default,
+    )
     try:
         out = Lines(proc.stdout)
         out.wait_for("ok: no action")
@@ -477,8 +500,9 @@ def test_import_conf_to_a_file_refuses_to_overwrite_without_force(tmp_path, caps
 
 def test_import_conf_of_a_bad_file_writes_nothing(tmp_path, capsys):
     bad = tmp_path / "iscsi-ha.conf"
-    bad.write_text("DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=10.10.10.300\n"
-                   "DRBD_VIRTUAL_MASK=255.255.255.0\n")
+    bad.write_text(
+        "DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=10.10.10.300\nDRBD_VIRTUAL_MASK=255.255.255.0\n"
+    )
     target = tmp_path / "out.yaml"
     code, out, err = run(capsys, "import-conf", str(bad), "-o", str(target))
     assert code == 2 and "nothing was written" in err and "10.10.10.300" in err
@@ -516,10 +540,12 @@ def test_top_level_help_shows_the_planned_switch(capsys):
         cli.main(["--help"])
     out = capsys.readouterr().out
     assert exc.value.code == 0
-    steps = ["on both hosts:             iscsi-cfg manual-mode-enable",
-             "on the current primary:    iscsi-cfg become-secondary",
-             "on the other host:         iscsi-cfg become-primary",
-             "afterwards, on both hosts: iscsi-cfg manual-mode-disable"]
+    steps = [
+        "on both hosts:             iscsi-cfg manual-mode-enable",
+        "on the current primary:    iscsi-cfg become-secondary",
+        "on the other host:         iscsi-cfg become-primary",
+        "afterwards, on both hosts: iscsi-cfg manual-mode-disable",
+    ]
     positions = [out.index(s) for s in steps]
     assert positions == sorted(positions)
     assert "3  the controller is unreachable" in out
@@ -549,9 +575,21 @@ def test_usage_errors_exit_2_and_version(capsys):
 
 def test_become_primary_through_the_cli_on_a_stale_slave(tmp_path, sockdir, capsys):
     """The whole path for a refusal from the cycle itself, as an operator would see it."""
-    host = Host(str(tmp_path), world(pool=PoolRole.SLAVE, resources=(
-        res(role="Secondary", peer_role="Unknown", connection="StandAlone",
-            disk="Outdated", peer_disk="DUnknown"),)))
+    host = Host(
+        str(tmp_path),
+        world(
+            pool=PoolRole.SLAVE,
+            resources=(
+                res(
+                    role="Secondary",
+                    peer_role="Unknown",
+                    connection="StandAlone",
+                    disk="Outdated",
+                    peer_disk="DUnknown",
+                ),
+            ),
+        ),
+    )
     path = os.path.join(sockdir, "c.sock")
     with serving(StubDaemon(host.controller), path):
         assert run(capsys, "--socket", path, "manual-mode-enable")[0] == 0
@@ -586,8 +624,12 @@ def test_the_real_daemon_serves_the_socket_and_removes_it_on_sigterm(tmp_path, s
         f"control_socket: {sock}}}\n"
     )
     daemon_cli = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
-    proc = subprocess.Popen([daemon_cli, "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [daemon_cli, "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 15
         doc = None
@@ -603,8 +645,9 @@ def test_the_real_daemon_serves_the_socket_and_removes_it_on_sigterm(tmp_path, s
         code, out, _ = run(capsys, "--config", str(cfg), "get", "--json")
         assert code == 0 and json.loads(out)["paths"]["control_socket"] == sock
 
-        second = subprocess.run([daemon_cli, "run", "--config", str(cfg)], capture_output=True,
-                                text=True, timeout=30)
+        second = subprocess.run(
+            [daemon_cli, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=30
+        )
         assert second.returncode != 0
         assert "another iscsi-ha controller is running" in second.stderr
         assert run(capsys, "--config", str(cfg), "status")[0] == 0  # the first one still serves

@@ -76,15 +76,20 @@ def test_master():
     assert value(r, "iscsi_ha_start_time_seconds") == snap.started
     assert value(r, "iscsi_ha_host_info", hostname="xcp-host1") == 1
     assert one_hot(r, "iscsi_ha_pool_role", ["master", "slave", "unknown"]) == {
-        "master": 1, "slave": 0, "unknown": 0}
+        "master": 1,
+        "slave": 0,
+        "unknown": 0,
+    }
     assert value(r, "iscsi_ha_drbd_role", resource="iscsi1", role="Primary") == 1
     assert value(r, "iscsi_ha_drbd_role", resource="iscsi1", role="Secondary") == 0
     assert value(r, "iscsi_ha_drbd_peer_role", resource="iscsi1", role="Secondary") == 1
     assert value(r, "iscsi_ha_drbd_connection_state", resource="iscsi1", state="Connected") == 1
     assert value(r, "iscsi_ha_drbd_connection_state", resource="iscsi1", state="StandAlone") == 0
     for side in ("local", "peer"):
-        assert value(r, "iscsi_ha_drbd_disk_state", resource="iscsi1", side=side,
-                     state="UpToDate") == 1
+        assert (
+            value(r, "iscsi_ha_drbd_disk_state", resource="iscsi1", side=side, state="UpToDate")
+            == 1
+        )
     assert value(r, "iscsi_ha_drbd_out_of_sync_bytes", resource="iscsi1") == 0
     assert value(r, "iscsi_ha_drbd_sync_progress_ratio", resource="iscsi1") == 1
     assert value(r, "iscsi_ha_drbd_sync_eta_seconds", resource="iscsi1") is None
@@ -104,21 +109,32 @@ def test_master():
     assert value(r, "iscsi_ha_xenapi_reachable") == 1
     assert value(r, "iscsi_ha_sr_unattached_pbds") == 0
     sr = "6f1e0c2a-3b8e-4f61-9d5e-2a7c1b0e9f11"
-    assert value(r, "iscsi_ha_sr_pbd_attached", sr=sr, sr_name="iSCSI HA storage",
-                 host="xcp-host2") == 1
+    assert (
+        value(r, "iscsi_ha_sr_pbd_attached", sr=sr, sr_name="iSCSI HA storage", host="xcp-host2")
+        == 1
+    )
     assert one_hot(r, "iscsi_ha_desired_role", ["primary", "secondary", "none"]) == {
-        "primary": 1, "secondary": 0, "none": 0}
+        "primary": 1,
+        "secondary": 0,
+        "none": 0,
+    }
     assert value(r, "iscsi_ha_refusals") == 0
     assert value(r, "iscsi_ha_planned_actions") == 0
     assert one_hot(r, "iscsi_ha_last_cycle_outcome", ["ok", "held", "error"]) == {
-        "ok": 1, "held": 0, "error": 0}
+        "ok": 1,
+        "held": 0,
+        "error": 0,
+    }
     assert value(r, "iscsi_ha_last_cycle_timestamp_seconds") == last.started + last.duration
     assert value(r, "iscsi_ha_last_cycle_duration_seconds") == last.duration
     assert value(r, "iscsi_ha_cycle_interval_seconds") == 5
     assert value(r, "iscsi_ha_dry_run") == 0
     assert value(r, "iscsi_ha_manual_mode") == 0
-    assert one_hot(r, "iscsi_ha_manual_mode_requested_role", ["primary", "secondary", "none"]) \
-        == {"primary": 0, "secondary": 0, "none": 1}
+    assert one_hot(r, "iscsi_ha_manual_mode_requested_role", ["primary", "secondary", "none"]) == {
+        "primary": 0,
+        "secondary": 0,
+        "none": 1,
+    }
     assert value(r, "iscsi_ha_manual_mode_since_timestamp_seconds") is None
     for system in ("drbd", "target", "vip", "sr"):
         assert value(r, "iscsi_ha_observation_error", system=system) == 0
@@ -202,7 +218,10 @@ def test_split_brain():
 def test_unknown_pool_role_holds():
     r = registry_for(snapshots.unknown_pool())
     assert one_hot(r, "iscsi_ha_pool_role", ["master", "slave", "unknown"]) == {
-        "master": 0, "slave": 0, "unknown": 1}
+        "master": 0,
+        "slave": 0,
+        "unknown": 1,
+    }
     assert value(r, "iscsi_ha_desired_role", role="none") == 1
     assert value(r, "iscsi_ha_desired_role", role="primary") == 0
     assert value(r, "iscsi_ha_last_cycle_outcome", outcome="held") == 1
@@ -214,8 +233,7 @@ def test_promoting_counts_the_planned_actions():
     r = registry_for(snapshots.promoting(resources=2))
     assert value(r, "iscsi_ha_planned_actions") == 5  # 2 promotes, serve, VIP, announce
     assert value(r, "iscsi_ha_sr_unattached_pbds") == 1
-    assert value(r, "iscsi_ha_drbd_connection_state", resource="iscsi2",
-                 state="WFConnection") == 1
+    assert value(r, "iscsi_ha_drbd_connection_state", resource="iscsi2", state="WFConnection") == 1
 
 
 def test_manual_mode():
@@ -241,8 +259,9 @@ def test_every_enum_value_has_a_series_and_exactly_one_is_set(builder):
             got = one_hot(r, name, choices, **labels)
             assert sum(got.values()) == 1, (name, got)
         for side in ("local", "peer"):
-            got = one_hot(r, "iscsi_ha_drbd_disk_state", model.DRBD_DISK_STATES, **labels,
-                          side=side)
+            got = one_hot(
+                r, "iscsi_ha_drbd_disk_state", model.DRBD_DISK_STATES, **labels, side=side
+            )
             assert sum(got.values()) == 1
     for name, choices in (
         ("iscsi_ha_pool_role", [p.value for p in model.PoolRole]),
@@ -261,13 +280,15 @@ def test_odd_resources_unknown_word_unconfigured_unreadable_no_quorum():
     r = registry_for(snapshots.odd_resources())
     # A word no list knows gets its own series, and the listed ones all read 0.
     assert value(r, "iscsi_ha_drbd_connection_state", resource="iscsi1", state="Congested") == 1
-    got = one_hot(r, "iscsi_ha_drbd_connection_state", model.DRBD_CONNECTION_STATES,
-                  resource="iscsi1")
+    got = one_hot(
+        r, "iscsi_ha_drbd_connection_state", model.DRBD_CONNECTION_STATES, resource="iscsi1"
+    )
     assert sum(got.values()) == 0
     # Not up: says so, and no state series that would pretend to know.
     assert value(r, "iscsi_ha_drbd_resource_configured", resource="iscsi2") == 0
-    assert not [s for s in series(r, "iscsi_ha_drbd_connection_state")
-                if s.labels["resource"] == "iscsi2"]
+    assert not [
+        s for s in series(r, "iscsi_ha_drbd_connection_state") if s.labels["resource"] == "iscsi2"
+    ]
     # Unreadable: the error, nothing else about it.
     assert value(r, "iscsi_ha_drbd_resource_error", resource="iscsi3") == 1
     assert value(r, "iscsi_ha_drbd_resource_configured", resource="iscsi3") is None
@@ -305,7 +326,8 @@ def test_a_bad_histogram_is_left_out_not_fatal():
     snap = snapshots.master()
     bad = model.HistogramData(buckets=(0.1, 1.0), counts=(1,), total=1.0, count=1)
     snap = snapshots.dataclasses.replace(
-        snap, counters=snapshots.dataclasses.replace(snap.counters, cycle_duration=bad))
+        snap, counters=snapshots.dataclasses.replace(snap.counters, cycle_duration=bad)
+    )
     r = registry_for(snap)
     assert value(r, "iscsi_ha_cycle_duration_seconds_count") is None
     assert value(r, "iscsi_ha_target_serving") == 1
@@ -333,8 +355,8 @@ def all_snapshots():
 
 def switched():
     return snapshots.dataclasses.replace(
-        snapshots.master(), switchover_phases=(("check", 0.012), ("release", 0.08),
-                                               ("total", 0.41)))
+        snapshots.master(), switchover_phases=(("check", 0.012), ("release", 0.08), ("total", 0.41))
+    )
 
 
 def test_the_last_switchover_is_exported_per_phase():
@@ -342,8 +364,12 @@ def test_the_last_switchover_is_exported_per_phase():
     assert value(r, "iscsi_ha_switchover_duration_seconds", phase="release") == 0.08
     assert value(r, "iscsi_ha_switchover_duration_seconds", phase="total") == 0.41
     # Before any switchover there is no series at all (not a misleading 0).
-    assert value(registry_for(snapshots.master()), "iscsi_ha_switchover_duration_seconds",
-                 phase="total") is None
+    assert (
+        value(
+            registry_for(snapshots.master()), "iscsi_ha_switchover_duration_seconds", phase="total"
+        )
+        is None
+    )
 
 
 def test_names_and_labels_are_those_of_the_table():
@@ -352,8 +378,9 @@ def test_names_and_labels_are_those_of_the_table():
     for snap in all_snapshots():
         r = registry_for(snap)
         for fam in r.collect():
-            exposed = fam.name + ("_total" if fam.type == "counter" else
-                                  "_info" if fam.type == "info" else "")
+            exposed = fam.name + (
+                "_total" if fam.type == "counter" else "_info" if fam.type == "info" else ""
+            )
             assert exposed in kinds, exposed
             kind, labels = kinds[exposed]
             # build_info is an info family: a gauge in the text format.
@@ -372,8 +399,9 @@ def test_every_family_carries_the_help_of_the_catalogue():
     helps = {m.name: m.help for m in catalogue.CATALOGUE}
     for snap in all_snapshots():
         for fam in registry_for(snap).collect():
-            exposed = fam.name + ("_total" if fam.type == "counter" else
-                                  "_info" if fam.type == "info" else "")
+            exposed = fam.name + (
+                "_total" if fam.type == "counter" else "_info" if fam.type == "info" else ""
+            )
             assert fam.documentation == helps[exposed], exposed
 
 
@@ -461,8 +489,9 @@ PROMTOOL = shutil.which("promtool")
 
 
 def promtool_check(text: bytes) -> None:
-    proc = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [PROMTOOL, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
     complaints = (proc.stdout + proc.stderr).decode()
     assert proc.returncode == 0 and not complaints.strip(), complaints
 
@@ -481,9 +510,12 @@ def test_promtool_check_metrics_finds_nothing(index):
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
 def test_promtool_would_complain_about_a_bad_exposition():
     # The check above can fail: promtool does object to a counter without _total.
-    proc = subprocess.run([PROMTOOL, "check", "metrics"],
-                          input=b"# HELP x_count a counter\n# TYPE x_count counter\nx_count 1\n",
-                          capture_output=True, timeout=60)
+    proc = subprocess.run(
+        [PROMTOOL, "check", "metrics"],
+        input=b"# HELP x_count a counter\n# TYPE x_count counter\nx_count 1\n",
+        capture_output=True,
+        timeout=60,
+    )
     assert proc.returncode != 0 or (proc.stdout + proc.stderr).strip()
 
 
@@ -494,21 +526,31 @@ def test_unchanged_families_are_handed_out_again_changed_ones_rebuilt():
     first = families(registry)
     box.publish(snapshots.master(resources=3))  # a new cycle, same states, new timestamps
     second = families(registry)
-    for name in ("iscsi_ha_drbd_connection_state", "iscsi_ha_drbd_disk_state",
-                 "iscsi_ha_pool_role", "iscsi_ha_target_serving"):
+    for name in (
+        "iscsi_ha_drbd_connection_state",
+        "iscsi_ha_drbd_disk_state",
+        "iscsi_ha_pool_role",
+        "iscsi_ha_target_serving",
+    ):
         assert second[name] is first[name], name
-    assert second["iscsi_ha_last_cycle_timestamp_seconds"] is not \
-        first["iscsi_ha_last_cycle_timestamp_seconds"]
+    assert (
+        second["iscsi_ha_last_cycle_timestamp_seconds"]
+        is not first["iscsi_ha_last_cycle_timestamp_seconds"]
+    )
     box.publish(snapshots.syncing(resources=3))
     third = families(registry)
     assert third["iscsi_ha_drbd_connection_state"] is not first["iscsi_ha_drbd_connection_state"]
-    assert value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2",
-                 state="SyncSource") == 1
-    assert value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2",
-                 state="Connected") == 0
+    assert (
+        value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2", state="SyncSource")
+        == 1
+    )
+    assert (
+        value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2", state="Connected") == 0
+    )
     box.publish(snapshots.master(resources=3))
-    assert value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2",
-                 state="Connected") == 1
+    assert (
+        value(registry, "iscsi_ha_drbd_connection_state", resource="iscsi2", state="Connected") == 1
+    )
 
 
 def test_promotion_blocked_reads_zero_per_resource_unless_held():

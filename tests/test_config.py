@@ -70,7 +70,12 @@ def test_every_default(tmp_path):
     assert cfg.resources == ("iscsi1",)
     d = cfg.drbd
     assert (d.version, d.drbdadm, d.drbdsetup, d.proc_drbd, d.kernel_log) == (
-        "auto", "drbdadm", "drbdsetup", "/proc/drbd", ("dmesg",))
+        "auto",
+        "drbdadm",
+        "drbdsetup",
+        "/proc/drbd",
+        ("dmesg",),
+    )
     assert cfg.pool.conf == "/etc/xensource/pool.conf"
     x = cfg.xenapi
     assert (x.enabled, x.url, x.socket, x.username) == (True, "local", "/var/lib/xcp/xapi", "root")
@@ -89,7 +94,10 @@ def test_every_default(tmp_path):
     assert (v.bare_address, v.prefixlen) == ("10.10.10.3", 24)
     p = cfg.paths
     assert (p.state_dir, p.status_file, p.control_socket) == (
-        "/etc/iscsi-ha/state", "/etc/iscsi-ha/state/status", "/run/iscsi-ha/control.sock")
+        "/etc/iscsi-ha/state",
+        "/etc/iscsi-ha/state/status",
+        "/run/iscsi-ha/control.sock",
+    )
     e = cfg.exporter
     assert (e.enabled, e.listen, e.web_config_file) == (True, "0.0.0.0:19856", None)
     assert (e.host, e.port) == ("0.0.0.0", DEFAULT_EXPORTER_PORT)
@@ -101,11 +109,13 @@ def test_derived_defaults_follow_their_inputs():
     cfg = parse_config(minimal(resources=["r0", "data_1", "x.y-z"], interval=3))
     assert cfg.cycle_deadline == 6.0
     assert cfg.target.luns == (
-        Lun(1, "/dev/drbd/by-res/r0/0"), Lun(2, "/dev/drbd/by-res/data_1/0"),
+        Lun(1, "/dev/drbd/by-res/r0/0"),
+        Lun(2, "/dev/drbd/by-res/data_1/0"),
         Lun(3, "/dev/drbd/by-res/x.y-z/0"),
     )
-    explicit = parse_config(minimal(interval=3, cycle_deadline=1.5,
-                                    target={"luns": [{"lun": 7, "path": "/dev/drbd1"}]}))
+    explicit = parse_config(
+        minimal(interval=3, cycle_deadline=1.5, target={"luns": [{"lun": 7, "path": "/dev/drbd1"}]})
+    )
     assert explicit.cycle_deadline == 1.5
     assert explicit.target.luns == (Lun(7, "/dev/drbd1"),)
 
@@ -117,10 +127,14 @@ def test_direct_construction_fills_derived_defaults():
 
 
 def test_values_are_normalised():
-    cfg = parse_config(minimal(
-        vip={"address": "10.10.10.3/255.255.255.0"}, drbd={"version": 9},
-        logging={"level": "DEBUG"}, exporter={"listen": "[::1]:9100"},
-    ))
+    cfg = parse_config(
+        minimal(
+            vip={"address": "10.10.10.3/255.255.255.0"},
+            drbd={"version": 9},
+            logging={"level": "DEBUG"},
+            exporter={"listen": "[::1]:9100"},
+        )
+    )
     assert cfg.vip.address == "10.10.10.3/24"
     assert cfg.drbd.version == "9"
     assert parse_config(minimal(drbd={"version": 8.4})).drbd.version == "8.4"
@@ -134,8 +148,12 @@ def test_sections_left_empty_mean_all_defaults(tmp_path):
 
 
 def test_nullable_keys_accept_null():
-    cfg = parse_config(minimal(xenapi={"password_file": None, "password_env": None},
-                               target={"log_file": "/var/log/tgtd.log"}))
+    cfg = parse_config(
+        minimal(
+            xenapi={"password_file": None, "password_env": None},
+            target={"log_file": "/var/log/tgtd.log"},
+        )
+    )
     assert cfg.xenapi.password_file is None and cfg.xenapi.password_env is None
     assert cfg.target.log_file == "/var/log/tgtd.log"
 
@@ -193,16 +211,22 @@ def test_example_documents_every_key():
 
 CASES = [
     # (yaml, key path, fragments of the message)
-    ("vip: {address: 10.10.10.300/24}", "vip.address",
-     ["'10.10.10.300/24' is not an IPv4 interface", "ADDRESS/PREFIX", "10.10.10.3/24"]),
+    (
+        "vip: {address: 10.10.10.300/24}",
+        "vip.address",
+        ["'10.10.10.300/24' is not an IPv4 interface", "ADDRESS/PREFIX", "10.10.10.3/24"],
+    ),
     ("vip: {address: 10.10.10.3}", "vip.address", ["no prefix length", "10.10.10.3/24"]),
     ("vip: {address: 10.10.10.0/24}", "vip.address", ["network address"]),
     ("vip: {address: 10.10.10.255/24}", "vip.address", ["broadcast address"]),
     ("vip: {address: 10.10.10.3/0}", "vip.address", ["/0"]),
     ("vip: {address: 'fe80::1/64'}", "vip.address", ["is not an IPv4 interface"]),
     ("vip: {address: 127.0.0.5/8}", "vip.address", ["loopback"]),
-    ("vip: {address: 10.10.10.3/24, interface: a-very-long-interface}", "vip.interface",
-     ["not a network interface name", "15"]),
+    (
+        "vip: {address: 10.10.10.3/24, interface: a-very-long-interface}",
+        "vip.interface",
+        ["not a network interface name", "15"],
+    ),
     ("interval: yes", "interval", ["must be a number of seconds", "boolean", "yes/no"]),
     ("interval: '5'", "interval", ["string '5'", "remove the quotes"]),
     ("interval: 0", "interval", ["greater than 0"]),
@@ -218,25 +242,40 @@ CASES = [
     ("target: {tid: 1.5}", "target.tid", ["must be an integer", "1.5"]),
     ("target: {tid: 0}", "target.tid", ["1 or more"]),
     ("target: {control_port: -1}", "target.control_port", ["0 or more"]),
-    ("target: {iqn: 'iqn.2024-13.org.x:y'}", "target.iqn",
-     ["not an iSCSI qualified name", "iqn.YYYY-MM"]),
+    (
+        "target: {iqn: 'iqn.2024-13.org.x:y'}",
+        "target.iqn",
+        ["not an iSCSI qualified name", "iqn.YYYY-MM"],
+    ),
     ("target: {iqn: 'storage1'}", "target.iqn", ["not an iSCSI qualified name"]),
     ("target: {iqn: 'iqn.2024-01.Org.X:Storage'}", "target.iqn", ["lower case"]),
     ("target: {initiator_address: all}", "target.initiator_address", ["ALL in capitals"]),
-    ("target: {initiator_address: 10.0.0.300}", "target.initiator_address",
-     ["must be ALL, an IP address or a network"]),
+    (
+        "target: {initiator_address: 10.0.0.300}",
+        "target.initiator_address",
+        ["must be ALL, an IP address or a network"],
+    ),
     ("target: {restart_backoff: 301}", "target.restart_backoff", ["at most 300"]),
     ("target: {luns: []}", "target.luns", ["at least one"]),
     ("target: {luns: {lun: 1}}", "target.luns", ["must be a list"]),
     ("target: {luns: [{lun: 0, path: /dev/drbd0}]}", "target.luns[0].lun", ["1 or more"]),
     ("target: {luns: [{path: /dev/drbd0}]}", "target.luns[0].lun", ["is required"]),
     ("target: {luns: [{lun: 1, path: dev/drbd0}]}", "target.luns[0].path", ["absolute path"]),
-    ("target: {luns: [{lun: 1, path: /a, pth: /b}]}", "target.luns[0].pth",
-     ["did you mean 'path'"]),
-    ("target: {luns: [{lun: 1, path: /a}, {lun: 1, path: /b}]}", "target.luns[1].lun",
-     ["LUN 1 is already used by [0]"]),
-    ("target: {luns: [{lun: 1, path: /a}, {lun: 2, path: /a}]}", "target.luns[1].path",
-     ["already exported by [0]"]),
+    (
+        "target: {luns: [{lun: 1, path: /a, pth: /b}]}",
+        "target.luns[0].pth",
+        ["did you mean 'path'"],
+    ),
+    (
+        "target: {luns: [{lun: 1, path: /a}, {lun: 1, path: /b}]}",
+        "target.luns[1].lun",
+        ["LUN 1 is already used by [0]"],
+    ),
+    (
+        "target: {luns: [{lun: 1, path: /a}, {lun: 2, path: /a}]}",
+        "target.luns[1].path",
+        ["already exported by [0]"],
+    ),
     ("target: {tgtadm: 'tgtadm -C 1'}", "target.tgtadm", ["without a shell", "without arguments"]),
     ("drbd: {version: '8.3'}", "drbd.version", ["auto", "8.4", "9"]),
     ("drbd: {version: 9.2}", "drbd.version", ["every DRBD 9.x"]),
@@ -249,8 +288,11 @@ CASES = [
     ("xenapi: {url: 'ftp://host'}", "xenapi.url", ["neither 'local'", "https://"]),
     ("xenapi: {password_env: 'MY-VAR'}", "xenapi.password_env", ["environment variable name"]),
     ("xenapi: {timeout: 0}", "xenapi.timeout", ["greater than 0"]),
-    ("vip: {address: 10.10.10.3/24, announce_interval: -5}", "vip.announce_interval",
-     ["0 (off) or more"]),
+    (
+        "vip: {address: 10.10.10.3/24, announce_interval: -5}",
+        "vip.announce_interval",
+        ["0 (off) or more"],
+    ),
     ("vip: {address: 10.10.10.3/24, announce_count: 0}", "vip.announce_count", ["1 or more"]),
     ("vip: {address: 10.10.10.3/24, probe_interval: no}", "vip.probe_interval", ["boolean"]),
     ("paths: {state_dir: state}", "paths.state_dir", ["absolute path"]),
@@ -259,8 +301,11 @@ CASES = [
     ("exporter: {listen: '0.0.0.0:99999'}", "exporter.listen", ["1 to 65535"]),
     ("exporter: {listen: ':::9856'}", "exporter.listen", ["brackets"]),
     ("exporter: {listen: 'bad_host!:9856'}", "exporter.listen", ["not a host name"]),
-    ("logging: {level: warn}", "logging.level", ["one of debug, info, warning, error",
-                                                 "did you mean 'warning'"]),
+    (
+        "logging: {level: warn}",
+        "logging.level",
+        ["one of debug, info, warning, error", "did you mean 'warning'"],
+    ),
     ("control: {allowed_uids: [0, -1]}", "control.allowed_uids[1]", ["0 or more"]),
     ("control: {allowed_uids: []}", "control.allowed_uids", ["at least one"]),
     ("resources: []", "resources", ["at least one", "[iscsi1, iscsi2]"]),
@@ -301,7 +346,8 @@ def test_required_keys(tmp_path):
     problems = errors_of(tmp_path, "resources: [a]\nvip: {interface: eth0}\n")
     assert problems == [problems[0]] and problems[0].startswith("vip.address: is required")
     assert errors_of(tmp_path, "resources: [a]\nvip: {address: null}\n")[0].startswith(
-        "vip.address: is required")
+        "vip.address: is required"
+    )
 
 
 def test_all_errors_are_collected(tmp_path):
@@ -320,11 +366,20 @@ logging: {level: loud}
 """
     problems = errors_of(tmp_path, text)
     paths = [p.split(": ", 1)[0] for p in problems]
-    assert sorted(paths) == sorted([
-        "resources[1]", "intervall", "interval", "vip.address", "vip.announce_count",
-        "target.iqn", "target.luns[0].lun", "target.luns[0].path", "exporter.listen",
-        "logging.level",
-    ])
+    assert sorted(paths) == sorted(
+        [
+            "resources[1]",
+            "intervall",
+            "interval",
+            "vip.address",
+            "vip.announce_count",
+            "target.iqn",
+            "target.luns[0].lun",
+            "target.luns[0].path",
+            "exporter.listen",
+            "logging.level",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,18 +396,22 @@ def test_yaml_syntax_error_has_line_and_column(tmp_path):
 
 def test_duplicate_keys_are_errors_and_reported_with_the_rest(tmp_path):
     problems = errors_of(tmp_path, MINIMAL + "interval: 5\ninterval: 6\nlogging: {level: x}\n")
-    assert problems[0] == ("line 5: key 'interval' appears twice in one mapping (first on "
-                           "line 4); keep one")
+    assert problems[0] == (
+        "line 5: key 'interval' appears twice in one mapping (first on line 4); keep one"
+    )
     assert problems[1].startswith("logging.level: ")
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("", "is empty: set at least resources and vip.address"),
-    ("# only comments\n", "is empty"),
-    ("- a\n- b\n", "must be a YAML mapping of settings (key: value lines), got a list"),
-    ("just words\n", "got a single string"),
-    ("DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=10.10.10.3\n", "iscsi-cfg import-conf"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "is empty: set at least resources and vip.address"),
+        ("# only comments\n", "is empty"),
+        ("- a\n- b\n", "must be a YAML mapping of settings (key: value lines), got a list"),
+        ("just words\n", "got a single string"),
+        ("DRBD_RESOURCES=iscsi1\nDRBD_VIRTUAL_IP=10.10.10.3\n", "iscsi-cfg import-conf"),
+    ],
+)
 def test_a_file_that_is_not_a_mapping(tmp_path, text, fragment):
     problems = errors_of(tmp_path, text)
     assert len(problems) == 1 and fragment in problems[0]
@@ -445,7 +504,8 @@ def test_password_never_appears_in_to_dict(tmp_path, monkeypatch):
     assert shown["xenapi"]["password_source"] == f"file {pw_file}"
     pw_file.unlink()
     assert cfg.to_dict()["xenapi"]["password_source"] == (
-        f"not set (neither environment variable T_PW nor file {pw_file})")
+        f"not set (neither environment variable T_PW nor file {pw_file})"
+    )
     assert "password_source" not in cfg.to_dict(redact=False)["xenapi"]
 
 
@@ -467,8 +527,9 @@ pasword: {SECRET}
     message = "\n".join(problems)
     assert SECRET not in message
     assert len(problems) == 5
-    assert any(p.startswith("xenapi.password: unknown key: the password is never kept") for p in
-               problems)
+    assert any(
+        p.startswith("xenapi.password: unknown key: the password is never kept") for p in problems
+    )
     assert any(p.startswith("xenapi.url: must not contain a user or password") for p in problems)
     # The password file given as the configuration: only its type is named.
     with pytest.raises(ConfigError) as info:
@@ -487,12 +548,17 @@ pasword: {SECRET}
 
 
 def test_to_dict_round_trips():
-    cfg = parse_config(minimal(
-        resources=["a", "b"], node_name="n1", interval=2.5,
-        target={"luns": [{"lun": 3, "path": "/dev/x"}], "log_file": "/tmp/t.log"},
-        xenapi={"url": "https://h", "password_file": None},
-        exporter={"listen": "127.0.0.1:1234"}, control={"allowed_uids": [0, 1000]},
-    ))
+    cfg = parse_config(
+        minimal(
+            resources=["a", "b"],
+            node_name="n1",
+            interval=2.5,
+            target={"luns": [{"lun": 3, "path": "/dev/x"}], "log_file": "/tmp/t.log"},
+            xenapi={"url": "https://h", "password_file": None},
+            exporter={"listen": "127.0.0.1:1234"},
+            control={"allowed_uids": [0, 1000]},
+        )
+    )
     plain = cfg.to_dict(redact=False)
     json.dumps(plain)
     assert parse_config(plain) == cfg
@@ -509,6 +575,7 @@ def test_a_boolean_is_never_a_number(flag, key):
 @given(st.ip_addresses(v=4), st.integers(min_value=1, max_value=32))
 def test_vip_addresses_accepted_iff_ipaddress_agrees(ip, prefix):
     import ipaddress
+
     iface = ipaddress.IPv4Interface(f"{ip}/{prefix}")
     net = iface.network
     host_ok = not (prefix <= 30 and ip in (net.network_address, net.broadcast_address))

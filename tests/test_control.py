@@ -132,13 +132,24 @@ class Host:
 
     def new_controller(self) -> Controller:
         """A fresh Controller over the same world and state directory (a restart)."""
-        systems = Systems(WorldDrbd(self.world, self.done), WorldTarget(self.world, self.done),
-                          WorldVip(self.world, self.done))
-        settings = CycleSettings(resources=tuple(r.name for r in self.world.obs.resources),
-                                 status_file=os.path.join(self.state_dir, "status"))
-        return Controller(settings, systems, lambda: self.world.obs.pool,
-                          ManualModeStore(self.state_dir), probe_vip=self.probe,
-                          hostname="test-host", drbd_version="8.4.11")
+        systems = Systems(
+            WorldDrbd(self.world, self.done),
+            WorldTarget(self.world, self.done),
+            WorldVip(self.world, self.done),
+        )
+        settings = CycleSettings(
+            resources=tuple(r.name for r in self.world.obs.resources),
+            status_file=os.path.join(self.state_dir, "status"),
+        )
+        return Controller(
+            settings,
+            systems,
+            lambda: self.world.obs.pool,
+            ManualModeStore(self.state_dir),
+            probe_vip=self.probe,
+            hostname="test-host",
+            drbd_version="8.4.11",
+        )
 
     @property
     def roles(self):
@@ -148,13 +159,15 @@ class Host:
         self.world.obs = replace(self.world.obs, pool=PoolObservation(role, detail=detail))
 
     def set_resources(self, **kw) -> None:
-        self.world.obs = replace(self.world.obs, resources=tuple(
-            replace(r, **kw) for r in self.world.obs.resources))
+        self.world.obs = replace(
+            self.world.obs, resources=tuple(replace(r, **kw) for r in self.world.obs.resources)
+        )
 
 
 def converged_master():
-    return world(pool=PoolRole.MASTER, resources=(res(role="Primary"),), serving=True,
-                 vip_local=True)
+    return world(
+        pool=PoolRole.MASTER, resources=(res(role="Primary"),), serving=True, vip_local=True
+    )
 
 
 class StubDaemon:
@@ -251,9 +264,18 @@ def raw(path: str, data: bytes, timeout: float = 5.0) -> Dict[str, Any]:
 def run_as(uid: int, code: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
     """Run a small Python client under another uid."""
     return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-         sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            textwrap.dedent(code),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -383,9 +405,19 @@ def test_cli_as_nobody_exits_2_and_says_root_is_needed(served):
     host, daemon, server, path = served
     cli = os.path.join(os.path.dirname(sys.executable), "iscsi-cfg")
     proc = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", cli,
-         "--socket", path, "become-secondary"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            cli,
+            "--socket",
+            path,
+            "become-secondary",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2, proc
     assert "only root" in proc.stderr
@@ -397,16 +429,19 @@ def test_cli_as_nobody_exits_2_and_says_root_is_needed(served):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data, says", [
-    (b"this is not json\n", "malformed request, not JSON"),
-    (b"\xff\xfe{}\n", "malformed request, not JSON"),
-    (b"[1, 2, 3]\n", "expected a JSON object"),
-    (b'{"command": "status"}\n', '"cmd" must be a string'),
-    (b'{"cmd": 7}\n', '"cmd" must be a string'),
-    (b'{"cmd": "reboot"}\n', "unknown command 'reboot'"),
-    (b'{"cmd": "log", "since": "yesterday"}\n', '"since" must be a unix time'),
-    (b"\n", "malformed request"),
-])
+@pytest.mark.parametrize(
+    "data, says",
+    [
+        (b"this is not json\n", "malformed request, not JSON"),
+        (b"\xff\xfe{}\n", "malformed request, not JSON"),
+        (b"[1, 2, 3]\n", "expected a JSON object"),
+        (b'{"command": "status"}\n', '"cmd" must be a string'),
+        (b'{"cmd": 7}\n', '"cmd" must be a string'),
+        (b'{"cmd": "reboot"}\n', "unknown command 'reboot'"),
+        (b'{"cmd": "log", "since": "yesterday"}\n', '"since" must be a unix time'),
+        (b"\n", "malformed request"),
+    ],
+)
 def test_bad_requests_get_an_error_answer_and_the_server_keeps_serving(served, data, says):
     host, daemon, server, path = served
     answer = raw(path, data)
@@ -488,9 +523,20 @@ def test_connections_beyond_the_limit_are_told_busy(host, sockdir):
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.connect(path)
                 idle.append(s)
-            wait_until(lambda: len([t for t in threading.enumerate() if t.name == "control-conn"
-                                    and t.ident not in before]) == 2,
-                       5, "both idle clients in their handler threads")
+            wait_until(
+                lambda: (
+                    len(
+                        [
+                            t
+                            for t in threading.enumerate()
+                            if t.name == "control-conn" and t.ident not in before
+                        ]
+                    )
+                    == 2
+                ),
+                5,
+                "both idle clients in their handler threads",
+            )
             busy = raw(path, b'{"cmd": "status"}\n')
             assert busy["ok"] is False and busy["error"].startswith("busy")
         finally:
@@ -523,8 +569,7 @@ def test_status_is_the_last_snapshot_with_manual_mode_counters_and_age(served):
     assert doc["last"]["observation"]["resources"][0]["role"] == "Primary"
     assert 0 <= doc["last_cycle_age"] < 2
     assert doc["counters"]["cycles"] == {"ok": 1}
-    assert doc["manual"] == {"enabled": False, "requested": None, "since": None,
-                             "problem": None}
+    assert doc["manual"] == {"enabled": False, "requested": None, "since": None, "problem": None}
     assert doc["interval"] == 5.0
 
 
@@ -556,7 +601,8 @@ def test_status_never_waits_for_a_cycle_but_role_commands_do(served):
     try:
         assert in_cycle.wait(5)
         worker = threading.Thread(
-            target=lambda: answers.append(ask(path, {"cmd": "become-secondary"}, timeout=10)))
+            target=lambda: answers.append(ask(path, {"cmd": "become-secondary"}, timeout=10))
+        )
         worker.start()
         t0 = time.monotonic()
         assert ask(path, {"cmd": "status"})["ok"] is True
@@ -588,14 +634,19 @@ def test_get_gives_the_running_configuration_without_secrets(served, monkeypatch
     host, daemon, server, path = served
     secret = "S3cret-xapi-password"
     monkeypatch.setenv("ISCSI_HA_XAPI_PASSWORD", secret)
-    daemon.cfg = Config(resources=("iscsi1", "iscsi2"), vip=VipConfig(address="10.99.0.3/24"),
-                        paths=PathsConfig(state_dir=str(tmp_path)))
+    daemon.cfg = Config(
+        resources=("iscsi1", "iscsi2"),
+        vip=VipConfig(address="10.99.0.3/24"),
+        paths=PathsConfig(state_dir=str(tmp_path)),
+    )
     raw_answer = json.dumps(ask(path, {"cmd": "get"}))
     answer = json.loads(raw_answer)
     assert answer["config"]["resources"] == ["iscsi1", "iscsi2"]
     assert answer["config"]["paths"]["state_dir"] == str(tmp_path)
-    assert answer["config"]["xenapi"]["password_source"] == \
-        "environment variable ISCSI_HA_XAPI_PASSWORD"
+    assert (
+        answer["config"]["xenapi"]["password_source"]
+        == "environment variable ISCSI_HA_XAPI_PASSWORD"
+    )
     assert secret not in raw_answer
 
 
@@ -638,8 +689,10 @@ def test_become_primary_refused_while_the_peer_is_primary(tmp_path, sockdir):
         assert cmd(server.path, "manual-mode-enable")["code"] == 0
         answer = cmd(server.path, "become-primary")
     assert answer["code"] == 1
-    assert answer["message"] == ("refused: the peer is Primary for iscsi1; run "
-                                 "`iscsi-cfg become-secondary` on the peer first")
+    assert answer["message"] == (
+        "refused: the peer is Primary for iscsi1; run "
+        "`iscsi-cfg become-secondary` on the peer first"
+    )
     assert host.done == [] and host.roles == ["Secondary"]
     # A refusal does not record the request: manual mode still keeps the current roles.
     assert host.controller.load_manual().requested is None
@@ -648,8 +701,16 @@ def test_become_primary_refused_while_the_peer_is_primary(tmp_path, sockdir):
 def test_become_primary_refused_while_another_host_answers_for_the_vip(tmp_path, sockdir):
     # Peer unreachable: nothing says it let go of the VIP, so the controller probes (arping -D).
     # (Its disk is Outdated, so promoting is otherwise allowed: the VIP is what refuses.)
-    obs = world(resources=(res(role="Secondary", peer_role="Unknown", connection="WFConnection",
-                               peer_disk="Outdated"),))
+    obs = world(
+        resources=(
+            res(
+                role="Secondary",
+                peer_role="Unknown",
+                connection="WFConnection",
+                peer_disk="Outdated",
+            ),
+        )
+    )
     host = Host(str(tmp_path), obs, probe_answer=True)
     with serving(StubDaemon(host.controller), os.path.join(sockdir, "c.sock")) as server:
         assert cmd(server.path, "manual-mode-enable")["code"] == 0
@@ -662,15 +723,26 @@ def test_become_primary_refused_while_another_host_answers_for_the_vip(tmp_path,
 
 
 def test_become_primary_refused_by_the_cycle_when_no_good_data(tmp_path, sockdir):
-    obs = world(resources=(res(role="Secondary", peer_role="Unknown", connection="WFConnection",
-                               disk="Outdated", peer_disk="DUnknown"),))
+    obs = world(
+        resources=(
+            res(
+                role="Secondary",
+                peer_role="Unknown",
+                connection="WFConnection",
+                disk="Outdated",
+                peer_disk="DUnknown",
+            ),
+        )
+    )
     host = Host(str(tmp_path), obs, probe_answer=False)
     with serving(StubDaemon(host.controller), os.path.join(sockdir, "c.sock")) as server:
         assert cmd(server.path, "manual-mode-enable")["code"] == 0
         answer = cmd(server.path, "become-primary")
     assert answer["code"] == 1
-    assert "not promoting iscsi1: local disk is Outdated and the peer is unreachable" \
+    assert (
+        "not promoting iscsi1: local disk is Outdated and the peer is unreachable"
         in answer["message"]
+    )
     assert "Promote" not in host.done and host.roles == ["Secondary"]
 
 
@@ -695,9 +767,16 @@ def test_manual_mode_disable_refused_until_roles_are_native(served):
     disabled = cmd(path, "manual-mode-disable")
     assert disabled["code"] == 0, disabled
     assert host.controller.load_manual().enabled is False
-    assert daemon.triggers == [f"operator ran {n}" for n in (
-        "manual-mode-enable", "become-secondary", "manual-mode-disable", "become-primary",
-        "manual-mode-disable")]
+    assert daemon.triggers == [
+        f"operator ran {n}"
+        for n in (
+            "manual-mode-enable",
+            "become-secondary",
+            "manual-mode-disable",
+            "become-primary",
+            "manual-mode-disable",
+        )
+    ]
 
 
 def test_manual_mode_disable_refused_while_primary_without_the_vip(served):
@@ -724,15 +803,19 @@ def test_manual_mode_disable_refused_while_the_pool_role_is_unknown(served):
     host.set_pool(PoolRole.UNKNOWN, "pool.conf says 'broken'")
     answer = cmd(path, "manual-mode-disable")
     assert answer["code"] == 1
-    assert answer["message"].startswith("refused: cannot leave manual mode while the pool role "
-                                        "unknown: pool.conf says 'broken'")
+    assert answer["message"].startswith(
+        "refused: cannot leave manual mode while the pool role unknown: pool.conf says 'broken'"
+    )
     assert host.controller.load_manual().enabled is True
 
 
 def test_manual_mode_enable_and_disable_are_idempotent(served):
     host, daemon, server, path = served
     assert cmd(path, "manual-mode-disable") == {
-        "ok": True, "code": 0, "message": "manual mode is already disabled"}
+        "ok": True,
+        "code": 0,
+        "message": "manual mode is already disabled",
+    }
     assert cmd(path, "manual-mode-enable")["code"] == 0
     assert cmd(path, "manual-mode-enable")["message"] == "manual mode is already enabled"
 

@@ -28,8 +28,11 @@ def make(tmp_path, obs, pool=PoolRole.MASTER, **settings):
     pool_obs = {"value": PoolObservation(pool, "10.99.0.1" if pool is PoolRole.SLAVE else None)}
     mono = Clock()
     ctl = Controller(
-        CycleSettings(resources=tuple(r.name for r in obs.resources),
-                      status_file=str(tmp_path / "status"), **settings),
+        CycleSettings(
+            resources=tuple(r.name for r in obs.resources),
+            status_file=str(tmp_path / "status"),
+            **settings,
+        ),
         fake.systems,
         lambda: pool_obs["value"],
         ManualModeStore(str(tmp_path / "state")),
@@ -53,8 +56,12 @@ def test_master_converges_in_one_cycle_and_says_so(tmp_path):
     assert snap.counters.actions[("promote", "ok")] == 1
     assert snap.counters.cycle_duration.count == 2
     status = (tmp_path / "status").read_text()
-    for line in ("HOST ROLE: MASTER", "DRBD ROLE: iscsi1=Primary",
-                 "DRBD CONNECTION: iscsi1 in Connected state", "VIRTUAL IP: 10.99.0.3 is local"):
+    for line in (
+        "HOST ROLE: MASTER",
+        "DRBD ROLE: iscsi1=Primary",
+        "DRBD CONNECTION: iscsi1 in Connected state",
+        "VIRTUAL IP: 10.99.0.3 is local",
+    ):
         assert line in status.splitlines()
 
 
@@ -63,8 +70,9 @@ def test_slave_demotes_in_order(tmp_path):
     ctl, fake, _, _ = make(tmp_path, obs, pool=PoolRole.SLAVE)
     r = ctl.run_cycle()
     assert fake.calls == ["unbind", "stop_serving", "secondary"]
-    assert r.message == ("VIP removed, target stopped, demoted iscsi1: "
-                         "host is pool slave (master is 10.99.0.1)")
+    assert r.message == (
+        "VIP removed, target stopped, demoted iscsi1: host is pool slave (master is 10.99.0.1)"
+    )
 
 
 def test_peer_primary_holds_and_asks_for_a_quick_retry(tmp_path):
@@ -155,15 +163,17 @@ def test_dry_run_changes_nothing(tmp_path):
     ctl, fake, _, _ = make(tmp_path, world())
     r = ctl.run_cycle(dry_run=True)
     assert fake.calls == [] and r.dry_run
-    assert r.message == ("dry run, would do: promote, target_serve, vip_add, vip_announce: "
-                         "host is pool master")
+    assert r.message == (
+        "dry run, would do: promote, target_serve, vip_add, vip_announce: host is pool master"
+    )
     assert not (tmp_path / "status").exists()
 
 
 def test_vip_probe_runs_only_when_the_peer_release_is_unknown(tmp_path):
     gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
-    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
-                                 pool=PoolRole.SLAVE)
+    ctl, fake, pool, mono = make(
+        tmp_path, world(resources=(res(peer_role="Primary"),)), pool=PoolRole.SLAVE
+    )
     ctl.run_cycle()  # watched: Connected, UpToDate, Secondary to a Primary
     fake.world.obs = replace(fake.world.obs, resources=(gone,))
     pool["value"] = PoolObservation(PoolRole.MASTER)
@@ -213,7 +223,9 @@ def test_manual_commands_and_refusals(tmp_path):
     code, msg = ctl.command("become-secondary")
     assert code == 1 and "manual-mode-enable" in msg
     assert ctl.command("manual-mode-enable") == (
-        0, "manual mode enabled: automatic role changes are stopped on this host")
+        0,
+        "manual mode enabled: automatic role changes are stopped on this host",
+    )
     # The pool master moves away: in manual mode nothing follows.
     pool["value"] = PoolObservation(PoolRole.SLAVE, "10.99.0.2")
     assert ctl.run_cycle().message == "no action: manual mode: keeping the current role (primary)"
@@ -254,20 +266,21 @@ def test_damaged_manual_mode_file_means_manual(tmp_path):
 def test_hung_command_is_killed_and_the_next_cycle_runs_on_time(tmp_path):
     """A drbdadm that never returns: killed at its timeout, reported, counted; nothing hangs."""
     hang = tmp_path / "drbdadm"
-    hang.write_text(textwrap.dedent(f"""\
+    hang.write_text(
+        textwrap.dedent(f"""\
         #!{sys.executable}
         import sys, time
         if sys.argv[1:2] == ["sh-minor"]:
             print(0); sys.exit(0)
         time.sleep(60)
-        """))
+        """)
+    )
     hang.chmod(0o755)
     proc = tmp_path / "proc_drbd"
     proc.write_text("version: 8.4.11 (api:1/proto:86-101)\n")  # module loaded, r0 not up
     stats = CommandStats()
     runner = ProcessRunner(default_timeout=0.5, stats=stats)
-    drbd = Drbd(runner, version="8.4", drbdadm=str(hang), proc_drbd=str(proc),
-                kernel_log=("true",))
+    drbd = Drbd(runner, version="8.4", drbdadm=str(hang), proc_drbd=str(proc), kernel_log=("true",))
     fake = FakeSystems(world(PoolRole.SLAVE))
     ctl = Controller(
         CycleSettings(resources=("r0",), deadline=5.0),
@@ -289,14 +302,16 @@ def test_hung_command_is_killed_and_the_next_cycle_runs_on_time(tmp_path):
 
 
 def test_become_primary_refused_by_the_cycle_does_not_linger(tmp_path):
-    outdated = res(disk="Outdated", connection="WFConnection", peer_role="Unknown",
-                   peer_disk="DUnknown")
+    outdated = res(
+        disk="Outdated", connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"
+    )
     ctl, fake, _, _ = make(tmp_path, world(resources=(outdated,)))
     ctl.command("manual-mode-enable")
     code, msg = ctl.command("become-primary")
     assert code == 1 and "no access to UpToDate data" in msg and "request not kept" in msg
-    assert ctl.manual_store.load()[0] == ManualMode(enabled=True, requested=None,
-                                                    since=ctl.manual_store.load()[0].since)
+    assert ctl.manual_store.load()[0] == ManualMode(
+        enabled=True, requested=None, since=ctl.manual_store.load()[0].since
+    )
     assert ctl.snapshot().manual.enabled  # published at once, not after the next cycle
 
 
@@ -316,11 +331,14 @@ def test_no_vip_probe_while_the_promotion_would_be_refused(tmp_path):
 
 
 def test_failover_promotes_only_after_watching_the_primary_vanish(tmp_path):
-    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
-                                 pool=PoolRole.SLAVE)
+    ctl, fake, pool, mono = make(
+        tmp_path, world(resources=(res(peer_role="Primary"),)), pool=PoolRole.SLAVE
+    )
     assert ctl.run_cycle().outcome is Outcome.OK
-    fake.world.obs = replace(fake.world.obs, resources=(
-        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    fake.world.obs = replace(
+        fake.world.obs,
+        resources=(res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),),
+    )
     pool["value"] = PoolObservation(PoolRole.MASTER)
     mono.t += 5
     r = ctl.run_cycle()
@@ -329,11 +347,14 @@ def test_failover_promotes_only_after_watching_the_primary_vanish(tmp_path):
 
 
 def test_a_gap_in_watching_blocks_the_failover(tmp_path):
-    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
-                                 pool=PoolRole.SLAVE)
+    ctl, fake, pool, mono = make(
+        tmp_path, world(resources=(res(peer_role="Primary"),)), pool=PoolRole.SLAVE
+    )
     ctl.run_cycle()
-    fake.world.obs = replace(fake.world.obs, resources=(
-        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    fake.world.obs = replace(
+        fake.world.obs,
+        resources=(res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),),
+    )
     pool["value"] = PoolObservation(PoolRole.MASTER)
     mono.t += ctl.settings.max_watch_gap + 1  # the controller did not look for too long
     r = ctl.run_cycle()
@@ -344,17 +365,23 @@ def test_a_gap_in_watching_blocks_the_failover(tmp_path):
 
 
 def test_a_restarted_controller_holds_while_the_peer_is_gone(tmp_path):
-    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
-                                 pool=PoolRole.SLAVE)
+    ctl, fake, pool, mono = make(
+        tmp_path, world(resources=(res(peer_role="Primary"),)), pool=PoolRole.SLAVE
+    )
     ctl.run_cycle()
     gone = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
     fake.world.obs = replace(fake.world.obs, resources=(gone,))
     mono.t += 1
     ctl.run_cycle()  # still slave: watched the Primary vanish
     # The controller restarts (same state directory, same boot), then the pool master moves.
-    ctl2 = Controller(ctl.settings, fake.systems, lambda: PoolObservation(PoolRole.MASTER),
-                      ManualModeStore(str(tmp_path / "state")), probe_vip=fake.probe,
-                      monotonic=mono)
+    ctl2 = Controller(
+        ctl.settings,
+        fake.systems,
+        lambda: PoolObservation(PoolRole.MASTER),
+        ManualModeStore(str(tmp_path / "state")),
+        probe_vip=fake.probe,
+        monotonic=mono,
+    )
     mono.t += 1
     r = ctl2.run_cycle()
     assert r.outcome is Outcome.HELD and "primary" not in fake.calls
@@ -378,15 +405,18 @@ def test_accept_stale_promotes_in_manual_mode_and_only_then(tmp_path):
 def test_two_masters_only_from_an_answer_given_after_this_host_became_master(tmp_path):
     from iscsi_ha.controller.model import PeerObservation
 
-    ctl, fake, pool, mono = make(tmp_path, world(resources=(res(peer_role="Primary"),)),
-                                 pool=PoolRole.SLAVE)
+    ctl, fake, pool, mono = make(
+        tmp_path, world(resources=(res(peer_role="Primary"),)), pool=PoolRole.SLAVE
+    )
     answer = {"at": mono.t}
     ctl.peer_status = lambda: PeerObservation(True, "master", answered_at=answer["at"])
     ctl.run_cycle()
     # The master moves here; the peer's last answer (from before) still says master: that is
     # the old master a moment before it turned slave, not a split pool.
-    fake.world.obs = replace(fake.world.obs, resources=(
-        res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),))
+    fake.world.obs = replace(
+        fake.world.obs,
+        resources=(res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"),),
+    )
     pool["value"] = PoolObservation(PoolRole.MASTER)
     mono.t += 1
     r = ctl.run_cycle()

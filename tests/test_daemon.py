@@ -67,12 +67,17 @@ def test_sighup_reloads_and_sigterm_stops_without_demoting(tmp_path):
     calls = tmp_path / "drbdadm.calls"
     config = tmp_path / "iscsi-ha.yaml"
     config.write_text(config_text(tmp_path, 0.5))
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
-               FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"), FAKE_DRBDADM_LOG=str(calls))
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{os.environ['PATH']}",
+        FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"),
+        FAKE_DRBDADM_LOG=str(calls),
+    )
     log = open(tmp_path / "daemon.log", "w")
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
-    proc = subprocess.Popen([exe, "run", "--config", str(config)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [exe, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
     text = lambda: (tmp_path / "daemon.log").read_text()  # noqa: E731
     try:
         wait_for(lambda: text().count("target_start failed") >= 2, 20, "two cycles")

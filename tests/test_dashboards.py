@@ -66,7 +66,8 @@ def queries(board: dict) -> list:
     """(panel title, refId, expr) for every target of every panel."""
     return [
         (panel["title"], target.get("refId", "A"), target["expr"])
-        for panel in panels(board) if panel["type"] != "row"
+        for panel in panels(board)
+        if panel["type"] != "row"
         for target in panel.get("targets", [])
     ]
 
@@ -91,13 +92,18 @@ def test_committed_json_is_what_the_generator_makes():
 
 
 def test_generator_check_mode(tmp_path):
-    ok = subprocess.run([sys.executable, str(GENERATOR), "--check"], capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0, ok.stderr
     stale = tmp_path / "iscsi-ha.json"
     stale.write_text(COMMITTED.read_text().replace("Storage held by", "Storage held"))
-    bad = subprocess.run([sys.executable, str(GENERATOR), "--check", "--output", str(stale)],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check", "--output", str(stale)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1
     assert "out of date" in bad.stderr
 
@@ -138,8 +144,9 @@ def test_every_query_parses(tmp_path):
     rules.append({"record": "dashboard:variable_cluster", "expr": inner.group(1)})
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
-    res = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"SUCCESS: {len(rules)} rules found" in res.stdout
 
@@ -148,11 +155,26 @@ def test_every_query_parses(tmp_path):
 def test_promtool_rejects_a_broken_query(tmp_path):
     """The parse check above can fail: a query with a typo is refused."""
     path = tmp_path / "broken.yml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "d", "rules": [
-        {"record": "dashboard:broken", "expr": 'sum by (instance (iscsi_ha_up{cluster="a"})'}
-    ]}]}))
-    res = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "d",
+                        "rules": [
+                            {
+                                "record": "dashboard:broken",
+                                "expr": 'sum by (instance (iscsi_ha_up{cluster="a"})',
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    res = subprocess.run(
+        [promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode != 0
 
 
@@ -181,8 +203,7 @@ def test_every_selector_is_scoped_to_the_chosen_cluster():
     bad = []
     for title, ref, expr in queries(dashboard()):
         # Recording rules (cluster:iscsi_ha_...:ratio_rate5m) count as selectors too.
-        for m in re.finditer(r"(?<![\w:])([a-z_:]*iscsi_ha[a-z0-9_:]*|ALERTS)\b(\{[^}]*\})?",
-                             expr):
+        for m in re.finditer(r"(?<![\w:])([a-z_:]*iscsi_ha[a-z0-9_:]*|ALERTS)\b(\{[^}]*\})?", expr):
             if not m.group(2) or "$cluster" not in m.group(2):
                 bad.append(f"{title} {ref}: {m.group(0)}")
     assert not bad, bad
@@ -191,16 +212,27 @@ def test_every_selector_is_scoped_to_the_chosen_cluster():
 def test_the_panels_the_issue_asks_for_are_there():
     titles = {p["title"] for p in panels(dashboard())}
     for wanted in (
-        "Storage held by", "Primary since",                     # who holds it, since when
-        "Hosts", "VIP and target per host",                      # VIP and target per host
-        "DRBD resources now", "DRBD connection state over time",  # connection and disk states
-        "Resync progress", "Resync time left",                    # sync progress with ETA
-        "DRBD role over time", "Promotions and demotions",        # role transitions
-        "Cycle duration", "Cycles and errors", "Command timeouts",
+        "Storage held by",
+        "Primary since",  # who holds it, since when
+        "Hosts",
+        "VIP and target per host",  # VIP and target per host
+        "DRBD resources now",
+        "DRBD connection state over time",  # connection and disk states
+        "Resync progress",
+        "Resync time left",  # sync progress with ETA
+        "DRBD role over time",
+        "Promotions and demotions",  # role transitions
+        "Cycle duration",
+        "Cycles and errors",
+        "Command timeouts",
         "Firing alerts",
         # issue 17: the SLO and its error budget, the probe from both hosts, the audit
-        "Storage availability (SLO period)", "Error budget left", "Error budget burn rate",
-        "Storage probe from each host", "Storage probe duration", "Data-safety audit findings",
+        "Storage availability (SLO period)",
+        "Error budget left",
+        "Error budget burn rate",
+        "Storage probe from each host",
+        "Storage probe duration",
+        "Data-safety audit findings",
     ):
         assert wanted in titles, wanted
 
@@ -236,16 +268,19 @@ def run_expr_tests(tmp_path, series: list, cases: list) -> None:
     doc = {
         "rule_files": ["rules.yml"],
         "evaluation_interval": "15s",
-        "tests": [{
-            "interval": "15s",
-            "input_series": [{"series": s, "values": v} for s, v in series],
-            "promql_expr_test": cases,
-        }],
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": cases,
+            }
+        ],
     }
     path = tmp_path / "queries_test.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    res = subprocess.run([promtool(), "test", "rules", str(path)], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [promtool(), "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -260,25 +295,34 @@ def test_holder_since_and_role_numbers_follow_a_switchover(tmp_path):
         (f'iscsi_ha_drbd_role{{{OTHER},resource="iscsi1",role="Primary"}}', "1x60"),
     ]
     cases = [
-        {   # the last minute-step at which xs2 was not Primary is 5m = 300 s (in ms for Grafana)
-            "expr": panel_query("Primary since"), "eval_time": "10m",
-            "exp_samples": [{"labels": '{instance="xs2:19856", resource="iscsi1"}',
-                             "value": 300000}],
+        {  # the last minute-step at which xs2 was not Primary is 5m = 300 s (in ms for Grafana)
+            "expr": panel_query("Primary since"),
+            "eval_time": "10m",
+            "exp_samples": [
+                {"labels": '{instance="xs2:19856", resource="iscsi1"}', "value": 300000}
+            ],
         },
         {
-            "expr": panel_query("Storage held by"), "eval_time": "10m",
-            "exp_samples": [{"labels": 'iscsi_ha_drbd_role{' + H2 + ',resource="iscsi1",'
-                                       'role="Primary"}', "value": 1}],
+            "expr": panel_query("Storage held by"),
+            "eval_time": "10m",
+            "exp_samples": [
+                {
+                    "labels": "iscsi_ha_drbd_role{" + H2 + ',resource="iscsi1",role="Primary"}',
+                    "value": 1,
+                }
+            ],
         },
-        {   # Primary = 2, Secondary = 1, per host and resource
-            "expr": panel_query("DRBD role over time"), "eval_time": "2m",
+        {  # Primary = 2, Secondary = 1, per host and resource
+            "expr": panel_query("DRBD role over time"),
+            "eval_time": "2m",
             "exp_samples": [
                 {"labels": '{instance="xs1:19856", resource="iscsi1"}', "value": 2},
                 {"labels": '{instance="xs2:19856", resource="iscsi1"}', "value": 1},
             ],
         },
         {
-            "expr": panel_query("DRBD role over time"), "eval_time": "10m",
+            "expr": panel_query("DRBD role over time"),
+            "eval_time": "10m",
             "exp_samples": [
                 {"labels": '{instance="xs1:19856", resource="iscsi1"}', "value": 1},
                 {"labels": '{instance="xs2:19856", resource="iscsi1"}', "value": 2},
@@ -308,19 +352,27 @@ def test_vip_holder_and_host_table_read_the_one_hot_series(tmp_path):
     ]
     cases = [
         {
-            "expr": panel_query("VIP bound on"), "eval_time": "1m",
-            "exp_samples": [{"labels": '{address="10.10.10.3/24", ' + H1.replace(",", ", ")
-                             + "}", "value": 1}],
+            "expr": panel_query("VIP bound on"),
+            "eval_time": "1m",
+            "exp_samples": [
+                {"labels": '{address="10.10.10.3/24", ' + H1.replace(",", ", ") + "}", "value": 1}
+            ],
         },
-        {   # pool role: master = 2, unknown = 0
-            "expr": panel_query("Hosts", "A"), "eval_time": "1m",
-            "exp_samples": [{"labels": '{instance="xs1:19856"}', "value": 2},
-                            {"labels": '{instance="xs2:19856"}', "value": 0}],
+        {  # pool role: master = 2, unknown = 0
+            "expr": panel_query("Hosts", "A"),
+            "eval_time": "1m",
+            "exp_samples": [
+                {"labels": '{instance="xs1:19856"}', "value": 2},
+                {"labels": '{instance="xs2:19856"}', "value": 0},
+            ],
         },
-        {   # last cycle: ok = 2, held = 1
-            "expr": panel_query("Hosts", "H"), "eval_time": "1m",
-            "exp_samples": [{"labels": '{instance="xs1:19856"}', "value": 2},
-                            {"labels": '{instance="xs2:19856"}', "value": 1}],
+        {  # last cycle: ok = 2, held = 1
+            "expr": panel_query("Hosts", "H"),
+            "eval_time": "1m",
+            "exp_samples": [
+                {"labels": '{instance="xs1:19856"}', "value": 2},
+                {"labels": '{instance="xs2:19856"}', "value": 1},
+            ],
         },
     ]
     run_expr_tests(tmp_path, series, cases)

@@ -104,8 +104,15 @@ def test_manual_mode_with_mixed_roles_holds():
         (res(peer_role="Primary"), "not promoting iscsi1: peer is Primary"),
         (res(split_brain=True, connection="StandAlone", peer_role="Unknown"), "split brain"),
         (res(quorum=False), "no quorum"),
-        (res(disk="Outdated", connection="WFConnection", peer_role="Unknown",
-             peer_disk="DUnknown"), "local disk is Outdated and the peer is unreachable"),
+        (
+            res(
+                disk="Outdated",
+                connection="WFConnection",
+                peer_role="Unknown",
+                peer_disk="DUnknown",
+            ),
+            "local disk is Outdated and the peer is unreachable",
+        ),
         (res(disk="Inconsistent", peer_disk="Inconsistent"), "no UpToDate data on either side"),
     ],
 )
@@ -181,8 +188,9 @@ def test_srs_plugged_on_master_only():
     plan = decide(world(PoolRole.MASTER, srs=sr_with(attached=False), **converged), AUTO)
     assert plan.actions == (PlugPbds(("pbd-1",)),)
     manual_primary_on_slave = ManualMode(enabled=True, requested=StorageRole.PRIMARY)
-    plan = decide(world(PoolRole.SLAVE, srs=sr_with(attached=False), **converged),
-                  manual_primary_on_slave)
+    plan = decide(
+        world(PoolRole.SLAVE, srs=sr_with(attached=False), **converged), manual_primary_on_slave
+    )
     assert plan.actions == ()
 
 
@@ -199,7 +207,10 @@ PEER = ["Primary", "Secondary", "Unknown"]
 CONN = ["Connected", "WFConnection", "StandAlone", "SyncSource"]
 DISK = ["UpToDate", "Outdated", "Inconsistent"]
 MODES = [
-    AUTO, MANUAL, ManualMode(True, StorageRole.PRIMARY), ManualMode(True, StorageRole.SECONDARY)
+    AUTO,
+    MANUAL,
+    ManualMode(True, StorageRole.PRIMARY),
+    ManualMode(True, StorageRole.SECONDARY),
 ]
 
 
@@ -220,8 +231,13 @@ PROOF = [(), WATCHED]
 )
 def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode, proof):
     reachable = conn in ("Connected", "SyncSource")
-    r = res(role=local, peer_role=peer if reachable else "Unknown", connection=conn, disk=disk,
-            peer_disk=peer_disk if reachable else "DUnknown")
+    r = res(
+        role=local,
+        peer_role=peer if reachable else "Unknown",
+        connection=conn,
+        disk=disk,
+        peer_disk=peer_disk if reachable else "DUnknown",
+    )
     plan = decide(world(pool, resources=(r,), conflict=False, evidence=proof), mode)
     want = expected_role(pool, local, mode)
     assert plan.desired is want
@@ -261,10 +277,22 @@ def test_decision_table(pool, local, peer, conn, disk, peer_disk, mode, proof):
 @pytest.mark.parametrize(
     "obs, mode",
     [
-        (world(PoolRole.MASTER, resources=(res("a"), res("b")), daemon=False,
-               srs=sr_with(False)), AUTO),
-        (world(PoolRole.SLAVE, resources=(res("a", role="Primary"), res("b", role="Primary")),
-               serving=True, vip_local=True, daemon=True), AUTO),
+        (
+            world(
+                PoolRole.MASTER, resources=(res("a"), res("b")), daemon=False, srs=sr_with(False)
+            ),
+            AUTO,
+        ),
+        (
+            world(
+                PoolRole.SLAVE,
+                resources=(res("a", role="Primary"), res("b", role="Primary")),
+                serving=True,
+                vip_local=True,
+                daemon=True,
+            ),
+            AUTO,
+        ),
         (world(PoolRole.MASTER, resources=(res(configured=False, role="Unknown"),)), AUTO),
         (world(PoolRole.SLAVE, resources=(res(),)), ManualMode(True, StorageRole.PRIMARY)),
     ],
@@ -290,24 +318,56 @@ def test_apply_first_action_then_decide_again_converges(obs, mode):
 GONE = res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown")
 
 
-@pytest.mark.parametrize("how, kw, promotes, reason", [
-    ("no record", {}, False, "no_record"),
-    ("watched", {"evidence": WATCHED}, True, None),
-    ("restarted", {"evidence": (Evidence("iscsi1", reason="restarted", why_not="the controller "
-                                         "restarted since; nobody watched in between",
-                                         last_connected=1000.0, last_peer_role="Primary",
-                                         last_peer_disk="UpToDate"),), "now": 1000.0 + 7200},
-     False, "restarted"),
-    ("peer Outdated per DRBD", {"resources": (replace(GONE, peer_disk="Outdated"),)}, True, None),
-    ("peer Outdated per the peer channel",
-     {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "Outdated"}})}, True, None),
-    ("peer channel reachable, peer UpToDate",
-     {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "UpToDate"}})}, False,
-     "no_record"),
-    ("operator accepted", {"accept_stale": ("iscsi1",)}, True, None),
-    ("evidence of another resource", {"evidence": (Evidence("other", watched=True),)}, False,
-     "no_record"),
-])
+@pytest.mark.parametrize(
+    "how, kw, promotes, reason",
+    [
+        ("no record", {}, False, "no_record"),
+        ("watched", {"evidence": WATCHED}, True, None),
+        (
+            "restarted",
+            {
+                "evidence": (
+                    Evidence(
+                        "iscsi1",
+                        reason="restarted",
+                        why_not="the controller restarted since; nobody watched in between",
+                        last_connected=1000.0,
+                        last_peer_role="Primary",
+                        last_peer_disk="UpToDate",
+                    ),
+                ),
+                "now": 1000.0 + 7200,
+            },
+            False,
+            "restarted",
+        ),
+        (
+            "peer Outdated per DRBD",
+            {"resources": (replace(GONE, peer_disk="Outdated"),)},
+            True,
+            None,
+        ),
+        (
+            "peer Outdated per the peer channel",
+            {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "Outdated"}})},
+            True,
+            None,
+        ),
+        (
+            "peer channel reachable, peer UpToDate",
+            {"peer": PeerObservation(True, "slave", {"iscsi1": {"disk": "UpToDate"}})},
+            False,
+            "no_record",
+        ),
+        ("operator accepted", {"accept_stale": ("iscsi1",)}, True, None),
+        (
+            "evidence of another resource",
+            {"evidence": (Evidence("other", watched=True),)},
+            False,
+            "no_record",
+        ),
+    ],
+)
 def test_peer_unreachable_promotes_only_with_proof(how, kw, promotes, reason):
     kw.setdefault("resources", (GONE,))
     plan = decide(world(conflict=False, **kw), AUTO)
@@ -315,20 +375,27 @@ def test_peer_unreachable_promotes_only_with_proof(how, kw, promotes, reason):
     if reason:
         assert plan.blocked == (("iscsi1", reason),)
         assert plan.refusals[0].startswith(
-            "not promoting iscsi1: cannot prove this host has the newest data: ")
+            "not promoting iscsi1: cannot prove this host has the newest data: "
+        )
     else:
         assert plan.blocked == ()
 
 
 def test_hold_sentence_says_when_and_how_the_peer_was_last_seen():
-    ev = Evidence("iscsi1", reason="restarted", why_not="the controller restarted since; nobody "
-                  "watched in between", last_connected=1000.0, last_peer_role="Primary",
-                  last_peer_disk="UpToDate")
+    ev = Evidence(
+        "iscsi1",
+        reason="restarted",
+        why_not="the controller restarted since; nobody watched in between",
+        last_connected=1000.0,
+        last_peer_role="Primary",
+        last_peer_disk="UpToDate",
+    )
     plan = decide(world(resources=(GONE,), evidence=(ev,), now=1000.0 + 7200), AUTO)
     assert plan.refusals == (
         "not promoting iscsi1: cannot prove this host has the newest data: the peer was Primary "
         "(UpToDate) when last seen, 2 h ago; the controller restarted since; nobody watched in "
-        "between (see `iscsi-cfg become-primary --accept-stale` in the runbook)",)
+        "between (see `iscsi-cfg become-primary --accept-stale` in the runbook)",
+    )
 
 
 def test_unproven_wait_relaxes_after_the_configured_time_only():
@@ -343,9 +410,14 @@ def test_unproven_wait_relaxes_after_the_configured_time_only():
 def _peer_says(role, connection, view_ago=None, failed=False):
     """The peer channel's answer: the peer's view of iscsi1, seen ``view_ago`` seconds ago."""
     age = None if view_ago is None else view_ago / 2
-    return PeerObservation(True, "slave", {"iscsi1": {"role": role, "connection": connection,
-                                                       "disk": "UpToDate"}},
-                           age=age, view_age=age, last_poll_failed=failed)
+    return PeerObservation(
+        True,
+        "slave",
+        {"iscsi1": {"role": role, "connection": connection, "disk": "UpToDate"}},
+        age=age,
+        view_age=age,
+        last_poll_failed=failed,
+    )
 
 
 # The old holder is alive and still Primary (its `secondary` was refused: the device is held open),
@@ -355,19 +427,38 @@ def _peer_says(role, connection, view_ago=None, failed=False):
 LOST_10S_AGO = (replace(WATCHED[0], unreachable_for=10.0),)
 
 
-@pytest.mark.parametrize("how, peer, promotes, retry", [
-    ("peer saw the loss and is still Primary", _peer_says("Primary", "StandAlone", 1.0, True),
-     False, False),
-    ("seen after the loss, its DRBD has not noticed", _peer_says("Primary", "Connected", 4.0),
-     False, False),
-    ("view from before the loss, peer still answers", _peer_says("Primary", "Connected", 30.0),
-     False, True),
-    ("view from before the loss, peer stopped answering (crashed with the link)",
-     _peer_says("Primary", "Connected", 30.0, failed=True), True, False),
-    ("peer says Secondary", _peer_says("Secondary", "WFConnection", 1.0), True, False),
-    ("peer channel unreachable", PeerObservation(False), True, False),
-    ("no peer channel", None, True, False),
-])
+@pytest.mark.parametrize(
+    "how, peer, promotes, retry",
+    [
+        (
+            "peer saw the loss and is still Primary",
+            _peer_says("Primary", "StandAlone", 1.0, True),
+            False,
+            False,
+        ),
+        (
+            "seen after the loss, its DRBD has not noticed",
+            _peer_says("Primary", "Connected", 4.0),
+            False,
+            False,
+        ),
+        (
+            "view from before the loss, peer still answers",
+            _peer_says("Primary", "Connected", 30.0),
+            False,
+            True,
+        ),
+        (
+            "view from before the loss, peer stopped answering (crashed with the link)",
+            _peer_says("Primary", "Connected", 30.0, failed=True),
+            True,
+            False,
+        ),
+        ("peer says Secondary", _peer_says("Secondary", "WFConnection", 1.0), True, False),
+        ("peer channel unreachable", PeerObservation(False), True, False),
+        ("no peer channel", None, True, False),
+    ],
+)
 def test_peer_channel_primary_holds_the_promotion(how, peer, promotes, retry):
     obs = world(resources=(GONE,), conflict=False, evidence=LOST_10S_AGO, peer=peer)
     plan = decide(obs, AUTO)
@@ -390,8 +481,13 @@ def test_peer_channel_primary_is_not_asked_while_drbd_sees_the_peer():
 @pytest.mark.parametrize("local", ["Primary", "Secondary"])
 def test_two_masters_both_hold_and_page(local):
     peer = PeerObservation(True, "master", {})
-    obs = world(resources=(res(role=local, connection="StandAlone", peer_role="Unknown",
-                               peer_disk="DUnknown"),), peer=peer, vip_local=local == "Primary")
+    obs = world(
+        resources=(
+            res(role=local, connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"),
+        ),
+        peer=peer,
+        vip_local=local == "Primary",
+    )
     plan = decide(obs, AUTO)
     assert plan.actions == () and plan.desired is None
     assert "both hosts' pool.conf say master" in plan.held
@@ -408,5 +504,6 @@ def test_operator_command_refusals_are_pure():
     assert become_refusal(StorageRole.SECONDARY, MANUAL, None) is None
     primary_here = world(resources=(res(role="Primary"),), vip_local=True, serving=True)
     assert manual_disable_refusal(primary_here) is None
-    assert "become-secondary" in manual_disable_refusal(world(PoolRole.SLAVE,
-                                                              resources=(res(role="Primary"),)))
+    assert "become-secondary" in manual_disable_refusal(
+        world(PoolRole.SLAVE, resources=(res(role="Primary"),))
+    )

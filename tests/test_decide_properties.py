@@ -39,8 +39,12 @@ observations = st.builds(
     announce_due=st.booleans(),
 )
 modes = st.sampled_from(
-    [ManualMode(), ManualMode(True), ManualMode(True, StorageRole.PRIMARY),
-     ManualMode(True, StorageRole.SECONDARY)]
+    [
+        ManualMode(),
+        ManualMode(True),
+        ManualMode(True, StorageRole.PRIMARY),
+        ManualMode(True, StorageRole.SECONDARY),
+    ]
 )
 
 

@@ -9,8 +9,20 @@ import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESIGN = os.path.join(ROOT, "docs", "design.md")
-SCANNED = ("controller", "exporter", "tests", "lab", "bench", "alerts", "dashboards", "docs",
-           "packaging", "scripts", "README.md", "CONTRIBUTING.md")
+SCANNED = (
+    "controller",
+    "exporter",
+    "tests",
+    "lab",
+    "bench",
+    "alerts",
+    "dashboards",
+    "docs",
+    "packaging",
+    "scripts",
+    "README.md",
+    "CONTRIBUTING.md",
+)
 OUTSIDE = re.compile(r"\bSPEC" + r" ?§|\bLAB\.md\b")  # split so this file does not match itself
 REFERENCE = re.compile(r"design\.md`{0,2} ?§(\d+)(?:-§?(\d+))?")
 
@@ -58,4 +70,5 @@ def test_design_references_name_existing_sections():
                             dangling.append(f"{os.path.relpath(path, ROOT)}:{n}: §{number}")
     assert seen > 0, "no reference to docs/design.md found: is the pattern still right?"
     assert not dangling, "references to sections docs/design.md does not have:\n" + "\n".join(
-        dangling)
+        dangling
+    )

@@ -658,8 +658,13 @@ def test_drbd92_fixture(name: str) -> None:
 
 
 def test_drbd92_expectations_name_existing_files() -> None:
-    tables = (EXPECT_92_STATES, EXPECT_92_DOWN, EXPECT_92_ACTIONS, EXPECT_92_DMESG,
-              READ_ELSEWHERE_92)
+    tables = (
+        EXPECT_92_STATES,
+        EXPECT_92_DOWN,
+        EXPECT_92_ACTIONS,
+        EXPECT_92_DMESG,
+        READ_ELSEWHERE_92,
+    )
     assert set().union(*tables) == set(os.listdir(DRBD92))
 
 
@@ -963,7 +968,8 @@ def test_observe_84_minor_not_allocated_after_boot() -> None:
     fake.answer(("cat", "/proc/drbd"), stdout=header)
     answer_84(fake, {"r0": 0})
     fake.answer(
-        ("drbdadm", "cstate", "r0"), rc=10,
+        ("drbdadm", "cstate", "r0"),
+        rc=10,
         stderr="0: Failure: (127) Device minor not allocated\nadditional info from kernel:\n"
         "unknown minor\nCommand 'drbdsetup-84 cstate 0' terminated with exit code 10\n",
     )

@@ -38,7 +38,7 @@ def test_84_stream_shows_the_peer_becoming_secondary_during_a_switchover():
     # node2 watches node1 demote, then promotes itself: the moment the controller waits for.
     i = roles.index("Secondary/Primary")
     assert "Secondary/Secondary" in roles[i:]
-    assert "Primary/Secondary" in roles[roles.index("Secondary/Secondary", i):]
+    assert "Primary/Secondary" in roles[roles.index("Secondary/Secondary", i) :]
     conns = [e.fields["cs"] for e in map(parse_events84, lines("events-node2.txt")) if e]
     assert {"WFConnection", "Connected", "StandAlone"} <= set(conns)
 
@@ -46,8 +46,11 @@ def test_84_stream_shows_the_peer_becoming_secondary_during_a_switchover():
 def test_events2_lines_from_drbd_utils_9_on_the_84_kernel():
     events = [e for e in map(parse_events2, lines("events2-node1.txt")) if e]
     assert {e.verb for e in events} == {"create", "change", "destroy"}
-    peer_roles = [e.fields["role"] for e in events
-                  if e.obj == "connection" and e.verb == "change" and "role" in e.fields]
+    peer_roles = [
+        e.fields["role"]
+        for e in events
+        if e.obj == "connection" and e.verb == "change" and "role" in e.fields
+    ]
     assert "Primary" in peer_roles and "Secondary" in peer_roles
     assert parse_events2("exists -") is None
     assert parse_events2("call helper name:r0 peer-node-id:0 helper:before-resync-source") is None
@@ -55,8 +58,12 @@ def test_events2_lines_from_drbd_utils_9_on_the_84_kernel():
 
 def test_the_92_start_dump_is_parsed_but_wakes_nobody():
     dump = [
-        line for line in (Path(__file__).parent / "fixtures" / "drbd92"
-                          / "05-synced-node1-primary-node1.txt").read_text().splitlines()
+        line
+        for line in (
+            Path(__file__).parent / "fixtures" / "drbd92" / "05-synced-node1-primary-node1.txt"
+        )
+        .read_text()
+        .splitlines()
         if line.startswith("exists ")
     ]
     events = [e for e in map(parse_events2, dump) if e]
@@ -93,8 +100,13 @@ def test_follower_reads_a_real_process_and_restarts_it(tmp_path):
         if len(starts) == 2:
             done.set()
 
-    source = DrbdEventSource(lambda: events_argv("8.4", drbdsetup), ["r0"], got.append,
-                             on_restart=on_restart, delays=(0.05,))
+    source = DrbdEventSource(
+        lambda: events_argv("8.4", drbdsetup),
+        ["r0"],
+        got.append,
+        on_restart=on_restart,
+        delays=(0.05,),
+    )
     source.start()
     try:
         assert done.wait(10), starts
@@ -110,8 +122,12 @@ def test_follower_waits_while_the_generation_is_unknown_and_stops_a_live_stream(
     drbdsetup = _fake_drbdsetup(tmp_path, "events2-node1.txt", tail="exec sleep 30")
     known = threading.Event()
     got = []
-    source = DrbdEventSource(lambda: events_argv("9" if known.is_set() else None, drbdsetup),
-                             ["r0"], got.append, delays=(0.05,))
+    source = DrbdEventSource(
+        lambda: events_argv("9" if known.is_set() else None, drbdsetup),
+        ["r0"],
+        got.append,
+        delays=(0.05,),
+    )
     source.start()
     try:
         time.sleep(0.2)
@@ -129,8 +145,9 @@ def test_follower_waits_while_the_generation_is_unknown_and_stops_a_live_stream(
 
 
 def test_a_missing_drbdsetup_is_retried_not_fatal(tmp_path):
-    source = DrbdEventSource(lambda: [str(tmp_path / "nope"), "events", "all"], ["r0"],
-                             lambda e: None, delays=(0.05,))
+    source = DrbdEventSource(
+        lambda: [str(tmp_path / "nope"), "events", "all"], ["r0"], lambda e: None, delays=(0.05,)
+    )
     source.start()
     time.sleep(0.3)
     source.stop()

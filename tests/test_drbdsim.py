@@ -93,8 +93,9 @@ def label_uuids(*logs: List[str]) -> List[List[str]]:
 
 
 class Sim:
-    def __init__(self, directory: Path, resources=("r0",), initial="new",
-                 net: str = "10.99.0") -> None:
+    def __init__(
+        self, directory: Path, resources=("r0",), initial="new", net: str = "10.99.0"
+    ) -> None:
         self.dir = str(directory)
         self.cluster = Cluster.create(
             self.dir,
@@ -201,7 +202,7 @@ def test_the_counters_normalisation_hides_nothing_else():
 def logged_during(sim: Sim, marks, node: str, first: str, last: str) -> List[str]:
     """The kernel messages of ``node`` from the start of step ``first`` to the end of ``last``."""
     before = marks[STEPS[STEPS.index(first) - 1]][node]
-    return kernel_messages(sim.log_lines(node)[before:marks[last][node]])
+    return kernel_messages(sim.log_lines(node)[before : marks[last][node]])
 
 
 def captured_log(name: str) -> List[str]:
@@ -253,15 +254,19 @@ def captured_refusal() -> str:
     lines = (FIXTURES / "initial-sync-experiments.txt").read_text().splitlines()
     i = lines.index("0: State change failed: (-2) Need access to UpToDate data")
     assert lines[i + 1].startswith("Command 'drbdsetup-84 primary 0'")
-    return "\n".join(lines[i:i + 2]) + "\n"
+    return "\n".join(lines[i : i + 2]) + "\n"
 
 
 def test_disconnect_after_split_brain_answers_like_the_vm_capture(tmp_path):
     # Real 8.4.11 after a split brain (vm-splitbrain-one-sided-then-disconnect.jsonl, VM lab
     # addresses 10.77.0.x): `disconnect` on the StandAlone node is refused (no connection left),
     # on a node still in WFConnection it succeeds silently; afterwards both are StandAlone.
-    captured = [json.loads(line) for line in (FIXTURES / "vm-splitbrain-one-sided-then-"
-                "disconnect.jsonl").read_text().splitlines()]
+    captured = [
+        json.loads(line)
+        for line in (FIXTURES / "vm-splitbrain-one-sided-then-disconnect.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     calls = {e["node"]: e for e in captured if e.get("argv", [])[1:2] == ["disconnect"]}
     assert calls["node2"]["rc"] == 10  # the capture's StandAlone node
     sim = Sim(tmp_path / "s", initial="synced", net="10.77.0")
@@ -401,7 +406,9 @@ def test_down_resource_before_up(tmp_path):
     rc, _, err = sim("node1", "primary", "r0")
     assert rc == 10 and err.startswith("0: Failure: (127) Device minor not allocated\n")
     assert sim("node1", "role", "nosuch") == (
-        10, "", "'nosuch' not defined in your config (for this host).\n"
+        10,
+        "",
+        "'nosuch' not defined in your config (for this host).\n",
     )
 
 
@@ -443,8 +450,9 @@ def test_cut_link_then_reconnect_resyncs_from_the_primary(tmp_path):
     assert s2["dstate"] == "Inconsistent/UpToDate\n"
     progress = s2["proc"].splitlines()[4:]
     assert re.fullmatch(r"\t\[=*>\.*\] sync'ed:[ \d]{3}\.\d% \(\d+/\d+\)K", progress[0])
-    assert re.fullmatch(r"\tfinish: \d+:\d\d:\d\d speed: [\d,]+ \([\d,]+\) want: [\d,]+ K/sec",
-                        progress[1])
+    assert re.fullmatch(
+        r"\tfinish: \d+:\d\d:\d\d speed: [\d,]+ \([\d,]+\) want: [\d,]+ K/sec", progress[1]
+    )
     sim.wait_cstate("node2", "Connected")
     assert sim.state("node2")["dstate"] == "UpToDate/UpToDate\n"
     assert SB_UNRESOLVED not in sim.cluster.kernel_log("node2")
@@ -514,11 +522,18 @@ def test_progress_lines_are_formatted_like_the_kernel(bar, rate):
     # the layout are the simulator's own.
     left, total = map(int, re.search(r"\((\d+)/(\d+)\)K", bar).groups())
     h, m, s = map(int, re.search(r"finish: (\d+):(\d+):(\d+)", rate).groups())
-    speed, avg = (int(x.replace(",", "")) for x in re.search(r"speed: ([\d,]+) \(([\d,]+)\)",
-                                                             rate).groups())
+    speed, avg = (
+        int(x.replace(",", "")) for x in re.search(r"speed: ([\d,]+) \(([\d,]+)\)", rate).groups()
+    )
     want = re.search(r"want: ([\d,]+)", rate)
-    text = render_progress(left, total, h * 3600 + m * 60 + s, speed, avg,
-                           int(want.group(1).replace(",", "")) if want else None)
+    text = render_progress(
+        left,
+        total,
+        h * 3600 + m * 60 + s,
+        speed,
+        avg,
+        int(want.group(1).replace(",", "")) if want else None,
+    )
     assert text == bar + "\n" + rate + "\n"
 
 
@@ -529,8 +544,9 @@ def test_progress_lines_are_formatted_like_the_kernel(bar, rate):
 
 def run_script(sim: Sim, node: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DRBDSIM_DIR=sim.dir, DRBDSIM_NODE=node)
-    return subprocess.run([str(SIMULATOR), *args], capture_output=True, text=True, env=env,
-                          timeout=10)
+    return subprocess.run(
+        [str(SIMULATOR), *args], capture_output=True, text=True, env=env, timeout=10
+    )
 
 
 def test_the_script_runs_through_its_shebang_with_real_streams(tmp_path):
@@ -552,8 +568,11 @@ def test_concurrent_callers_keep_the_state_consistent(tmp_path):
     for i in range(12):  # both nodes race for Primary while node1 demotes and node2 reads
         args = [("primary", "primary", "secondary", "dstate")[i % 4], "r0"]
         argv = [sys.executable, "-S", str(SIMULATOR), *args]
-        procs.append(subprocess.Popen(argv, env=env[i % 2], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                argv, env=env[i % 2], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
     for proc in procs:
         out, err = proc.communicate(timeout=20)
         assert proc.returncode in (0, 11), err  # 11: node2 raced node1 to Primary
@@ -572,18 +591,36 @@ def test_simulated_events_stream_reads_like_real_84_events(tmp_path):
         sim.ok(node, "up", "r0")
     sim.ok("node1", "primary", "r0")
     env = dict(os.environ, DRBDSIM_DIR=sim.dir, DRBDSIM_NODE="node2")
-    proc = subprocess.Popen([sys.executable, "-S", str(SIMULATOR), "--sim-drbdsetup",
-                             "--max-seconds=20", "events", "all"], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-S",
+            str(SIMULATOR),
+            "--sim-drbdsetup",
+            "--max-seconds=20",
+            "events",
+            "all",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Primary"
         sim.ok("node1", "secondary", "r0")
         assert parse_events84(proc.stdout.readline()).fields["ro"] == "Secondary/Secondary"
         sim.ok("node2", "primary", "r0")
         event = parse_events84(proc.stdout.readline())
-        assert (event.resource, event.fields) == ("r0", {
-            "cs": "Connected", "ro": "Primary/Secondary", "ds": "UpToDate/UpToDate",
-            "minor": "0", "volume": "0"})
+        assert (event.resource, event.fields) == (
+            "r0",
+            {
+                "cs": "Connected",
+                "ro": "Primary/Secondary",
+                "ds": "UpToDate/UpToDate",
+                "minor": "0",
+                "volume": "0",
+            },
+        )
     finally:
         proc.kill()
         proc.wait()

@@ -24,7 +24,8 @@ class Counter:
     def wait_for(self, n, limit=5.0):
         with self.cond:
             assert self.cond.wait_for(lambda: self.count >= n, timeout=limit), (
-                f"expected {n} wake-ups, saw {self.count}")
+                f"expected {n} wake-ups, saw {self.count}"
+            )
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_same_content_and_other_files_wake_nobody(tmp_path, watched):
     os.utime(conf)
     (tmp_path / "other").write_text("x")
     replace(conf, "slave:10.0.0.1")  # the one real change, after the others (atomic, so that
-    seen.wait_for(1)                 # a slow reader cannot catch it half-written)
+    seen.wait_for(1)  # a slow reader cannot catch it half-written)
     time.sleep(0.2)  # anything queued by the no-op writes would have arrived by now
     assert seen.count == 1
 
@@ -145,8 +146,10 @@ def test_parse_events_reads_the_kernel_struct():
         return struct.pack("iIII", wd, mask, 0, len(raw)) + raw
 
     buf = event(1, filewatch.IN_CLOSE_WRITE, "pool.conf") + event(1, filewatch.IN_IGNORED, "")
-    assert list(parse_events(buf)) == [(1, filewatch.IN_CLOSE_WRITE, "pool.conf"),
-                                       (1, filewatch.IN_IGNORED, "")]
+    assert list(parse_events(buf)) == [
+        (1, filewatch.IN_CLOSE_WRITE, "pool.conf"),
+        (1, filewatch.IN_IGNORED, ""),
+    ]
 
 
 def test_a_change_inotify_cannot_see_is_found_by_the_poll(tmp_path, watched, monkeypatch):

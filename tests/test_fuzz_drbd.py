@@ -26,14 +26,22 @@ from hypothesis import strategies as st
 from iscsi_ha.controller.systems import drbd as d
 from iscsi_ha.controller.systems.drbd import Drbd, DrbdParseError
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def _corpus() -> List[str]:
     texts = []
-    paths = sorted(FIXTURES.glob("drbd84/*.txt")) + sorted(FIXTURES.glob("drbd92/*.txt")) + \
-        sorted(FIXTURES.glob("fuzz-extra/drbd92/*.txt"))
+    paths = (
+        sorted(FIXTURES.glob("drbd84/*.txt"))
+        + sorted(FIXTURES.glob("drbd92/*.txt"))
+        + sorted(FIXTURES.glob("fuzz-extra/drbd92/*.txt"))
+    )
     for path in paths:
         try:
             frames = read_frames(path)
@@ -92,7 +100,7 @@ def test_truncation_at_every_line_and_every_line_dropped():
         for i in range(len(lines) + 1):
             check_all("".join(lines[:i]))
             if i < len(lines):
-                check_all("".join(lines[:i] + lines[i + 1:]))
+                check_all("".join(lines[:i] + lines[i + 1 :]))
                 check_all("".join(lines[:i]) + lines[i][: len(lines[i]) // 2])  # mid-line
     print(f"\nfuzz drbd truncation: {sum(RUN.values())} cases")
 
@@ -103,8 +111,26 @@ def test_byte_flips_and_non_utf8(text, data):
     raw = bytearray(text.encode())
     for _ in range(data.draw(st.integers(1, 8), label="flips")):
         pos = data.draw(st.integers(0, max(0, len(raw))), label="pos")
-        byte = data.draw(st.sampled_from([0x00, 0x0A, 0x20, 0x2F, 0x3A, 0x7F, 0x80, 0xC3, 0xFF,
-                                          0xFE, ord("9"), ord("-"), ord(",")]), label="byte")
+        byte = data.draw(
+            st.sampled_from(
+                [
+                    0x00,
+                    0x0A,
+                    0x20,
+                    0x2F,
+                    0x3A,
+                    0x7F,
+                    0x80,
+                    0xC3,
+                    0xFF,
+                    0xFE,
+                    ord("9"),
+                    ord("-"),
+                    ord(","),
+                ]
+            ),
+            label="byte",
+        )
         how = data.draw(st.sampled_from(["flip", "insert", "delete"]), label="how")
         if how == "insert" or pos >= len(raw):
             raw[pos:pos] = bytes([byte])
@@ -116,8 +142,18 @@ def test_byte_flips_and_non_utf8(text, data):
 
 
 _NUMBER = re.compile(r"\d+")
-HUGE = ["9" * 5000, "1" + "0" * 4300, "-1", "-9999999999999999999", "0", "٣", "²", "1e308",
-        "18446744073709551616", "99999999999999999999999999999"]
+HUGE = [
+    "9" * 5000,
+    "1" + "0" * 4300,
+    "-1",
+    "-9999999999999999999",
+    "0",
+    "٣",
+    "²",
+    "1e308",
+    "18446744073709551616",
+    "99999999999999999999999999999",
+]
 
 
 @FUZZ
@@ -150,12 +186,16 @@ def test_observe_never_raises_on_mutated_outputs(version):
             mutated = "".join(lines[:cut])
             if mutated and rng.random() < 0.5:
                 pos = rng.randrange(len(mutated))
-                mutated = mutated[:pos] + rng.choice(["\ufffd", "9" * 5000, "\n", "-1"]) + \
-                    mutated[pos + 1:]
+                mutated = (
+                    mutated[:pos]
+                    + rng.choice(["\ufffd", "9" * 5000, "\n", "-1"])
+                    + mutated[pos + 1 :]
+                )
             fake = FakeRunner()
             for prefix in (("cat",), ("drbdadm",), ("drbdsetup",), ("dmesg",)):
-                fake.answer(prefix, rc=rng.choice([0, 0, 0, 10, 11]), stdout=mutated,
-                            stderr=mutated[:200])
+                fake.answer(
+                    prefix, rc=rng.choice([0, 0, 0, 10, 11]), stdout=mutated, stderr=mutated[:200]
+                )
             drbd = Drbd(fake, version=version)
             for _ in range(2):  # the second call uses what the first one cached
                 observed = drbd.observe(["r0", "r1"])
@@ -170,6 +210,9 @@ def test_observe_never_raises_on_mutated_outputs(version):
 
 def test_zz_report():
     """Printed last: cases per parser (``pytest -s``)."""
-    print("\nfuzz drbd cases: " + ", ".join(f"{k} {v}" for k, v in sorted(RUN.items())) +
-          f"; total {sum(RUN.values())}")
+    print(
+        "\nfuzz drbd cases: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(RUN.items()))
+        + f"; total {sum(RUN.values())}"
+    )
     assert sum(RUN.values()) > 0

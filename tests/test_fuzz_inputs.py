@@ -45,11 +45,44 @@ WEB_CONFIGS = [
     "    -----END CERTIFICATE-----\n  key: |\n    -----BEGIN PRIVATE KEY-----\n    MIGH\n"
     "    -----END PRIVATE KEY-----\n",
 ]
-FUZZ = settings(max_examples=250, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
-SPICE = [b":", b"[", b"{", b"]", b"}", b"&a", b"*a", b"!!python/object:os.system", b"\x1b[31m",
-         b"\x00", b"\xff", b"\xc3", b"-", b"#", b"\n", b"  ", b'"', b"'", b"9" * 60, b"1e308",
-         b"-1", b"~", b"<<: *a", b"%YAML 1.1\n", b"? ", b"|", b">", b"\t", b"\r"]
+FUZZ = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+SPICE = [
+    b":",
+    b"[",
+    b"{",
+    b"]",
+    b"}",
+    b"&a",
+    b"*a",
+    b"!!python/object:os.system",
+    b"\x1b[31m",
+    b"\x00",
+    b"\xff",
+    b"\xc3",
+    b"-",
+    b"#",
+    b"\n",
+    b"  ",
+    b'"',
+    b"'",
+    b"9" * 60,
+    b"1e308",
+    b"-1",
+    b"~",
+    b"<<: *a",
+    b"%YAML 1.1\n",
+    b"? ",
+    b"|",
+    b">",
+    b"\t",
+    b"\r",
+]
 RUN: Dict[str, int] = {}
 
 
@@ -62,13 +95,13 @@ def _mutate(data, raw: bytes) -> bytes:
         if how == "insert":
             out[pos:pos] = piece
         elif how == "replace":
-            out[pos:pos + len(piece)] = piece
+            out[pos : pos + len(piece)] = piece
         elif how == "truncate":
             del out[pos:]
         else:
             start = out.rfind(b"\n", 0, pos) + 1
             end = out.find(b"\n", pos)
-            del out[start:(end + 1 if end >= 0 else len(out))]
+            del out[start : (end + 1 if end >= 0 else len(out))]
     return bytes(out)
 
 
@@ -83,7 +116,7 @@ def _check_config_file(path: Path) -> None:
         assert exc.problems
         for line in str(exc).splitlines():
             assert line.startswith(f"{path}: "), line
-            rest = line[len(f"{path}: "):]
+            rest = line[len(f"{path}: ") :]
             # names what it rejected: "key.path: what", "line N...: what" or "what the file is"
             assert rest and "Traceback" not in rest, line
             assert ": " in rest or re.match(r"^[a-z]", rest), line
@@ -99,13 +132,15 @@ def test_config_truncated_at_every_line(tmp_path):
         path.write_text("".join(lines[:i]))
         _check_config_file(path)
         if i < len(lines):
-            path.write_text("".join(lines[:i] + lines[i + 1:]))
+            path.write_text("".join(lines[:i] + lines[i + 1 :]))
             _check_config_file(path)
 
 
 @FUZZ
-@given(st.sampled_from([FULL, EXAMPLE, "resources: [iscsi1]\nvip: {address: 10.10.10.3/24}\n"]),
-       st.data())
+@given(
+    st.sampled_from([FULL, EXAMPLE, "resources: [iscsi1]\nvip: {address: 10.10.10.3/24}\n"]),
+    st.data(),
+)
 def test_config_mutated_bytes(tmp_path_factory, text, data):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_bytes(_mutate(data, text.encode()))
@@ -113,18 +148,60 @@ def test_config_mutated_bytes(tmp_path_factory, text, data):
 
 
 _SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10 ** 40), max_value=10 ** 40),
-    st.integers(min_value=-(2 ** 70), max_value=2 ** 70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
-    st.sampled_from(["iscsi1", "10.10.10.3/24", "/dev/drbd0", "ALL", "auto", "8.4", "9",
-                     "local", "https://x", "info", "eth0", "iqn.2024-01.org.x:y"]),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30),
+    st.sampled_from(
+        [
+            "iscsi1",
+            "10.10.10.3/24",
+            "/dev/drbd0",
+            "ALL",
+            "auto",
+            "8.4",
+            "9",
+            "local",
+            "https://x",
+            "info",
+            "eth0",
+            "iqn.2024-01.org.x:y",
+        ]
+    ),
 )
-_KEYS = st.sampled_from(["resources", "vip", "address", "interval", "drbd", "target", "luns",
-                         "lun", "path", "paths", "xenapi", "password_file", "control",
-                         "allowed_uids", "exporter", "listen", "tid", "timeout", "kernel_log",
-                         "probe_interval", "x", "password"])
-_VALUES = st.recursive(_SCALARS, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=5)), max_leaves=20)
+_KEYS = st.sampled_from(
+    [
+        "resources",
+        "vip",
+        "address",
+        "interval",
+        "drbd",
+        "target",
+        "luns",
+        "lun",
+        "path",
+        "paths",
+        "xenapi",
+        "password_file",
+        "control",
+        "allowed_uids",
+        "exporter",
+        "listen",
+        "tid",
+        "timeout",
+        "kernel_log",
+        "probe_interval",
+        "x",
+        "password",
+    ]
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=5)),
+    max_leaves=20,
+)
 
 
 @FUZZ
@@ -158,14 +235,39 @@ def test_web_config_mutated_bytes(tmp_path_factory, text, data):
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["tls_server_config", "http_server_config",
-                                        "basic_auth_users", "rate_limit", "x"]),
-                       st.recursive(_SCALARS, lambda inner: st.one_of(
-                           st.lists(inner, max_size=3),
-                           st.dictionaries(st.sampled_from(
-                               ["cert_file", "key", "client_auth_type", "min_version", "headers",
-                                "X-Frame-Options", "interval", "burst", "alice", "http2"]),
-                               inner, max_size=4)), max_leaves=12), max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            ["tls_server_config", "http_server_config", "basic_auth_users", "rate_limit", "x"]
+        ),
+        st.recursive(
+            _SCALARS,
+            lambda inner: st.one_of(
+                st.lists(inner, max_size=3),
+                st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "cert_file",
+                            "key",
+                            "client_auth_type",
+                            "min_version",
+                            "headers",
+                            "X-Frame-Options",
+                            "interval",
+                            "burst",
+                            "alice",
+                            "http2",
+                        ]
+                    ),
+                    inner,
+                    max_size=4,
+                ),
+            ),
+            max_leaves=12,
+        ),
+        max_size=4,
+    )
+)
 def test_web_config_generated(mapping):
     RUN["web-config-mapping"] = RUN.get("web-config-mapping", 0) + 1
     try:
@@ -177,14 +279,23 @@ def test_web_config_generated(mapping):
 # ---------------------------------------------------------------------------- control socket
 
 
-REQUESTS = [b'{"cmd": "status"}', b'{"cmd": "log", "since": 0}', b'{"cmd": "get"}',
-            b'{"cmd": "manual-mode-enable"}', b'{"cmd": "become-primary"}']
+REQUESTS = [
+    b'{"cmd": "status"}',
+    b'{"cmd": "log", "since": 0}',
+    b'{"cmd": "get"}',
+    b'{"cmd": "manual-mode-enable"}',
+    b'{"cmd": "become-primary"}',
+]
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=300),
-                 st.sampled_from(REQUESTS).flatmap(lambda r: st.just(r)),
-                 st.builds(lambda r, d: d, st.sampled_from(REQUESTS), st.data())))
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from(REQUESTS).flatmap(lambda r: st.just(r)),
+        st.builds(lambda r, d: d, st.sampled_from(REQUESTS), st.data()),
+    )
+)
 def test_control_parse_request(raw):
     RUN["control-parse"] = RUN.get("control-parse", 0) + 1
     try:
@@ -196,24 +307,46 @@ def test_control_parse_request(raw):
 
 
 _JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(10 ** 30), 10 ** 30), st.text(max_size=20),
-              st.floats(allow_nan=False, allow_infinity=False)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-    max_leaves=10)
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**30), 10**30),
+        st.text(max_size=20),
+        st.floats(allow_nan=False, allow_infinity=False),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 
 
 @pytest.fixture(scope="module")
 def control(tmp_path_factory):
     host = Host(str(tmp_path_factory.mktemp("state")), converged_master())
-    return ControlServer("/nonexistent/c.sock", StubDaemon(host.controller), (os.geteuid(),),
-                         read_timeout=0.5)
+    return ControlServer(
+        "/nonexistent/c.sock", StubDaemon(host.controller), (os.geteuid(),), read_timeout=0.5
+    )
 
 
 @FUZZ
-@given(cmd=st.sampled_from(["status", "get", "log", "manual-mode-enable", "manual-mode-disable",
-                            "become-primary", "become-secondary", "", "x" * 100, "\udcff"]),
-       extra=st.dictionaries(st.sampled_from(["since", "cmd2", "x"]), _JSON, max_size=2))
+@given(
+    cmd=st.sampled_from(
+        [
+            "status",
+            "get",
+            "log",
+            "manual-mode-enable",
+            "manual-mode-disable",
+            "become-primary",
+            "become-secondary",
+            "",
+            "x" * 100,
+            "\udcff",
+        ]
+    ),
+    extra=st.dictionaries(st.sampled_from(["since", "cmd2", "x"]), _JSON, max_size=2),
+)
 def test_control_dispatch_any_request(control, cmd, extra):
     RUN["control-dispatch"] = RUN.get("control-dispatch", 0) + 1
     answer = control.dispatch({"cmd": cmd, **extra}, pid=1, uid=0)
@@ -223,15 +356,26 @@ def test_control_dispatch_any_request(control, cmd, extra):
     json.dumps(answer, default=str)
 
 
-@settings(max_examples=120, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
-@given(st.one_of(st.binary(max_size=2000), st.sampled_from(REQUESTS).map(lambda r: r + b"\n"),
-                 st.binary(min_size=1, max_size=50).map(lambda b: b'{"cmd": "' + b + b'"}\n')))
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    st.one_of(
+        st.binary(max_size=2000),
+        st.sampled_from(REQUESTS).map(lambda r: r + b"\n"),
+        st.binary(min_size=1, max_size=50).map(lambda b: b'{"cmd": "' + b + b'"}\n'),
+    )
+)
 def test_control_connection_any_bytes(control, raw):
     """The whole per-connection path over a real socket pair: always one JSON answer line."""
     RUN["control-connection"] = RUN.get("control-connection", 0) + 1
     server_end, client_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with server_end, client_end:
+
         def serve():
             try:
                 control.handle(server_end)
@@ -262,8 +406,7 @@ def test_control_connection_any_bytes(control, raw):
 
 
 @FUZZ
-@given(st.one_of(st.binary(max_size=300),
-                 st.builds(lambda d: d, st.data()).map(lambda _: b"")))
+@given(st.one_of(st.binary(max_size=300), st.builds(lambda d: d, st.data()).map(lambda _: b"")))
 def test_manual_mode_file_any_bytes(tmp_path_factory, raw):
     RUN["manual-mode"] = RUN.get("manual-mode", 0) + 1
     d = tmp_path_factory.mktemp("st")
@@ -273,8 +416,12 @@ def test_manual_mode_file_any_bytes(tmp_path_factory, raw):
 
 
 @FUZZ
-@given(st.one_of(st.text(max_size=200), st.sampled_from(["master", "slave:10.0.0.1"]).map(
-    lambda t: t + "\ufffd\n")))
+@given(
+    st.one_of(
+        st.text(max_size=200),
+        st.sampled_from(["master", "slave:10.0.0.1"]).map(lambda t: t + "\ufffd\n"),
+    )
+)
 def test_pool_conf_any_text(text):
     RUN["pool.conf"] = RUN.get("pool.conf", 0) + 1
     obs = parse_pool_conf(text)
@@ -296,13 +443,34 @@ def test_ip_addr_mutated(text, data):
 
 
 _RECORD = st.dictionaries(
-    st.sampled_from(["uuid", "type", "PBDs", "host", "currently_attached", "SR", "name_label",
-                     "hostname", "address", "x"]),
-    st.one_of(_SCALARS, st.lists(st.sampled_from(["OpaqueRef:1", "OpaqueRef:2", 3, None]),
-                                 max_size=3)), max_size=6)
-_RECORDS = st.one_of(_SCALARS, st.lists(_RECORD, max_size=2),
-                     st.dictionaries(st.sampled_from(["OpaqueRef:1", "OpaqueRef:2", "x"]),
-                                     st.one_of(_RECORD, _SCALARS), max_size=3))
+    st.sampled_from(
+        [
+            "uuid",
+            "type",
+            "PBDs",
+            "host",
+            "currently_attached",
+            "SR",
+            "name_label",
+            "hostname",
+            "address",
+            "x",
+        ]
+    ),
+    st.one_of(
+        _SCALARS, st.lists(st.sampled_from(["OpaqueRef:1", "OpaqueRef:2", 3, None]), max_size=3)
+    ),
+    max_size=6,
+)
+_RECORDS = st.one_of(
+    _SCALARS,
+    st.lists(_RECORD, max_size=2),
+    st.dictionaries(
+        st.sampled_from(["OpaqueRef:1", "OpaqueRef:2", "x"]),
+        st.one_of(_RECORD, _SCALARS),
+        max_size=3,
+    ),
+)
 
 
 @FUZZ
@@ -314,6 +482,9 @@ def test_sr_records_any_shape(srs, pbds, hosts):
 
 
 def test_zz_report():
-    print("\nfuzz inputs cases: " + ", ".join(f"{k} {v}" for k, v in sorted(RUN.items())) +
-          f"; total {sum(RUN.values())}")
+    print(
+        "\nfuzz inputs cases: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(RUN.items()))
+        + f"; total {sum(RUN.values())}"
+    )
     assert sum(RUN.values()) > 0

@@ -27,8 +27,7 @@ TGT_SHOWS = sorted(p for p in (FIX / "tgt").glob("*.txt") if p.name != "errors.t
 LIO_TREES = sorted(p for p in (FIX / "lio").glob("*.json") if p.name != "steps.json")
 TGT_CONF = FIX / "tgt" / "targets.conf"
 IQN = "iqn.2024-01.org.iscsi-ha:vmlab"
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _tgt_safe(raw: bytes) -> None:
@@ -38,8 +37,9 @@ def _tgt_safe(raw: bytes) -> None:
     except TgtParseError as exc:
         assert str(exc)  # a refusal names what it refused
     fake = FakeRunner()
-    fake.answer(("tgtadm", "-C", "7", "--lld", "iscsi", "--mode", "target", "--op", "show"),
-                stdout=text)
+    fake.answer(
+        ("tgtadm", "-C", "7", "--lld", "iscsi", "--mode", "target", "--op", "show"), stdout=text
+    )
     obs = Target(fake, control_port=7).observe()
     assert obs.error is None or "cannot read" in obs.error
 
@@ -69,8 +69,11 @@ def test_byte_flips_and_non_utf8_in_tgt_show(data):
         if not raw:
             break
         i = data.draw(st.integers(0, len(raw) - 1))
-        raw[i] = data.draw(st.sampled_from([0x0A, 0x20, 0x3A, 0xFF, 0xC3, 0x00, 0x54,
-                                            data.draw(st.integers(0, 255))]))
+        raw[i] = data.draw(
+            st.sampled_from(
+                [0x0A, 0x20, 0x3A, 0xFF, 0xC3, 0x00, 0x54, data.draw(st.integers(0, 255))]
+            )
+        )
     insert = data.draw(st.binary(max_size=40))
     at = data.draw(st.integers(0, len(raw)))
     _tgt_safe(bytes(raw[:at]) + insert + bytes(raw[at:]))
@@ -98,8 +101,14 @@ def _lio_safe(tree: lio.Tree) -> None:
 def test_lio_tree_with_every_file_truncated_or_missing(path):
     base = lio.Tree.from_json(path.read_text())
     for key in list(base.files):
-        for damaged in ("", base.files[key][:1], base.files[key][:-2], "\ufffd\x00\n",
-                        "99999999999999999999999\n", "-1\n"):
+        for damaged in (
+            "",
+            base.files[key][:1],
+            base.files[key][:-2],
+            "\ufffd\x00\n",
+            "99999999999999999999999\n",
+            "-1\n",
+        ):
             t = lio.Tree.from_json(path.read_text())
             t.files[key] = damaged
             _lio_safe(t)
@@ -112,8 +121,7 @@ def test_lio_tree_with_every_file_truncated_or_missing(path):
 @given(data=st.data())
 def test_lio_tree_mutations(data):
     t = lio.Tree.from_json(data.draw(st.sampled_from(LIO_TREES)).read_text())
-    text = st.text(max_size=60) | st.binary(max_size=60).map(
-        lambda b: b.decode(errors="replace"))
+    text = st.text(max_size=60) | st.binary(max_size=60).map(lambda b: b.decode(errors="replace"))
     for _ in range(data.draw(st.integers(1, 10))):
         kind = data.draw(st.sampled_from(["file", "dir", "link", "drop-dir"]))
         if kind == "file" and t.files:

@@ -24,38 +24,63 @@ DEEP = 450
 
 # name -> (file content, what the one problem must say)
 HOSTILE = {
-    "colour-code-in-comment": (MINIMAL + "# \x1b[31mred\x1b[0m note\n",
-                               ["line 4, column 3", "escape character", "U+001B"]),
+    "colour-code-in-comment": (
+        MINIMAL + "# \x1b[31mred\x1b[0m note\n",
+        ["line 4, column 3", "escape character", "U+001B"],
+    ),
     "nul": (MINIMAL.replace("iscsi1", "iscsi\x001"), ["line 1", "NUL", "U+0000"]),
     "bell-in-value": ("node_name: a\x07b\n" + MINIMAL, ["line 1, column 13", "U+0007"]),
-    "deep-flow": (MINIMAL + "drbd: " + "[" * DEEP + "]" * DEEP + "\n",
-                  ["line 4", "more than 32 levels"]),
-    "deep-block": (MINIMAL + "".join(" " * i + f"k{i}:\n" for i in range(DEEP)),
-                   ["nested more than 32 levels"]),
-    "4300-digit-int": (MINIMAL + "interval: 1" + "0" * 4300 + "\n",
-                       ["line 4", "4301 digits", "at most 30 digits"]),
+    "deep-flow": (
+        MINIMAL + "drbd: " + "[" * DEEP + "]" * DEEP + "\n",
+        ["line 4", "more than 32 levels"],
+    ),
+    "deep-block": (
+        MINIMAL + "".join(" " * i + f"k{i}:\n" for i in range(DEEP)),
+        ["nested more than 32 levels"],
+    ),
+    "4300-digit-int": (
+        MINIMAL + "interval: 1" + "0" * 4300 + "\n",
+        ["line 4", "4301 digits", "at most 30 digits"],
+    ),
     "400-digit-tid": (MINIMAL + "target: {tid: " + "9" * 400 + "}\n", ["400 digits"]),
     "interval-1e308": (MINIMAL + "interval: 1.0e+308\n", ["interval:", "at most 3600"]),
-    "probe-interval-1e308": (MINIMAL.replace("address: 10.10.10.3/24",
-                                             "address: 10.10.10.3/24\n  probe_interval: 1.0e+308"),
-                             ["vip.probe_interval:", "at most 86400"]),
-    "command-timeout-1e10": (MINIMAL + "command_timeout: 1.0e+10\n",
-                             ["command_timeout:", "at most 3600"]),
-    "cycle-deadline-1e300": (MINIMAL + "cycle_deadline: 1.0e+300\n",
-                             ["cycle_deadline:", "at most"]),
+    "probe-interval-1e308": (
+        MINIMAL.replace(
+            "address: 10.10.10.3/24", "address: 10.10.10.3/24\n  probe_interval: 1.0e+308"
+        ),
+        ["vip.probe_interval:", "at most 86400"],
+    ),
+    "command-timeout-1e10": (
+        MINIMAL + "command_timeout: 1.0e+10\n",
+        ["command_timeout:", "at most 3600"],
+    ),
+    "cycle-deadline-1e300": (
+        MINIMAL + "cycle_deadline: 1.0e+300\n",
+        ["cycle_deadline:", "at most"],
+    ),
     "xenapi-timeout": (MINIMAL + "xenapi: {timeout: 1.0e+9}\n", ["xenapi.timeout:", "at most"]),
     "stop-timeout": (MINIMAL + "target: {stop_timeout: 1.0e+9}\n", ["target.stop_timeout:"]),
-    "announce-interval": (MINIMAL.replace("address: 10.10.10.3/24",
-                                          "address: 10.10.10.3/24\n  announce_interval: 1.0e+12"),
-                          ["vip.announce_interval:", "at most 86400"]),
-    "announce-count": (MINIMAL.replace("address: 10.10.10.3/24",
-                                       "address: 10.10.10.3/24\n  announce_count: 99999999"),
-                       ["vip.announce_count:", "100 or less"]),
+    "announce-interval": (
+        MINIMAL.replace(
+            "address: 10.10.10.3/24", "address: 10.10.10.3/24\n  announce_interval: 1.0e+12"
+        ),
+        ["vip.announce_interval:", "at most 86400"],
+    ),
+    "announce-count": (
+        MINIMAL.replace(
+            "address: 10.10.10.3/24", "address: 10.10.10.3/24\n  announce_count: 99999999"
+        ),
+        ["vip.announce_count:", "100 or less"],
+    ),
     "tid": (MINIMAL + "target: {tid: 99999999999}\n", ["target.tid:", "65535 or less"]),
-    "lun": (MINIMAL + "target: {luns: [{lun: 99999999, path: /dev/x}]}\n",
-            ["target.luns[0].lun:", "16383 or less"]),
-    "uid": (MINIMAL + "control: {allowed_uids: [0, 99999999999999]}\n",
-            ["control.allowed_uids[1]:", "4294967294 or less"]),
+    "lun": (
+        MINIMAL + "target: {luns: [{lun: 99999999, path: /dev/x}]}\n",
+        ["target.luns[0].lun:", "16383 or less"],
+    ),
+    "uid": (
+        MINIMAL + "control: {allowed_uids: [0, 99999999999999]}\n",
+        ["control.allowed_uids[1]:", "4294967294 or less"],
+    ),
     "tiny-interval": (MINIMAL + "interval: 1.0e-300\n", ["interval:", "at least 0.05"]),
 }
 
@@ -108,11 +133,13 @@ def test_a_device_or_a_huge_file_is_refused_without_reading_it(tmp_path):
 
 def test_secret_in_the_wrong_key_is_never_echoed(tmp_path):
     secret = "Hunter2-pw-x81"
-    for snippet in (f"xenapi: {{password_file: {secret}}}",
-                    f"xenapi: {{password_env: '{secret}!'}}",
-                    "xenapi: {password_file: 8675309123}",
-                    "xenapi: {password_env: 8675309123}",
-                    f"xenapi: {{password_file: [{secret}]}}"):
+    for snippet in (
+        f"xenapi: {{password_file: {secret}}}",
+        f"xenapi: {{password_env: '{secret}!'}}",
+        "xenapi: {password_file: 8675309123}",
+        "xenapi: {password_env: 8675309123}",
+        f"xenapi: {{password_file: [{secret}]}}",
+    ):
         path = tmp_path / "c.yaml"
         path.write_text(MINIMAL + snippet + "\n")
         problems = _problems(path)
@@ -124,15 +151,24 @@ def test_secret_in_the_wrong_key_is_never_echoed(tmp_path):
 # ------------------------------------------------------------------ the commands that read it
 
 
-@pytest.mark.parametrize("name", ["colour-code-in-comment", "nul", "deep-flow", "4300-digit-int",
-                                  "interval-1e308"])
+@pytest.mark.parametrize(
+    "name", ["colour-code-in-comment", "nul", "deep-flow", "4300-digit-int", "interval-1e308"]
+)
 def test_every_iscsi_cfg_command_survives_a_hostile_config(tmp_path, name, capsys):
     path = tmp_path / "iscsi-ha.yaml"
     path.write_text(HOSTILE[name][0])
     sock = str(tmp_path / "nothing.sock")
-    for argv in (["status"], ["status", "--json"], ["get"], ["log"], ["manual-mode-enable"],
-                 ["manual-mode-disable"], ["become-primary"], ["become-secondary"],
-                 ["check-config"]):
+    for argv in (
+        ["status"],
+        ["status", "--json"],
+        ["get"],
+        ["log"],
+        ["manual-mode-enable"],
+        ["manual-mode-disable"],
+        ["become-primary"],
+        ["become-secondary"],
+        ["check-config"],
+    ):
         code = cli.main(["--config", str(path), "--socket", sock, *argv])
         assert isinstance(code, int) and code != 0, argv
     err = capsys.readouterr().err
@@ -148,9 +184,12 @@ def test_iscsi_cfg_status_with_a_fifo_config_and_a_fifo_status_file(tmp_path, ca
     (tmp_path / "c.yaml").write_text(MINIMAL + f"paths: {{status_file: {status}}}\n")
     codes = []
     for config in (fifo, tmp_path / "c.yaml"):
-        t = threading.Thread(target=lambda c=config: codes.append(cli.main(
-            ["--config", str(c), "--socket", str(tmp_path / "no.sock"), "status"])),
-            daemon=True)
+        t = threading.Thread(
+            target=lambda c=config: codes.append(
+                cli.main(["--config", str(c), "--socket", str(tmp_path / "no.sock"), "status"])
+            ),
+            daemon=True,
+        )
         t.start()
         t.join(5)
         assert not t.is_alive(), f"iscsi-cfg status blocked on {config}"
@@ -181,19 +220,30 @@ def test_sighup_with_hostile_files_keeps_the_daemon_running(tmp_path):
     (tmp_path / "table.json").write_text('{"drbdadm sh-minor r0": [0, "0\\n", ""]}')
     config = tmp_path / "iscsi-ha.yaml"
     config.write_text(config_text(tmp_path, 0.5))
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
-               FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"),
-               FAKE_DRBDADM_LOG=str(tmp_path / "calls"))
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{os.environ['PATH']}",
+        FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"),
+        FAKE_DRBDADM_LOG=str(tmp_path / "calls"),
+    )
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
     log_path = tmp_path / "daemon.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([exe, "run", "--config", str(config)], stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [exe, "run", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     text = log_path.read_text
     try:
         wait_for(lambda: "started" in text(), 20, "the start")
-        names = ["colour-code-in-comment", "nul", "deep-block", "4300-digit-int",
-                 "interval-1e308", "probe-interval-1e308", "command-timeout-1e10"]
+        names = [
+            "colour-code-in-comment",
+            "nul",
+            "deep-block",
+            "4300-digit-int",
+            "interval-1e308",
+            "probe-interval-1e308",
+            "command-timeout-1e10",
+        ]
         for n, name in enumerate(names, 1):
             config.write_text(HOSTILE[name][0])
             proc.send_signal(signal.SIGHUP)
@@ -224,8 +274,9 @@ def test_import_conf_refuses_a_fifo_at_once(tmp_path, capsys):
     fifo = tmp_path / "iscsi-ha.conf"
     os.mkfifo(fifo)
     codes = []
-    t = threading.Thread(target=lambda: codes.append(cli.main(["import-conf", str(fifo)])),
-                         daemon=True)
+    t = threading.Thread(
+        target=lambda: codes.append(cli.main(["import-conf", str(fifo)])), daemon=True
+    )
     t.start()
     t.join(5)
     assert not t.is_alive(), "import-conf blocked on a FIFO"

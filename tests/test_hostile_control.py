@@ -41,9 +41,20 @@ FLOOD = """
 
 def _flood(uid: int, path: str, seconds: float) -> subprocess.Popen:
     return subprocess.Popen(
-        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c",
-         textwrap.dedent(FLOOD), path, str(seconds)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            textwrap.dedent(FLOOD),
+            path,
+            str(seconds),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.root  # setpriv to other uids
@@ -51,12 +62,12 @@ def test_root_keeps_working_under_a_local_connect_flood(tmp_path, sockdir, caplo
     host = Host(str(tmp_path / "state"), converged_master())
     path = os.path.join(sockdir, "control.sock")
     caplog.set_level(logging.INFO, logger="iscsi_ha.control")
-    with serving(StubDaemon(host.controller), path, allowed_uids=(0, NOBODY),
-                 read_timeout=5.0):
+    with serving(StubDaemon(host.controller), path, allowed_uids=(0, NOBODY), read_timeout=5.0):
         assert os.stat(path).st_mode & 0o777 == 0o666  # so NOBODY can connect at all
         assert os.stat(root_socket_path(path)).st_mode & 0o777 == 0o600  # root's own
-        floods = [_flood(NOBODY, path, 6) for _ in range(3)] + \
-                 [_flood(STRANGER, path, 6) for _ in range(2)]
+        floods = [_flood(NOBODY, path, 6) for _ in range(3)] + [
+            _flood(STRANGER, path, 6) for _ in range(2)
+        ]
         try:
             time.sleep(1.0)  # the floods hold everything they can get
             worst = 0.0
@@ -81,8 +92,12 @@ def test_an_allowed_user_gets_its_own_few_slots_only(tmp_path, sockdir):  # noqa
     from iscsi_ha.controller.control import PER_UID_SLOTS, ControlServer
 
     host = Host(str(tmp_path / "state"), converged_master())
-    server = ControlServer(os.path.join(sockdir, "c.sock"), StubDaemon(host.controller),
-                           (0, NOBODY), max_connections=16)
+    server = ControlServer(
+        os.path.join(sockdir, "c.sock"),
+        StubDaemon(host.controller),
+        (0, NOBODY),
+        max_connections=16,
+    )
     taken = [server.slots.take(NOBODY) for _ in range(PER_UID_SLOTS + 2)]
     assert taken == [True] * PER_UID_SLOTS + [False, False]
     others = [server.slots.take(70000 + i) for i in range(20)]  # many allowed uids together

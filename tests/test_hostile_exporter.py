@@ -51,10 +51,12 @@ def exporter(tmp_path):
         h.stop()
 
 
-def get(port: int, path: str = "/metrics", headers=None, source: str = "127.0.0.1",
-        timeout: float = 5.0):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout,
-                                      source_address=(source, 0))
+def get(
+    port: int, path: str = "/metrics", headers=None, source: str = "127.0.0.1", timeout: float = 5.0
+):
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=timeout, source_address=(source, 0)
+    )
     try:
         conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
@@ -77,10 +79,15 @@ def test_idle_connections_cannot_starve_scrapes_or_file_descriptors(exporter):
     server = handle._server
     idle: list[socket.socket] = []
     try:
-        for source in ["127.0.0.2"] * 600 + ["127.0.0.3", "127.0.0.4", "127.0.0.5",
-                                             "127.0.0.6"] * 75:
-            s = socket.create_connection(("127.0.0.1", handle.port), timeout=5,
-                                         source_address=(source, 0))
+        for source in ["127.0.0.2"] * 600 + [
+            "127.0.0.3",
+            "127.0.0.4",
+            "127.0.0.5",
+            "127.0.0.6",
+        ] * 75:
+            s = socket.create_connection(
+                ("127.0.0.1", handle.port), timeout=5, source_address=(source, 0)
+            )
             idle.append(s)
         time.sleep(0.3)
         assert server.open_connections() <= MAX_CONNECTIONS
@@ -199,8 +206,10 @@ def _bcrypt_seconds(hashed: str) -> float:
 def test_web_config_yaml_error_never_shows_an_inline_key(tmp_path):
     key_line = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgSECRETSECRETSECRET"
     path = tmp_path / "web.yml"
-    path.write_text("tls_server_config:\n  key: |\n    -----BEGIN PRIVATE KEY-----\n"
-                    f"    {key_line}\n   bad: [indent\n")
+    path.write_text(
+        "tls_server_config:\n  key: |\n    -----BEGIN PRIVATE KEY-----\n"
+        f"    {key_line}\n   bad: [indent\n"
+    )
     with pytest.raises(WebConfigError) as info:
         load_web_config(str(path))
     text = str(info.value)
@@ -208,15 +217,18 @@ def test_web_config_yaml_error_never_shows_an_inline_key(tmp_path):
     assert "SECRET" not in text and "PRIVATE" not in text, text
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("basic_auth_users: {a: '$2y$31$" + "a" * 53 + "'}\n", "bcrypt cost 31 is too slow"),
-    ("rate_limit: {interval: 1e300, burst: 1}\n", "rate_limit.interval"),
-    ("rate_limit: {interval: 1s, burst: " + "9" * 4300 + "}\n", "4300 digits"),
-    ("rate_limit: {interval: 1s, burst: 99999999999}\n", "rate_limit.burst"),
-    ("x: " + "[" * 500 + "]" * 500 + "\n", "nested more than"),
-    ("# \x1b[31m\n", "U+001B"),
-    ("a: \0\n", "NUL"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("basic_auth_users: {a: '$2y$31$" + "a" * 53 + "'}\n", "bcrypt cost 31 is too slow"),
+        ("rate_limit: {interval: 1e300, burst: 1}\n", "rate_limit.interval"),
+        ("rate_limit: {interval: 1s, burst: " + "9" * 4300 + "}\n", "4300 digits"),
+        ("rate_limit: {interval: 1s, burst: 99999999999}\n", "rate_limit.burst"),
+        ("x: " + "[" * 500 + "]" * 500 + "\n", "nested more than"),
+        ("# \x1b[31m\n", "U+001B"),
+        ("a: \0\n", "NUL"),
+    ],
+)
 def test_hostile_web_configs_are_clear_errors(tmp_path, content, fragment):
     path = tmp_path / "web.yml"
     path.write_text(content)

@@ -80,12 +80,19 @@ def test_the_daemon_hides_the_configured_password_variable(monkeypatch):
     from iscsi_ha.controller.systems.runner import CommandStats
 
     monkeypatch.setenv("MY_XAPI_PW", "pw-never-in-a-child")
-    cfg = Config(resources=("r0",), vip=VipConfig("10.0.0.3/24"),
-                 xenapi=XenApiConfig(enabled=False, password_env="MY_XAPI_PW"))
+    cfg = Config(
+        resources=("r0",),
+        vip=VipConfig("10.0.0.3/24"),
+        xenapi=XenApiConfig(enabled=False, password_env="MY_XAPI_PW"),
+    )
     built = build_systems(cfg, CommandStats())
     runner = built.systems.drbd.runner
-    assert runner.run([sys.executable, "-c", "import os; print(os.environ.get('MY_XAPI_PW'))"]
-                      ).stdout.strip() == "None"
+    assert (
+        runner.run(
+            [sys.executable, "-c", "import os; print(os.environ.get('MY_XAPI_PW'))"]
+        ).stdout.strip()
+        == "None"
+    )
 
 
 # ------------------------------------------------------------------ observe() never raises
@@ -158,8 +165,11 @@ def test_password_file_fifo_is_a_config_error_naming_the_file(tmp_path):
 
     fifo = tmp_path / "pw"
     os.mkfifo(fifo)
-    cfg = Config(resources=("r0",), vip=VipConfig("10.0.0.3/24"),
-                 xenapi=XenApiConfig(password_file=str(fifo), password_env=None))
+    cfg = Config(
+        resources=("r0",),
+        vip=VipConfig("10.0.0.3/24"),
+        xenapi=XenApiConfig(password_file=str(fifo), password_env=None),
+    )
 
     def read():
         with pytest.raises(ConfigError) as info:

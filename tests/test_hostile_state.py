@@ -48,8 +48,9 @@ def test_unreadable_kinds_are_manual_mode_at_once(tmp_path, kind):
     else:
         path.write_bytes(b" " * (1024 * 1024))
     out = []
-    t = threading.Thread(target=lambda: out.append(ManualModeStore(str(tmp_path)).load()),
-                         daemon=True)
+    t = threading.Thread(
+        target=lambda: out.append(ManualModeStore(str(tmp_path)).load()), daemon=True
+    )
     t.start()
     t.join(5)
     assert not t.is_alive(), "load() blocked"
@@ -77,7 +78,9 @@ def test_cycle_holds_in_manual_mode_and_the_cli_repairs_it(tmp_path, name):
     code, message = controller.command("manual-mode-enable")
     assert code == 0, message
     assert ManualModeStore(str(tmp_path / "state")).load() == (
-        ManualMode(enabled=True, requested=None, since=controller.snapshot().manual.since), None)
+        ManualMode(enabled=True, requested=None, since=controller.snapshot().manual.since),
+        None,
+    )
 
 
 def test_a_fifo_manual_mode_file_is_repaired_by_the_cli(tmp_path):

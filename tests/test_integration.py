@@ -56,8 +56,10 @@ pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
     pytest.mark.skipif(
-        not all(shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
-                for t in ("tgtd", "tgtadm", "arping", "iscsi-inq")),
+        not all(
+            shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
+            for t in ("tgtd", "tgtadm", "arping", "iscsi-inq")
+        ),
         reason="needs tgt, iputils-arping and libiscsi-bin",
     ),
 ]
@@ -93,31 +95,49 @@ def cycles_done(node) -> int:
     return sum(counters.get("cycles", {}).values())
 
 
-def wait_cycles(nodes, count: int, lab: Lab, sampler: Optional[Sampler] = None,
-                timeout: float = 20.0) -> None:
+def wait_cycles(
+    nodes, count: int, lab: Lab, sampler: Optional[Sampler] = None, timeout: float = 20.0
+) -> None:
     """Until each controller in ``nodes`` has finished ``count`` more cycles (and ``sampler``,
     if given, has enough samples to prove anything): "a few more cycles" as a condition instead
     of a sleep that guesses how long they take. The first of them may have begun before the
     call: to see a whole cycle after an event, ask for two."""
     start = {n.name: cycles_done(n) for n in nodes}
-    wait_for(f"{count} more cycles on {', '.join(start)}",
-             lambda: all(cycles_done(n) >= start[n.name] + count for n in nodes)
-             and (sampler is None or len(sampler.samples) >= MIN_SAMPLES), timeout, lab)
+    wait_for(
+        f"{count} more cycles on {', '.join(start)}",
+        lambda: (
+            all(cycles_done(n) >= start[n.name] + count for n in nodes)
+            and (sampler is None or len(sampler.samples) >= MIN_SAMPLES)
+        ),
+        timeout,
+        lab,
+    )
 
 
 def observed_after(sampler: Sampler, probe: ClientProbe, lab: Lab) -> None:
     """Until the sampler and the client probe have each looked once more, after this moment."""
     now = time.monotonic()
-    wait_for("a sample and a successful probe after the recovery",
-             lambda: any(s.t >= now for s in list(sampler.samples)) and probe.ok_since(now)
-             and len(sampler.samples) >= MIN_SAMPLES, 10, lab)
+    wait_for(
+        "a sample and a successful probe after the recovery",
+        lambda: (
+            any(s.t >= now for s in list(sampler.samples))
+            and probe.ok_since(now)
+            and len(sampler.samples) >= MIN_SAMPLES
+        ),
+        10,
+        lab,
+    )
 
 
 def record(tmp_path: Path, record_property, name: str, report, extra: Dict) -> None:
     """Print a measured figure and keep it in the test's tmp dir (and in the JUnit XML)."""
-    doc = {"outage_ms": round(1000 * report.outage), "probes": report.probes,
-           "failed_probes": report.failed, "probe_period_ms": round(1000 * report.typical_gap),
-           **extra}
+    doc = {
+        "outage_ms": round(1000 * report.outage),
+        "probes": report.probes,
+        "failed_probes": report.failed,
+        "probe_period_ms": round(1000 * report.typical_gap),
+        **extra,
+    }
     (tmp_path / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     record_property(name, json.dumps(doc))
     print(f"\n{name}: {report.text()} {extra}")
@@ -126,7 +146,8 @@ def record(tmp_path: Path, record_property, name: str, report, extra: Dict) -> N
 def no_overlap(sampler: Sampler, lab: Lab) -> None:
     assert sampler.error is None, f"the sampler failed: {sampler.error!r}"
     assert len(sampler.samples) >= MIN_SAMPLES, (
-        f"too few samples to prove anything: {sampler.summary()}")
+        f"too few samples to prove anything: {sampler.summary()}"
+    )
     overlaps = sampler.overlaps()
     assert not overlaps, (
         f"on both nodes at once: {overlaps[:5]} ({sampler.summary()})\n{diagnostics(lab)}"
@@ -151,8 +172,7 @@ def shared():
         t0 = time.monotonic()
         start_cluster(lab)
         prom = lprom.start_prometheus(lab)  # early: its discovery takes ~5 s to first scrape
-        wait_for("node1 holds the storage after start", converged_on(lab, lab.node1), CONVERGE,
-                 lab)
+        wait_for("node1 holds the storage after start", converged_on(lab, lab.node1), CONVERGE, lab)
         yield Shared(lab, prom, time.monotonic() - t0)
 
 
@@ -197,7 +217,8 @@ def test_initial_convergence_master_holds_everything_slave_nothing(shared, lab):
     # The controllers' own account agrees, in status and in metrics.
     s1, s2 = status(n1), status(n2)
     assert s1["last"]["desired"] == "primary" and s1["last"]["message"] == (
-        "no action: host is pool master")
+        "no action: host is pool master"
+    )
     assert s2["last"]["desired"] == "secondary"
     assert s2["last"]["message"].startswith("no action: host is pool slave")
     assert m(n1, "iscsi_ha_drbd_role", resource="iscsi1", role="Primary") == 1
@@ -215,13 +236,19 @@ def test_pool_master_change_storage_follows_and_data_survives(lab, tmp_path, rec
         wait_for("the client probe runs", lambda: probe.ok_since(0), 5)
         t = probe.mark()
         move_pool_master(lab, n2)
-        follow = wait_for("node2 holds the storage alone", lambda: holds_alone(lab, n2), MOVE,
-                          lab, period=0.01)
+        follow = wait_for(
+            "node2 holds the storage alone", lambda: holds_alone(lab, n2), MOVE, lab, period=0.01
+        )
         wait_for("the client reads the LUN again", lambda: probe.ok_since(t + follow), 10, lab)
         observed_after(sampler, probe, lab)
     report = probe.report()
-    record(tmp_path, record_property, "failover_outage", report,
-           {"storage_followed_ms": round(1000 * follow)})
+    record(
+        tmp_path,
+        record_property,
+        "failover_outage",
+        report,
+        {"storage_followed_ms": round(1000 * follow)},
+    )
 
     no_overlap(sampler, lab)
     # The order of the move as seen from outside: node1 let go of each before node2 took it.
@@ -258,8 +285,13 @@ def test_planned_switch_through_manual_mode(lab, tmp_path, record_property):
         wait_for("the client reads the LUN again", lambda: probe.ok_since(t + commands), 10, lab)
         observed_after(sampler, probe, lab)
     report = probe.report()
-    record(tmp_path, record_property, "planned_switch_outage", report,
-           {"commands_ms": round(1000 * commands)})
+    record(
+        tmp_path,
+        record_property,
+        "planned_switch_outage",
+        report,
+        {"commands_ms": round(1000 * commands)},
+    )
     no_overlap(sampler, lab)
     assert report.outage < OUTAGE_BOUND, report.text()
     assert lab.client_read(lba=12) == block
@@ -292,9 +324,12 @@ def test_broken_or_missing_pool_conf_holds_and_changes_nothing(lab):
     with Sampler(lab) as sampler:
         wait_for(
             "both controllers hold on an unknown pool role",
-            lambda: all(m(n, "iscsi_ha_pool_role", role="unknown") == 1 for n in lab.nodes)
-            and all(last(n).get("outcome") == "held" for n in lab.nodes),
-            10, lab,
+            lambda: (
+                all(m(n, "iscsi_ha_pool_role", role="unknown") == 1 for n in lab.nodes)
+                and all(last(n).get("outcome") == "held" for n in lab.nodes)
+            ),
+            10,
+            lab,
         )
         wait_cycles(lab.nodes, 2, lab, sampler)  # a few more cycles
     no_overlap(sampler, lab)
@@ -308,9 +343,10 @@ def test_broken_or_missing_pool_conf_holds_and_changes_nothing(lab):
         assert "holding, nothing changed" in doc["last"]["message"]
         after = node_metrics(node)
         actions = {k: v for k, v in after.items() if k.startswith("iscsi_ha_actions_total")}
-        assert actions == {k: v for k, v in before[node.name].items()
-                           if k.startswith("iscsi_ha_actions_total")}, node.name
-        assert after["iscsi_ha_cycles_total{result=\"held\"}"] >= 2
+        assert actions == {
+            k: v for k, v in before[node.name].items() if k.startswith("iscsi_ha_actions_total")
+        }, node.name
+        assert after['iscsi_ha_cycles_total{result="held"}'] >= 2
     text = cfg(n1, "status").text
     assert "broken" in text, text
     assert lab.client_probe().ok
@@ -323,9 +359,12 @@ def test_prometheus_scrapes_both_and_sees_one_primary(shared, lab):
     targets = prom.targets()
     assert sorted(t["labels"]["node"] for t in targets) == ["node1", "node2"]
     assert {t["labels"]["cluster"] for t in targets} == {prom.extra["cluster"]}
-    wait_for("Prometheus has both nodes' DRBD role series",
-             lambda: prom.query_value('count(iscsi_ha_drbd_role{role="Primary"})') == 2, 10,
-             period=0.25)
+    wait_for(
+        "Prometheus has both nodes' DRBD role series",
+        lambda: prom.query_value('count(iscsi_ha_drbd_role{role="Primary"})') == 2,
+        10,
+        period=0.25,
+    )
     assert prom.query_value('sum(iscsi_ha_drbd_role{role="Primary"})') == 1
     holders = prom.query('iscsi_ha_drbd_role{role="Primary"} == 1')
     assert [s["metric"]["node"] for s in holders] == ["node1"]
@@ -361,8 +400,9 @@ def test_controller_sigkilled_during_a_promotion_converges_after_restart(step):
         real = shutil.which(tool) or f"/usr/sbin/{tool}"
         flag, entered, done = (n2.dir / f"slow-{step}.{x}" for x in ("flag", "entered", "done"))
         wrapper = n2.dir / f"slow-{tool}"
-        wrapper.write_text(SLOW_WRAPPER.format(flag=flag, match=match, entered=entered,
-                                               done=done, real=real))
+        wrapper.write_text(
+            SLOW_WRAPPER.format(flag=flag, match=match, entered=entered, done=done, real=real)
+        )
         wrapper.chmod(0o755)
         pids = start_cluster(lab, configs={"node2": {key[0]: {key[1]: str(wrapper)}}})
         wait_for("node1 holds the storage", converged_on(lab, n1), CONVERGE, lab)
@@ -371,8 +411,9 @@ def test_controller_sigkilled_during_a_promotion_converges_after_restart(step):
 
         flag.touch()
         move_pool_master(lab, n2)
-        wait_for(f"node2's promotion reaches the {step} step", entered.exists, MOVE, lab,
-                 period=0.01)
+        wait_for(
+            f"node2's promotion reaches the {step} step", entered.exists, MOVE, lab, period=0.01
+        )
         lab.kill_process(pids["node2"])  # SIGKILL, mid-promotion
         flag.unlink()
         mid = node_state(lab, n2)
@@ -404,11 +445,17 @@ def test_a_third_namespace_holding_the_vip_blocks_the_bind():
         # go of the VIP, so node1 must probe before binding (docs/design.md §4 step 3). Alone
         # from the start, nothing proves node1 has the newest data: this test accepts that after
         # 1 s (promotion.unproven_wait) to get to the VIP check.
-        start_cluster(lab, nodes=[n1], config={"vip": {"probe_interval": 1},
-                                               "promotion": {"unproven_wait": 1}})
-        wait_for("node1 holds back",
-                 lambda: "another host answers for VIP" in last(n1).get("message", ""),
-                 CONVERGE, lab)
+        start_cluster(
+            lab,
+            nodes=[n1],
+            config={"vip": {"probe_interval": 1}, "promotion": {"unproven_wait": 1}},
+        )
+        wait_for(
+            "node1 holds back",
+            lambda: "another host answers for VIP" in last(n1).get("message", ""),
+            CONVERGE,
+            lab,
+        )
         assert m(n1, "iscsi_ha_vip_conflict") == 1
         st = node_state(lab, n1)
         # With the peer unreachable, whoever answers may be the old holder behind a partition:
@@ -426,8 +473,7 @@ def test_a_third_namespace_holding_the_vip_blocks_the_bind():
         # The stranger goes: node1 binds (after a probe that nobody answers, ~2 s).
         lab.run("client", ["ip", "addr", "del", VIP, "dev", "eth0"], check=True)
         wait_for("node1 binds the VIP", lambda: vip_count(n1) == 1, 15, lab)
-        wait_for("node1 reports no conflict", lambda: m(n1, "iscsi_ha_vip_conflict") == 0, 10,
-                 lab)
+        wait_for("node1 reports no conflict", lambda: m(n1, "iscsi_ha_vip_conflict") == 0, 10, lab)
 
         # A stranger takes the VIP while node1 holds it: the holder's periodic probe
         # (vip.probe_interval, 1 s here) notices; the holder keeps it and reports.
@@ -447,9 +493,15 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
         # roles do not change, so nothing may move: node2 must not promote (peer Unknown).
         with Sampler(lab) as sampler:
             lab.cut_link(n2)
-            wait_for("node2 sees the peer gone",
-                     lambda: m(n2, "iscsi_ha_drbd_connection_state", resource="iscsi1",
-                               state="WFConnection") == 1, 10, lab)
+            wait_for(
+                "node2 sees the peer gone",
+                lambda: (
+                    m(n2, "iscsi_ha_drbd_connection_state", resource="iscsi1", state="WFConnection")
+                    == 1
+                ),
+                10,
+                lab,
+            )
             wait_cycles(lab.nodes, 3, lab, sampler)  # three more cycles apart
             assert lab.client_probe().ok  # the client still reaches node1
         no_overlap(sampler, lab)
@@ -467,8 +519,7 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
         lab.restore_link(n2)
 
         def split_seen() -> bool:
-            return all(m(n, "iscsi_ha_drbd_split_brain", resource="iscsi1") == 1
-                       for n in lab.nodes)
+            return all(m(n, "iscsi_ha_drbd_split_brain", resource="iscsi1") == 1 for n in lab.nodes)
 
         wait_for("both controllers report the split brain", split_seen, 15, lab)
         for node in lab.nodes:
@@ -484,8 +535,10 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
         assert split_seen()
         for node in lab.nodes:
             assert "manually solved" not in lab.drbd.kernel_log(node.name)
-            assert m(node, "iscsi_ha_drbd_connection_state", resource="iscsi1",
-                     state="StandAlone") == 1
+            assert (
+                m(node, "iscsi_ha_drbd_connection_state", resource="iscsi1", state="StandAlone")
+                == 1
+            )
         assert holds_alone(lab, n1), diagnostics(lab)  # the master kept serving throughout
         assert lab.client_probe().ok
 
@@ -498,8 +551,11 @@ def test_link_cut_never_two_primaries_then_split_brain_is_reported_not_resolved(
 def sampled(sampler: Sampler, what: str, check) -> None:
     """Until a sample that began after this moment shows ``what``."""
     now = time.monotonic()
-    wait_for(f"the sampler sees {what}",
-             lambda: any(s.t >= now and check(s) for s in list(sampler.samples)), 5)
+    wait_for(
+        f"the sampler sees {what}",
+        lambda: any(s.t >= now and check(s) for s in list(sampler.samples)),
+        5,
+    )
 
 
 def test_the_sampler_catches_an_overlap_and_the_probe_an_outage():
@@ -510,15 +566,19 @@ def test_the_sampler_catches_an_overlap_and_the_probe_an_outage():
             lab.run(n1, ["ip", "addr", "add", VIP, "dev", n1.interface], check=True)
             sampled(sampler, "node1's VIP", lambda s: s.first.vip and s.third.vip)
             lab.run(n2, ["ip", "addr", "add", VIP, "dev", n2.interface], check=True)
-            sampled(sampler, "the VIP on both",
-                    lambda s: s.first.vip and s.second.vip and s.third.vip)
+            sampled(
+                sampler, "the VIP on both", lambda s: s.first.vip and s.second.vip and s.third.vip
+            )
             lab.run(n2, ["ip", "addr", "del", VIP, "dev", n2.interface], check=True)
             sampled(sampler, "node2 without the VIP", lambda s: not s.second.vip)
         props = {p for _, p in sampler.overlaps()}
         assert props == {"vip"}, sampler.overlaps()
         changes = [(node, p, v) for _, node, p, v in sampler.transitions(sampler.samples[0].t)]
-        assert changes == [("node1", "vip", True), ("node2", "vip", True),
-                           ("node2", "vip", False)], changes
+        assert changes == [
+            ("node1", "vip", True),
+            ("node2", "vip", True),
+            ("node2", "vip", False),
+        ], changes
 
         with ClientProbe(lab) as probe:  # nothing serves the LUN: every probe fails
             wait_for("probes", lambda: len(probe.records) >= 3, 5)

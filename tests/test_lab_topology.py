@@ -116,8 +116,18 @@ def serve(lab: Lab, node, backing: Path) -> int:
         time.sleep(0.02)
     for args in (
         ["--mode", "target", "--op", "new", "--tid", "1", "--targetname", lab.iqn],
-        ["--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
-         "--backing-store", str(backing)],
+        [
+            "--mode",
+            "logicalunit",
+            "--op",
+            "new",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--backing-store",
+            str(backing),
+        ],
         ["--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"],
     ):
         lab.run(node, tgtadm + args, check=True)
@@ -129,8 +139,9 @@ def serve(lab: Lab, node, backing: Path) -> int:
 def unserve(lab: Lab, node, pid: int) -> None:
     lab.run(node, ["ip", "addr", "del", netlab.VIP, "dev", node.interface], check=True)
     tgtadm = ["tgtadm", "-C", str(node.tgt_port), "--lld", "iscsi"]
-    lab.run(node, tgtadm + ["--mode", "target", "--op", "delete", "--force", "--tid", "1"],
-            check=True)
+    lab.run(
+        node, tgtadm + ["--mode", "target", "--op", "delete", "--force", "--tid", "1"], check=True
+    )
     lab.run(node, tgtadm + ["--mode", "system", "--op", "delete"], check=True)
     lab.stop_process(pid, timeout=2)
 
@@ -148,8 +159,8 @@ def test_a_block_written_through_the_vip_reads_back_after_a_move():
 
         block = os.urandom(512)
         lab.client_write(block, lba=5)
-        assert disk1.read_bytes()[5 * 512:6 * 512] == block  # node1's own backing file
-        assert disk2.read_bytes()[5 * 512:6 * 512] == bytes(512)  # not copied yet
+        assert disk1.read_bytes()[5 * 512 : 6 * 512] == block  # node1's own backing file
+        assert disk2.read_bytes()[5 * 512 : 6 * 512] == bytes(512)  # not copied yet
 
         # Real "held open": node1's tgtd has the backing file open, so DRBD refuses to demote.
         res = lab.node1.drbdadm("secondary", "iscsi1")
@@ -158,7 +169,7 @@ def test_a_block_written_through_the_vip_reads_back_after_a_move():
         unserve(lab, lab.node1, pid1)
         # A connected Primary demoting: protocol C put every acknowledged write on the peer.
         assert lab.node1.drbdadm("secondary", "iscsi1").returncode == 0
-        assert disk2.read_bytes()[5 * 512:6 * 512] == block
+        assert disk2.read_bytes()[5 * 512 : 6 * 512] == block
         assert lab.node2.drbdadm("primary", "iscsi1").returncode == 0
         serve(lab, lab.node2, disk2)
         assert lab.client_read(lba=5) == block
@@ -179,12 +190,12 @@ def test_a_stale_promotion_reads_old_blocks():
         before, after = os.urandom(512), os.urandom(512)
         lab.client_write(before, lba=7)
         lab.cut_link(lab.node2)  # the connection ends: node2 has everything acknowledged so far
-        assert disk2.read_bytes()[7 * 512:8 * 512] == before
+        assert disk2.read_bytes()[7 * 512 : 8 * 512] == before
         lab.client_write(after, lba=7)  # acknowledged by node1 alone
-        assert disk1.read_bytes()[7 * 512:8 * 512] == after
-        assert disk2.read_bytes()[7 * 512:8 * 512] == before  # node2 is stale now
+        assert disk1.read_bytes()[7 * 512 : 8 * 512] == after
+        assert disk2.read_bytes()[7 * 512 : 8 * 512] == before  # node2 is stale now
         assert lab.node2.drbdadm("primary", "--force", "iscsi1").returncode == 0
-        assert disk2.read_bytes()[7 * 512:8 * 512] == before
+        assert disk2.read_bytes()[7 * 512 : 8 * 512] == before
 
 
 def wait_connected(lab: Lab, timeout: float = 5.0) -> None:
@@ -314,8 +325,9 @@ def test_pool_master_moves_in_pool_conf_and_in_the_xenapi_fake():
 
         def answers():
             return [
-                lab.run(n, [sys.executable, "-c", login, n.xapi_url, netlab.XAPI_PASSWORD],
-                        check=True).stdout.strip()
+                lab.run(
+                    n, [sys.executable, "-c", login, n.xapi_url, netlab.XAPI_PASSWORD], check=True
+                ).stdout.strip()
                 for n in lab.nodes
             ]
 

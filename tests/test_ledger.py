@@ -46,12 +46,15 @@ def test_watched_loss_is_proof():
     assert ev.watched and ev.last_peer_role == "Primary" and ev.last_connected == 1e9
 
 
-@pytest.mark.parametrize("boot, run, mono, reason", [
-    ("b2", "r1", 6, "rebooted"),
-    ("b1", "r2", 6, "restarted"),
-    ("b1", "r1", 5 + GAP + 0.1, "gap"),
-    ("b1", "r1", 4, "gap"),  # monotonic time going back: not this boot's clock
-])
+@pytest.mark.parametrize(
+    "boot, run, mono, reason",
+    [
+        ("b2", "r1", 6, "rebooted"),
+        ("b1", "r2", 6, "restarted"),
+        ("b1", "r1", 5 + GAP + 0.1, "gap"),
+        ("b1", "r1", 4, "gap"),  # monotonic time going back: not this boot's clock
+    ],
+)
 def test_reboot_restart_or_gap_breaks_the_proof(boot, run, mono, reason):
     led = step(step(L.Ledger(HOST), CONNECTED_TO_PRIMARY, 0), GONE, 5)
     ev = proof(led, mono, boot, run)
@@ -68,10 +71,13 @@ def test_gap_before_the_loss_is_no_proof():
     assert proof(led, GAP + 1).reason == "gap"
 
 
-@pytest.mark.parametrize("before", [
-    res(peer_role="Primary", disk="Inconsistent", connection="Connected"),
-    res(peer_role="Primary", connection="SyncTarget", disk="Inconsistent"),
-])
+@pytest.mark.parametrize(
+    "before",
+    [
+        res(peer_role="Primary", disk="Inconsistent", connection="Connected"),
+        res(peer_role="Primary", connection="SyncTarget", disk="Inconsistent"),
+    ],
+)
 def test_loss_while_not_in_sync_is_no_proof(before):
     led = step(step(L.Ledger(HOST), before, 0), GONE, 5)
     ev = proof(led, 5)
@@ -101,20 +107,33 @@ def _valid_text():
     return L.render(led, 1e9 + 5)
 
 
-@pytest.mark.parametrize("mangle, words", [
-    (lambda t: t[: len(t) // 2], "damaged"),
-    (lambda t: "", "damaged"),
-    (lambda t: "[]", "damaged"),
-    (lambda t: t.replace('"node1"', '"node2"'), "written by host 'node2'"),
-    (lambda t: t.replace('"format": 1', '"format": 2'), "format 2"),
-    (lambda t: json.dumps({**json.loads(t), "written": 9e9}), "in the future"),
-    (lambda t: t.replace('"last_seen": 1000000005.0', '"last_seen": 9000000000.0'),
-     "from the future"),
-    (lambda t: t.replace('"boot_id": "b1"', '"boot_id": 7, "x": {}').replace(
-        '"proof": true', '"proof": "yes"'), None),
-    (lambda t: t.replace('"watching": true', '"watching": null').replace(
-        '"run_id": "r1"', '"run_id": null'), None),
-])
+@pytest.mark.parametrize(
+    "mangle, words",
+    [
+        (lambda t: t[: len(t) // 2], "damaged"),
+        (lambda t: "", "damaged"),
+        (lambda t: "[]", "damaged"),
+        (lambda t: t.replace('"node1"', '"node2"'), "written by host 'node2'"),
+        (lambda t: t.replace('"format": 1', '"format": 2'), "format 2"),
+        (lambda t: json.dumps({**json.loads(t), "written": 9e9}), "in the future"),
+        (
+            lambda t: t.replace('"last_seen": 1000000005.0', '"last_seen": 9000000000.0'),
+            "from the future",
+        ),
+        (
+            lambda t: t.replace('"boot_id": "b1"', '"boot_id": 7, "x": {}').replace(
+                '"proof": true', '"proof": "yes"'
+            ),
+            None,
+        ),
+        (
+            lambda t: t.replace('"watching": true', '"watching": null').replace(
+                '"run_id": "r1"', '"run_id": null'
+            ),
+            None,
+        ),
+    ],
+)
 def test_damaged_foreign_or_future_file_is_not_trusted(mangle, words):
     led = L.parse(mangle(_valid_text()), HOST, 1e9 + 10)
     if words is not None:
@@ -124,11 +143,14 @@ def test_damaged_foreign_or_future_file_is_not_trusted(mangle, words):
     assert not proof(step(led, GONE, 6), 6).watched
 
 
-@pytest.mark.parametrize("content, words", [
-    (b'{"format": 1, "host": "\xff\xfe"}', "written by host"),   # not UTF-8
-    (b"[" * 100000, "damaged"),                                  # nested past the recursion limit
-    (b" " * (L.LEDGER_LIMIT + 1), "cannot read the ledger"),     # larger than any real ledger
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (b'{"format": 1, "host": "\xff\xfe"}', "written by host"),  # not UTF-8
+        (b"[" * 100000, "damaged"),  # nested past the recursion limit
+        (b" " * (L.LEDGER_LIMIT + 1), "cannot read the ledger"),  # larger than any real ledger
+    ],
+)
 def test_hostile_ledger_file_is_not_trusted_and_never_raises(tmp_path, content, words):
     (tmp_path / L.LEDGER_FILE).write_bytes(content)
     store = L.LedgerStore(str(tmp_path), HOST, 1e9, boot_id="b1", run_id="r1")
@@ -153,11 +175,15 @@ observations = st.builds(
     peer_disk=st.sampled_from(DRBD_DISK_STATES),
     error=st.sampled_from([None, None, None, "unreadable"]),
 )
-events = st.lists(st.tuples(
-    observations,
-    st.floats(0, 3 * GAP, allow_nan=False),  # time since the previous look
-    st.sampled_from(["same", "same", "same", "restart", "reboot"]),
-), min_size=1, max_size=12)
+events = st.lists(
+    st.tuples(
+        observations,
+        st.floats(0, 3 * GAP, allow_nan=False),  # time since the previous look
+        st.sampled_from(["same", "same", "same", "restart", "reboot"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
 
 
 def _oracle(history):
@@ -207,28 +233,55 @@ def test_no_file_content_is_ever_proof(text):
     led = L.parse(text, HOST, 1e9)
     for run in ("r1", "other"):
         assert not L.evidence(led, "iscsi1", 5, "b1", run, GAP).watched
-        assert not L.evidence(L.advance(led, (GONE,), 5, 1e9, "b1", run, GAP), "iscsi1", 5,
-                              "b1", run, GAP).watched
+        assert not L.evidence(
+            L.advance(led, (GONE,), 5, 1e9, "b1", run, GAP), "iscsi1", 5, "b1", run, GAP
+        ).watched
 
 
 unreachable = st.builds(
     res,
     role=st.just("Secondary"),
     peer_role=st.just("Unknown"),
-    connection=st.sampled_from(sorted(set(DRBD_CONNECTION_STATES) - {
-        "Connected", "Established", "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT",
-        "WFSyncUUID", "SyncSource", "SyncTarget", "VerifyS", "VerifyT", "PausedSyncS",
-        "PausedSyncT", "Ahead", "Behind"})),
+    connection=st.sampled_from(
+        sorted(
+            set(DRBD_CONNECTION_STATES)
+            - {
+                "Connected",
+                "Established",
+                "StartingSyncS",
+                "StartingSyncT",
+                "WFBitMapS",
+                "WFBitMapT",
+                "WFSyncUUID",
+                "SyncSource",
+                "SyncTarget",
+                "VerifyS",
+                "VerifyT",
+                "PausedSyncS",
+                "PausedSyncT",
+                "Ahead",
+                "Behind",
+            }
+        )
+    ),
     disk=st.sampled_from(DRBD_DISK_STATES),
     peer_disk=st.sampled_from(DRBD_DISK_STATES),
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(unreachable, st.sampled_from([ManualMode(), ManualMode(True, None)]),
-       st.sampled_from([Evidence("iscsi1"), Evidence("iscsi1", reason="gap", why_not="x"),
-                        Evidence("other", watched=True)]),
-       st.sampled_from([None, PeerObservation(), PeerObservation(True, "slave", {})]))
+@given(
+    unreachable,
+    st.sampled_from([ManualMode(), ManualMode(True, None)]),
+    st.sampled_from(
+        [
+            Evidence("iscsi1"),
+            Evidence("iscsi1", reason="gap", why_not="x"),
+            Evidence("other", watched=True),
+        ]
+    ),
+    st.sampled_from([None, PeerObservation(), PeerObservation(True, "slave", {})]),
+)
 def test_never_promotes_alone_without_proof(r, mode, ev, peer):
     from iscsi_ha.controller.model import StorageRole
 
@@ -249,20 +302,30 @@ from iscsi_ha.controller.systems.drbd import DrbdParseError, parse_get_gi  # noq
 GI = FIXTURES / "drbd84-gi"
 
 
-@pytest.mark.parametrize("capture, flags", [
-    # (consistent, was_uptodate, primary, connected, full_sync, peer_outdated, crashed_primary)
-    ("gi-01-connected-node1.txt", (1, 1, 1, 1, 0, 0, 0)),
-    ("gi-01-connected-node2.txt", (1, 1, 0, 1, 0, 0, 0)),
-    ("gi-02-link-cut-node1.txt", (1, 1, 1, 0, 0, 0, 0)),  # Primary alone, no fence handler
-    ("gi-02-link-cut-node2.txt", (1, 0, 0, 0, 0, 0, 0)),  # after `drbdadm outdate`
-    ("gi-03-crashed-primary-up-alone-node1.txt", (1, 1, 0, 0, 0, 0, 1)),
-    ("gi-04-healed-node1.txt", (1, 1, 0, 1, 0, 0, 1)),  # "crashed" survives the resync
-])
+@pytest.mark.parametrize(
+    "capture, flags",
+    [
+        # (consistent, was_uptodate, primary, connected, full_sync, peer_outdated, crashed_primary)
+        ("gi-01-connected-node1.txt", (1, 1, 1, 1, 0, 0, 0)),
+        ("gi-01-connected-node2.txt", (1, 1, 0, 1, 0, 0, 0)),
+        ("gi-02-link-cut-node1.txt", (1, 1, 1, 0, 0, 0, 0)),  # Primary alone, no fence handler
+        ("gi-02-link-cut-node2.txt", (1, 0, 0, 0, 0, 0, 0)),  # after `drbdadm outdate`
+        ("gi-03-crashed-primary-up-alone-node1.txt", (1, 1, 0, 0, 0, 0, 1)),
+        ("gi-04-healed-node1.txt", (1, 1, 0, 1, 0, 0, 1)),  # "crashed" survives the resync
+    ],
+)
 def test_get_gi_parsed_from_real_drbd(capture, flags):
     out = load_capture(GI / capture)["drbdadm get-gi r0"][1]
     gi = parse_get_gi(out)
-    names = ("consistent", "was_uptodate", "primary", "connected", "full_sync",
-             "peer_outdated", "crashed_primary")
+    names = (
+        "consistent",
+        "was_uptodate",
+        "primary",
+        "connected",
+        "full_sync",
+        "peer_outdated",
+        "crashed_primary",
+    )
     assert tuple(int(getattr(gi, n)) for n in names) == flags
     assert gi.text == out.strip() and len(gi.current) == 16
     # show-gi (kept in the same capture) prints the same line over its labels.
@@ -277,11 +340,19 @@ def test_get_gi_garbage_is_an_error_with_the_text(text):
 
 
 def test_drbds_peer_outdated_flag_is_proof_and_crashed_primary_is_said():
-    obs = world(PoolRole.MASTER, resources=(GONE,), conflict=False,
-                evidence=(Evidence("iscsi1", drbd_peer_outdated=True),))
+    obs = world(
+        PoolRole.MASTER,
+        resources=(GONE,),
+        conflict=False,
+        evidence=(Evidence("iscsi1", drbd_peer_outdated=True),),
+    )
     assert Promote("iscsi1") in decide(obs, ManualMode()).actions
-    obs = world(PoolRole.MASTER, resources=(GONE,), conflict=False,
-                evidence=(Evidence("iscsi1", drbd_crashed_primary=True),))
+    obs = world(
+        PoolRole.MASTER,
+        resources=(GONE,),
+        conflict=False,
+        evidence=(Evidence("iscsi1", drbd_crashed_primary=True),),
+    )
     plan = decide(obs, ManualMode())
     assert Promote("iscsi1") not in plan.actions
     assert "crashed as Primary and has not seen its peer since" in plan.refusals[0]
@@ -305,7 +376,8 @@ def test_generation_ids_are_recorded_when_connected_and_kept_in_the_file(tmp_pat
 
 
 def test_an_unreadable_get_gi_is_not_retried_every_cycle():
-    led = L.advance(L.Ledger(HOST), (CONNECTED_TO_PRIMARY,), 0, 1e9, "b1", "r1", GAP,
-                    {"iscsi1": ""})
+    led = L.advance(
+        L.Ledger(HOST), (CONNECTED_TO_PRIMARY,), 0, 1e9, "b1", "r1", GAP, {"iscsi1": ""}
+    )
     assert led.entries["iscsi1"].connected.gi is None
     assert not L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + 5)

@@ -61,8 +61,14 @@ def test_example_converts_every_documented_key():
     }
     assert notes[0] == f"Converted from {EXAMPLE} by `iscsi-cfg import-conf`."
     copied = note_about(notes, "Copied:")
-    for key in ("DRBD_RESOURCES", "DRBD_VIRTUAL_IP", "DRBD_VIRTUAL_MASK", "DRBD_INTERFACE",
-                "MONITOR_DELAY", "ENABLE_LOGGING"):
+    for key in (
+        "DRBD_RESOURCES",
+        "DRBD_VIRTUAL_IP",
+        "DRBD_VIRTUAL_MASK",
+        "DRBD_INTERFACE",
+        "MONITOR_DELAY",
+        "ENABLE_LOGGING",
+    ):
         assert key in copied
     tgt = note_about(notes, "ISCSI_TARGET_SERVICE")
     assert "runs tgtd itself" in tgt and "systemctl disable --now tgtd" in tgt
@@ -72,8 +78,17 @@ def test_example_converts_every_documented_key():
     killall = note_about(notes, "MONITOR_KILLALL")
     assert "timeout" in killall
     mail = note_about(notes, "MAIL_ON")
-    for key in ("MAIL_USE_SHARED_PARAMS", "MAIL_SUBJECT", "MAIL_FROM", "MAIL_TO",
-                "MAIL_SCREEN_TIME", "SMTP_SERVER", "SMTP_PORT", "SMTP_USER", "SMTP_PASS"):
+    for key in (
+        "MAIL_USE_SHARED_PARAMS",
+        "MAIL_SUBJECT",
+        "MAIL_FROM",
+        "MAIL_TO",
+        "MAIL_SCREEN_TIME",
+        "SMTP_SERVER",
+        "SMTP_PORT",
+        "SMTP_USER",
+        "SMTP_PASS",
+    ):
         assert key in mail
     assert "alerts/alertmanager.yml" in mail and "dropped" in mail
     assert "MANUAL_MODE dropped" in note_about(notes, "MANUAL_MODE")
@@ -92,7 +107,7 @@ def test_no_dropped_value_is_repeated():
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_scanner_reads_what_bash_reads():
     text = EXAMPLE.read_text() + (
-        "QUOTED='a \"b\" c'\nESCAPED=a\\ b\\\"c\nMIXED=x\"y z\"'w'\nEMPTY=\nJOINED=a\\\nb\n"
+        'QUOTED=\'a "b" c\'\nESCAPED=a\\ b\\"c\nMIXED=x"y z"\'w\'\nEMPTY=\nJOINED=a\\\nb\n'
         "A=1; B=2 # two on a line\nexport C=3 D='4 4'\nMULTI=\"line1\nline2\"\n"
     )
     assignments, problems = scan_assignments(text)
@@ -100,8 +115,14 @@ def test_scanner_reads_what_bash_reads():
     names = list(dict.fromkeys(a.name for a in assignments))
     # bash prints each variable NUL-terminated, after sourcing the same text with no environment.
     script = 'source /dev/stdin; for n in "$@"; do printf "%s\\0" "${!n}"; done'
-    done = subprocess.run(["bash", "-c", script, "bash", *names], input=text.encode(),
-                          capture_output=True, timeout=10, env={"HOSTNAME": "h"}, check=True)
+    done = subprocess.run(
+        ["bash", "-c", script, "bash", *names],
+        input=text.encode(),
+        capture_output=True,
+        timeout=10,
+        env={"HOSTNAME": "h"},
+        check=True,
+    )
     from_bash = dict(zip(names, done.stdout.decode().split("\0")))
     ours = {a.name: a.value for a in assignments}
     expanded = {a.name for a in assignments if a.expanded}
@@ -132,7 +153,9 @@ def test_round_trip_legacy_to_yaml_to_load_config(tmp_path):
     assert (cfg.interval, cfg.cycle_deadline) == (10.0, 35.0)
     assert cfg.logging.level == "info" and cfg.logging.syslog is True
     assert [lun.path for lun in cfg.target.luns] == [
-        "/dev/drbd/by-res/iscsi1/0", "/dev/drbd/by-res/iscsi2/0"]
+        "/dev/drbd/by-res/iscsi1/0",
+        "/dev/drbd/by-res/iscsi2/0",
+    ]
     assert yaml.safe_load(text) == data
 
 
@@ -157,24 +180,37 @@ def test_minimal_file_and_defaults_noted(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mask,prefix", [
-    ("255.255.255.0", 24), ("255.255.255.255", 32), ("255.255.254.0", 23), ("255.0.0.0", 8),
-    ("255.255.255.252", 30), ("128.0.0.0", 1), ("0.0.0.0", 0), ("24", 24), ("/16", 16),
-])
+@pytest.mark.parametrize(
+    "mask,prefix",
+    [
+        ("255.255.255.0", 24),
+        ("255.255.255.255", 32),
+        ("255.255.254.0", 23),
+        ("255.0.0.0", 8),
+        ("255.255.255.252", 30),
+        ("128.0.0.0", 1),
+        ("0.0.0.0", 0),
+        ("24", 24),
+        ("/16", 16),
+    ],
+)
 def test_masks(mask, prefix):
     assert mask_to_prefix(mask) == prefix
 
 
-@pytest.mark.parametrize("mask,fragment", [
-    ("255.0.255.0", "not a contiguous netmask"),
-    ("255.255.255.1", "not a contiguous netmask"),
-    ("0.255.255.255", "not a contiguous netmask"),
-    ("255.255.255.256", "not a netmask"),
-    ("255.255.255", "not a netmask"),
-    ("abc", "not a netmask"),
-    ("33", "not a prefix length"),
-    ("0.0.0.0", "covers every address"),
-])
+@pytest.mark.parametrize(
+    "mask,fragment",
+    [
+        ("255.0.255.0", "not a contiguous netmask"),
+        ("255.255.255.1", "not a contiguous netmask"),
+        ("0.255.255.255", "not a contiguous netmask"),
+        ("255.255.255.256", "not a netmask"),
+        ("255.255.255", "not a netmask"),
+        ("abc", "not a netmask"),
+        ("33", "not a prefix length"),
+        ("0.0.0.0", "covers every address"),
+    ],
+)
 def test_bad_masks_name_the_line(mask, fragment):
     text = f"# header\n\n{BASE.replace('255.255.255.0', mask)}"
     problems = problems_of(text)
@@ -246,29 +282,35 @@ def test_monitor_deadline_assumes_the_original_defaults():
     assert data["cycle_deadline"] == 10 + 3 * 5
     assert "interval" not in data
     assert "Assumed the original's shipped MONITOR_DELAY=10, MONITOR_SCANRATE=5" in note_about(
-        notes, "cycle_deadline")
+        notes, "cycle_deadline"
+    )
     data, notes = convert(BASE + "MONITOR_DELAY=4\nMONITOR_SCANRATE=2\n")
     assert "cycle_deadline" not in data
     assert "MONITOR_SCANRATE dropped" in note_about(notes, "MONITOR_SCANRATE")
 
 
 def test_other_notes():
-    _, notes = convert(BASE + "MANUAL_MODE=become_primary\nISCSI_TARGET_SERVICE=/etc/init.d/x\n"
-                       "REPLICATION_IP_ISCSI=10.10.10.9\n")
+    _, notes = convert(
+        BASE + "MANUAL_MODE=become_primary\nISCSI_TARGET_SERVICE=/etc/init.d/x\n"
+        "REPLICATION_IP_ISCSI=10.10.10.9\n"
+    )
     assert "iscsi-cfg manual-mode-enable" in note_about(notes, "MANUAL_MODE")
     assert "Only tgt is supported" in note_about(notes, "ISCSI_TARGET_SERVICE")
     assert "differs from DRBD_VIRTUAL_IP" in note_about(notes, "REPLICATION_IP_ISCSI")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("DRBD_RESOURCES = iscsi1\n", "line 1: DRBD_RESOURCES: no spaces allowed around '='"),
-    ("DRBD_RESOURCES= iscsi1\n", "line 1: DRBD_RESOURCES: unexpected text after the value"),
-    ("echo hello\n", "line 1: not a KEY=value assignment"),
-    ("X='open\n\n", "line 1: unterminated single quote"),
-    ("\nX=\"open\n", "line 2: unterminated double quote"),
-    ("X=(a b)\n", "line 1: unsupported shell syntax '('"),
-    ("X=a | tee\n", "line 1: unsupported shell syntax '|'"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("DRBD_RESOURCES = iscsi1\n", "line 1: DRBD_RESOURCES: no spaces allowed around '='"),
+        ("DRBD_RESOURCES= iscsi1\n", "line 1: DRBD_RESOURCES: unexpected text after the value"),
+        ("echo hello\n", "line 1: not a KEY=value assignment"),
+        ("X='open\n\n", "line 1: unterminated single quote"),
+        ('\nX="open\n', "line 2: unterminated double quote"),
+        ("X=(a b)\n", "line 1: unsupported shell syntax '('"),
+        ("X=a | tee\n", "line 1: unsupported shell syntax '|'"),
+    ],
+)
 def test_shell_syntax_refused_with_the_line(text, expected):
     assignments, problems = scan_assignments(text)
     assert problems and problems[0].startswith(expected), problems
@@ -287,9 +329,14 @@ ENABLE_LOGGING=yes
     problems = problems_of(text)
     starts = [p.split(":", 2)[0] + ":" + p.split(":", 2)[1] for p in problems]
     assert starts == [
-        "line 1: SMTP_PASS", "line 2: DRBD_RESOURCES", "line 2: DRBD_RESOURCES",
-        "line 3: DRBD_VIRTUAL_IP", "line 4: DRBD_VIRTUAL_MASK", "line 5: DRBD_INTERFACE",
-        "line 6: MONITOR_DELAY", "line 7: ENABLE_LOGGING",
+        "line 1: SMTP_PASS",
+        "line 2: DRBD_RESOURCES",
+        "line 2: DRBD_RESOURCES",
+        "line 3: DRBD_VIRTUAL_IP",
+        "line 4: DRBD_VIRTUAL_MASK",
+        "line 5: DRBD_INTERFACE",
+        "line 6: MONITOR_DELAY",
+        "line 7: ENABLE_LOGGING",
     ], problems
     assert "'bad/name' is not a DRBD resource name" in problems[1]
     assert "iscsi1 listed more than once" in problems[2]
@@ -300,14 +347,21 @@ ENABLE_LOGGING=yes
 def test_missing_required_settings():
     problems = problems_of("DRBD_INTERFACE=xenbr0\n")
     assert [p.split(":")[0] for p in problems] == [
-        "DRBD_RESOURCES", "DRBD_VIRTUAL_IP", "DRBD_VIRTUAL_MASK"]
+        "DRBD_RESOURCES",
+        "DRBD_VIRTUAL_IP",
+        "DRBD_VIRTUAL_MASK",
+    ]
 
 
 def test_network_address_as_vip_is_caught_after_conversion():
-    problems = problems_of("DRBD_RESOURCES=a\nDRBD_VIRTUAL_IP=10.10.10.0\n"
-                           "DRBD_VIRTUAL_MASK=255.255.255.0\nDRBD_INTERFACE=eth0\n")
-    assert problems == ["after conversion: vip.address: '10.10.10.0/24' is the network address "
-                        "of 10.10.10.0/24, not a host address"]
+    problems = problems_of(
+        "DRBD_RESOURCES=a\nDRBD_VIRTUAL_IP=10.10.10.0\n"
+        "DRBD_VIRTUAL_MASK=255.255.255.0\nDRBD_INTERFACE=eth0\n"
+    )
+    assert problems == [
+        "after conversion: vip.address: '10.10.10.0/24' is the network address "
+        "of 10.10.10.0/24, not a host address"
+    ]
 
 
 def test_load_legacy_missing_file(tmp_path):

@@ -90,8 +90,11 @@ def test_remove_takes_ours_children_first_and_leaves_the_rest():
     plan = lio.plan_remove(state("served"), IQN)
     paths = [op[1] for op in plan]
     assert plan[0] == ("write", f"target/iscsi/{IQN}/tpgt_1/enable", "0")
-    assert paths.index(f"target/iscsi/{IQN}/tpgt_1/lun/lun_1/{lio.LINK}") < paths.index(
-        f"target/iscsi/{IQN}/tpgt_1/lun/lun_1") < paths.index(f"target/iscsi/{IQN}/tpgt_1")
+    assert (
+        paths.index(f"target/iscsi/{IQN}/tpgt_1/lun/lun_1/{lio.LINK}")
+        < paths.index(f"target/iscsi/{IQN}/tpgt_1/lun/lun_1")
+        < paths.index(f"target/iscsi/{IQN}/tpgt_1")
+    )
     assert paths[-1] == f"target/core/{lio.HBA}"
     s = state("removed")
     assert not s.target and not s.devices and not s.hba
@@ -107,11 +110,13 @@ def test_wrong_serial_or_path_rebuilds_the_backstore_unexported_first():
     assert ("write", f"{dev}/udev_path", "/dev/drbd0") in plan
     pinned = lio.Desired(IQN, lun_specs(IQN, [lio_pinned()]))
     assert ("write", f"{dev}/wwn/vpd_unit_serial", "beaf11") in lio.plan_serve(
-        state("served"), pinned)
+        state("served"), pinned
+    )
 
 
 def lio_pinned():
     from iscsi_ha.controller.config import Lun
+
     return Lun(1, "/dev/vda", serial="beaf11")
 
 
@@ -123,7 +128,8 @@ def test_write_cache_on_is_corrected():
     s = lio.parse_tree(t, IQN)
     assert lio.missing(s, WANT) == ["LUN 1 write cache on"]
     assert lio.plan_serve(s, WANT) == [
-        ("write", f"target/core/{lio.HBA}/{lio.device_name(1)}/attrib/emulate_write_cache", "0")]
+        ("write", f"target/core/{lio.HBA}/{lio.device_name(1)}/attrib/emulate_write_cache", "0")
+    ]
 
 
 def test_time2wait_and_sessions_are_read_from_the_kernel_counters():
@@ -133,7 +139,8 @@ def test_time2wait_and_sessions_are_read_from_the_kernel_counters():
     s = lio.parse_tree(t, IQN)
     assert s.sessions == 3 and s.time2wait == 7
     assert lio.plan_serve(s, WANT) == [
-        ("write", f"target/iscsi/{IQN}/tpgt_1/param/DefaultTime2Wait", "2")]
+        ("write", f"target/iscsi/{IQN}/tpgt_1/param/DefaultTime2Wait", "2")
+    ]
 
 
 @pytest.mark.parametrize("name", ["loaded", "foreign", "partial", "served", "removed"])

@@ -84,8 +84,10 @@ def test_show_set_revert(tmp_path):
 
     # A second --set keeps the first previous value: --revert goes back to open-iscsi's.
     run(str(tmp_path), IQN, 0, 1, False, fake.nodes())
-    assert json.loads((tmp_path / STATE_FILE).read_text())["records"][
-        f"{PORTAL} {IQN}"]["previous"] == 2
+    assert (
+        json.loads((tmp_path / STATE_FILE).read_text())["records"][f"{PORTAL} {IQN}"]["previous"]
+        == 2
+    )
     code, out = run(str(tmp_path), IQN, 0, None, True, fake.nodes())
     assert code == OK and fake.value == 2, out
     assert not (tmp_path / STATE_FILE).exists()
@@ -123,29 +125,43 @@ def test_the_real_command_against_real_node_records(tmp_path):
     config.write_text(f"""resources: [iscsi1]
 vip: {{address: 10.99.0.3/24, interface: eth0}}
 target: {{iqn: "{iqn}", default_time2wait: 0}}
-paths: {{state_dir: "{tmp_path / 'state'}"}}
+paths: {{state_dir: "{tmp_path / "state"}"}}
 """)
-    cli = [str(Path(sys.executable).parent / "iscsi-cfg"), "--config", str(config),
-           "node-time2wait"]
+    cli = [
+        str(Path(sys.executable).parent / "iscsi-cfg"),
+        "--config",
+        str(config),
+        "node-time2wait",
+    ]
 
     def record_value() -> str:
-        out = subprocess.run(["iscsiadm", "-m", "node", "-T", iqn, "-p", PORTAL, "-o", "show"],
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["iscsiadm", "-m", "node", "-T", iqn, "-p", PORTAL, "-o", "show"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         return parse_node_show(out)[KEY]
 
-    subprocess.run(["iscsiadm", "-m", "node", "-o", "new", "-T", iqn, "-p", PORTAL],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["iscsiadm", "-m", "node", "-o", "new", "-T", iqn, "-p", PORTAL],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     try:
         assert record_value() == "2"
         shown = subprocess.run(cli, capture_output=True, text=True, timeout=60)
         assert shown.returncode == 0 and "DefaultTime2Wait 2 -> negotiated 2 s" in shown.stdout
-        setting = subprocess.run(cli + ["--set", "0"], capture_output=True, text=True,
-                                 timeout=60)
+        setting = subprocess.run(cli + ["--set", "0"], capture_output=True, text=True, timeout=60)
         assert setting.returncode == 0, setting.stderr
         assert record_value() == "0"
         back = subprocess.run(cli + ["--revert"], capture_output=True, text=True, timeout=60)
         assert back.returncode == 0, back.stderr
         assert record_value() == "2"
     finally:
-        subprocess.run(["iscsiadm", "-m", "node", "-o", "delete", "-T", iqn, "-p", PORTAL],
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            ["iscsiadm", "-m", "node", "-o", "delete", "-T", iqn, "-p", PORTAL],
+            capture_output=True,
+            timeout=30,
+        )

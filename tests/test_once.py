@@ -21,16 +21,18 @@ SCENARIOS = {
     "master-failover": ("state-04-disconnected-node1.txt", "master", None),
     "slave": ("state-02-synced-n1primary-node1.txt", "slave:10.99.0.2", None),
     "unknown": ("state-02-synced-n1primary-node1.txt", "broken", None),
-    "split-brain": ("state-06-after-reconnect-splitbrain-node2.txt", "master",
-                    "dmesg-splitbrain-node2.txt"),
+    "split-brain": (
+        "state-06-after-reconnect-splitbrain-node2.txt",
+        "master",
+        "dmesg-splitbrain-node2.txt",
+    ),
     # Issue #13's moment: the crashed ex-Primary after `drbdadm up`, before it reaches its peer
     # (the first /proc/drbd sample of the real split-brain recovery run: cs:WFConnection
     # ro:Secondary/Unknown ds:UpToDate/DUnknown).
     "crashed-primary-boot": ("proc-drbd-sb-recovery-samples.txt#0", "master", None),
     # The same moment captured for this rule in the VM lab (lab/vm/capture_gi.py): node1 was
     # Primary, the link cut, node1 power-cut, booted and brought up alone. With its get-gi.
-    "crashed-primary-gi": ("../drbd84-gi/gi-03-crashed-primary-up-alone-node1.txt", "master",
-                           None),
+    "crashed-primary-gi": ("../drbd84-gi/gi-03-crashed-primary-up-alone-node1.txt", "master", None),
     # Its peer, node2, outdated by `drbdadm outdate` (what the fence-peer handler asks for).
     "outdated-secondary": ("../drbd84-gi/gi-02-link-cut-node2.txt", "master", None),
 }
@@ -74,7 +76,8 @@ def run_once(tmp_path, scenario, as_json=True, command=None):
     kernel_log = tmp_path / "dmesg"
     kernel_log.write_text((DRBD84 / dmesg).read_text() if dmesg else "")
     config = tmp_path / "iscsi-ha.yaml"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         resources: [r0]
         command_timeout: 5
         drbd:
@@ -89,13 +92,21 @@ def run_once(tmp_path, scenario, as_json=True, command=None):
           state_dir: {tmp_path / "state"}
           status_file: {tmp_path / "state" / "status"}
           control_socket: {tmp_path / "control.sock"}
-        """))
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
-               FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"))
+        """)
+    )
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{os.environ['PATH']}",
+        FAKE_DRBDADM_TABLE=str(tmp_path / "table.json"),
+    )
     command = command or [os.path.join(os.path.dirname(sys.executable), "iscsi-ha")]
-    proc = subprocess.run([*command, "once", "--config", str(config), "--dry-run",
-                           *(["--json"] if as_json else [])],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [*command, "once", "--config", str(config), "--dry-run", *(["--json"] if as_json else [])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     return proc
 
 
@@ -108,8 +119,11 @@ def plan_of(out):
     [
         # Primary/Secondary, connected: only the target and the VIP are missing. The peer is
         # connected and Secondary, so no ARP probe is needed before binding.
-        ("master", ["target_start", "target_serve", "vip_add", "vip_announce"],
-         "host is pool master"),
+        (
+            "master",
+            ["target_start", "target_serve", "vip_add", "vip_announce"],
+            "host is pool master",
+        ),
         # Peer gone, local disk UpToDate, Secondary, and a fresh state directory: nothing proves
         # this host has the newest data (it did not watch the peer vanish), so no promotion.
         ("master-failover", ["target_start"], "cannot prove this host has the newest data"),
@@ -139,12 +153,17 @@ def test_once_holds_on_the_crashed_primary_at_boot(tmp_path):
     out = json.loads(proc.stdout)
     (res,) = out["observation"]["resources"]
     assert (res["connection"], res["role"], res["disk"], res["peer_disk"]) == (
-        "WFConnection", "Secondary", "UpToDate", "DUnknown")
+        "WFConnection",
+        "Secondary",
+        "UpToDate",
+        "DUnknown",
+    )
     assert "promote" not in plan_of(out)
     assert out["refusals"] == [
         "not promoting r0: cannot prove this host has the newest data: no record of this "
         "resource in the ledger (fresh state directory) (see `iscsi-cfg become-primary "
-        "--accept-stale` in the runbook)"]
+        "--accept-stale` in the runbook)"
+    ]
     assert out["blocked"] == [["r0", "no_record"]]
     # A dry run writes nothing, not even the ledger.
     assert not (tmp_path / "state" / "ledger.json").exists()
@@ -156,12 +175,17 @@ def test_once_holds_on_the_captured_crashed_primary_and_says_what_drbd_recorded(
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     (res,) = out["observation"]["resources"]
-    assert (res["connection"], res["role"], res["disk"]) == ("WFConnection", "Secondary",
-                                                            "UpToDate")
+    assert (res["connection"], res["role"], res["disk"]) == (
+        "WFConnection",
+        "Secondary",
+        "UpToDate",
+    )
     assert "promote" not in plan_of(out)
     (refusal,) = out["refusals"]
-    assert refusal.startswith("not promoting r0: cannot prove this host has the newest data: "
-                              "no record of this resource in the ledger")
+    assert refusal.startswith(
+        "not promoting r0: cannot prove this host has the newest data: "
+        "no record of this resource in the ledger"
+    )
     assert "DRBD's meta data says this host crashed as Primary" in refusal
     (ev,) = out["observation"]["evidence"]
     assert ev["drbd_crashed_primary"] is True and ev["drbd_peer_outdated"] is False
@@ -172,8 +196,9 @@ def test_once_an_outdated_secondary_is_refused_with_our_words(tmp_path):
     proc = run_once(tmp_path, "outdated-secondary")
     out = json.loads(proc.stdout)
     assert "promote" not in plan_of(out)
-    assert any("local disk is Outdated and the peer is unreachable" in r
-               for r in out["refusals"]), out["refusals"]
+    assert any(
+        "local disk is Outdated and the peer is unreachable" in r for r in out["refusals"]
+    ), out["refusals"]
     assert out["blocked"] == [["r0", "local_disk_outdated"]]  # DRBD's refusal pages too
 
 
@@ -199,8 +224,9 @@ def test_invalid_config_exits_2_and_touches_nothing(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("resources: [r0]\nvip: {address: 10.10.10.300/24}\n")
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
-    proc = subprocess.run([exe, "once", "--config", str(config)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [exe, "once", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert str(config) in proc.stderr and "vip.address" in proc.stderr
     assert "10.10.10.300/24" in proc.stderr

@@ -52,10 +52,16 @@ def _tail(proc: subprocess.CompletedProcess, n: int = 3000) -> str:
 
 
 def build(steps, dirs, timeout=300, extra_env=None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHON=sys.executable, OUT=str(dirs["out"]), WORK=str(dirs["work"]),
-               **(extra_env or {}))
-    return subprocess.run(["bash", str(BUILD_SH), *steps], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        OUT=str(dirs["out"]),
+        WORK=str(dirs["work"]),
+        **(extra_env or {}),
+    )
+    return subprocess.run(
+        ["bash", str(BUILD_SH), *steps], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +92,14 @@ def test_wheel_holds_the_namespaced_packages_entry_points_and_data_files(dists):
         data = f"iscsi_ha-{VERSION}.data/data/share/iscsi-ha"
         unit = zf.read(f"{data}/iscsi-ha.service")
         example = zf.read(f"{data}/iscsi-ha.yaml")
-    for module in ("controller/__init__.py", "controller/daemon.py", "controller/model.py",
-                   "controller/systems/runner.py", "controller/systems/drbd/adapter.py",
-                   "exporter/__init__.py"):
+    for module in (
+        "controller/__init__.py",
+        "controller/daemon.py",
+        "controller/model.py",
+        "controller/systems/runner.py",
+        "controller/systems/drbd/adapter.py",
+        "exporter/__init__.py",
+    ):
         assert f"iscsi_ha/{module}" in names
     # The package_dir mapping must not leak the source folder names as top-level packages.
     assert not any(n.startswith(("controller/", "exporter/", "tests/", "lab/")) for n in names)
@@ -106,14 +117,27 @@ def test_wheel_holds_the_namespaced_packages_entry_points_and_data_files(dists):
 def test_sdist_carries_everything_needed_to_rebuild_the_artefacts(dists):
     with tarfile.open(dists["sdist"]) as tf:
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
-    for needed in ("setup.py", "MANIFEST.in", "examples/iscsi-ha.yaml",
-                   "packaging/iscsi-ha.service", "packaging/iscsi-ha.spec",
-                   "Dockerfile-build/Dockerfile", "Dockerfile-build/build.sh",
-                   "Dockerfile-build/stage_tree.py", "Dockerfile-build/inspect_rpm.py",
-                   "Dockerfile-build/build_python.sh", "Dockerfile-build/python-sources.txt",
-                   "Dockerfile-build/audit_rpm.py", "Dockerfile-build/make_repo.sh",
-                   "packaging/el7-provides.txt", "lab/payload.py", "docs/migrate.md",
-                   "docs/install.md", "tests/test_packaging.py", "controller/daemon.py"):
+    for needed in (
+        "setup.py",
+        "MANIFEST.in",
+        "examples/iscsi-ha.yaml",
+        "packaging/iscsi-ha.service",
+        "packaging/iscsi-ha.spec",
+        "Dockerfile-build/Dockerfile",
+        "Dockerfile-build/build.sh",
+        "Dockerfile-build/stage_tree.py",
+        "Dockerfile-build/inspect_rpm.py",
+        "Dockerfile-build/build_python.sh",
+        "Dockerfile-build/python-sources.txt",
+        "Dockerfile-build/audit_rpm.py",
+        "Dockerfile-build/make_repo.sh",
+        "packaging/el7-provides.txt",
+        "lab/payload.py",
+        "docs/migrate.md",
+        "docs/install.md",
+        "tests/test_packaging.py",
+        "controller/daemon.py",
+    ):
         assert needed in names, needed
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
 
@@ -122,26 +146,45 @@ def test_wheel_installs_into_a_fresh_virtualenv_and_both_commands_run(dists, tmp
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     py, bindir = env_dir / "bin" / "python", env_dir / "bin"
-    proc = subprocess.run([py, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           str(dists["wheel"])], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [py, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(dists["wheel"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, _tail(proc)
 
     clean_env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    version = subprocess.run([bindir / "iscsi-ha", "--version"], capture_output=True, text=True,
-                             timeout=60, env=clean_env)
+    version = subprocess.run(
+        [bindir / "iscsi-ha", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env,
+    )
     assert version.returncode == 0, _tail(version)
     assert VERSION in version.stdout + version.stderr
 
-    cli = subprocess.run([bindir / "iscsi-cfg", "--help"], capture_output=True, text=True,
-                         timeout=60, env=clean_env)
+    cli = subprocess.run(
+        [bindir / "iscsi-cfg", "--help"], capture_output=True, text=True, timeout=60, env=clean_env
+    )
     assert cli.returncode == 0, _tail(cli)
     assert "usage" in cli.stdout.lower()
 
     # The installed names are the namespaced ones only, and the data files land in the prefix.
     probe = subprocess.run(
-        [py, "-c", "import importlib.util as u, iscsi_ha.controller, iscsi_ha.exporter; "
-                   "print(u.find_spec('controller'), u.find_spec('exporter'))"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env)
+        [
+            py,
+            "-c",
+            "import importlib.util as u, iscsi_ha.controller, iscsi_ha.exporter; "
+            "print(u.find_spec('controller'), u.find_spec('exporter'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env,
+    )
     assert probe.stdout.split() == ["None", "None"], _tail(probe)
     assert (env_dir / "share/iscsi-ha/iscsi-ha.service").read_bytes() == UNIT.read_bytes()
     assert (env_dir / "share/iscsi-ha/iscsi-ha.yaml").read_bytes() == EXAMPLE.read_bytes()
@@ -174,18 +217,45 @@ def unit_values(key: str) -> list:
 # or the dom0 logs "Unknown lvalue" and silently drops the setting (newer spellings such as
 # ReadWritePaths=, 231, exist for the same job).
 DIRECTIVE_SINCE = {
-    "Description": 1, "Wants": 1, "After": 1, "Before": 1, "WantedBy": 1, "Type": 1,
-    "ExecStart": 1, "ExecReload": 1, "Environment": 1, "KillMode": 1, "TimeoutStopSec": 188,
-    "Restart": 1, "RestartSec": 1, "StartLimitInterval": 1, "RestartPreventExitStatus": 189,
-    "LimitNOFILE": 1, "OOMScoreAdjust": 1, "NoNewPrivileges": 187, "PrivateTmp": 1,
-    "ProtectHome": 214, "ProtectSystem": 214, "ReadWriteDirectories": 1,
-    "RestrictAddressFamilies": 211, "SystemCallArchitectures": 213, "CapabilityBoundingSet": 1,
+    "Description": 1,
+    "Wants": 1,
+    "After": 1,
+    "Before": 1,
+    "WantedBy": 1,
+    "Type": 1,
+    "ExecStart": 1,
+    "ExecReload": 1,
+    "Environment": 1,
+    "KillMode": 1,
+    "TimeoutStopSec": 188,
+    "Restart": 1,
+    "RestartSec": 1,
+    "StartLimitInterval": 1,
+    "RestartPreventExitStatus": 189,
+    "LimitNOFILE": 1,
+    "OOMScoreAdjust": 1,
+    "NoNewPrivileges": 187,
+    "PrivateTmp": 1,
+    "ProtectHome": 214,
+    "ProtectSystem": 214,
+    "ReadWriteDirectories": 1,
+    "RestrictAddressFamilies": 211,
+    "SystemCallArchitectures": 213,
+    "CapabilityBoundingSet": 1,
     "UMask": 1,
     # Known newer ones, listed so that adding them fails with the reason below.
-    "ReadWritePaths": 231, "ProtectKernelTunables": 232, "ProtectKernelModules": 232,
-    "ProtectControlGroups": 232, "MemoryDenyWriteExecute": 231, "RestrictRealtime": 231,
-    "LockPersonality": 235, "StateDirectory": 235, "ProtectHostname": 242,
-    "ProtectKernelLogs": 244, "ProtectClock": 245, "StartLimitIntervalSec": 230,
+    "ReadWritePaths": 231,
+    "ProtectKernelTunables": 232,
+    "ProtectKernelModules": 232,
+    "ProtectControlGroups": 232,
+    "MemoryDenyWriteExecute": 231,
+    "RestrictRealtime": 231,
+    "LockPersonality": 235,
+    "StateDirectory": 235,
+    "ProtectHostname": 242,
+    "ProtectKernelLogs": 244,
+    "ProtectClock": 245,
+    "StartLimitIntervalSec": 230,
 }
 DOM0_SYSTEMD = 219
 
@@ -194,7 +264,8 @@ def test_unit_directives_are_all_known_to_the_dom0_systemd():
     for section, key, _ in unit_entries(UNIT.read_text()):
         assert key in DIRECTIVE_SINCE, f"[{section}] {key}: add it to DIRECTIVE_SINCE"
         assert DIRECTIVE_SINCE[key] <= DOM0_SYSTEMD, (
-            f"{key}= needs systemd {DIRECTIVE_SINCE[key]}; the dom0 has {DOM0_SYSTEMD}")
+            f"{key}= needs systemd {DIRECTIVE_SINCE[key]}; the dom0 has {DOM0_SYSTEMD}"
+        )
 
 
 # Directives systemd 219 accepts but enforces only when built with seccomp, which the dom0's is
@@ -236,8 +307,14 @@ def test_unit_starts_after_network_and_toolstack_without_depending_on_the_toolst
 
 def test_unit_hardening_leaves_what_the_controller_needs():
     keys = {k for _, k, _ in unit_entries(UNIT.read_text())}
-    assert not keys & {"PrivateNetwork", "PrivateDevices", "ProtectKernelModules",
-                       "ProtectKernelTunables", "DynamicUser", "User"}
+    assert not keys & {
+        "PrivateNetwork",
+        "PrivateDevices",
+        "ProtectKernelModules",
+        "ProtectKernelTunables",
+        "DynamicUser",
+        "User",
+    }
     assert unit_values("ProtectSystem") in ([], ["full"], ["yes"], ["true"])
     caps = set(" ".join(unit_values("CapabilityBoundingSet")).split())
     assert {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_MODULE"} <= caps
@@ -261,14 +338,16 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     # verify also checks that ExecStart exists: point it at a binary this machine has.
     unit = tmp_path / "iscsi-ha.service"
     unit.write_text(UNIT.read_text().replace("/opt/iscsi-ha/bin/iscsi-ha", "/bin/true", 1))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert proc.stderr.strip() == "", proc.stderr
     # The check can fail: a misspelt value in the same file is reported.
     bad = tmp_path / "bad.service"
     bad.write_text(unit.read_text().replace("ProtectSystem=full", "ProtectSystem=fulll"))
-    proc = subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert "ProtectSystem" in proc.stderr or "protect system" in proc.stderr.lower()
 
 
@@ -308,8 +387,9 @@ def in_payload(root: Path, *argv: str, timeout=120, **kw) -> subprocess.Complete
     """Run argv with root's /opt/iscsi-ha mounted at /opt/iscsi-ha (lab/payload.py)."""
     from lab.payload import payload_argv
 
-    return subprocess.run(payload_argv(root, list(argv)), capture_output=True, text=True,
-                          timeout=timeout, **kw)
+    return subprocess.run(
+        payload_argv(root, list(argv)), capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def test_rpm_build_audit_and_inspection_pass(rpm):
@@ -325,8 +405,13 @@ def test_rpm_build_audit_and_inspection_pass(rpm):
     assert rpm["info"]["wheels"], rpm["info"]
     for wheel in rpm["info"]["wheels"]:
         tags = wheel[:-4].split("-")[-1]
-        assert tags == "any" or "manylinux2014_x86_64" in tags or "manylinux_2_17" in tags \
-            or "manylinux1" in tags or "manylinux_2_5" in tags, wheel
+        assert (
+            tags == "any"
+            or "manylinux2014_x86_64" in tags
+            or "manylinux_2_17" in tags
+            or "manylinux1" in tags
+            or "manylinux_2_5" in tags
+        ), wheel
 
 
 def test_rpm_requires_nothing_a_dom0_base_lacks(rpm):
@@ -336,8 +421,13 @@ def test_rpm_requires_nothing_a_dom0_base_lacks(rpm):
 
     base = set(read_models(REPO / "packaging" / "el7-provides.txt")["el7"])
     # rpmlib() features are rpm's own; /opt/iscsi-ha/... and config(iscsi-ha) the package's.
-    outside = [r for r in requires if r not in base and r.split()[0] not in base
-               and not r.startswith(("rpmlib(", "/opt/iscsi-ha/", "config(iscsi-ha)"))]
+    outside = [
+        r
+        for r in requires
+        if r not in base
+        and r.split()[0] not in base
+        and not r.startswith(("rpmlib(", "/opt/iscsi-ha/", "config(iscsi-ha)"))
+    ]
     assert outside == [], outside
     assert not any("/usr/local/bin/python" in r for r in requires)
 
@@ -351,11 +441,24 @@ def make_bad_rpm(tmp_path: Path) -> Path:
         "%global debug_package %{nil}\n%global __os_install_post %{nil}\n"
         "%global _binary_payload w2.xzdio\n"
         "%description\nbad\n%install\ninstall -D -m 0755 /usr/bin/true "
-        "%{buildroot}/opt/iscsi-ha/bin/newer-true\n%files\n/opt/iscsi-ha/bin/newer-true\n")
-    proc = subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {top}", "--define",
-                           f"_rpmdir {top}", "--define", "_build_name_fmt bad.rpm",
-                           str(top / "SPECS" / "bad.spec")], capture_output=True, text=True,
-                          timeout=120)
+        "%{buildroot}/opt/iscsi-ha/bin/newer-true\n%files\n/opt/iscsi-ha/bin/newer-true\n"
+    )
+    proc = subprocess.run(
+        [
+            "rpmbuild",
+            "-bb",
+            "--define",
+            f"_topdir {top}",
+            "--define",
+            f"_rpmdir {top}",
+            "--define",
+            "_build_name_fmt bad.rpm",
+            str(top / "SPECS" / "bad.spec"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, _tail(proc)
     return top / "bad.rpm"
 
@@ -364,17 +467,34 @@ def make_bad_rpm(tmp_path: Path) -> Path:
 def test_audit_fails_naming_the_file_and_the_symbol(tmp_path):
     bad = make_bad_rpm(tmp_path)
     proc = subprocess.run(
-        [sys.executable, str(REPO / "Dockerfile-build" / "audit_rpm.py"), "--rpm", str(bad),
-         "--provides", str(REPO / "packaging" / "el7-provides.txt"), "--work",
-         str(tmp_path / "audit")], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "Dockerfile-build" / "audit_rpm.py"),
+            "--rpm",
+            str(bad),
+            "--provides",
+            str(REPO / "packaging" / "el7-provides.txt"),
+            "--work",
+            str(tmp_path / "audit"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, _tail(proc)
     # readelf's finding: the file, the version and the symbol bound to it.
-    assert re.search(r"FAIL /opt/iscsi-ha/bin/newer-true: needs GLIBC_2\.3[4-9] from libc\.so\.6 "
-                     r"for .*__libc_start_main", proc.stdout), proc.stdout
+    assert re.search(
+        r"FAIL /opt/iscsi-ha/bin/newer-true: needs GLIBC_2\.3[4-9] from libc\.so\.6 "
+        r"for .*__libc_start_main",
+        proc.stdout,
+    ), proc.stdout
     # rpm's own finding, on both models.
     for model in ("el7", "el7+xs8"):
-        assert re.search(rf"FAIL rpm -i --test on {re.escape(model)}: "
-                         r"libc\.so\.6\(GLIBC_2\.3[4-9]\)\(64bit\) is needed by", proc.stdout)
+        assert re.search(
+            rf"FAIL rpm -i --test on {re.escape(model)}: "
+            r"libc\.so\.6\(GLIBC_2\.3[4-9]\)\(64bit\) is needed by",
+            proc.stdout,
+        )
 
 
 def test_an_rpm_failing_the_audit_never_reaches_dist(rpm, dirs, tmp_path):
@@ -398,13 +518,20 @@ def test_unreachable_source_package_fails_naming_package_and_version(tmp_path):
     real = (REPO / "Dockerfile-build" / "python-sources.txt").read_text()
     pins.write_text(re.sub(r"^python3\.11=.*$", "python3.11=3.11.2-6+deb12u99", real, flags=re.M))
     env = dict(os.environ, PYTHON_SOURCES=str(pins), ISCSI_HA_BUILD_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run(["bash", str(REPO / "Dockerfile-build" / "build_python.sh")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        ["bash", str(REPO / "Dockerfile-build" / "build_python.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode != 0
-    assert "cannot fetch the source package python3.11 3.11.2-6+deb12u99" in proc.stderr, \
-        _tail(proc)
-    assert not [p for p in (tmp_path / "cache").glob("python-*") if p.is_dir()], \
+    assert "cannot fetch the source package python3.11 3.11.2-6+deb12u99" in proc.stderr, _tail(
+        proc
+    )
+    assert not [p for p in (tmp_path / "cache").glob("python-*") if p.is_dir()], (
         "no cache entry for a failed build"
+    )
     assert not list((tmp_path / "cache").glob("tmp-*"))
 
 
@@ -435,8 +562,9 @@ def test_a_terminated_build_stops_its_processes_and_leaves_no_tmp_dirs(tmp_path)
     # dpkg-source -x DSC DIR: a tree whose configure scripts record their PID and sleep.
     (fake / "dpkg-source").write_text(
         '#!/bin/sh\nfor d; do :; done\nmkdir -p "$d"\n'
-        f'printf \'#!/bin/sh\\necho $$ >>{pids}\\nexec sleep 120\\n\' >"$d/configure"\n'
-        'cp "$d/configure" "$d/Configure"\nchmod +x "$d/configure" "$d/Configure"\n')
+        f"printf '#!/bin/sh\\necho $$ >>{pids}\\nexec sleep 120\\n' >\"$d/configure\"\n"
+        'cp "$d/configure" "$d/Configure"\nchmod +x "$d/configure" "$d/Configure"\n'
+    )
     for f in fake.iterdir():
         f.chmod(0o755)
     (zig / "python").chmod(0o755)
@@ -444,9 +572,14 @@ def test_a_terminated_build_stops_its_processes_and_leaves_no_tmp_dirs(tmp_path)
     for d in stale:
         (d / "openssl").mkdir(parents=True)
     env = dict(os.environ, ISCSI_HA_BUILD_CACHE=str(cache), PATH=f"{fake}:{os.environ['PATH']}")
-    proc = subprocess.Popen(["bash", str(REPO / "Dockerfile-build" / "build_python.sh")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "Dockerfile-build" / "build_python.sh")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         # Both lanes are in a step: openssl's Configure and zlib's configure are running.
@@ -479,15 +612,20 @@ def test_a_terminated_build_stops_its_processes_and_leaves_no_tmp_dirs(tmp_path)
 
 
 def test_bundled_interpreter_is_the_one_built_here_with_tls_and_ctypes(payload):
-    proc = in_payload(payload, "/opt/iscsi-ha/bin/python", "-c",
-                      "import sys, ssl, ctypes, zlib, lzma, bz2, sqlite3; "
-                      "print(sys.prefix, sys.base_prefix, sys.version.split()[0], "
-                      "ssl.OPENSSL_VERSION.split()[1], ctypes.CDLL(None).getpid() > 0)")
+    proc = in_payload(
+        payload,
+        "/opt/iscsi-ha/bin/python",
+        "-c",
+        "import sys, ssl, ctypes, zlib, lzma, bz2, sqlite3; "
+        "print(sys.prefix, sys.base_prefix, sys.version.split()[0], "
+        "ssl.OPENSSL_VERSION.split()[1], ctypes.CDLL(None).getpid() > 0)",
+    )
     assert proc.returncode == 0, _tail(proc)
     prefix, base, version, openssl, ctypes_ok = proc.stdout.split()
     assert (prefix, base, version) == ("/opt/iscsi-ha", "/opt/iscsi-ha/python", "3.11.2")
-    pinned = re.search(r"^openssl=([\d.]+)-", (REPO / "Dockerfile-build" /
-                                               "python-sources.txt").read_text(), re.M).group(1)
+    pinned = re.search(
+        r"^openssl=([\d.]+)-", (REPO / "Dockerfile-build" / "python-sources.txt").read_text(), re.M
+    ).group(1)
     assert openssl == pinned and ctypes_ok == "True"
 
 
@@ -515,8 +653,9 @@ def test_payload_runs_once_dry_run_against_a_stand_in_drbdadm(payload, tmp_path,
     (tmp_path / "venv").mkdir()
     (tmp_path / "rpm").mkdir()
     tested = run_once(tmp_path / "venv", scenario)
-    shipped = run_once(tmp_path / "rpm", scenario,
-                       command=payload_argv(payload, ["/opt/iscsi-ha/bin/iscsi-ha"]))
+    shipped = run_once(
+        tmp_path / "rpm", scenario, command=payload_argv(payload, ["/opt/iscsi-ha/bin/iscsi-ha"])
+    )
     assert shipped.returncode == 0 and tested.returncode == 0, shipped.stderr + tested.stderr
     out = json.loads(shipped.stdout)
     assert out["dry_run"] is True and plan_of(out), out
@@ -525,7 +664,7 @@ def test_payload_runs_once_dry_run_against_a_stand_in_drbdadm(payload, tmp_path,
 
 # ------------------------------------------------ install, upgrade, remove with rpm in a chroot
 
-RECORDER = "#!/bin/sh\necho \"$*\" >> /{log}\n{extra}exit 0\n"
+RECORDER = '#!/bin/sh\necho "$*" >> /{log}\n{extra}exit 0\n'
 
 
 def fake_dom0_root(root: Path) -> None:
@@ -546,8 +685,9 @@ def fake_dom0_root(root: Path) -> None:
 
 
 def rpm_root(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["rpm", "--root", str(root), *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        ["rpm", "--root", str(root), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def calls(root: Path) -> list:
@@ -580,8 +720,11 @@ def test_install_upgrade_remove_keep_config_and_never_touch_storage(rpm, rpm_rel
     # --nodeps: this scratch root has no rpmdb of its own; the audit proved the dependencies.
     proc = rpm_root(root, "-i", "--nodeps", str(rpm["path"]))
     assert proc.returncode == 0, _tail(proc)
-    assert calls(root) == ["preset iscsi-ha.service", "is-enabled tgtd.service",
-                           "is-enabled drbd.service"]
+    assert calls(root) == [
+        "preset iscsi-ha.service",
+        "is-enabled tgtd.service",
+        "is-enabled drbd.service",
+    ]
     config = root / "etc/iscsi-ha/iscsi-ha.yaml"
     assert oct(config.stat().st_mode & 0o777) == "0o640"
     assert (root / "opt/iscsi-ha/bin/iscsi-ha").is_file()
@@ -601,8 +744,11 @@ def test_install_upgrade_remove_keep_config_and_never_touch_storage(rpm, rpm_rel
     # Removal: the controller is disabled and stopped; the edited configuration is kept aside.
     proc = rpm_root(root, "-e", "--nodeps", "iscsi-ha")
     assert proc.returncode == 0, _tail(proc)
-    assert calls(root) == ["--no-reload disable iscsi-ha.service", "stop iscsi-ha.service",
-                           "daemon-reload"]
+    assert calls(root) == [
+        "--no-reload disable iscsi-ha.service",
+        "stop iscsi-ha.service",
+        "daemon-reload",
+    ]
     assert "left as they are" in proc.stdout
     assert not (root / "opt/iscsi-ha/bin").exists()
     assert (root / "etc/iscsi-ha/iscsi-ha.yaml.rpmsave").read_text() == edited
@@ -622,15 +768,27 @@ def test_make_repo_writes_yum_metadata_and_a_disabled_repo_file(rpm, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy2(rpm["path"], repo)
-    proc = subprocess.run(["bash", str(REPO / "Dockerfile-build" / "make_repo.sh"), str(repo),
-                           "http://pool-files.example/iscsi-ha"], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "Dockerfile-build" / "make_repo.sh"),
+            str(repo),
+            "http://pool-files.example/iscsi-ha",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, _tail(proc)
-    ns = {"r": "http://linux.duke.edu/metadata/repo", "c": "http://linux.duke.edu/metadata/common",
-          "rpm": "http://linux.duke.edu/metadata/rpm"}
+    ns = {
+        "r": "http://linux.duke.edu/metadata/repo",
+        "c": "http://linux.duke.edu/metadata/common",
+        "rpm": "http://linux.duke.edu/metadata/rpm",
+    }
     repomd = ET.parse(repo / "repodata" / "repomd.xml").getroot()
-    hrefs = {d.get("type"): d.find("r:location", ns).get("href")
-             for d in repomd.findall("r:data", ns)}
+    hrefs = {
+        d.get("type"): d.find("r:location", ns).get("href") for d in repomd.findall("r:data", ns)
+    }
     assert {"primary", "filelists", "other", "primary_db"} <= set(hrefs)
     # yum 3.4 (CentOS 7) reads gzip XML; newer createrepo_c defaults (zstd) it cannot.
     assert hrefs["primary"].endswith(".xml.gz")
@@ -646,22 +804,32 @@ def test_make_repo_writes_yum_metadata_and_a_disabled_repo_file(rpm, tmp_path):
 
 
 def rpm_query(rpm_path: Path, *args: str) -> str:
-    proc = subprocess.run(["rpm", "-qp", *args, str(rpm_path)], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        ["rpm", "-qp", *args, str(rpm_path)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def test_rpm_files_unit_and_noreplace_config(rpm):
     files = set(rpm_query(rpm["path"], "-l").split())
-    for path in ("/opt/iscsi-ha/bin/iscsi-ha", "/opt/iscsi-ha/bin/iscsi-cfg",
-                 "/opt/iscsi-ha/python/bin/python3", "/usr/lib/systemd/system/iscsi-ha.service",
-                 "/usr/bin/iscsi-cfg", "/etc/iscsi-ha/iscsi-ha.yaml", "/etc/iscsi-ha/state"):
+    for path in (
+        "/opt/iscsi-ha/bin/iscsi-ha",
+        "/opt/iscsi-ha/bin/iscsi-cfg",
+        "/opt/iscsi-ha/python/bin/python3",
+        "/usr/lib/systemd/system/iscsi-ha.service",
+        "/usr/bin/iscsi-cfg",
+        "/etc/iscsi-ha/iscsi-ha.yaml",
+        "/etc/iscsi-ha/state",
+    ):
         assert path in files, path
     assert rpm_query(rpm["path"], "--configfiles").split() == ["/etc/iscsi-ha/iscsi-ha.yaml"]
     flags = dict(
-        reversed(line.split(" ", 1)) for line in rpm_query(
-            rpm["path"], "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]").splitlines())
+        reversed(line.split(" ", 1))
+        for line in rpm_query(
+            rpm["path"], "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]"
+        ).splitlines()
+    )
     assert "c" in flags["/etc/iscsi-ha/iscsi-ha.yaml"]
     assert "n" in flags["/etc/iscsi-ha/iscsi-ha.yaml"]  # noreplace: upgrades keep edits
     assert not any(p.startswith(("/usr/lib/python", "/usr/lib64/python")) for p in files)
@@ -692,10 +860,16 @@ def run_scriptlet(body: str, arg: int, tmp_path: Path, enabled=("tgtd.service",)
         f'echo "$*" >> {log}\n'
         'if [ "$1" = is-enabled ]; then\n'
         '  case " ' + " ".join(enabled) + ' " in *" $2 "*) echo enabled ;; *) echo disabled ;;'
-        " esac\nfi\nexit 0\n")
+        " esac\nfi\nexit 0\n"
+    )
     (fake / "systemctl").chmod(0o755)
-    proc = subprocess.run(["sh", "-c", body, "iscsi-ha", str(arg)], capture_output=True,
-                          text=True, timeout=60, env={"PATH": f"{fake}:/usr/sbin:/usr/bin:/bin"})
+    proc = subprocess.run(
+        ["sh", "-c", body, "iscsi-ha", str(arg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": f"{fake}:/usr/sbin:/usr/bin:/bin"},
+    )
     return proc, log.read_text().splitlines()
 
 
@@ -742,10 +916,13 @@ def test_rpm_refuses_to_install_over_the_legacy_shell_implementation(rpm, tmp_pa
     # The legacy init script, made visible only inside a private mount namespace.
     if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
         pytest.skip("mount namespaces unavailable")
-    script = ("mount -t tmpfs legacy-init /etc/init.d && touch /etc/init.d/iscsi-ha && "
-              'exec sh -c "$0" iscsi-ha 1')
-    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script, pre], capture_output=True,
-                          text=True, timeout=60)
+    script = (
+        "mount -t tmpfs legacy-init /etc/init.d && touch /etc/init.d/iscsi-ha && "
+        'exec sh -c "$0" iscsi-ha 1'
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, pre], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert "legacy iscsi-ha" in proc.stderr
 
@@ -755,9 +932,13 @@ def test_rpm_refuses_to_install_over_the_legacy_shell_implementation(rpm, tmp_pa
 
 @pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-@pytest.mark.skipif(not all(shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
-                            for t in ("tgtd", "tgtadm", "arping", "iscsi-inq")),
-                    reason="needs tgt, iputils-arping and libiscsi-bin")
+@pytest.mark.skipif(
+    not all(
+        shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
+        for t in ("tgtd", "tgtadm", "arping", "iscsi-inq")
+    ),
+    reason="needs tgt, iputils-arping and libiscsi-bin",
+)
 def test_namespace_lab_runs_both_controllers_from_the_payload(payload, monkeypatch):
     """ISCSI_HA_PAYLOAD (the option of `make demo` and tests/test_integration.py) in action:
     the two controllers are the RPM's, and the storage still follows the pool master."""
@@ -774,5 +955,6 @@ def test_namespace_lab_runs_both_controllers_from_the_payload(payload, monkeypat
             # The script's shebang made the payload's venv python the process image.
             assert argv[:2] == [b"/opt/iscsi-ha/bin/python", b"/opt/iscsi-ha/bin/iscsi-ha"], argv
         move_pool_master(lab, lab.node2)
-        wait_for("the storage follows the pool master to node2", converged_on(lab, lab.node2),
-                 20, lab)
+        wait_for(
+            "the storage follows the pool master to node2", converged_on(lab, lab.node2), 20, lab
+        )

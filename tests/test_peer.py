@@ -44,8 +44,12 @@ def make_cert(directory, name):
     key, crt = directory / f"{name}.key", directory / f"{name}.crt"
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-cfg")
     sub = directory / name
-    proc = subprocess.run([exe, "peer-cert", "--dir", str(sub), "--name", name],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [exe, "peer-cert", "--dir", str(sub), "--name", name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     os.replace(sub / "host.key", key)
     os.replace(sub / "host.crt", crt)
@@ -61,8 +65,9 @@ def certs(tmp_path_factory):
 def server_for(certs, handlers, timeout=2.0, me="node1", peer="node2"):
     crt, key = certs[me]
     ctx = tls_context(True, crt, key, certs[peer][0])
-    srv = PeerServer(("127.0.0.1", 0), ctx, pinned_fingerprint(certs[peer][0]), handlers,
-                     timeout=timeout)
+    srv = PeerServer(
+        ("127.0.0.1", 0), ctx, pinned_fingerprint(certs[peer][0]), handlers, timeout=timeout
+    )
     srv.start()
     return srv
 
@@ -142,9 +147,12 @@ def test_no_client_certificate_and_no_tls_are_refused(certs, served, caplog):
         assert b'"ok"' not in data  # closed, reset or a TLS alert: never an answer
     assert calls == []
     deadline = time.monotonic() + 5  # the server logs from its own thread
-    while not all(w in caplog.text for w in ("WRONG_VERSION_NUMBER",
-                                             "PEER_DID_NOT_RETURN_A_CERTIFICATE")) \
-            and time.monotonic() < deadline:
+    while (
+        not all(
+            w in caplog.text for w in ("WRONG_VERSION_NUMBER", "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        )
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in caplog.text
     assert "WRONG_VERSION_NUMBER" in caplog.text
@@ -202,10 +210,14 @@ def test_a_dead_peer_never_delays_a_cycle(certs, tmp_path):
         poller = threading.Thread(target=watcher.poll)
         poller.start()
         fake = FakeSystems(world(resources=(res(peer_role="Primary"),)))
-        ctl = Controller(CycleSettings(resources=("iscsi1",)), fake.systems,
-                         lambda: PoolObservation(PoolRole.SLAVE),
-                         ManualModeStore(str(tmp_path / "state")), probe_vip=fake.probe,
-                         peer_status=watcher.current)
+        ctl = Controller(
+            CycleSettings(resources=("iscsi1",)),
+            fake.systems,
+            lambda: PoolObservation(PoolRole.SLAVE),
+            ManualModeStore(str(tmp_path / "state")),
+            probe_vip=fake.probe,
+            peer_status=watcher.current,
+        )
         t0 = time.monotonic()
         r = ctl.run_cycle()
         assert time.monotonic() - t0 < 0.5, "the cycle waited for the peer"
@@ -216,14 +228,19 @@ def test_a_dead_peer_never_delays_a_cycle(certs, tmp_path):
         lst.close()
 
 
-@pytest.mark.parametrize("reported, expected", [
-    (1.5, 1.5), (-3, 0.0), (True, None), ("2", None), (float("nan"), None), (None, None)])
-def test_the_watcher_keeps_how_old_the_peers_view_was_and_a_failed_poll(certs, reported,
-                                                                        expected):
+@pytest.mark.parametrize(
+    "reported, expected",
+    [(1.5, 1.5), (-3, 0.0), (True, None), ("2", None), (float("nan"), None), (None, None)],
+)
+def test_the_watcher_keeps_how_old_the_peers_view_was_and_a_failed_poll(certs, reported, expected):
     # decide() trusts the peer's "still Primary" only from a view newer than the link loss, and
     # forgets a cached one as soon as the peer stops answering (controller/decide.py).
-    status = {"host": "node1", "pool_role": "slave", "age": reported,
-              "resources": {"iscsi1": {"role": "Primary", "connection": "Connected"}}}
+    status = {
+        "host": "node1",
+        "pool_role": "slave",
+        "age": reported,
+        "resources": {"iscsi1": {"role": "Primary", "connection": "Connected"}},
+    }
     srv = server_for(certs, {"status": lambda a: status})
     clock = [100.0]
     try:
@@ -241,8 +258,11 @@ def test_the_watcher_keeps_how_old_the_peers_view_was_and_a_failed_poll(certs, r
 
 
 def test_the_watcher_reports_the_peer_and_forgets_an_old_answer(certs):
-    status = {"host": "node1", "pool_role": "master",
-              "resources": {"iscsi1": {"role": "Primary", "disk": "UpToDate"}}}
+    status = {
+        "host": "node1",
+        "pool_role": "master",
+        "resources": {"iscsi1": {"role": "Primary", "disk": "UpToDate"}},
+    }
     srv = server_for(certs, {"status": lambda a: status})
     clock = [100.0]
     try:
@@ -274,8 +294,14 @@ class Drbd:
         self.outdated += 1
         if self.r.role == "Primary":
             return StepResult(False, "refused", True)
-        self.r = res(name=self.r.name, role=self.r.role, connection=self.r.connection,
-                     peer_role="Unknown", disk="Outdated", peer_disk="DUnknown")
+        self.r = res(
+            name=self.r.name,
+            role=self.r.role,
+            connection=self.r.connection,
+            peer_role="Unknown",
+            disk="Outdated",
+            peer_disk="DUnknown",
+        )
         return StepResult(True, "")
 
 
@@ -290,30 +316,41 @@ def test_outdate_operation_refuses_a_primary_and_unknown_resources():
     assert err.value.code == "unknown_resource"
     secondary = Drbd(res(connection="WFConnection", peer_role="Unknown", peer_disk="DUnknown"))
     h = make_handlers("node1", "0", ("iscsi1",), lambda: None, secondary)
-    assert h["outdate"]({"resource": "iscsi1"}) == {"resource": "iscsi1", "disk": "Outdated",
-                                                   "changed": True}
+    assert h["outdate"]({"resource": "iscsi1"}) == {
+        "resource": "iscsi1",
+        "disk": "Outdated",
+        "changed": True,
+    }
     assert h["outdate"]({"resource": "iscsi1"})["changed"] is False  # already Outdated
     assert secondary.outdated == 1
 
 
-@pytest.mark.parametrize("result, error, code", [
-    ({"disk": "Outdated"}, None, FENCE_PEER_OUTDATED),
-    ({"disk": "Inconsistent"}, None, FENCE_PEER_INCONSISTENT),
-    ({"disk": "UpToDate"}, None, FENCE_PEER_UNREACHABLE),
-    (None, PeerError("primary", "iscsi1 is Primary on node2"), FENCE_PEER_PRIMARY),
-    (None, PeerError("timeout", "no answer"), FENCE_PEER_UNREACHABLE),
-    (None, PeerError("tls", "refused"), FENCE_PEER_UNREACHABLE),
-    (None, PeerError("failed", "(-?) DRBD said no"), FENCE_PEER_UNREACHABLE),
-])
+@pytest.mark.parametrize(
+    "result, error, code",
+    [
+        ({"disk": "Outdated"}, None, FENCE_PEER_OUTDATED),
+        ({"disk": "Inconsistent"}, None, FENCE_PEER_INCONSISTENT),
+        ({"disk": "UpToDate"}, None, FENCE_PEER_UNREACHABLE),
+        (None, PeerError("primary", "iscsi1 is Primary on node2"), FENCE_PEER_PRIMARY),
+        (None, PeerError("timeout", "no answer"), FENCE_PEER_UNREACHABLE),
+        (None, PeerError("tls", "refused"), FENCE_PEER_UNREACHABLE),
+        (None, PeerError("failed", "(-?) DRBD said no"), FENCE_PEER_UNREACHABLE),
+    ],
+)
 def test_fence_exit_codes_are_drbds(result, error, code):
     assert fence_exit_code(result, error)[0] == code
-    assert (FENCE_PEER_INCONSISTENT, FENCE_PEER_OUTDATED, FENCE_PEER_UNREACHABLE,
-            FENCE_PEER_PRIMARY) == (3, 4, 5, 6)
+    assert (
+        FENCE_PEER_INCONSISTENT,
+        FENCE_PEER_OUTDATED,
+        FENCE_PEER_UNREACHABLE,
+        FENCE_PEER_PRIMARY,
+    ) == (3, 4, 5, 6)
 
 
 def _fence_config(tmp_path, certs, port, me="node2", peer="node1"):
     cfg = tmp_path / "iscsi-ha.yaml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         resources: [iscsi1]
         node_name: {me}
         vip: {{address: 10.99.77.3/24, interface: lo}}
@@ -325,7 +362,8 @@ def _fence_config(tmp_path, certs, port, me="node2", peer="node1"):
           key_file: {certs[me][1]}
           peer_cert_file: {certs[peer][0]}
           timeout: 0.5
-        """))
+        """)
+    )
     return cfg
 
 
@@ -333,8 +371,13 @@ def fence(cfg, resource="iscsi1"):
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-ha")
     env = dict(os.environ, DRBD_RESOURCE=resource)
     t0 = time.monotonic()
-    proc = subprocess.run([exe, "fence-peer", "--config", str(cfg)], capture_output=True,
-                          text=True, env=env, timeout=30)
+    proc = subprocess.run(
+        [exe, "fence-peer", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     return proc, time.monotonic() - t0
 
 
@@ -375,8 +418,9 @@ def test_fence_peer_refused_by_a_primary_peer_exits_6(tmp_path, certs):
 
 def test_drbd_snippet_names_the_handler_and_the_fencing_policy():
     exe = os.path.join(os.path.dirname(sys.executable), "iscsi-cfg")
-    proc = subprocess.run([exe, "--config", "/etc/x.yaml", "drbd-snippet"], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [exe, "--config", "/etc/x.yaml", "drbd-snippet"], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0
     assert "fencing resource-only;" in proc.stdout
     assert 'fence-peer "' in proc.stdout and 'fence-peer --config /etc/x.yaml";' in proc.stdout

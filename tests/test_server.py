@@ -47,18 +47,61 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ca(d: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "2",
-             "-subj", f"/CN={name}", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
 
 
 def _leaf(d: Path, name: str, ca: str, san: str, usage: str) -> None:
     (d / f"{name}.ext").write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext",
-             cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.crt",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=d,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +128,9 @@ class Exporter:
     def get(self, path="/metrics", headers=None, context=None, timeout=10.0):
         """(status, headers, body) of one request on a new connection."""
         if context is not None:
-            conn = http.client.HTTPSConnection("127.0.0.1", self.handle.port, context=context,
-                                               timeout=timeout)
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.handle.port, context=context, timeout=timeout
+            )
         else:
             conn = http.client.HTTPConnection("127.0.0.1", self.handle.port, timeout=timeout)
         try:
@@ -155,7 +199,8 @@ def test_metrics_landing_page_and_404(start):
 def test_openmetrics_and_gzip_for_prometheus(start):
     ex = start(snapshots.syncing(resources=4))
     status, headers, body = ex.get(
-        "/metrics", {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"})
+        "/metrics", {"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"}
+    )
     assert status == 200
     assert headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
     assert headers["Content-Encoding"] == "gzip"
@@ -258,8 +303,10 @@ def test_health_rules():
 
 
 def test_tls(start, pki):
-    ex = start(web_config=f"tls_server_config:\n  cert_file: {pki}/server.crt\n"
-                          f"  key_file: {pki}/server.key\n")
+    ex = start(
+        web_config=f"tls_server_config:\n  cert_file: {pki}/server.crt\n"
+        f"  key_file: {pki}/server.key\n"
+    )
     assert ex.handle.scheme == "https"
     status, _, body = ex.get("/metrics", context=client_context(pki))
     assert status == 200 and b"iscsi_ha_up 1.0" in body
@@ -270,8 +317,10 @@ def test_tls(start, pki):
 def test_tls_relative_paths_and_min_version(start, pki, tmp_path):
     for name in ("server.crt", "server.key"):
         (tmp_path / name).write_bytes((pki / name).read_bytes())
-    ex = start(web_config="tls_server_config:\n  cert_file: server.crt\n"
-                          "  key_file: server.key\n  min_version: TLS13\n")
+    ex = start(
+        web_config="tls_server_config:\n  cert_file: server.crt\n"
+        "  key_file: server.key\n  min_version: TLS13\n"
+    )
     assert ex.get("/healthz", context=client_context(pki))[0] == 200
     old = client_context(pki, maximum_version=ssl.TLSVersion.TLSv1_2)
     with pytest.raises(TLS_REFUSED):
@@ -298,16 +347,20 @@ def test_mtls_refuses_a_client_without_a_certificate(start, pki):
 
 
 def test_mtls_client_allowed_sans(start, pki):
-    ex = start(web_config=MTLS.format(pki=pki)
-               + "  client_allowed_sans: [prometheus.test, 192.0.2.9]\n")
+    ex = start(
+        web_config=MTLS.format(pki=pki) + "  client_allowed_sans: [prometheus.test, 192.0.2.9]\n"
+    )
     assert ex.get("/healthz", context=client_context(pki, "client"))[0] == 200
     with pytest.raises(TLS_REFUSED):
         ex.get("/healthz", context=client_context(pki, "other-client"))
 
 
 def test_verify_client_cert_if_given(start, pki):
-    ex = start(web_config=MTLS.format(pki=pki).replace("RequireAndVerifyClientCert",
-                                                        "VerifyClientCertIfGiven"))
+    ex = start(
+        web_config=MTLS.format(pki=pki).replace(
+            "RequireAndVerifyClientCert", "VerifyClientCertIfGiven"
+        )
+    )
     assert ex.get("/healthz", context=client_context(pki))[0] == 200
     assert ex.get("/healthz", context=client_context(pki, "client"))[0] == 200
     with pytest.raises(TLS_REFUSED):
@@ -334,8 +387,13 @@ def alice_hash() -> str:
 
 def test_basic_auth(start, alice_hash):
     ex = start(web_config=f"basic_auth_users:\n  alice: '{alice_hash}'\n")
-    for headers in ({}, basic("alice", "wrong"), basic("bob", "wonderland"),
-                    {"Authorization": "Basic !!!"}, {"Authorization": "Bearer x"}):
+    for headers in (
+        {},
+        basic("alice", "wrong"),
+        basic("bob", "wonderland"),
+        {"Authorization": "Basic !!!"},
+        {"Authorization": "Bearer x"},
+    ):
         status, resp_headers, _ = ex.get("/metrics", headers)
         assert status == 401, headers
         assert resp_headers["WWW-Authenticate"].startswith("Basic")
@@ -372,9 +430,11 @@ def test_successful_checks_are_cached(tmp_path, alice_hash):
 
 
 def test_headers_and_rate_limit(start):
-    ex = start(web_config="http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
-                          "    X-Content-Type-Options: nosniff\n"
-                          "rate_limit:\n  interval: 1h\n  burst: 2\n")
+    ex = start(
+        web_config="http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        "    X-Content-Type-Options: nosniff\n"
+        "rate_limit:\n  interval: 1h\n  burst: 2\n"
+    )
     status, headers, _ = ex.get("/healthz")
     assert status == 200 and headers["X-Frame-Options"] == "deny"
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -386,12 +446,16 @@ BAD_CONFIGS = [
     ("tls_server_config: [unclosed", "not valid YAML"),
     ("tls_server_config:\n  cert_fil: x.crt\n", "tls_server_config.cert_fil: unknown key"),
     ("web_config: {}\n", "web_config: unknown key"),
-    ("tls_server_config:\n  cert_file: /nonexistent/s.crt\n  key_file: /nonexistent/s.key\n",
-     "tls_server_config.cert_file: /nonexistent/s.crt does not exist"),
+    (
+        "tls_server_config:\n  cert_file: /nonexistent/s.crt\n  key_file: /nonexistent/s.key\n",
+        "tls_server_config.cert_file: /nonexistent/s.crt does not exist",
+    ),
     ("tls_server_config:\n  key_file: s.key\n", "tls_server_config.cert_file: missing one of"),
     ("basic_auth_users:\n  alice: plaintext-password\n", "basic_auth_users.alice: not a bcrypt"),
-    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
-     "http_server_config.headers.X-Frame-Options: invalid value"),
+    (
+        "http_server_config:\n  headers:\n    X-Frame-Options: allow\n",
+        "http_server_config.headers.X-Frame-Options: invalid value",
+    ),
     ("http_server_config:\n  headers:\n    Server: nginx\n", "can not be configured"),
     ("rate_limit:\n  interval: soon\n", "rate_limit.interval"),
 ]
@@ -408,22 +472,31 @@ def test_bad_web_config_names_file_and_key(tmp_path, text, message):
     assert "plaintext-password" not in str(err.value)
 
 
-@pytest.mark.parametrize("tls_extra,message", [
-    ("  client_auth_type: RequireAnyClientCert\n  client_ca_file: {pki}/ca.crt\n",
-     "client_auth_type: RequireAnyClientCert"),
-    ("  client_auth_type: Sometimes\n", "client_auth_type: invalid value 'Sometimes'"),
-    ("  client_ca_file: {pki}/ca.crt\n", "client_ca_file: client CAs are configured without"),
-    ("  min_version: TLS14\n", "min_version: unknown TLS version 'TLS14'"),
-    ("  min_version: TLS13\n  max_version: TLS12\n", "min_version: TLS13 is newer"),
-    ("  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites: not supported"),
-    ("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {pki}/server.key\n",
-     "client_ca_file: cannot load the client CA"),
-    ("  client_allowed_sans: [a]\n", "client_allowed_sans: requires"),
-])
+@pytest.mark.parametrize(
+    "tls_extra,message",
+    [
+        (
+            "  client_auth_type: RequireAnyClientCert\n  client_ca_file: {pki}/ca.crt\n",
+            "client_auth_type: RequireAnyClientCert",
+        ),
+        ("  client_auth_type: Sometimes\n", "client_auth_type: invalid value 'Sometimes'"),
+        ("  client_ca_file: {pki}/ca.crt\n", "client_ca_file: client CAs are configured without"),
+        ("  min_version: TLS14\n", "min_version: unknown TLS version 'TLS14'"),
+        ("  min_version: TLS13\n  max_version: TLS12\n", "min_version: TLS13 is newer"),
+        ("  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "cipher_suites: not supported"),
+        (
+            "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {pki}/server.key\n",
+            "client_ca_file: cannot load the client CA",
+        ),
+        ("  client_allowed_sans: [a]\n", "client_allowed_sans: requires"),
+    ],
+)
 def test_bad_tls_settings(tmp_path, pki, tls_extra, message):
     path = tmp_path / "web.yml"
-    path.write_text(f"tls_server_config:\n  cert_file: {pki}/server.crt\n"
-                    f"  key_file: {pki}/server.key\n" + tls_extra.format(pki=pki))
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {pki}/server.crt\n"
+        f"  key_file: {pki}/server.key\n" + tls_extra.format(pki=pki)
+    )
     with pytest.raises(WebConfigError) as err:
         load_web_config(str(path))
     assert str(err.value).startswith(f"{path}: tls_server_config.")
@@ -432,19 +505,20 @@ def test_bad_tls_settings(tmp_path, pki, tls_extra, message):
 
 def test_a_key_that_does_not_match_the_certificate(tmp_path, pki):
     path = tmp_path / "web.yml"
-    path.write_text(f"tls_server_config:\n  cert_file: {pki}/server.crt\n"
-                    f"  key_file: {pki}/client.key\n")
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {pki}/server.crt\n  key_file: {pki}/client.key\n"
+    )
     with pytest.raises(WebConfigError, match="tls_server_config.cert_file: cannot load"):
         load_web_config(str(path))
 
 
 def test_inline_certificate_and_key(start, pki):
     def block(name):
-        return "|\n" + "".join(f"    {line}\n" for line in
-                               (pki / name).read_text().splitlines())
+        return "|\n" + "".join(f"    {line}\n" for line in (pki / name).read_text().splitlines())
 
-    ex = start(web_config=f"tls_server_config:\n  cert: {block('server.crt')}"
-                          f"  key: {block('server.key')}")
+    ex = start(
+        web_config=f"tls_server_config:\n  cert: {block('server.crt')}  key: {block('server.key')}"
+    )
     assert ex.get("/healthz", context=client_context(pki))[0] == 200
 
 

@@ -37,8 +37,18 @@ def observe(state: Path, dmesg: Path):
 
 def side(host: str, state: Path, dmesg: Path, **facts) -> sb.Side:
     res, gi = observe(state, dmesg)
-    s = side_from_observation(host, res, gi.text if gi else None, facts.pop("pool_role", None),
-                              facts.pop("manual", True), False, False, 0, None, 1000.0)
+    s = side_from_observation(
+        host,
+        res,
+        gi.text if gi else None,
+        facts.pop("pool_role", None),
+        facts.pop("manual", True),
+        False,
+        False,
+        0,
+        None,
+        1000.0,
+    )
     return replace(s, **facts)
 
 
@@ -89,10 +99,16 @@ def test_one_sided_capture_is_still_a_split_brain():
 
 def test_the_older_shared_capture_reads_the_same_way():
     # ../shared/fixtures/drbd84 state-06 with its kernel log (another real run).
-    n1 = side("node1", DRBD84 / "state-06-after-reconnect-splitbrain-node1.txt",
-              DRBD84 / "dmesg-splitbrain-node1.txt")
-    n2 = side("node2", DRBD84 / "state-06-after-reconnect-splitbrain-node2.txt",
-              DRBD84 / "dmesg-splitbrain-node2.txt")
+    n1 = side(
+        "node1",
+        DRBD84 / "state-06-after-reconnect-splitbrain-node1.txt",
+        DRBD84 / "dmesg-splitbrain-node1.txt",
+    )
+    n2 = side(
+        "node2",
+        DRBD84 / "state-06-after-reconnect-splitbrain-node2.txt",
+        DRBD84 / "dmesg-splitbrain-node2.txt",
+    )
     assert sb.assess(n1, n2).kind == "both"
 
 
@@ -187,7 +203,10 @@ def test_plan_both_sided_matches_drbds_documented_order():
     n1, n2 = both()
     steps = sb.plan(sb.assess(n1, n2), "node2")
     assert [(s.host, s.action) for s in steps] == [
-        ("node1", sb.SECONDARY), ("node1", sb.CONNECT_DISCARD), ("node2", sb.CONNECT)]
+        ("node1", sb.SECONDARY),
+        ("node1", sb.CONNECT_DISCARD),
+        ("node2", sb.CONNECT),
+    ]
     assert steps[1].command == "drbdadm connect --discard-my-data"
 
 
@@ -198,8 +217,12 @@ def test_plan_one_sided_disconnects_a_waiting_victim_and_connects_only_a_standal
     a = sb.assess(n1, n2)
     # Victim = the WFConnection side: disconnect first, the StandAlone survivor reconnects.
     steps = [(s.host, s.action) for s in sb.plan(a, detector)]
-    assert steps == [(waiting, sb.DISCONNECT), (waiting, sb.SECONDARY),
-                     (waiting, sb.CONNECT_DISCARD), (detector, sb.CONNECT)]
+    assert steps == [
+        (waiting, sb.DISCONNECT),
+        (waiting, sb.SECONDARY),
+        (waiting, sb.CONNECT_DISCARD),
+        (detector, sb.CONNECT),
+    ]
     # Victim = the StandAlone side: the survivor waits in WFConnection and needs nothing.
     steps = [(s.host, s.action) for s in sb.plan(a, waiting)]
     assert steps == [(detector, sb.SECONDARY), (detector, sb.CONNECT_DISCARD)]
@@ -207,17 +230,32 @@ def test_plan_one_sided_disconnects_a_waiting_victim_and_connects_only_a_standal
 
 
 def test_progress_line_reads_the_synctarget():
-    t = sb.Side("node1", "r0", connection="SyncTarget", disk="Inconsistent",
-                peer_disk="UpToDate", sync_progress=0.25, sync_eta_seconds=42.0,
-                out_of_sync_bytes=3 * 1024 * 1024)
-    s = sb.Side("node2", "r0", connection="SyncSource", disk="UpToDate",
-                peer_disk="Inconsistent")
+    t = sb.Side(
+        "node1",
+        "r0",
+        connection="SyncTarget",
+        disk="Inconsistent",
+        peer_disk="UpToDate",
+        sync_progress=0.25,
+        sync_eta_seconds=42.0,
+        out_of_sync_bytes=3 * 1024 * 1024,
+    )
+    s = sb.Side("node2", "r0", connection="SyncSource", disk="UpToDate", peer_disk="Inconsistent")
     assert sb.progress(s, t) == "resync node1 SyncTarget: 25.0%, 3.0 MiB left, ETA 42 s"
 
 
 def test_audit_line_names_who_what_and_how_much():
-    line = sb.audit_line("r0", "node2", "node1", 65536, "uid 0 (root)", "2026-12-02T02:00:00Z",
-                         1.5, "both Connected", False)
+    line = sb.audit_line(
+        "r0",
+        "node2",
+        "node1",
+        65536,
+        "uid 0 (root)",
+        "2026-12-02T02:00:00Z",
+        1.5,
+        "both Connected",
+        False,
+    )
     assert "survivor node2" in line and "discarded node1's changes" in line
     assert "64 KiB" in line and "uid 0 (root)" in line and "1.5 s" in line
 
@@ -228,8 +266,15 @@ def test_audit_line_names_who_what_and_how_much():
 def test_side_round_trips_and_hostile_fields_become_unknown():
     n1, _ = both()
     assert sb.side_from_dict(sb.side_to_dict(n1)) == n1
-    hostile = {"host": "node2", "resource": "r0", "sessions": "many", "split_brain": 1,
-               "out_of_sync_bytes": True, "alone_primary_since": "yesterday", "extra": [1]}
+    hostile = {
+        "host": "node2",
+        "resource": "r0",
+        "sessions": "many",
+        "split_brain": 1,
+        "out_of_sync_bytes": True,
+        "alone_primary_since": "yesterday",
+        "extra": [1],
+    }
     s = sb.side_from_dict(hostile)
     assert s.sessions is None and s.split_brain is False and s.out_of_sync_bytes is None
     assert s.alone_primary_since is None
@@ -252,10 +297,15 @@ def test_json_view_says_everything_the_text_says():
 
 def test_ledger_keeps_when_this_host_was_primary_alone_and_its_sessions():
     led = L.Ledger("node1")
-    connected = DrbdResource("r0", role="Primary", peer_role="Secondary", connection="Connected",
-                             disk="UpToDate", peer_disk="UpToDate")
-    alone = replace(connected, peer_role="Unknown", connection="StandAlone",
-                    peer_disk="DUnknown")
+    connected = DrbdResource(
+        "r0",
+        role="Primary",
+        peer_role="Secondary",
+        connection="Connected",
+        disk="UpToDate",
+        peer_disk="UpToDate",
+    )
+    alone = replace(connected, peer_role="Unknown", connection="StandAlone", peer_disk="DUnknown")
     led = L.advance(led, [connected], 1.0, 100.0, "b", "r", 10.0, sessions=1)
     assert led.entries["r0"].alone_primary_since is None
     led = L.advance(led, [alone], 2.0, 110.0, "b", "r", 10.0, sessions=0)

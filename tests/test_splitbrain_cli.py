@@ -28,10 +28,12 @@ class Pair(Channel):
         super().__init__(lambda req: {})
         self.state = {"node1": n1, "node2": n2}
         self.after = {
-            "node1": side("node1", SB / "sb-both-resolved-node1.txt",
-                          SB / "sb-both-dmesg-after-node1.txt"),
-            "node2": side("node2", SB / "sb-both-resolved-node2.txt",
-                          SB / "sb-both-dmesg-after-node2.txt"),
+            "node1": side(
+                "node1", SB / "sb-both-resolved-node1.txt", SB / "sb-both-dmesg-after-node1.txt"
+            ),
+            "node2": side(
+                "node2", SB / "sb-both-resolved-node2.txt", SB / "sb-both-dmesg-after-node2.txt"
+            ),
         }
         self.steps: List[Tuple[str, str]] = []
         self.audits: List[Tuple[str, str]] = []
@@ -44,10 +46,15 @@ class Pair(Channel):
             if self.steps:
                 self.polls += 1
                 if self.polls <= 2:  # the resync, as the victim shows it, then done
-                    return True, sb.side_to_dict(replace(
-                        self.state[host], connection="SyncTarget" if host == "node1"
-                        else "SyncSource", split_brain=False, sync_progress=0.5,
-                        sync_eta_seconds=3.0))
+                    return True, sb.side_to_dict(
+                        replace(
+                            self.state[host],
+                            connection="SyncTarget" if host == "node1" else "SyncSource",
+                            split_brain=False,
+                            sync_progress=0.5,
+                            sync_eta_seconds=3.0,
+                        )
+                    )
                 return True, sb.side_to_dict(self.after[host])
             return True, sb.side_to_dict(self.state[host])
         if args["action"] == "step":
@@ -55,8 +62,7 @@ class Pair(Channel):
             answer = self.fail.get((host, args["step"]))
             if answer is not None:
                 return True, answer
-            return True, {"command": f"drbdadm {args['step']} r0", "rc": 0, "ok": True,
-                          "said": ""}
+            return True, {"command": f"drbdadm {args['step']} r0", "rc": 0, "ok": True, "said": ""}
         if args["action"] == "audit":
             self.audits.append((host, args["line"]))
             return True, {"logged": True}
@@ -65,8 +71,16 @@ class Pair(Channel):
 
 def run(pair: Pair, survivor: str, force: bool = False) -> Tuple[int, List[str]]:
     lines: List[str] = []
-    code = resolve(pair, "r0", survivor, yes=True, force=force, follow_limit=30,
-                   sleep=lambda s: None, out=lines.append)
+    code = resolve(
+        pair,
+        "r0",
+        survivor,
+        yes=True,
+        force=force,
+        follow_limit=30,
+        sleep=lambda s: None,
+        out=lines.append,
+    )
     return code, lines
 
 
@@ -75,8 +89,11 @@ def test_resolve_runs_drbds_steps_in_order_follows_the_resync_and_audits_on_both
     pair = Pair(n1, n2)
     code, lines = run(pair, "node2")
     assert code == cli.EXIT_OK, capsys.readouterr().err
-    assert pair.steps == [("node1", sb.SECONDARY), ("node1", sb.CONNECT_DISCARD),
-                          ("node2", sb.CONNECT)]
+    assert pair.steps == [
+        ("node1", sb.SECONDARY),
+        ("node1", sb.CONNECT_DISCARD),
+        ("node2", sb.CONNECT),
+    ]
     text = "\n".join(lines)
     assert "node1$ drbdadm connect --discard-my-data r0" in text
     assert "resync node1 SyncTarget: 50.0%" in text and "ETA 3 s" in text
@@ -107,9 +124,13 @@ def test_force_overrides_that_refusal_only(capsys):
 
 def test_a_refused_step_stops_everything_after_it(capsys):
     n1, n2 = both()
-    held = {"command": "drbdadm secondary r0", "rc": 11, "ok": False,
-            "said": "0: State change failed: (-12) Device is held open by someone",
-            "refusal": "(-12) Device is held open by someone"}
+    held = {
+        "command": "drbdadm secondary r0",
+        "rc": 11,
+        "ok": False,
+        "said": "0: State change failed: (-12) Device is held open by someone",
+        "refusal": "(-12) Device is held open by someone",
+    }
     pair = Pair(n1, n2, fail={("node1", sb.SECONDARY): held})
     code, _ = run(pair, "node2")
     assert code == cli.EXIT_REFUSED
@@ -120,13 +141,21 @@ def test_a_refused_step_stops_everything_after_it(capsys):
 def test_one_sided_waiting_victim_is_disconnected_first_and_an_already_standalone_is_fine():
     n1, n2 = both()
     n1 = replace(n1, connection="WFConnection", split_brain=False)  # node2 detected it only
-    standalone = {"command": "drbdadm disconnect r0", "rc": 10, "ok": False,
-                  "said": "Failure: (162) Invalid configuration request; unknown connection"}
+    standalone = {
+        "command": "drbdadm disconnect r0",
+        "rc": 10,
+        "ok": False,
+        "said": "Failure: (162) Invalid configuration request; unknown connection",
+    }
     pair = Pair(n1, n2, fail={("node1", sb.DISCONNECT): standalone})
     code, lines = run(pair, "node2")
     assert code == cli.EXIT_OK
-    assert pair.steps == [("node1", sb.DISCONNECT), ("node1", sb.SECONDARY),
-                          ("node1", sb.CONNECT_DISCARD), ("node2", sb.CONNECT)]
+    assert pair.steps == [
+        ("node1", sb.DISCONNECT),
+        ("node1", sb.SECONDARY),
+        ("node1", sb.CONNECT_DISCARD),
+        ("node2", sb.CONNECT),
+    ]
     assert "node1$ drbdadm disconnect r0: ok (already StandAlone)" in "\n".join(lines)
 
 
@@ -135,8 +164,16 @@ def test_not_confirmed_on_a_terminal_runs_nothing(monkeypatch, capsys):
     pair = Pair(n1, n2)
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "r1")
-    code = resolve(pair, "r0", "node2", yes=False, force=False, follow_limit=1,
-                   sleep=lambda s: None, out=lambda s: None)
+    code = resolve(
+        pair,
+        "r0",
+        "node2",
+        yes=False,
+        force=False,
+        follow_limit=1,
+        sleep=lambda s: None,
+        out=lambda s: None,
+    )
     assert code == cli.EXIT_REFUSED and pair.steps == []
     assert "not confirmed" in capsys.readouterr().err
 
@@ -151,8 +188,11 @@ def test_a_step_runs_exactly_drbds_command_and_reports_drbds_words(tmp_path):
 
     fake = FakeRunner()
     # Real DRBD 8.4's answer (tests/fixtures/drbd84-splitbrain, the one-sided run).
-    fake.answer(("drbdadm", "connect", "--discard-my-data", "r0"), rc=10,
-                stderr="r0: Failure: (102) Local address(port) already in use.\n")
+    fake.answer(
+        ("drbdadm", "connect", "--discard-my-data", "r0"),
+        rc=10,
+        stderr="r0: Failure: (102) Local address(port) already in use.\n",
+    )
     drbd = Drbd(fake, version="8.4")
     out = run_step(drbd, "r0", sb.CONNECT_DISCARD, "uid 0")
     assert fake.calls == [("drbdadm", "connect", "--discard-my-data", "r0")]
@@ -173,10 +213,15 @@ def test_runbook_uses_the_commands_and_keeps_the_manual_steps_as_fallback():
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
-    section = text[text.index("## IscsiHaSplitBrain"):text.index("## IscsiHaPromotionBlocked")]
-    for needle in ("iscsi-cfg split-brain iscsi1", "iscsi-cfg split-brain resolve --survivor",
-                   "Fallback: resolve by hand", "drbdadm connect --discard-my-data",
-                   "one side only", "split-brain.log"):
+    section = text[text.index("## IscsiHaSplitBrain") : text.index("## IscsiHaPromotionBlocked")]
+    for needle in (
+        "iscsi-cfg split-brain iscsi1",
+        "iscsi-cfg split-brain resolve --survivor",
+        "Fallback: resolve by hand",
+        "drbdadm connect --discard-my-data",
+        "one side only",
+        "split-brain.log",
+    ):
         assert needle in section, needle
     assert section.index("split-brain resolve") < section.index("Fallback")
 
@@ -185,10 +230,10 @@ def test_help_and_usage_errors():
     parser = cli.parser()
     args = parser.parse_args(["split-brain", "resolve", "r0", "--survivor", "node2", "--yes"])
     assert args.command == "split-brain" and args.words == ["resolve", "r0"]
-    assert cli.main(["--socket", "/nonexistent", "split-brain", "resolve", "r0"]) == \
-        cli.EXIT_USAGE  # no --survivor
-    assert cli.main(["--socket", "/nonexistent", "split-brain", "r0", "--force"]) == \
-        cli.EXIT_USAGE
+    assert (
+        cli.main(["--socket", "/nonexistent", "split-brain", "resolve", "r0"]) == cli.EXIT_USAGE
+    )  # no --survivor
+    assert cli.main(["--socket", "/nonexistent", "split-brain", "r0", "--force"]) == cli.EXIT_USAGE
 
 
 def test_options_may_come_before_the_resource():
@@ -215,37 +260,60 @@ def test_split_brain_over_the_real_control_socket(tmp_path):
 
     state = tmp_path / "state"
     state.mkdir()
-    split = world(pool=PoolRole.MASTER, resources=(res(
-        name="iscsi1", role="Primary", peer_role="Unknown", connection="StandAlone",
-        peer_disk="DUnknown", split_brain=True, out_of_sync_bytes=65536),), serving=True,
-        vip_local=True)
+    split = world(
+        pool=PoolRole.MASTER,
+        resources=(
+            res(
+                name="iscsi1",
+                role="Primary",
+                peer_role="Unknown",
+                connection="StandAlone",
+                peer_disk="DUnknown",
+                split_brain=True,
+                out_of_sync_bytes=65536,
+            ),
+        ),
+        serving=True,
+        vip_local=True,
+    )
     host = Host(str(state), split)
     # The world's DRBD runs nothing; `drbdadm sh-ll-dev` (the backing device) gets no answer.
     drbd = host.controller.systems.drbd
     drbd.runner, drbd.drbdadm, drbd.timeout = FakeRunner(), "drbdadm", None
-    cfg = Config(resources=("iscsi1",), vip=VipConfig(address="10.99.0.3/24"),
-                 paths=PathsConfig(state_dir=str(state)))
+    cfg = Config(
+        resources=("iscsi1",),
+        vip=VipConfig(address="10.99.0.3/24"),
+        paths=PathsConfig(state_dir=str(state)),
+    )
     sockdir = tempfile.mkdtemp(prefix="sb-", dir="/tmp")
     path = os.path.join(sockdir, "control.sock")
     with serving(StubDaemon(host.controller, cfg), path):
-        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
-                                "resource": "iscsi1"})
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence", "resource": "iscsi1"})
         assert answer["ok"], answer
         side = sb.side_from_dict(answer["result"])
         assert (side.host, side.connection, side.split_brain) == ("test-host", "StandAlone", True)
         assert side.out_of_sync_bytes == 65536 and side.vip_local is True
         assert side.lvm_volume is None and "sh-ll-dev" in side.lvm_error
-        answer = cli.ask(path, {"cmd": "split-brain", "host": "peer", "action": "evidence",
-                                "resource": "iscsi1"})
+        answer = cli.ask(
+            path, {"cmd": "split-brain", "host": "peer", "action": "evidence", "resource": "iscsi1"}
+        )
         assert not answer["ok"] and "no peer channel" in answer["error"]
-        answer = cli.ask(path, {"cmd": "split-brain", "action": "step", "resource": "iscsi1",
-                                "step": "primary --force"})
+        answer = cli.ask(
+            path,
+            {
+                "cmd": "split-brain",
+                "action": "step",
+                "resource": "iscsi1",
+                "step": "primary --force",
+            },
+        )
         assert not answer["ok"] and "unknown step" in answer["error"] and answer["code"] == 2
-        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence",
-                                "resource": "other"})
+        answer = cli.ask(path, {"cmd": "split-brain", "action": "evidence", "resource": "other"})
         assert not answer["ok"] and "not a resource" in answer["error"]
-        answer = cli.ask(path, {"cmd": "split-brain", "action": "audit", "line": "x resolved",
-                                "who": "user alice"})
+        answer = cli.ask(
+            path,
+            {"cmd": "split-brain", "action": "audit", "line": "x resolved", "who": "user alice"},
+        )
         assert answer["ok"], answer
     record = json.loads((state / "split-brain.log").read_text())
     assert record["line"] == "x resolved" and "user alice" in record["who"]
@@ -261,9 +329,13 @@ def test_view_without_a_controller_says_so_and_exits_3(capsys):
 
 def test_evidence_lost_by_the_peer_channel_is_asked_again_but_a_refusal_is_not():
     n1, n2 = both()
-    answers = {"peer": [{"ok": False, "kind": "bad_answer", "error": "the peer: answered b''"},
-                        {"ok": False, "kind": "timeout", "error": "the peer: timed out"},
-                        {"ok": True, "result": sb.side_to_dict(n2)}]}
+    answers = {
+        "peer": [
+            {"ok": False, "kind": "bad_answer", "error": "the peer: answered b''"},
+            {"ok": False, "kind": "timeout", "error": "the peer: timed out"},
+            {"ok": True, "result": sb.side_to_dict(n2)},
+        ]
+    }
     asked = []
 
     def ask(req):
@@ -274,10 +346,13 @@ def test_evidence_lost_by_the_peer_channel_is_asked_again_but_a_refusal_is_not()
 
     local, peer = Channel(ask, sleep=lambda s: None).sides("r0")
     assert peer == n2 and asked.count("peer") == 3
-    refused = Channel(lambda req: {"ok": False, "kind": "unknown_resource", "error": "no r0"},
-                      sleep=lambda s: None)
+    refused = Channel(
+        lambda req: {"ok": False, "kind": "unknown_resource", "error": "no r0"},
+        sleep=lambda s: None,
+    )
     calls = []
-    refused._ask = lambda req: calls.append(req) or {"ok": False, "kind": "unknown_resource",
-                                                     "error": "no r0"}
+    refused._ask = lambda req: (
+        calls.append(req) or {"ok": False, "kind": "unknown_resource", "error": "no r0"}
+    )
     local, peer = refused.sides("r0")
     assert len(calls) == 2 and peer.error == "no r0"

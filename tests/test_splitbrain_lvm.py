@@ -35,8 +35,7 @@ def runner(*skip: str) -> FakeRunner:
     fake = FakeRunner()
     for f in reversed(FRAMES):  # answer() puts later rules first: keep the first capture
         if not any(f.command.startswith(s) for s in skip):
-            fake.answer(tuple(shlex.split(f.command)), rc=f.rc, stdout=f.stdout,
-                        stderr=f.stderr)
+            fake.answer(tuple(shlex.split(f.command)), rc=f.rc, stdout=f.stdout, stderr=f.stderr)
     return fake
 
 

@@ -20,8 +20,7 @@ def fake():
 
 def test_vms_with_disks_on_this_targets_srs_running_first(fake):
     ours = fake.add_lvmoiscsi_sr("iSCSI-HA", attached=True, iqn=IQN)
-    other = fake.add_lvmoiscsi_sr("elsewhere", attached=True,
-                                  iqn="iqn.2020-01.com.example:other")
+    other = fake.add_lvmoiscsi_sr("elsewhere", attached=True, iqn="iqn.2020-01.com.example:other")
     fake.add_vm("web", ours, host="node2", disks=2)
     fake.add_vm("db", ours, host="node1")
     fake.add_vm("old", ours, host=None, power_state="Halted")
@@ -31,8 +30,10 @@ def test_vms_with_disks_on_this_targets_srs_running_first(fake):
     vms, error = read_vms(XenApiClient(fake.url("node2"), password=PASSWORD, timeout=2), IQN)
     assert error is None
     assert [v.describe() for v in vms] == [
-        "db (Running on node1, 1 disk(s))", "web (Running on node2, 2 disk(s))",
-        "old (Halted, 1 disk(s))"]
+        "db (Running on node1, 1 disk(s))",
+        "web (Running on node2, 2 disk(s))",
+        "old (Halted, 1 disk(s))",
+    ]
 
 
 def test_xapi_unreachable_is_said_not_raised():

@@ -159,16 +159,23 @@ def test_plug_nothing():
 
 def test_builder_tolerates_unknown_and_missing_fields():
     srs = {
-        "OpaqueRef:sr1": {"uuid": "sr-1", "name_label": "iscsi", "type": "lvmoiscsi",
-                          "PBDs": ["OpaqueRef:p1", "OpaqueRef:p2", "OpaqueRef:gone"],
-                          "some_future_field": {"x": "1"}},
+        "OpaqueRef:sr1": {
+            "uuid": "sr-1",
+            "name_label": "iscsi",
+            "type": "lvmoiscsi",
+            "PBDs": ["OpaqueRef:p1", "OpaqueRef:p2", "OpaqueRef:gone"],
+            "some_future_field": {"x": "1"},
+        },
         "OpaqueRef:sr2": {"uuid": "sr-2", "type": "lvmoiscsi"},  # no name, no PBDs
         "OpaqueRef:iso": {"uuid": "iso", "type": "iso", "PBDs": []},
     }
     pbds = {
         "OpaqueRef:p1": {"uuid": "p-1", "host": "OpaqueRef:h1", "currently_attached": True},
-        "OpaqueRef:p2": {"uuid": "p-2", "host": "OpaqueRef:h-unknown",
-                         "currently_attached": "false"},
+        "OpaqueRef:p2": {
+            "uuid": "p-2",
+            "host": "OpaqueRef:h-unknown",
+            "currently_attached": "false",
+        },
     }
     hosts = {"OpaqueRef:h1": {"name_label": "node1", "new_field": 1}}
     obs = build_sr_observation(srs, pbds, hosts)
@@ -183,8 +190,10 @@ def test_builder_tolerates_unknown_and_missing_fields():
 
 def test_builder_reports_garbage_with_a_quote():
     obs = build_sr_observation(
-        {"OpaqueRef:sr1": "not a record", "OpaqueRef:sr2": {"uuid": "s2", "type": "lvmoiscsi",
-                                                            "PBDs": "nope"}},
+        {
+            "OpaqueRef:sr1": "not a record",
+            "OpaqueRef:sr2": {"uuid": "s2", "type": "lvmoiscsi", "PBDs": "nope"},
+        },
         ["not", "a", "map"],
         {},
     )

@@ -36,7 +36,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def split_pdus(stream: bytes) -> List[bytes]:
     out, i = [], 0
     while i < len(stream):
-        h = pdu.parse_header(stream[i:i + 48])
+        h = pdu.parse_header(stream[i : i + 48])
         end = i + 48 + h.ahs_length + h.padded_data_length
         out.append(stream[i:end])
         i = end
@@ -61,8 +61,8 @@ ANSWERS = answers(TARGET_PDUS)
 INITIATOR_PDUS = []  # what the probe sent in the capture (not a target's opcodes: split by hand)
 _i = 0
 while _i < len(SENT):
-    _n = 48 + pdu.pad4(int.from_bytes(SENT[_i + 5:_i + 8], "big"))
-    INITIATOR_PDUS.append(SENT[_i:_i + _n])
+    _n = 48 + pdu.pad4(int.from_bytes(SENT[_i + 5 : _i + 8], "big"))
+    INITIATOR_PDUS.append(SENT[_i : _i + _n])
     _i += _n
 
 
@@ -70,8 +70,9 @@ class FakeTarget:
     """A loopback TCP server: for the n-th PDU it reads it sends ``answer(n, pdu)`` (bytes, or
     None to say nothing more), byte by byte with ``trickle`` seconds between them if set."""
 
-    def __init__(self, answer: Callable[[int, bytes], Optional[bytes]],
-                 trickle: float = 0.0) -> None:
+    def __init__(
+        self, answer: Callable[[int, bytes], Optional[bytes]], trickle: float = 0.0
+    ) -> None:
         self.answer, self.trickle = answer, trickle
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -154,8 +155,8 @@ def replay(pdus: List[bytes], itt_from_request: bool = True) -> Callable[[int, b
             # Every PDU of the answer (a Data-In and its response) carries the request's ITT.
             i = 0
             while i + 20 <= len(reply):
-                reply[i + 16:i + 20] = request[16:20]
-                n_data = int.from_bytes(reply[i + 5:i + 8], "big")
+                reply[i + 16 : i + 20] = request[16:20]
+                n_data = int.from_bytes(reply[i + 5 : i + 8], "big")
                 i += 48 + reply[i + 4] * 4 + pdu.pad4(n_data)
         return bytes(reply)
 
@@ -279,8 +280,10 @@ def test_nop_in_flood_is_bounded(target):
     t = target(answer)
     result = probe(t)
     assert not result.ok
-    assert "no status after many PDUs" in result.luns[0].error + result.error or \
-        "timed out" in result.error
+    assert (
+        "no status after many PDUs" in result.luns[0].error + result.error
+        or "timed out" in result.error
+    )
 
 
 def test_wrong_task_tag_is_refused(target):
@@ -315,7 +318,7 @@ def test_any_damage_to_the_session_ends_in_a_result(data):
             pos = data.draw(st.integers(0, len(raw) - 1))
             raw[pos] ^= data.draw(st.integers(1, 255))
     elif how == "truncate":
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
     else:
         raw = bytearray(data.draw(st.binary(min_size=1, max_size=200)))
     pdus[i] = bytes(raw)
@@ -356,12 +359,12 @@ def test_parse_text_refuses_or_bounds(raw):
 
 def test_parse_text_of_the_real_login_answer():
     h = pdu.parse_header(TARGET_PDUS[1][:48])
-    resp = pdu.parse_login_response(h, TARGET_PDUS[1][48:48 + h.data_length])
+    resp = pdu.parse_login_response(h, TARGET_PDUS[1][48 : 48 + h.data_length])
     assert resp.transit and resp.nsg == pdu.FULL_FEATURE and resp.status_class == 0
     assert resp.keys["HeaderDigest"] == "None" and resp.keys["DataDigest"] == "None"
     assert resp.keys["ErrorRecoveryLevel"] == "0" and resp.keys["MaxConnections"] == "1"
     h = pdu.parse_header(TARGET_PDUS[0][:48])
-    first = pdu.parse_login_response(h, TARGET_PDUS[0][48:48 + h.data_length])
+    first = pdu.parse_login_response(h, TARGET_PDUS[0][48 : 48 + h.data_length])
     assert first.keys == {"TargetPortalGroupTag": "1", "AuthMethod": "None"}
     assert (first.csg, first.nsg) == (pdu.SECURITY, pdu.OPERATIONAL)
 
@@ -386,8 +389,9 @@ def test_scsi_payload_parsers_refuse_or_answer(raw):
 
 
 def test_encoders_follow_rfc7143_layout():
-    req = pdu.login_request(b"\x80\x01\x02\x03\x04\x05", 7, 1, 0, pdu.SECURITY,
-                            pdu.OPERATIONAL, [("A", "b")])
+    req = pdu.login_request(
+        b"\x80\x01\x02\x03\x04\x05", 7, 1, 0, pdu.SECURITY, pdu.OPERATIONAL, [("A", "b")]
+    )
     assert req[0] == 0x43 and req[1] == 0x81 and req[8:14] == b"\x80\x01\x02\x03\x04\x05"
     assert struct.unpack(">I", req[16:20])[0] == 7 and req[5:8] == b"\x00\x00\x04"
     assert req[48:] == b"A=b\x00" and len(req) % 4 == 0
@@ -426,14 +430,19 @@ def test_settings_from_the_configuration():
     from iscsi_ha.controller.config import parse_config
     from iscsi_ha.controller.probe import settings_from_config
 
-    base = {"resources": ["iscsi1", "iscsi2"], "vip": {"address": "10.10.10.3/24"},
-            "node_name": "XS 1", "interval": 5}
+    base = {
+        "resources": ["iscsi1", "iscsi2"],
+        "vip": {"address": "10.10.10.3/24"},
+        "node_name": "XS 1",
+        "interval": 5,
+    }
     s = settings_from_config(parse_config(base))
     assert s is not None
     assert (s.host, s.port, s.luns, s.interval, s.timeout) == ("10.10.10.3", 3260, (1, 2), 5, 2)
     assert s.initiator == "iqn.2024-01.org.iscsi-ha:probe.xs-1"
-    s = settings_from_config(parse_config({**base, "probe": {"interval": 1, "timeout": 3,
-                                                            "port": 3261}}))
+    s = settings_from_config(
+        parse_config({**base, "probe": {"interval": 1, "timeout": 3, "port": 3261}})
+    )
     assert s is not None and (s.interval, s.timeout, s.port) == (1, 1, 3261)
     assert settings_from_config(parse_config({**base, "probe": {"enabled": False}})) is None
 
@@ -447,16 +456,24 @@ def test_job_logs_changes_not_every_run(target, caplog):
     s.bind(("127.0.0.1", 0))
     closed_port = s.getsockname()[1]
     s.close()
-    job = ProbeJob(ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,), port=closed_port,
-                                 timeout=TIMEOUT), "node2")
+    job = ProbeJob(
+        ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,), port=closed_port, timeout=TIMEOUT),
+        "node2",
+    )
     caplog.set_level(logging.DEBUG, logger="iscsi_ha.probe")
     job.run()
     job.run()  # the same failure: not logged again
-    job.settings = ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,),
-                                 port=target(replay([NO_TARGET])).port, timeout=TIMEOUT)
+    job.settings = ProbeSettings(
+        host="127.0.0.1",
+        target=IQN,
+        luns=(1,),
+        port=target(replay([NO_TARGET])).port,
+        timeout=TIMEOUT,
+    )
     job.run()  # another step fails: logged
-    job.settings = ProbeSettings(host="127.0.0.1", target=IQN, luns=(1,),
-                                 port=target(replay(ANSWERS)).port, timeout=TIMEOUT)
+    job.settings = ProbeSettings(
+        host="127.0.0.1", target=IQN, luns=(1,), port=target(replay(ANSWERS)).port, timeout=TIMEOUT
+    )
     job.run()  # recovered: logged
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert [lvl for lvl, _ in lines] == ["WARNING", "WARNING", "INFO"], lines

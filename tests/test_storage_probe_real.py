@@ -44,23 +44,38 @@ class Tgt:
     def __init__(self, lab: NetnsLab, disk: Path) -> None:
         self.lab, self.disk = lab, disk
         self.port = str(20000 + os.getpid() % 10000)
-        self.proc = subprocess.Popen(lab.argv("node1", ["tgtd", "-f", "-C", self.port]),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            lab.argv("node1", ["tgtd", "-f", "-C", self.port]),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 5
         while self.adm("--mode", "target", "--op", "show").returncode != 0:
             assert time.monotonic() < deadline, "tgtd did not start"
             time.sleep(0.05)
 
     def adm(self, *args: str) -> subprocess.CompletedProcess:
-        return self.lab.run("node1", ["tgtadm", "-C", self.port, "--lld", "iscsi", *args],
-                            check=False)
+        return self.lab.run(
+            "node1", ["tgtadm", "-C", self.port, "--lld", "iscsi", *args], check=False
+        )
 
     def serve(self) -> None:
-        for args in (("--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN),
-                     ("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
-                      "--backing-store", str(self.disk)),
-                     ("--mode", "target", "--op", "bind", "--tid", "1",
-                      "--initiator-address", "ALL")):
+        for args in (
+            ("--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN),
+            (
+                "--mode",
+                "logicalunit",
+                "--op",
+                "new",
+                "--tid",
+                "1",
+                "--lun",
+                "1",
+                "--backing-store",
+                str(self.disk),
+            ),
+            ("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"),
+        ):
             res = self.adm(*args)
             assert res.returncode == 0, res.stderr
 
@@ -109,8 +124,9 @@ def serving(tgt) -> Iterator[Tgt]:
 
 def probe(lab: NetnsLab, host: str = NODE1, luns=(1,), timeout: float = 1.0):
     t0 = time.monotonic()
-    result = in_netns(lab.ns["client"], lambda: iscsi_probe.run_probe(
-        host, IQN, list(luns), timeout=timeout))
+    result = in_netns(
+        lab.ns["client"], lambda: iscsi_probe.run_probe(host, IQN, list(luns), timeout=timeout)
+    )
     assert time.monotonic() - t0 < timeout + 0.5
     return result
 
@@ -137,8 +153,9 @@ def test_target_deleted_fails_the_login(lab, tgt):
 
 
 def test_other_target_refuses_the_login(lab, serving):
-    result = in_netns(lab.ns["client"], lambda: iscsi_probe.run_probe(
-        NODE1, IQN + "-other", [1], timeout=1.0))
+    result = in_netns(
+        lab.ns["client"], lambda: iscsi_probe.run_probe(NODE1, IQN + "-other", [1], timeout=1.0)
+    )
     assert "no such target" in result.error, result.error
 
 
@@ -174,15 +191,31 @@ def test_scrape_is_not_delayed_by_a_hanging_probe(lab, serving):
     text = generate_latest(registry).decode()
     assert time.monotonic() - t0 < 0.1
     assert 'iscsi_ha_storage_probe_success{lun="1",observer="client"} 1.0' in text
-    assert registry.get_sample_value("iscsi_ha_storage_probes_total",
-                                     {"observer": "client", "lun": "1"}) == 1
+    assert (
+        registry.get_sample_value(
+            "iscsi_ha_storage_probes_total", {"observer": "client", "lun": "1"}
+        )
+        == 1
+    )
     hung.join(5)
-    assert registry.get_sample_value("iscsi_ha_storage_probe_success",
-                                     {"observer": "client", "lun": "1"}) == 0
-    assert registry.get_sample_value("iscsi_ha_storage_probe_failures_total",
-                                     {"observer": "client", "lun": "1"}) == 1
-    assert registry.get_sample_value("iscsi_ha_storage_probe_duration_seconds_count",
-                                     {"observer": "client"}) == 2
+    assert (
+        registry.get_sample_value(
+            "iscsi_ha_storage_probe_success", {"observer": "client", "lun": "1"}
+        )
+        == 0
+    )
+    assert (
+        registry.get_sample_value(
+            "iscsi_ha_storage_probe_failures_total", {"observer": "client", "lun": "1"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "iscsi_ha_storage_probe_duration_seconds_count", {"observer": "client"}
+        )
+        == 2
+    )
 
 
 def test_the_replayed_fixture_still_looks_like_tgtd(lab, serving, monkeypatch):
@@ -202,14 +235,15 @@ def test_the_replayed_fixture_still_looks_like_tgtd(lab, serving, monkeypatch):
             seen.extend(data)
             return data
 
-    monkeypatch.setattr(iscsi_probe.socket, "create_connection",
-                        lambda *a, **k: Recording(real(*a, **k)))
+    monkeypatch.setattr(
+        iscsi_probe.socket, "create_connection", lambda *a, **k: Recording(real(*a, **k))
+    )
     assert probe(lab).ok
 
     def shape(stream: bytes):
         out, i = [], 0
         while i < len(stream):
-            h = pdu.parse_header(stream[i:i + 48])
+            h = pdu.parse_header(stream[i : i + 48])
             out.append((h.opcode, h.flags, h.data_length if h.opcode != 0x25 else None))
             i += 48 + h.ahs_length + h.padded_data_length
         return out

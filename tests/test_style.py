@@ -10,6 +10,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
+
+
 def tool(name):
     path = os.path.join(BIN, name)
     if not os.path.exists(path):
@@ -20,15 +22,33 @@ def tool(name):
 
 
 def test_ruff_is_clean():
-    proc = subprocess.run([tool("ruff"), "check", "."], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [tool("ruff"), "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_leaves_nothing_to_change():
+    # One layout for the whole tree, so a diff shows only what changed: run `ruff format .`.
+    proc = subprocess.run(
+        [tool("ruff"), "format", "--check", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_mypy_over_both_packages():
     # scripts/typecheck.py: controller/ and exporter/ as the iscsi_ha packages, with mypy.ini.
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "typecheck.py")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "typecheck.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -42,15 +62,17 @@ def test_no_unexplained_type_ignores():
                 if name.endswith(".py"):
                     path = os.path.join(dirpath, name)
                     with open(path) as f:
-                        hits += [f"{path}:{i}" for i, line in enumerate(f, 1)
-                                 if "type: ignore" in line]
+                        hits += [
+                            f"{path}:{i}" for i, line in enumerate(f, 1) if "type: ignore" in line
+                        ]
     assert not hits
 
 
 def test_import_layers():
     # .importlinter: model <- decide <- execute <- cycle <- daemon; only execute, cycle and
     # daemon reach systems/; the exporter reads snapshots only.
-    proc = subprocess.run([tool("lint-imports")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [tool("lint-imports")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 broken" in proc.stdout

@@ -39,10 +39,21 @@ from worlds import FakeSystems, res, world
 
 # ------------------------------------------------------------------------------ the check, pure
 
-UP = {"role": "Secondary", "peer_role": "Primary", "connection": "Connected",
-      "disk": "UpToDate", "peer_disk": "UpToDate", "out_of_sync": 0}
-HOLDER = Side("node1", {"iscsi1": {**UP, "role": "Primary", "peer_role": "Secondary"}},
-              serving=True, vip_local=True, luns=((1, "beaf11", "naa.60014051"),))
+UP = {
+    "role": "Secondary",
+    "peer_role": "Primary",
+    "connection": "Connected",
+    "disk": "UpToDate",
+    "peer_disk": "UpToDate",
+    "out_of_sync": 0,
+}
+HOLDER = Side(
+    "node1",
+    {"iscsi1": {**UP, "role": "Primary", "peer_role": "Secondary"}},
+    serving=True,
+    vip_local=True,
+    luns=((1, "beaf11", "naa.60014051"),),
+)
 STANDBY = Side("node2", {"iscsi1": dict(UP)}, luns=((1, "beaf11", "naa.60014051"),))
 
 
@@ -55,24 +66,42 @@ def test_the_holder_is_found_from_either_side():
     assert switchover_refusal(STANDBY, HOLDER) == (None, False)
 
 
-@pytest.mark.parametrize("me,peer,words", [
-    (HOLDER, with_res(STANDBY, connection="SyncTarget", sync_progress=0.45),
-     "a resync is running on iscsi1 (node2: SyncTarget, 45 % done)"),
-    (HOLDER, with_res(STANDBY, connection="WFConnection"),
-     "the peer is not Connected for iscsi1 (node2 sees WFConnection)"),
-    (with_res(HOLDER, peer_disk="Outdated"), STANDBY,
-     "iscsi1 is not UpToDate on both hosts (node1 sees UpToDate/Outdated)"),
-    (HOLDER, with_res(STANDBY, out_of_sync=4096), "iscsi1 has 4096 bytes out of sync"),
-    (HOLDER, replace(STANDBY, luns=((1, "other", "naa.6001405ff"),)),
-     "the LUN identities differ (node1 presents LUN 1 serial beaf11"),
-    (HOLDER, replace(STANDBY, running="abc (new, started 3 s ago)"),
-     "another switchover is running on node2: abc"),
-    (HOLDER, replace(STANDBY, error="cannot read `drbdadm`"), "cannot read node2's state"),
-    (HOLDER, replace(HOLDER, host="node2"), "the storage is not held by exactly one host"),
-    (STANDBY, replace(STANDBY, host="node1"), "the storage is not held by exactly one host"),
-    (HOLDER, replace(STANDBY, resources={"iscsi2": dict(UP)}), "different resources"),
-    (replace(HOLDER, vip_local=False), STANDBY, "not held by exactly one host"),
-])
+@pytest.mark.parametrize(
+    "me,peer,words",
+    [
+        (
+            HOLDER,
+            with_res(STANDBY, connection="SyncTarget", sync_progress=0.45),
+            "a resync is running on iscsi1 (node2: SyncTarget, 45 % done)",
+        ),
+        (
+            HOLDER,
+            with_res(STANDBY, connection="WFConnection"),
+            "the peer is not Connected for iscsi1 (node2 sees WFConnection)",
+        ),
+        (
+            with_res(HOLDER, peer_disk="Outdated"),
+            STANDBY,
+            "iscsi1 is not UpToDate on both hosts (node1 sees UpToDate/Outdated)",
+        ),
+        (HOLDER, with_res(STANDBY, out_of_sync=4096), "iscsi1 has 4096 bytes out of sync"),
+        (
+            HOLDER,
+            replace(STANDBY, luns=((1, "other", "naa.6001405ff"),)),
+            "the LUN identities differ (node1 presents LUN 1 serial beaf11",
+        ),
+        (
+            HOLDER,
+            replace(STANDBY, running="abc (new, started 3 s ago)"),
+            "another switchover is running on node2: abc",
+        ),
+        (HOLDER, replace(STANDBY, error="cannot read `drbdadm`"), "cannot read node2's state"),
+        (HOLDER, replace(HOLDER, host="node2"), "the storage is not held by exactly one host"),
+        (STANDBY, replace(STANDBY, host="node1"), "the storage is not held by exactly one host"),
+        (HOLDER, replace(STANDBY, resources={"iscsi2": dict(UP)}), "different resources"),
+        (replace(HOLDER, vip_local=False), STANDBY, "not held by exactly one host"),
+    ],
+)
 def test_refusals_say_why(me, peer, words):
     why, holder = switchover_refusal(me, peer)
     assert holder is None and why is not None and words in why, why
@@ -85,8 +114,9 @@ def test_a_garbled_peer_answer_is_a_refusal_not_a_crash():
 
 
 def test_the_report_prints_every_phase_in_order():
-    text = render({"message": "switchover done", "phases": {p: 0.01 for p in PHASES},
-                   "after": "manual mode"})
+    text = render(
+        {"message": "switchover done", "phases": {p: 0.01 for p in PHASES}, "after": "manual mode"}
+    )
     lines = text.splitlines()
     assert lines[0] == "switchover done" and lines[-1] == "manual mode"
     assert [line.split()[0] for line in lines[1:-1]] == list(PHASES)
@@ -100,23 +130,38 @@ class Pair:
 
     def __init__(self, tmp_path, takeover_timeout=5.0, arm_timeout=30.0):
         self.fakes = {
-            "node1": FakeSystems(world(PoolRole.MASTER, resources=(
-                res(role="Primary", peer_role="Secondary"),), serving=True, vip_local=True)),
-            "node2": FakeSystems(world(PoolRole.SLAVE, resources=(
-                res(role="Secondary", peer_role="Primary"),))),
+            "node1": FakeSystems(
+                world(
+                    PoolRole.MASTER,
+                    resources=(res(role="Primary", peer_role="Secondary"),),
+                    serving=True,
+                    vip_local=True,
+                )
+            ),
+            "node2": FakeSystems(
+                world(PoolRole.SLAVE, resources=(res(role="Secondary", peer_role="Primary"),))
+            ),
         }
         self.threads = []
         self.ctl, self.sw = {}, {}
         for name, pool in (("node1", PoolRole.MASTER), ("node2", PoolRole.SLAVE)):
             fake = self.fakes[name]
             self._link(name, fake)
-            ctl = Controller(CycleSettings(resources=("iscsi1",)), fake.systems,
-                             lambda p=pool: PoolObservation(p), ManualModeStore(
-                                 str(tmp_path / name)), probe_vip=fake.probe, hostname=name)
+            ctl = Controller(
+                CycleSettings(resources=("iscsi1",)),
+                fake.systems,
+                lambda p=pool: PoolObservation(p),
+                ManualModeStore(str(tmp_path / name)),
+                probe_vip=fake.probe,
+                hostname=name,
+            )
             self.ctl[name] = ctl
-            self.sw[name] = Switchover(ctl, lambda why, n=name: self.kick(n),
-                                       arm_timeout=arm_timeout,
-                                       takeover_timeout=takeover_timeout)
+            self.sw[name] = Switchover(
+                ctl,
+                lambda why, n=name: self.kick(n),
+                arm_timeout=arm_timeout,
+                takeover_timeout=takeover_timeout,
+            )
         for ctl in self.ctl.values():
             ctl.run_cycle()
 
@@ -180,8 +225,7 @@ def test_switchover_moves_the_storage_and_leaves_both_in_manual_mode(tmp_path, o
     assert "node2 serves the storage, node1 stands by" in report["message"]
     assert pair.state("node2") == ("Primary", True, True)
     assert pair.state("node1") == ("Secondary", False, False)
-    assert pair.manual("node2") == ManualMode(True, StorageRole.PRIMARY,
-                                              pair.manual("node2").since)
+    assert pair.manual("node2") == ManualMode(True, StorageRole.PRIMARY, pair.manual("node2").since)
     assert pair.manual("node1").requested is StorageRole.SECONDARY
     assert set(report["phases"]) == set(PHASES), report["phases"]
     # The old holder released in order: VIP, target, DRBD; the new one promoted before serving.
@@ -229,8 +273,13 @@ def test_refused_while_another_switchover_runs_on_either_host(tmp_path):
 def test_refused_during_a_resync(tmp_path):
     pair = Pair(tmp_path)
     w = pair.fakes["node2"].world
-    w._set_res("iscsi1", connection="SyncTarget", disk="Inconsistent", sync_progress=0.3,
-               out_of_sync_bytes=1 << 20)
+    w._set_res(
+        "iscsi1",
+        connection="SyncTarget",
+        disk="Inconsistent",
+        sync_progress=0.3,
+        out_of_sync_bytes=1 << 20,
+    )
     report = pair.sw["node1"].run(pair.call("node2"))
     assert report["code"] == REFUSED and "a resync is running on iscsi1" in report["message"]
     assert not pair.manual("node2").enabled and not pair.manual("node1").enabled
@@ -239,8 +288,12 @@ def test_refused_during_a_resync(tmp_path):
 def test_refused_when_the_lun_identities_differ(tmp_path):
     pair = Pair(tmp_path)
     w = pair.fakes["node2"].world
-    w.obs = replace(w.obs, target=replace(w.obs.target, lun_info=(
-        LunInfo(1, serial="deadbeef", wwn="naa.6001405deadbeef"),)))
+    w.obs = replace(
+        w.obs,
+        target=replace(
+            w.obs.target, lun_info=(LunInfo(1, serial="deadbeef", wwn="naa.6001405deadbeef"),)
+        ),
+    )
     report = pair.sw["node1"].run(pair.call("node2"))
     assert report["code"] == REFUSED and "LUN identities differ" in report["message"]
 
@@ -340,8 +393,9 @@ def test_an_armed_host_restarted_keeps_its_deadline_and_disarms(tmp_path):
     # The controller restarts: a new Switchover over the same state directory, armed 1 s ago.
     ctl = pair.ctl["node2"]
     ctl.listeners.clear()
-    again = Switchover(ctl, lambda why: pair.kick("node2"), arm_timeout=0.2,
-                       clock=lambda: time.time() + 1.0)
+    again = Switchover(
+        ctl, lambda why: pair.kick("node2"), arm_timeout=0.2, clock=lambda: time.time() + 1.0
+    )
     assert again.recover() == "before-restart"
     assert again.active is not None and again.active.part == "new"
     deadline = time.monotonic() + 10
@@ -361,8 +415,9 @@ def test_a_damaged_marker_is_ignored_and_removed(tmp_path):
     assert not marker.exists() and pair.sw["node2"].active is None
 
 
-def test_an_armed_host_restarted_asks_the_peer_and_disarms_when_it_still_holds(tmp_path,
-                                                                              monkeypatch):
+def test_an_armed_host_restarted_asks_the_peer_and_disarms_when_it_still_holds(
+    tmp_path, monkeypatch
+):
     from iscsi_ha.controller import switchover
 
     monkeypatch.setattr(switchover, "RECOVER_GRACE", 0.1)

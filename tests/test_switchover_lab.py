@@ -110,15 +110,15 @@ def test_switchover_both_ways_from_either_host_never_two():
             res = cfg(n1, "switchover", timeout=COMMAND)
             assert res.rc == 0, res.text
             assert "switchover done: node2 serves the storage, node1 stands by" in res.out
-            for phase in ("check", "arm", "release", "react", "promote", "serve", "vip",
-                          "total"):
+            for phase in ("check", "arm", "release", "react", "promote", "serve", "vip", "total"):
                 assert f"  {phase} " in res.out, res.out
             wait_for("node2 holds the storage", converged_on(lab, n2), MOVE, lab)
             assert lab.client_read(lba=7) == block
             assert manual(n2).get("requested") == "primary" and manual(n2).get("enabled")
             assert manual(n1).get("requested") == "secondary" and manual(n1).get("enabled")
-            total = lprom.metric(node_metrics(n2), "iscsi_ha_switchover_duration_seconds",
-                                 phase="total")
+            total = lprom.metric(
+                node_metrics(n2), "iscsi_ha_switchover_duration_seconds", phase="total"
+            )
             assert total is not None and 0 < total < MOVE, total
 
             # Issued on the standby this time: back to node1.
@@ -152,8 +152,9 @@ def test_old_holder_killed_during_its_release_never_two_and_it_serves_again():
         flag.touch()
         with Sampler(lab, max_seconds=150) as sampler:
             command = Background(n2)  # the new holder orchestrates
-            wait_for("node1's release reaches the VIP removal", entered.exists, MOVE, lab,
-                     period=0.01)
+            wait_for(
+                "node1's release reaches the VIP removal", entered.exists, MOVE, lab, period=0.01
+            )
             lab.kill_process(pids["node1"])  # SIGKILL in the middle of the release
             flag.unlink()  # the orphaned `ip addr del` runs now
             res = command.wait()
@@ -187,8 +188,7 @@ def test_new_holder_killed_while_promoting_never_two_and_the_old_one_serves_agai
         flag.touch()
         with Sampler(lab, max_seconds=150) as sampler:
             command = Background(n1)  # the old holder orchestrates
-            wait_for("node2 reaches `drbdadm primary`", entered.exists, MOVE, lab,
-                     period=0.01)
+            wait_for("node2 reaches `drbdadm primary`", entered.exists, MOVE, lab, period=0.01)
             lab.kill_process(pids["node2"])  # SIGKILL while it promotes
             res = command.wait()  # node2 stays silent: node1 takes the storage back
             assert res.rc == 4, res.text
@@ -200,8 +200,12 @@ def test_new_holder_killed_while_promoting_never_two_and_the_old_one_serves_agai
             t0 = time.monotonic()
             lab.start_controller(n2)  # restarted armed (its marker): it holds, then disarms
             # It asks node1, which holds the storage and runs no switchover: it disarms.
-            wait_for("node2 disarms after its restart", lambda: control_status(n2) is not None
-                     and not manual(n2).get("enabled"), 30, lab)
+            wait_for(
+                "node2 disarms after its restart",
+                lambda: control_status(n2) is not None and not manual(n2).get("enabled"),
+                30,
+                lab,
+            )
             assert holds_alone(lab, n1), node_state(lab, n2).describe()
             took = time.monotonic() - t0
         assert sampler.error is None, sampler.error

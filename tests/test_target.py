@@ -166,10 +166,15 @@ def test_hostile_text_decoded_with_replacement_still_parses():
     assert tgt.lun(1) == parse_show(fixture("target-1-lun-pinned.txt"))[0].lun(1)
 
 
-@pytest.mark.parametrize("name", [
-    "hostile-alias-target-header.txt", "hostile-alias-unknown-line.txt",
-    "hostile-alias-forged-sections.txt", "hostile-name.txt",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hostile-alias-target-header.txt",
+        "hostile-alias-unknown-line.txt",
+        "hostile-alias-forged-sections.txt",
+        "hostile-name.txt",
+    ],
+)
 def test_observe_serves_despite_hostile_initiators(name):
     # Issue 16: an alias "x\nTarget 1: ..." made the target look not served; an unknown line
     # made the controller hold. Both are the client's text now.
@@ -254,15 +259,21 @@ def test_observe_daemon_not_running_is_not_an_error():
     # Not served here: the identity it will present, so both hosts' can be compared any time.
     spec = make(fake).specs[0]
     assert [(i.number, i.serial, i.wwn, i.write_cache) for i in obs.lun_info] == [
-        (1, spec.serial, spec.wwn, None)]
+        (1, spec.serial, spec.wwn, None)
+    ]
 
 
 def test_observe_empty_daemon():
     fake = FakeRunner()
     fake.answer(SHOW, stdout=fixture("empty-daemon.txt"))
     obs = make(fake).observe()
-    assert obs == TargetObservation(daemon_running=True, target_present=False, serving=False,
-                                    backend="tgt", lun_info=obs.lun_info)
+    assert obs == TargetObservation(
+        daemon_running=True,
+        target_present=False,
+        serving=False,
+        backend="tgt",
+        lun_info=obs.lun_info,
+    )
     assert len(obs.lun_info) == 1
 
 
@@ -272,8 +283,9 @@ def test_observe_serving():
     obs = make(fake).observe()
     spec = make(fake).specs[0]
     info = LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", write_cache=False)
-    assert obs == TargetObservation(True, True, True, luns=1, sessions=0, backend="tgt",
-                                    lun_info=(info,))
+    assert obs == TargetObservation(
+        True, True, True, luns=1, sessions=0, backend="tgt", lun_info=(info,)
+    )
     assert spec.wwn == "naa.60014056d7126665a1d0c1d30c462f06"
 
 
@@ -367,8 +379,19 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
     assert fake.calls == [
         SHOW,
         ADM + ("--mode", "target", "--op", "new", "--tid", "1", "--targetname", IQN),
-        ADM + ("--mode", "target", "--op", "update", "--tid", "1", "--name", "DefaultTime2Wait",
-               "--value", "2"),
+        ADM
+        + (
+            "--mode",
+            "target",
+            "--op",
+            "update",
+            "--tid",
+            "1",
+            "--name",
+            "DefaultTime2Wait",
+            "--value",
+            "2",
+        ),
         ADM
         + (
             "--mode",
@@ -384,9 +407,19 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "--bsoflags",
             "sync",  # writes complete only once DRBD has them
         ),
-        ADM + ("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "1", "--params",
-               f"scsi_id={s1.scsi_id},scsi_sn={s1.serial},vendor_id=ISCSI-HA,"
-               "product_id=DRBD-LUN"),
+        ADM
+        + (
+            "--mode",
+            "logicalunit",
+            "--op",
+            "update",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--params",
+            f"scsi_id={s1.scsi_id},scsi_sn={s1.serial},vendor_id=ISCSI-HA,product_id=DRBD-LUN",
+        ),
         ADM
         + (
             "--mode",
@@ -402,9 +435,19 @@ def test_serve_on_empty_daemon_creates_everything_in_order():
             "--bsoflags",
             "sync",  # writes complete only once DRBD has them
         ),
-        ADM + ("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", "2", "--params",
-               f"scsi_id={s2.scsi_id},scsi_sn={s2.serial},vendor_id=ISCSI-HA,"
-               "product_id=DRBD-LUN"),
+        ADM
+        + (
+            "--mode",
+            "logicalunit",
+            "--op",
+            "update",
+            "--tid",
+            "1",
+            "--lun",
+            "2",
+            "--params",
+            f"scsi_id={s2.scsi_id},scsi_sn={s2.serial},vendor_id=ISCSI-HA,product_id=DRBD-LUN",
+        ),
         ADM + ("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL"),
     ]
     assert s1.serial != s2.serial and s1.wwn != s2.wwn
@@ -435,8 +478,12 @@ def test_serve_completes_only_the_missing_parts():
 
 def test_serve_pins_the_identity_of_a_lun_in_place():
     fake = FakeRunner()
-    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt").replace(
-        "SCSI SN: 6d7126665a1d0c1d30c462f0692b2e5b", "SCSI SN: beaf11"))
+    fake.answer(
+        SHOW,
+        stdout=fixture("target-1-lun-pinned.txt").replace(
+            "SCSI SN: 6d7126665a1d0c1d30c462f0692b2e5b", "SCSI SN: beaf11"
+        ),
+    )
     fake.answer(ADM + ("--mode", "logicalunit", "--op", "update"))
     res = make(fake).serve()
     assert res.ok and "pinned LUN 1's identity" in res.message
@@ -520,8 +567,12 @@ def test_serve_bad_backing_store_fails_with_tgt_words_and_path():
 
 def test_serve_binding_that_appeared_meanwhile_is_fine():
     fake = FakeRunner()
-    fake.answer(SHOW, stdout=fixture("target-1-lun-pinned.txt").replace(
-        "    ACL information:\n        ALL\n", "    ACL information:\n"))
+    fake.answer(
+        SHOW,
+        stdout=fixture("target-1-lun-pinned.txt").replace(
+            "    ACL information:\n        ALL\n", "    ACL information:\n"
+        ),
+    )
     answer(fake, ("--mode", "target", "--op", "bind"), ACL_EXISTS)
     assert make(fake).serve().ok
 

@@ -56,8 +56,9 @@ def test_tgt_wwn_matches_what_tgt_presented():
     assert layer.tgt_wwn("IET     00010001") == "naa.60000000000000000e00000000010001"
     assert layer.tgt_wwn("ABCDEF0123") == "naa.6000000000000000000000abcdef0123"
     assert layer.tgt_wwn("xyz-12g34") == "naa.60000000000000000000000000012034"
-    assert layer.tgt_wwn("0014050123456789abcdef0123456789a") == \
-        "naa.614050123456789abcdef0123456789a"
+    assert (
+        layer.tgt_wwn("0014050123456789abcdef0123456789a") == "naa.614050123456789abcdef0123456789a"
+    )
 
 
 def test_pinned_values_win_and_the_rest_is_derived():
@@ -71,15 +72,33 @@ def test_pinned_values_win_and_the_rest_is_derived():
 
 def test_config_accepts_identity_keys_and_names_bad_ones():
     base = {"resources": ["iscsi1"], "vip": {"address": "10.0.0.3/24"}}
-    cfg = parse_config({**base, "target": {"backend": "lio", "default_time2wait": 5, "luns": [
-        {"lun": 1, "path": "/dev/drbd1", "serial": "beaf11", "scsi_id": "IET     00010001",
-         "vendor": "IET", "product": "VIRTUAL-DISK"}]}})
+    cfg = parse_config(
+        {
+            **base,
+            "target": {
+                "backend": "lio",
+                "default_time2wait": 5,
+                "luns": [
+                    {
+                        "lun": 1,
+                        "path": "/dev/drbd1",
+                        "serial": "beaf11",
+                        "scsi_id": "IET     00010001",
+                        "vendor": "IET",
+                        "product": "VIRTUAL-DISK",
+                    }
+                ],
+            },
+        }
+    )
     assert cfg.target.backend == "lio" and cfg.target.default_time2wait == 5
     assert cfg.target.luns[0].scsi_id == "IET     00010001"
     assert cfg.to_dict()["target"]["luns"][0]["serial"] == "beaf11"
-    for bad, words in (({"serial": "a,b"}, "target.luns[0].serial"),
-                       ({"vendor": "TOOLONGVENDOR"}, "target.luns[0].vendor"),
-                       ({"seriall": "x"}, "did you mean 'serial'")):
+    for bad, words in (
+        ({"serial": "a,b"}, "target.luns[0].serial"),
+        ({"vendor": "TOOLONGVENDOR"}, "target.luns[0].vendor"),
+        ({"seriall": "x"}, "did you mean 'serial'"),
+    ):
         with pytest.raises(Exception) as exc:
             parse_config({**base, "target": {"luns": [{"lun": 1, "path": "/dev/x", **bad}]}})
         assert words in str(exc.value)
@@ -100,7 +119,8 @@ def test_backend_choice(tmp_path):
     release = "6.1.0-test"
     (modules / release).mkdir(parents=True)
     (modules / release / "modules.dep").write_text(
-        "kernel/drivers/target/target_core_mod.ko: kernel/fs/configfs/configfs.ko\n")
+        "kernel/drivers/target/target_core_mod.ko: kernel/fs/configfs/configfs.ko\n"
+    )
     assert layer.choose_backend("tgt", str(configfs)) == "tgt"
     assert layer.choose_backend("lio", str(configfs)) == "lio"
     assert layer.lio_installed(str(modules), release)
@@ -112,8 +132,13 @@ def test_backend_choice(tmp_path):
 
 
 def test_make_target_builds_the_chosen_backend():
-    cfg = parse_config({"resources": ["iscsi1"], "vip": {"address": "10.0.0.3/24"},
-                        "target": {"backend": "lio", "default_time2wait": 3}})
+    cfg = parse_config(
+        {
+            "resources": ["iscsi1"],
+            "vip": {"address": "10.0.0.3/24"},
+            "target": {"backend": "lio", "default_time2wait": 3},
+        }
+    )
     t = layer.make_target(cfg.target, runner=None)
     assert isinstance(t, LioTarget) and t.want.time2wait == 3
     assert t.specs == layer.lun_specs(cfg.target.iqn, cfg.target.luns)
@@ -152,25 +177,40 @@ def _with_luns(infos, backend="lio"):
 
 def test_lun_info_and_write_cache_metrics():
     spec = layer.lun_specs(IQN, [(1, "/dev/drbd1")])[0]
-    snap = _with_luns([LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", False),
-                       LunInfo(2, "beaf12", "naa.60000000000000000e00000000010002", "", "",
-                               True)])
+    snap = _with_luns(
+        [
+            LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", False),
+            LunInfo(2, "beaf12", "naa.60000000000000000e00000000010002", "", "", True),
+        ]
+    )
     registry = CollectorRegistry()
     SnapshotCollector(lambda: snap, registry)
-    assert registry.get_sample_value("iscsi_ha_lun_info", {
-        "lun": "1", "backend": "lio", "serial": spec.serial, "wwn": spec.wwn}) == 1.0
+    assert (
+        registry.get_sample_value(
+            "iscsi_ha_lun_info",
+            {"lun": "1", "backend": "lio", "serial": spec.serial, "wwn": spec.wwn},
+        )
+        == 1.0
+    )
     assert registry.get_sample_value("iscsi_ha_target_write_cache_enabled", {"lun": "1"}) == 0
     assert registry.get_sample_value("iscsi_ha_target_write_cache_enabled", {"lun": "2"}) == 1
 
 
 def test_status_shows_each_luns_identity_and_warns_on_a_write_cache():
     spec = layer.lun_specs(IQN, [(1, "/dev/drbd1")])[0]
-    snap = _with_luns([LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", False),
-                       LunInfo(2, "beaf12", "naa.60000000000000000e00000000010002", "IET",
-                               "VIRTUAL-DISK", True)])
+    snap = _with_luns(
+        [
+            LunInfo(1, spec.serial, spec.wwn, "ISCSI-HA", "DRBD-LUN", False),
+            LunInfo(
+                2, "beaf12", "naa.60000000000000000e00000000010002", "IET", "VIRTUAL-DISK", True
+            ),
+        ]
+    )
     out = cli.render_status(describe_snapshot(snap, time.time()))
-    assert (f"IDENTITY       LUN 1: serial {spec.serial}, {spec.wwn}, ISCSI-HA DRBD-LUN, "
-            "write cache off") in out.splitlines()
+    assert (
+        f"IDENTITY       LUN 1: serial {spec.serial}, {spec.wwn}, ISCSI-HA DRBD-LUN, "
+        "write cache off"
+    ) in out.splitlines()
     assert "WRITE CACHE ON" in out and "WARNING" in out
 
 
@@ -184,12 +224,17 @@ POOL_IQN = "iqn.2013-05.com.example.pool:iscsi-ha"
 def test_targets_conf_is_read_as_tgt_admin_numbers_it():
     ours, scratch = parse_targets_conf(TGT_CONF.read_text())
     assert (ours.tid, ours.iqn, scratch.tid, scratch.iqn) == (
-        1, POOL_IQN, 2, "iqn.2013-05.com.example.pool:scratch")
-    assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn, lun.vendor_id, lun.product_id)
-            for lun in ours.luns] == [
+        1,
+        POOL_IQN,
+        2,
+        "iqn.2013-05.com.example.pool:scratch",
+    )
+    assert [
+        (lun.number, lun.path, lun.scsi_id, lun.scsi_sn, lun.vendor_id, lun.product_id)
+        for lun in ours.luns
+    ] == [
         (1, "/dev/drbd/by-res/iscsi1/0", "IET     00010001", "beaf11", "IET", "VIRTUAL-DISK"),
-        (2, "/dev/drbd/by-res/iscsi2/0", "5001405a7c2e9d31", "iscsiha-lun2", "XENHA",
-         "DRBD-DISK"),
+        (2, "/dev/drbd/by-res/iscsi2/0", "5001405a7c2e9d31", "iscsiha-lun2", "XENHA", "DRBD-DISK"),
         (3, "/dev/drbd/by-res/iscsi3/0", "IET     00010003", "beaf13", "IET", "VIRTUAL-DISK"),
     ]
     assert ours.initiator_addresses == ("10.10.10.0/24",)

@@ -162,8 +162,18 @@ def vpd_pages(lab: NetnsLab) -> tuple:
     """The raw VPD pages 0x80 (unit serial) and 0x83 (device identification) behind the VIP."""
     pages = []
     for page in ("128", "131"):
-        argv = ["timeout", "-k", "1", "5", sys.executable, str(BLOCK_TOOL), "vpd",
-                f"iscsi://{VIP_IP}/{IQN}/1", "0", page]
+        argv = [
+            "timeout",
+            "-k",
+            "1",
+            "5",
+            sys.executable,
+            str(BLOCK_TOOL),
+            "vpd",
+            f"iscsi://{VIP_IP}/{IQN}/1",
+            "0",
+            page,
+        ]
         out = lab.run("client", argv, timeout=10, check=False)
         pages.append(json.loads(out.stdout.strip().splitlines()[-1]).get("data"))
     return tuple(pages)
@@ -443,7 +453,7 @@ def test_client_follows_the_vip_from_node1_to_node2(lab, targets, vips, disks):
     identity = vpd_pages(lab)
     assert all(identity), identity
     # The NAA designator the client reads is the one the config derives (and LIO would present).
-    assert t1.specs[0].wwn[len("naa."):] in identity[1], identity
+    assert t1.specs[0].wwn[len("naa.") :] in identity[1], identity
 
     # node2 sees that the VIP is taken.
     assert v2.probe_conflict() is True
@@ -491,25 +501,65 @@ def test_import_conf_identity_is_what_tgt_admin_really_presents(lab, targets, di
 
     fixture = Path(__file__).parent / "fixtures" / "tgt" / "targets.conf"
     text = fixture.read_text()
-    for i, dev in enumerate(("/dev/drbd/by-res/iscsi1/0", "/dev/drbd/by-res/iscsi2/0",
-                             "/dev/drbd/by-res/iscsi3/0", "/srv/scratch.img")):
+    for i, dev in enumerate(
+        (
+            "/dev/drbd/by-res/iscsi1/0",
+            "/dev/drbd/by-res/iscsi2/0",
+            "/dev/drbd/by-res/iscsi3/0",
+            "/srv/scratch.img",
+        )
+    ):
         text = text.replace(dev, disks[i])
     conf = tmp_path / "targets.conf"
     conf.write_text(text)
     t = targets("node1")
     assert t.start_daemon().ok
-    res = lab.runner("node1").run(["tgt-admin", "-C", str(t.control_port), "-e", "-c",
-                                   str(conf)], timeout=30)
+    res = lab.runner("node1").run(
+        ["tgt-admin", "-C", str(t.control_port), "-e", "-c", str(conf)], timeout=30
+    )
     assert res.ok, res.describe_failure()
-    shown = {tgt.name: tgt for tgt in parse_show(lab.runner("node1").run(
-        ["tgtadm", "-C", str(t.control_port), "--lld", "iscsi", "--mode", "target",
-         "--op", "show"], timeout=10).stdout)}
+    shown = {
+        tgt.name: tgt
+        for tgt in parse_show(
+            lab.runner("node1")
+            .run(
+                [
+                    "tgtadm",
+                    "-C",
+                    str(t.control_port),
+                    "--lld",
+                    "iscsi",
+                    "--mode",
+                    "target",
+                    "--op",
+                    "show",
+                ],
+                timeout=10,
+            )
+            .stdout
+        )
+    }
     for conf_target in parse_targets_conf(text):
         real = shown[conf_target.iqn]
         assert real.tid == conf_target.tid
         assert [(lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in real.data_luns] == [
-            (lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in conf_target.luns]
+            (lun.number, lun.path, lun.scsi_id, lun.scsi_sn) for lun in conf_target.luns
+        ]
     for tid in (1, 2):
-        lab.runner("node1").run(["tgtadm", "-C", str(t.control_port), "--lld", "iscsi",
-                                 "--mode", "target", "--op", "delete", "--force", "--tid",
-                                 str(tid)], timeout=10)
+        lab.runner("node1").run(
+            [
+                "tgtadm",
+                "-C",
+                str(t.control_port),
+                "--lld",
+                "iscsi",
+                "--mode",
+                "target",
+                "--op",
+                "delete",
+                "--force",
+                "--tid",
+                str(tid),
+            ],
+            timeout=10,
+        )

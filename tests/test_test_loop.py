@@ -25,8 +25,14 @@ def run_suite(tmp_path, body: str, ci: bool, args=()) -> subprocess.CompletedPro
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "ISCSI_HA_NO_SKIP")}
     if ci:
         env["CI"] = "true"
-    return subprocess.run([PYTEST, "-q", "-p", "no:cacheprovider", *args], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [PYTEST, "-q", "-p", "no:cacheprovider", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 SKIPPING = """

@@ -72,8 +72,7 @@ def _report(lab: VmLab) -> None:
 def transcripts(tmp_path_factory):
     _require_prerequisites()
     run = tmp_path_factory.mktemp("vm-drbd")
-    sim = scenario.run_scenario(scenario.SimBackend(run / "sim"),
-                                scenario.Transcript("simulator"))
+    sim = scenario.run_scenario(scenario.SimBackend(run / "sim"), scenario.Transcript("simulator"))
     sim.save(run)
     lab = VmLab(run)
     try:
@@ -132,11 +131,21 @@ def test_the_simulator_answers_like_real_drbd(transcripts):
     run, real, sim = transcripts
     for t in (real, sim):
         print(f"\n{t.name} observations (not compared):\n  " + "\n  ".join(t.observations))
-    diff = list(difflib.unified_diff(scenario.normalise(real), scenario.normalise(sim),
-                                     "real DRBD 8.4.11", "lab/drbdsim", lineterm="", n=2))
+    diff = list(
+        difflib.unified_diff(
+            scenario.normalise(real),
+            scenario.normalise(sim),
+            "real DRBD 8.4.11",
+            "lab/drbdsim",
+            lineterm="",
+            n=2,
+        )
+    )
     (run / "real-vs-simulator.diff").write_text("\n".join(diff) + "\n")
-    assert not diff, (f"the simulator differs from real DRBD ({run}/real-vs-simulator.diff):\n"
-                      + "\n".join(diff[:80]))
+    assert not diff, (
+        f"the simulator differs from real DRBD ({run}/real-vs-simulator.diff):\n"
+        + "\n".join(diff[:80])
+    )
 
 
 def test_the_normalisation_hides_only_counters():
@@ -207,8 +216,11 @@ def test_bring_up_and_initial_sync_under_the_controllers(pool):
     n1, n2 = lab.vms
     try:
         # Fresh meta data on both: the master's controller must refuse to promote and say why.
-        ctl.wait_for("node1's controller to report Inconsistent data",
-                     lambda: "UpToDate" in c.controller_log(n1), 60)
+        ctl.wait_for(
+            "node1's controller to report Inconsistent data",
+            lambda: "UpToDate" in c.controller_log(n1),
+            60,
+        )
         assert c.drbd(n1, "role") == "Secondary/Secondary"
         assert not c.serving(n1) and not c.vip_local(n1)
         # The operator's one-time initial sync (never done by the controller: it would be
@@ -216,8 +228,11 @@ def test_bring_up_and_initial_sync_under_the_controllers(pool):
         # Slowed for the scenario (64 MiB at 4 MiB/s, ~16 s; the lab's 100M finishes between two
         # cycles on a busy machine), so the exporter is seen mid-sync; `adjust` restores it.
         for vm in lab.vms:
-            vm.run(["drbdadm", "disk-options", "--c-plan-ahead=0", "--resync-rate=4M", ctl.RES],
-                   timeout=30, check=True)
+            vm.run(
+                ["drbdadm", "disk-options", "--c-plan-ahead=0", "--resync-rate=4M", ctl.RES],
+                timeout=30,
+                check=True,
+            )
         n1.run(["drbdadm", "primary", "--force", ctl.RES], timeout=30, check=True)
         ratios = []
 
@@ -234,14 +249,17 @@ def test_bring_up_and_initial_sync_under_the_controllers(pool):
             vm.run(["drbdadm", "adjust", ctl.RES], timeout=30, check=True)
         assert ctl.metric(c.metrics(n1), "iscsi_ha_drbd_sync_progress_ratio", resource="r0") == 1
         # The master's controller now promotes, serves and binds the VIP.
-        ctl.wait_for("node1 to serve at the VIP",
-                     lambda: c.serving(n1) and c.vip_local(n1) and c.client_inq() == 0, 60)
+        ctl.wait_for(
+            "node1 to serve at the VIP",
+            lambda: c.serving(n1) and c.vip_local(n1) and c.client_inq() == 0,
+            60,
+        )
         assert c.drbd(n1, "role") == "Primary/Secondary"
         assert not c.serving(n2) and not c.vip_local(n2)
         ident = _identity(c)
         spec = lun_specs(ctl.IQN, [(1, "/dev/drbd0")])[0]
         assert spec.serial.encode().hex() in ident["raw0x80"], ident  # the derived serial
-        assert spec.wwn[len("naa."):] in ident["raw0x83"], ident  # and NAA, on either backend
+        assert spec.wwn[len("naa.") :] in ident["raw0x83"], ident  # and NAA, on either backend
         info = [k for k in c.metrics(n1) if k.startswith("iscsi_ha_lun_info{")]
         assert len(info) == 1 and f'serial="{spec.serial}"' in info[0], info
         assert f'backend="{c.backend}"' in info[0] and f'wwn="{spec.wwn}"' in info[0], info
@@ -295,8 +313,11 @@ def test_partition_then_heal_reports_split_brain_and_never_serves_twice(pool):
         ctl.wait_for("node2 to serve", lambda: _serving(c, lab) == ["node2"], 60)
         for vm in lab.vms:
             vm.set_replication_link(False)
-        ctl.wait_for("both to see the partition",
-                     lambda: all(c.drbd(vm, "cstate") == "WFConnection" for vm in lab.vms), 60)
+        ctl.wait_for(
+            "both to see the partition",
+            lambda: all(c.drbd(vm, "cstate") == "WFConnection" for vm in lab.vms),
+            60,
+        )
         # The pool tool, cut off from node2 too, makes node1 the master: node1 promotes with
         # its UpToDate data, node2 steps down. Both were Primary apart: the data diverged.
         c.set_pool_master("node1")
@@ -307,6 +328,7 @@ def test_partition_then_heal_reports_split_brain_and_never_serves_twice(pool):
             if len(serving) > 1:
                 both.append(serving)
             return serving == ["node1"] and c.drbd(n1, "role").startswith("Primary/")
+
         ctl.wait_for("node1 to take over during the partition", moved, 90, interval=0.2)
         for vm in lab.vms:
             vm.set_replication_link(True)
@@ -320,7 +342,9 @@ def test_partition_then_heal_reports_split_brain_and_never_serves_twice(pool):
             alone = [vm for vm in lab.vms if c.drbd(vm, "cstate") == "StandAlone"]
             return alone and all(
                 ctl.metric(c.metrics(vm), "iscsi_ha_drbd_split_brain", resource="r0") == 1
-                for vm in alone)
+                for vm in alone
+            )
+
         ctl.wait_for("both controllers to report the split brain", reported, 90, interval=0.3)
         assert not both, f"both nodes served the target at once: {both}"
         time.sleep(6)  # a few more cycles: nothing may resolve it automatically
@@ -373,8 +397,12 @@ def test_planned_switch_through_manual_mode(pool):
             assert c.drbd(holder, "role") == "Secondary/Secondary"
             _ok(c.cfg(other, "become-primary"), f"become-primary on {other.name}")
             t_primary = time.monotonic() - t0
-            ctl.wait_for(f"the client to reach the target on {other.name}",
-                         lambda: c.client_inq() == 0, 60, interval=0.2)
+            ctl.wait_for(
+                f"the client to reach the target on {other.name}",
+                lambda: c.client_inq() == 0,
+                60,
+                interval=0.2,
+            )
             downtime = time.monotonic() - t0
             assert c.serving(other) and c.vip_local(other) and not c.vip_local(holder)
             assert c.drbd(other, "role") == "Primary/Secondary"
@@ -389,19 +417,29 @@ def test_planned_switch_through_manual_mode(pool):
             assert c.cfg(holder, "manual-mode-disable").rc != 0
             c.set_pool_master(other.name)
             # The controllers read pool.conf each cycle: the refusal lifts within a few.
-            ctl.wait_for(f"manual-mode-disable to be accepted on {holder.name}",
-                         lambda: c.cfg(holder, "manual-mode-disable").rc == 0, 30, interval=1)
-            ctl.wait_for(f"manual-mode-disable to be accepted on {other.name}",
-                         lambda: c.cfg(other, "manual-mode-disable").rc == 0, 30, interval=1)
+            ctl.wait_for(
+                f"manual-mode-disable to be accepted on {holder.name}",
+                lambda: c.cfg(holder, "manual-mode-disable").rc == 0,
+                30,
+                interval=1,
+            )
+            ctl.wait_for(
+                f"manual-mode-disable to be accepted on {other.name}",
+                lambda: c.cfg(other, "manual-mode-disable").rc == 0,
+                30,
+                interval=1,
+            )
             time.sleep(4)  # automatic again: the roles are native, nothing moves
             assert _serving(c, lab) == [other.name] and c.client_inq() == 0
         assert sampler.samples > 10, sampler.samples
         assert not sampler.both, f"both nodes served the target at once: {sampler.both}"
         for vm in lab.vms:
             assert ctl.metric(c.metrics(vm), "iscsi_ha_manual_mode") == 0
-        print(f"\nplanned switch (after {t_settle:.1f} s settling): become-secondary returned "
-              f"after {t_secondary:.1f} s, become-primary after {t_primary:.1f} s, storage at "
-              f"the VIP after {downtime:.1f} s ({sampler.samples} samples, never both serving)")
+        print(
+            f"\nplanned switch (after {t_settle:.1f} s settling): become-secondary returned "
+            f"after {t_secondary:.1f} s, become-primary after {t_primary:.1f} s, storage at "
+            f"the VIP after {downtime:.1f} s ({sampler.samples} samples, never both serving)"
+        )
     except Exception:
         _report(lab)
         raise
@@ -422,9 +460,12 @@ def test_primary_vm_killed_then_back_as_secondary(pool):
             victim.crash()
             c.pids.pop(victim.name, None)
             c.set_pool_master(survivor.name)
-            ctl.wait_for(f"{survivor.name} to serve at the VIP",
-                         lambda: c.serving(survivor) and c.vip_local(survivor)
-                         and c.client_inq() == 0, 60, interval=0.2)
+            ctl.wait_for(
+                f"{survivor.name} to serve at the VIP",
+                lambda: c.serving(survivor) and c.vip_local(survivor) and c.client_inq() == 0,
+                60,
+                interval=0.2,
+            )
             took = time.monotonic() - t0
             assert c.drbd(survivor, "role") == "Primary/Unknown"
             after = c.client_read(32, lba=128)
@@ -439,14 +480,22 @@ def test_primary_vm_killed_then_back_as_secondary(pool):
 
             def reported():
                 m = c.metrics(victim)
-                return (ctl.one_hot(m, "iscsi_ha_drbd_role", "role", resource="r0")
-                        == ["Secondary"]
-                        and ctl.one_hot(m, "iscsi_ha_drbd_disk_state", "state",
-                                        resource="r0", side="local") == ["UpToDate"]
-                        and ctl.one_hot(m, "iscsi_ha_drbd_connection_state", "state",
-                                        resource="r0") == ["Connected"])
-            ctl.wait_for(f"{victim.name}'s controller to report Secondary, UpToDate",
-                         reported, 90, interval=0.5)
+                return (
+                    ctl.one_hot(m, "iscsi_ha_drbd_role", "role", resource="r0") == ["Secondary"]
+                    and ctl.one_hot(
+                        m, "iscsi_ha_drbd_disk_state", "state", resource="r0", side="local"
+                    )
+                    == ["UpToDate"]
+                    and ctl.one_hot(m, "iscsi_ha_drbd_connection_state", "state", resource="r0")
+                    == ["Connected"]
+                )
+
+            ctl.wait_for(
+                f"{victim.name}'s controller to report Secondary, UpToDate",
+                reported,
+                90,
+                interval=0.5,
+            )
             back = time.monotonic() - t0
         assert not sampler.both, f"both nodes served the target at once: {sampler.both}"
         assert c.drbd(victim, "role") == "Secondary/Primary"
@@ -456,8 +505,10 @@ def test_primary_vm_killed_then_back_as_secondary(pool):
         for lba, want in ((128, digest), (256, digest2)):
             data = c.client_read(32, lba=lba)
             assert data is not None and hashlib.sha256(data).hexdigest() == want
-        print(f"\nPrimary killed: {survivor.name} served after {took:.1f} s; {victim.name} "
-              f"Secondary and UpToDate again after {back:.1f} s")
+        print(
+            f"\nPrimary killed: {survivor.name} served after {took:.1f} s; {victim.name} "
+            f"Secondary and UpToDate again after {back:.1f} s"
+        )
     except Exception:
         _report(lab)
         raise

@@ -69,8 +69,11 @@ def tune_controllers(lab, c, time2wait: int) -> None:
         cfg["target"]["default_time2wait"] = time2wait
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         vm.kill(c.pids[vm.name], signal.SIGHUP)
-    ctl.wait_for("both controllers reloaded", lambda: all(
-        c.controller_log(vm).count("configuration reloaded") >= 1 for vm in lab.vms), 60)
+    ctl.wait_for(
+        "both controllers reloaded",
+        lambda: all(c.controller_log(vm).count("configuration reloaded") >= 1 for vm in lab.vms),
+        60,
+    )
 
 
 def move(lab, c, initiator, to: str):
@@ -80,8 +83,9 @@ def move(lab, c, initiator, to: str):
     t0 = time.monotonic()
     c.set_pool_master(to)
     new = lab.vm(to)
-    ctl.wait_for(f"{to} serves at the VIP", lambda: c.serving(new) and c.vip_local(new), 120,
-                 interval=0.2)
+    ctl.wait_for(
+        f"{to} serves at the VIP", lambda: c.serving(new) and c.vip_local(new), 120, interval=0.2
+    )
     moved = time.monotonic() - t0
     ops = initiator.workload().get("ops", 0)
     ctl.wait_for("I/O resumed", lambda: initiator.workload().get("ops", 0) > ops + 100, 120)
@@ -106,14 +110,18 @@ def test_stock_then_tuned(pool):
     ini.set_target_time2wait(lab.vm("node2"), 0)
     assert ini.target_time2wait(lab.vm("node2")) == "0"
     initiator.login(ini.TUNED)
-    print("\ntuned session's connection:",
-          lab.vm("node2").run(["ss", "-tnH", "dst", ini.VIP_ADDR]).out.strip())
+    print(
+        "\ntuned session's connection:",
+        lab.vm("node2").run(["ss", "-tnH", "dst", ini.VIP_ADDR]).out.strip(),
+    )
     tuned = move(lab, c, initiator, "node1")
     assert ini.target_time2wait(lab.vm("node1")) == "0"  # created by the controller with 0
     assert tuned["errors"] == [] and tuned["mismatches"] == 0, tuned
     assert tuned["recoveries"] and all(n == 1 for n in tuned["recoveries"]), tuned
-    print(f"\nlongest I/O stall: stock {stock['longest']:.2f} s (move {stock['moved']:.2f} s), "
-          f"tuned {tuned['longest']:.2f} s (move {tuned['moved']:.2f} s)")
+    print(
+        f"\nlongest I/O stall: stock {stock['longest']:.2f} s (move {stock['moved']:.2f} s), "
+        f"tuned {tuned['longest']:.2f} s (move {tuned['moved']:.2f} s)"
+    )
     # Timing is reported, not bounded tightly: under TCG the move itself takes 2-7 s and varies
     # with the machine's load. What a tight bound stood for is asserted above (every reconnect
     # succeeded at its first attempt: none cost the 3 s reopen delay). Loose bound: I/O back

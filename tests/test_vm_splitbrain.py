@@ -51,7 +51,7 @@ LBA_STREAM = 16384  # the client's longer writes (1 MiB, over and over)
 
 
 def _pattern(tag: bytes) -> bytes:
-    return (tag * (BLOCKS * 512 // len(tag) + 1))[:BLOCKS * 512]
+    return (tag * (BLOCKS * 512 // len(tag) + 1))[: BLOCKS * 512]
 
 
 def _sha(data: "bytes | None") -> str:
@@ -61,8 +61,12 @@ def _sha(data: "bytes | None") -> str:
 def _peer_certs(lab: VmLab) -> None:
     exe = Path(sys.executable).parent / "iscsi-cfg"
     for vm in lab.vms:
-        proc = subprocess.run([str(exe), "peer-cert", "--dir", str(vm.xdir / "peer"), "--name",
-                               vm.name], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(exe), "peer-cert", "--dir", str(vm.xdir / "peer"), "--name", vm.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
     for vm in lab.vms:
         other = next(o for o in lab.vms if o is not vm)
@@ -73,13 +77,17 @@ def _write_configs(lab: VmLab) -> None:
     for vm in lab.vms:
         other = next(o for o in lab.vms if o is not vm)
         cfg = ctl.config(vm)
-        cfg["peer"] = {"address": other.lan_addr, "port": PEER_PORT,
-                       "listen": f"{vm.lan_addr}:{PEER_PORT}",
-                       "cert_file": "/run/lab/peer/host.crt",
-                       "key_file": "/run/lab/peer/host.key",
-                       # The lab is slow (TCG) and the machine shared: at load ~18 a TLS
-                       # handshake took over 2 s and the peer cut the request off.
-                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 5}
+        cfg["peer"] = {
+            "address": other.lan_addr,
+            "port": PEER_PORT,
+            "listen": f"{vm.lan_addr}:{PEER_PORT}",
+            "cert_file": "/run/lab/peer/host.crt",
+            "key_file": "/run/lab/peer/host.key",
+            # The lab is slow (TCG) and the machine shared: at load ~18 a TLS
+            # handshake took over 2 s and the peer cut the request off.
+            "peer_cert_file": "/run/lab/peer/peer.crt",
+            "timeout": 5,
+        }
         (vm.xdir / "state").mkdir(exist_ok=True)
         (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -141,19 +149,22 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
     for vm in lab.vms:
         vm.set_replication_link(False)
     for vm in lab.vms:
-        ctl.wait_for(f"{vm.name} WFConnection",
-                     lambda vm=vm: c.drbd(vm, "cstate") == "WFConnection", 60)
+        ctl.wait_for(
+            f"{vm.name} WFConnection", lambda vm=vm: c.drbd(vm, "cstate") == "WFConnection", 60
+        )
     # node2: Primary and written to by hand while its controller is paused (it would demote it).
     pid = c.pids["node2"]
     n2.kill(pid, signal.SIGSTOP)
     try:
         (n2.xdir / "local.bin").write_bytes(local)
-        n2.sh(f"drbdadm primary {ctl.RES} && "
-              f"dd if=/run/lab/local.bin of=/dev/drbd0 bs=512 seek={LBA_VMS} oflag=direct && "
-              f"dd if=/run/lab/local.bin of=/dev/drbd0 bs=512 seek={LBA_BEFORE} oflag=direct && "
-              # more blocks than the VMs write on node1: "more changes" must not win
-              "dd if=/dev/urandom of=/dev/drbd0 bs=4k seek=4096 count=2048 oflag=direct",
-              timeout=60)
+        n2.sh(
+            f"drbdadm primary {ctl.RES} && "
+            f"dd if=/run/lab/local.bin of=/dev/drbd0 bs=512 seek={LBA_VMS} oflag=direct && "
+            f"dd if=/run/lab/local.bin of=/dev/drbd0 bs=512 seek={LBA_BEFORE} oflag=direct && "
+            # more blocks than the VMs write on node1: "more changes" must not win
+            "dd if=/dev/urandom of=/dev/drbd0 bs=4k seek=4096 count=2048 oflag=direct",
+            timeout=60,
+        )
     finally:
         n2.kill(pid, signal.SIGCONT)
     # The VMs write to node1 through the VIP, in sessions node1's controller sees (a stream of
@@ -163,19 +174,30 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
     def stream() -> bool:
         return bool(c._block("stream", LBA_STREAM, "1:64", 60).get("ok"))
 
-    ctl.wait_for("node1's ledger to record sessions while Primary alone",
-                 lambda: _ledger_sessions(n1) > 0 or (stream() and False), 120, interval=0.1)
+    ctl.wait_for(
+        "node1's ledger to record sessions while Primary alone",
+        lambda: _ledger_sessions(n1) > 0 or (stream() and False),
+        120,
+        interval=0.1,
+    )
     print(f"\n[{time.monotonic() - t0:5.1f}s] both written, node1's ledger has the sessions")
-    ctl.wait_for("node2's controller to demote it (pool slave)",
-                 lambda: c.drbd(n2, "role").startswith("Secondary/"), 60)
+    ctl.wait_for(
+        "node2's controller to demote it (pool slave)",
+        lambda: c.drbd(n2, "role").startswith("Secondary/"),
+        60,
+    )
     for vm in lab.vms:
         vm.set_replication_link(True)
-    ctl.wait_for("DRBD to detect the split brain on a side",
-                 lambda: "StandAlone" in (c.drbd(n1, "cstate"), c.drbd(n2, "cstate")), 90)
+    ctl.wait_for(
+        "DRBD to detect the split brain on a side",
+        lambda: "StandAlone" in (c.drbd(n1, "cstate"), c.drbd(n2, "cstate")),
+        90,
+    )
     # The other side detects it too within a second or two, or stays WFConnection for good.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not all(
-            c.drbd(vm, "cstate") == "StandAlone" for vm in lab.vms):
+        c.drbd(vm, "cstate") == "StandAlone" for vm in lab.vms
+    ):
         time.sleep(0.5)
     print(f"\n[{time.monotonic() - t0:5.1f}s] split brain made")
     states = {vm.name: c.drbd(vm, "cstate") for vm in lab.vms}
@@ -196,8 +218,17 @@ def _split_brain_view(c, vm) -> dict:
 def _resolve(c, lab, data, round_: int, keep: bool = False) -> float:
     n1, n2 = lab.vms
     t0 = time.monotonic()
-    res = c.cfg(n1, "split-brain", "resolve", "--survivor", "node1", ctl.RES, "--yes",
-                *(["--snapshot"] if keep else []), timeout=600)
+    res = c.cfg(
+        n1,
+        "split-brain",
+        "resolve",
+        "--survivor",
+        "node1",
+        ctl.RES,
+        "--yes",
+        *(["--snapshot"] if keep else []),
+        timeout=600,
+    )
     took = time.monotonic() - t0
     print(f"\nround {round_}: resolve took {took:.1f} s (iscsi-cfg in the VM):\n{res.out}")
     assert res.rc == 0, res.out + res.err
@@ -218,10 +249,13 @@ def _resolve(c, lab, data, round_: int, keep: bool = False) -> float:
         # node2's data as it was before the resolve: its local write, in the snapshot.
         m = re.search(r"read-only LVM snapshot (vg0/r0-splitbrain-[0-9T]+)", res.out)
         assert m, res.out
-        snap = n2.sh(f"dd if=/dev/{m.group(1)} bs=512 skip={LBA_VMS} count={BLOCKS} "
-                     "status=none | sha256sum", timeout=60)
-        assert snap.out.split()[0] == hashlib.sha256(data["local"]).hexdigest(), \
+        snap = n2.sh(
+            f"dd if=/dev/{m.group(1)} bs=512 skip={LBA_VMS} count={BLOCKS} status=none | sha256sum",
+            timeout=60,
+        )
+        assert snap.out.split()[0] == hashlib.sha256(data["local"]).hexdigest(), (
             "the snapshot must hold node2's data"
+        )
         print(f"round {round_}: {m.group(1)} on node2 holds node2's discarded write")
         n2.run(["lvremove", "-f", m.group(1)], timeout=60, check=True)
     return took
@@ -255,8 +289,10 @@ def test_split_brain_is_shown_recommended_refused_the_wrong_way_and_resolved(pai
         before = {vm.name: (c.drbd(vm, "cstate"), c.drbd(vm, "role")) for vm in lab.vms}
         wrong = c.cfg(n1, "split-brain", "resolve", "--survivor", "node2", ctl.RES, "--yes")
         assert wrong.rc == 1, wrong.out + wrong.err
-        print(f"\n$ iscsi-cfg split-brain resolve --survivor node2 {ctl.RES} --yes   (on node1)"
-              f"\n{wrong.err}")
+        print(
+            f"\n$ iscsi-cfg split-brain resolve --survivor node2 {ctl.RES} --yes   (on node1)"
+            f"\n{wrong.err}"
+        )
         assert "not the side the VMs wrote to" in wrong.err
         assert "holds the VIP" in wrong.err
         assert {vm.name: (c.drbd(vm, "cstate"), c.drbd(vm, "role")) for vm in lab.vms} == before
@@ -283,8 +319,7 @@ def test_the_other_kind_of_split_brain_is_resolved_too(pair):
             # The victim asked to reconnect (the old runbook's advice) waits in WFConnection
             # while node1 stays StandAlone: one side detected, the other waiting.
             n2.run(["drbdadm", "connect", ctl.RES], timeout=30, check=True)
-            ctl.wait_for("node2 WFConnection", lambda: c.drbd(n2, "cstate") == "WFConnection",
-                         30)
+            ctl.wait_for("node2 WFConnection", lambda: c.drbd(n2, "cstate") == "WFConnection", 30)
         elif genuine == first == "one-sided":
             waiting = next(vm for vm in lab.vms if c.drbd(vm, "cstate") == "WFConnection")
             waiting.run(["drbdadm", "disconnect", ctl.RES], timeout=30, check=True)

@@ -52,10 +52,12 @@ CONFIG = "/run/lab/iscsi-ha.yaml"
 def _resource(lab: VmLab) -> str:
     venv_bin = Path(sys.executable).parent
     text = drbd_resource(ctl.RES, 0, 7789, lab.vms)
-    text = text.replace("\tdisk { c-plan-ahead 0; resync-rate 100M; }\n",
-                        "\tdisk { c-plan-ahead 0; resync-rate 100M; fencing resource-only; }\n"
-                        f'\thandlers {{ fence-peer "{venv_bin}/iscsi-ha fence-peer '
-                        f'--config {CONFIG}"; }}\n')
+    text = text.replace(
+        "\tdisk { c-plan-ahead 0; resync-rate 100M; }\n",
+        "\tdisk { c-plan-ahead 0; resync-rate 100M; fencing resource-only; }\n"
+        f'\thandlers {{ fence-peer "{venv_bin}/iscsi-ha fence-peer '
+        f'--config {CONFIG}"; }}\n',
+    )
     assert "fencing resource-only" in text
     return text
 
@@ -65,20 +67,26 @@ def _handlers_can_run(vm) -> None:
     root, the lab's busybox initramfs, while the system lives chrooted in /newroot (lab/vm/
     image.py): without this every helper fails with exit code 255 ("fence-peer helper broken").
     A two-line helper in the initramfs root chroots into /newroot and runs the real drbdadm."""
-    vm.sh("printf '#!/bin/sh\\nexec /bin/chroot /newroot /sbin/drbdadm \"$@\"\\n' "
-          "> /proc/1/root/drbd-helper && chmod 755 /proc/1/root/drbd-helper && "
-          # printf, not echo: the parameter keeps a trailing newline as part of the path.
-          "printf /drbd-helper > /sys/module/drbd/parameters/usermode_helper", check=True)
-    assert vm.run(["cat", "/sys/module/drbd/parameters/usermode_helper"]).out == \
-        "/drbd-helper\n"
+    vm.sh(
+        "printf '#!/bin/sh\\nexec /bin/chroot /newroot /sbin/drbdadm \"$@\"\\n' "
+        "> /proc/1/root/drbd-helper && chmod 755 /proc/1/root/drbd-helper && "
+        # printf, not echo: the parameter keeps a trailing newline as part of the path.
+        "printf /drbd-helper > /sys/module/drbd/parameters/usermode_helper",
+        check=True,
+    )
+    assert vm.run(["cat", "/sys/module/drbd/parameters/usermode_helper"]).out == "/drbd-helper\n"
 
 
 def _peer_certs(lab: VmLab) -> None:
     exe = Path(sys.executable).parent / "iscsi-cfg"
     for vm in lab.vms:
         d = vm.xdir / "peer"
-        proc = subprocess.run([str(exe), "peer-cert", "--dir", str(d), "--name", vm.name],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(exe), "peer-cert", "--dir", str(d), "--name", vm.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stderr
     for vm in lab.vms:
         other = next(o for o in lab.vms if o is not vm)
@@ -94,11 +102,15 @@ def _write_configs(lab: VmLab) -> None:
         # host): let the command wait for it instead of killing it at 10 s.
         cfg["command_timeout"] = 60
         cfg["cycle_deadline"] = 70
-        cfg["peer"] = {"address": other.lan_addr, "port": PEER_PORT,
-                       "listen": f"{vm.lan_addr}:{PEER_PORT}",
-                       "cert_file": "/run/lab/peer/host.crt",
-                       "key_file": "/run/lab/peer/host.key",
-                       "peer_cert_file": "/run/lab/peer/peer.crt", "timeout": 2}
+        cfg["peer"] = {
+            "address": other.lan_addr,
+            "port": PEER_PORT,
+            "listen": f"{vm.lan_addr}:{PEER_PORT}",
+            "cert_file": "/run/lab/peer/host.crt",
+            "key_file": "/run/lab/peer/host.key",
+            "peer_cert_file": "/run/lab/peer/peer.crt",
+            "timeout": 2,
+        }
         (vm.xdir / "state").mkdir(exist_ok=True)
         (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -140,19 +152,20 @@ def boot_again(c: ctl.Controllers, vm) -> None:
 
 
 def blocked(c: ctl.Controllers, vm, reason: str) -> bool:
-    return ctl.metric(c.metrics(vm), "iscsi_ha_promotion_blocked", resource=ctl.RES,
-                      reason=reason) == 1.0
+    return (
+        ctl.metric(c.metrics(vm), "iscsi_ha_promotion_blocked", resource=ctl.RES, reason=reason)
+        == 1.0
+    )
 
 
 def held_because(c: ctl.Controllers, vm) -> "str | None":
     """The reason label of the promotion_blocked series at 1, if any."""
-    reasons = ctl.one_hot(c.metrics(vm), "iscsi_ha_promotion_blocked", "reason",
-                          resource=ctl.RES)
+    reasons = ctl.one_hot(c.metrics(vm), "iscsi_ha_promotion_blocked", "reason", resource=ctl.RES)
     return reasons[0] if reasons else None
 
 
 def pattern(tag: bytes) -> bytes:
-    return (tag * (32 * 512 // len(tag) + 1))[:32 * 512]
+    return (tag * (32 * 512 // len(tag) + 1))[: 32 * 512]
 
 
 D1, D2 = pattern(b"D1-node1-wrote-this "), pattern(b"D2-node2-wrote-this-later ")
@@ -169,12 +182,14 @@ def test_ordinary_failover_still_promotes(pair):
         n1.crash()
         c.pids.pop("node1", None)
         c.set_pool_master("node2")
-        ctl.wait_for("node2 to serve at the VIP after the failover",
-                     lambda: c.serving(n2) and c.vip_local(n2) and c.client_inq() == 0, 90,
-                     interval=0.2)
+        ctl.wait_for(
+            "node2 to serve at the VIP after the failover",
+            lambda: c.serving(n2) and c.vip_local(n2) and c.client_inq() == 0,
+            90,
+            interval=0.2,
+        )
         took = time.monotonic() - t0
-        print(f"\nfailover (node1 killed, master moved to node2): served again after "
-              f"{took:.1f} s")
+        print(f"\nfailover (node1 killed, master moved to node2): served again after {took:.1f} s")
         assert c.client_read(32, lba=64) == D1
         assert c.client_write(D2, lba=64).get("ok")
         assert c.client_read(32, lba=64) == D2
@@ -209,11 +224,15 @@ def test_sequential_failure_the_stale_host_holds_and_the_newer_one_serves(pair):
         # node2 comes back as pool master (node1 becomes slave first).
         c.set_pool_master("node2")
         boot_again(c, n2)
-        ctl.wait_for("node2 to serve at the VIP",
-                     lambda: c.serving(n2) and c.vip_local(n2) and c.client_inq() == 0, 120)
+        ctl.wait_for(
+            "node2 to serve at the VIP",
+            lambda: c.serving(n2) and c.vip_local(n2) and c.client_inq() == 0,
+            120,
+        )
         assert c.client_read(32, lba=64) == D2  # node2's data, not node1's D1
-        ctl.wait_for("node1 to resync from node2",
-                     lambda: c.drbd(n1, "dstate") == "UpToDate/UpToDate", 120)
+        ctl.wait_for(
+            "node1 to resync from node2", lambda: c.drbd(n1, "dstate") == "UpToDate/UpToDate", 120
+        )
         assert "Split-Brain detected" not in n1.run(["dmesg"]).out
         assert held_because(c, n1) is None
     except Exception:
@@ -228,18 +247,26 @@ def test_link_cut_outdates_the_secondary_and_it_is_never_promoted(pair):
         assert c.drbd(n2, "role") == "Primary/Secondary"
         for vm in lab.vms:
             vm.set_replication_link(False)
-        ctl.wait_for("node2's fence-peer handler to outdate node1",
-                     lambda: c.drbd(n1, "dstate") == "Outdated/DUnknown", 60)
+        ctl.wait_for(
+            "node2's fence-peer handler to outdate node1",
+            lambda: c.drbd(n1, "dstate") == "Outdated/DUnknown",
+            60,
+        )
         # node1 is Outdated before node2's handler returns (it takes ~35 s under TCG: Python's
         # start-up in the emulated VM); then node2's DRBD records the peer Outdated.
-        ctl.wait_for("node2's DRBD to record the peer Outdated",
-                     lambda: c.drbd(n2, "dstate") == "UpToDate/Outdated", 90)
+        ctl.wait_for(
+            "node2's DRBD to record the peer Outdated",
+            lambda: c.drbd(n2, "dstate") == "UpToDate/Outdated",
+            90,
+        )
         assert "fence-peer helper returned 4" in n2.run(["dmesg"]).out
         # The pool master moves to the Outdated node: refused, in our words and in DRBD's.
         c.set_pool_master("node1")
-        ctl.wait_for("node1's controller to refuse",
-                     lambda: "local disk is Outdated and the peer is unreachable"
-                     in c.controller_log(n1), 60)
+        ctl.wait_for(
+            "node1's controller to refuse",
+            lambda: "local disk is Outdated and the peer is unreachable" in c.controller_log(n1),
+            60,
+        )
         assert not c.serving(n1)
         drbd_says = n1.run(["drbdadm", "primary", ctl.RES], timeout=30)
         assert drbd_says.rc != 0
@@ -250,8 +277,11 @@ def test_link_cut_outdates_the_secondary_and_it_is_never_promoted(pair):
         assert c.client_read(32, lba=64) == D2
         for vm in lab.vms:
             vm.set_replication_link(True)
-        ctl.wait_for("node1 to resync", lambda: all(
-            c.drbd(vm, "dstate") == "UpToDate/UpToDate" for vm in lab.vms), 120)
+        ctl.wait_for(
+            "node1 to resync",
+            lambda: all(c.drbd(vm, "dstate") == "UpToDate/UpToDate" for vm in lab.vms),
+            120,
+        )
         for vm in lab.vms:
             assert "Split-Brain detected" not in vm.run(["dmesg"]).out
     except Exception:
@@ -263,13 +293,15 @@ def test_a_restarted_survivor_holds_then_accept_stale_promotes(pair):
     lab, c = pair
     n1, n2 = lab.vms
     try:
-        ctl.wait_for("node1 Connected and Secondary",
-                     lambda: c.drbd(n1, "cstate") == "Connected", 60)
+        ctl.wait_for(
+            "node1 Connected and Secondary", lambda: c.drbd(n1, "cstate") == "Connected", 60
+        )
         time.sleep(3)  # node1's controller sees the connected pair
         n2.crash()
         c.pids.pop("node2", None)
-        ctl.wait_for("node1 to see the peer gone",
-                     lambda: c.drbd(n1, "cstate") == "WFConnection", 60)
+        ctl.wait_for(
+            "node1 to see the peer gone", lambda: c.drbd(n1, "cstate") == "WFConnection", 60
+        )
         c.stop(n1)  # a gap in watching
         time.sleep(1)
         c.start(n1)
@@ -291,7 +323,6 @@ def test_a_restarted_survivor_holds_then_accept_stale_promotes(pair):
         raise
 
 
-
 D3 = pattern(b"D3-node1-wrote-before-the-cut ")
 
 
@@ -305,35 +336,59 @@ def test_a_primary_held_open_behind_a_cut_link_is_never_joined_by_a_second(pair)
         c.set_pool_master("node1")
         if not n2.alive():
             boot_again(c, n2)
-        ctl.wait_for("both Connected and UpToDate", lambda: all(
-            c.drbd(vm, "cstate") == "Connected" and c.drbd(vm, "dstate") == "UpToDate/UpToDate"
-            for vm in lab.vms), 180)
+        ctl.wait_for(
+            "both Connected and UpToDate",
+            lambda: all(
+                c.drbd(vm, "cstate") == "Connected" and c.drbd(vm, "dstate") == "UpToDate/UpToDate"
+                for vm in lab.vms
+            ),
+            180,
+        )
         c.cfg(n1, "manual-mode-disable")
-        ctl.wait_for("node1 to serve out of manual mode", lambda: "MANUAL MODE: disabled"
-                     in c.status(n1) and c.serving(n1) and c.vip_local(n1), 90)
+        ctl.wait_for(
+            "node1 to serve out of manual mode",
+            lambda: "MANUAL MODE: disabled" in c.status(n1) and c.serving(n1) and c.vip_local(n1),
+            90,
+        )
         # No fencing: the case where DRBD itself cannot outdate the peer behind the cut.
         for vm in lab.vms:
-            vm.sh(f"sed -i 's/ fencing resource-only;//' /etc/drbd.d/{ctl.RES}.res && "
-                  f"drbdadm adjust {ctl.RES}", check=True)
+            vm.sh(
+                f"sed -i 's/ fencing resource-only;//' /etc/drbd.d/{ctl.RES}.res && "
+                f"drbdadm adjust {ctl.RES}",
+                check=True,
+            )
             assert "fencing" not in vm.run(["drbdsetup", "show"]).out
         assert c.client_write(D3, lba=64).get("ok")
         time.sleep(3)  # node2 watches the connected pair (every 2 s): its proof of D3
         opener = n1.spawn(["/bin/sh", "-c", "exec sleep 100000 < /dev/drbd0"])
-        ctl.wait_for("the opener to hold /dev/drbd0", lambda: "/dev/drbd0" in n1.sh(
-            f"ls -l /proc/{opener}/fd", check=False).out, 20)
+        ctl.wait_for(
+            "the opener to hold /dev/drbd0",
+            lambda: "/dev/drbd0" in n1.sh(f"ls -l /proc/{opener}/fd", check=False).out,
+            20,
+        )
         for vm in lab.vms:
             vm.set_replication_link(False)
-        ctl.wait_for("both to see the link down", lambda: all(
-            c.drbd(vm, "cstate") == "WFConnection" for vm in lab.vms), 90)
+        ctl.wait_for(
+            "both to see the link down",
+            lambda: all(c.drbd(vm, "cstate") == "WFConnection" for vm in lab.vms),
+            90,
+        )
         c.set_pool_master("node2")
-        ctl.wait_for("node1 to give up the VIP and the target",
-                     lambda: not c.vip_local(n1) and not c.serving(n1), 120)
+        ctl.wait_for(
+            "node1 to give up the VIP and the target",
+            lambda: not c.vip_local(n1) and not c.serving(n1),
+            120,
+        )
         # The controllers' logs are read from the host (the metrics need a Python start in
         # the emulated VM, ~10 s at load): then the page, once.
-        still = f"not promoting {ctl.RES}: the peer says over the peer channel that it is still " \
-                "Primary"
-        ctl.wait_for("node2 to hold because the peer channel says node1 is Primary",
-                     lambda: still in c.controller_log(n2), 120)
+        still = (
+            f"not promoting {ctl.RES}: the peer says over the peer channel that it is still Primary"
+        )
+        ctl.wait_for(
+            "node2 to hold because the peer channel says node1 is Primary",
+            lambda: still in c.controller_log(n2),
+            120,
+        )
         time.sleep(6)  # more cycles of both: still one Primary
         assert c.drbd(n1, "role") == "Primary/Unknown"
         assert c.drbd(n2, "role") == "Secondary/Unknown"
@@ -343,15 +398,20 @@ def test_a_primary_held_open_behind_a_cut_link_is_never_joined_by_a_second(pair)
         # The opener goes: node1 demotes on its next cycle, node2 promotes with its proof.
         n1.kill(opener)
         opener = None
-        ctl.wait_for("node2 to serve at the VIP", lambda: c.serving(n2) and c.vip_local(n2)
-                     and c.client_inq() == 0, 120)
+        ctl.wait_for(
+            "node2 to serve at the VIP",
+            lambda: c.serving(n2) and c.vip_local(n2) and c.client_inq() == 0,
+            120,
+        )
         assert c.drbd(n1, "role") == "Secondary/Unknown"
         assert c.client_read(32, lba=64) == D3
     except Exception:
         for vm in lab.vms:  # the lab's files do not outlive pytest's temporary-directory rotation
-            print(f"\n--- {vm.name}: {c.drbd(vm, 'role')} {c.drbd(vm, 'cstate')} "
-                  f"{c.drbd(vm, 'dstate')}\n{c.cfg(vm, 'status').out}\n"
-                  f"{c.controller_log(vm)[-4000:]}")
+            print(
+                f"\n--- {vm.name}: {c.drbd(vm, 'role')} {c.drbd(vm, 'cstate')} "
+                f"{c.drbd(vm, 'dstate')}\n{c.cfg(vm, 'status').out}\n"
+                f"{c.controller_log(vm)[-4000:]}"
+            )
         _report(lab)
         raise
     finally:

@@ -59,15 +59,29 @@ def test_wire_format_success_and_failure_structs(fake):
     session = login["Value"]
 
     assert raw.SR.get_all_records("OpaqueRef:bogus") == {
-        "Status": "Failure", "ErrorDescription": ["SESSION_INVALID", "OpaqueRef:bogus"]}
+        "Status": "Failure",
+        "ErrorDescription": ["SESSION_INVALID", "OpaqueRef:bogus"],
+    }
     assert raw.SR.frobnicate(session)["ErrorDescription"] == [
-        "MESSAGE_METHOD_UNKNOWN", "SR.frobnicate"]
+        "MESSAGE_METHOD_UNKNOWN",
+        "SR.frobnicate",
+    ]
     assert raw.PBD.get_record(session, "OpaqueRef:nope")["ErrorDescription"] == [
-        "HANDLE_INVALID", "PBD", "OpaqueRef:nope"]
+        "HANDLE_INVALID",
+        "PBD",
+        "OpaqueRef:nope",
+    ]
     assert raw.PBD.get_by_uuid(session, "no-such")["ErrorDescription"] == [
-        "UUID_INVALID", "PBD", "no-such"]
+        "UUID_INVALID",
+        "PBD",
+        "no-such",
+    ]
     assert raw.pool.get_all(session, "extra")["ErrorDescription"] == [
-        "MESSAGE_PARAMETER_COUNT_MISMATCH", "pool.get_all", "1", "2"]
+        "MESSAGE_PARAMETER_COUNT_MISMATCH",
+        "pool.get_all",
+        "1",
+        "2",
+    ]
 
     records = raw.SR.get_all_records(session)["Value"]
     iscsi = [r for r in records.values() if r["type"] == "lvmoiscsi"]
@@ -179,8 +193,13 @@ def test_wrong_password_is_a_clear_error_without_the_password(fake, caplog):
     err = info.value
     assert err.code == "SESSION_AUTHENTICATION_FAILED"
     assert "login as 'root'" in str(err) and "Authentication failure" in str(err)
-    shown = [str(err), repr(err), repr(client), caplog.text,
-             "".join(traceback.format_exception(type(err), err, err.__traceback__))]
+    shown = [
+        str(err),
+        repr(err),
+        repr(client),
+        caplog.text,
+        "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    ]
     for text in shown:
         assert wrong not in text
     assert not err.timed_out
@@ -290,8 +309,9 @@ def _start_script(args, env=None, netns=None):
     argv = [sys.executable, FAKE_SCRIPT, *args]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     ready = sel.select(timeout=10)
@@ -318,8 +338,9 @@ def _stop(proc):
 def test_script_mode_control_moves_the_master():
     hosts = loopback_hosts()
     spec = ",".join(f"{n}={a}" for n, a in hosts)
-    proc, info = _start_script(["--listen", "own:0", "--hosts", spec, "--master", "node1",
-                                "--password", PASSWORD])
+    proc, info = _start_script(
+        ["--listen", "own:0", "--hosts", spec, "--master", "node1", "--password", PASSWORD]
+    )
     try:
         endpoints = info["endpoints"]
         assert endpoints["node1"] == f"http://{hosts[0][1]}:{endpoints['node1'].rsplit(':', 1)[1]}"
@@ -328,7 +349,8 @@ def test_script_mode_control_moves_the_master():
             assert client.connected_to == endpoints["node1"]
             srs = client.call("SR.get_all_records")
             assert [r["name_label"] for r in srs.values() if r["type"] == "lvmoiscsi"] == [
-                "iSCSI-HA"]
+                "iSCSI-HA"
+            ]
 
             control = xmlrpc.client.ServerProxy(endpoints["node2"], allow_none=True)
             assert control.fake.set_master("node2") is True
@@ -351,17 +373,32 @@ def test_script_mode_endpoints_inside_a_network_namespace():
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=10)
         # Inside the namespace 127.0.0.1 and 127.0.0.2 are its own loopback addresses.
-        proc, info = _start_script(["--listen", "own:0", "--hosts",
-                                    "node1=127.0.0.1,node2=127.0.0.2", "--master", "node1",
-                                    "--password", PASSWORD, "--netns", f"node1={ns},node2={ns}"])
+        proc, info = _start_script(
+            [
+                "--listen",
+                "own:0",
+                "--hosts",
+                "node1=127.0.0.1,node2=127.0.0.2",
+                "--master",
+                "node1",
+                "--password",
+                PASSWORD,
+                "--netns",
+                f"node1={ns},node2={ns}",
+            ]
+        )
         port = int(info["endpoints"]["node2"].rsplit(":", 1)[1])
         probe = (
             "import sys; from iscsi_ha.controller.systems.xenapi import XenApiClient as C\n"
             f"c = C('http://127.0.0.2:{port}', password={PASSWORD!r}, timeout=2)\n"
             "c.call('pool.get_all'); print(c.connected_to); c.close()\n"
         )
-        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == f"http://127.0.0.1:{port}"
         # Not in this (the root) namespace: nothing answers there on that port.

@@ -39,9 +39,15 @@ VIP = "10.99.0.3/24"
 
 def res(name: str = "iscsi1", **kw) -> DrbdResource:
     base = dict(
-        name=name, configured=True, role="Secondary", peer_role="Secondary",
-        connection="Connected", disk="UpToDate", peer_disk="UpToDate",
-        out_of_sync_bytes=0, sync_progress=1.0,
+        name=name,
+        configured=True,
+        role="Secondary",
+        peer_role="Secondary",
+        connection="Connected",
+        disk="UpToDate",
+        peer_disk="UpToDate",
+        out_of_sync_bytes=0,
+        sync_progress=1.0,
     )
     base.update(kw)
     return DrbdResource(**base)
@@ -80,8 +86,14 @@ def world(
 
 def sr_with(attached: bool) -> SrObservation:
     return SrObservation(
-        srs=(SrState("sr-1", "iSCSI-HA", "lvmoiscsi",
-                     (PbdState("pbd-1", "node1", attached), PbdState("pbd-2", "node2", True))),),
+        srs=(
+            SrState(
+                "sr-1",
+                "iSCSI-HA",
+                "lvmoiscsi",
+                (PbdState("pbd-1", "node1", attached), PbdState("pbd-2", "node2", True)),
+            ),
+        ),
     )
 
 
@@ -166,8 +178,9 @@ class FakeSystems:
         if self.raise_in == name:
             raise RuntimeError(f"{name} exploded")
         if not self.world.apply(action):
-            return StepResult(False, "(-1) Multiple primaries not allowed by config", True,
-                              "multiple_primaries")
+            return StepResult(
+                False, "(-1) Multiple primaries not allowed by config", True, "multiple_primaries"
+            )
         return StepResult(True, "")
 
 

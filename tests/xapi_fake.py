@@ -94,9 +94,25 @@ def self_signed_cert(directory: str, common_name: str = "xapi-fake") -> Tuple[st
     cert = os.path.join(directory, "xapi-cert.pem")
     key = os.path.join(directory, "xapi-key.pem")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", f"/CN={common_name}", "-keyout", key, "-out", cert],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            f"/CN={common_name}",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -145,26 +161,46 @@ class XapiFake:
         for name, address in hosts:
             metrics = new_ref()
             self.records["host_metrics"][metrics] = {
-                "uuid": new_uuid(), "live": True, "memory_total": "34359738368",
-                "last_updated": "20240101T00:00:00Z", "other_config": {},
+                "uuid": new_uuid(),
+                "live": True,
+                "memory_total": "34359738368",
+                "last_updated": "20240101T00:00:00Z",
+                "other_config": {},
             }
             ref = new_ref()
             self.records["host"][ref] = {
-                "uuid": new_uuid(), "name_label": name, "name_description": "", "hostname": name,
-                "address": address, "enabled": True, "metrics": metrics, "PBDs": [],
-                "API_version_major": "2", "API_version_minor": "21", "software_version": {
-                    "product_brand": "XCP-ng", "product_version": "8.2.1"},
-                "other_config": {}, "resident_VMs": [],
+                "uuid": new_uuid(),
+                "name_label": name,
+                "name_description": "",
+                "hostname": name,
+                "address": address,
+                "enabled": True,
+                "metrics": metrics,
+                "PBDs": [],
+                "API_version_major": "2",
+                "API_version_minor": "21",
+                "software_version": {"product_brand": "XCP-ng", "product_version": "8.2.1"},
+                "other_config": {},
+                "resident_VMs": [],
             }
         pool_ref = new_ref()
         self.records["pool"][pool_ref] = {
-            "uuid": new_uuid(), "name_label": "", "name_description": "",
-            "master": self.host_ref(master), "default_SR": NULL_REF, "ha_enabled": False,
+            "uuid": new_uuid(),
+            "name_label": "",
+            "name_description": "",
+            "master": self.host_ref(master),
+            "default_SR": NULL_REF,
+            "ha_enabled": False,
             "other_config": {},
         }
         for ref, host in list(self.records["host"].items()):
-            self._add_sr(f"Local storage on {host['name_label']}", "lvm", shared=False,
-                         attached={ref: True}, hosts=[ref])
+            self._add_sr(
+                f"Local storage on {host['name_label']}",
+                "lvm",
+                shared=False,
+                attached={ref: True},
+                hosts=[ref],
+            )
 
     # -- lookups and control ------------------------------------------------------------------
 
@@ -208,8 +244,11 @@ class XapiFake:
             self.sessions.clear()
 
     def add_lvmoiscsi_sr(
-        self, name_label: str = "iSCSI-HA", attached: Any = False,
-        target: str = "10.10.10.3", iqn: str = "iqn.2024-01.org.iscsi-ha:storage",
+        self,
+        name_label: str = "iSCSI-HA",
+        attached: Any = False,
+        target: str = "10.10.10.3",
+        iqn: str = "iqn.2024-01.org.iscsi-ha:storage",
     ) -> str:
         """A shared iSCSI SR with one PBD per host; ``attached``: bool or {host: bool}."""
         with self._lock:
@@ -218,14 +257,29 @@ class XapiFake:
                 att = {self.host_ref(h): bool(v) for h, v in attached.items()}
             else:
                 att = {h: bool(attached) for h in hosts}
-            config = {"target": target, "targetIQN": iqn, "port": "3260",
-                      "SCSIid": "360000000000000000e00000000010001"}
-            return self._add_sr(name_label, "lvmoiscsi", shared=True, attached=att, hosts=hosts,
-                                device_config=config)
+            config = {
+                "target": target,
+                "targetIQN": iqn,
+                "port": "3260",
+                "SCSIid": "360000000000000000e00000000010001",
+            }
+            return self._add_sr(
+                name_label,
+                "lvmoiscsi",
+                shared=True,
+                attached=att,
+                hosts=hosts,
+                device_config=config,
+            )
 
     def _add_sr(
-        self, name: str, sr_type: str, shared: bool, attached: Mapping[str, bool],
-        hosts: Sequence[str], device_config: Optional[Dict[str, str]] = None,
+        self,
+        name: str,
+        sr_type: str,
+        shared: bool,
+        attached: Mapping[str, bool],
+        hosts: Sequence[str],
+        device_config: Optional[Dict[str, str]] = None,
     ) -> str:
         sr_ref = new_ref()
         sr_uuid = new_uuid()
@@ -234,23 +288,43 @@ class XapiFake:
             pbd = new_ref()
             pbd_refs.append(pbd)
             self.records["PBD"][pbd] = {
-                "uuid": new_uuid(), "host": host, "SR": sr_ref,
+                "uuid": new_uuid(),
+                "host": host,
+                "SR": sr_ref,
                 "device_config": dict(device_config or {"device": "/dev/sda3"}),
-                "currently_attached": bool(attached.get(host, False)), "other_config": {},
+                "currently_attached": bool(attached.get(host, False)),
+                "other_config": {},
             }
             self.records["host"][host]["PBDs"].append(pbd)
         self.records["SR"][sr_ref] = {
-            "uuid": sr_uuid, "name_label": name, "name_description": "", "type": sr_type,
-            "content_type": "", "shared": shared, "PBDs": pbd_refs, "VDIs": [],
-            "physical_size": "107374182400", "physical_utilisation": "4194304",
-            "virtual_allocation": "0", "sm_config": {}, "other_config": {}, "tags": [],
-            "allowed_operations": ["scan", "plug", "unplug"], "current_operations": {},
+            "uuid": sr_uuid,
+            "name_label": name,
+            "name_description": "",
+            "type": sr_type,
+            "content_type": "",
+            "shared": shared,
+            "PBDs": pbd_refs,
+            "VDIs": [],
+            "physical_size": "107374182400",
+            "physical_utilisation": "4194304",
+            "virtual_allocation": "0",
+            "sm_config": {},
+            "other_config": {},
+            "tags": [],
+            "allowed_operations": ["scan", "plug", "unplug"],
+            "current_operations": {},
         }
         return sr_uuid
 
-    def add_vm(self, name_label: str, sr_uuid: str, host: Optional[str] = None,
-               power_state: str = "Running", disks: int = 1,
-               control_domain: bool = False) -> str:
+    def add_vm(
+        self,
+        name_label: str,
+        sr_uuid: str,
+        host: Optional[str] = None,
+        power_state: str = "Running",
+        disks: int = 1,
+        control_domain: bool = False,
+    ) -> str:
         """A VM with ``disks`` virtual disks (VDI + VBD each) on the SR ``sr_uuid``, resident on
         ``host`` (a host name; None when not running)."""
         with self._lock:
@@ -261,20 +335,40 @@ class XapiFake:
             for i in range(disks):
                 vdi, vbd = new_ref(), new_ref()
                 self.records["VDI"][vdi] = {
-                    "uuid": new_uuid(), "name_label": f"{name_label} disk {i}", "SR": sr_ref,
-                    "VBDs": [vbd], "virtual_size": "10737418240", "type": "user",
-                    "sharable": False, "read_only": False, "other_config": {}}
+                    "uuid": new_uuid(),
+                    "name_label": f"{name_label} disk {i}",
+                    "SR": sr_ref,
+                    "VBDs": [vbd],
+                    "virtual_size": "10737418240",
+                    "type": "user",
+                    "sharable": False,
+                    "read_only": False,
+                    "other_config": {},
+                }
                 self.records["SR"][sr_ref]["VDIs"].append(vdi)
                 self.records["VBD"][vbd] = {
-                    "uuid": new_uuid(), "VM": vm_ref, "VDI": vdi, "userdevice": str(i),
-                    "type": "Disk", "mode": "RW", "currently_attached": power_state == "Running",
-                    "other_config": {}}
+                    "uuid": new_uuid(),
+                    "VM": vm_ref,
+                    "VDI": vdi,
+                    "userdevice": str(i),
+                    "type": "Disk",
+                    "mode": "RW",
+                    "currently_attached": power_state == "Running",
+                    "other_config": {},
+                }
                 vbds.append(vbd)
             self.records["VM"][vm_ref] = {
-                "uuid": vm_uuid, "name_label": name_label, "name_description": "",
-                "power_state": power_state, "resident_on": resident, "VBDs": vbds,
-                "is_control_domain": control_domain, "is_a_template": False,
-                "is_a_snapshot": False, "other_config": {}}
+                "uuid": vm_uuid,
+                "name_label": name_label,
+                "name_description": "",
+                "power_state": power_state,
+                "resident_on": resident,
+                "VBDs": vbds,
+                "is_control_domain": control_domain,
+                "is_a_template": False,
+                "is_a_snapshot": False,
+                "other_config": {},
+            }
             if host:
                 self.records["host"][resident]["resident_VMs"].append(vm_ref)
             return vm_uuid
@@ -301,19 +395,22 @@ class XapiFake:
         with self._lock:
             hosts = {
                 rec["name_label"]: {
-                    "uuid": rec["uuid"], "address": rec["address"],
+                    "uuid": rec["uuid"],
+                    "address": rec["address"],
                     "live": self.records["host_metrics"][rec["metrics"]]["live"],
                     "master": ref == self.master_ref,
                 }
                 for ref, rec in self.records["host"].items()
             }
             srs = {
-                rec["name_label"]: {"uuid": rec["uuid"], "type": rec["type"],
-                                    "pbds": self.pbds_of(rec["uuid"])}
+                rec["name_label"]: {
+                    "uuid": rec["uuid"],
+                    "type": rec["type"],
+                    "pbds": self.pbds_of(rec["uuid"]),
+                }
                 for rec in self.records["SR"].values()
             }
-            return {"hosts": hosts, "srs": srs, "sessions": len(self.sessions),
-                    "delay": self.delay}
+            return {"hosts": hosts, "srs": srs, "sessions": len(self.sessions), "delay": self.delay}
 
     # -- the wire ------------------------------------------------------------------------------
 
@@ -326,7 +423,7 @@ class XapiFake:
             self._stopping.wait(delay)
         self.calls.append((name, method))
         if self.control and method.startswith("fake."):
-            return self._control(method[len("fake."):], list(params))
+            return self._control(method[len("fake.") :], list(params))
         try:
             with self._lock:
                 value = self._api(endpoint_host, method, list(params))
@@ -396,7 +493,7 @@ class XapiFake:
         if op.startswith("get_"):
             _arity(method, args, 1, 1)
             record = self._get(cls, args[0])
-            field = op[len("get_"):]
+            field = op[len("get_") :]
             if field in record:
                 return record[field]
         raise ApiFailure("MESSAGE_METHOD_UNKNOWN", method)
@@ -469,8 +566,10 @@ class XapiFake:
 
     def _serve(self, server: socketserver.BaseServer) -> None:
         thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="xapi-fake", daemon=True,
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="xapi-fake",
+            daemon=True,
         )
         thread.start()
         self._threads.append(thread)
@@ -576,8 +675,9 @@ class _TcpServer(socketserver.ThreadingMixIn, SimpleXMLRPCServer):
         pass  # a client that hangs up or rejects our certificate is not the fake's problem
 
 
-class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer,
-                  SimpleXMLRPCDispatcher):
+class _UnixServer(
+    socketserver.ThreadingMixIn, socketserver.UnixStreamServer, SimpleXMLRPCDispatcher
+):
     daemon_threads = True
 
     def __init__(self, path: str, fake: XapiFake, host_ref: str) -> None:
@@ -635,8 +735,11 @@ def _pairs(text: str) -> List[Tuple[str, str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description="A fake XenAPI pool for labs and tests.")
-    ap.add_argument("--listen", default="own:0",
-                    help="own:PORT (each host on its own address) or IP:PORT (host i on PORT+i)")
+    ap.add_argument(
+        "--listen",
+        default="own:0",
+        help="own:PORT (each host on its own address) or IP:PORT (host i on PORT+i)",
+    )
     ap.add_argument("--hosts", type=_pairs, required=True, help="node1=ADDR,node2=ADDR")
     ap.add_argument("--master", required=True)
     ap.add_argument("--username", default="root")
@@ -644,8 +747,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--password-file", default=None)
     ap.add_argument("--netns", type=_pairs, default=[], help="node1=NETNS,... (own: mode)")
     ap.add_argument("--unix", type=_pairs, default=[], help="node1=PATH: a local xapi socket")
-    ap.add_argument("--sr", action="append", default=None,
-                    help="name of an lvmoiscsi SR to create, unattached (default: iSCSI-HA)")
+    ap.add_argument(
+        "--sr",
+        action="append",
+        default=None,
+        help="name of an lvmoiscsi SR to create, unattached (default: iSCSI-HA)",
+    )
     ap.add_argument("--tls-cert", default=None)
     ap.add_argument("--tls-key", default=None)
     args = ap.parse_args(argv)
@@ -660,8 +767,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if addr != "own":
         listen = {name: (addr, port + i) for i, (name, _) in enumerate(args.hosts)}
     tls = (args.tls_cert, args.tls_key or args.tls_cert) if args.tls_cert else None
-    fake = XapiFake(args.hosts, args.master, username=args.username, password=password,
-                    port=port, listen=listen, tls=tls, control=True, netns=dict(args.netns))
+    fake = XapiFake(
+        args.hosts,
+        args.master,
+        username=args.username,
+        password=password,
+        port=port,
+        listen=listen,
+        tls=tls,
+        control=True,
+        netns=dict(args.netns),
+    )
     for name in args.sr if args.sr is not None else ["iSCSI-HA"]:
         fake.add_lvmoiscsi_sr(name)
 

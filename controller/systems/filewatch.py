@@ -53,8 +53,16 @@ IN_CLOEXEC = os.O_CLOEXEC
 # Not IN_MODIFY or IN_CREATE: a file rewritten in place is truncated (or created empty) first,
 # and reading then would see an empty pool.conf (unknown: hold). The writer's close says the
 # content is complete; a rename onto the file (the atomic way) is IN_MOVED_TO.
-DIR_MASK = (IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
-            | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR)
+DIR_MASK = (
+    IN_ATTRIB
+    | IN_CLOSE_WRITE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_DELETE
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
 # The watch itself is gone (directory deleted or moved) or events were lost: look and re-arm.
 LOST = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_Q_OVERFLOW
 _HEADER = struct.Struct("iIII")  # wd, mask, cookie, len; the name follows, NUL-padded
@@ -66,7 +74,7 @@ def parse_events(buf: bytes) -> Iterator[Tuple[int, int, str]]:
     while offset + _HEADER.size <= len(buf):
         wd, mask, _cookie, length = _HEADER.unpack_from(buf, offset)
         offset += _HEADER.size
-        raw = buf[offset:offset + length]
+        raw = buf[offset : offset + length]
         offset += length
         yield wd, mask, raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -125,8 +133,13 @@ class FileWatch:
     ``mode`` says how it is watching right now: ``"inotify"``, ``"poll"`` or ``"stopped"``.
     """
 
-    def __init__(self, path: str, on_change: Callable[[], None], poll_period: float = 0.5,
-                 use_inotify: bool = True) -> None:
+    def __init__(
+        self,
+        path: str,
+        on_change: Callable[[], None],
+        poll_period: float = 0.5,
+        use_inotify: bool = True,
+    ) -> None:
         self.path = os.path.abspath(path)
         self.directory, self.name = os.path.split(self.path)
         self.on_change = on_change
@@ -196,8 +209,12 @@ class FileWatch:
             return Inotify(self.directory)
         except (OSError, AttributeError) as exc:  # AttributeError: a libc without inotify
             if not self._fallback_logged:
-                log.warning("cannot watch %s through inotify (%s): reading it every %gs instead",
-                            self.path, exc, self.poll_period)
+                log.warning(
+                    "cannot watch %s through inotify (%s): reading it every %gs instead",
+                    self.path,
+                    exc,
+                    self.poll_period,
+                )
                 self._fallback_logged = True
             return None
 

@@ -40,8 +40,20 @@ OP_DATA_IN = 0x25
 OP_LOGOUT_RESPONSE = 0x26
 OP_ASYNC = 0x32
 OP_REJECT = 0x3F
-TARGET_OPCODES = frozenset({OP_NOP_IN, OP_SCSI_RESPONSE, OP_LOGIN_RESPONSE, OP_DATA_IN,
-                            OP_LOGOUT_RESPONSE, OP_ASYNC, OP_REJECT, 0x22, 0x24, 0x31})
+TARGET_OPCODES = frozenset(
+    {
+        OP_NOP_IN,
+        OP_SCSI_RESPONSE,
+        OP_LOGIN_RESPONSE,
+        OP_DATA_IN,
+        OP_LOGOUT_RESPONSE,
+        OP_ASYNC,
+        OP_REJECT,
+        0x22,
+        0x24,
+        0x31,
+    }
+)
 
 IMMEDIATE = 0x40
 FINAL = 0x80
@@ -51,8 +63,13 @@ NO_TAG = 0xFFFFFFFF
 SECURITY, OPERATIONAL, FULL_FEATURE = 0, 1, 3
 
 # SCSI status bytes (SAM) we name in messages.
-SCSI_STATUS = {0x00: "GOOD", 0x02: "CHECK CONDITION", 0x08: "BUSY", 0x18: "RESERVATION CONFLICT",
-               0x28: "TASK SET FULL"}
+SCSI_STATUS = {
+    0x00: "GOOD",
+    0x02: "CHECK CONDITION",
+    0x08: "BUSY",
+    0x18: "RESERVATION CONFLICT",
+    0x28: "TASK SET FULL",
+}
 
 
 class PduError(Exception):
@@ -112,10 +129,18 @@ def parse_header(raw: bytes, max_data: int = MAX_DATA_SEGMENT) -> Header:
     ahs = raw[4] * 4
     data = int.from_bytes(raw[5:8], "big")
     if data > max_data:
-        raise PduError(f"data segment of {data} bytes announced, more than the {max_data} "
-                       "this initiator accepts")
-    return Header(raw=bytes(raw), opcode=opcode, flags=raw[1], ahs_length=ahs,
-                  data_length=data, itt=int.from_bytes(raw[16:20], "big"))
+        raise PduError(
+            f"data segment of {data} bytes announced, more than the {max_data} "
+            "this initiator accepts"
+        )
+    return Header(
+        raw=bytes(raw),
+        opcode=opcode,
+        flags=raw[1],
+        ahs_length=ahs,
+        data_length=data,
+        itt=int.from_bytes(raw[16:20], "big"),
+    )
 
 
 def parse_text(data: bytes) -> Dict[str, str]:
@@ -158,9 +183,16 @@ def parse_login_response(h: Header, data: bytes) -> LoginResponse:
     if h.opcode != OP_LOGIN_RESPONSE:
         raise PduError(f"expected a Login Response, got opcode 0x{h.opcode:02x}")
     return LoginResponse(
-        transit=bool(h.flags & 0x80), csg=(h.flags >> 2) & 3, nsg=h.flags & 3,
-        tsih=h.u16(14), stat_sn=h.stat_sn, exp_cmd_sn=h.exp_cmd_sn,
-        status_class=h.u8(36), status_detail=h.u8(37), keys=parse_text(data))
+        transit=bool(h.flags & 0x80),
+        csg=(h.flags >> 2) & 3,
+        nsg=h.flags & 3,
+        tsih=h.u16(14),
+        stat_sn=h.stat_sn,
+        exp_cmd_sn=h.exp_cmd_sn,
+        status_class=h.u8(36),
+        status_detail=h.u8(37),
+        keys=parse_text(data),
+    )
 
 
 @dataclass(frozen=True)
@@ -196,7 +228,7 @@ def parse_sense_segment(data: bytes) -> bytes:
     n = int.from_bytes(data[:2], "big")
     if n > len(data) - 2:
         raise PduError(f"sense length {n} exceeds the {len(data) - 2} bytes sent")
-    return bytes(data[2:2 + n])
+    return bytes(data[2 : 2 + n])
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,8 +246,17 @@ def _pdu(bhs: bytearray, data: bytes = b"") -> bytes:
     return bytes(bhs) + data + b"\x00" * (pad4(len(data)) - len(data))
 
 
-def login_request(isid: bytes, itt: int, cmd_sn: int, exp_stat_sn: int, csg: int, nsg: int,
-                  keys: List[Tuple[str, str]], tsih: int = 0, cid: int = 0) -> bytes:
+def login_request(
+    isid: bytes,
+    itt: int,
+    cmd_sn: int,
+    exp_stat_sn: int,
+    csg: int,
+    nsg: int,
+    keys: List[Tuple[str, str]],
+    tsih: int = 0,
+    cid: int = 0,
+) -> bytes:
     if len(isid) != 6:
         raise ValueError("an ISID is 6 bytes")
     bhs = bytearray(BHS_LENGTH)
@@ -226,8 +267,9 @@ def login_request(isid: bytes, itt: int, cmd_sn: int, exp_stat_sn: int, csg: int
     return _pdu(bhs, encode_text(keys))
 
 
-def scsi_command(lun: int, itt: int, cmd_sn: int, exp_stat_sn: int, cdb: bytes,
-                 read_length: int) -> bytes:
+def scsi_command(
+    lun: int, itt: int, cmd_sn: int, exp_stat_sn: int, cdb: bytes, read_length: int
+) -> bytes:
     """A READ-direction (or no-data) SCSI command, simple task attribute."""
     if len(cdb) > 16:
         raise ValueError("CDBs longer than 16 bytes need an AHS")
@@ -236,7 +278,7 @@ def scsi_command(lun: int, itt: int, cmd_sn: int, exp_stat_sn: int, cdb: bytes,
     bhs[1] = FINAL | (0x40 if read_length else 0) | 0x01
     bhs[8:16] = encode_lun(lun)
     struct.pack_into(">IIII", bhs, 16, itt, read_length, cmd_sn, exp_stat_sn)
-    bhs[32:32 + len(cdb)] = cdb
+    bhs[32 : 32 + len(cdb)] = cdb
     return _pdu(bhs)
 
 
@@ -279,8 +321,7 @@ def read_capacity10_cdb() -> bytes:
 
 
 def read10_cdb(lba: int, blocks: int) -> bytes:
-    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\x00" + blocks.to_bytes(2, "big") \
-        + b"\x00"
+    return bytes([0x28, 0]) + lba.to_bytes(4, "big") + b"\x00" + blocks.to_bytes(2, "big") + b"\x00"
 
 
 @dataclass(frozen=True)
@@ -297,8 +338,9 @@ def parse_inquiry(data: bytes) -> Inquiry:
     def text(b: bytes) -> str:
         return b.decode("ascii", "replace").strip()
 
-    return Inquiry(peripheral_type=data[0] & 0x1F, vendor=text(data[8:16]),
-                   product=text(data[16:32]))
+    return Inquiry(
+        peripheral_type=data[0] & 0x1F, vendor=text(data[8:16]), product=text(data[16:32])
+    )
 
 
 def parse_read_capacity10(data: bytes) -> Tuple[int, int]:

@@ -86,7 +86,7 @@ class Connection:
             raise ProbeError(f"{step}: {exc}") from None
         if h.ahs_length:
             self._read(h.ahs_length, step)  # bounded: at most 255 * 4 bytes; not used here
-        data = self._read(h.padded_data_length, step)[:h.data_length] if h.data_length else b""
+        data = self._read(h.padded_data_length, step)[: h.data_length] if h.data_length else b""
         if h.opcode == pdu.OP_REJECT:
             raise ProbeError(f"{step}: the target rejected our PDU (reason 0x{h.u8(2):02x})")
         return h, data
@@ -99,29 +99,44 @@ class Connection:
 def _login(conn: Connection, isid: bytes, initiator: str, target: str) -> None:
     step = "login"
     stage_keys = {
-        pdu.SECURITY: [("InitiatorName", initiator), ("SessionType", "Normal"),
-                       ("TargetName", target), ("AuthMethod", "None")],
-        pdu.OPERATIONAL: [("HeaderDigest", "None"), ("DataDigest", "None"),
-                          ("MaxRecvDataSegmentLength", str(pdu.MAX_RECV_DATA_SEGMENT)),
-                          ("ErrorRecoveryLevel", "0"), ("InitialR2T", "Yes"),
-                          ("ImmediateData", "No"), ("MaxConnections", "1"),
-                          ("DefaultTime2Wait", "0"), ("DefaultTime2Retain", "0")],
+        pdu.SECURITY: [
+            ("InitiatorName", initiator),
+            ("SessionType", "Normal"),
+            ("TargetName", target),
+            ("AuthMethod", "None"),
+        ],
+        pdu.OPERATIONAL: [
+            ("HeaderDigest", "None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", str(pdu.MAX_RECV_DATA_SEGMENT)),
+            ("ErrorRecoveryLevel", "0"),
+            ("InitialR2T", "Yes"),
+            ("ImmediateData", "No"),
+            ("MaxConnections", "1"),
+            ("DefaultTime2Wait", "0"),
+            ("DefaultTime2Retain", "0"),
+        ],
     }
     csg, tsih, itt = pdu.SECURITY, 0, conn.next_itt()
     for _ in range(6):  # at most a few round trips: a target that never moves on is broken
         nsg = pdu.OPERATIONAL if csg == pdu.SECURITY else pdu.FULL_FEATURE
-        conn.send(pdu.login_request(isid, itt, conn.cmd_sn, conn.exp_stat_sn, csg, nsg,
-                                    stage_keys[csg], tsih=tsih), step)
+        conn.send(
+            pdu.login_request(
+                isid, itt, conn.cmd_sn, conn.exp_stat_sn, csg, nsg, stage_keys[csg], tsih=tsih
+            ),
+            step,
+        )
         h, data = conn.receive(step)
         try:
             resp = pdu.parse_login_response(h, data)
         except PduError as exc:
             raise ProbeError(f"{step}: {exc}") from None
         if resp.status_class:
-            raise ProbeError(f"login refused: status class {resp.status_class} detail "
-                             f"{resp.status_detail}" + (" (no such target)" if
-                                                       (resp.status_class, resp.status_detail)
-                                                       == (2, 3) else ""))
+            raise ProbeError(
+                f"login refused: status class {resp.status_class} detail "
+                f"{resp.status_detail}"
+                + (" (no such target)" if (resp.status_class, resp.status_detail) == (2, 3) else "")
+            )
         conn.exp_stat_sn = (resp.stat_sn + 1) & 0xFFFFFFFF
         tsih = resp.tsih
         if resp.transit:
@@ -141,8 +156,9 @@ def command(conn: Connection, lun: int, cdb: bytes, length: int, step: str) -> p
         h, seg = conn.receive(step, max_data=pdu.MAX_RECV_DATA_SEGMENT)
         if h.opcode == pdu.OP_NOP_IN:
             if h.u32(20) != pdu.NO_TAG:
-                conn.send(pdu.nop_out_reply(h.u32(20), h.raw[8:16], conn.cmd_sn,
-                                            conn.exp_stat_sn), step)
+                conn.send(
+                    pdu.nop_out_reply(h.u32(20), h.raw[8:16], conn.cmd_sn, conn.exp_stat_sn), step
+                )
             continue
         if h.opcode == pdu.OP_ASYNC:
             continue  # e.g. "logout requested": this run ends soon anyway
@@ -151,8 +167,10 @@ def command(conn: Connection, lun: int, cdb: bytes, length: int, step: str) -> p
         if h.opcode == pdu.OP_DATA_IN:
             offset = h.u32(40)
             if offset != len(data) or len(data) + len(seg) > length:
-                raise ProbeError(f"{step}: Data-In at offset {offset}, {len(seg)} bytes, "
-                                 f"outside the {length} asked for")
+                raise ProbeError(
+                    f"{step}: Data-In at offset {offset}, {len(seg)} bytes, "
+                    f"outside the {length} asked for"
+                )
             data += seg
             if h.flags & 0x01:  # S: the status came with the data
                 conn.exp_stat_sn = (h.stat_sn + 1) & 0xFFFFFFFF
@@ -193,8 +211,9 @@ def probe_lun(conn: Connection, lun: int, clock: Callable[[], float]) -> LunProb
     try:
         inq = pdu.parse_inquiry(checked(conn, lun, pdu.inquiry_cdb(), 96, "INQUIRY"))
         if inq.peripheral_type != 0:
-            raise ProbeError(f"INQUIRY: LUN {lun} is device type {inq.peripheral_type}, "
-                             "not a disk (not served?)")
+            raise ProbeError(
+                f"INQUIRY: LUN {lun} is device type {inq.peripheral_type}, not a disk (not served?)"
+            )
         cap = checked(conn, lun, pdu.read_capacity10_cdb(), 8, "READ CAPACITY")
         _, block = pdu.parse_read_capacity10(cap)
         data = checked(conn, lun, pdu.read10_cdb(0, 1), block, "READ")
@@ -206,8 +225,15 @@ def probe_lun(conn: Connection, lun: int, clock: Callable[[], float]) -> LunProb
         if "timed out" in str(exc) or "closed" in str(exc):
             raise  # the connection is gone: the other LUNs cannot be read either
         return LunProbe(lun, False, clock() - t0, str(exc))
-    return LunProbe(lun, True, clock() - t0, vendor=inq.vendor, product=inq.product,
-                    block_size=block, block0_crc32=zlib.crc32(data))
+    return LunProbe(
+        lun,
+        True,
+        clock() - t0,
+        vendor=inq.vendor,
+        product=inq.product,
+        block_size=block,
+        block0_crc32=zlib.crc32(data),
+    )
 
 
 def _logout(conn: Connection) -> None:
@@ -244,8 +270,11 @@ def run_probe(
     sock: Optional[socket.socket] = None
     try:
         try:
-            sock = socket.create_connection((host, port), timeout=deadline.left("connect"),
-                                            source_address=(source, 0) if source else None)
+            sock = socket.create_connection(
+                (host, port),
+                timeout=deadline.left("connect"),
+                source_address=(source, 0) if source else None,
+            )
         except socket.timeout:
             raise ProbeError("connect: timed out") from None
         except OSError as exc:
@@ -265,8 +294,9 @@ def run_probe(
         if sock is not None:
             sock.close()
     elapsed = clock() - t0
-    out = tuple(results.get(lun) or LunProbe(lun, False, elapsed, error or "not reached")
-                for lun in luns)
+    out = tuple(
+        results.get(lun) or LunProbe(lun, False, elapsed, error or "not reached") for lun in luns
+    )
     # A failed logout after good reads is still a working storage: what VMs need was served.
     if error.startswith("logout") and out and all(r.ok for r in out):
         error = ""

@@ -66,8 +66,9 @@ def time2wait_of(fields: Dict[str, str]) -> Optional[int]:
 class NodeRecords:
     """Our target's node records through one injected runner."""
 
-    def __init__(self, runner: Runner, iscsiadm: str = "iscsiadm",
-                 timeout: Optional[float] = 10.0) -> None:
+    def __init__(
+        self, runner: Runner, iscsiadm: str = "iscsiadm", timeout: Optional[float] = 10.0
+    ) -> None:
         self.runner = runner
         self.iscsiadm = iscsiadm
         self.timeout = timeout
@@ -93,9 +94,22 @@ class NodeRecords:
         return out, None
 
     def set_time2wait(self, record: NodeRecord, value: int) -> StepResult:
-        res = self._run("-m", "node", "-T", record.iqn, "-p", record.portal, "-o", "update",
-                        "-n", KEY, "-v", str(value))
+        res = self._run(
+            "-m",
+            "node",
+            "-T",
+            record.iqn,
+            "-p",
+            record.portal,
+            "-o",
+            "update",
+            "-n",
+            KEY,
+            "-v",
+            str(value),
+        )
         if not res.ok:
             return StepResult(False, res.describe_failure())
-        return StepResult(True, f"{record.portal} {record.iqn}: DefaultTime2Wait "
-                                f"{record.time2wait} -> {value}")
+        return StepResult(
+            True, f"{record.portal} {record.iqn}: DefaultTime2Wait {record.time2wait} -> {value}"
+        )

@@ -74,14 +74,18 @@ class Tree:
     links: Dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"files": self.files, "dirs": sorted(self.dirs),
-                           "links": self.links}, indent=1, sort_keys=True)
+        return json.dumps(
+            {"files": self.files, "dirs": sorted(self.dirs), "links": self.links},
+            indent=1,
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> "Tree":
         data = json.loads(text)
-        return cls(dict(data.get("files", {})), list(data.get("dirs", [])),
-                   dict(data.get("links", {})))
+        return cls(
+            dict(data.get("files", {})), list(data.get("dirs", [])), dict(data.get("links", {}))
+        )
 
 
 def read_tree(root: str, iqn: str) -> Tree:
@@ -210,16 +214,18 @@ def parse_tree(tree: Tree, iqn: str) -> LioState:
         head, _, name = d.rpartition("/")
         if head != hba:
             continue
-        devices.append(LioDevice(
-            name=name,
-            udev_path=_value(tree, f"{d}/udev_path") or _info_udev_path(
-                tree.files.get(f"{d}/info", "")),
-            enabled=_value(tree, f"{d}/enable") == "1",
-            serial=_serial(tree.files.get(f"{d}/wwn/vpd_unit_serial", "")),
-            vendor=_value(tree, f"{d}/wwn/vendor_id"),
-            product=_value(tree, f"{d}/wwn/product_id"),
-            write_cache=_flag(tree, f"{d}/attrib/emulate_write_cache"),
-        ))
+        devices.append(
+            LioDevice(
+                name=name,
+                udev_path=_value(tree, f"{d}/udev_path")
+                or _info_udev_path(tree.files.get(f"{d}/info", "")),
+                enabled=_value(tree, f"{d}/enable") == "1",
+                serial=_serial(tree.files.get(f"{d}/wwn/vpd_unit_serial", "")),
+                vendor=_value(tree, f"{d}/wwn/vendor_id"),
+                product=_value(tree, f"{d}/wwn/product_id"),
+                write_cache=_flag(tree, f"{d}/attrib/emulate_write_cache"),
+            )
+        )
     tdir = f"target/iscsi/{iqn}"
     tpg = f"{tdir}/{TPG}"
     luns = []
@@ -232,13 +238,22 @@ def parse_tree(tree: Tree, iqn: str) -> LioState:
             if link.rpartition("/")[0] == d:
                 backstore = target.rstrip("/").rpartition("/")[2]
         luns.append((int(name[4:]), backstore))
-    portals = tuple(sorted(d.rpartition("/")[2] for d in dirs
-                           if d.rpartition("/")[0] == f"{tpg}/np"))
-    others = tuple(sorted(
-        d for d in dirs
-        if d.count("/") == 2 and d.startswith(("target/core/", "target/iscsi/"))
-        and d not in (hba, tdir) and not d.endswith("/alua") and not d.endswith("/discovery_auth")
-        and not d.endswith("/lio_version") and not d.endswith("/write_protect")))
+    portals = tuple(
+        sorted(d.rpartition("/")[2] for d in dirs if d.rpartition("/")[0] == f"{tpg}/np")
+    )
+    others = tuple(
+        sorted(
+            d
+            for d in dirs
+            if d.count("/") == 2
+            and d.startswith(("target/core/", "target/iscsi/"))
+            and d not in (hba, tdir)
+            and not d.endswith("/alua")
+            and not d.endswith("/discovery_auth")
+            and not d.endswith("/lio_version")
+            and not d.endswith("/write_protect")
+        )
+    )
     return LioState(
         loaded="target" in dirs,
         iscsi="target/iscsi" in dirs,
@@ -249,9 +264,11 @@ def parse_tree(tree: Tree, iqn: str) -> LioState:
         tpg_enabled=_value(tree, f"{tpg}/enable") == "1",
         portals=portals,
         luns=tuple(sorted(luns)),
-        demo_mode=(_value(tree, f"{tpg}/attrib/generate_node_acls") == "1"
-                   and _value(tree, f"{tpg}/attrib/authentication") == "0"
-                   and _value(tree, f"{tpg}/attrib/demo_mode_write_protect") == "0"),
+        demo_mode=(
+            _value(tree, f"{tpg}/attrib/generate_node_acls") == "1"
+            and _value(tree, f"{tpg}/attrib/authentication") == "0"
+            and _value(tree, f"{tpg}/attrib/demo_mode_write_protect") == "0"
+        ),
         time2wait=_int(tree, f"{tpg}/param/DefaultTime2Wait"),
         sessions=_int(tree, f"{tdir}/{SESSIONS}") or 0,
         others=others,
@@ -345,8 +362,9 @@ def plan_serve(state: LioState, want: Desired) -> List[Op]:
     rebuild = set()
     for spec in want.luns:
         have = state.device(device_name(spec.number))
-        if have is not None and (have.udev_path != spec.path or have.serial != spec.serial
-                                 or not have.enabled):
+        if have is not None and (
+            have.udev_path != spec.path or have.serial != spec.serial or not have.enabled
+        ):
             rebuild.add(spec.number)
     for number, backstore in state.luns:
         stray = backstore not in wanted or number not in {s.number for s in want.luns}
@@ -391,15 +409,19 @@ def plan_serve(state: LioState, want: Desired) -> List[Op]:
     for spec in want.luns:
         if linked.get(spec.number) != device_name(spec.number):
             lun = f"{tpg}/lun/lun_{spec.number}"
-            ops += [("mkdir", lun),
-                    ("symlink", f"{hba}/{device_name(spec.number)}", f"{lun}/{LINK}")]
+            ops += [
+                ("mkdir", lun),
+                ("symlink", f"{hba}/{device_name(spec.number)}", f"{lun}/{LINK}"),
+            ]
     if PORTAL not in state.portals or not state.tpg:
         ops.append(("mkdir", f"{tpg}/np/{PORTAL}"))
     if not state.demo_mode or not state.tpg:
-        ops += [("write", f"{tpg}/attrib/authentication", "0"),
-                ("write", f"{tpg}/attrib/demo_mode_write_protect", "0"),
-                ("write", f"{tpg}/attrib/generate_node_acls", "1"),
-                ("write", f"{tpg}/attrib/cache_dynamic_acls", "1")]
+        ops += [
+            ("write", f"{tpg}/attrib/authentication", "0"),
+            ("write", f"{tpg}/attrib/demo_mode_write_protect", "0"),
+            ("write", f"{tpg}/attrib/generate_node_acls", "1"),
+            ("write", f"{tpg}/attrib/cache_dynamic_acls", "1"),
+        ]
     if state.time2wait != want.time2wait or not state.tpg:
         ops.append(("write", f"{tpg}/param/DefaultTime2Wait", str(want.time2wait)))
     if not state.tpg_enabled or not state.tpg:
@@ -408,7 +430,7 @@ def plan_serve(state: LioState, want: Desired) -> List[Op]:
 
 
 def _number(name: str) -> Optional[int]:
-    tail = name[len("iscsi_ha_lun"):]
+    tail = name[len("iscsi_ha_lun") :]
     return int(tail) if name.startswith("iscsi_ha_lun") and tail.isdigit() else None
 
 
@@ -457,11 +479,17 @@ def apply(root: str, ops: Sequence[Op]) -> Tuple[bool, List[str], str]:
 class LioTarget:
     """Our target in the kernel's LIO, through configfs at ``configfs``."""
 
-    def __init__(self, runner: Runner, configfs: str = "/sys/kernel/config",
-                 iqn: str = "iqn.2024-01.org.iscsi-ha:storage",
-                 luns: Sequence[Any] = ((1, "/dev/drbd/by-res/iscsi1/0"),),
-                 initiator_address: str = "ALL", default_time2wait: int = DEFAULT_TIME2WAIT,
-                 modprobe: str = "modprobe", timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        configfs: str = "/sys/kernel/config",
+        iqn: str = "iqn.2024-01.org.iscsi-ha:storage",
+        luns: Sequence[Any] = ((1, "/dev/drbd/by-res/iscsi1/0"),),
+        initiator_address: str = "ALL",
+        default_time2wait: int = DEFAULT_TIME2WAIT,
+        modprobe: str = "modprobe",
+        timeout: Optional[float] = None,
+    ) -> None:
         self.runner = runner
         self.root = configfs
         self.iqn = iqn
@@ -478,21 +506,34 @@ class LioTarget:
         try:
             state = self.state()
         except Exception as exc:  # noqa: BLE001 - observe never raises: an error value instead
-            return TargetObservation(daemon_running=True, backend="lio",
-                                     error=f"cannot read {self.root}: {exc}")
+            return TargetObservation(
+                daemon_running=True, backend="lio", error=f"cannot read {self.root}: {exc}"
+            )
         planned = planned_info(self.specs, "lio")
         if not (state.loaded and state.iscsi):
             return TargetObservation(daemon_running=False, backend="lio", lun_info=planned)
         present = state.target or bool(state.devices)
         info = tuple(
-            LunInfo(_number(d.name) or 0, serial=d.serial, wwn=lio_wwn(d.serial),
-                    vendor=d.vendor, product=d.product, write_cache=d.write_cache)
-            for d in state.devices if _number(d.name) is not None)
+            LunInfo(
+                _number(d.name) or 0,
+                serial=d.serial,
+                wwn=lio_wwn(d.serial),
+                vendor=d.vendor,
+                product=d.product,
+                write_cache=d.write_cache,
+            )
+            for d in state.devices
+            if _number(d.name) is not None
+        )
         return TargetObservation(
-            daemon_running=True, target_present=present,
+            daemon_running=True,
+            target_present=present,
             serving=present and not missing(state, self.want),
-            luns=len(state.luns), sessions=state.sessions, backend="lio",
-            lun_info=tuple(sorted(info, key=lambda i: i.number)) if present else planned)
+            luns=len(state.luns),
+            sessions=state.sessions,
+            backend="lio",
+            lun_info=tuple(sorted(info, key=lambda i: i.number)) if present else planned,
+        )
 
     def start_daemon(self) -> StepResult:
         """Load the kernel target's modules (the "daemon" of LIO is the kernel) and make its
@@ -507,20 +548,29 @@ class LioTarget:
         for module in ("target_core_iblock", "iscsi_target_mod"):
             res = self.runner.run([self.modprobe, module], timeout=self.timeout)
             if not res.ok:
-                return StepResult(False, (
-                    f"kernel module {module} is not loaded and `{self.modprobe} {module}` "
-                    f"failed: {res.describe_failure()}; run `modprobe {module}` (LIO needs "
-                    f"{', '.join(LIO_MODULES)}) or set target.backend: tgt"))
+                return StepResult(
+                    False,
+                    (
+                        f"kernel module {module} is not loaded and `{self.modprobe} {module}` "
+                        f"failed: {res.describe_failure()}; run `modprobe {module}` (LIO needs "
+                        f"{', '.join(LIO_MODULES)}) or set target.backend: tgt"
+                    ),
+                )
         state = self.state()
         if not state.loaded:
-            return StepResult(False, (
-                f"the kernel target is loaded but {self.root}/target does not exist: configfs "
-                f"is not mounted; run `mount -t configfs none {self.root}`"))
+            return StepResult(
+                False,
+                (
+                    f"the kernel target is loaded but {self.root}/target does not exist: configfs "
+                    f"is not mounted; run `mount -t configfs none {self.root}`"
+                ),
+            )
         apply(self.root, [("mkdir", "target/iscsi")])
         state = self.state()
         if not state.iscsi:
-            return StepResult(False, f"{self.root}/target/iscsi does not exist after "
-                                     "`modprobe iscsi_target_mod`")
+            return StepResult(
+                False, f"{self.root}/target/iscsi does not exist after `modprobe iscsi_target_mod`"
+            )
         return StepResult(True, "loaded the kernel target (LIO) modules")
 
     def stop_daemon(self) -> StepResult:
@@ -529,10 +579,15 @@ class LioTarget:
 
     def serve(self) -> StepResult:
         if self.initiator_address != "ALL":
-            return StepResult(False, (
-                f"target.initiator_address is {self.initiator_address}: LIO admits initiators by "
-                "name, not by address; set it to ALL with backend lio (and limit port 3260 to "
-                "the storage network with a firewall) or use target.backend: tgt"))
+            return StepResult(
+                False,
+                (
+                    f"target.initiator_address is {self.initiator_address}: LIO admits "
+                    "initiators by "
+                    "name, not by address; set it to ALL with backend lio (and limit port 3260 to "
+                    "the storage network with a firewall) or use target.backend: tgt"
+                ),
+            )
         state = self.state()
         if not (state.loaded and state.iscsi):
             return StepResult(False, "the kernel target (LIO) is not loaded")

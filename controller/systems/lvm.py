@@ -90,8 +90,9 @@ def parse_lvmconfig(text: str) -> LvmFilters:
     return LvmFilters(values.get("filter", ()), values.get("global_filter", ()))
 
 
-def judge_filters(filters: LvmFilters, drbd_devices: Sequence[str],
-                  backing: Sequence[str]) -> List[FilterVerdict]:
+def judge_filters(
+    filters: LvmFilters, drbd_devices: Sequence[str], backing: Sequence[str]
+) -> List[FilterVerdict]:
     """Each device, and whether LVM leaves it alone. ``/dev/drbdN`` is also judged under its
     by-res name when given as such; the backing device as DRBD names it."""
     out = [FilterVerdict(d, "drbd", not filters.accepts(d)) for d in drbd_devices]
@@ -106,8 +107,7 @@ def lvmconfig_argv(lvmconfig: str = "lvmconfig") -> List[str]:
 # ---------------------------------------------------------------- the split-brain snapshot
 
 LVS_FIELDS = "vg_name,lv_name,lv_size,vg_free,lv_attr"
-LVS = ("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o",
-       LVS_FIELDS)
+LVS = ("lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o", LVS_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,16 @@ class Lvm:
     def snapshot(self, volume: Volume, name: str, size: int) -> Tuple[bool, str]:
         """A read-only snapshot ``name`` of ``volume`` with ``size`` bytes of copy-on-write
         space; (done, lvcreate's words)."""
-        argv = ("lvcreate", "--snapshot", "--permission", "r", "--name", name, "--size",
-                f"{size}b", volume.name)
+        argv = (
+            "lvcreate",
+            "--snapshot",
+            "--permission",
+            "r",
+            "--name",
+            name,
+            "--size",
+            f"{size}b",
+            volume.name,
+        )
         res = self.runner.run(argv, timeout=self.timeout)
         return res.ok, f"{' '.join(argv)}: {_words(res) if not res.ok else 'ok'}"

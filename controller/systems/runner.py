@@ -196,15 +196,17 @@ class ProcessRunner:
 
         threading.Thread(target=reap, name=f"reap-{command_name(argv)}", daemon=True).start()
 
-
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
         argv = tuple(argv)
         out = open(log_path, "ab") if log_path else None
         try:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL if out is None else out, stderr=subprocess.STDOUT,
-                start_new_session=True, env=self.env,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if out is None else out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
             )
         except OSError as exc:
             log.warning("cannot start %s: %s", argv[0], exc.strerror)
@@ -227,9 +229,15 @@ class Stream:
     def __init__(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> None:
         self.argv = tuple(argv)
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, start_new_session=True, env=env,
-            text=True, errors="replace", bufsize=1,
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            text=True,
+            errors="replace",
+            bufsize=1,
         )
         log.debug("stream %s started (pid %d)", " ".join(self.argv), self.proc.pid)
 

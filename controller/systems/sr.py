@@ -116,8 +116,9 @@ class SrAdapter:
             return build_sr_observation(srs, pbds, hosts, self.sr_types)
         except Exception as exc:  # never raises: answers we cannot read are an error value
             log.exception("reading the SRs failed")
-            return SrObservation(reachable=True,
-                                 error=f"cannot read the SRs: {type(exc).__name__}: {exc}")
+            return SrObservation(
+                reachable=True, error=f"cannot read the SRs: {type(exc).__name__}: {exc}"
+            )
 
     def plug(self, pbd_uuids: Sequence[str]) -> StepResult:
         """``PBD.plug`` each PBD (a no-op in xapi for one already attached).
@@ -160,4 +161,3 @@ class SrAdapter:
             return f" on {self.client.call('host.get_name_label', host)}"
         except XenApiError:
             return ""
-

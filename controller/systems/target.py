@@ -67,10 +67,15 @@ def planned_info(specs: Sequence[LunSpec], backend: str) -> Tuple[Any, ...]:
     from ..model import LunInfo
 
     return tuple(
-        LunInfo(s.number, serial=s.serial,
-                wwn=lio_wwn(s.serial) if backend == "lio" else tgt_wwn(s.scsi_id),
-                vendor=s.vendor, product=s.product)
-        for s in specs)
+        LunInfo(
+            s.number,
+            serial=s.serial,
+            wwn=lio_wwn(s.serial) if backend == "lio" else tgt_wwn(s.scsi_id),
+            vendor=s.vendor,
+            product=s.product,
+        )
+        for s in specs
+    )
 
 
 def derived_serial(iqn: str, number: int) -> str:
@@ -80,7 +85,7 @@ def derived_serial(iqn: str, number: int) -> str:
 
 def derived_scsi_id(serial: str) -> str:
     """tgt's scsi_id whose NAA equals the one LIO derives from ``serial``."""
-    return LIO_COMPANY_ID + _hex_digits(serial)[:NAA_DIGITS - len(LIO_COMPANY_ID)]
+    return LIO_COMPANY_ID + _hex_digits(serial)[: NAA_DIGITS - len(LIO_COMPANY_ID)]
 
 
 def _hex_digits(text: str) -> str:
@@ -97,7 +102,7 @@ def tgt_wwn(scsi_id: str) -> str:
 
 def lio_wwn(serial: str, company_id: str = LIO_COMPANY_ID) -> str:
     """LIO's NAA 6 designator: company id, then the first hex digits of the unit serial."""
-    digits = _hex_digits(serial)[:NAA_DIGITS - len(company_id)]
+    digits = _hex_digits(serial)[: NAA_DIGITS - len(company_id)]
     return "naa.6" + company_id + digits.ljust(NAA_DIGITS - len(company_id), "0")
 
 
@@ -116,12 +121,16 @@ def lun_specs(iqn: str, luns: Sequence[Any]) -> Tuple[LunSpec, ...]:
             number, path = lun.number, lun.path
             pinned = {k: getattr(lun, k, None) for k in ("serial", "scsi_id", "vendor", "product")}
         serial = pinned.get("serial") or derived_serial(iqn, int(number))
-        out.append(LunSpec(
-            number=int(number), path=str(path), serial=serial,
-            scsi_id=pinned.get("scsi_id") or derived_scsi_id(serial),
-            vendor=pinned.get("vendor") or DEFAULT_VENDOR,
-            product=pinned.get("product") or DEFAULT_PRODUCT,
-        ))
+        out.append(
+            LunSpec(
+                number=int(number),
+                path=str(path),
+                serial=serial,
+                scsi_id=pinned.get("scsi_id") or derived_scsi_id(serial),
+                vendor=pinned.get("vendor") or DEFAULT_VENDOR,
+                product=pinned.get("product") or DEFAULT_PRODUCT,
+            )
+        )
     return tuple(out)
 
 
@@ -144,8 +153,12 @@ def lio_installed(modules_root: str = "/lib/modules", release: Optional[str] = N
         return False
 
 
-def choose_backend(setting: str, configfs: str = "/sys/kernel/config", tgtd: str = "tgtd",
-                   modules_root: str = "/lib/modules") -> str:
+def choose_backend(
+    setting: str,
+    configfs: str = "/sys/kernel/config",
+    tgtd: str = "tgtd",
+    modules_root: str = "/lib/modules",
+) -> str:
     if setting in BACKENDS:
         return setting
     if lio_loaded(configfs):
@@ -162,13 +175,27 @@ def make_target(cfg: Any, runner: Any) -> Any:
     if backend == "lio":
         from .lio import LioTarget
 
-        return LioTarget(runner, configfs=cfg.configfs, iqn=cfg.iqn, luns=luns,
-                         initiator_address=cfg.initiator_address,
-                         default_time2wait=cfg.default_time2wait, modprobe=cfg.modprobe)
+        return LioTarget(
+            runner,
+            configfs=cfg.configfs,
+            iqn=cfg.iqn,
+            luns=luns,
+            initiator_address=cfg.initiator_address,
+            default_time2wait=cfg.default_time2wait,
+            modprobe=cfg.modprobe,
+        )
     from .tgt import Target as TgtTarget
 
-    return TgtTarget(runner, tgtadm=cfg.tgtadm, tgtd=cfg.tgtd, control_port=cfg.control_port,
-                     tid=cfg.tid, iqn=cfg.iqn, luns=luns,
-                     initiator_address=cfg.initiator_address, stop_timeout=cfg.stop_timeout,
-                     log_file=cfg.log_file, default_time2wait=cfg.default_time2wait)
-
+    return TgtTarget(
+        runner,
+        tgtadm=cfg.tgtadm,
+        tgtd=cfg.tgtd,
+        control_port=cfg.control_port,
+        tid=cfg.tid,
+        iqn=cfg.iqn,
+        luns=luns,
+        initiator_address=cfg.initiator_address,
+        stop_timeout=cfg.stop_timeout,
+        log_file=cfg.log_file,
+        default_time2wait=cfg.default_time2wait,
+    )

@@ -125,15 +125,27 @@ class _Building:
 
     def freeze(self) -> TgtTarget:
         luns = tuple(
-            TgtLun(d["number"], d.get("path"), d.get("size_mb"), d.get("type", ""),
-                   d.get("scsi_id", ""), d.get("scsi_sn", ""), d.get("flags", ""))
+            TgtLun(
+                d["number"],
+                d.get("path"),
+                d.get("size_mb"),
+                d.get("type", ""),
+                d.get("scsi_id", ""),
+                d.get("scsi_sn", ""),
+                d.get("flags", ""),
+            )
             for d in self.luns
         )
         return TgtTarget(self.tid, self.name, luns, tuple(self.acl), len(self.nexuses))
 
 
-_LUN_KEYS = {"Backing store path": "path", "Type": "type", "SCSI ID": "scsi_id",
-             "SCSI SN": "scsi_sn", "Backing store flags": "flags"}
+_LUN_KEYS = {
+    "Backing store path": "path",
+    "Type": "type",
+    "SCSI ID": "scsi_id",
+    "SCSI SN": "scsi_sn",
+    "Backing store flags": "flags",
+}
 
 
 def parse_show(text: str) -> Tuple[TgtTarget, ...]:
@@ -353,8 +365,10 @@ class Target:
             elif lun.write_cache:
                 out.append(f"LUN {number} write cache on (flags {lun.flags!r})")
             elif (lun.scsi_id, lun.scsi_sn) != (spec.scsi_id, spec.serial):
-                out.append(f"LUN {number} identity {lun.scsi_id!r}/{lun.scsi_sn!r}, "
-                           f"not {spec.scsi_id!r}/{spec.serial!r}")
+                out.append(
+                    f"LUN {number} identity {lun.scsi_id!r}/{lun.scsi_sn!r}, "
+                    f"not {spec.scsi_id!r}/{spec.serial!r}"
+                )
         if self.initiator_address not in tgt.acl:
             out.append(f"initiator {self.initiator_address} not bound")
         return out
@@ -386,10 +400,14 @@ class Target:
         # tgt's show has no vendor/product: they are what we set (or tgt's "IET"/"VIRTUAL-DISK").
         spec = next((s for s in self.specs if s.number == lun.number), None)
         ours = spec is not None and lun.scsi_id == spec.scsi_id
-        return LunInfo(lun.number, serial=lun.scsi_sn, wwn=tgt_wwn(lun.scsi_id),
-                       vendor=spec.vendor if ours and spec else "",
-                       product=spec.product if ours and spec else "",
-                       write_cache=lun.write_cache)
+        return LunInfo(
+            lun.number,
+            serial=lun.scsi_sn,
+            wwn=tgt_wwn(lun.scsi_id),
+            vendor=spec.vendor if ours and spec else "",
+            product=spec.product if ours and spec else "",
+            write_cache=lun.write_cache,
+        )
 
     # -- daemon --------------------------------------------------------------------------------
 
@@ -548,8 +566,7 @@ class Target:
             # DRBD has it, so data the initiator never flushed is lost with the Primary (seen in
             # the VM lab: acknowledged blocks read back as zeros after a power cut). With O_SYNC a
             # WRITE completes only once DRBD (protocol C) has it on both disks.
-            res = self._adm(*self._lu("new", number), "--backing-store", path,
-                            "--bsoflags", "sync")
+            res = self._adm(*self._lu("new", number), "--backing-store", path, "--bsoflags", "sync")
             if res.ok:
                 # tgt takes --params only on update (measured: "option '-P' is not allowed").
                 res = self._set_identity(spec)
@@ -569,14 +586,17 @@ class Target:
         return StepResult(True, f"{what}: " + ", ".join(done))
 
     def _set_identity(self, spec: LunSpec) -> CommandResult:
-        params = (f"scsi_id={spec.scsi_id},scsi_sn={spec.serial},"
-                  f"vendor_id={spec.vendor},product_id={spec.product}")
+        params = (
+            f"scsi_id={spec.scsi_id},scsi_sn={spec.serial},"
+            f"vendor_id={spec.vendor},product_id={spec.product}"
+        )
         return self._adm(*self._lu("update", spec.number), "--params", params)
 
     def _set_time2wait(self) -> CommandResult:
         # What an initiator waits before reconnecting after a logout or a lost connection.
-        return self._target("update", "--name", "DefaultTime2Wait",
-                            "--value", str(self.default_time2wait))
+        return self._target(
+            "update", "--name", "DefaultTime2Wait", "--value", str(self.default_time2wait)
+        )
 
     @staticmethod
     def _partial(done: List[str], failure: str) -> StepResult:
@@ -654,8 +674,15 @@ def parse_targets_conf(text: str) -> Tuple[ConfTarget, ...]:
         if low.startswith("<target ") and line.endswith(">"):
             if cur is not None:
                 raise TgtParseError(f"line {n}: <target> inside <target>")
-            cur = {"iqn": line[len("<target "):-1].strip(), "stores": [], "globals": {},
-                   "addresses": [], "params": [], "ignored": [], "line": n}
+            cur = {
+                "iqn": line[len("<target ") : -1].strip(),
+                "stores": [],
+                "globals": {},
+                "addresses": [],
+                "params": [],
+                "ignored": [],
+                "line": n,
+            }
             continue
         if low == "</target>":
             if cur is None or block is not None:
@@ -665,8 +692,9 @@ def parse_targets_conf(text: str) -> Tuple[ConfTarget, ...]:
             continue
         if cur is None:
             continue  # default-driver, include, ...: outside any target
-        if (low.startswith("<backing-store ") or low.startswith("<direct-store ")) \
-                and line.endswith(">"):
+        if (
+            low.startswith("<backing-store ") or low.startswith("<direct-store ")
+        ) and line.endswith(">"):
             block = {"path": line.split(None, 1)[1][:-1].strip(), "params": {}, "line": n}
             continue
         if low in ("</backing-store>", "</direct-store>"):
@@ -712,12 +740,21 @@ def _conf_target(tid: int, cur: Dict[str, Any]) -> ConfTarget:
     for store, number in zip(stores, numbers):
         lun = number if number is not None else next(free)
         p = {**{k: v for k, v in glob.items() if k != "lun"}, **store["params"]}
-        luns.append(ConfLun(
-            number=lun, path=store["path"],
-            scsi_id=p.get("scsi_id") or f"IET     {tid:04x}{lun:04x}",
-            scsi_sn=p.get("scsi_sn") or f"beaf{tid}{lun}",
-            vendor_id=p.get("vendor_id") or "IET",
-            product_id=p.get("product_id") or "VIRTUAL-DISK",
-        ))
-    return ConfTarget(tid, cur["iqn"], tuple(sorted(luns, key=lambda x: x.number)),
-                      tuple(cur["addresses"]), tuple(cur["params"]), tuple(cur["ignored"]))
+        luns.append(
+            ConfLun(
+                number=lun,
+                path=store["path"],
+                scsi_id=p.get("scsi_id") or f"IET     {tid:04x}{lun:04x}",
+                scsi_sn=p.get("scsi_sn") or f"beaf{tid}{lun}",
+                vendor_id=p.get("vendor_id") or "IET",
+                product_id=p.get("product_id") or "VIRTUAL-DISK",
+            )
+        )
+    return ConfTarget(
+        tid,
+        cur["iqn"],
+        tuple(sorted(luns, key=lambda x: x.number)),
+        tuple(cur["addresses"]),
+        tuple(cur["params"]),
+        tuple(cur["ignored"]),
+    )

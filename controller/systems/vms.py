@@ -36,8 +36,9 @@ def _table(value: Any) -> Dict[str, Mapping[str, Any]]:
     return {str(k): v for k, v in value.items() if isinstance(v, dict)}
 
 
-def vms_on_target(iqn: str, srs: Any, pbds: Any, vdis: Any, vbds: Any, vms: Any,
-                  hosts: Any) -> Tuple[VmUse, ...]:
+def vms_on_target(
+    iqn: str, srs: Any, pbds: Any, vdis: Any, vbds: Any, vms: Any, hosts: Any
+) -> Tuple[VmUse, ...]:
     """Pure: the answers of the six ``get_all_records`` calls -> the VMs with disks on an SR
     whose PBDs point at ``iqn``, running ones first."""
     sr_t, pbd_t, vdi_t = _table(srs), _table(pbds), _table(vdis)
@@ -58,14 +59,23 @@ def vms_on_target(iqn: str, srs: Any, pbds: Any, vdis: Any, vbds: Any, vms: Any,
     out: List[VmUse] = []
     for ref, n in disks.items():
         rec = vm_t.get(ref)
-        if rec is None or rec.get("is_control_domain") or rec.get("is_a_template") or \
-                rec.get("is_a_snapshot"):
+        if (
+            rec is None
+            or rec.get("is_control_domain")
+            or rec.get("is_a_template")
+            or rec.get("is_a_snapshot")
+        ):
             continue
         host_ref = str(rec.get("resident_on") or NULL_REF)
         host = host_t.get(host_ref)
-        out.append(VmUse(str(rec.get("name_label") or rec.get("uuid") or ref),
-                         str(rec.get("power_state") or "unknown"),
-                         str(host.get("name_label")) if host else None, n))
+        out.append(
+            VmUse(
+                str(rec.get("name_label") or rec.get("uuid") or ref),
+                str(rec.get("power_state") or "unknown"),
+                str(host.get("name_label")) if host else None,
+                n,
+            )
+        )
     out.sort(key=lambda v: (v.power_state != "Running", v.name))
     return tuple(out)
 

@@ -315,9 +315,7 @@ class XenApiClient:
             session = self._new_session(url)
             where = self._describe(url)
             try:
-                session.login_with_password(
-                    self.username, self._password, API_VERSION, ORIGINATOR
-                )
+                session.login_with_password(self.username, self._password, API_VERSION, ORIGINATOR)
             except XenAPI.Failure as exc:
                 _close_transport(session)
                 details = _details(exc)

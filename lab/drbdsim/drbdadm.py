@@ -81,8 +81,15 @@ SB_UNRESOLVED = "Split-Brain detected but unresolved, dropping connection!"
 
 # Ordered as DRBD orders disk states (enum drbd_disk_state); comparisons use the index.
 DISK_ORDER = (
-    "Diskless", "Attaching", "Failed", "Negotiating", "Inconsistent", "Outdated", "DUnknown",
-    "Consistent", "UpToDate",
+    "Diskless",
+    "Attaching",
+    "Failed",
+    "Negotiating",
+    "Inconsistent",
+    "Outdated",
+    "DUnknown",
+    "Consistent",
+    "UpToDate",
 )
 
 # drbdsetup's exit codes for state-change refusals (print_config_error in drbdsetup 8.4).
@@ -171,7 +178,11 @@ def render_progress(
     line1 = "\t[%s] sync'ed:%3d.%d%% %s\n" % (bar, res // 10, res % 10, amount)
     rt = max(0, finish_seconds)
     line2 = "\tfinish: %d:%02d:%02d speed: %s (%s)" % (
-        rt // 3600, (rt % 3600) // 60, rt % 60, thousands(speed), thousands(average),
+        rt // 3600,
+        (rt % 3600) // 60,
+        rt % 60,
+        thousands(speed),
+        thousands(average),
     )
     if want is not None:
         line2 += " want: " + thousands(want)
@@ -183,8 +194,14 @@ def render_device(minor: int, view: Dict[str, object]) -> str:
     protocol = "C" if view["net"] else " "
     flags = "r----" + ("s" if view["al_suspended"] else "-")
     text = "%2d: cs:%s ro:%s/%s ds:%s/%s %s %s\n" % (
-        minor, view["cstate"], view["role"], view["peer_role"], view["disk"], view["peer_disk"],
-        protocol, flags,
+        minor,
+        view["cstate"],
+        view["role"],
+        view["peer_role"],
+        view["disk"],
+        view["peer_disk"],
+        protocol,
+        flags,
     )
     text += (
         "    ns:%(ns)d nr:%(nr)d dw:%(dw)d dr:%(dr)d al:%(al)d bm:0 lo:0 pe:0 ua:0 ap:0 ep:1 "
@@ -241,7 +258,11 @@ def new_side(initial: str, size_kb: int, common_uuid: int) -> Dict[str, object]:
         "al_suspended": False,
         "discard": False,  # connect --discard-my-data, until the next handshake
         "primary_ind": False,  # the meta data says Primary: the node died as Primary
-        "ns": 0, "nr": 0, "dw": 0, "dr": 0, "al": 8,
+        "ns": 0,
+        "nr": 0,
+        "dw": 0,
+        "dr": 0,
+        "al": 8,
     }
 
 
@@ -574,9 +595,7 @@ class Resource:
         side["uuids"][1] = side["uuids"][0]
         self.set_current(node, _random64())
         if writes_apart:
-            side["oos"] = min(
-                self.size_kb, int(side["oos"]) + int(self.world.config["diverge_kb"])
-            )
+            side["oos"] = min(self.size_kb, int(side["oos"]) + int(self.world.config["diverge_kb"]))
         self.dev(node, "new current UUID " + self.uuid_text(node))
 
     def uuid_text(self, node: str) -> str:
@@ -606,8 +625,12 @@ class Resource:
             "peer_disk": peer["disk"] if self.connected else "DUnknown",
             "net": side["net"],
             "al_suspended": side["al_suspended"],
-            "ns": side["ns"], "nr": side["nr"], "dw": side["dw"], "dr": side["dr"],
-            "al": side["al"], "oos": side["oos"],
+            "ns": side["ns"],
+            "nr": side["nr"],
+            "dw": side["dw"],
+            "dr": side["dr"],
+            "al": side["al"],
+            "oos": side["oos"],
         }
         sync = self.state["sync"]
         if self.connected and sync:
@@ -618,7 +641,11 @@ class Resource:
             average = (total - left) // elapsed
             view["oos"] = left
             view["progress"] = render_progress(
-                left, total, int(left / rate) if rate else 0, average, average,
+                left,
+                total,
+                int(left / rate) if rate else 0,
+                average,
+                average,
                 rate if sync["target"] == node else None,
             )
         return view
@@ -659,8 +686,10 @@ class Resource:
                 side["oos"] = self.sync_left(sync)  # the rest stays marked in the bitmap
             if not (side["up"] and side["net"]):
                 continue
-            was = "SyncSource" if sync and sync["source"] == node else (
-                "SyncTarget" if sync else "Connected"
+            was = (
+                "SyncSource"
+                if sync and sync["source"] == node
+                else ("SyncTarget" if sync else "Connected")
             )
             if reason:
                 self.conn_log(node, reason)
@@ -831,9 +860,8 @@ class Resource:
         if old_disk == "UpToDate":
             tgt_line += "disk( UpToDate -> Outdated ) "
         if via == "handshake":
-            src_line = (
-                f"peer( Unknown -> {tgt['role']} ) "
-                + src_line.replace(f"pdsk( {old_disk} ", "pdsk( DUnknown ")
+            src_line = f"peer( Unknown -> {tgt['role']} ) " + src_line.replace(
+                f"pdsk( {old_disk} ", "pdsk( DUnknown "
             )
             tgt_line = f"peer( Unknown -> {src['role']} ) " + tgt_line
             tgt_line += "pdsk( DUnknown -> UpToDate ) "
@@ -878,8 +906,11 @@ class Resource:
         src["oos"] = tgt["oos"] = total_kb
         seconds = float(self.world.config["resync_seconds"])
         self.state["sync"] = {
-            "source": source, "target": target, "total_kb": total_kb,
-            "start": self.world.now, "end": self.world.now + seconds,
+            "source": source,
+            "target": target,
+            "total_kb": total_kb,
+            "start": self.world.now,
+            "end": self.world.now + seconds,
             "handshake_uuids": handshake_uuids,
         }
         self.changed()
@@ -948,7 +979,8 @@ class Resource:
             disk = self.disk_of(node) or "/dev/vda"  # the VM lab's backing disk when none is set
             raise MetaRefusal(
                 f"Device '{self.minor}' is configured!",
-                f"drbdmeta {self.minor} v08 {disk} internal apply-al", 20,
+                f"drbdmeta {self.minor} v08 {disk} internal apply-al",
+                20,
             )
         notice = APPLY_AL_NOTHING + "\n" if side.get("primary_ind") else ""
         side["primary_ind"] = False
@@ -1000,8 +1032,14 @@ class Resource:
             self.conn_log(peer, "conn( NetworkFailure -> Unconnected ) ")
             self.conn_log(peer, "conn( Unconnected -> WFConnection ) ")
             self.lost_peer_disk(peer)
-        side.update(up=False, role="Secondary", al_suspended=False, discard=False, net=True,
-                    primary_ind=side["role"] == "Primary")
+        side.update(
+            up=False,
+            role="Secondary",
+            al_suspended=False,
+            discard=False,
+            net=True,
+            primary_ind=side["role"] == "Primary",
+        )
         self.changed()
 
     def set_role(self, node: str, role: str) -> None:
@@ -1192,7 +1230,14 @@ def open_holders(netns: str, path: str) -> List[int]:
 
 STATE_COMMANDS = ("role", "cstate", "dstate")
 CHANGE_COMMANDS = (
-    "up", "down", "primary", "secondary", "connect", "disconnect", "outdate", "adjust",
+    "up",
+    "down",
+    "primary",
+    "secondary",
+    "connect",
+    "disconnect",
+    "outdate",
+    "adjust",
 )
 
 
@@ -1211,7 +1256,8 @@ def setup_command(command: str, res: Resource, node: str, options: Sequence[str]
         extra = [o for o in options if o == "--discard-my-data"]
         return " ".join(
             ["drbdsetup-84", "connect", res.name, f"ipv4:{me}:{port}", f"ipv4:{peer}:{port}"]
-            + extra + ["--protocol=C"]
+            + extra
+            + ["--protocol=C"]
         )
     return f"drbdsetup-84 {command} {res.name}"
 
@@ -1374,8 +1420,9 @@ def proc_states(text: str) -> Dict[int, str]:
     return states
 
 
-def drbdsetup_command(cluster: Cluster, node: str, options: Sequence[str], words: List[str],
-                      out: TextIO, err: TextIO) -> int:
+def drbdsetup_command(
+    cluster: Cluster, node: str, options: Sequence[str], words: List[str], out: TextIO, err: TextIO
+) -> int:
     """``drbdsetup events all`` (8.4): one ``ST`` line per state change of this node's minors.
 
     The kernel broadcasts a change as it happens; the simulator notices it by looking at the

@@ -30,14 +30,19 @@ def answer(port, reply):
     with LOCK:
         view = memoryview(data)
         while view:  # a virtio port takes large answers in pieces
-            view = view[os.write(port, view):]
+            view = view[os.write(port, view) :]
 
 
 def run(req):
     try:
-        res = subprocess.run(req["argv"], input=req.get("input"), capture_output=True,
-                             text=True, timeout=float(req.get("timeout", 10)),
-                             env=req.get("env") or None)
+        res = subprocess.run(
+            req["argv"],
+            input=req.get("input"),
+            capture_output=True,
+            text=True,
+            timeout=float(req.get("timeout", 10)),
+            env=req.get("env") or None,
+        )
         return {"rc": res.returncode, "out": res.stdout, "err": res.stderr}
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
@@ -49,9 +54,14 @@ def run(req):
 def spawn(req):
     log = open(req.get("log") or "/dev/null", "ab")
     try:
-        proc = subprocess.Popen(req["argv"], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=req.get("env") or None,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            req["argv"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=req.get("env") or None,
+            start_new_session=True,
+        )
     except OSError as exc:
         return {"pid": 0, "err": f"agent: {exc}"}
     finally:

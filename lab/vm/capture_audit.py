@@ -37,13 +37,17 @@ RES = "r0"
 # lab's own (harness.drbd_resource) and keep its fast timers.
 LAB_NET = "ping-int 1; ping-timeout 5; connect-int 1;"
 LAB_DISK = "c-plan-ahead 0; resync-rate 100M;"
-UNSAFE = (f"\tnet {{ {LAB_NET} protocol A; after-sb-0pri discard-least-changes; "
-          "after-sb-1pri discard-secondary; after-sb-2pri violently-as0p; }\n"
-          f"\tdisk {{ {LAB_DISK} }}\n")
-SAFE = (f"\tnet {{ {LAB_NET} protocol C; after-sb-0pri disconnect; after-sb-1pri disconnect; "
-        "after-sb-2pri disconnect; }\n"
-        f"\tdisk {{ {LAB_DISK} fencing resource-only; }}\n"
-        "\thandlers { fence-peer \"/usr/bin/iscsi-ha fence-peer\"; }\n")
+UNSAFE = (
+    f"\tnet {{ {LAB_NET} protocol A; after-sb-0pri discard-least-changes; "
+    "after-sb-1pri discard-secondary; after-sb-2pri violently-as0p; }\n"
+    f"\tdisk {{ {LAB_DISK} }}\n"
+)
+SAFE = (
+    f"\tnet {{ {LAB_NET} protocol C; after-sb-0pri disconnect; after-sb-1pri disconnect; "
+    "after-sb-2pri disconnect; }\n"
+    f"\tdisk {{ {LAB_DISK} fencing resource-only; }}\n"
+    '\thandlers { fence-peer "/usr/bin/iscsi-ha fence-peer"; }\n'
+)
 
 
 def resource_text(lab: VmLab, sections: str) -> str:
@@ -51,8 +55,7 @@ def resource_text(lab: VmLab, sections: str) -> str:
     text = drbd_resource(RES, 0, 7789, lab.vms)
     if not sections:
         return text
-    lines = [ln for ln in text.splitlines(True)
-             if not ln.startswith(("\tnet {", "\tdisk {"))]
+    lines = [ln for ln in text.splitlines(True) if not ln.startswith(("\tnet {", "\tdisk {"))]
     return lines[0] + sections + "".join(lines[1:])
 
 
@@ -85,13 +88,22 @@ def main(out: Path, lio: bool = True) -> None:
         for tag, extra in (("01-lab-default", ""), ("02-unsafe", UNSAFE), ("03-safe", SAFE)):
             for vm in lab.vms:
                 # /etc/drbd.d is the VM's own copy (made at boot): write the resource there.
-                vm.run(["sh", "-c", f"cat > /etc/drbd.d/{RES}.res"],
-                       input=resource_text(lab, extra), check=True)
+                vm.run(
+                    ["sh", "-c", f"cat > /etc/drbd.d/{RES}.res"],
+                    input=resource_text(lab, extra),
+                    check=True,
+                )
                 vm.run(["drbdadm", "up", RES], check=True)
             wait(n1, ["drbdadm", "cstate", RES], "Connected")
-            text = "".join(frame(n1, argv) for argv in (
-                ["drbdsetup", "show", RES], ["drbdsetup", "show", "--show-defaults", RES],
-                ["drbdadm", "dump", RES], ["drbdadm", "--version"]))
+            text = "".join(
+                frame(n1, argv)
+                for argv in (
+                    ["drbdsetup", "show", RES],
+                    ["drbdsetup", "show", "--show-defaults", RES],
+                    ["drbdadm", "dump", RES],
+                    ["drbdadm", "--version"],
+                )
+            )
             (out / f"audit-{tag}-node1.txt").write_text(text)
             for vm in lab.vms:
                 vm.run(["drbdadm", "down", RES], check=True)
@@ -117,8 +129,9 @@ def probe_on_lio(lab: VmLab, out: Path) -> None:
     from .harness import VIP
 
     for vm in lab.vms:
-        vm.run(["sh", "-c", f"cat > /etc/drbd.d/{RES}.res"], input=ctl.resources(lab)[RES],
-               check=True)
+        vm.run(
+            ["sh", "-c", f"cat > /etc/drbd.d/{RES}.res"], input=ctl.resources(lab)[RES], check=True
+        )
         vm.run(["drbdadm", "up", RES], check=True)
     c = ctl.Controllers(lab, backend="lio")
     c.write_configs()
@@ -134,19 +147,27 @@ def probe_on_lio(lab: VmLab, out: Path) -> None:
     try:
         c.settle("node1", limit=300)
         # Our initiator by hand inside node2, against LIO on node1, with generous deadlines.
-        res = lab.vm("node2").run([lab.python, "-c", DIAG, VIP.split("/")[0], ctl.IQN],
-                                  timeout=120)
+        res = lab.vm("node2").run([lab.python, "-c", DIAG, VIP.split("/")[0], ctl.IQN], timeout=120)
         notes.append(f"$ probe by hand in node2 (rc={res.rc})\n{res.out}{res.err}")
         want = 'iscsi_ha_storage_probe_success{lun="1",observer="node2"}'
         try:
-            ctl.wait_for("node2's probe reads LUN 1 through the VIP",
-                         lambda: c.metrics(lab.vm("node2")).get(want) == 1.0, 120)
+            ctl.wait_for(
+                "node2's probe reads LUN 1 through the VIP",
+                lambda: c.metrics(lab.vm("node2")).get(want) == 1.0,
+                120,
+            )
         except Exception as exc:  # recorded, not fatal: the metrics say what happened
             notes.append(f"wait: {exc}")
         for vm in lab.vms:
-            lines = [f"{k} {v}" for k, v in sorted(c.metrics(vm).items())
-                     if re.match(r"iscsi_ha_(storage_probe|audit|drbd_replication|drbd_split_brain_"
-                                 r"policy|drbd_fencing|lvm_|multipath_)", k)]
+            lines = [
+                f"{k} {v}"
+                for k, v in sorted(c.metrics(vm).items())
+                if re.match(
+                    r"iscsi_ha_(storage_probe|audit|drbd_replication|drbd_split_brain_"
+                    r"policy|drbd_fencing|lvm_|multipath_)",
+                    k,
+                )
+            ]
             (out / f"probe-lio-metrics-{vm.name}.txt").write_text("\n".join(lines) + "\n")
     finally:
         (out / "probe-lio-notes.txt").write_text("\n".join(notes) + "\n")

@@ -27,9 +27,11 @@ from typing import Dict, List
 from .harness import VmLab
 from .scenario import RES, VmBackend
 
-TIMER = ("import subprocess,sys,time; t=time.monotonic(); "
-         "r=subprocess.run(sys.argv[1:],capture_output=True,text=True); "
-         "print(r.returncode, round(time.monotonic()-t,4), r.stderr.strip()[-80:])")
+TIMER = (
+    "import subprocess,sys,time; t=time.monotonic(); "
+    "r=subprocess.run(sys.argv[1:],capture_output=True,text=True); "
+    "print(r.returncode, round(time.monotonic()-t,4), r.stderr.strip()[-80:])"
+)
 SWITCHES = 6
 
 
@@ -64,10 +66,12 @@ def main(out: Path) -> int:
             vm.run(["drbdadm", "--", "--force", "create-md", RES], timeout=60, check=True)
         pids = {}
         for vm in lab.vms:
-            pids[(vm.name, "events")] = vm.spawn(["drbdsetup", "events", "all"],
-                                                 log="/run/lab/events.txt")
-            pids[(vm.name, "events2")] = vm.spawn(["drbdsetup", "events2", "all"],
-                                                  log="/run/lab/events2.txt")
+            pids[(vm.name, "events")] = vm.spawn(
+                ["drbdsetup", "events", "all"], log="/run/lab/events.txt"
+            )
+            pids[(vm.name, "events2")] = vm.spawn(
+                ["drbdsetup", "events2", "all"], log="/run/lab/events2.txt"
+            )
         time.sleep(1.0)
 
         def step(text: str) -> None:
@@ -109,17 +113,18 @@ def main(out: Path) -> int:
         step("end")
         slow = {}
         for vm in (n1,):
-            slow["vm python3 -S -c pass"] = [_timed(vm, ["python3", "-S", "-c", "pass"])
-                                             for _ in range(5)]
-            slow["vm drbdadm sh-minor"] = [_timed(vm, ["drbdadm", "sh-minor", RES])
-                                           for _ in range(5)]
+            slow["vm python3 -S -c pass"] = [
+                _timed(vm, ["python3", "-S", "-c", "pass"]) for _ in range(5)
+            ]
+            slow["vm drbdadm sh-minor"] = [
+                _timed(vm, ["drbdadm", "sh-minor", RES]) for _ in range(5)
+            ]
         for (name, _kind), pid in pids.items():
             lab.vm(name).kill(pid)
         for vm in lab.vms:
             for kind in ("events", "events2"):
                 src = vm.xdir / f"{kind}.txt"
-                (out / f"{kind}-{vm.name}.txt").write_text(src.read_text() if src.exists()
-                                                           else "")
+                (out / f"{kind}-{vm.name}.txt").write_text(src.read_text() if src.exists() else "")
     finally:
         lab.teardown()
     host = []
@@ -131,9 +136,11 @@ def main(out: Path) -> int:
     (out / "steps.txt").write_text("\n".join(steps) + "\n")
     lines = []
     for name, values in list(timings.items()) + list(slow.items()):
-        lines.append(f"{name}: median {statistics.median(values) * 1000:.1f} ms "
-                     f"(min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f}, "
-                     f"n={len(values)}) " + " ".join(f"{v * 1000:.1f}" for v in values))
+        lines.append(
+            f"{name}: median {statistics.median(values) * 1000:.1f} ms "
+            f"(min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f}, "
+            f"n={len(values)}) " + " ".join(f"{v * 1000:.1f}" for v in values)
+        )
     (out / "timings.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -34,8 +34,14 @@ def frame(vm, argv: List[str]) -> str:
 
 
 def snapshot(vm, extra: List[List[str]] = ()) -> str:
-    cmds = [["cat", "/proc/drbd"], ["drbdadm", "role", RES], ["drbdadm", "cstate", RES],
-            ["drbdadm", "dstate", RES], ["drbdadm", "get-gi", RES], ["drbdadm", "show-gi", RES]]
+    cmds = [
+        ["cat", "/proc/drbd"],
+        ["drbdadm", "role", RES],
+        ["drbdadm", "cstate", RES],
+        ["drbdadm", "dstate", RES],
+        ["drbdadm", "get-gi", RES],
+        ["drbdadm", "show-gi", RES],
+    ]
     return "".join(frame(vm, c) for c in [*extra, *cmds])
 
 
@@ -63,8 +69,10 @@ def main(out: Path) -> None:
         n1.run(["drbdadm", "primary", "--force", RES], check=True)
         for vm in lab.vms:
             wait(vm, ["drbdadm", "dstate", RES], "UpToDate/UpToDate", 300)
-        n1.run(["dd", "if=/dev/urandom", "of=/dev/drbd0", "bs=4k", "count=16", "oflag=direct"],
-               check=True)
+        n1.run(
+            ["dd", "if=/dev/urandom", "of=/dev/drbd0", "bs=4k", "count=16", "oflag=direct"],
+            check=True,
+        )
         for vm in lab.vms:
             (out / f"gi-01-connected-{vm.name}.txt").write_text(snapshot(vm))
 
@@ -72,19 +80,22 @@ def main(out: Path) -> None:
             vm.set_replication_link(False)
         for vm in lab.vms:
             wait(vm, ["drbdadm", "cstate", RES], "WFConnection", 60)
-        (out / "gi-02-link-cut-node2.txt").write_text(
-            snapshot(n2, [["drbdadm", "outdate", RES]]))
+        (out / "gi-02-link-cut-node2.txt").write_text(snapshot(n2, [["drbdadm", "outdate", RES]]))
         (out / "gi-02-link-cut-node1.txt").write_text(
-            snapshot(n1, [["drbdadm", "outdate", RES]]))  # refused: it is Primary
-        n1.run(["dd", "if=/dev/urandom", "of=/dev/drbd0", "bs=4k", "count=16", "oflag=direct"],
-               check=True)
+            snapshot(n1, [["drbdadm", "outdate", RES]])
+        )  # refused: it is Primary
+        n1.run(
+            ["dd", "if=/dev/urandom", "of=/dev/drbd0", "bs=4k", "count=16", "oflag=direct"],
+            check=True,
+        )
 
         n1.crash()
         n1.start()
         n1.wait_ready()
         n1.set_replication_link(False)
         (out / "gi-03-crashed-primary-up-alone-node1.txt").write_text(
-            frame(n1, ["drbdadm", "show-gi", RES]) + snapshot(n1, [["drbdadm", "up", RES]]))
+            frame(n1, ["drbdadm", "show-gi", RES]) + snapshot(n1, [["drbdadm", "up", RES]])
+        )
         (out / "gi-03-crashed-primary-up-alone-node2.txt").write_text(snapshot(n2))
 
         for vm in lab.vms:

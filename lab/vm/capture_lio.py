@@ -25,8 +25,10 @@ def main(argv: list) -> int:
         lab.prepare({})
         vm = lab.vm("node1")
         lab.boot([vm])
-        res = vm.run([lab.python, str(REPO / "lab" / "vm" / "lio_capture.py"), "/run/lab/lio",
-                      "/dev/vda"], timeout=300)
+        res = vm.run(
+            [lab.python, str(REPO / "lab" / "vm" / "lio_capture.py"), "/run/lab/lio", "/dev/vda"],
+            timeout=300,
+        )
         if res.rc != 0:
             print(res.err[-3000:], file=sys.stderr)
             return 1

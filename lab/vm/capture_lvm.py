@@ -22,8 +22,17 @@ from typing import Sequence
 from .harness import VmLab, drbd_resource
 
 RES = "r0"
-LVS = ["lvs", "--noheadings", "--nosuffix", "--units", "b", "--separator", "|", "-o",
-       "vg_name,lv_name,lv_size,vg_free,lv_attr"]
+LVS = [
+    "lvs",
+    "--noheadings",
+    "--nosuffix",
+    "--units",
+    "b",
+    "--separator",
+    "|",
+    "-o",
+    "vg_name,lv_name,lv_size,vg_free,lv_attr",
+]
 
 LVM_CONF = """\
 activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
@@ -35,14 +44,19 @@ backup { backup = 0 archive = 0 }
 def lvm_setup(vm) -> None:
     """LVM in a lab VM: its own configuration (the host's /etc is read-only there)."""
     (vm.xdir / "lvm.conf").write_text(LVM_CONF)
-    vm.sh("mountpoint -q /etc/lvm || mount -t tmpfs -o mode=0755 tmpfs /etc/lvm; "
-          "cp /run/lab/lvm.conf /etc/lvm/lvm.conf; mkdir -p /run/lvm /run/lock/lvm")
+    vm.sh(
+        "mountpoint -q /etc/lvm || mount -t tmpfs -o mode=0755 tmpfs /etc/lvm; "
+        "cp /run/lab/lvm.conf /etc/lvm/lvm.conf; mkdir -p /run/lvm /run/lock/lvm"
+    )
 
 
 def lvm_disk(vm, lv_mib: int = 64) -> None:
     """vg0 on the VM's disk and the logical volume r0 of ``lv_mib`` MiB: DRBD's backing."""
-    vm.sh(f"pvcreate -ff -y /dev/vda && vgcreate vg0 /dev/vda && "
-          f"lvcreate -y -L {lv_mib}M -n {RES} vg0", timeout=60)
+    vm.sh(
+        f"pvcreate -ff -y /dev/vda && vgcreate vg0 /dev/vda && "
+        f"lvcreate -y -L {lv_mib}M -n {RES} vg0",
+        timeout=60,
+    )
 
 
 def frame(vm, argv: Sequence[str]) -> str:
@@ -69,12 +83,34 @@ def main(out: Path) -> None:
         capture = frame(n1, ["drbdadm", "sh-ll-dev", RES])
         capture += frame(n1, [*LVS, "/dev/vg0/r0"])
         capture += frame(n1, [*LVS, "/dev/vda"])
-        capture += frame(n1, ["lvcreate", "--snapshot", "--permission", "r", "--name",
-                              "r0-splitbrain-20261202T021500", "--size", "1000000000b",
-                              "vg0/r0"])
-        capture += frame(n1, ["lvcreate", "--snapshot", "--permission", "r", "--name",
-                              "r0-splitbrain-20261202T021501", "--size", "16777216b",
-                              "vg0/r0"])
+        capture += frame(
+            n1,
+            [
+                "lvcreate",
+                "--snapshot",
+                "--permission",
+                "r",
+                "--name",
+                "r0-splitbrain-20261202T021500",
+                "--size",
+                "1000000000b",
+                "vg0/r0",
+            ],
+        )
+        capture += frame(
+            n1,
+            [
+                "lvcreate",
+                "--snapshot",
+                "--permission",
+                "r",
+                "--name",
+                "r0-splitbrain-20261202T021501",
+                "--size",
+                "16777216b",
+                "vg0/r0",
+            ],
+        )
         capture += frame(n1, [*LVS, "/dev/vg0/r0"])
         capture += frame(n1, [*LVS])
         capture += frame(n1, ["ls", "-l", "/dev/vg0/"])

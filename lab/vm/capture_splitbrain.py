@@ -36,8 +36,13 @@ def frame(vm, argv: Sequence[str]) -> str:
     return f"$ {' '.join(argv)}\n(rc={res.rc})\n{res.out}{res.err}\n"
 
 
-STATE = [["cat", "/proc/drbd"], ["drbdadm", "role", RES], ["drbdadm", "cstate", RES],
-         ["drbdadm", "dstate", RES], ["drbdadm", "get-gi", RES]]
+STATE = [
+    ["cat", "/proc/drbd"],
+    ["drbdadm", "role", RES],
+    ["drbdadm", "cstate", RES],
+    ["drbdadm", "dstate", RES],
+    ["drbdadm", "get-gi", RES],
+]
 
 
 def snapshot(vm, extra: Sequence[Sequence[str]] = ()) -> str:
@@ -58,8 +63,18 @@ def wait(vm, argv: List[str], want: str, limit: float = 120.0) -> None:
 
 
 def write(vm, seek: int, count: int) -> None:
-    vm.run(["dd", "if=/dev/urandom", "of=/dev/drbd0", "bs=4k", f"seek={seek}",
-            f"count={count}", "oflag=direct"], check=True)
+    vm.run(
+        [
+            "dd",
+            "if=/dev/urandom",
+            "of=/dev/drbd0",
+            "bs=4k",
+            f"seek={seek}",
+            f"count={count}",
+            "oflag=direct",
+        ],
+        check=True,
+    )
 
 
 def split(lab: VmLab) -> str:

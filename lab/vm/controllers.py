@@ -46,16 +46,29 @@ def config(vm: Vm, backend: str = "tgt") -> Dict[str, Any]:
         "cycle_deadline": 10,
         "command_timeout": 10,
         "resources": [RES],
-        "drbd": {"version": "8.4", "drbdadm": "drbdadm", "proc_drbd": "/proc/drbd",
-                 "kernel_log": ["dmesg"]},
+        "drbd": {
+            "version": "8.4",
+            "drbdadm": "drbdadm",
+            "proc_drbd": "/proc/drbd",
+            "kernel_log": ["dmesg"],
+        },
         "pool": {"conf": "/run/lab/pool.conf"},
         "xenapi": {"enabled": False},
-        "target": {"backend": backend, "control_port": vm.index, "tid": 1, "iqn": IQN,
-                   "luns": [{"lun": 1, "path": "/dev/drbd0"}], "stop_timeout": 3,
-                   "log_file": "/run/lab/tgtd.log"},
+        "target": {
+            "backend": backend,
+            "control_port": vm.index,
+            "tid": 1,
+            "iqn": IQN,
+            "luns": [{"lun": 1, "path": "/dev/drbd0"}],
+            "stop_timeout": 3,
+            "log_file": "/run/lab/tgtd.log",
+        },
         "vip": {"address": VIP, "interface": vm.lan_if, "announce_interval": 10},
-        "paths": {"state_dir": "/run/lab/state", "status_file": "/run/lab/state/status",
-                  "control_socket": "/run/iscsi-ha/control.sock"},
+        "paths": {
+            "state_dir": "/run/lab/state",
+            "status_file": "/run/lab/state/status",
+            "control_socket": "/run/iscsi-ha/control.sock",
+        },
         "exporter": {"enabled": True, "listen": f"0.0.0.0:{EXPORTER_PORT}"},
         "logging": {"level": "info", "syslog": False},
     }
@@ -92,7 +105,8 @@ class Controllers:
         for vm in self.lab.vms:
             (vm.xdir / "state").mkdir(exist_ok=True)
             (vm.xdir / "iscsi-ha.yaml").write_text(
-                yaml.safe_dump(config(vm, self.backend), sort_keys=False))
+                yaml.safe_dump(config(vm, self.backend), sort_keys=False)
+            )
 
     def set_pool_master(self, master: Optional[str]) -> None:
         """What pool.conf says on each host (None: both 'master'-less, i.e. unknown)."""
@@ -108,18 +122,32 @@ class Controllers:
             tmp.rename(vm.xdir / "pool.conf")
 
     def start(self, vm: Vm) -> int:
-        env = {"PATH": f"{self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
-               "LANG": "C.UTF-8"}
-        pid = vm.spawn([str(self.venv_bin / "iscsi-ha"), "run", "--config",
-                        "/run/lab/iscsi-ha.yaml"], log="/run/lab/controller.log", env=env)
+        env = {
+            "PATH": f"{self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+        }
+        pid = vm.spawn(
+            [str(self.venv_bin / "iscsi-ha"), "run", "--config", "/run/lab/iscsi-ha.yaml"],
+            log="/run/lab/controller.log",
+            env=env,
+        )
         self.pids[vm.name] = pid
         return pid
 
     def cfg(self, vm: Vm, *args: str, timeout: float = 90.0) -> Result:
         """``iscsi-cfg`` inside the VM, as an operator on that host would run it."""
-        return vm.run(["env", f"PATH={self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
-                       str(self.venv_bin / "iscsi-cfg"), "--config", "/run/lab/iscsi-ha.yaml",
-                       *args], timeout=timeout)
+        return vm.run(
+            [
+                "env",
+                f"PATH={self.venv_bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+                str(self.venv_bin / "iscsi-cfg"),
+                "--config",
+                "/run/lab/iscsi-ha.yaml",
+                *args,
+            ],
+            timeout=timeout,
+        )
 
     def stop(self, vm: Vm) -> None:
         pid = self.pids.pop(vm.name, None)
@@ -133,8 +161,10 @@ class Controllers:
 
     def metrics(self, vm: Vm) -> Dict[str, float]:
         """The exporter's samples as {'name{labels}': value}; {} when it does not answer."""
-        fetch = ("import urllib.request as u; print(u.urlopen("
-                 f"'http://127.0.0.1:{EXPORTER_PORT}/metrics', timeout=5).read().decode())")
+        fetch = (
+            "import urllib.request as u; print(u.urlopen("
+            f"'http://127.0.0.1:{EXPORTER_PORT}/metrics', timeout=5).read().decode())"
+        )
         res = vm.run([self.lab.python, "-c", fetch], timeout=15)
         out: Dict[str, float] = {}
         if res.rc != 0:
@@ -159,11 +189,14 @@ class Controllers:
         """The target in that VM has our target (asked directly, not through the controller):
         tgtd's show, or LIO's configfs directory for our IQN with its TPG enabled."""
         if self.backend == "lio":
-            res = vm.run(["cat", f"/sys/kernel/config/target/iscsi/{IQN}/tpgt_1/enable"],
-                         timeout=10)
+            res = vm.run(
+                ["cat", f"/sys/kernel/config/target/iscsi/{IQN}/tpgt_1/enable"], timeout=10
+            )
             return res.rc == 0 and res.out.strip() == "1"
-        res = vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target",
-                      "--op", "show"], timeout=10)
+        res = vm.run(
+            ["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target", "--op", "show"],
+            timeout=10,
+        )
         return res.rc == 0 and IQN in res.out
 
     def vip_local(self, vm: Vm) -> bool:
@@ -191,17 +224,32 @@ class Controllers:
         if any(self.drbd(vm, "cstate") == "StandAlone" for vm in self.lab.vms):
             for vm in self.lab.vms:
                 vm.run(["drbdadm", "disconnect", RES], timeout=30)
-            wait_for(f"{other.name}'s controller to demote it",
-                     lambda: self.drbd(other, "role").startswith("Secondary/"), 60)
+            wait_for(
+                f"{other.name}'s controller to demote it",
+                lambda: self.drbd(other, "role").startswith("Secondary/"),
+                60,
+            )
             other.run(["drbdadm", "connect", "--discard-my-data", RES], timeout=30, check=True)
             primary.run(["drbdadm", "connect", RES], timeout=30, check=True)
-        wait_for("both Connected and UpToDate",
-                 lambda: all(self.drbd(vm, "cstate") == "Connected"
-                             and self.drbd(vm, "dstate") == "UpToDate/UpToDate"
-                             for vm in self.lab.vms), limit)
-        wait_for(f"{master} alone to serve at the VIP",
-                 lambda: self.serving(primary) and not self.serving(other)
-                 and self.vip_local(primary) and self.client_inq() == 0, limit)
+        wait_for(
+            "both Connected and UpToDate",
+            lambda: all(
+                self.drbd(vm, "cstate") == "Connected"
+                and self.drbd(vm, "dstate") == "UpToDate/UpToDate"
+                for vm in self.lab.vms
+            ),
+            limit,
+        )
+        wait_for(
+            f"{master} alone to serve at the VIP",
+            lambda: (
+                self.serving(primary)
+                and not self.serving(other)
+                and self.vip_local(primary)
+                and self.client_inq() == 0
+            ),
+            limit,
+        )
 
     # ---- the client ---------------------------------------------------------------------------
 
@@ -209,12 +257,24 @@ class Controllers:
         return f"iscsi://{VIP.split('/')[0]}/{IQN}/1"
 
     def client_inq(self, timeout: float = 5.0) -> int:
-        return self.lab.client(["timeout", str(timeout), "iscsi-inq", self.lun_url()],
-                               timeout=timeout + 5).returncode
+        return self.lab.client(
+            ["timeout", str(timeout), "iscsi-inq", self.lun_url()], timeout=timeout + 5
+        ).returncode
 
     def _block(self, op: str, lba: int, arg: str, timeout: float) -> Dict[str, Any]:
-        res = self.lab.client(["timeout", str(timeout), sys.executable, str(BLOCK_TOOL), op,
-                               self.lun_url(), str(lba), arg], timeout=timeout + 5)
+        res = self.lab.client(
+            [
+                "timeout",
+                str(timeout),
+                sys.executable,
+                str(BLOCK_TOOL),
+                op,
+                self.lun_url(),
+                str(lba),
+                arg,
+            ],
+            timeout=timeout + 5,
+        )
         try:
             return json.loads(res.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -227,8 +287,10 @@ class Controllers:
         for page in (128, 131):  # iscsi-inq -c takes decimal (0x80 reads as page 0)
             raw = self._block("vpd", 0, str(page), timeout)
             out[f"raw{page:#x}"] = raw.get("data") if raw.get("ok") else None
-            inq = self.lab.client(["timeout", str(timeout), "iscsi-inq", "-e", "1", "-c",
-                                   str(page), self.lun_url()], timeout=timeout + 5)
+            inq = self.lab.client(
+                ["timeout", str(timeout), "iscsi-inq", "-e", "1", "-c", str(page), self.lun_url()],
+                timeout=timeout + 5,
+            )
             out[f"inq{page:#x}"] = inq.stdout if inq.returncode == 0 else None
         return out
 

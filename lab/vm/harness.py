@@ -70,15 +70,16 @@ class Result:
     err: str
 
 
-def drbd_resource(name: str, minor: int, port: int, nodes: Sequence["Vm"],
-                  extra: str = "") -> str:
+def drbd_resource(name: str, minor: int, port: int, nodes: Sequence["Vm"], extra: str = "") -> str:
     """A resource section for the lab: fast failure detection and resync (docs/design.md §12 B)."""
     text = f"resource {name} {{\n"
     text += "\tnet { ping-int 1; ping-timeout 5; connect-int 1; }\n"
     text += "\tdisk { c-plan-ahead 0; resync-rate 100M; }\n" + extra
     for vm in nodes:
-        text += (f"\ton {vm.name} {{ device /dev/drbd{minor}; disk /dev/vda; "
-                 f"address {vm.repl_addr}:{port}; meta-disk internal; }}\n")
+        text += (
+            f"\ton {vm.name} {{ device /dev/drbd{minor}; disk /dev/vda; "
+            f"address {vm.repl_addr}:{port}; meta-disk internal; }}\n"
+        )
     return text + "}\n"
 
 
@@ -105,8 +106,7 @@ class Agent:
             except OSError:
                 sock.close()
                 if time.monotonic() > deadline:
-                    raise VmError(
-                        f"{self.name}: agent socket {self.path} never appeared") from None
+                    raise VmError(f"{self.name}: agent socket {self.path} never appeared") from None
                 time.sleep(0.05)
         self.sock = sock
         self.closed.clear()
@@ -199,33 +199,71 @@ class Vm:
         img = self.lab.image
         other = 2 if self.index == 1 else 1
         base = self.lab.udp_base
-        append = " ".join([
-            "console=ttyS0", "quiet", "panic=-1", f"lab.node={self.name}",
-            f"lab.ip0={self.repl_addr}/24", f"lab.ip1={self.lan_addr}/24",
-            f"lab.python={self.lab.python}", f"lab.keep={','.join(self.lab.keep) or '-'}",
-        ])
+        append = " ".join(
+            [
+                "console=ttyS0",
+                "quiet",
+                "panic=-1",
+                f"lab.node={self.name}",
+                f"lab.ip0={self.repl_addr}/24",
+                f"lab.ip1={self.lan_addr}/24",
+                f"lab.python={self.lab.python}",
+                f"lab.keep={','.join(self.lab.keep) or '-'}",
+            ]
+        )
         return [
-            "qemu-system-x86_64", "-name", self.name, "-M", "pc",
-            "-accel", "tcg,tb-size=128", "-m", "512", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(img.kernel), "-initrd", str(img.initrd), "-append", append,
-            "-chardev", f"file,id=con,path={self.console},append=on", "-serial", "chardev:con",
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                       "multidevs=remap",
-            "-virtfs", f"local,path={self.xdir},mount_tag=exchange,security_model=none,"
-                       "multidevs=remap",
-            "-drive", f"file={self.disk},if=virtio,format=raw,cache=writeback",
-            "-netdev", f"dgram,id=repl,local.type=inet,local.host=127.0.0.1,"
-                       f"local.port={base + self.index},remote.type=inet,"
-                       f"remote.host=127.0.0.1,remote.port={base + other}",
-            "-device", f"virtio-net-pci,netdev=repl,mac=52:54:00:77:00:0{self.index}",
-            "-netdev", f"tap,id=lan,ifname={self.tap},script=no,downscript=no",
-            "-device", f"virtio-net-pci,netdev=lan,mac=52:54:00:98:00:0{self.index}",
-            "-device", "virtio-rng-pci",
-            "-device", "virtio-serial-pci",
-            "-chardev", f"socket,id=agent,path={self.agent.path},server=on,wait=off",
-            "-device", "virtserialport,chardev=agent,name=agent",
-            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "qemu-system-x86_64",
+            "-name",
+            self.name,
+            "-M",
+            "pc",
+            "-accel",
+            "tcg,tb-size=128",
+            "-m",
+            "512",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(img.kernel),
+            "-initrd",
+            str(img.initrd),
+            "-append",
+            append,
+            "-chardev",
+            f"file,id=con,path={self.console},append=on",
+            "-serial",
+            "chardev:con",
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
+            f"local,path={self.xdir},mount_tag=exchange,security_model=none,multidevs=remap",
+            "-drive",
+            f"file={self.disk},if=virtio,format=raw,cache=writeback",
+            "-netdev",
+            f"dgram,id=repl,local.type=inet,local.host=127.0.0.1,"
+            f"local.port={base + self.index},remote.type=inet,"
+            f"remote.host=127.0.0.1,remote.port={base + other}",
+            "-device",
+            f"virtio-net-pci,netdev=repl,mac=52:54:00:77:00:0{self.index}",
+            "-netdev",
+            f"tap,id=lan,ifname={self.tap},script=no,downscript=no",
+            "-device",
+            f"virtio-net-pci,netdev=lan,mac=52:54:00:98:00:0{self.index}",
+            "-device",
+            "virtio-rng-pci",
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            f"socket,id=agent,path={self.agent.path},server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=agent,name=agent",
+            "-qmp",
+            f"unix:{self.qmp_path},server=on,wait=off",
         ]
 
     # ---- lifetime -----------------------------------------------------------------------------
@@ -239,14 +277,19 @@ class Vm:
                 sock.unlink()
         shutil.copy2(AGENT, self.xdir / "agent.py")
         with open(self.console, "a") as con:
-            con.write(f"\n===== lab: boot {self.boots + 1} of {self.name} at "
-                      f"{time.strftime('%H:%M:%S')} =====\n")
+            con.write(
+                f"\n===== lab: boot {self.boots + 1} of {self.name} at "
+                f"{time.strftime('%H:%M:%S')} =====\n"
+            )
         log = open(self.dir / "qemu.log", "ab")
         try:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.lab.netns] + self.qemu_argv(),
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             log.close()
         self.boots += 1
@@ -262,15 +305,18 @@ class Vm:
             pass  # reported below with the console's path
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                raise VmError(f"{self.name}: QEMU exited during boot (rc {self.proc.returncode}); "
-                              f"see {self.console} and {self.dir / 'qemu.log'}")
+                raise VmError(
+                    f"{self.name}: QEMU exited during boot (rc {self.proc.returncode}); "
+                    f"see {self.console} and {self.dir / 'qemu.log'}"
+                )
             try:
                 self.agent.request({"op": "ping"}, timeout=2)
                 return time.monotonic() - self.started_at
             except VmError:
                 if time.monotonic() > deadline:
-                    raise VmError(f"{self.name}: no agent after {timeout:.0f} s; "
-                                  f"see {self.console}") from None
+                    raise VmError(
+                        f"{self.name}: no agent after {timeout:.0f} s; see {self.console}"
+                    ) from None
                 if self.agent.sock is None or self.agent.closed.is_set():
                     time.sleep(0.2)
                     try:
@@ -344,24 +390,36 @@ class Vm:
 
     # ---- commands -----------------------------------------------------------------------------
 
-    def run(self, argv: Sequence[str], timeout: float = 30.0, input: Optional[str] = None,
-            check: bool = False) -> Result:
-        reply = self.agent.request({"op": "run", "argv": list(argv), "timeout": timeout,
-                                    "input": input}, timeout=timeout + 10)
-        res = Result(tuple(argv), int(reply.get("rc", 255)), reply.get("out", ""),
-                     reply.get("err", ""))
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float = 30.0,
+        input: Optional[str] = None,
+        check: bool = False,
+    ) -> Result:
+        reply = self.agent.request(
+            {"op": "run", "argv": list(argv), "timeout": timeout, "input": input},
+            timeout=timeout + 10,
+        )
+        res = Result(
+            tuple(argv), int(reply.get("rc", 255)), reply.get("out", ""), reply.get("err", "")
+        )
         if check and res.rc != 0:
-            raise VmError(f"{self.name}: `{' '.join(argv)}` -> rc {res.rc}: "
-                          f"{(res.err or res.out).strip()[-500:]!r}")
+            raise VmError(
+                f"{self.name}: `{' '.join(argv)}` -> rc {res.rc}: "
+                f"{(res.err or res.out).strip()[-500:]!r}"
+            )
         return res
 
     def sh(self, script: str, timeout: float = 30.0, check: bool = True) -> Result:
         return self.run(["/bin/sh", "-c", script], timeout=timeout, check=check)
 
-    def spawn(self, argv: Sequence[str], log: str = "/dev/null",
-              env: Optional[Dict[str, str]] = None) -> int:
-        reply = self.agent.request({"op": "spawn", "argv": list(argv), "log": log, "env": env},
-                                   timeout=20)
+    def spawn(
+        self, argv: Sequence[str], log: str = "/dev/null", env: Optional[Dict[str, str]] = None
+    ) -> int:
+        reply = self.agent.request(
+            {"op": "spawn", "argv": list(argv), "log": log, "env": env}, timeout=20
+        )
         if not reply.get("pid"):
             raise VmError(f"{self.name}: cannot start {argv}: {reply.get('err')}")
         return int(reply["pid"])
@@ -430,19 +488,31 @@ class VmLab:
         ns = self.netns
         _ip(None, ["netns", "add", ns])
         self._netns_made = True
-        cmds = ["link set lo up", "link add br0 type bridge", "link set br0 up",
-                f"addr add {CLIENT_ADDR}/24 dev br0"]
+        cmds = [
+            "link set lo up",
+            "link add br0 type bridge",
+            "link set br0 up",
+            f"addr add {CLIENT_ADDR}/24 dev br0",
+        ]
         for vm in self.vms:
-            cmds += [f"tuntap add dev {vm.tap} mode tap", f"link set {vm.tap} master br0",
-                     f"link set {vm.tap} up"]
+            cmds += [
+                f"tuntap add dev {vm.tap} mode tap",
+                f"link set {vm.tap} master br0",
+                f"link set {vm.tap} up",
+            ]
         for cmd in cmds:
             _ip(ns, cmd.split())
 
     def client(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess:
         """A command as the iSCSI client (the bridge's address, in the lab's namespace)."""
         # errors=surrogateescape: iscsi-inq prints binary designators raw; kept byte for byte.
-        return subprocess.run(["ip", "netns", "exec", self.netns, *argv], capture_output=True,
-                              text=True, errors="surrogateescape", timeout=timeout)
+        return subprocess.run(
+            ["ip", "netns", "exec", self.netns, *argv],
+            capture_output=True,
+            text=True,
+            errors="surrogateescape",
+            timeout=timeout,
+        )
 
     def teardown(self) -> None:
         for vm in self.vms:

@@ -30,18 +30,37 @@ KERNEL_META = "linux-image-amd64"
 BUSYBOX = "/bin/busybox"
 # Order matters only for readability: /init inserts them with their dependencies first.
 MODULES = (
-    "virtio_pci", "virtio_blk", "virtio_net", "virtio_console", "crc32c_generic", "libcrc32c",
-    "lru_cache", "drbd", "ext4", "9p", "9pnet", "9pnet_virtio", "overlay",
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_console",
+    "crc32c_generic",
+    "libcrc32c",
+    "lru_cache",
+    "drbd",
+    "ext4",
+    "9p",
+    "9pnet",
+    "9pnet_virtio",
+    "overlay",
     "virtio_rng",  # entropy at once: Python blocks in getrandom() until the pool is ready
-    "dm_mod", "dm_snapshot",  # LVM (the split-brain scenario's snapshot of the victim)
-    "iscsi_tcp", "sd_mod",  # open-iscsi's kernel half, for XenServer's initiator (initiator.py)
+    "dm_mod",
+    "dm_snapshot",  # LVM (the split-brain scenario's snapshot of the victim)
+    "iscsi_tcp",
+    "sd_mod",  # open-iscsi's kernel half, for XenServer's initiator (initiator.py)
     # The kernel target (LIO) for the lio backend, with configfs mounted at /sys/kernel/config.
     # Loaded at boot: modprobe inside the VM would look in the host's /lib/modules.
-    "configfs", "target_core_mod", "target_core_iblock", "iscsi_target_mod",
+    "configfs",
+    "target_core_mod",
+    "target_core_iblock",
+    "iscsi_target_mod",
 )
 DRBD_UTILS = (
-    "/usr/sbin/drbdadm", "/usr/sbin/drbdsetup", "/usr/sbin/drbdmeta",
-    "/lib/drbd/drbdadm-84", "/lib/drbd/drbdsetup-84",
+    "/usr/sbin/drbdadm",
+    "/usr/sbin/drbdsetup",
+    "/usr/sbin/drbdmeta",
+    "/lib/drbd/drbdadm-84",
+    "/lib/drbd/drbdsetup-84",
 )
 # Host tools a lab VM needs (they run from the shared root): checked up front, named when missing.
 HOST_TOOLS = ("qemu-system-x86_64", "apt-get", "dpkg", "depmod", "cpio", "ip", "tgtd", "drbdadm")
@@ -70,11 +89,12 @@ def missing_host_tools() -> List[str]:
 
 
 def _run(argv: Sequence[str], cwd: Path, timeout: float = 300) -> str:
-    res = subprocess.run(list(argv), cwd=str(cwd), capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run(list(argv), cwd=str(cwd), capture_output=True, text=True, timeout=timeout)
     if res.returncode != 0:
-        raise ImageError(f"`{' '.join(argv)}` failed (rc {res.returncode}): "
-                         f"{(res.stderr or res.stdout).strip()[-600:]!r}")
+        raise ImageError(
+            f"`{' '.join(argv)}` failed (rc {res.returncode}): "
+            f"{(res.stderr or res.stdout).strip()[-600:]!r}"
+        )
     return res.stdout
 
 
@@ -103,7 +123,8 @@ def fetch_kernel(cache: Path) -> Path:
             raise ImageError(
                 f"cannot download the kernel package {package} (no network or no apt "
                 f"sources?). Fetch it once with `cd {cache} && apt-get download {package}`. "
-                f"Details: {exc}") from None
+                f"Details: {exc}"
+            ) from None
         debs = sorted(cache.glob(f"{package}_*.deb"))
         if not debs:
             raise ImageError(f"apt-get download {package} left no .deb in {cache}")
@@ -231,8 +252,19 @@ def build_initramfs(tree: Path, out: Path) -> None:
     root = out.parent / (out.name + ".root")
     if root.exists():
         shutil.rmtree(root)
-    for d in ("bin", "dev", "proc", "sys", "etc", "newroot", "lib/drbd", "usr/sbin", "var/lock",
-              "lib64", "lib/x86_64-linux-gnu"):
+    for d in (
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "etc",
+        "newroot",
+        "lib/drbd",
+        "usr/sbin",
+        "var/lock",
+        "lib64",
+        "lib/x86_64-linux-gnu",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     (root / "bin" / "sh").symlink_to("busybox")  # the interpreter of /init
@@ -241,7 +273,8 @@ def build_initramfs(tree: Path, out: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(moddir / rel, dest)
     (root / "modules.order").write_text(
-        "\n".join(f"lib/modules/{version}/{rel}" for rel in order) + "\n")
+        "\n".join(f"lib/modules/{version}/{rel}" for rel in order) + "\n"
+    )
     # drbd-utils inside the image too, so DRBD can be driven before (or without) the shared root.
     for binary in list(DRBD_UTILS) + _libraries(DRBD_UTILS):
         dest = root / binary.lstrip("/")
@@ -251,8 +284,13 @@ def build_initramfs(tree: Path, out: Path) -> None:
     init.write_text(INIT)
     init.chmod(0o755)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=str(root),
-                          input="\n".join(files).encode(), capture_output=True, timeout=60)
+    cpio = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=str(root),
+        input="\n".join(files).encode(),
+        capture_output=True,
+        timeout=60,
+    )
     if cpio.returncode != 0:
         raise ImageError(f"cpio failed: {cpio.stderr.decode(errors='replace')[-300:]!r}")
     tmp = out.with_suffix(".tmp")
@@ -265,8 +303,11 @@ def prepare(cache: Path = None) -> Image:
     """The kernel and an up-to-date initramfs, from the cache or built now."""
     missing = missing_host_tools()
     if missing:
-        raise ImageError("missing on this machine: " + ", ".join(missing) +
-                         " (apt-get install qemu-system-x86 busybox-static cpio kmod)")
+        raise ImageError(
+            "missing on this machine: "
+            + ", ".join(missing)
+            + " (apt-get install qemu-system-x86 busybox-static cpio kmod)"
+        )
     cache = cache or cache_dir()
     tree = fetch_kernel(cache)
     version = _only_dir(tree / "lib" / "modules").name

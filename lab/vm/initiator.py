@@ -95,13 +95,15 @@ class Initiator:
 
     def start(self) -> None:
         vm = self.vm
-        vm.sh("mkdir -p /run/iscsi-etc /run/lock/iscsi && cp -a /etc/iscsi/. /run/iscsi-etc/ "
-              "&& mount --bind /run/iscsi-etc /etc/iscsi "
-              "&& echo InitiatorName=iqn.2024-01.org.iscsi-ha:lab-" + vm.name
-              + " > /etc/iscsi/initiatorname.iscsi")
+        vm.sh(
+            "mkdir -p /run/iscsi-etc /run/lock/iscsi && cp -a /etc/iscsi/. /run/iscsi-etc/ "
+            "&& mount --bind /run/iscsi-etc /etc/iscsi "
+            "&& echo InitiatorName=iqn.2024-01.org.iscsi-ha:lab-"
+            + vm.name
+            + " > /etc/iscsi/initiatorname.iscsi"
+        )
         self.iscsid_pid = vm.spawn(["iscsid", "-f", "-d", "1"], log="/run/lab/iscsid.log")
-        wait_for("iscsid answers", lambda: vm.run(["iscsiadm", "-m", "session"]).rc in (0, 21),
-                 30)
+        wait_for("iscsid answers", lambda: vm.run(["iscsiadm", "-m", "session"]).rc in (0, 21), 30)
 
     def iscsid_log(self) -> str:
         try:
@@ -113,8 +115,10 @@ class Initiator:
         """The attempt counts of every "operational after recovery (N attempts)" line."""
         import re
 
-        return [int(n) for n in re.findall(r"operational after recovery \((\d+) attempts\)",
-                                           self.iscsid_log())]
+        return [
+            int(n)
+            for n in re.findall(r"operational after recovery \((\d+) attempts\)", self.iscsid_log())
+        ]
 
     def login(self, settings: Dict[str, str]) -> str:
         vm = self.vm
@@ -124,17 +128,35 @@ class Initiator:
         if res.rc != 0:
             raise RuntimeError(f"discovery failed: {res.err or res.out}")
         for key, value in settings.items():
-            vm.run(["iscsiadm", "-m", "node", "-T", IQN, "-p", VIP_ADDR, "-o", "update",
-                    "-n", key, "-v", value], timeout=30, check=True)
-        vm.run(["iscsiadm", "-m", "node", "-T", IQN, "-p", VIP_ADDR, "-l"], timeout=60,
-               check=True)
+            vm.run(
+                [
+                    "iscsiadm",
+                    "-m",
+                    "node",
+                    "-T",
+                    IQN,
+                    "-p",
+                    VIP_ADDR,
+                    "-o",
+                    "update",
+                    "-n",
+                    key,
+                    "-v",
+                    value,
+                ],
+                timeout=30,
+                check=True,
+            )
+        vm.run(["iscsiadm", "-m", "node", "-T", IQN, "-p", VIP_ADDR, "-l"], timeout=60, check=True)
         self.device = wait_for("the LUN's block device", self._find_device, 60)
         return self.device
 
     def _find_device(self) -> str:
-        res = self.vm.sh("ls /dev/disk/by-path/ 2>/dev/null; for d in /sys/block/sd*; do "
-                         "[ -e $d ] && echo $(basename $d) $(cat $d/device/vendor); done",
-                         check=False)
+        res = self.vm.sh(
+            "ls /dev/disk/by-path/ 2>/dev/null; for d in /sys/block/sd*; do "
+            "[ -e $d ] && echo $(basename $d) $(cat $d/device/vendor); done",
+            check=False,
+        )
         for line in res.out.splitlines():
             parts = line.split()
             if len(parts) >= 2 and parts[0].startswith("sd"):
@@ -147,9 +169,18 @@ class Initiator:
         self.stop_file = f"/run/lab/workload-{self.runs}.stop"
         script = self.vm.xdir / "workload.py"
         script.write_text(WORKLOAD)
-        self.workload_pid = self.vm.spawn([self.c.lab.python, "-S", "/run/lab/workload.py",
-                                           self.device, self.out, self.stop_file,
-                                           str(seconds)], log="/run/lab/workload.log")
+        self.workload_pid = self.vm.spawn(
+            [
+                self.c.lab.python,
+                "-S",
+                "/run/lab/workload.py",
+                self.device,
+                self.out,
+                self.stop_file,
+                str(seconds),
+            ],
+            log="/run/lab/workload.log",
+        )
         wait_for("the workload runs", lambda: self.workload().get("ops", 0) >= 50, 60)
 
     def workload(self) -> Dict[str, Any]:
@@ -170,8 +201,22 @@ def target_time2wait(vm: Vm) -> str:
     """What the target offers at login (``tgtadm --op show --tid 1``'s parameter list). The
     session negotiates the maximum of this and the node record's value; the kernel does not
     export the result for software iSCSI, so this and the node record are what can be read."""
-    res = vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target", "--op",
-                  "show", "--tid", "1"], timeout=20)
+    res = vm.run(
+        [
+            "tgtadm",
+            "-C",
+            str(vm.index),
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "show",
+            "--tid",
+            "1",
+        ],
+        timeout=20,
+    )
     for line in res.out.splitlines():
         if line.strip().startswith("DefaultTime2Wait="):
             return line.split("=", 1)[1].strip()
@@ -180,6 +225,24 @@ def target_time2wait(vm: Vm) -> str:
 
 def set_target_time2wait(vm: Vm, value: int) -> None:
     """What the tgt adapter does with ``target.default_time2wait`` when it creates a target."""
-    vm.run(["tgtadm", "-C", str(vm.index), "--lld", "iscsi", "--mode", "target", "--op",
-            "update", "--tid", "1", "--name", "DefaultTime2Wait", "--value", str(value)],
-           timeout=20, check=True)
+    vm.run(
+        [
+            "tgtadm",
+            "-C",
+            str(vm.index),
+            "--lld",
+            "iscsi",
+            "--mode",
+            "target",
+            "--op",
+            "update",
+            "--tid",
+            "1",
+            "--name",
+            "DefaultTime2Wait",
+            "--value",
+            str(value),
+        ],
+        timeout=20,
+        check=True,
+    )

@@ -48,8 +48,7 @@ def main() -> int:
         lio._walk(ROOT, "target/core/iblock_0", tree)
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             f.write(tree.to_json())
-        steps.append({"step": name, "note": note,
-                      "observe": dataclasses.asdict(target.observe())})
+        steps.append({"step": name, "note": note, "observe": dataclasses.asdict(target.observe())})
 
     snap("loaded", dataclasses.asdict(target.start_daemon()))
     # Someone else's objects (a loop device stands in for their disk).
@@ -64,8 +63,14 @@ def main() -> int:
     snap("foreign")
     plan = lio.plan_serve(target.state(), target.want)
     # Killed mid-serve: the backstore, the target and TPG made, no LUN, not enabled.
-    cut = [op for op in plan if op[0] != "symlink" and "/lun/" not in op[1]
-           and not op[1].endswith("tpgt_1/enable") and "/np/" not in op[1]]
+    cut = [
+        op
+        for op in plan
+        if op[0] != "symlink"
+        and "/lun/" not in op[1]
+        and not op[1].endswith("tpgt_1/enable")
+        and "/np/" not in op[1]
+    ]
     steps.append({"step": "partial-apply", "note": lio.apply(ROOT, cut)})
     snap("partial")
     snap("served", dataclasses.asdict(target.serve()))
@@ -80,10 +85,15 @@ def main() -> int:
         outcome = f"refused: {exc.strerror}"
     steps.append({"step": "emulate_write_cache=1", "note": outcome})
     snap("removed", dataclasses.asdict(target.stop_serving()))
-    lio.apply(ROOT, [("rmdir", f"target/iscsi/{FOREIGN_IQN}/tpgt_1"),
-                     ("rmdir", f"target/iscsi/{FOREIGN_IQN}"),
-                     ("rmdir", "target/core/iblock_0/theirs"),
-                     ("rmdir", "target/core/iblock_0")])
+    lio.apply(
+        ROOT,
+        [
+            ("rmdir", f"target/iscsi/{FOREIGN_IQN}/tpgt_1"),
+            ("rmdir", f"target/iscsi/{FOREIGN_IQN}"),
+            ("rmdir", "target/core/iblock_0/theirs"),
+            ("rmdir", "target/core/iblock_0"),
+        ],
+    )
     with open(os.path.join(out, "steps.json"), "w") as f:
         json.dump(steps, f, indent=1, default=str)
     return 0

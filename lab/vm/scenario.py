@@ -64,8 +64,9 @@ class Transcript:
         self.observations: List[str] = []  # what differs between real runs (see the docstring)
 
     def call(self, node: str, argv: List[str], rc: int, out: str, err: str) -> None:
-        self.entries.append({"node": node, "argv": ["drbdadm", *argv], "rc": rc,
-                             "stdout": out, "stderr": err})
+        self.entries.append(
+            {"node": node, "argv": ["drbdadm", *argv], "rc": rc, "stdout": out, "stderr": err}
+        )
 
     def note(self, text: str) -> None:
         self.entries.append({"note": text})
@@ -95,7 +96,8 @@ class Transcript:
         timing = "".join(f"{label}: {sec:.2f} s\n" for label, sec in self.timings)
         (directory / f"{self.name}.timings.txt").write_text(timing)
         (directory / f"{self.name}.observations.txt").write_text(
-            "".join(line + "\n" for line in self.observations))
+            "".join(line + "\n" for line in self.observations)
+        )
         return path
 
 
@@ -119,8 +121,12 @@ class SimBackend:
         self._main = main
         self.dir = str(directory)
         self.cluster = Cluster.create(
-            self.dir, {"node1": {"addr": "10.77.0.1"}, "node2": {"addr": "10.77.0.2"}},
-            {RES: {"size_kb": SIZE_KB}}, initial="new", resync_seconds=resync_seconds)
+            self.dir,
+            {"node1": {"addr": "10.77.0.1"}, "node2": {"addr": "10.77.0.2"}},
+            {RES: {"size_kb": SIZE_KB}},
+            initial="new",
+            resync_seconds=resync_seconds,
+        )
 
     def drbdadm(self, node: str, *args: str) -> Tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -184,7 +190,8 @@ class VmBackend:
 
     def hold_open(self, node: str) -> None:
         self.holders[node] = self.lab.vm(node).spawn(
-            ["/bin/sh", "-c", "exec sleep 120 3</dev/drbd0"])
+            ["/bin/sh", "-c", "exec sleep 120 3</dev/drbd0"]
+        )
         time.sleep(0.5)  # the shell opens the device before exec
 
     def release(self, node: str) -> None:
@@ -256,13 +263,22 @@ class Driver:
             if was == "WFConnection":
                 holds = holds and (rc, out, err) == (0, "", "")
             else:
-                holds = holds and was == "StandAlone" and rc == 10 and not out and (
-                    "(162) Invalid configuration request" in err and "unknown connection" in err)
+                holds = (
+                    holds
+                    and was == "StandAlone"
+                    and rc == 10
+                    and not out
+                    and (
+                        "(162) Invalid configuration request" in err and "unknown connection" in err
+                    )
+                )
             answer = " | ".join([f"rc {rc}", *out.splitlines(), *err.splitlines()])
             self.t.observations.append(f"runbook, {node} (was {was}): drbdadm disconnect: {answer}")
-        self.t.note("disconnect on both: silent success on the WFConnection nodes, refused with rc"
-                    " 10 '(162) Invalid configuration request' (unknown connection) on the "
-                    f"StandAlone ones: {'yes' if holds else 'no'}")
+        self.t.note(
+            "disconnect on both: silent success on the WFConnection nodes, refused with rc"
+            " 10 '(162) Invalid configuration request' (unknown connection) on the "
+            f"StandAlone ones: {'yes' if holds else 'no'}"
+        )
 
     def split_brain(self, limit: float = 30.0) -> None:
         """After the reconnect of two Primaries: waits until it has settled (one or both sides
@@ -272,11 +288,14 @@ class Driver:
         deadline = t0 + limit
         previous: Optional[Dict[str, Tuple[str, bool]]] = None
         while True:
-            seen = {n: (self.b.drbdadm(n, "cstate", RES)[1].strip(),
-                        SB_LINE in self.b.kernel_log(n)) for n in NODES}
+            seen = {
+                n: (self.b.drbdadm(n, "cstate", RES)[1].strip(), SB_LINE in self.b.kernel_log(n))
+                for n in NODES
+            }
             cstates = [c for c, _ in seen.values()]
-            settled = ("StandAlone" in cstates
-                       and all(c in ("StandAlone", "WFConnection") for c in cstates))
+            settled = "StandAlone" in cstates and all(
+                c in ("StandAlone", "WFConnection") for c in cstates
+            )
             if (settled and seen == previous) or time.monotonic() > deadline:
                 break
             previous = seen if settled else None
@@ -288,19 +307,24 @@ class Driver:
         self.sb_cstates = {n: c for n, (c, _) in seen.items()}
         holds = "StandAlone" in cstates and all(
             (cstate == "StandAlone") == logged and cstate in ("StandAlone", "WFConnection")
-            for cstate, logged in seen.values())
-        self.t.note(f"at least one node StandAlone; the StandAlone nodes are exactly those whose "
-                    f"kernel log has '{SB_LINE}', the others WFConnection: "
-                    f"{'yes' if holds else 'no'}")
+            for cstate, logged in seen.values()
+        )
+        self.t.note(
+            f"at least one node StandAlone; the StandAlone nodes are exactly those whose "
+            f"kernel log has '{SB_LINE}', the others WFConnection: "
+            f"{'yes' if holds else 'no'}"
+        )
         for node, (cstate, logged) in seen.items():
             state_line = self.b.proc_drbd(node).splitlines()[2:3]
             self.t.observations.append(
                 f"split brain, {node}: cstate {cstate}, kernel line logged: "
-                f"{'yes' if logged else 'no'}, /proc/drbd: {' '.join(state_line).strip()}")
+                f"{'yes' if logged else 'no'}, /proc/drbd: {' '.join(state_line).strip()}"
+            )
 
 
-def run_scenario(backend: Any, transcript: Transcript,
-                 progress: Optional[Callable[[str], None]] = None) -> Transcript:
+def run_scenario(
+    backend: Any, transcript: Transcript, progress: Optional[Callable[[str], None]] = None
+) -> Transcript:
     d = Driver(backend, transcript)
     say = progress or (lambda _text: None)
     both = {n: ("cstate", "Connected") for n in NODES}

@@ -46,7 +46,6 @@ that runs anything):
 Everything callers use is importable from ``controller.systems.drbd`` itself.
 """
 
-
 from .adapter import Drbd
 from .common import KIB, MIB, DrbdParseError, LocalPeer, cannot_read
 from .drbdadm import is_unknown_resource, parse_cstate, parse_dstate, parse_role, parse_sh_minor

@@ -346,9 +346,11 @@ def read_proc_file(path: str) -> CommandResult:
     try:
         text = read_text(path, PROC_LIMIT)
     except FileNotFoundError:
-        return CommandResult(argv, 1, "", f"cat: {path}: No such file or directory",
-                             time.monotonic() - t0)
+        return CommandResult(
+            argv, 1, "", f"cat: {path}: No such file or directory", time.monotonic() - t0
+        )
     except OSError as exc:
-        return CommandResult(argv, 1, "", f"cat: {path}: {exc.strerror or exc}",
-                             time.monotonic() - t0)
+        return CommandResult(
+            argv, 1, "", f"cat: {path}: {exc.strerror or exc}", time.monotonic() - t0
+        )
     return CommandResult(argv, 0, text, "", time.monotonic() - t0)

@@ -22,6 +22,7 @@ from ...report import DrbdSafety
 MAX_DEPTH = 16
 MAX_TOKENS = 200_000
 
+
 class DrbdConfigError(Exception):
     """The text is not in drbd.conf syntax; the message quotes where it went wrong."""
 
@@ -52,7 +53,7 @@ def tokens(text: str) -> List[Tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise DrbdConfigError(f"unreadable text at {text[pos:pos + 40]!r}")
+            raise DrbdConfigError(f"unreadable text at {text[pos : pos + 40]!r}")
         pos = m.end()
         if m.group(1) is not None:
             out.append(("string", m.group(1)))
@@ -87,7 +88,8 @@ def parse_conf(text: str) -> Section:
         else:  # "}"
             if words or len(stack) == 1:
                 raise DrbdConfigError(
-                    f"unexpected '}}' after {' '.join(words)!r}" if words else "unbalanced '}'")
+                    f"unexpected '}}' after {' '.join(words)!r}" if words else "unbalanced '}'"
+                )
             head, statements, sections = stack.pop()
             stack[-1][2].append(Section(head, tuple(statements), tuple(sections)))
     if len(stack) != 1 or words:
@@ -110,8 +112,9 @@ def _last(statements: List[Tuple[str, ...]], default: str) -> str:
 def drbd_safety(show: str, name: str, dump: Optional[str] = None) -> DrbdSafety:
     """From ``drbdsetup show NAME`` (and ``drbdadm dump NAME`` for the fence-peer handler)."""
     res = resource(parse_conf(show), name)
-    after_sb = tuple((p, _last(res.find(f"after-sb-{p}"), "disconnect"))
-                     for p in ("0pri", "1pri", "2pri"))
+    after_sb = tuple(
+        (p, _last(res.find(f"after-sb-{p}"), "disconnect")) for p in ("0pri", "1pri", "2pri")
+    )
     devices, disks = [], []
     for st in res.find("device"):
         if len(st) >= 3 and st[1] == "minor" and st[2].isdigit():
@@ -126,6 +129,11 @@ def drbd_safety(show: str, name: str, dump: Optional[str] = None) -> DrbdSafety:
         d = resource(parse_conf(dump), name)
         handler = any(len(st) > 1 and st[1].strip() for st in d.find("fence-peer"))
     return DrbdSafety(
-        resource=name, protocol=_last(res.find("protocol"), "C"), after_sb=after_sb,
-        fencing=_last(res.find("fencing"), "dont-care"), devices=tuple(dict.fromkeys(devices)),
-        disks=tuple(dict.fromkeys(disks)), fence_handler=handler)
+        resource=name,
+        protocol=_last(res.find("protocol"), "C"),
+        after_sb=after_sb,
+        fencing=_last(res.find("fencing"), "dont-care"),
+        devices=tuple(dict.fromkeys(devices)),
+        disks=tuple(dict.fromkeys(disks)),
+        fence_handler=handler,
+    )

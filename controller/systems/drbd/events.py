@@ -33,8 +33,10 @@ from ..runner import Stream, open_stream
 log = logging.getLogger(__name__)
 
 # 8.4: "10 ST 0,r0[0] { cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate r--- }"
-_EV84 = re.compile(r"^\d+ (?P<type>[A-Za-z-]+) (?P<minor>\d+),(?P<res>[^\s\[]+)\[(?P<vol>\d+)\]"
-                   r"(?: \{ (?P<body>[^}]*) \})?")
+_EV84 = re.compile(
+    r"^\d+ (?P<type>[A-Za-z-]+) (?P<minor>\d+),(?P<res>[^\s\[]+)\[(?P<vol>\d+)\]"
+    r"(?: \{ (?P<body>[^}]*) \})?"
+)
 _EV84_FIELD = re.compile(r"\b(cs|ro|ds):(\S+)")
 EVENTS2_VERBS = ("exists", "create", "change", "destroy")
 EVENTS2_OBJECTS = ("resource", "connection", "device", "peer-device", "path")
@@ -163,8 +165,9 @@ class DrbdEventSource:
             self.state = "following"
             self.starts += 1
             log.info("following DRBD state changes: %s (pid %d)", " ".join(argv), stream.pid)
-            self.on_restart("DRBD event stream started" if self.starts == 1
-                            else "DRBD event stream restarted")
+            self.on_restart(
+                "DRBD event stream started" if self.starts == 1 else "DRBD event stream restarted"
+            )
             self._follow(stream, parse)
             stream.stop()
             with self._lock:

@@ -106,9 +106,19 @@ def parse_get_gi(text: str, command: str = "drbdadm get-gi") -> GenerationIds:
         raise DrbdParseError(command, text, "expected 4 UUIDs and 7 flags separated by ':'")
     uuids = m.group("uuids").rstrip(":").split(":")
     f = [flag == "1" for flag in m.group("flags").split(":")]
-    return GenerationIds(uuids[0], uuids[1], (uuids[2], uuids[3]), consistent=f[0],
-                         was_uptodate=f[1], primary=f[2], connected=f[3], full_sync=f[4],
-                         peer_outdated=f[5], crashed_primary=f[6], text=line)
+    return GenerationIds(
+        uuids[0],
+        uuids[1],
+        (uuids[2], uuids[3]),
+        consistent=f[0],
+        was_uptodate=f[1],
+        primary=f[2],
+        connected=f[3],
+        full_sync=f[4],
+        peer_outdated=f[5],
+        crashed_primary=f[6],
+        text=line,
+    )
 
 
 def parse_proc_version(text: str, command: str = "cat /proc/drbd") -> str:

@@ -57,8 +57,9 @@ class _Reader:
     def need(self, obj: Any, key: str, kind: type) -> Any:
         value = obj.get(key) if isinstance(obj, dict) else None
         if not _is_a(value, kind):
-            raise DrbdParseError(self.command, self.text,
-                                 f"{key!r} missing or not a {kind.__name__}")
+            raise DrbdParseError(
+                self.command, self.text, f"{key!r} missing or not a {kind.__name__}"
+            )
         return value
 
     @staticmethod

@@ -243,3 +243,33 @@ def test_a_cycle_held_by_tgtds_back_off_does_not_end_the_grace(tmp_path):
         time.sleep(0.05)
     assert checker.grace["node1"] < time.monotonic() + 1  # two real cycles: the grace ends
     checker._stop.set()
+
+
+def test_cycles_while_the_kill_is_still_being_done_do_not_end_the_grace(tmp_path):
+    """Schedule 265 of seed 1 (load 20): finding and killing tgtd took seconds, the controller
+    finished two cycles meanwhile (tgtd still alive), and those ended the grace before the
+    controller had seen the kill. Cycles now count from when the kill has been done."""
+    from lab.chaos import Runner
+
+    node = SimpleNamespace(name="node1", status_file=tmp_path / "status")
+    node.status_file.write_text("LAST CYCLE: ok: no action\n")
+    runner = Runner(SimpleNamespace(node1=node), seed=1, converge=1.0)
+    checker = runner.checker = InvariantChecker(None)
+
+    def slow_kill():
+        for _ in range(3):  # cycles that still saw tgtd
+            time.sleep(0.2)
+            node.status_file.write_text("LAST CYCLE: ok: no action: host is pool master\n")
+        time.sleep(0.2)
+
+    runner._grace_until_repaired(node, slow_kill)
+    time.sleep(0.3)
+    assert checker.grace["node1"] == float("inf")
+    for _ in range(2):
+        time.sleep(0.2)
+        node.status_file.write_text("LAST CYCLE: ok: started tgtd, target serving\n")
+    deadline = time.monotonic() + 5
+    while checker.grace["node1"] == float("inf") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checker.grace["node1"] < time.monotonic() + 1
+    checker._stop.set()

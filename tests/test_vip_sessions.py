@@ -124,6 +124,14 @@ def test_bind_ends_them_at_once_without_probing():
     assert len(runner.ran("ss", "-K")) == 1
 
 
+def test_a_connect_under_way_is_left_alone():
+    # SYN-SENT: a reconnect waiting for the VIP; ending it would cost open-iscsi 3 s.
+    runner = answering(fixture("list-syn-sent.txt"))
+    sessions(runner).after_bind()
+    sessions(runner).after_release()
+    assert runner.ran("ss", "-K") == []
+
+
 def test_nothing_happens_without_connections_or_when_off():
     runner = answering("")
     sessions(runner).after_release()

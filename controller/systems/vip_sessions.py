@@ -25,9 +25,9 @@ thread bounded by ``wait``. open-iscsi sees the connection fail at once and reco
 DefaultTime2Wait. Ending them on the old holder before the new holder serves would make that
 reconnect fail and cost open-iscsi's 3 s reopen delay (``ISCSI_CONN_ERR_REOPEN_DELAY``).
 
-Only the connections that existed when the VIP moved are ended (matched by their local port): a
-reconnect made meanwhile is left alone. Nothing runs when there is none (a host that is not an
-initiator of its own SR).
+Only the established connections that existed when the VIP moved are ended (matched by their
+local port): a reconnect made or under way meanwhile is left alone. Nothing runs when there is
+none (a host that is not an initiator of its own SR).
 
 ``ss -tnH FILTER`` prints ``STATE RECV-Q SEND-Q LOCAL:PORT PEER:PORT`` (no state column when a
 single ``state`` is asked for, so none is); ``ss -K`` prints the sockets it ended, and nothing for
@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 POLL = 0.02  # seconds between two connects while the VIP is served nowhere
 CONNECT_TIMEOUT = 0.25  # one connect; a SYN into a VIP nobody holds is simply not answered
 SS_TIMEOUT = 5.0
+HUNG = ("ESTAB", "CLOSE-WAIT")  # ss's names of the states a connection can hang in
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,10 @@ class VipSessions:
         except Exception:  # an adapter bug must not fail the move
             log.exception("listing this host's connections to the VIP failed")
             found = ()
+        # Established ones only (and those the target already closed): a connect still under
+        # way (SYN-SENT) is a reconnect that will reach the target once it serves, and ending
+        # it would cost open-iscsi its 3 s reopen delay.
+        found = tuple(c for c in found if c.state in HUNG)
         if not found:
             self._busy.release()
             return

@@ -169,29 +169,22 @@ class VipSessions:
     def _begin(self, event: str, then: Callable[[Tuple[Connection, ...], float], None]) -> None:
         if self.wait <= 0 or not self._busy.acquire(blocking=False):
             return  # off, or a watcher runs (a move back while waiting: it ends them too)
-        try:
-            found = self.find()
-        except Exception:  # an adapter bug must not fail the move
-            log.exception("listing this host's connections to the VIP failed")
-            found = ()
-        # Established ones only (and those the target already closed): a connect still under
-        # way (SYN-SENT) is a reconnect that will reach the target once it serves, and ending
-        # it would cost open-iscsi its 3 s reopen delay.
-        found = tuple(c for c in found if c.state in HUNG)
-        if not found:
-            self._busy.release()
-            return
-        log.info(
-            "VIP %s %s: %d iSCSI connection(s) of this host to it predate the move",
-            self.address,
-            event,
-            len(found),
-        )
         since = self.clock()
 
-        def run() -> None:
+        def run() -> None:  # on a thread: even listing them (a process) stays off the move's path
             try:
-                then(found, since)
+                # Established ones only (and those the target already closed): a connect still
+                # under way (SYN-SENT) is a reconnect that will reach the target once it serves,
+                # and ending it would cost open-iscsi its 3 s reopen delay.
+                found = tuple(c for c in self.find() if c.state in HUNG)
+                if found:
+                    log.info(
+                        "VIP %s %s: %d iSCSI connection(s) of this host to it predate the move",
+                        self.address,
+                        event,
+                        len(found),
+                    )
+                    then(found, since)
             except Exception:  # a thread of its own: log, never raise
                 log.exception("ending this host's connections to the VIP failed")
             finally:

@@ -240,6 +240,16 @@ def test_silent_after_login_times_out_at_the_command(target):
     assert result.luns[0].error == "timed out (INQUIRY)"
 
 
+def test_a_logout_that_never_answers_does_not_fail_good_reads(target):
+    """Seen in the VM lab under load: every LUN read, then the 2 s ran out waiting for the
+    Logout Response. The storage served; the run counts as good and still ends in time."""
+    t = target(lambda n, req: replay(ANSWERS)(n, req) if n < len(ANSWERS) - 1 else None)
+    result = probe(t)
+    assert result.ok and result.error == "", result.sentence()
+    assert t.received[-1][0] & 0x3F == pdu.OP_LOGOUT_REQUEST
+    assert result.seconds >= TIMEOUT - 0.05  # it did wait for the answer until the deadline
+
+
 def test_closed_mid_pdu(target):
     t = target(lambda n, req: TARGET_PDUS[0][:30] if n == 0 else None)
     # The fake closes after the half PDU only when its reader fails; make it close at once.

@@ -143,3 +143,8 @@ def test_probe_follows_what_the_client_gets(pair):
             samples, "iscsi_ha_storage_probe_failures_total", observer=vm.name, lun="1"
         )
         assert runs and fails and 0 < fails < runs, (vm.name, runs, fails)
+        total = ctl.metric(samples, "iscsi_ha_storage_probe_duration_seconds_sum", observer=vm.name)
+        count = ctl.metric(
+            samples, "iscsi_ha_storage_probe_duration_seconds_count", observer=vm.name
+        )
+        print(f"\n{vm.name}: {runs:g} probes, {fails:g} failed, mean {total / count:.3f} s")

@@ -41,7 +41,10 @@ def pair(tmp_path_factory):
     failed = True
     try:
         lab.prepare(ctl.resources(lab))
-        lab.boot()
+        for vm in lab.vms:  # lab.boot() with room for a loaded machine (90 s was too short)
+            vm.start()
+        for vm in lab.vms:
+            vm.wait_ready(timeout=300)
         c = ctl.start_pair(lab, settle_limit=240)
         yield lab, c
         failed = False

@@ -125,10 +125,14 @@ def test_probe_follows_what_the_client_gets(pair):
     assert c.client_inq() != 0
     each_probe_says(lab, c, 0.0, "nothing serves")
 
-    # node1 serves again.
-    assert c.cfg(n1, "manual-mode-disable").rc == 0
+    # node1 serves again: the operator's way back (manual-mode-disable refuses while the pool
+    # master's storage role is secondary), then automatic mode.
+    res = c.cfg(n1, "become-primary")
+    assert res.rc == 0, res
     ctl.wait_for("node1 serves again", lambda: c.serving(n1) and c.vip_local(n1), 180)
     each_probe_says(lab, c, 1.0, "node1 serves again")
+    res = c.cfg(n1, "manual-mode-disable")
+    assert res.rc == 0, res
 
     # Failover: the pool master moves to node2, which promotes and serves.
     c.set_pool_master("node2")

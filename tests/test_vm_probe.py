@@ -5,10 +5,11 @@ running, tgtd serving ``/dev/drbd0`` at the VIP, each host's probe (our RFC 7143
 Asserted, for each host's ``iscsi_ha_storage_probe_success{observer,lun="1"}``: 1 while node1
 serves; 0 while nothing serves (node1 put in manual mode and told ``become-secondary``: VIP,
 target and Primary released, both controllers still running and probing); 1 again once node1
-serves again (``become-primary``, then automatic mode); 1 after a failover to node2 (the pool master moved). The client on the LAN bridge
-(libiscsi's ``iscsi-inq``) is asked the same question at each step, so the probe is checked
-against a real initiator, not against itself. The audit's verdicts of the lab's resource as the
-kernel runs it (protocol C, default split-brain policies, no fencing) are checked once.
+serves again (``become-primary``, then automatic mode); 1 after a failover to node2 (the pool
+master moved). The client on the LAN bridge (libiscsi's ``iscsi-inq``) is asked the same question
+at each step, so the probe is checked against a real initiator, not against itself. The audit's
+verdicts of the lab's resource as the kernel runs it (protocol C, default split-brain policies,
+no fencing) are checked once.
 """
 
 from __future__ import annotations

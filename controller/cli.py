@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -34,6 +33,18 @@ from typing import IO, Any, Dict, Optional, Sequence, Tuple
 import yaml
 
 from . import __version__
+from .cli_common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    QUERY_TIMEOUT,
+    Denied,
+    Unreachable,
+    answer_code,
+    ask,
+)
+from .cli_common import err as _err
 from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
@@ -43,115 +54,18 @@ from .config import (
     load_config,
     load_yaml,
 )
-from .control import root_socket_path
 from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text, write_temp
+from .splitbrain_cli import add_parser as add_split_brain
+from .splitbrain_cli import run as split_brain
 from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
 from .status_view import plural as _plural
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
 WATCH_PERIOD = 2.0
 FOLLOW_PERIOD = 1.0
-QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally in milliseconds
 # A role command runs a whole cycle under the controller's lock (every command in it has its own
 # timeout, 10 s by default), after any cycle that is running already.
 ROLE_TIMEOUT = 180.0
-MAX_ANSWER = 16 * 1024 * 1024
 CLEAR_SCREEN = "\033[H\033[2J"
-
-
-class Unreachable(Exception):
-    """The controller did not answer (no socket, connection refused, timeout, garbled answer)."""
-
-
-class Denied(Exception):
-    """The operating system refused the connection: only root may use the socket."""
-
-
-# --------------------------------------------------------------------------------------------
-# Talking to the controller
-# --------------------------------------------------------------------------------------------
-
-
-def ask(path: str, request: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
-    """Send one request, return the answer object. Raises Unreachable or Denied.
-
-    Root asks on the controller's root-only socket when there is one (the main socket is then
-    open to every local user, who could keep it busy); if that does not answer, on the main one.
-    """
-    timeout = QUERY_TIMEOUT if timeout is None else timeout
-    private = root_socket_path(path)
-    if os.geteuid() == 0 and os.path.exists(private):
-        try:
-            return _ask(private, request, timeout)
-        except Unreachable:
-            pass  # a stale file left by a killed controller: the main socket decides
-    return _ask(path, request, timeout)
-
-
-def _ask(path: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            while True:
-                try:
-                    sock.connect(path)
-                    break
-                except BlockingIOError:  # EAGAIN: the listen queue is full right now; retry
-                    if time.monotonic() >= deadline:
-                        raise socket.timeout() from None
-                    time.sleep(0.01)
-        except FileNotFoundError:
-            raise Unreachable(f"{path} does not exist") from None
-        except ConnectionRefusedError:
-            raise Unreachable(f"nothing listens on {path} (connection refused)") from None
-        except PermissionError:
-            raise Denied(
-                f"permission denied on {path}: only root may use the iscsi-ha control "
-                "socket (run iscsi-cfg as root)"
-            ) from None
-        except socket.timeout:
-            raise Unreachable(f"no connection to {path} within {timeout:g}s") from None
-        except OSError as exc:
-            raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        buf = bytearray()
-        try:
-            try:
-                sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # answered and closed before reading ("busy", "permission denied"): read it
-            while b"\n" not in buf and len(buf) <= MAX_ANSWER:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        except socket.timeout:
-            what = request.get("cmd", "?")
-            raise Unreachable(f"no answer to {what} within {timeout:g}s") from None
-        except OSError as exc:
-            if not buf:
-                raise Unreachable(f"connection to {path} failed: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
-    line = bytes(buf).split(b"\n", 1)[0]
-    if not line:
-        raise Unreachable(f"the controller closed {path} without an answer")
-    try:
-        answer = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}") from None
-    if not isinstance(answer, dict):
-        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}")
-    return answer
-
-
-def answer_code(answer: Dict[str, Any]) -> int:
-    """The exit code an error answer asks for (1 refused, 2 bad request); 1 when unclear."""
-    code = answer.get("code")
-    return code if code in (EXIT_REFUSED, EXIT_USAGE) else EXIT_REFUSED
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,13 +139,9 @@ def render_status(doc: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _err(text: str) -> None:
-    print(f"iscsi-cfg: {text}", file=sys.stderr)
-
-
 def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
     try:
-        doc = ask(where.socket, {"cmd": Command.STATUS})
+        doc = ask(where.socket, {"cmd": Command.STATUS}, timeout=QUERY_TIMEOUT)
     except Denied as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -328,7 +238,7 @@ def request(
     """Ask the controller; (answer, EXIT_OK) on success, else (None, exit code) with the error
     already printed. Used by every command except ``status``, which falls back instead."""
     try:
-        answer = ask(where.socket, req, timeout=timeout)
+        answer = ask(where.socket, req, QUERY_TIMEOUT if timeout is None else timeout)
     except Denied as exc:
         _err(str(exc))
         return None, EXIT_USAGE
@@ -863,8 +773,6 @@ def parser() -> argparse.ArgumentParser:
         metavar="IQN",
         help="with --tgt-conf: the target to import when the file has several",
     )
-    from .splitbrain_cli import add_parser as add_split_brain
-
     add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
@@ -899,8 +807,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == Command.SWITCHOVER:
             return cmd_switchover(where, args)
         if args.command == "split-brain":
-            from .splitbrain_cli import run as split_brain
-
             return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
@@ -679,35 +679,8 @@ HELP: Dict[str, Tuple[str, str]] = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt
-    )
-    p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
-    p.add_argument(
-        "--config",
-        "-c",
-        metavar="FILE",
-        default=None,
-        help=f"configuration file, to find the control socket and the status file "
-        f"(default {DEFAULT_CONFIG_PATH})",
-    )
-    p.add_argument(
-        "--socket",
-        metavar="PATH",
-        default=None,
-        help="control socket path (overrides paths.control_socket)",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(name: str) -> argparse.ArgumentParser:
-        name = str(name)  # a Command is shown by its value
-        short, long = HELP[name]
-        return sub.add_parser(
-            name, help=short, description=long, epilog=EXIT_CODES, formatter_class=fmt
-        )
-
+def _add_queries(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """status, get, log: answered from the controller's snapshot."""
     status = add("status")
     status.add_argument(
         "--watch", "-w", action="store_true", help=f"redraw every {WATCH_PERIOD:g}s until Ctrl-C"
@@ -723,6 +696,10 @@ def parser() -> argparse.ArgumentParser:
     log_.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new outcomes until Ctrl-C"
     )
+
+
+def _add_role_commands(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """The manual-mode commands and the switchover: they change who serves."""
     for name in ROLE_COMMANDS:
         sp = add(name)
         if name is Command.BECOME_PRIMARY:
@@ -739,6 +716,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--json", action="store_true", help="print the report (message, phases in seconds) as JSON"
     )
+
+
+def _add_host_tools(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """Commands on this host's files and tools, with no controller involved."""
     nt = add("node-time2wait")
     what = nt.add_mutually_exclusive_group()
     what.add_argument(
@@ -773,6 +754,40 @@ def parser() -> argparse.ArgumentParser:
         metavar="IQN",
         help="with --tgt-conf: the target to import when the file has several",
     )
+
+
+def parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt
+    )
+    p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=None,
+        help=f"configuration file, to find the control socket and the status file "
+        f"(default {DEFAULT_CONFIG_PATH})",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="control socket path (overrides paths.control_socket)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        name = str(name)  # a Command is shown by its value
+        short, long = HELP[name]
+        return sub.add_parser(
+            name, help=short, description=long, epilog=EXIT_CODES, formatter_class=fmt
+        )
+
+    _add_queries(add)
+    _add_role_commands(add)
+    _add_host_tools(add)
     add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")

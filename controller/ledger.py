@@ -171,27 +171,7 @@ def _advance_entry(
     max_gap: float,
     problem: Optional[str],
 ) -> Entry:
-    if entry is None:
-        reason, why = (
-            ("untrusted_record", problem)
-            if problem
-            else ("no_record", "no record of this resource in the ledger (fresh state directory)")
-        )
-        entry = Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
-    else:
-        gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
-        if gap is not None:
-            reason, why = gap
-            entry = replace(
-                entry,
-                boot_id=boot_id,
-                run_id=run_id,
-                watching=False,
-                proof=False,
-                reason=reason,
-                why_not=why,
-                unreachable_since_mono=None,
-            )
+    entry = _continued(entry, now_mono, now, boot_id, run_id, max_gap, problem)
     entry = replace(entry, last_seen_mono=now_mono, last_seen=now)
     if res.error or not res.configured:
         # Nothing seen: the watch goes on only while the resource is actually observed.
@@ -232,7 +212,45 @@ def _advance_entry(
             why_not=f"the resource was {res.connection} when last in touch with the peer",
             unreachable_since_mono=None,
         )
-    # The peer is unreachable now.
+    return _peer_unreachable(entry, now_mono, now)
+
+
+def _continued(
+    entry: Optional[Entry],
+    now_mono: float,
+    now: float,
+    boot_id: str,
+    run_id: str,
+    max_gap: float,
+    problem: Optional[str],
+) -> Entry:
+    """The entry this observation continues: a new one when there is none, the watch ended
+    (no proof) when a gap broke it (a reboot, a restart, a pause longer than ``max_gap``)."""
+    if entry is None:
+        reason, why = (
+            ("untrusted_record", problem)
+            if problem
+            else ("no_record", "no record of this resource in the ledger (fresh state directory)")
+        )
+        return Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
+    gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
+    if gap is None:
+        return entry
+    reason, why = gap
+    return replace(
+        entry,
+        boot_id=boot_id,
+        run_id=run_id,
+        watching=False,
+        proof=False,
+        reason=reason,
+        why_not=why,
+        unreachable_since_mono=None,
+    )
+
+
+def _peer_unreachable(entry: Entry, now_mono: float, now: float) -> Entry:
+    """The peer is unreachable now: proof when it was watched in sync to the end."""
     since = entry.unreachable_since_mono if entry.unreachable_since_mono is not None else now_mono
     entry = replace(entry, unreachable_since_mono=since)
     if entry.lost_at is None and entry.watching and entry.connected is not None:

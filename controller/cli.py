@@ -38,7 +38,6 @@ from .cli_common import (
     EXIT_REFUSED,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    QUERY_TIMEOUT,
     Denied,
     Unreachable,
     answer_code,
@@ -141,7 +140,7 @@ def render_status(doc: Dict[str, Any]) -> str:
 
 def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
     try:
-        doc = ask(where.socket, {"cmd": Command.STATUS}, timeout=QUERY_TIMEOUT)
+        doc = ask(where.socket, {"cmd": Command.STATUS})
     except Denied as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -238,7 +237,7 @@ def request(
     """Ask the controller; (answer, EXIT_OK) on success, else (None, exit code) with the error
     already printed. Used by every command except ``status``, which falls back instead."""
     try:
-        answer = ask(where.socket, req, QUERY_TIMEOUT if timeout is None else timeout)
+        answer = ask(where.socket, req, timeout=timeout)
     except Denied as exc:
         _err(str(exc))
         return None, EXIT_USAGE

@@ -171,7 +171,10 @@ def _advance_entry(
     max_gap: float,
     problem: Optional[str],
 ) -> Entry:
-    entry = _continued(entry, now_mono, now, boot_id, run_id, max_gap, problem)
+    if entry is None:
+        entry = _fresh_entry(boot_id, run_id, now_mono, now, problem)
+    else:
+        entry = _after_gap(entry, now_mono, boot_id, run_id, max_gap)
     entry = replace(entry, last_seen_mono=now_mono, last_seen=now)
     if res.error or not res.configured:
         # Nothing seen: the watch goes on only while the resource is actually observed.
@@ -215,24 +218,21 @@ def _advance_entry(
     return _peer_unreachable(entry, now_mono, now)
 
 
-def _continued(
-    entry: Optional[Entry],
-    now_mono: float,
-    now: float,
-    boot_id: str,
-    run_id: str,
-    max_gap: float,
-    problem: Optional[str],
+def _fresh_entry(
+    boot_id: str, run_id: str, now_mono: float, now: float, problem: Optional[str]
 ) -> Entry:
-    """The entry this observation continues: a new one when there is none, the watch ended
-    (no proof) when a gap broke it (a reboot, a restart, a pause longer than ``max_gap``)."""
-    if entry is None:
-        reason, why = (
-            ("untrusted_record", problem)
-            if problem
-            else ("no_record", "no record of this resource in the ledger (fresh state directory)")
-        )
-        return Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
+    """A resource the ledger has no (trusted) record of: no watch, no proof."""
+    reason, why = (
+        ("untrusted_record", problem)
+        if problem
+        else ("no_record", "no record of this resource in the ledger (fresh state directory)")
+    )
+    return Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
+
+
+def _after_gap(entry: Entry, now_mono: float, boot_id: str, run_id: str, max_gap: float) -> Entry:
+    """The watch ended (no proof) when a gap broke it: a reboot, a restart, a pause longer than
+    ``max_gap``."""
     gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
     if gap is None:
         return entry

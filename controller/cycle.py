@@ -248,7 +248,8 @@ class Controller:
         try:
             write_status(path, result, manual, self.clock())
         except OSError as exc:
-            problem = f"cannot write status file {path}: {exc}"
+            # errno's text, not str(exc): on a read-only directory that names a new temp file
+            problem = f"cannot write status file {path}: {exc.strerror or exc}"
             if problem != self._status_problem:
                 log.error("%s", problem)
             self._status_problem = problem

@@ -24,7 +24,8 @@ six seconds:
   ``drbd.drbdadm`` is a wrapper that looks at a flag file;
 * ``kill-tgtd`` -- a node's tgtd SIGKILLed (the VIP is then without a target by the fault's own
   doing: that invariant waits until the node's controller has finished two cycles since, killed
-  and restarted meanwhile or not -- see ``TGTD_GRACE``);
+  and restarted meanwhile or not, not counting cycles that held the restart for tgtd's back-off --
+  see ``TGTD_GRACE``);
 * ``vip-stranger`` -- a third host on the segment binds the VIP and announces it, for 1-4 s;
 * ``state-full`` / ``state-ro`` -- the node's state directory (a small tmpfs: ledger, manual-mode
   file, status file) is filled to ENOSPC / remounted read-only, for 1-5 s;
@@ -77,6 +78,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -86,7 +88,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import chaos_clock
+from . import chaos_clock, chaos_record
 from .chaos_probe import FastProbe
 from .demo import (
     NodeState,
@@ -139,6 +141,9 @@ MAX_BLOCKS = 2000  # the data checker's LBAs per schedule (the lab's disk is 16 
 # takes on a loaded machine, or with the controller killed and still starting.
 TGTD_GRACE = 0.5
 GRACE_LIMIT = 120.0  # bounded: a status file that cannot be written ends the grace here
+# ... and a cycle that held tgtd's restart for its back-off (``target.restart_backoff``, doubling
+# while tgtd keeps dying, reset after 60 s) is not counted: the controller restarts it only after.
+BACKOFF_HELD = "tgtd is not running; next start attempt in"
 
 
 @dataclass(frozen=True)
@@ -537,19 +542,30 @@ class Runner:
         if node.name not in self.pids:
             self.pids[node.name] = self.start_controller(node)
 
-    def _grace_until_repaired(self, node: Node) -> None:
+    def _grace_until_repaired(self, node: Node, fault: Callable[[], None] = lambda: None) -> None:
         """The fault's own VIP-without-target is not counted until the node's controller has
-        had its chance: two completed cycles after the kill (``TGTD_GRACE``)."""
+        had its chance: two completed cycles after the kill (``TGTD_GRACE``). ``fault`` is the
+        kill: cycles are counted from when it has been done, not from when it was due (finding
+        and killing tgtd took seconds on a loaded machine, and the cycles of that time, which
+        still saw tgtd, ended the grace: schedule 265 of seed 1)."""
         checker = self.checker
         if checker is None:
+            fault()
             return
         checker.grace[node.name] = float("inf")
+        fault()
 
         def mtime() -> float:
             try:
                 return node.status_file.stat().st_mtime
             except OSError:
                 return 0.0
+
+        def held_by_backoff() -> bool:
+            try:
+                return BACKOFF_HELD in node.status_file.read_text(errors="replace")
+            except OSError:
+                return False
 
         def watch() -> None:
             last, cycles = mtime(), 0
@@ -558,7 +574,9 @@ class Runner:
                 time.sleep(0.05)
                 now = mtime()
                 if now != last:
-                    cycles, last = cycles + 1, now
+                    last = now
+                    # A cycle that held the restart for tgtd's back-off has not had its chance.
+                    cycles = cycles if held_by_backoff() else cycles + 1
             checker.grace[node.name] = time.monotonic() + TGTD_GRACE
 
         threading.Thread(target=watch, name=f"grace-{node.name}", daemon=True).start()
@@ -638,10 +656,15 @@ class Runner:
             ]
         if f.kind == "kill-tgtd":
 
-            def kill_tgtd() -> None:
-                self._grace_until_repaired(node)
+            def kill() -> None:
                 for pid in tgtd_pids(node):
-                    subprocess.run(["kill", "-KILL", str(pid)], capture_output=True, timeout=5)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+            def kill_tgtd() -> None:
+                self._grace_until_repaired(node, kill)
 
             return [(f.at, "kill-tgtd", kill_tgtd)]
         if f.kind == "vip-stranger":
@@ -779,6 +802,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.chaos", description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--schedules", type=int, default=50)
+    ap.add_argument(
+        "--first",
+        type=int,
+        default=0,
+        help="the first schedule's number: --first 250 --schedules 250 runs 250-499, the same "
+        "schedules as that part of --schedules 500 (a shard; run shards in parallel or one by one)",
+    )
     ap.add_argument("--only", type=int, help="run this one schedule (its number) again")
     ap.add_argument("--faults", help='run this one schedule: "AT KIND NODE [HOLD [COUNT]]; ..."')
     ap.add_argument(
@@ -794,6 +824,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "acknowledged (raise it under nice or on a loaded machine)",
     )
     ap.add_argument(
+        "--record",
+        help="append one JSON line per finished schedule to this file (with the seed and the git "
+        "commit under test): a run stopped half-way keeps what it did; see --resume",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the schedules --record already holds for this seed and commit",
+    )
+    ap.add_argument(
         "--keep-logs",
         action="store_true",
         help="keep both nodes' logs after every schedule, not only failed ones",
@@ -803,7 +843,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if given is not None:
         indices = [args.only if args.only is not None else 0]
     else:
-        indices = [args.only] if args.only is not None else list(range(args.schedules))
+        indices = (
+            [args.only]
+            if args.only is not None
+            else list(range(args.first, args.first + args.schedules))
+        )
+    commit = chaos_record.code_commit()
+    record = Path(args.record) if args.record else None
+    if record is not None and args.resume and given is None:
+        done = chaos_record.done_indices(record, args.seed, commit)
+        skipped = [i for i in indices if i in done]
+        indices = [i for i in indices if i not in done]
+        print(f"resuming: {len(skipped)} schedules already in {record}", flush=True)
     out_dir = Path(args.out)
     kinds: Dict[str, int] = {}
     failures: List[Outcome] = []
@@ -830,6 +881,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             lost += len(res.lost)
             acked += res.acked
             unconverged += 0 if res.converged else 1
+            if record is not None and given is None:
+                chaos_record.append(record, args.seed, commit, res)
             status = "ok" if res.ok else "FAILED"
             print(
                 f"schedule {index:4d} {status}: {len(faults)} faults, {res.acked} writes acked "
@@ -862,6 +915,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 runner.heal()
     summary = {
         "seed": args.seed,
+        "commit": commit,
         "schedules": len(indices),
         "faults_by_kind": kinds,
         "invariant_violations": violations,

@@ -214,3 +214,62 @@ def test_the_data_checker_catches_a_stale_promotion():
         lost_lbas = {int(text.split()[2]) for text in lost}
         assert not lost_lbas & set(data.acked[:before])
         assert len(lost_lbas) >= 2
+
+
+def test_a_cycle_held_by_tgtds_back_off_does_not_end_the_grace(tmp_path):
+    """Schedule 4 of seed 1 failed on this: tgtd killed twice in a second, the controller's
+    restart back-off held the second restart for ~2 s, and the grace ended after two cycles that
+    had not been allowed to restart it."""
+    from lab.chaos import BACKOFF_HELD, Runner
+
+    node = SimpleNamespace(name="node1", status_file=tmp_path / "status")
+    node.status_file.write_text("LAST CYCLE: ok: no action\n")
+    runner = Runner(SimpleNamespace(node1=node), seed=1, converge=1.0)
+    checker = runner.checker = InvariantChecker(None)
+    runner._grace_until_repaired(node)
+
+    def cycle(message):
+        time.sleep(0.2)  # the watcher polls every 50 ms
+        node.status_file.write_text(f"LAST CYCLE: {message}\n")
+
+    for _ in range(3):
+        cycle(f"held: {BACKOFF_HELD} 2s (back-off)")
+    time.sleep(0.2)
+    assert checker.grace["node1"] == float("inf")  # still the fault's own doing
+    cycle("ok: started tgtd, target serving: host is pool master")
+    cycle("ok: no action: host is pool master")
+    deadline = time.monotonic() + 5
+    while checker.grace["node1"] == float("inf") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checker.grace["node1"] < time.monotonic() + 1  # two real cycles: the grace ends
+    checker._stop.set()
+
+
+def test_cycles_while_the_kill_is_still_being_done_do_not_end_the_grace(tmp_path):
+    """Schedule 265 of seed 1 (load 20): finding and killing tgtd took seconds, the controller
+    finished two cycles meanwhile (tgtd still alive), and those ended the grace before the
+    controller had seen the kill. Cycles now count from when the kill has been done."""
+    from lab.chaos import Runner
+
+    node = SimpleNamespace(name="node1", status_file=tmp_path / "status")
+    node.status_file.write_text("LAST CYCLE: ok: no action\n")
+    runner = Runner(SimpleNamespace(node1=node), seed=1, converge=1.0)
+    checker = runner.checker = InvariantChecker(None)
+
+    def slow_kill():
+        for _ in range(3):  # cycles that still saw tgtd
+            time.sleep(0.2)
+            node.status_file.write_text("LAST CYCLE: ok: no action: host is pool master\n")
+        time.sleep(0.2)
+
+    runner._grace_until_repaired(node, slow_kill)
+    time.sleep(0.3)
+    assert checker.grace["node1"] == float("inf")
+    for _ in range(2):
+        time.sleep(0.2)
+        node.status_file.write_text("LAST CYCLE: ok: started tgtd, target serving\n")
+    deadline = time.monotonic() + 5
+    while checker.grace["node1"] == float("inf") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checker.grace["node1"] < time.monotonic() + 1
+    checker._stop.set()

@@ -124,6 +124,28 @@ def test_the_cycle_keeps_running_with_status_file_on_a_device(tmp_path, caplog):
     assert caplog.text.count("cannot write status file") == 1
 
 
+def test_a_read_only_status_file_directory_is_logged_once(tmp_path, caplog, monkeypatch):
+    """EROFS from mkstemp names the temporary file it tried, a new one each cycle: that is still
+    one problem, said once (it was said every cycle), and once more when writes work again."""
+    controller, fake = _controller(tmp_path)
+    caplog.set_level("INFO")
+    tries = iter(range(1000))
+
+    def read_only(directory, text, mode, prefix=".tmp-"):
+        raise OSError(30, "Read-only file system", f"{directory}/.tmp-{next(tries)}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("iscsi_ha.controller.state.write_temp", read_only)
+        for _ in range(4):
+            assert controller.run_cycle().outcome is not Outcome.ERROR
+    assert caplog.text.count("cannot write status file") == 1
+    assert caplog.text.count("cannot write the ledger") == 1  # the same directory's other file
+    assert "Read-only file system" in caplog.text
+    controller.run_cycle()
+    again = [m for m in caplog.messages if "written again" in m]
+    assert len(again) == 2 and (tmp_path / "status").is_file(), again  # status file and ledger
+
+
 def test_manual_mode_store_round_trips():
     mode = ManualMode(enabled=True, requested=StorageRole.SECONDARY, since=1764064800.0)
     from iscsi_ha.controller.state import parse_manual_mode, render_manual_mode

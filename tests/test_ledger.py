@@ -381,3 +381,48 @@ def test_an_unreadable_get_gi_is_not_retried_every_cycle():
     )
     assert led.entries["iscsi1"].connected.gi is None
     assert not L.gi_wanted(led, CONNECTED_TO_PRIMARY, 1e9 + 5)
+
+
+def test_a_ledger_that_cannot_be_written_is_logged_once_and_again_when_it_recovers(
+    tmp_path, caplog
+):
+    """A state directory that is not a directory (a real ENOTDIR from the file system) fails
+    every cycle's write; the log says so once, and once more when writes work again."""
+    state = tmp_path / "state"
+    state.write_text("not a directory")
+    store = L.LedgerStore(str(state), HOST, 1e9, boot_id="b1", run_id="r1")
+    store.ledger = step(store.ledger, CONNECTED_TO_PRIMARY, 0)
+    caplog.set_level("INFO", logger=L.log.name)
+    for k in range(5):
+        store.save_if_changed(1e9 + k)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and str(state) in errors[0].getMessage()
+    assert store.write_problem and "Not a directory" in store.write_problem
+    state.unlink()
+    state.mkdir()
+    for k in range(5, 8):
+        store.save_if_changed(1e9 + k)
+    again = [r.getMessage() for r in caplog.records if "written again" in r.getMessage()]
+    assert len(again) == 1 and store.write_problem is None
+    assert (state / L.LEDGER_FILE).exists()
+
+
+def test_a_read_only_state_directory_is_logged_once_though_each_try_names_a_new_temp_file(
+    tmp_path, caplog, monkeypatch
+):
+    """EROFS from mkstemp names the temporary file it tried, a new one each time: the log must
+    not count that as a new problem (it did, once per cycle)."""
+    tries = iter(range(1000))
+
+    def read_only(directory, text, mode, prefix=".tmp-"):
+        raise OSError(30, "Read-only file system", f"{directory}/.tmp-{next(tries)}")
+
+    monkeypatch.setattr("iscsi_ha.controller.state.write_temp", read_only)
+    store = L.LedgerStore(str(tmp_path), HOST, 1e9, boot_id="b1", run_id="r1")
+    store.ledger = step(store.ledger, CONNECTED_TO_PRIMARY, 0)
+    caplog.set_level("INFO", logger=L.log.name)
+    for k in range(10):
+        store.save_if_changed(1e9 + k)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "Read-only file system" in errors[0], errors
+    assert not (tmp_path / L.LEDGER_FILE).exists()

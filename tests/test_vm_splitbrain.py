@@ -73,10 +73,7 @@ def pair(tmp_path_factory):
         text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
         lab.prepare({ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")})
         # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
-        for vm in lab.vms:
-            vm.start()
-        for vm in lab.vms:
-            vm.wait_ready(timeout=300)
+        lab.boot(timeout=300)
         # The lab is slow (TCG) and the machine shared: at load ~18 a TLS handshake took over
         # 2 s and the peer cut the request off, hence the peer channel's 5 s.
         c = ctl.start_pair(lab, prepare=_lvm_backing, peer_timeout=5)
@@ -167,7 +164,9 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
 
 def _split_brain_view(c, vm) -> dict:
     t0 = time.monotonic()
-    res = c.cfg(vm, "split-brain", ctl.RES, "--json")
+    # As long as the command itself may wait for both sides (splitbrain_cli.CALL_TIMEOUT): at
+    # load ~30 the evidence took over 90 s, the harness's default.
+    res = c.cfg(vm, "split-brain", ctl.RES, "--json", timeout=200)
     print(f"\n[{time.monotonic() - t0:5.1f}s] iscsi-cfg split-brain --json")
     assert res.rc == 0, res.out + res.err
     (view,) = json.loads(res.out)

@@ -89,7 +89,8 @@ def pair(tmp_path_factory):
     failed = True
     try:
         lab.prepare({ctl.RES: _resource(lab)})
-        lab.boot()
+        # The machine is shared: at load ~30 an agent took over 90 s (the default) to answer.
+        lab.boot(timeout=300)
         c = ctl.start_pair(lab, prepare=_handlers_can_run, peer_timeout=2, edit=_slow_fence_peer)
         yield lab, c
         failed = False

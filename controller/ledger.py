@@ -234,19 +234,19 @@ def _after_gap(entry: Entry, now_mono: float, boot_id: str, run_id: str, max_gap
     """The watch ended (no proof) when a gap broke it: a reboot, a restart, a pause longer than
     ``max_gap``."""
     gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
-    if gap is None:
-        return entry
-    reason, why = gap
-    return replace(
-        entry,
-        boot_id=boot_id,
-        run_id=run_id,
-        watching=False,
-        proof=False,
-        reason=reason,
-        why_not=why,
-        unreachable_since_mono=None,
-    )
+    if gap is not None:
+        reason, why = gap
+        entry = replace(
+            entry,
+            boot_id=boot_id,
+            run_id=run_id,
+            watching=False,
+            proof=False,
+            reason=reason,
+            why_not=why,
+            unreachable_since_mono=None,
+        )
+    return entry
 
 
 def _peer_unreachable(entry: Entry, now_mono: float, now: float) -> Entry:

@@ -15,17 +15,9 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from . import cli_common
 from . import splitbrain as sb
-from .cli_common import (
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_UNREACHABLE,
-    EXIT_USAGE,
-    Denied,
-    Unreachable,
-    err,
-)
-from .cli_common import ask as ask_controller
+from .cli_common import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, err
 
 EVIDENCE_ATTEMPTS = 3
 TRANSIENT = ("timeout", "unreachable", "tls", "bad_answer")  # PeerError kinds worth a retry
@@ -177,8 +169,8 @@ class Channel:
 def run(where: Any, args: argparse.Namespace) -> int:
     def ask(req: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            return ask_controller(where.socket, req, timeout=CALL_TIMEOUT)
-        except (Unreachable, Denied) as exc:
+            return cli_common.ask(where.socket, req, timeout=CALL_TIMEOUT)
+        except (cli_common.Unreachable, cli_common.Denied) as exc:
             return {
                 "ok": False,
                 "error": f"the local iscsi-ha controller: {exc}",

@@ -63,6 +63,7 @@ from .model import (
     VipObservation,
     action_name,
 )
+from .said_once import SaidOnce
 from .state import ManualModeStore
 from .statusfile import write_status
 from .systems.drbd import GenerationIds
@@ -145,7 +146,7 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
-        self._status_problem: Optional[str] = None  # last status-file write error, said once
+        self._status_problem = SaidOnce(log)  # status-file write errors
         self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
@@ -243,20 +244,12 @@ class Controller:
         return result
 
     def _write_status_file(self, path: str, result: CycleResult, manual: ManualMode) -> None:
-        # Said once when it starts failing and once when it recovers, not every cycle: a
-        # status_file pointed at a device node would otherwise flood the log forever.
         try:
             write_status(path, result, manual, self.clock())
         except OSError as exc:
-            # errno's text, not str(exc): on a read-only directory that names a new temp file
-            problem = f"cannot write status file {path}: {exc.strerror or exc}"
-            if problem != self._status_problem:
-                log.error("%s", problem)
-            self._status_problem = problem
+            self._status_problem.failed(exc, f"status file {path}")
             return
-        if self._status_problem is not None:
-            log.info("status file %s written again", path)
-            self._status_problem = None
+        self._status_problem.worked(f"status file {path} written again")
 
     def load_manual(self) -> ManualMode:
         if self._manual_override is not None:

@@ -36,6 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .files import read_capped
 from .model import DrbdResource, Evidence
+from .said_once import SaidOnce
 from .state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -465,10 +466,12 @@ class LedgerStore:
         self.ledger = self.load(host, now)
         self._saved: Optional[Ledger] = None
         self._saved_at = 0.0
-        # Why the last write failed (None once one succeeds). Logged when it starts or changes and
-        # when a write succeeds again, not every cycle: a read-only or full state directory would
-        # otherwise put an error in the log each cycle for as long as it lasts.
-        self.write_problem: Optional[str] = None
+        self._writes = SaidOnce(log)  # write errors, said once (not every cycle)
+
+    @property
+    def write_problem(self) -> Optional[str]:
+        """Why the last write failed; None once one succeeds."""
+        return self._writes.problem
 
     def load(self, host: str, now: float) -> Ledger:
         try:
@@ -496,15 +499,10 @@ class LedgerStore:
         try:
             atomic_write(self.path, render(self.ledger, now), mode=0o600)
         except OSError as exc:
-            # By errno and its text, not str(exc): that names a fresh temporary file each time.
-            problem = f"cannot write the ledger {self.path}: {exc.strerror or exc}"
-            if problem != self.write_problem:
-                log.error("%s (said once until it changes or a write succeeds)", problem)
-            self.write_problem = problem
+            note = " (said once until it changes or a write succeeds)"
+            self._writes.failed(exc, f"the ledger {self.path}", note)
             return
-        if self.write_problem is not None:
-            log.info("ledger %s written again", self.path)
-            self.write_problem = None
+        self._writes.worked(f"ledger {self.path} written again")
         self._saved, self._saved_at = self.ledger, now
 
 

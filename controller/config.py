@@ -832,6 +832,17 @@ class VipConfig:
         check=_seconds(maximum=MAX_PERIOD),
         help="Seconds between duplicate-address probes (arping -D) for the VIP.",
     )
+    own_sessions_wait: float = setting(
+        30.0,
+        check=_seconds(allow_zero=True, maximum=MAX_PERIOD),
+        help="This host's own iSCSI connections to the VIP (its PBD) hang after a move until "
+        "TCP's backoff or open-iscsi's NOP-Out timer (10 s) ends them; iscsi-ha ends them (ss "
+        "-K) when the target serves again: at once on the new holder, on the old one when "
+        "the VIP answers from it, waiting at most this many seconds. 0 = leave them.",
+    )
+    ss: str = setting(
+        "ss", check=_command, help="The iproute2 ss command (ends those connections)."
+    )
 
     @property
     def bare_address(self) -> str:

@@ -62,6 +62,7 @@ from .systems.pool import read_pool_conf
 from .systems.runner import CommandStats, ProcessRunner
 from .systems.target import make_target
 from .systems.vip import Vip
+from .systems.vip_sessions import VipSessions
 
 log = logging.getLogger("iscsi_ha")
 
@@ -127,6 +128,9 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         read_proc_directly=True,
     )
     target = make_target(cfg.target, runner)
+    own_sessions = VipSessions(
+        runner, cfg.vip.bare_address, cfg.probe.port, ss=cfg.vip.ss, wait=cfg.vip.own_sessions_wait
+    )
     vip = Vip(
         runner,
         address=cfg.vip.address,
@@ -134,6 +138,8 @@ def build_systems(cfg: Config, stats: CommandStats) -> Built:
         ip=cfg.vip.ip,
         arping=cfg.vip.arping,
         announce_count=cfg.vip.announce_count,
+        on_released=own_sessions.after_release,
+        on_bound=own_sessions.after_bind,
     )
     sr = None
     if cfg.xenapi.enabled:

@@ -312,6 +312,16 @@ class Active:
 Call = Callable[[str, Dict[str, Any], float], Dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Roles:
+    """Who releases (old) and who takes over (new) in one switchover, and how to reach them."""
+
+    old: Call
+    new: Call
+    old_name: str
+    new_name: str
+
+
 class Switchover:
     """This controller's part in switchovers: the peer-channel operations (``handlers()``) and
     the orchestration (``run()``). ``controller`` is the ``cycle.Controller``; ``trigger`` asks
@@ -701,7 +711,26 @@ class Switchover:
                     self.active = None
 
     def _run(self, sid: str, peer: Call, t0: float) -> Dict[str, Any]:
-        local: Call = self._local_call
+        roles = self._roles(sid, peer)
+        if not isinstance(roles, _Roles):
+            return roles  # refused: nothing was changed
+        phases: Dict[str, float] = {"check": self.monotonic() - t0}
+        refused = self._arm(sid, roles, phases)
+        if refused:
+            return refused
+        refused, rel = self._release(sid, roles, phases)
+        if refused:
+            return refused
+        done, problem = self._await_takeover(sid, roles)
+        if done is None:
+            return self._take_back(
+                sid, roles.old, roles.new, roles.old_name, roles.new_name, problem
+            )
+        return self._finish(sid, roles, phases, rel, done, t0)
+
+    def _roles(self, sid: str, peer: Call) -> Any:
+        """Both sides' facts and the refusal check: who releases, who takes over (a _Roles),
+        or the refusal's report."""
         try:
             theirs = Side.from_dict(peer("switchover-facts", {}, 5.0))
         except PeerError as exc:
@@ -716,71 +745,88 @@ class Switchover:
         why, here = switchover_refusal(mine, theirs)
         if why:
             return _report(REFUSED, f"refused: {why}; nothing was changed")
-        old, new = (local, peer) if here else (peer, local)
-        old_name, new_name = (mine.host, theirs.host) if here else (theirs.host, mine.host)
-        phases: Dict[str, float] = {"check": self.monotonic() - t0}
+        local: Call = self._local_call
+        if here:
+            return _Roles(local, peer, mine.host, theirs.host)
+        return _Roles(peer, local, theirs.host, mine.host)
 
+    def _arm(self, sid: str, r: "_Roles", phases: Dict[str, float]) -> Optional[Dict[str, Any]]:
         t = self.monotonic()
         try:
-            new("switchover-arm", {"id": sid}, 10.0)
+            r.new("switchover-arm", {"id": sid}, 10.0)
         except (PeerError, Refused) as exc:
-            self._quiet_abort(new, sid)
+            self._quiet_abort(r.new, sid)
             return _report(
-                REFUSED, f"refused: {new_name} could not be armed: {exc}; nothing was changed"
+                REFUSED, f"refused: {r.new_name} could not be armed: {exc}; nothing was changed"
             )
         phases["arm"] = self.monotonic() - t
+        return None
 
+    def _release(
+        self, sid: str, r: "_Roles", phases: Dict[str, float]
+    ) -> Tuple[Optional[Dict[str, Any]], Dict[str, Any]]:
+        """(refusal report or None, the old holder's answer: {} when it did not answer)."""
         try:
-            rel = old("switchover-release", {"id": sid}, RELEASE_TIMEOUT)
+            rel = r.old("switchover-release", {"id": sid}, RELEASE_TIMEOUT)
         except Refused as exc:
-            self._quiet_abort(new, sid)
+            self._quiet_abort(r.new, sid)
             return _report(
-                REFUSED, f"refused: {exc}; {new_name} disarmed, the storage stays on {old_name}"
-            )
+                REFUSED,
+                f"refused: {exc}; {r.new_name} disarmed, the storage stays on {r.old_name}",
+            ), {}
         except PeerError as exc:
             if exc.kind not in ("timeout", "unreachable", "tls", "bad_answer"):
-                self._quiet_abort(new, sid)
+                self._quiet_abort(r.new, sid)
                 return _report(
                     REFUSED,
-                    f"refused: {old_name} could not release the storage: "
-                    f"{exc}; {new_name} disarmed, the storage stays on {old_name}",
-                )
+                    f"refused: {r.old_name} could not release the storage: "
+                    f"{exc}; {r.new_name} disarmed, the storage stays on {r.old_name}",
+                ), {}
             # The old holder may or may not have released: the new one takes over only if DRBD
-            # says it did. Wait for that below, then move back if it does not come.
-            rel = {}
+            # says it did. Wait for that (the caller), then move back if it does not come.
             log.warning(
                 "switchover %s: no answer from %s to release (%s); waiting for DRBD",
                 sid,
-                old_name,
+                r.old_name,
                 exc,
             )
+            return None, {}
         if rel.get("duration") is not None:
             phases["release"] = float(rel["duration"])
+        return None, rel
 
+    def _await_takeover(self, sid: str, r: "_Roles") -> Tuple[Optional[Dict[str, Any]], str]:
+        """(the new holder's "serving" answer, or None with what went wrong)."""
         deadline = self.monotonic() + self.takeover_timeout
-        done: Optional[Dict[str, Any]] = None
         problem = ""
         silent_since: Optional[float] = None
         while self.monotonic() < deadline:
             try:
-                answer = new("switchover-wait", {"id": sid, "wait": WAIT_SLICE}, WAIT_SLICE + 5.0)
+                answer = r.new("switchover-wait", {"id": sid, "wait": WAIT_SLICE}, WAIT_SLICE + 5.0)
             except (PeerError, Refused) as exc:
                 # A controller that does not answer does not promote either: give the storage
                 # back soon instead of leaving it nowhere for the whole takeover time.
                 now = self.monotonic()
                 silent_since = now if silent_since is None else silent_since
-                problem = f"{new_name} stopped answering ({exc})"
+                problem = f"{r.new_name} stopped answering ({exc})"
                 if now - silent_since >= SILENT_NEW_HOLDER:
                     break
                 time.sleep(0.2)
                 continue
             silent_since = None
             if answer.get("serving"):
-                done = answer
-                break
-        if done is None:
-            return self._take_back(sid, old, new, old_name, new_name, problem)
+                return answer, ""
+        return None, problem
 
+    def _finish(
+        self,
+        sid: str,
+        r: "_Roles",
+        phases: Dict[str, float],
+        rel: Mapping[str, Any],
+        done: Mapping[str, Any],
+        t0: float,
+    ) -> Dict[str, Any]:
         started, released_at = done.get("cycle_started"), rel.get("released_at")
         if isinstance(started, (int, float)) and isinstance(released_at, (int, float)):
             phases["react"] = max(0.0, float(started) - float(released_at))
@@ -790,17 +836,17 @@ class Switchover:
         phases["total"] = self.monotonic() - t0
         report = _report(
             DONE,
-            f"switchover done: {new_name} serves the storage, {old_name} "
+            f"switchover done: {r.new_name} serves the storage, {r.old_name} "
             f"stands by ({phases['total'] * 1000:.0f} ms)",
             phases,
         )
         report["after"] = (
-            f"Both hosts are now in manual mode ({new_name} primary, {old_name} "
+            f"Both hosts are now in manual mode ({r.new_name} primary, {r.old_name} "
             "secondary). Afterwards: `iscsi-cfg switchover` back, or designate "
-            f"{new_name} pool master; then `iscsi-cfg manual-mode-disable` on both "
+            f"{r.new_name} pool master; then `iscsi-cfg manual-mode-disable` on both "
             "(docs/runbook.md)."
         )
-        for call in (new, old):
+        for call in (r.new, r.old):
             try:
                 call("switchover-end", {"id": sid, "phases": phases}, 5.0)
             except (PeerError, Refused) as exc:

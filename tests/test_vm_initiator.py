@@ -87,10 +87,16 @@ def move(lab, c, initiator, to: str):
         f"{to} serves at the VIP", lambda: c.serving(new) and c.vip_local(new), 120, interval=0.2
     )
     moved = time.monotonic() - t0
+    # What the initiator's host holds toward the VIP right after the move (state, source address,
+    # retransmissions): a connection still sourced from a VIP this host no longer owns never
+    # gets a reset.
+    print(f"\n{initiator.vm.name} -> VIP after the move:", initiator.connections())
     ops = initiator.workload().get("ops", 0)
     ctl.wait_for("I/O resumed", lambda: initiator.workload().get("ops", 0) > ops + 100, 120)
     summary = initiator.finish_workload()
     summary["moved"] = moved
+    for vm in lab.vms:  # what vip_sessions did with the initiator's connection on each side
+        print(vm.name, [ln for ln in c.controller_log(vm).splitlines() if "connection(s)" in ln])
     summary["recoveries"] = initiator.recoveries()[before:]
     print(f"\n{to}: {summary}")
     return summary

@@ -39,7 +39,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from ..model import StepResult, VipObservation
 from .runner import CommandResult, Runner
@@ -116,8 +116,14 @@ class Vip:
         arping: str = "arping",
         announce_count: int = 2,
         timeout: Optional[float] = None,
+        on_released: Optional[Callable[[], None]] = None,
+        on_bound: Optional[Callable[[], None]] = None,
     ) -> None:
         self.runner = runner
+        # Called once the address is gone from here / added here (vip_sessions.VipSessions):
+        # they must return at once, they are on the path of a move.
+        self.on_released = on_released
+        self.on_bound = on_bound
         self.address = str(ipaddress.ip_interface(address))
         self.ip_address = str(ipaddress.ip_interface(address).ip)
         self.interface = interface
@@ -203,6 +209,7 @@ class Vip:
     def bind(self) -> StepResult:
         res = self._run(self.ip, "addr", "add", self.address, "dev", self.interface)
         if res.ok:
+            self._hook(self.on_bound)
             return StepResult(True, f"{self.address} bound on {self.interface}")
         if res.rc == 2 and any(w in res.stderr for w in _ALREADY):
             return StepResult(True, f"{self.address} already on {self.interface}")
@@ -211,6 +218,7 @@ class Vip:
     def unbind(self) -> StepResult:
         res = self._run(self.ip, "addr", "del", self.address, "dev", self.interface)
         if res.ok:
+            self._hook(self.on_released)
             return StepResult(True, f"{self.address} removed from {self.interface}")
         if not self._absent(res):
             return StepResult(False, res.describe_failure())
@@ -228,7 +236,17 @@ class Vip:
                 return StepResult(False, res.describe_failure())
         if not removed:
             return StepResult(True, f"{self.ip_address} not on {self.interface}")
+        self._hook(self.on_released)
         return StepResult(True, f"{', '.join(removed)} removed from {self.interface}")
+
+    @staticmethod
+    def _hook(fn: Optional[Callable[[], None]]) -> None:
+        if fn is None:
+            return
+        try:
+            fn()
+        except Exception:  # the address was added or removed: that is what the step promised
+            log.exception("after moving the VIP")
 
     @staticmethod
     def _absent(res: CommandResult) -> bool:

@@ -54,6 +54,10 @@ MODULES = (
     "target_core_mod",
     "target_core_iblock",
     "iscsi_target_mod",
+    # ss: listing sockets over netlink and ending them (SOCK_DESTROY), what the controller does
+    # to its own VIP-sourced iSCSI connections after a move (controller/systems/vip_sessions.py).
+    "inet_diag",
+    "tcp_diag",
 )
 DRBD_UTILS = (
     "/usr/sbin/drbdadm",

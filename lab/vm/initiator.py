@@ -163,6 +163,10 @@ class Initiator:
                 return "/dev/" + parts[0]
         return ""
 
+    def connections(self) -> str:
+        """``ss -tni dst VIP`` on the initiator's VM: its iSCSI connection(s), with TCP info."""
+        return self.vm.run(["ss", "-tniH", "dst", VIP_ADDR], timeout=20).out.strip()
+
     def start_workload(self, seconds: float) -> None:
         self.runs += 1
         self.out = f"/run/lab/workload-{self.runs}.json"

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Set, Tuple
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("controller", "exporter")
 LIMIT = 80
-# Being split right now in another change (remove the name when that lands).
-IN_FLIGHT = {"controller/switchover.py:Switchover._run"}
+# Functions being split in a change not landed yet, as "path:Class.function" (remove each name
+# when its change lands; the test below fails on one left behind).
+IN_FLIGHT: Set[str] = set()
 
 
 def long_functions(root: Path, limit: int) -> List[Tuple[str, int]]:

@@ -62,8 +62,11 @@ bench-hostile: setup
 	$(PY) bench/bench_hostile_http.py
 
 # seeded fault schedules in the namespace lab with invariant and data checkers (root)
+# 500 schedules in CHAOS_SHARDS namespace labs side by side (lab/chaos_shards.py), then one total;
+# CHAOS_ARGS go to every shard, e.g. CHAOS_ARGS="--write-timeout 8"; add --resume after a stop.
+CHAOS_SHARDS ?= 4
 chaos: setup
-	$(PY) -m lab.chaos --seed 1 --schedules 500 $(CHAOS_ARGS)
+	$(PY) -m lab.chaos_shards --seed 1 --schedules 500 --shards $(CHAOS_SHARDS) -- $(CHAOS_ARGS)
 
 chaos-ci: setup
 	$(PY) -m lab.chaos --seed 1 --schedules 50

@@ -662,8 +662,11 @@ def _requested(manual: ManualMode) -> str:
 def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tuple[Outcome, str]:
     """The cycle's one sentence and its outcome."""
     why = plan.reason
-    if plan.held is not None:
-        return Outcome.HELD, plan.held
+    if plan.held is not None:  # a hold may still repair what it holds (decide.keep_serving)
+        done = [_phrase(r) for r in results if r.ok and _phrase(r)]
+        bad = next((r for r in results if not r.ok), None)
+        tail = f"; {action_name(bad.action)} failed: {bad.message}" if bad else ""
+        return Outcome.HELD, (f"{', '.join(done)}; " if done else "") + plan.held + tail
     if dry_run:
         planned = ", ".join(action_name(a) for a in plan.actions) or "nothing"
         refused = f"; then refused: {'; '.join(plan.refusals)}" if plan.refusals else ""

@@ -25,7 +25,8 @@ The policy (docs/design.md §3-4):
   accepted the risk for this resource
   (``become-primary --accept-stale``), or ``promotion.unproven_wait`` ran out. Otherwise hold
   and say why; the plan's ``blocked`` feeds iscsi_ha_promotion_blocked and its page.
-* Two masters (both hosts' pool.conf say master, seen over the peer channel): both hold and page.
+* Two masters (both hosts' pool.conf say master, seen over the peer channel): both hold and page;
+  the holder only restarts its own target if it died (``keep_serving``).
 * The operator commands' refusals are here too (``manual_disable_refusal``, ``become_refusal``),
   so the whole policy reads in this one file; ``cycle.Controller`` only runs them.
 
@@ -80,12 +81,26 @@ def decide(obs: Observation, manual: ManualMode, policy: Policy = SAFE) -> Plan:
         return Plan(
             desired=None,
             reason=reason,
+            actions=keep_serving(obs),
             held=held,
             blocked=tuple((r.name, "two_masters") for r in obs.resources),
         )
     if desired is StorageRole.PRIMARY:
         return _promote_plan(obs, reason, plug_srs=obs.pool.role is PoolRole.MASTER, policy=policy)
     return _demote_plan(obs, reason)
+
+
+def keep_serving(obs: Observation) -> Tuple[Action, ...]:
+    """While both hosts hold, the one holding the storage (every resource Primary, the VIP local)
+    keeps its target up: a tgtd that died meanwhile is restarted and the LUNs served again behind
+    the VIP it still holds. Nothing moves: no promotion, demotion or VIP change. (Found by the
+    chaos run: tgtd killed during a split pool left the VIP without a target until it ended.)"""
+    if current_storage_role(obs.resources) is not StorageRole.PRIMARY or not obs.resources:
+        return ()
+    if not obs.vip.local or obs.target.serving:
+        return ()
+    start = () if obs.target.daemon_running else (StartTargetDaemon(),)
+    return (*start, ServeTarget())
 
 
 def two_masters(obs: Observation, manual: ManualMode) -> bool:

@@ -233,7 +233,8 @@ class Node:
             },
             "vip": {"address": VIP, "interface": self.interface, "announce_interval": 10},
             # The simulator has no `drbdsetup show` / `drbdadm dump`: the data-safety audit is
-            # checked on real DRBD 8.4 captures instead (tests/test_audit.py).
+            # checked on real DRBD 8.4 captures (tests/test_audit.py) and runs on real DRBD 8.4
+            # kernels in the VM lab (tests/test_vm_probe.py).
             "audit": {"enabled": False},
             "paths": {
                 "state_dir": str(self.state_dir),

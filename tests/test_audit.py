@@ -112,6 +112,80 @@ def test_safe_configuration_from_drbdadm_dump():
     assert d.fencing == "resource-only" and d.fence_handler is True and d.fenced
 
 
+def kernel_capture(tag: str, node: str = "node1") -> Dict[str, str]:
+    return frames(D84 / f"audit-{tag}-{node}.txt")
+
+
+def test_drbd84_unsafe_settings_as_the_kernel_runs_them():
+    """Protocol A and discarding split-brain policies, loaded into real DRBD 8.4.11: ``drbdsetup
+    show`` names only what differs from the defaults, and the audit reads it as the job does."""
+    f = kernel_capture("02-unsafe")
+    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
+    assert d.protocol == "A"
+    assert dict(d.discarding) == {
+        "0pri": "discard-least-changes",
+        "1pri": "discard-secondary",
+        "2pri": "violently-as0p",
+    }
+    assert d.fencing == "dont-care" and d.fence_handler is False and not d.fenced
+    assert d.devices == ("/dev/drbd0",) and d.disks == ("/dev/vda",)
+    full = drbd_safety(f["drbdsetup show --show-defaults r0"], "r0")
+    assert (full.protocol, full.after_sb, full.fencing) == (d.protocol, d.after_sb, d.fencing)
+    # Same verdicts from the files (drbdadm dump) as from the kernel (drbdsetup show).
+    from_files = drbd_safety(f["drbdadm dump r0"], "r0", f["drbdadm dump r0"])
+    assert (from_files.protocol, from_files.discarding) == (d.protocol, d.discarding)
+
+
+@pytest.mark.parametrize("node", ["node1", "node2"])
+def test_drbd84_safe_settings_as_the_kernel_runs_them(node):
+    """Fencing ``resource-only`` in the kernel (8.4: in the volume's disk section) and the
+    fence-peer handler in the files (the kernel never sees handlers): fenced."""
+    f = kernel_capture("03-safe", node)
+    d = drbd_safety(f["drbdsetup show r0"], "r0", f["drbdadm dump r0"])
+    assert d.protocol == "C" and d.discarding == ()
+    assert d.fencing == "resource-only" and d.fence_handler is True and d.fenced
+    # Without the dump the handler is unknown: fencing alone is not called safe.
+    assert drbd_safety(f["drbdsetup show r0"], "r0").fence_handler is None
+    assert "fence-peer" not in f["drbdsetup show --show-defaults r0"]
+
+
+def test_the_job_on_real_drbd84_outputs_exports_each_finding():
+    """The whole path on the kernel's captures: the commands the job runs, the findings it logs,
+    the metrics the alerts read (IscsiHaDrbdNotProtocolC, ...SplitBrainPolicyDiscards,
+    ...NoFencing fire on the unsafe host, none on the safe one)."""
+    seen = {}
+    for tag in ("02-unsafe", "03-safe"):
+        f = kernel_capture(tag)
+        runner = FakeRunner()
+        runner.answer(["drbdsetup", "show", "r0"], stdout=f["drbdsetup show r0"])
+        runner.answer(["drbdadm", "dump", "r0"], stdout=f["drbdadm dump r0"])
+        runner.answer(["lvmconfig"], stdout=lvm("rejects-drbd-and-backing"))
+        job = AuditJob(
+            AuditSettings(resources=("r0",), multipath_conf="/nonexistent/multipath.conf"),
+            runner,
+            clock=lambda: 7.0,
+        )
+        result = job.run()
+        reg = CollectorRegistry()
+        AuditCollector(job.latest, reg)
+        v = reg.get_sample_value
+        seen[tag] = (
+            [line for line in result.findings() if line.startswith("DRBD")],
+            v("iscsi_ha_drbd_replication_protocol", {"resource": "r0", "protocol": "C"}),
+            [
+                v("iscsi_ha_drbd_split_brain_policy_discards", {"resource": "r0", "policy": p})
+                for p in ("0pri", "1pri", "2pri")
+            ],
+            v("iscsi_ha_drbd_fencing", {"resource": "r0"}),
+            v("iscsi_ha_audit_error", {"check": "drbd"}),
+        )
+    findings, proto_c, discards, fencing, error = seen["02-unsafe"]
+    assert (proto_c, discards, fencing, error) == (0, [1, 1, 1], 0, 0)
+    text = "\n".join(findings)
+    assert "protocol A" in text and "discard-secondary" in text and "no fencing" in text
+    assert seen["03-safe"] == ([], 1, [0, 0, 0], 1, 0)
+
+
 def test_unknown_resource_and_broken_text_are_refused():
     with pytest.raises(DrbdConfigError, match="no resource 'r9'"):
         drbd_safety(drbd92_show(), "r9")

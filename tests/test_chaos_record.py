@@ -80,3 +80,14 @@ def test_a_line_names_the_schedule_so_it_can_be_run_again(tmp_path):
 def test_the_commit_says_dirty_when_tracked_files_differ():
     commit = chaos_record.code_commit()
     assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_shards_cover_every_schedule_once():
+    from lab.chaos_shards import shares
+
+    for first, count, shards in ((0, 500, 4), (250, 7, 3), (0, 3, 8), (10, 1, 1)):
+        parts = shares(first, count, shards)
+        numbers = [i for f, n in parts for i in range(f, f + n)]
+        assert numbers == list(range(first, first + count))
+        assert len(parts) == min(shards, count) and all(n > 0 for _, n in parts)
+        assert max(n for _, n in parts) - min(n for _, n in parts) <= 1

@@ -430,3 +430,33 @@ def test_two_masters_only_from_an_answer_given_after_this_host_became_master(tmp
     said["at"] = mono2.t
     r = ctl2.run_cycle()
     assert r.outcome is Outcome.HELD and "both hosts' pool.conf say master" in r.message
+
+
+def test_two_masters_the_holder_restarts_a_dead_tgtd_and_still_holds(tmp_path):
+    """Chaos schedule 286 of seed 1: tgtd killed on the holder during a split pool; the hold
+    kept the VIP without a target until the split ended. Now the holder serves again, still
+    holding (and paging) for everything else."""
+    from iscsi_ha.controller.model import PeerObservation
+
+    holder = world(
+        resources=(res(role="Primary", connection="StandAlone", peer_role="Unknown"),),
+        vip_local=True,
+        daemon=False,
+        serving=False,
+    )
+    ctl, fake, pool, mono = make(tmp_path, holder, pool=PoolRole.MASTER)
+    said = {"at": None}
+    ctl.peer_status = lambda: PeerObservation(True, "master", answered_at=said["at"])
+    ctl.run_cycle()  # serving; then the split pool, then tgtd dies
+    mono.t += ctl.settings.interval + 1
+    said["at"] = mono.t
+    assert "both hosts' pool.conf say master" in ctl.run_cycle().message
+    fake.world.obs = replace(fake.world.obs, target=holder.target)
+    fake.calls.clear()
+    mono.t += ctl.settings.interval
+    r = ctl.run_cycle()
+    assert r.outcome is Outcome.HELD and "both hosts' pool.conf say master" in r.message
+    assert r.message.startswith("started tgtd, target serving; "), r.message
+    assert fake.world.obs.target.serving and fake.world.obs.vip.local
+    assert r.plan.blocked == (("iscsi1", "two_masters"),)
+    assert "primary" not in fake.calls and "secondary" not in fake.calls

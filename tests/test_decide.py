@@ -487,6 +487,7 @@ def test_two_masters_both_hold_and_page(local):
         ),
         peer=peer,
         vip_local=local == "Primary",
+        serving=local == "Primary",
     )
     plan = decide(obs, AUTO)
     assert plan.actions == () and plan.desired is None
@@ -495,6 +496,28 @@ def test_two_masters_both_hold_and_page(local):
     # A peer that is slave, or not reachable, is not a split pool.
     assert not decide(replace(obs, peer=PeerObservation(True, "slave")), AUTO).held
     assert not decide(replace(obs, peer=PeerObservation(False)), AUTO).held
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_two_masters_the_holder_restarts_its_own_dead_target_and_nothing_else(daemon):
+    """Chaos schedule 286 of seed 1: tgtd killed on the holder while both pool.conf said master;
+    the hold left the VIP without a target until the split pool ended."""
+    peer = PeerObservation(True, "master", {})
+    primary = res(
+        role="Primary", connection="StandAlone", peer_role="Unknown", peer_disk="DUnknown"
+    )
+    obs = world(resources=(primary,), peer=peer, vip_local=True, daemon=daemon, serving=False)
+    plan = decide(obs, AUTO)
+    expected = (ServeTarget(),) if daemon else (StartTargetDaemon(), ServeTarget())
+    assert plan.actions == expected
+    assert "both hosts' pool.conf say master" in plan.held and plan.desired is None
+    assert plan.blocked == (("iscsi1", "two_masters"),)  # still paging
+    # Not the holder (Secondary, or Primary without the VIP: a demotion may be half done):
+    # nothing at all, as before.
+    secondary = replace(primary, role="Secondary")
+    assert decide(replace(obs, resources=(secondary,)), AUTO).actions == ()
+    no_vip = world(resources=(primary,), peer=peer, vip_local=False, daemon=daemon)
+    assert decide(no_vip, AUTO).actions == ()
 
 
 def test_operator_command_refusals_are_pure():

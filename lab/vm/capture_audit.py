@@ -3,7 +3,7 @@
     flock <lock> python -m lab.vm.capture_audit OUTDIR [--no-lio]
 
 Boots the two VMs of the lab and brings ``r0`` up three times, with three configurations, and
-records for each, on node1, ``drbdsetup show r0`` (what the kernel runs), ``drbdsetup show
+records for each, on both nodes, ``drbdsetup show r0`` (what the kernel runs), ``drbdsetup show
 --show-defaults r0`` and ``drbdadm dump r0`` (what the files say), in the capture format of
 ``tests/fixtures/drbd84`` (``$ command`` / ``(rc=N)`` / output):
 
@@ -95,16 +95,17 @@ def main(out: Path, lio: bool = True) -> None:
                 )
                 vm.run(["drbdadm", "up", RES], check=True)
             wait(n1, ["drbdadm", "cstate", RES], "Connected")
-            text = "".join(
-                frame(n1, argv)
-                for argv in (
-                    ["drbdsetup", "show", RES],
-                    ["drbdsetup", "show", "--show-defaults", RES],
-                    ["drbdadm", "dump", RES],
-                    ["drbdadm", "--version"],
+            for vm in lab.vms:
+                text = "".join(
+                    frame(vm, argv)
+                    for argv in (
+                        ["drbdsetup", "show", RES],
+                        ["drbdsetup", "show", "--show-defaults", RES],
+                        ["drbdadm", "dump", RES],
+                        ["drbdadm", "--version"],
+                    )
                 )
-            )
-            (out / f"audit-{tag}-node1.txt").write_text(text)
+                (out / f"audit-{tag}-{vm.name}.txt").write_text(text)
             for vm in lab.vms:
                 vm.run(["drbdadm", "down", RES], check=True)
         if lio:

@@ -166,18 +166,17 @@ class Controllers:
             f"'http://127.0.0.1:{EXPORTER_PORT}/metrics', timeout=5).read().decode())"
         )
         res = vm.run([self.lab.python, "-c", fetch], timeout=15)
-        out: Dict[str, float] = {}
-        if res.rc != 0:
-            return out
-        for line in res.out.splitlines():
-            if line.startswith("#") or not line.strip():
-                continue
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-            except ValueError:
-                continue
-        return out
+        return parse_samples(res.out) if res.rc == 0 else {}
+
+    def scrape(self, vm: Vm) -> Dict[str, float]:
+        """The same samples, scraped over the LAN from the client's side as Prometheus would:
+        no Python started inside the VM (seconds under TCG on a loaded machine)."""
+        fetch = (
+            "import urllib.request as u; print(u.urlopen("
+            f"'http://{vm.lan_addr}:{EXPORTER_PORT}/metrics', timeout=5).read().decode())"
+        )
+        res = self.lab.client([sys.executable, "-c", fetch], timeout=15)
+        return parse_samples(res.stdout) if res.returncode == 0 else {}
 
     def status(self, vm: Vm) -> str:
         try:
@@ -300,6 +299,20 @@ class Controllers:
     def client_read(self, blocks: int, lba: int = 0, timeout: float = 20.0) -> Optional[bytes]:
         out = self._block("read", lba, str(blocks), timeout)
         return bytes.fromhex(out["data"]) if out.get("ok") else None
+
+
+def parse_samples(text: str) -> Dict[str, float]:
+    """The Prometheus text format as {'name{labels}': value}."""
+    out: Dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, _, value = line.rpartition(" ")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            continue
+    return out
 
 
 def wait_for(what: str, predicate: Any, limit: float, interval: float = 0.5) -> Any:

@@ -190,7 +190,11 @@ class VipSessions:
             finally:
                 self._busy.release()
 
-        self.start(run)
+        try:
+            self.start(run)
+        except Exception:  # no thread (resources): the NOP-Out timer ends them, as before
+            log.exception("cannot start the watcher of this host's connections to the VIP")
+            self._busy.release()
 
     def _end_now(self, found: Tuple[Connection, ...], since: float) -> None:
         ended, _ = self.end(found)

@@ -478,12 +478,15 @@ class VmLab:
             for name, text in resources.items():
                 (vm.xdir / "drbd.d" / f"{name}.res").write_text(text)
 
-    def boot(self, vms: Optional[Sequence[Vm]] = None) -> Dict[str, float]:
-        """Start the VMs together and wait for their agents; returns boot seconds per VM."""
+    def boot(
+        self, vms: Optional[Sequence[Vm]] = None, timeout: float = BOOT_TIMEOUT
+    ) -> Dict[str, float]:
+        """Start the VMs together and wait for their agents (each for ``timeout``); returns boot
+        seconds per VM."""
         vms = list(vms or self.vms)
         for vm in vms:
             vm.start()
-        return {vm.name: vm.wait_ready() for vm in vms}
+        return {vm.name: vm.wait_ready(timeout=timeout) for vm in vms}
 
     def _build_netns(self) -> None:
         ns = self.netns

@@ -480,6 +480,7 @@ class Runner:
         self.next_lba = 0
         self.checker: Optional[InvariantChecker] = None
         self.read_only: set = set()
+        self.grace_generation: Dict[str, int] = {}  # node -> the latest tgtd kill's number
 
     def node(self, name: str) -> Node:
         return self.lab.node(name)
@@ -554,6 +555,9 @@ class Runner:
             fault()
             return
         checker.grace[node.name] = float("inf")
+        # Only the latest kill on a node ends its grace: an earlier kill's watcher finishing
+        # after a second kill must not cut the second one's grace short (schedule 4 of seed 1).
+        generation = self.grace_generation[node.name] = self.grace_generation.get(node.name, 0) + 1
         fault()
 
         def mtime() -> float:
@@ -578,7 +582,8 @@ class Runner:
                     last = now
                     # A cycle that held the restart for tgtd's back-off has not had its chance.
                     cycles = cycles if held_by_backoff() else cycles + 1
-            checker.grace[node.name] = time.monotonic() + TGTD_GRACE
+            if self.grace_generation.get(node.name) == generation:
+                checker.grace[node.name] = time.monotonic() + TGTD_GRACE
 
         threading.Thread(target=watch, name=f"grace-{node.name}", daemon=True).start()
 

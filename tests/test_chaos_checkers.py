@@ -292,3 +292,31 @@ def test_a_reading_that_times_out_is_not_yet_converged():
 
     check = patient(slow)
     assert [check(), check(), check()] == [False, False, True]
+
+
+def test_an_earlier_kills_grace_does_not_end_a_later_ones(tmp_path):
+    """Schedule 4 of seed 1: tgtd killed twice on one node 0.8 s apart; the first kill's watcher
+    saw its two cycles after the second kill and ended the grace the second still needed."""
+    from lab.chaos import Runner
+
+    node = SimpleNamespace(name="node1", status_file=tmp_path / "status")
+    node.status_file.write_text("LAST CYCLE: ok: no action\n")
+    runner = Runner(SimpleNamespace(node1=node), seed=1, converge=1.0)
+    checker = runner.checker = InvariantChecker(None)
+
+    def cycle():
+        time.sleep(0.2)
+        node.status_file.write_text(f"LAST CYCLE: ok {time.monotonic()}\n")
+
+    runner._grace_until_repaired(node)  # the first kill
+    cycle()
+    runner._grace_until_repaired(node)  # the second, before the first's two cycles
+    cycle()  # the first's second cycle, the second's first
+    time.sleep(0.3)
+    assert checker.grace["node1"] == float("inf")
+    cycle()
+    deadline = time.monotonic() + 5
+    while checker.grace["node1"] == float("inf") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checker.grace["node1"] < time.monotonic() + 1
+    checker._stop.set()

@@ -6,8 +6,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-# What `make unit` leaves out: tests that need root, Debian packages, namespaces or VMs.
-UNIT_MARKERS := not root and not tools and not integration and not vm
+# What `make unit` leaves out: tests that need root, Debian packages, namespaces, VMs or PyPI.
+UNIT_MARKERS := not root and not tools and not integration and not vm and not network
 
 .PHONY: setup venv test unit vm-test demo demo-once lint typecheck docs docs-check bench bench-switch bench-hostile chaos chaos-ci clean \
 	bench-rpm rpm repo

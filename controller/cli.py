@@ -25,15 +25,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Dict, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Optional, Sequence, Tuple
 
 import yaml
 
 from . import __version__
+from .cli_common import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Denied,
+    Unreachable,
+    answer_code,
+    ask,
+)
+from .cli_common import err as _err
 from .commands import ROLE_COMMANDS, Command
 from .config import (
     DEFAULT_CONFIG_PATH,
@@ -43,115 +53,18 @@ from .config import (
     load_config,
     load_yaml,
 )
-from .control import root_socket_path
 from .files import CONFIG_LIMIT, SMALL_LIMIT, read_capped, read_text, write_temp
+from .splitbrain_cli import add_parser as add_split_brain
+from .splitbrain_cli import run as split_brain
 from .status_view import STALE_GRACE, fmt_duration, fmt_time, render_answer
 from .status_view import plural as _plural
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
 WATCH_PERIOD = 2.0
 FOLLOW_PERIOD = 1.0
-QUERY_TIMEOUT = 10.0  # status, get, log: answered from the snapshot, normally in milliseconds
 # A role command runs a whole cycle under the controller's lock (every command in it has its own
 # timeout, 10 s by default), after any cycle that is running already.
 ROLE_TIMEOUT = 180.0
-MAX_ANSWER = 16 * 1024 * 1024
 CLEAR_SCREEN = "\033[H\033[2J"
-
-
-class Unreachable(Exception):
-    """The controller did not answer (no socket, connection refused, timeout, garbled answer)."""
-
-
-class Denied(Exception):
-    """The operating system refused the connection: only root may use the socket."""
-
-
-# --------------------------------------------------------------------------------------------
-# Talking to the controller
-# --------------------------------------------------------------------------------------------
-
-
-def ask(path: str, request: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
-    """Send one request, return the answer object. Raises Unreachable or Denied.
-
-    Root asks on the controller's root-only socket when there is one (the main socket is then
-    open to every local user, who could keep it busy); if that does not answer, on the main one.
-    """
-    timeout = QUERY_TIMEOUT if timeout is None else timeout
-    private = root_socket_path(path)
-    if os.geteuid() == 0 and os.path.exists(private):
-        try:
-            return _ask(private, request, timeout)
-        except Unreachable:
-            pass  # a stale file left by a killed controller: the main socket decides
-    return _ask(path, request, timeout)
-
-
-def _ask(path: str, request: Dict[str, Any], timeout: float) -> Dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        try:
-            while True:
-                try:
-                    sock.connect(path)
-                    break
-                except BlockingIOError:  # EAGAIN: the listen queue is full right now; retry
-                    if time.monotonic() >= deadline:
-                        raise socket.timeout() from None
-                    time.sleep(0.01)
-        except FileNotFoundError:
-            raise Unreachable(f"{path} does not exist") from None
-        except ConnectionRefusedError:
-            raise Unreachable(f"nothing listens on {path} (connection refused)") from None
-        except PermissionError:
-            raise Denied(
-                f"permission denied on {path}: only root may use the iscsi-ha control "
-                "socket (run iscsi-cfg as root)"
-            ) from None
-        except socket.timeout:
-            raise Unreachable(f"no connection to {path} within {timeout:g}s") from None
-        except OSError as exc:
-            raise Unreachable(f"cannot connect to {path}: {exc.strerror or exc}") from None
-        buf = bytearray()
-        try:
-            try:
-                sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # answered and closed before reading ("busy", "permission denied"): read it
-            while b"\n" not in buf and len(buf) <= MAX_ANSWER:
-                sock.settimeout(max(0.001, deadline - time.monotonic()))
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-        except socket.timeout:
-            what = request.get("cmd", "?")
-            raise Unreachable(f"no answer to {what} within {timeout:g}s") from None
-        except OSError as exc:
-            if not buf:
-                raise Unreachable(f"connection to {path} failed: {exc.strerror or exc}") from None
-    finally:
-        sock.close()
-    line = bytes(buf).split(b"\n", 1)[0]
-    if not line:
-        raise Unreachable(f"the controller closed {path} without an answer")
-    try:
-        answer = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}") from None
-    if not isinstance(answer, dict):
-        raise Unreachable(f"garbled answer on {path}: {line[:80]!r}")
-    return answer
-
-
-def answer_code(answer: Dict[str, Any]) -> int:
-    """The exit code an error answer asks for (1 refused, 2 bad request); 1 when unclear."""
-    code = answer.get("code")
-    return code if code in (EXIT_REFUSED, EXIT_USAGE) else EXIT_REFUSED
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,10 +136,6 @@ def render_status(doc: Dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
-
-
-def _err(text: str) -> None:
-    print(f"iscsi-cfg: {text}", file=sys.stderr)
 
 
 def status_once(where: Where, as_json: bool, compact: bool = False) -> int:
@@ -769,35 +678,8 @@ HELP: Dict[str, Tuple[str, str]] = {
 }
 
 
-def parser() -> argparse.ArgumentParser:
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt
-    )
-    p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
-    p.add_argument(
-        "--config",
-        "-c",
-        metavar="FILE",
-        default=None,
-        help=f"configuration file, to find the control socket and the status file "
-        f"(default {DEFAULT_CONFIG_PATH})",
-    )
-    p.add_argument(
-        "--socket",
-        metavar="PATH",
-        default=None,
-        help="control socket path (overrides paths.control_socket)",
-    )
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    def add(name: str) -> argparse.ArgumentParser:
-        name = str(name)  # a Command is shown by its value
-        short, long = HELP[name]
-        return sub.add_parser(
-            name, help=short, description=long, epilog=EXIT_CODES, formatter_class=fmt
-        )
-
+def _add_queries(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """status, get, log: answered from the controller's snapshot."""
     status = add("status")
     status.add_argument(
         "--watch", "-w", action="store_true", help=f"redraw every {WATCH_PERIOD:g}s until Ctrl-C"
@@ -813,6 +695,10 @@ def parser() -> argparse.ArgumentParser:
     log_.add_argument(
         "--follow", "-f", action="store_true", help="keep printing new outcomes until Ctrl-C"
     )
+
+
+def _add_role_commands(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """The manual-mode commands and the switchover: they change who serves."""
     for name in ROLE_COMMANDS:
         sp = add(name)
         if name is Command.BECOME_PRIMARY:
@@ -829,6 +715,10 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--json", action="store_true", help="print the report (message, phases in seconds) as JSON"
     )
+
+
+def _add_host_tools(add: Callable[[str], argparse.ArgumentParser]) -> None:
+    """Commands on this host's files and tools, with no controller involved."""
     nt = add("node-time2wait")
     what = nt.add_mutually_exclusive_group()
     what.add_argument(
@@ -863,8 +753,40 @@ def parser() -> argparse.ArgumentParser:
         metavar="IQN",
         help="with --tgt-conf: the target to import when the file has several",
     )
-    from .splitbrain_cli import add_parser as add_split_brain
 
+
+def parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="iscsi-cfg", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt
+    )
+    p.add_argument("--version", action="version", version=f"iscsi-cfg {__version__}")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=None,
+        help=f"configuration file, to find the control socket and the status file "
+        f"(default {DEFAULT_CONFIG_PATH})",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        default=None,
+        help="control socket path (overrides paths.control_socket)",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        name = str(name)  # a Command is shown by its value
+        short, long = HELP[name]
+        return sub.add_parser(
+            name, help=short, description=long, epilog=EXIT_CODES, formatter_class=fmt
+        )
+
+    _add_queries(add)
+    _add_role_commands(add)
+    _add_host_tools(add)
     add_split_brain(sub, EXIT_CODES, fmt)
     chk = add("check-config")
     chk.add_argument("file", metavar="FILE", nargs="?", help="file to check (default: --config)")
@@ -899,8 +821,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == Command.SWITCHOVER:
             return cmd_switchover(where, args)
         if args.command == "split-brain":
-            from .splitbrain_cli import run as split_brain
-
             return split_brain(where, args)
         return cmd_role(where, args)
     except BrokenPipeError:  # `iscsi-cfg log | head`

@@ -55,6 +55,7 @@ from .model import (
     PoolObservation,
     PoolRole,
     Snapshot,
+    SrObservation,
     StartTargetDaemon,
     StorageRole,
     TargetObservation,
@@ -62,6 +63,7 @@ from .model import (
     VipObservation,
     action_name,
 )
+from .said_once import SaidOnce
 from .state import ManualModeStore
 from .statusfile import write_status
 from .systems.drbd import GenerationIds
@@ -144,7 +146,7 @@ class Controller:
         self._tgtd_backoff = settings.restart_backoff
         self._tgtd_next_start = 0.0
         self._manual_problem: Optional[str] = None
-        self._status_problem: Optional[str] = None  # last status-file write error, said once
+        self._status_problem = SaidOnce(log)  # status-file write errors
         self._master_since: Optional[float] = None  # monotonic; while the pool role is master
         # The last cycle sentences, for `iscsi-cfg log` (the full log goes to syslog/journald).
         self.history: Deque[Tuple[float, str, str]] = collections.deque(maxlen=500)
@@ -242,20 +244,12 @@ class Controller:
         return result
 
     def _write_status_file(self, path: str, result: CycleResult, manual: ManualMode) -> None:
-        # Said once when it starts failing and once when it recovers, not every cycle: a
-        # status_file pointed at a device node would otherwise flood the log forever.
         try:
             write_status(path, result, manual, self.clock())
         except OSError as exc:
-            # errno's text, not str(exc): on a read-only directory that names a new temp file
-            problem = f"cannot write status file {path}: {exc.strerror or exc}"
-            if problem != self._status_problem:
-                log.error("%s", problem)
-            self._status_problem = problem
+            self._status_problem.failed(exc, f"status file {path}")
             return
-        if self._status_problem is not None:
-            log.info("status file %s written again", path)
-            self._status_problem = None
+        self._status_problem.worked(f"status file {path} written again")
 
     def load_manual(self) -> ManualMode:
         if self._manual_override is not None:
@@ -275,10 +269,37 @@ class Controller:
     ) -> Observation:
         """Look at everything once. ``record`` keeps what was seen in the ledger (not in a
         dry run, which must change nothing); ``save`` also writes it to disk now."""
-        s = self.systems
         pool = self.read_pool()
-        # The target and the VIP are read while DRBD is: three commands cost the slowest one,
-        # not their sum, on every cycle (and so on the path of every promotion).
+        resources, target, vip = self._read_storage()
+        self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
+        now_wall, now_mono = self.clock(), self.monotonic()
+        proofs = self._remember(resources, target, now_wall, now_mono, record, save)
+        if pool.role is PoolRole.MASTER:
+            self._master_since = self._master_since if self._master_since is not None else now_mono
+        else:
+            self._master_since = None
+        peer = self._confirmed(self.peer_status()) if self.peer_status else None
+        obs = Observation(
+            pool=pool,
+            resources=resources,
+            target=target,
+            vip=vip,
+            evidence=proofs,
+            peer=peer,
+            now=now_wall,
+            accept_stale=accept_stale,
+        )
+        desired, _ = desired_role(obs, manual)
+        vip = self._vip_checks(obs, desired)
+        return replace(obs, vip=vip, srs=self._srs_if_holding(obs, vip, desired))
+
+    def _read_storage(
+        self,
+    ) -> Tuple[Tuple[DrbdResource, ...], TargetObservation, VipObservation]:
+        """DRBD, the target and the VIP. The target and the VIP are read while DRBD is: three
+        commands cost the slowest one, not their sum, on every cycle (and so on the path of
+        every promotion)."""
+        s = self.systems
         target_f: Optional[concurrent.futures.Future[TargetObservation]] = None
         vip_f: Optional[concurrent.futures.Future[VipObservation]] = None
         try:
@@ -289,8 +310,19 @@ class Controller:
         resources = s.drbd.observe(self.settings.resources)
         target = target_f.result() if target_f is not None else s.target.observe()
         vip = vip_f.result() if vip_f is not None else s.vip.observe()
-        self._tgtd_seen_running = self._tgtd_seen_running or target.daemon_running
-        now_wall, now_mono = self.clock(), self.monotonic()
+        return resources, target, vip
+
+    def _remember(
+        self,
+        resources: Tuple[DrbdResource, ...],
+        target: TargetObservation,
+        now_wall: float,
+        now_mono: float,
+        record: bool,
+        save: bool,
+    ) -> Tuple[Evidence, ...]:
+        """The ledger advanced by what was seen (kept when ``record``), and each resource's
+        evidence from it."""
         store = self.ledger
         gap = self.settings.max_watch_gap
         gis = {}
@@ -315,31 +347,18 @@ class Controller:
             store.ledger = ledger
             if save:
                 store.save_if_changed(now_wall)
-        proofs = tuple(
+        return tuple(
             self._with_drbd_flags(
                 evidence(ledger, r.name, now_mono, store.boot_id, store.run_id, gap), r
             )
             for r in resources
         )
-        if pool.role is PoolRole.MASTER:
-            self._master_since = self._master_since if self._master_since is not None else now_mono
-        else:
-            self._master_since = None
-        peer = self._confirmed(self.peer_status()) if self.peer_status else None
-        obs = Observation(
-            pool=pool,
-            resources=resources,
-            target=target,
-            vip=vip,
-            evidence=proofs,
-            peer=peer,
-            now=now_wall,
-            accept_stale=accept_stale,
-        )
-        desired, _ = desired_role(obs, manual)
 
-        # Duplicate-address check (arping -D): the holder uses the periodic probe's answer; a
-        # host about to bind probes now unless the peer is known to have released the VIP.
+    def _vip_checks(self, obs: Observation, desired: Optional[StorageRole]) -> VipObservation:
+        """The VIP with the duplicate-address check (arping -D) and whether an announcement is
+        due: the holder uses the periodic probe's answer; a host about to bind probes now unless
+        the peer is known to have released the VIP."""
+        vip = obs.vip
         now = self.monotonic()
         if vip.local:
             conflict = self._fresh_probe(now)
@@ -356,27 +375,30 @@ class Controller:
                 or now - self._last_announce >= self.settings.announce_interval
             )
         )
-        vip = replace(vip, conflict=conflict, announce_due=bool(due))
+        return replace(vip, conflict=conflict, announce_due=bool(due))
 
-        srs = None
-        # PBDs are plugged only once this host holds everything (the last step of a promotion);
-        # reading them before costs XenAPI round trips on the path of the promotion itself. The
-        # cycle after it (woken by its own DRBD role change) plugs them.
+    def _srs_if_holding(
+        self, obs: Observation, vip: VipObservation, desired: Optional[StorageRole]
+    ) -> Optional[SrObservation]:
+        """PBDs are plugged only once this host holds everything (the last step of a
+        promotion); reading them before costs XenAPI round trips on the path of the promotion
+        itself. The cycle after it (woken by its own DRBD role change) plugs them."""
+        s = self.systems
         holding = (
-            bool(resources)
-            and all(r.role == "Primary" for r in resources)
-            and target.serving
+            bool(obs.resources)
+            and all(r.role == "Primary" for r in obs.resources)
+            and obs.target.serving
             and vip.local
         )
         if (
             s.sr is not None
             and self.settings.observe_srs
-            and pool.role is PoolRole.MASTER
+            and obs.pool.role is PoolRole.MASTER
             and desired is StorageRole.PRIMARY
             and holding
         ):
-            srs = s.sr.observe()
-        return replace(obs, vip=vip, srs=srs)
+            return s.sr.observe()
+        return None
 
     def _confirmed(self, peer: Optional[PeerObservation]) -> Optional[PeerObservation]:
         """The peer's "master" counts only from an answer given a full interval after this
@@ -665,8 +687,8 @@ def summarise(plan: Plan, results: Sequence[ActionResult], dry_run: bool) -> Tup
     if plan.held is not None:  # a hold may still repair what it holds (decide.keep_serving)
         done = [_phrase(r) for r in results if r.ok and _phrase(r)]
         bad = next((r for r in results if not r.ok), None)
-        failed = f"; {action_name(bad.action)} failed: {bad.message}" if bad else ""
-        return Outcome.HELD, (f"{', '.join(done)}; " if done else "") + plan.held + failed
+        tail = f"; {action_name(bad.action)} failed: {bad.message}" if bad else ""
+        return Outcome.HELD, (f"{', '.join(done)}; " if done else "") + plan.held + tail
     if dry_run:
         planned = ", ".join(action_name(a) for a in plan.actions) or "nothing"
         refused = f"; then refused: {'; '.join(plan.refusals)}" if plan.refusals else ""

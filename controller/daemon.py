@@ -285,28 +285,7 @@ class Daemon:
     def start(self) -> None:
         cfg = self.cfg
         if cfg.exporter.enabled:
-            from prometheus_client import CollectorRegistry
-
-            from ..exporter.collector import SnapshotCollector
-            from ..exporter.server import start_exporter
-
-            registry = CollectorRegistry(auto_describe=False)
-            SnapshotCollector(self.controller.snapshot, registry)
-            if self.probe is not None:
-                from ..exporter.probe_collector import ProbeCollector
-
-                ProbeCollector(self.probe.history, registry)
-            if self.audit is not None:
-                from ..exporter.audit_collector import AuditCollector
-
-                AuditCollector(self.audit.latest, registry)
-            self.exporter = start_exporter(
-                cfg.exporter.listen,
-                registry,
-                self.controller.snapshot,
-                cfg.exporter.web_config_file,
-            )
-            log.info("metrics on %s", cfg.exporter.listen)
+            self._start_exporter()
         from .control import ControlServer
 
         self.control = ControlServer(cfg.paths.control_socket, self, cfg.control.allowed_uids)
@@ -317,6 +296,47 @@ class Daemon:
         from .switchover import peer_call
 
         self.switchover.recover(peer_call(self.peer_client) if self.peer_client else None)
+        self._schedule_jobs()
+        self.scheduler.start()
+        self.pool_watch.start()
+        self.drbd_events.start()
+        log.info(
+            "iscsi-ha %s started: %s, every %gs, resources %s",
+            __version__,
+            cfg.node_name,
+            cfg.interval,
+            ", ".join(cfg.resources),
+        )
+
+    def _start_exporter(self) -> None:
+        """The metrics endpoint over the snapshot and the side jobs' results."""
+        cfg = self.cfg
+        from prometheus_client import CollectorRegistry
+
+        from ..exporter.collector import SnapshotCollector
+        from ..exporter.server import start_exporter
+
+        registry = CollectorRegistry(auto_describe=False)
+        SnapshotCollector(self.controller.snapshot, registry)
+        if self.probe is not None:
+            from ..exporter.probe_collector import ProbeCollector
+
+            ProbeCollector(self.probe.history, registry)
+        if self.audit is not None:
+            from ..exporter.audit_collector import AuditCollector
+
+            AuditCollector(self.audit.latest, registry)
+        self.exporter = start_exporter(
+            cfg.exporter.listen,
+            registry,
+            self.controller.snapshot,
+            cfg.exporter.web_config_file,
+        )
+        log.info("metrics on %s", cfg.exporter.listen)
+
+    def _schedule_jobs(self) -> None:
+        """The cycle and each side job on its own interval, the first run now where it matters."""
+        cfg = self.cfg
         now = datetime.datetime.now(datetime.timezone.utc)
         self.scheduler.add_job(
             self.cycle_job, "interval", seconds=cfg.interval, id="cycle", next_run_time=now
@@ -356,16 +376,6 @@ class Daemon:
                 id="audit",
                 next_run_time=now,
             )
-        self.scheduler.start()
-        self.pool_watch.start()
-        self.drbd_events.start()
-        log.info(
-            "iscsi-ha %s started: %s, every %gs, resources %s",
-            __version__,
-            cfg.node_name,
-            cfg.interval,
-            ", ".join(cfg.resources),
-        )
 
     def start_peer_channel(self) -> None:
         from .peer import PeerServer, PeerWatcher, make_handlers

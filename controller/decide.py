@@ -360,27 +360,13 @@ def vip_probe_needed(obs: Observation, policy: Policy = SAFE) -> bool:
     )
 
 
-def _promote_plan(obs: Observation, reason: str, plug_srs: bool, policy: Policy = SAFE) -> Plan:
-    actions: List[Action] = []
+def _promotion_refusals(
+    to_promote: List[DrbdResource], obs: Observation, policy: Policy
+) -> Tuple[List[str], List[Tuple[str, str]], bool]:
+    """Why each resource may not be promoted now: the refusals, the (resource, reason) pairs
+    that page, and whether the peer channel's Primary deserves a quick second look."""
     refusals: List[str] = []
     blocked: List[Tuple[str, str]] = []
-
-    came_up = [r.name for r in obs.resources if not r.configured]
-    actions.extend(UpResource(name) for name in came_up)
-    if not obs.target.daemon_running:
-        actions.append(StartTargetDaemon())
-    if came_up:
-        # A resource that was just brought up needs a moment to find its peer; promoting it
-        # before then could make a second Primary. The next cycle decides with fresh eyes.
-        return Plan(
-            StorageRole.PRIMARY,
-            reason,
-            tuple(actions),
-            (f"waiting for {', '.join(came_up)} to connect after up",),
-            retry_soon=True,
-        )
-
-    to_promote = [r for r in obs.resources if r.role != "Primary"]
     waiting_for_peer = False
     for res in to_promote:
         why = promotion_refusal(res)
@@ -401,6 +387,39 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool, policy: Policy 
         if stale:
             refusals.append(stale[0])
             blocked.append((res.name, stale[1]))
+    return refusals, blocked, waiting_for_peer
+
+
+def _vip_bind_refusal(obs: Observation) -> str:
+    """Why this host may not bind the VIP it does not hold ("" when it may)."""
+    vip = obs.vip
+    if vip.conflict:
+        return f"not binding VIP {vip.address}: another host answers for it (duplicate address)"
+    if vip.conflict is None and not vip_release_known(obs):
+        return f"not binding VIP {vip.address}: could not check that no other host holds it"
+    return ""
+
+
+def _promote_plan(obs: Observation, reason: str, plug_srs: bool, policy: Policy = SAFE) -> Plan:
+    actions: List[Action] = []
+
+    came_up = [r.name for r in obs.resources if not r.configured]
+    actions.extend(UpResource(name) for name in came_up)
+    if not obs.target.daemon_running:
+        actions.append(StartTargetDaemon())
+    if came_up:
+        # A resource that was just brought up needs a moment to find its peer; promoting it
+        # before then could make a second Primary. The next cycle decides with fresh eyes.
+        return Plan(
+            StorageRole.PRIMARY,
+            reason,
+            tuple(actions),
+            (f"waiting for {', '.join(came_up)} to connect after up",),
+            retry_soon=True,
+        )
+
+    to_promote = [r for r in obs.resources if r.role != "Primary"]
+    refusals, blocked, waiting_for_peer = _promotion_refusals(to_promote, obs, policy)
     if refusals:
         # All or nothing: a half-promoted set of LUNs is worse than none. A peer that is still
         # Primary is usually demoting right now (it saw the same pool.conf change): look again soon.
@@ -430,16 +449,9 @@ def _promote_plan(obs: Observation, reason: str, plug_srs: bool, policy: Policy 
         actions.append(ServeTarget())
 
     if not vip.local:
-        if vip.conflict:
-            refusals.append(
-                f"not binding VIP {vip.address}: another host answers for it (duplicate address)"
-            )
-            return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals))
-        if vip.conflict is None and not vip_release_known(obs):
-            refusals.append(
-                f"not binding VIP {vip.address}: could not check that no other host holds it"
-            )
-            return Plan(StorageRole.PRIMARY, reason, tuple(actions), tuple(refusals))
+        held = _vip_bind_refusal(obs)
+        if held:
+            return Plan(StorageRole.PRIMARY, reason, tuple(actions), (held,))
         actions.extend((BindVip(), AnnounceVip()))
     elif vip.announce_due:
         actions.append(AnnounceVip())

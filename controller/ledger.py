@@ -36,6 +36,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from .files import read_capped
 from .model import DrbdResource, Evidence
+from .said_once import SaidOnce
 from .state import atomic_write
 
 log = logging.getLogger(__name__)
@@ -172,26 +173,9 @@ def _advance_entry(
     problem: Optional[str],
 ) -> Entry:
     if entry is None:
-        reason, why = (
-            ("untrusted_record", problem)
-            if problem
-            else ("no_record", "no record of this resource in the ledger (fresh state directory)")
-        )
-        entry = Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
+        entry = _fresh_entry(boot_id, run_id, now_mono, now, problem)
     else:
-        gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
-        if gap is not None:
-            reason, why = gap
-            entry = replace(
-                entry,
-                boot_id=boot_id,
-                run_id=run_id,
-                watching=False,
-                proof=False,
-                reason=reason,
-                why_not=why,
-                unreachable_since_mono=None,
-            )
+        entry = _after_gap(entry, now_mono, boot_id, run_id, max_gap)
     entry = replace(entry, last_seen_mono=now_mono, last_seen=now)
     if res.error or not res.configured:
         # Nothing seen: the watch goes on only while the resource is actually observed.
@@ -232,7 +216,42 @@ def _advance_entry(
             why_not=f"the resource was {res.connection} when last in touch with the peer",
             unreachable_since_mono=None,
         )
-    # The peer is unreachable now.
+    return _peer_unreachable(entry, now_mono, now)
+
+
+def _fresh_entry(
+    boot_id: str, run_id: str, now_mono: float, now: float, problem: Optional[str]
+) -> Entry:
+    """A resource the ledger has no (trusted) record of: no watch, no proof."""
+    reason, why = (
+        ("untrusted_record", problem)
+        if problem
+        else ("no_record", "no record of this resource in the ledger (fresh state directory)")
+    )
+    return Entry(boot_id, run_id, now_mono, now, reason=reason, why_not=why)
+
+
+def _after_gap(entry: Entry, now_mono: float, boot_id: str, run_id: str, max_gap: float) -> Entry:
+    """The watch ended (no proof) when a gap broke it: a reboot, a restart, a pause longer than
+    ``max_gap``."""
+    gap = _gap(entry, now_mono, boot_id, run_id, max_gap)
+    if gap is not None:
+        reason, why = gap
+        entry = replace(
+            entry,
+            boot_id=boot_id,
+            run_id=run_id,
+            watching=False,
+            proof=False,
+            reason=reason,
+            why_not=why,
+            unreachable_since_mono=None,
+        )
+    return entry
+
+
+def _peer_unreachable(entry: Entry, now_mono: float, now: float) -> Entry:
+    """The peer is unreachable now: proof when it was watched in sync to the end."""
     since = entry.unreachable_since_mono if entry.unreachable_since_mono is not None else now_mono
     entry = replace(entry, unreachable_since_mono=since)
     if entry.lost_at is None and entry.watching and entry.connected is not None:
@@ -447,10 +466,12 @@ class LedgerStore:
         self.ledger = self.load(host, now)
         self._saved: Optional[Ledger] = None
         self._saved_at = 0.0
-        # Why the last write failed (None once one succeeds). Logged when it starts or changes and
-        # when a write succeeds again, not every cycle: a read-only or full state directory would
-        # otherwise put an error in the log each cycle for as long as it lasts.
-        self.write_problem: Optional[str] = None
+        self._writes = SaidOnce(log)  # write errors, said once (not every cycle)
+
+    @property
+    def write_problem(self) -> Optional[str]:
+        """Why the last write failed; None once one succeeds."""
+        return self._writes.problem
 
     def load(self, host: str, now: float) -> Ledger:
         try:
@@ -478,15 +499,10 @@ class LedgerStore:
         try:
             atomic_write(self.path, render(self.ledger, now), mode=0o600)
         except OSError as exc:
-            # By errno and its text, not str(exc): that names a fresh temporary file each time.
-            problem = f"cannot write the ledger {self.path}: {exc.strerror or exc}"
-            if problem != self.write_problem:
-                log.error("%s (said once until it changes or a write succeeds)", problem)
-            self.write_problem = problem
+            note = " (said once until it changes or a write succeeds)"
+            self._writes.failed(exc, f"the ledger {self.path}", note)
             return
-        if self.write_problem is not None:
-            log.info("ledger %s written again", self.path)
-            self.write_problem = None
+        self._writes.worked(f"ledger {self.path} written again")
         self._saved, self._saved_at = self.ledger, now
 
 

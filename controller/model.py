@@ -75,25 +75,14 @@ DRBD_DISK_STATES = (
     "UpToDate",
 )
 
-# The connection states in which the peer is reachable and its role is known.
+# The connection states in which the peer is reachable and its role is known: Connected and the
+# sync, verify and congestion states that follow it in DRBD 8.4's order (through Behind), and
+# DRBD 9's Established.
 DRBD_PEER_REACHABLE = frozenset(
-    {
-        "Connected",
-        "Established",
-        "StartingSyncS",
-        "StartingSyncT",
-        "WFBitMapS",
-        "WFBitMapT",
-        "WFSyncUUID",
-        "SyncSource",
-        "SyncTarget",
-        "VerifyS",
-        "VerifyT",
-        "PausedSyncS",
-        "PausedSyncT",
-        "Ahead",
-        "Behind",
-    }
+    DRBD_CONNECTION_STATES[
+        DRBD_CONNECTION_STATES.index("Connected") : DRBD_CONNECTION_STATES.index("Behind") + 1
+    ]
+    + ("Established",)
 )
 
 

@@ -565,6 +565,23 @@ def render(a: Assessment) -> str:
         "unknown": "unknown: one side could not be read",
     }[a.kind]
     out = [f"{a.resource}: {head}", _row("", l.host + " (this host)", p.host)]
+    out += [_row(*r) for r in _evidence_rows(l, p)]
+    for problem in a.problems:
+        out.append(f"  cannot read: {problem}")
+    out.append(_vms_line(a))
+    lg = l.generation
+    if lg is not None and diverged(lg, p.generation):
+        out.append(
+            f"  generations: both descend from {lg.bitmap[:15]}x "
+            "and each has its own newer one: diverged"
+        )
+    if a.in_split_brain:
+        out += _recommendation(a)
+    return "\n".join(out)
+
+
+def _evidence_rows(l: Side, p: Side) -> List[Tuple[str, str, str]]:  # noqa: E741
+    """(what, this host, the peer) for each line of the side-by-side table."""
 
     def yn(v: Optional[bool]) -> str:
         return "?" if v is None else ("yes" if v else "no")
@@ -572,7 +589,7 @@ def render(a: Assessment) -> str:
     def num(v: Optional[int]) -> str:
         return "?" if v is None else str(v)
 
-    rows = [
+    return [
         ("DRBD role", f"{l.role}/{l.peer_role}", f"{p.role}/{p.peer_role}"),
         ("connection", l.connection, p.connection),
         ("disk", f"{l.disk}/{l.peer_disk}", f"{p.disk}/{p.peer_disk}"),
@@ -593,28 +610,21 @@ def render(a: Assessment) -> str:
         ("last in sync", _when(l.last_in_sync, l.now), _when(p.last_in_sync, p.now)),
         ("backing (LVM free)", _backing(l), _backing(p)),
     ]
-    out += [_row(*r) for r in rows]
-    for problem in a.problems:
-        out.append(f"  cannot read: {problem}")
+
+
+def _vms_line(a: Assessment) -> str:
     vms = next((s.vms for s in a.sides if s.vms is not None), None)
-    if vms is not None:
-        holder = [s.host for s in a.sides if s.vip_local]
-        through = f", through the VIP held now by {holder[0]}" if len(holder) == 1 else ""
-        out.append(
-            f"  VMs with disks on this target (XenAPI){through}: "
-            f"{', '.join(vms) if vms else 'none'}"
-        )
-    else:
+    if vms is None:
         why = next((s.vms_error for s in a.sides if s.vms_error), None)
-        out.append(f"  VMs with disks on this target: unknown ({why or 'XenAPI not enabled'})")
-    lg = l.generation
-    if lg is not None and diverged(lg, p.generation):
-        out.append(
-            f"  generations: both descend from {lg.bitmap[:15]}x "
-            "and each has its own newer one: diverged"
-        )
-    if not a.in_split_brain:
-        return "\n".join(out)
+        return f"  VMs with disks on this target: unknown ({why or 'XenAPI not enabled'})"
+    holder = [s.host for s in a.sides if s.vip_local]
+    through = f", through the VIP held now by {holder[0]}" if len(holder) == 1 else ""
+    return f"  VMs with disks on this target (XenAPI){through}: {', '.join(vms) if vms else 'none'}"
+
+
+def _recommendation(a: Assessment) -> List[str]:
+    """Which side to keep and why, what it discards, and the command that does it."""
+    out = []
     if a.survivor:
         strength = "" if a.confident else " (weak evidence: check before choosing)"
         out.append(
@@ -632,7 +642,7 @@ def render(a: Assessment) -> str:
                 f"{_size(snapshot_size(a, a.survivor))} copy-on-write)"
             )
         out.append(f"Resolve: iscsi-cfg split-brain resolve --survivor {a.survivor} {a.resource}")
-    return "\n".join(out)
+    return out
 
 
 def _backing(s: Side) -> str:

@@ -13,9 +13,11 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from . import cli_common
 from . import splitbrain as sb
+from .cli_common import EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, err
 
 EVIDENCE_ATTEMPTS = 3
 TRANSIENT = ("timeout", "unreachable", "tls", "bad_answer")  # PeerError kinds worth a retry
@@ -165,12 +167,10 @@ class Channel:
 
 
 def run(where: Any, args: argparse.Namespace) -> int:
-    from . import cli
-
     def ask(req: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            return cli.ask(where.socket, req, timeout=CALL_TIMEOUT)
-        except (cli.Unreachable, cli.Denied) as exc:
+            return cli_common.ask(where.socket, req, timeout=CALL_TIMEOUT)
+        except (cli_common.Unreachable, cli_common.Denied) as exc:
             return {
                 "ok": False,
                 "error": f"the local iscsi-ha controller: {exc}",
@@ -181,23 +181,23 @@ def run(where: Any, args: argparse.Namespace) -> int:
     words = list(args.words)
     if words[:1] == ["resolve"]:
         if len(words) != 2 or not args.survivor:
-            cli._err("usage: iscsi-cfg split-brain resolve --survivor HOST RESOURCE")
-            return cli.EXIT_USAGE
+            err("usage: iscsi-cfg split-brain resolve --survivor HOST RESOURCE")
+            return EXIT_USAGE
         return resolve(
             channel, words[1], args.survivor, args.yes, args.force, args.timeout, keep=args.snapshot
         )
     if args.survivor or args.force or args.snapshot:
-        cli._err("--survivor, --force and --snapshot belong to `split-brain resolve`")
-        return cli.EXIT_USAGE
+        err("--survivor, --force and --snapshot belong to `split-brain resolve`")
+        return EXIT_USAGE
     if len(words) > 1:
-        cli._err("usage: iscsi-cfg split-brain [RESOURCE]")
-        return cli.EXIT_USAGE
+        err("usage: iscsi-cfg split-brain [RESOURCE]")
+        return EXIT_USAGE
     resources = words
     if not resources:
         answer = ask({"cmd": "get"})
         if not answer.get("ok"):
-            cli._err(str(answer.get("error") or "cannot read the configuration"))
-            return cli.EXIT_UNREACHABLE if answer.get("unreachable") else cli.EXIT_REFUSED
+            err(str(answer.get("error") or "cannot read the configuration"))
+            return EXIT_UNREACHABLE if answer.get("unreachable") else EXIT_REFUSED
         resources = [str(r) for r in (answer.get("config") or {}).get("resources") or []]
     assessments = [sb.assess(*channel.sides(r)) for r in resources]
     if args.json:
@@ -205,9 +205,9 @@ def run(where: Any, args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(sb.render(a) for a in assessments))
     if channel.unreachable:
-        return cli.EXIT_UNREACHABLE
+        return EXIT_UNREACHABLE
     unreadable = [a for a in assessments if a.kind == "unknown"]
-    return cli.EXIT_REFUSED if unreadable and len(unreadable) == len(assessments) else cli.EXIT_OK
+    return EXIT_REFUSED if unreadable and len(unreadable) == len(assessments) else EXIT_OK
 
 
 def _confirm(prompt: str, expected: str) -> bool:
@@ -227,25 +227,79 @@ def resolve(
     out: Callable[[str], None] = print,
     keep: bool = False,
 ) -> int:
-    from . import cli
-
+    """Keep ``survivor``'s data of ``resource``: check, show, confirm, look again, (snapshot),
+    run DRBD's steps, follow the resync to a verified end, audit. Each step stops on failure."""
     a = sb.assess(*channel.sides(resource))
     out(sb.render(a))
     hard, forceable = sb.refusals(a, survivor)
+    code = _refusal(a, survivor, hard, forceable, force, keep)
+    if code is not None:
+        return code
+    victim = a.other(survivor)
+    steps = sb.plan(a, survivor)
+    _show_plan(a, resource, survivor, steps, keep, out)
+    if not yes:
+        code = _confirmation(resource, victim.host, forceable)
+        if code is not None:
+            return code
+    if not _unchanged(channel, resource, survivor, steps):
+        return EXIT_REFUSED
+    amount = victim.out_of_sync_bytes
+    if keep and not _snapshot(channel, a, resource, survivor, out):
+        return EXIT_REFUSED
+    if not _run_steps(channel, a, resource, steps, out):
+        return EXIT_REFUSED
+    t0 = time.monotonic()
+    verdict = _follow(channel, resource, follow_limit, sleep, out)
+    took = time.monotonic() - t0
+    if verdict is None:
+        return EXIT_REFUSED
+    if not verdict.done:
+        err(f"not verified after {took:.0f} s: {verdict.sentence}")
+        return EXIT_REFUSED
+    out(f"Resynced and verified in {took:.1f} s: {verdict.sentence}")
+    who = f"uid {os.getuid()}" + (f" ({_who()})" if _who() else "")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    line = sb.audit_line(
+        resource, survivor, victim.host, amount, who, when, took, verdict.sentence, bool(forceable)
+    )
+    _audit(channel, line, out)
+    return EXIT_OK
+
+
+def _refusal(
+    a: sb.Assessment,
+    survivor: str,
+    hard: List[str],
+    forceable: List[str],
+    force: bool,
+    keep: bool,
+) -> Optional[int]:
+    """The exit code when the resolve is refused (the reasons printed), else None."""
     if keep and not hard and sb.snapshot_refusal(a, survivor):
         hard.append(f"--snapshot: {sb.snapshot_refusal(a, survivor)}")
     if hard:
-        cli._err("refused: " + "\n  ".join(hard + forceable))
-        return cli.EXIT_REFUSED
+        err("refused: " + "\n  ".join(hard + forceable))
+        return EXIT_REFUSED
     if forceable and not force:
-        cli._err(
+        err(
             "refused: "
             + "\n  ".join(forceable)
             + "\n  (--force overrides this, with a second confirmation)"
         )
-        return cli.EXIT_REFUSED
+        return EXIT_REFUSED
+    return None
+
+
+def _show_plan(
+    a: sb.Assessment,
+    resource: str,
+    survivor: str,
+    steps: Tuple[sb.Step, ...],
+    keep: bool,
+    out: Callable[[str], None],
+) -> None:
     victim = a.other(survivor)
-    steps = sb.plan(a, survivor)
     out(f"\nResolving {resource}: keep {survivor}, discard {victim.host}.")
     out(f"Discarded: {sb.discarded(a, survivor)}")
     out("Steps:")
@@ -257,80 +311,115 @@ def resolve(
         )
     for step in steps:
         out(f"  {step.host}$ {step.command} {resource}    # {step.why}")
-    if not yes:
-        if not sys.stdin.isatty():
-            cli._err("refused: not a terminal; confirm interactively or pass --yes")
-            return cli.EXIT_USAGE
-        if not _confirm(
-            f"Type the resource name ({resource}) to discard {victim.host}'s changes: ", resource
-        ):
-            cli._err("not confirmed; nothing was done")
-            return cli.EXIT_REFUSED
-        if forceable and not _confirm(
-            f"FORCED: {' '.join(forceable)}\nType {victim.host} to discard its data anyway: ",
-            victim.host,
-        ):
-            cli._err("not confirmed; nothing was done")
-            return cli.EXIT_REFUSED
-    # The state may have moved while the operator read: look again before touching anything.
+
+
+def _confirmation(resource: str, victim: str, forceable: List[str]) -> Optional[int]:
+    """None when the operator typed the confirmations back, else the exit code."""
+    if not sys.stdin.isatty():
+        err("refused: not a terminal; confirm interactively or pass --yes")
+        return EXIT_USAGE
+    if not _confirm(
+        f"Type the resource name ({resource}) to discard {victim}'s changes: ", resource
+    ):
+        err("not confirmed; nothing was done")
+        return EXIT_REFUSED
+    if forceable and not _confirm(
+        f"FORCED: {' '.join(forceable)}\nType {victim} to discard its data anyway: ", victim
+    ):
+        err("not confirmed; nothing was done")
+        return EXIT_REFUSED
+    return None
+
+
+def _unchanged(channel: Channel, resource: str, survivor: str, steps: Tuple[sb.Step, ...]) -> bool:
+    """The state may have moved while the operator read: look again before touching anything."""
     again = sb.assess(*channel.sides(resource))
     hard, _ = sb.refusals(again, survivor)
     if hard or sb.plan(again, survivor) != steps:
-        cli._err(
-            "refused: the situation changed while confirming; nothing was done. " + " ".join(hard)
-        )
-        return cli.EXIT_REFUSED
-    amount = victim.out_of_sync_bytes
-    if keep:
-        where = "local" if victim.host == a.sides[0].host else "peer"
-        ok, result = channel.call(
-            where,
-            {
-                "action": "snapshot",
-                "resource": resource,
-                "size": sb.snapshot_size(a, survivor),
-                "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()),
-            },
-        )
-        if not ok or not isinstance(result, dict) or not result.get("ok"):
-            said = result.get("said") if isinstance(result, dict) else result
-            cli._err(f"{victim.host}: the snapshot failed: {said}; nothing was discarded")
-            return cli.EXIT_REFUSED
-        out(f"  {victim.host}$ {result.get('said')}")
-        out(sb.snapshot_help(victim.host, str(result.get("snapshot"))))
+        err("refused: the situation changed while confirming; nothing was done. " + " ".join(hard))
+        return False
+    return True
+
+
+def _where(a: sb.Assessment, host: str) -> str:
+    return "local" if host == a.sides[0].host else "peer"
+
+
+def _snapshot(
+    channel: Channel, a: sb.Assessment, resource: str, survivor: str, out: Callable[[str], None]
+) -> bool:
+    """The victim's data kept in a read-only LVM snapshot first (--snapshot)."""
+    victim = a.other(survivor)
+    ok, result = channel.call(
+        _where(a, victim.host),
+        {
+            "action": "snapshot",
+            "resource": resource,
+            "size": sb.snapshot_size(a, survivor),
+            "stamp": time.strftime("%Y%m%dT%H%M%S", time.gmtime()),
+        },
+    )
+    if not ok or not isinstance(result, dict) or not result.get("ok"):
+        said = result.get("said") if isinstance(result, dict) else result
+        err(f"{victim.host}: the snapshot failed: {said}; nothing was discarded")
+        return False
+    out(f"  {victim.host}$ {result.get('said')}")
+    out(sb.snapshot_help(victim.host, str(result.get("snapshot"))))
+    return True
+
+
+def _run_steps(
+    channel: Channel,
+    a: sb.Assessment,
+    resource: str,
+    steps: Tuple[sb.Step, ...],
+    out: Callable[[str], None],
+) -> bool:
+    """DRBD's steps in order on their hosts; never retried: the first failure stops the rest."""
     for step in steps:
-        where = "local" if step.host == a.sides[0].host else "peer"
         ok, result = channel.call(
-            where, {"action": "step", "resource": resource, "step": step.action}
+            _where(a, step.host), {"action": "step", "resource": resource, "step": step.action}
         )
         if not ok or not isinstance(result, dict):
-            cli._err(
+            err(
                 f"{step.host}: {step.command} {resource}: {result}; stopped here (see "
                 "docs/runbook.md, split brain, for the manual steps)"
             )
-            return cli.EXIT_REFUSED
+            return False
         said = result.get("said") or ""
         if not result.get("ok"):
             if step.action == sb.DISCONNECT and "(162)" in said:
                 said = "already StandAlone"  # DRBD 8.4's answer to disconnecting a StandAlone
             else:
-                cli._err(
+                err(
                     f"{step.host}$ {result.get('command')}: rc {result.get('rc')}: "
                     f"{result.get('refusal') or said}; stopped here, nothing further was "
                     "run (see docs/runbook.md, split brain, for the manual steps)"
                 )
-                return cli.EXIT_REFUSED
+                return False
         out(f"  {step.host}$ {result.get('command')}: ok{' (' + said + ')' if said else ''}")
+    return True
+
+
+def _follow(
+    channel: Channel,
+    resource: str,
+    follow_limit: float,
+    sleep: Callable[[float], None],
+    out: Callable[[str], None],
+) -> Optional[sb.Verdict]:
+    """Progress lines until both sides verify (or ``follow_limit``); None when DRBD detected the
+    split brain again, a verdict that is not done when time ran out or nothing answered."""
     t0 = time.monotonic()
     verdict, last = None, ""
     while time.monotonic() - t0 < follow_limit:
         local, peer = channel.sides(resource)
         if local.split_brain or peer.split_brain:
-            cli._err(
+            err(
                 "DRBD detected the split brain again after the reconnect; see "
                 "`iscsi-cfg split-brain` and docs/runbook.md"
             )
-            return cli.EXIT_REFUSED
+            return None
         verdict = sb.verify(local, peer)
         if verdict.done:
             break
@@ -339,23 +428,11 @@ def resolve(
             out(f"  {time.monotonic() - t0:5.1f}s {line}")
             last = line
         sleep(FOLLOW_PERIOD)
-    took = time.monotonic() - t0
-    if verdict is None or not verdict.done:
-        cli._err(f"not verified after {took:.0f} s: {verdict.sentence if verdict else 'no answer'}")
-        return cli.EXIT_REFUSED
-    out(f"Resynced and verified in {took:.1f} s: {verdict.sentence}")
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    line = sb.audit_line(
-        resource,
-        survivor,
-        victim.host,
-        amount,
-        f"uid {os.getuid()}" + (f" ({_who()})" if _who() else ""),
-        when,
-        took,
-        verdict.sentence,
-        bool(forceable),
-    )
+    return verdict or sb.Verdict(False, "no answer")
+
+
+def _audit(channel: Channel, line: str, out: Callable[[str], None]) -> None:
+    """The audit line on both hosts; a host that could not record it is said, not fatal."""
     problems = []
     for where in ("local", "peer"):
         ok, result = channel.call(where, {"action": "audit", "line": line})
@@ -365,5 +442,4 @@ def resolve(
             problems.append(f"{where}: logged, but not written to its file: {result['error']}")
     out(f"Audit: {line}")
     if problems:
-        cli._err("the audit line could not be recorded everywhere: " + "; ".join(problems))
-    return cli.EXIT_OK
+        err("the audit line could not be recorded everywhere: " + "; ".join(problems))

@@ -32,6 +32,7 @@ FIXTURE_MARKERS = {
     "rpm": ("tools",),  # tests/test_packaging.py: rpmbuild, the zig-built interpreter
     "payload": ("tools", "root"),  # tests/test_packaging.py: the RPM payload in a mount namespace
     "certs": ("tools",),  # tests/test_peer.py: `iscsi-cfg peer-cert` runs openssl
+    "dists": ("network",),  # tests/test_packaging.py: `build` and pip fetch from PyPI
 }
 
 # Under CI every test must run: a skip there means a missing package or a machine that cannot run

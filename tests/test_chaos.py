@@ -75,21 +75,26 @@ REGRESSIONS = {
     # slept until the old time, so no cycle restarted tgtd and the VIP stayed without a target
     # (fixed in controller/daemon.py: ClockStepGuard).
     "clock-step-back": "0.5 clock-jump node1 -3600; 2.5 kill-tgtd node1",
+    # Both pool.conf files said master while the holder's tgtd was killed: the two-master hold
+    # restarted nothing, so the VIP stayed without a target until the split ended (seed 1
+    # schedule 286, shrunk; fixed in controller/decide.py: keep_serving).
+    "two-masters-tgtd-killed": "3.58 both-master node1 2.1; 4.02 kill-tgtd node1 0",
 }
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", sorted(REGRESSIONS))
-def test_regression_schedule(tmp_path, name):
+@pytest.mark.timeout(420)
+def test_regression_schedules(tmp_path):
+    """Every kept schedule, one after another in one lab (a lab costs more than a schedule)."""
     summary = tmp_path / "chaos.json"
+    names = sorted(REGRESSIONS)
+    given = [arg for name in names for arg in ("--faults", REGRESSIONS[name])]
     res = subprocess.run(
         [
             sys.executable,
             "-m",
             "lab.chaos",
-            "--faults",
-            REGRESSIONS[name],
+            *given,
             "--out",
             str(tmp_path / "logs"),
             "--json",
@@ -98,11 +103,13 @@ def test_regression_schedule(tmp_path, name):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=400,
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     print(res.stdout[-3000:])
     data = json.loads(summary.read_text())
+    assert data["schedules"] == len(names)
+    assert data["failed_schedules"] == [], [names[i] for i in data["failed_schedules"]]
     assert data["invariant_violations"] == 0, res.stdout[-3000:]
     assert data["did_not_converge"] == 0, res.stdout[-3000:]
     assert data["acknowledged_writes_lost"] == 0, res.stdout[-3000:]

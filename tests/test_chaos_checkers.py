@@ -273,3 +273,22 @@ def test_cycles_while_the_kill_is_still_being_done_do_not_end_the_grace(tmp_path
         time.sleep(0.05)
     assert checker.grace["node1"] < time.monotonic() + 1
     checker._stop.set()
+
+
+def test_a_reading_that_times_out_is_not_yet_converged():
+    """A shard of the full run stopped on `ip addr` taking > 5 s (load 53) while it waited for
+    convergence; that reading is "not yet", and the convergence bound decides."""
+    import subprocess
+
+    from lab.chaos import patient
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        if len(calls) < 3:
+            raise subprocess.TimeoutExpired(["ip", "addr"], 5)
+        return True
+
+    check = patient(slow)
+    assert [check(), check(), check()] == [False, False, True]

@@ -25,7 +25,7 @@ from typing import List
 import pytest
 import snapshots
 import yaml
-from iscsi_ha.controller import cli
+from iscsi_ha.controller import cli, cli_common
 from iscsi_ha.controller.config import parse_config
 from iscsi_ha.controller.control import describe_snapshot
 from iscsi_ha.controller.model import PoolRole, VipObservation
@@ -239,7 +239,7 @@ def test_connection_refused_and_no_answer_count_as_down(tmp_path, capsys, monkey
     assert code == 3 and "connection refused" in err and "WARNING" not in err
 
     # A listener that never answers (a hung controller): bounded by the query timeout.
-    monkeypatch.setattr(cli, "QUERY_TIMEOUT", 0.3)
+    monkeypatch.setattr(cli_common, "QUERY_TIMEOUT", 0.3)
     hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         hung.bind(str(tmp_path / "hung.sock"))

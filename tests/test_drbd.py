@@ -1349,3 +1349,12 @@ def test_real_drbdadm_sh_minor_and_real_cat(tmp_path: Path) -> None:
     gone = Drbd(runner, drbdadm=str(wrapper), proc_drbd=str(tmp_path / "absent"))
     assert gone.observe(["r0"]) == (DrbdResource(name="r0", configured=False),)
     assert gone.version() == ""
+
+
+def test_the_worst_first_disk_order_ranks_every_disk_state_once():
+    # Built from model.DRBD_DISK_STATES: a state added or moved there must keep this a ranking.
+    from iscsi_ha.controller.model import DRBD_DISK_STATES
+    from iscsi_ha.controller.systems.drbd.common import _DISK_ORDER
+
+    assert sorted(_DISK_ORDER) == sorted(DRBD_DISK_STATES)
+    assert _DISK_ORDER[0] == "Failed" and _DISK_ORDER[-1] == "UpToDate"

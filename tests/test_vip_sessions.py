@@ -192,3 +192,19 @@ def test_the_vip_adapter_calls_the_hooks_only_when_the_address_moved():
     runner.answer(("ip", "addr", "add"), rc=2, stderr="Error: ipv4: Address already assigned.")
     assert vip.bind().ok  # already there: nothing moved
     assert events == ["bound", "released"]
+
+
+def test_a_watcher_that_cannot_start_leaves_the_next_move_free():
+    runner = answering(fixture("kill-two.txt"), fixture("kill-two.txt"))
+    attempts = []
+
+    def start(fn):
+        attempts.append(fn)
+        if len(attempts) == 1:
+            raise RuntimeError("can't start new thread")
+        fn()
+
+    s = VipSessions(runner, VIP, 3260, start=start)
+    s.after_bind()  # logged, not raised
+    s.after_bind()
+    assert len(attempts) == 2 and len(runner.ran("ss", "-K")) == 1

@@ -177,16 +177,8 @@ def pool(request, tmp_path_factory):
     try:
         lab.prepare(ctl.resources(lab))
         lab.boot()
-        for vm in lab.vms:
-            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
-            # The controller cannot do this step itself on 8.4 (see the report): before `up`
-            # real drbdadm answers rc 10 "Device minor not allocated", which it reads as an error.
-            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
-        controllers = ctl.Controllers(lab, backend=request.param)
-        controllers.write_configs()
-        controllers.set_pool_master("node1")
-        for vm in lab.vms:
-            controllers.start(vm)
+        # No settling: the first scenario watches the bring-up and the initial sync itself.
+        controllers = ctl.start_pair(lab, backend=request.param, settle_limit=None)
         yield lab, controllers
         failed = False
     finally:

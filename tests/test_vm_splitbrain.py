@@ -23,13 +23,11 @@ import hashlib
 import json
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -43,7 +41,6 @@ from lab.vm.harness import VmLab  # noqa: E402
 
 pytestmark = pytest.mark.vm
 
-PEER_PORT = 19857
 LBA_VMS = 64  # where the client (the VMs) writes while apart; node2 overwrites it locally
 LBA_BEFORE = 8192  # written before the split by the client, overwritten on node2 while apart
 BLOCKS = 32  # of 512 bytes
@@ -58,38 +55,9 @@ def _sha(data: "bytes | None") -> str:
     return hashlib.sha256(data or b"").hexdigest()[:16]
 
 
-def _peer_certs(lab: VmLab) -> None:
-    exe = Path(sys.executable).parent / "iscsi-cfg"
-    for vm in lab.vms:
-        proc = subprocess.run(
-            [str(exe), "peer-cert", "--dir", str(vm.xdir / "peer"), "--name", vm.name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr
-    for vm in lab.vms:
-        other = next(o for o in lab.vms if o is not vm)
-        (vm.xdir / "peer" / "peer.crt").write_text((other.xdir / "peer" / "host.crt").read_text())
-
-
-def _write_configs(lab: VmLab) -> None:
-    for vm in lab.vms:
-        other = next(o for o in lab.vms if o is not vm)
-        cfg = ctl.config(vm)
-        cfg["peer"] = {
-            "address": other.lan_addr,
-            "port": PEER_PORT,
-            "listen": f"{vm.lan_addr}:{PEER_PORT}",
-            "cert_file": "/run/lab/peer/host.crt",
-            "key_file": "/run/lab/peer/host.key",
-            # The lab is slow (TCG) and the machine shared: at load ~18 a TLS
-            # handshake took over 2 s and the peer cut the request off.
-            "peer_cert_file": "/run/lab/peer/peer.crt",
-            "timeout": 5,
-        }
-        (vm.xdir / "state").mkdir(exist_ok=True)
-        (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+def _lvm_backing(vm) -> None:
+    lvm_setup(vm)
+    lvm_disk(vm)
 
 
 @pytest.fixture(scope="module")
@@ -105,22 +73,10 @@ def pair(tmp_path_factory):
         text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
         lab.prepare({ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")})
         # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
-        for vm in lab.vms:
-            vm.start()
-        for vm in lab.vms:
-            vm.wait_ready(timeout=300)
-        for vm in lab.vms:
-            lvm_setup(vm)
-            lvm_disk(vm)
-            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
-            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
-        _peer_certs(lab)
-        c = ctl.Controllers(lab)
-        _write_configs(lab)
-        c.set_pool_master("node1")
-        for vm in lab.vms:
-            c.start(vm)
-        c.settle("node1", limit=180)
+        lab.boot(timeout=300)
+        # The lab is slow (TCG) and the machine shared: at load ~18 a TLS handshake took over
+        # 2 s and the peer cut the request off, hence the peer channel's 5 s.
+        c = ctl.start_pair(lab, prepare=_lvm_backing, peer_timeout=5)
         yield lab, c
         failed = False
     finally:
@@ -208,7 +164,9 @@ def make_split_brain(lab: VmLab, c: ctl.Controllers, round_: int) -> dict:
 
 def _split_brain_view(c, vm) -> dict:
     t0 = time.monotonic()
-    res = c.cfg(vm, "split-brain", ctl.RES, "--json")
+    # As long as the command itself may wait for both sides (splitbrain_cli.CALL_TIMEOUT): at
+    # load ~30 the evidence took over 90 s, the harness's default.
+    res = c.cfg(vm, "split-brain", ctl.RES, "--json", timeout=200)
     print(f"\n[{time.monotonic() - t0:5.1f}s] iscsi-cfg split-brain --json")
     assert res.rc == 0, res.out + res.err
     (view,) = json.loads(res.out)

@@ -26,13 +26,11 @@ client reads back through the VIP.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -45,7 +43,6 @@ from lab.vm.harness import VmLab, drbd_resource  # noqa: E402
 
 pytestmark = pytest.mark.vm
 
-PEER_PORT = 19857
 CONFIG = "/run/lab/iscsi-ha.yaml"
 
 
@@ -77,42 +74,12 @@ def _handlers_can_run(vm) -> None:
     assert vm.run(["cat", "/sys/module/drbd/parameters/usermode_helper"]).out == "/drbd-helper\n"
 
 
-def _peer_certs(lab: VmLab) -> None:
-    exe = Path(sys.executable).parent / "iscsi-cfg"
-    for vm in lab.vms:
-        d = vm.xdir / "peer"
-        proc = subprocess.run(
-            [str(exe), "peer-cert", "--dir", str(d), "--name", vm.name],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert proc.returncode == 0, proc.stderr
-    for vm in lab.vms:
-        other = next(o for o in lab.vms if o is not vm)
-        (vm.xdir / "peer" / "peer.crt").write_text((other.xdir / "peer" / "host.crt").read_text())
-
-
-def _write_configs(lab: VmLab) -> None:
-    for vm in lab.vms:
-        other = next(o for o in lab.vms if o is not vm)
-        cfg = ctl.config(vm)
-        # `drbdadm primary` of a disconnected node waits for DRBD's fence-peer handler, and a
-        # Python process starts in ~20-30 s under the lab's software emulation (~1-3 s on a
-        # host): let the command wait for it instead of killing it at 10 s.
-        cfg["command_timeout"] = 60
-        cfg["cycle_deadline"] = 70
-        cfg["peer"] = {
-            "address": other.lan_addr,
-            "port": PEER_PORT,
-            "listen": f"{vm.lan_addr}:{PEER_PORT}",
-            "cert_file": "/run/lab/peer/host.crt",
-            "key_file": "/run/lab/peer/host.key",
-            "peer_cert_file": "/run/lab/peer/peer.crt",
-            "timeout": 2,
-        }
-        (vm.xdir / "state").mkdir(exist_ok=True)
-        (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+def _slow_fence_peer(cfg: dict) -> None:
+    # `drbdadm primary` of a disconnected node waits for DRBD's fence-peer handler, and a
+    # Python process starts in ~20-30 s under the lab's software emulation (~1-3 s on a
+    # host): let the command wait for it instead of killing it at 10 s.
+    cfg["command_timeout"] = 60
+    cfg["cycle_deadline"] = 70
 
 
 @pytest.fixture(scope="module")
@@ -122,18 +89,9 @@ def pair(tmp_path_factory):
     failed = True
     try:
         lab.prepare({ctl.RES: _resource(lab)})
-        lab.boot()
-        for vm in lab.vms:
-            _handlers_can_run(vm)
-            vm.run(["drbdadm", "--", "--force", "create-md", ctl.RES], timeout=60, check=True)
-            vm.run(["drbdadm", "up", ctl.RES], timeout=60, check=True)
-        _peer_certs(lab)
-        c = ctl.Controllers(lab)
-        _write_configs(lab)
-        c.set_pool_master("node1")
-        for vm in lab.vms:
-            c.start(vm)
-        c.settle("node1", limit=180)
+        # The machine is shared: at load ~30 an agent took over 90 s (the default) to answer.
+        lab.boot(timeout=300)
+        c = ctl.start_pair(lab, prepare=_handlers_can_run, peer_timeout=2, edit=_slow_fence_peer)
         yield lab, c
         failed = False
     finally:

@@ -6,9 +6,10 @@ move, and only TCP's retransmission timer (exponential backoff) or open-iscsi's 
 (``noop_out_interval`` + ``noop_out_timeout``, 5 + 5 s as XenServer ships it) ends it:
 
 * On the **old holder** the connection went to a local address. Once the VIP is removed, the
-  target's close of its end cannot leave (its source address, the VIP, is no longer local, so
-  the route lookup fails), and the initiator's own retransmissions reach the new holder, which
-  answers with a reset, only when one falls after the new holder has bound the VIP. Seen in the
+  target's close of its end never reaches the initiator (iscsid reports a NOP timeout, not a
+  closed connection: that close's source, the VIP, is no longer local), and the initiator's own
+  retransmissions reach the new holder, which answers with a reset, only when one falls after
+  the new holder has bound the VIP. Seen in the
   VM lab (tests/test_vm_initiator.py, tuned move node2 -> node1): iscsid reported "A NOP has
   timed out", then "connect to 10.98.0.3:3260 failed (No route to host)" and a recovery after 2
   attempts; the stall was 2.1 s longer than the move (6.25 s for a 2.59 s move in CI).
@@ -190,7 +191,11 @@ class VipSessions:
             finally:
                 self._busy.release()
 
-        self.start(run)
+        try:
+            self.start(run)
+        except Exception:  # no thread (resources): the NOP-Out timer ends them, as before
+            log.exception("cannot start the watcher of this host's connections to the VIP")
+            self._busy.release()
 
     def _end_now(self, found: Tuple[Connection, ...], since: float) -> None:
         ended, _ = self.end(found)

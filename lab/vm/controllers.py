@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .harness import VIP, Result, Vm, VmError, VmLab, drbd_resource
 
@@ -29,6 +30,7 @@ BLOCK_TOOL = REPO / "lab" / "iscsi_block.py"
 IQN = "iqn.2024-01.org.iscsi-ha:vmlab"
 RES = "r0"
 EXPORTER_PORT = 9856
+PEER_PORT = 19857
 # A slower resync than the comparison's, so a 2 s controller cycle sees it in progress.
 SLOW_SYNC = "\tdisk { c-plan-ahead 0; resync-rate 6M; }\n"
 
@@ -74,39 +76,102 @@ def config(vm: Vm, backend: str = "tgt") -> Dict[str, Any]:
     }
 
 
-def start_pair(lab: VmLab, backend: str = "tgt", settle_limit: float = 180.0) -> "Controllers":
-    """On a booted lab: fresh DRBD meta data and `up` on both VMs (as the distribution's drbd
-    service does at boot), the controllers' configs, pool master node1, a controller in each VM;
-    returns once node1 alone serves at the VIP."""
+def start_pair(
+    lab: VmLab,
+    backend: str = "tgt",
+    settle_limit: Optional[float] = 180.0,
+    *,
+    prepare: Optional[Callable[[Vm], None]] = None,
+    peer_timeout: Optional[float] = None,
+    edit: Optional[Callable[[Dict[str, Any]], None]] = None,
+) -> "Controllers":
+    """On a booted lab: ``prepare(vm)`` if given (an LVM disk, DRBD's handler path), fresh DRBD
+    meta data and `up` on both VMs (as the distribution's drbd service does at boot), the
+    controllers' configs (with the peer channel when ``peer_timeout`` is given, then ``edit``),
+    pool master node1, a controller in each VM; returns once node1 alone serves at the VIP
+    (at once when ``settle_limit`` is None: the caller watches the bring-up itself)."""
     for vm in lab.vms:
+        if prepare is not None:
+            prepare(vm)
         vm.run(["drbdadm", "--", "--force", "create-md", RES], timeout=60, check=True)
+        # The controller cannot do this step itself on 8.4: before `up` real drbdadm answers
+        # rc 10 "Device minor not allocated", which it reads as an error.
         vm.run(["drbdadm", "up", RES], timeout=60, check=True)
-    c = Controllers(lab, backend)
+    c = Controllers(lab, backend, peer_timeout=peer_timeout, edit=edit)
     c.write_configs()
     c.set_pool_master("node1")
     for vm in lab.vms:
         c.start(vm)
-    c.settle("node1", limit=settle_limit)
+    if settle_limit is not None:
+        c.settle("node1", limit=settle_limit)
     return c
+
+
+def peer_certs(lab: VmLab) -> None:
+    """Each VM's peer-channel key and certificate (the real ``iscsi-cfg peer-cert``, i.e.
+    openssl) in its exchange share, and the other VM's certificate pinned beside them."""
+    for vm in lab.vms:
+        d = vm.xdir / "peer"
+        if (d / "host.crt").exists():
+            continue
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "iscsi-cfg"), "peer-cert", "--dir", str(d)]
+            + ["--name", vm.name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise VmError(f"iscsi-cfg peer-cert for {vm.name}: {proc.stderr.strip()}")
+    for vm in lab.vms:
+        other = next(o for o in lab.vms if o is not vm)
+        (vm.xdir / "peer" / "peer.crt").write_text((other.xdir / "peer" / "host.crt").read_text())
+
+
+def peer_section(vm: Vm, other: Vm, timeout: float) -> Dict[str, Any]:
+    """The ``peer:`` configuration of ``vm``, talking to ``other`` over the LAN."""
+    return {
+        "address": other.lan_addr,
+        "port": PEER_PORT,
+        "listen": f"{vm.lan_addr}:{PEER_PORT}",
+        "cert_file": "/run/lab/peer/host.crt",
+        "key_file": "/run/lab/peer/host.key",
+        "peer_cert_file": "/run/lab/peer/peer.crt",
+        "timeout": timeout,
+    }
 
 
 class Controllers:
     """Start/stop the controllers, move the pool master, read metrics, act as the client."""
 
-    def __init__(self, lab: VmLab, backend: str = "tgt") -> None:
+    def __init__(
+        self,
+        lab: VmLab,
+        backend: str = "tgt",
+        peer_timeout: Optional[float] = None,
+        edit: Optional[Callable[[Dict[str, Any]], None]] = None,
+    ) -> None:
         self.lab = lab
         self.backend = backend  # "tgt" or "lio": which target the controllers drive
+        self.peer_timeout = peer_timeout  # None: no peer channel
+        self.edit = edit  # a test's changes to every VM's configuration
         self.pids: Dict[str, int] = {}
         self.venv_bin = Path(sys.executable).parent
 
     def write_configs(self) -> None:
         import yaml  # a dependency of the product
 
+        if self.peer_timeout is not None:
+            peer_certs(self.lab)
         for vm in self.lab.vms:
+            cfg = config(vm, self.backend)
+            if self.peer_timeout is not None:
+                other = next(o for o in self.lab.vms if o is not vm)
+                cfg["peer"] = peer_section(vm, other, self.peer_timeout)
+            if self.edit is not None:
+                self.edit(cfg)
             (vm.xdir / "state").mkdir(exist_ok=True)
-            (vm.xdir / "iscsi-ha.yaml").write_text(
-                yaml.safe_dump(config(vm, self.backend), sort_keys=False)
-            )
+            (vm.xdir / "iscsi-ha.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     def set_pool_master(self, master: Optional[str]) -> None:
         """What pool.conf says on each host (None: both 'master'-less, i.e. unknown)."""

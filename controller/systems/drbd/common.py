@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
+from ...model import DRBD_DISK_STATES
+
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -14,18 +16,8 @@ MIB = 1024 * 1024
 _STATE_WORD = re.compile(r"^[A-Z][A-Za-z]*$")
 
 # Worst first: when volumes of one resource disagree, the resource is as good as its worst volume.
-_DISK_ORDER = (
-    "Failed",
-    "Diskless",
-    "Detaching",
-    "Attaching",
-    "Negotiating",
-    "Inconsistent",
-    "Outdated",
-    "DUnknown",
-    "Consistent",
-    "UpToDate",
-)
+# A failed or missing disk, then one leaving or arriving, then DRBD's own order from Negotiating on.
+_DISK_ORDER = ("Failed", "Diskless", "Detaching", "Attaching") + DRBD_DISK_STATES[4:]
 
 _QUOTE_LIMIT = 300
 

@@ -611,7 +611,18 @@ class Runner:
             self.read_only.add(node.name)
         else:
             self.read_only.discard(node.name)
-        self.lab.remount(node.state_dir, writable=not on)
+        # A read-only remount fails (EBUSY, mount's status 32) while a file there is open for
+        # writing -- the controller's temporary file, the filler: try again for a moment; a
+        # remount that never works is said, not a crash of the run (it stopped a shard once).
+        failure: Optional[subprocess.CalledProcessError] = None
+        for _ in range(20):
+            try:
+                self.lab.remount(node.state_dir, writable=not on)
+                return
+            except subprocess.CalledProcessError as exc:
+                failure = exc
+                time.sleep(0.05)
+        print(f"  (remounting {node.state_dir} {'ro' if on else 'rw'} failed: {failure})")
 
     def _jump(self, node: Node, offset: float) -> None:
         self.clock_file(node).write_text(f"{offset:+.0f}\n")

@@ -46,7 +46,8 @@ def pool(tmp_path_factory):
     try:
         lab.prepare(ctl.resources(lab))
         lab.boot()
-        c = ctl.start_pair(lab, settle_limit=180)
+        # The peer channel: test_switchover_* runs `iscsi-cfg switchover`.
+        c = ctl.start_pair(lab, settle_limit=180, peer_timeout=5)
         initiator = ini.Initiator(lab.vm("node2"), c)
         initiator.start()
         yield lab, c, initiator
@@ -139,3 +140,56 @@ def test_stock_then_tuned(pool):
     nop = int(STOCK_NOP_INTERVAL) + int(STOCK_NOP_TIMEOUT)
     assert stock["longest"] - stock["moved"] < 2 + nop, stock
     assert tuned["longest"] - tuned["moved"] < 0 + nop, tuned
+
+
+def switch(lab, c, initiator, on: str, to: str):
+    """``iscsi-cfg switchover`` run on ``on`` under the workload, moving the storage to ``to``;
+    returns the workload's summary with the command's wall time and phases."""
+    initiator.start_workload(seconds=240)
+    before = len(initiator.recoveries())
+    t0 = time.monotonic()
+    res = c.cfg(lab.vm(on), "switchover", timeout=120)
+    took = time.monotonic() - t0
+    print(f"\niscsi-cfg switchover on {on} ({took:.2f} s, rc {res.rc}):\n{res.out}{res.err}")
+    assert res.rc == 0 and "switchover done" in res.out, res.out + res.err
+    new = lab.vm(to)
+    ctl.wait_for(f"{to} serves at the VIP", lambda: c.serving(new) and c.vip_local(new), 30)
+    ops = initiator.workload().get("ops", 0)
+    ctl.wait_for("I/O resumed", lambda: initiator.workload().get("ops", 0) > ops + 100, 120)
+    summary = initiator.finish_workload()
+    summary["switchover"] = took
+    summary["recoveries"] = initiator.recoveries()[before:]
+    for vm in lab.vms:
+        print(vm.name, [ln for ln in c.controller_log(vm).splitlines() if "connection(s)" in ln])
+    print(f"\nswitchover to {to}: {summary}")
+    return summary
+
+
+def test_switchover_both_ways_under_the_tuned_initiator(pool):
+    """The one-command switchover (both controllers over the peer channel) under the tuned
+    session: to node2 (the initiator's own host becomes the holder), then back to node1 (the
+    initiator's host releases: the case vip_sessions waits for the VIP to answer)."""
+    lab, c, initiator = pool
+    node1, node2 = lab.vm("node1"), lab.vm("node2")
+    ctl.wait_for("node1 serves", lambda: c.serving(node1) and c.vip_local(node1), 60)
+    if ini.target_time2wait(node1) != "0":  # run alone: tune as test_stock_then_tuned does
+        tune_controllers(lab, c, 0)
+        ini.set_target_time2wait(node1, 0)
+        initiator.login(ini.TUNED)
+    there = switch(lab, c, initiator, on="node1", to="node2")
+    back = switch(lab, c, initiator, on="node2", to="node1")
+    for s in (there, back):
+        assert s["errors"] == [] and s["mismatches"] == 0, s
+        assert s["recoveries"] and all(n == 1 for n in s["recoveries"]), s
+    print(
+        f"\nlongest I/O stall across a switchover: to node2 {there['longest']:.2f} s "
+        f"(command {there['switchover']:.2f} s), back to node1 {back['longest']:.2f} s "
+        f"(command {back['switchover']:.2f} s)"
+    )
+    # The command's wall time includes starting iscsi-cfg's Python in the VM (seconds under
+    # TCG), so the stall can be shorter than it; a failed reconnect (+3 s) or the NOP-Out timer
+    # (+10 s) would put it well beyond.
+    for s in (there, back):
+        assert s["longest"] < s["switchover"] + 3, s
+    c.cfg(node1, "manual-mode-disable")
+    c.cfg(node2, "manual-mode-disable")

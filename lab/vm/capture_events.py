@@ -1,6 +1,6 @@
 """Capture real DRBD 8.4 state-change streams and role-change timings in the VM lab.
 
-    flock /work/wt/vmlab.lock python -m lab.vm.capture_events OUT_DIR
+    python -m lab.vm.capture_events OUT_DIR   # as root, while no other VM lab runs
 
 What it records (everything a human can re-check, nothing invented):
 

@@ -6,13 +6,13 @@ move, and only TCP's retransmission timer (exponential backoff) or open-iscsi's 
 (``noop_out_interval`` + ``noop_out_timeout``, 5 + 5 s as XenServer ships it) ends it:
 
 * On the **old holder** the connection went to a local address. Once the VIP is removed, the
-  target's close of its end never reaches the initiator (iscsid reports a NOP timeout, not a
-  closed connection: that close's source, the VIP, is no longer local), and the initiator's own
-  retransmissions reach the new holder, which answers with a reset, only when one falls after
-  the new holder has bound the VIP. Seen in the
-  VM lab (tests/test_vm_initiator.py, tuned move node2 -> node1): iscsid reported "A NOP has
-  timed out", then "connect to 10.98.0.3:3260 failed (No route to host)" and a recovery after 2
-  attempts; the stall was 2.1 s longer than the move (6.25 s for a 2.59 s move in CI).
+  initiator may not hear of it: in the VM lab (tests/test_vm_initiator.py, tuned failover
+  node2 -> node1) iscsid reported "A NOP has timed out", then "connect to 10.98.0.3:3260 failed
+  (No route to host)" and a recovery after 2 attempts: 16.48 s of stall for a 14.35 s move
+  (6.25 s for 2.59 s in a CI run). Its own retransmissions reach the new holder, which answers
+  with a reset, only when one falls after the new holder has bound the VIP. (When the target's
+  close does reach it, as in a switchover, open-iscsi reconnects at once and that reconnect
+  fails if nobody serves the VIP yet: nothing here can help that; the VIP must stay served.)
 * On the **new holder** the connection went to the old holder; once the VIP is local, this
   host's next retransmission is answered with a reset by its own stack, again only after the
   backoff.

@@ -16,11 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
+from test_vm_drbd import _report, booted_pair  # noqa: E402
 
 from lab import chaos_vm  # noqa: E402
-from lab.vm import controllers as ctl  # noqa: E402
-from lab.vm.harness import VmLab  # noqa: E402
 
 pytestmark = pytest.mark.vm
 SEED = 1
@@ -28,19 +26,7 @@ SEED = 1
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    _require_prerequisites()
-    lab = VmLab(tmp_path_factory.mktemp("vm-chaos"))
-    failed = True
-    try:
-        lab.prepare(ctl.resources(lab))
-        lab.boot()
-        c = ctl.start_pair(lab, settle_limit=240)
-        yield lab, c
-        failed = False
-    finally:
-        if failed:
-            _report(lab)
-        lab.teardown()
+    yield from booted_pair(tmp_path_factory, "vm-chaos", settle_limit=240)
 
 
 def test_seeded_schedules_on_real_drbd(pair):

@@ -63,6 +63,28 @@ def _report(lab: VmLab) -> None:
         print(f"  {path}")
 
 
+def booted_pair(
+    tmp_path_factory, name: str, *, resources=None, boot_timeout=None, lab_options=None, **start
+):
+    """The body of a VM module's ``pair`` fixture (``yield from`` it): a fresh lab with DRBD's
+    resources (``resources(lab)``, default ``ctl.resources``), both VMs booted, both
+    controllers started by ``ctl.start_pair(lab, **start)``; yields (lab, controllers). On a
+    failure the lab's files are listed; the lab is always torn down."""
+    _require_prerequisites()
+    lab = VmLab(tmp_path_factory.mktemp(name), **(lab_options or {}))
+    failed = True
+    try:
+        lab.prepare((resources or ctl.resources)(lab))
+        lab.boot(**({"timeout": boot_timeout} if boot_timeout else {}))
+        c = ctl.start_pair(lab, **start)
+        yield lab, c
+        failed = False
+    finally:
+        if failed:
+            _report(lab)
+        lab.teardown()
+
+
 # --------------------------------------------------------------------------------------------
 # The comparison: one scenario, real DRBD and the simulator
 # --------------------------------------------------------------------------------------------

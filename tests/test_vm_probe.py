@@ -23,10 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
+from test_vm_drbd import booted_pair  # noqa: E402
 
 from lab.vm import controllers as ctl  # noqa: E402
-from lab.vm.harness import VmLab  # noqa: E402
 
 pytestmark = pytest.mark.vm
 SUCCESS = "iscsi_ha_storage_probe_success"
@@ -37,22 +36,8 @@ SEEN_WITHIN = 90.0
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    _require_prerequisites()
-    lab = VmLab(tmp_path_factory.mktemp("vm-probe"))
-    failed = True
-    try:
-        lab.prepare(ctl.resources(lab))
-        for vm in lab.vms:  # lab.boot() with room for a loaded machine (90 s was too short)
-            vm.start()
-        for vm in lab.vms:
-            vm.wait_ready(timeout=300)
-        c = ctl.start_pair(lab, settle_limit=240)
-        yield lab, c
-        failed = False
-    finally:
-        if failed:
-            _report(lab)
-        lab.teardown()
+    # Room for a loaded machine: 90 s (the default) was too short for an agent to answer.
+    yield from booted_pair(tmp_path_factory, "vm-probe", boot_timeout=300, settle_limit=240)
 
 
 RUNS = "iscsi_ha_storage_probes_total"

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
+from test_vm_drbd import _report, booted_pair  # noqa: E402
 
 from lab.vm import controllers as ctl  # noqa: E402
 from lab.vm.capture_lvm import lvm_disk, lvm_setup  # noqa: E402
@@ -60,29 +60,29 @@ def _lvm_backing(vm) -> None:
     lvm_disk(vm)
 
 
+def _lvm_resource(lab) -> dict:
+    # The lab's fast resync (no fencing: with the peer channel up, fence-peer would outdate
+    # node2 and DRBD would refuse to make it Primary, which is the point of fencing). DRBD's
+    # backing device is an LVM volume (64 MiB of the 128 MiB disk), so the victim's data can
+    # be kept in a snapshot (`resolve --snapshot`).
+    text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
+    return {ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")}
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    _require_prerequisites()
-    lab = VmLab(tmp_path_factory.mktemp("vm-splitbrain"), disk_mib=128)
-    failed = True
-    try:
-        # The lab's fast resync (no fencing: with the peer channel up, fence-peer would outdate
-        # node2 and DRBD would refuse to make it Primary, which is the point of fencing). DRBD's
-        # backing device is an LVM volume (64 MiB of the 128 MiB disk), so the victim's data can
-        # be kept in a snapshot (`resolve --snapshot`).
-        text = ctl.drbd_resource(ctl.RES, 0, 7789, lab.vms)
-        lab.prepare({ctl.RES: text.replace("disk /dev/vda;", "disk /dev/vg0/r0;")})
-        # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
-        lab.boot(timeout=300)
-        # The lab is slow (TCG) and the machine shared: at load ~18 a TLS handshake took over
-        # 2 s and the peer cut the request off, hence the peer channel's 5 s.
-        c = ctl.start_pair(lab, prepare=_lvm_backing, peer_timeout=5)
-        yield lab, c
-        failed = False
-    finally:
-        if failed:
-            _report(lab)
-        lab.teardown()
+    # The machine is shared: under load ~18 an agent took over 90 s (the default) to answer.
+    # The lab is slow (TCG) and the machine shared: at load ~18 a TLS handshake took over 2 s
+    # and the peer cut the request off, hence the peer channel's 5 s.
+    yield from booted_pair(
+        tmp_path_factory,
+        "vm-splitbrain",
+        resources=_lvm_resource,
+        boot_timeout=300,
+        lab_options={"disk_mib": 128},
+        prepare=_lvm_backing,
+        peer_timeout=5,
+    )
 
 
 def _ledger_sessions(vm) -> int:

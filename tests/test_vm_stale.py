@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))
 
-from test_vm_drbd import _report, _require_prerequisites  # noqa: E402
+from test_vm_drbd import _report, booted_pair  # noqa: E402
 
 from lab.vm import controllers as ctl  # noqa: E402
 from lab.vm.harness import VmLab, drbd_resource  # noqa: E402
@@ -84,20 +84,16 @@ def _slow_fence_peer(cfg: dict) -> None:
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    _require_prerequisites()
-    lab = VmLab(tmp_path_factory.mktemp("vm-stale"))
-    failed = True
-    try:
-        lab.prepare({ctl.RES: _resource(lab)})
-        # The machine is shared: at load ~30 an agent took over 90 s (the default) to answer.
-        lab.boot(timeout=300)
-        c = ctl.start_pair(lab, prepare=_handlers_can_run, peer_timeout=2, edit=_slow_fence_peer)
-        yield lab, c
-        failed = False
-    finally:
-        if failed:
-            _report(lab)
-        lab.teardown()
+    # The machine is shared: at load ~30 an agent took over 90 s (the default) to answer.
+    yield from booted_pair(
+        tmp_path_factory,
+        "vm-stale",
+        resources=lambda lab: {ctl.RES: _resource(lab)},
+        boot_timeout=300,
+        prepare=_handlers_can_run,
+        peer_timeout=2,
+        edit=_slow_fence_peer,
+    )
 
 
 def boot_again(c: ctl.Controllers, vm) -> None:

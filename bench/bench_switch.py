@@ -348,18 +348,15 @@ class Bench:
             "ALL",
         )
 
-    def place(self, holder: Node) -> None:
-        """Storage on ``holder`` alone, both tgtds warm: DRBD, target, VIP."""
-        other = self.n2 if holder is self.n1 else self.n1
-        for node in self.lab.nodes:
-            self.start_tgtd(node)
+    def clear(self, node: Node) -> None:
+        """Neither the VIP nor the target on ``node`` (its tgtd keeps running)."""
         subprocess.run(
-            ["ip", "-n", other.netns, "addr", "del", VIP, "dev", other.interface],
+            ["ip", "-n", node.netns, "addr", "del", VIP, "dev", node.interface],
             capture_output=True,
             timeout=5,
         )
         tgtadm(
-            other,
+            node,
             "--lld",
             "iscsi",
             "--mode",
@@ -371,6 +368,13 @@ class Bench:
             "1",
             check=False,
         )
+
+    def place(self, holder: Node) -> None:
+        """Storage on ``holder`` alone, both tgtds warm: DRBD, target, VIP."""
+        other = self.n2 if holder is self.n1 else self.n1
+        for node in self.lab.nodes:
+            self.start_tgtd(node)
+        self.clear(other)
         other.drbdadm("secondary", RES)  # demote the other before promoting
         drbd(holder, "primary", RES)
         if not serving(holder):
@@ -605,24 +609,7 @@ mv '{self.work / f"ka-done-{node.name}.tmp"}' '{self.work / f"ka-done-{node.name
         self.stop_keepalived()
         for node in self.lab.nodes:
             self.start_tgtd(node)
-            subprocess.run(
-                ["ip", "-n", node.netns, "addr", "del", VIP, "dev", node.interface],
-                capture_output=True,
-                timeout=5,
-            )
-            tgtadm(
-                node,
-                "--lld",
-                "iscsi",
-                "--mode",
-                "target",
-                "--op",
-                "delete",
-                "--force",
-                "--tid",
-                "1",
-                check=False,
-            )
+            self.clear(node)
         self.n2.drbdadm("secondary", RES)
         for f in self.work.glob("ka-done-*"):
             f.unlink()

@@ -17,6 +17,7 @@ from iscsi_ha.controller.decide import decide
 from iscsi_ha.controller.model import (
     DRBD_CONNECTION_STATES,
     DRBD_DISK_STATES,
+    DRBD_PEER_REACHABLE,
     Evidence,
     ManualMode,
     PeerObservation,
@@ -242,28 +243,7 @@ unreachable = st.builds(
     res,
     role=st.just("Secondary"),
     peer_role=st.just("Unknown"),
-    connection=st.sampled_from(
-        sorted(
-            set(DRBD_CONNECTION_STATES)
-            - {
-                "Connected",
-                "Established",
-                "StartingSyncS",
-                "StartingSyncT",
-                "WFBitMapS",
-                "WFBitMapT",
-                "WFSyncUUID",
-                "SyncSource",
-                "SyncTarget",
-                "VerifyS",
-                "VerifyT",
-                "PausedSyncS",
-                "PausedSyncT",
-                "Ahead",
-                "Behind",
-            }
-        )
-    ),
+    connection=st.sampled_from(sorted(set(DRBD_CONNECTION_STATES) - DRBD_PEER_REACHABLE)),
     disk=st.sampled_from(DRBD_DISK_STATES),
     peer_disk=st.sampled_from(DRBD_DISK_STATES),
 )

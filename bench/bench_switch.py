@@ -126,6 +126,12 @@ def tgtadm(node: Node, *args: str, check: bool = True) -> subprocess.CompletedPr
     return res
 
 
+def delete_target(node: Node) -> None:
+    """Target 1 gone from ``node``'s tgtd, sessions and all (nothing to delete is fine)."""
+    delete = ("--mode", "target", "--op", "delete", "--force", "--tid", "1")
+    tgtadm(node, "--lld", "iscsi", *delete, check=False)
+
+
 def drbd(node: Node, *args: str) -> None:
     res = node.drbdadm(*args)
     if res.returncode != 0:
@@ -284,19 +290,7 @@ class Bench:
         wait_for(f"tgtd on {node.name}", lambda: serving_daemon(node), 5)
 
     def stop_tgtd(self, node: Node) -> None:
-        tgtadm(
-            node,
-            "--lld",
-            "iscsi",
-            "--mode",
-            "target",
-            "--op",
-            "delete",
-            "--force",
-            "--tid",
-            "1",
-            check=False,
-        )
+        delete_target(node)
         tgtadm(node, "--mode", "system", "--op", "delete", check=False)
         pid = self.tgtd.pop(node.name, None)
         if pid:  # exits ~0.1 s after the system delete; the lab's or the original script's
@@ -355,19 +349,7 @@ class Bench:
             capture_output=True,
             timeout=5,
         )
-        tgtadm(
-            node,
-            "--lld",
-            "iscsi",
-            "--mode",
-            "target",
-            "--op",
-            "delete",
-            "--force",
-            "--tid",
-            "1",
-            check=False,
-        )
+        delete_target(node)
 
     def place(self, holder: Node) -> None:
         """Storage on ``holder`` alone, both tgtds warm: DRBD, target, VIP."""

@@ -45,10 +45,14 @@ def test_one_round_of_four_methods(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = json.loads(out.read_text())
     assert set(rows) == set(methods)
+    # Each figure on its own: the outage (the client's probe) and the VIP-absent window (`ip
+    # monitor` in each node) are two instruments, and under load they disagreed once in CI (VIP
+    # absent 1.22 s for a 0.18 s outage), so no bound ties one to the other. The rounds' lines
+    # go with a failure so a disagreement can be read.
     for name in methods:
-        assert rows[name]["errors"] == [] and len(rows[name]["rows"]) == 1, rows[name]
+        assert rows[name]["errors"] == [] and len(rows[name]["rows"]) == 1, (rows, res.stdout)
         row = rows[name]["rows"][0]
-        assert 0 < row["outage"] < 10 and 0 <= row["vip_absent"] < row["outage"] + 1, row
+        assert 0 < row["outage"] < 10 and 0 <= row["vip_absent"] < 10, (name, row, res.stdout)
     assert 0 < rows["iscsi-ha-failover"]["rows"][0]["poolconf_to_vip"] < 10
     assert "| iscsi-ha-failover |" in res.stdout and "ratio to best anchor" in res.stdout
     # The switchover's own report came back with its phases, and the table shows them.

@@ -24,6 +24,8 @@ class FakeRunner:
         self.rules: List[Tuple[Tuple[str, ...], Answer]] = []
         self.calls: List[Tuple[str, ...]] = []
         self.spawned: List[Tuple[str, ...]] = []
+        # (argv, how many calls had been run when it was stopped): ordering against ``calls``.
+        self.stopped: List[Tuple[Tuple[str, ...], int]] = []
         self.unexpected: List[Tuple[str, ...]] = []
 
     def answer(
@@ -51,8 +53,9 @@ class FakeRunner:
         self.unexpected.append(argv)
         return CommandResult(argv, 127, "", f"FakeRunner: no answer for {' '.join(argv)}", 0.0)
 
-    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> None:
+    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> "FakeBackground":
         self.spawned.append(tuple(argv))
+        return FakeBackground(self, tuple(argv))
 
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
         self.spawned.append(tuple(argv))
@@ -61,3 +64,13 @@ class FakeRunner:
     def ran(self, *prefix: str) -> List[Tuple[str, ...]]:
         """The recorded calls that start with ``prefix``."""
         return [c for c in self.calls if c[: len(prefix)] == prefix]
+
+
+class FakeBackground:
+    """What ``FakeRunner.spawn`` started: ``stop()`` is recorded in the runner's ``stopped``."""
+
+    def __init__(self, runner: FakeRunner, argv: Tuple[str, ...]) -> None:
+        self.runner, self.argv = runner, argv
+
+    def stop(self) -> None:
+        self.runner.stopped.append((self.argv, len(self.runner.calls)))

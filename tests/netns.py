@@ -24,7 +24,7 @@ import signal
 import subprocess
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from iscsi_ha.controller.systems.runner import CommandResult, ProcessRunner
+from iscsi_ha.controller.systems.runner import Background, CommandResult, ProcessRunner
 
 SWITCH = "sw"
 
@@ -182,8 +182,8 @@ class NetnsRunner:
             tuple(argv), res.rc, res.stdout, res.stderr, res.duration, res.timed_out
         )
 
-    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> None:
-        self.inner.spawn(self._wrap(argv), timeout=timeout)
+    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> Optional[Background]:
+        return self.inner.spawn(self._wrap(argv), timeout=timeout)
 
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
         return self.inner.start_daemon(self._wrap(argv), log_path)

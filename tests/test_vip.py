@@ -251,6 +251,20 @@ def test_announce_runs_in_the_background():
     assert fake.spawned == [("arping", "-U", "-I", "eth0", "-c", "3", "10.99.0.3")]
 
 
+def test_unbind_ends_a_running_announcement_before_the_address_goes():
+    # arping -U goes on announcing the VIP from here after `ip addr del`, and each of its packets
+    # points the clients' ARP caches back at this host, past the new holder's announcement.
+    fake = FakeRunner()
+    fake.answer(("ip", "addr", "del"))
+    vip = make(fake)
+    assert vip.announce().ok and vip.announce().ok  # a second one ends the first
+    assert vip.unbind().ok
+    (arping,) = set(fake.spawned)
+    assert fake.stopped == [(arping, 0), (arping, 0)]  # before `ip addr del`, the first call
+    assert fake.calls[0][:3] == ("ip", "addr", "del")
+    assert vip.unbind().ok and len(fake.stopped) == 2  # nothing left to end
+
+
 # --------------------------------------------------------------------------------------------
 # probe_conflict
 # --------------------------------------------------------------------------------------------

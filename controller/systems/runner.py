@@ -60,13 +60,22 @@ class CommandResult:
         return f"{self.command} failed (rc {self.rc}): {detail}"
 
 
+class Background(Protocol):
+    """A command started by ``Runner.spawn``."""
+
+    def stop(self) -> None:
+        """End it now, its whole process group, if it still runs (once it ended: nothing)."""
+        ...
+
+
 class Runner(Protocol):
     def run(
         self, argv: Sequence[str], timeout: Optional[float] = None, input: Optional[str] = None
     ) -> CommandResult: ...
 
-    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> None:
-        """Start a command in the background; it is killed if it outlives ``timeout``."""
+    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> Optional[Background]:
+        """Start a command in the background; it is killed if it outlives ``timeout``. None when
+        it could not be started."""
         ...
 
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
@@ -166,7 +175,7 @@ class ProcessRunner:
         log.debug("run %s rc=%s %.3fs", " ".join(argv), rc, duration)
         return CommandResult(argv, rc, out or "", err or "", duration, timed_out)
 
-    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> None:
+    def spawn(self, argv: Sequence[str], timeout: Optional[float] = None) -> Optional[Background]:
         argv = tuple(argv)
         limit = self.default_timeout if timeout is None else timeout
         start = time.monotonic()
@@ -181,7 +190,7 @@ class ProcessRunner:
             )
         except OSError as exc:
             log.warning("cannot start %s in the background: %s", argv[0], exc.strerror)
-            return
+            return None
 
         def reap() -> None:
             timed_out = False
@@ -195,6 +204,7 @@ class ProcessRunner:
             log.debug("background %s rc=%s", " ".join(argv), proc.returncode)
 
         threading.Thread(target=reap, name=f"reap-{command_name(argv)}", daemon=True).start()
+        return _Spawned(proc)
 
     def start_daemon(self, argv: Sequence[str], log_path: Optional[str] = None) -> Optional[int]:
         argv = tuple(argv)
@@ -268,6 +278,16 @@ class Stream:
 def open_stream(argv: Sequence[str], env: Optional[Dict[str, str]] = None) -> Stream:
     """Start ``argv`` with its stdout as a line stream; OSError when it cannot be started."""
     return Stream(argv, env)
+
+
+class _Spawned:
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+
+    def stop(self) -> None:
+        # Not reaped yet, so its PID (and process group) is still this command's own.
+        if self.proc.poll() is None:
+            _kill_group(self.proc)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from ..model import StepResult, VipObservation
-from .runner import CommandResult, Runner
+from .runner import Background, CommandResult, Runner
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class Vip:
         self.announce_count = int(announce_count)
         self.timeout = timeout
         self._last_mismatch: Optional[str] = None
+        self._announcing: Optional[Background] = None
 
     def _run(self, *argv: str, timeout: Optional[float] = None) -> CommandResult:
         return self.runner.run(list(argv), timeout=self.timeout if timeout is None else timeout)
@@ -216,6 +217,13 @@ class Vip:
         return StepResult(False, res.describe_failure())
 
     def unbind(self) -> StepResult:
+        # An announcement still running would go on telling the network that the VIP is here
+        # after it has gone (arping -U keeps sending with the VIP as its sender address): the
+        # clients' ARP caches would point back at this host for up to a second, past the new
+        # holder's own announcement, and every connection attempt meanwhile is lost. Measured in
+        # the namespace lab before this: a failover less than a second after a bind cost the
+        # client 640 ms instead of 120.
+        self.stop_announcing()
         res = self._run(self.ip, "addr", "del", self.address, "dev", self.interface)
         if res.ok:
             self._hook(self.on_released)
@@ -263,5 +271,12 @@ class Vip:
             str(self.announce_count),
             self.ip_address,
         ]
-        self.runner.spawn(argv, timeout=self.announce_count + 3.0)
+        self.stop_announcing()
+        self._announcing = self.runner.spawn(argv, timeout=self.announce_count + 3.0)
         return StepResult(True, f"gratuitous ARP for {self.ip_address} on {self.interface} sent")
+
+    def stop_announcing(self) -> None:
+        """End the background announcement, if one still runs."""
+        announcing, self._announcing = self._announcing, None
+        if announcing is not None:
+            announcing.stop()

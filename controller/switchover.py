@@ -307,6 +307,7 @@ class Active:
     serving: threading.Event = field(default_factory=threading.Event)
     cycle_started: Optional[float] = None  # unix time the promoting cycle started
     phases: Dict[str, float] = field(default_factory=dict)
+    looked: bool = False  # the new holder ran a cycle on the first switchover-wait
 
 
 Call = Callable[[str, Dict[str, Any], float], Dict[str, Any]]
@@ -479,6 +480,12 @@ class Switchover:
             raise Refused(
                 f"switchover {sid[:20]!r} is not armed on {self.controller.hostname}", "not_armed"
             )
+        if not a.looked:
+            # Asked only once the old holder has answered the release (or could not): look now,
+            # not only on DRBD's event, whose stream can lag behind (the cycle still promotes
+            # only when DRBD shows the peer Secondary).
+            a.looked = True
+            self.trigger(f"switchover {sid}: the old holder released")
         serving = a.serving.wait(max(0.0, min(seconds, WAIT_SLICE)))
         return {
             "host": self.controller.hostname,

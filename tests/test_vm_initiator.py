@@ -195,9 +195,9 @@ def test_switchover_both_ways_under_the_tuned_initiator(pool):
     # the session ("TCP connection closed"); with DefaultTime2Wait 0 the initiator reconnects at
     # once, and its SYN waits on a neighbour lookup for the absent VIP. When the new holder's
     # reaction comes late that lookup fails first, and so does the reconnect: 3 s more (iscsid:
-    # "after recovery (2 attempts)"). Late here means a held cycle in flight: under TCG a cycle
+    # "after recovery (2 attempts)"). Late here is most likely a held cycle in flight: a TCG cycle
     # takes 1-3 s, and one that read DRBD just before the release ends before the next promotes
-    # (CI: "react 2311 ms"; 535 and 2926 ms in one quiet run; 0 ms on real hardware's cycles).
+    # (CI: "react 2311 ms"; 535 and 2926 ms in one quiet run; 0 ms in the namespace lab).
     # Reported as an expected failure, not a pass, until the VIP stays bound through the move.
     late = [s["recoveries"] for s in (there, back) if any(n != 1 for n in s["recoveries"])]
     if late:

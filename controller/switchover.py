@@ -482,7 +482,7 @@ class Switchover:
             )
         if not a.looked:
             # Asked only once the old holder has answered the release (or could not): look now,
-            # not only on DRBD's event, whose stream can lag behind (the cycle still promotes
+            # not only on DRBD's event, which can be lost or late (the cycle still promotes
             # only when DRBD shows the peer Secondary).
             a.looked = True
             self.trigger(f"switchover {sid}: the old holder released")

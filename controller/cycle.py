@@ -529,10 +529,18 @@ class Controller:
             self._manual_problem = None
             self.publish(self._snapshot.last if self._snapshot else None, mode)
 
-    def run_with_manual(self, mode: ManualMode, persist: bool = True) -> CycleResult:
-        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first,
-        otherwise it holds for this cycle only (a controller killed during it restarts in the
-        mode it had: a switchover's release must not outlive a dead controller)."""
+    def run_with_manual(
+        self,
+        mode: ManualMode,
+        persist: bool = True,
+        persist_if: Optional[Callable[[CycleResult], bool]] = None,
+    ) -> CycleResult:
+        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first.
+        Otherwise it holds for this cycle only (a controller killed during it restarts in the
+        mode it had: a switchover's release must not outlive a dead controller), and is saved
+        after the cycle, still in the same hold, if ``persist_if(result)``: a cycle woken
+        meanwhile (DRBD's event of the demotion) must not run on the old mode in between. The
+        VM lab saw that one promote the old holder again in the middle of a switchover."""
         with self.lock:
             if persist:
                 self.manual_store.save(mode)
@@ -540,9 +548,13 @@ class Controller:
                 return self._run_cycle(dry_run=False)
             self._manual_override = mode
             try:
-                return self._run_cycle(dry_run=False)
+                result = self._run_cycle(dry_run=False)
             finally:
                 self._manual_override = None
+            if persist_if is not None and persist_if(result):
+                self.manual_store.save(mode)
+                self._manual_problem = None
+            return result
 
     def set_switchover_phases(self, phases: Dict[str, float]) -> None:
         self.switchover_phases = tuple(phases.items())

@@ -378,6 +378,37 @@ def test_never_two_primaries_at_any_step(tmp_path):
     assert seen and not any(seen)
 
 
+def test_no_cycle_runs_on_the_old_mode_between_the_release_and_its_save(tmp_path):
+    # The VM lab's logs: the old holder's daemon cycle, woken by DRBD's event of its own
+    # demotion, ran between the release's cycle and the save of "manual secondary", read the old
+    # mode (pool master) and promoted again; the new holder's promotion was refused by DRBD and
+    # the storage came back to the old holder for 2 s in the middle of the switchover.
+    pair = Pair(tmp_path, drbd_events=False)
+    ctl = pair.ctl["node1"]
+    woken, done, extra = threading.Event(), threading.Event(), []
+
+    def daemon_wakes(result):  # inside the release's cycle, as the daemon's trigger would
+        if "demoted" in result.message and not woken.is_set():
+            woken.set()
+            threading.Thread(target=lambda: (extra.append(ctl.run_cycle()), done.set())).start()
+
+    save_manual = ctl.save_manual
+
+    def slow_save(mode):  # widens the gap a save outside the release's hold of the lock leaves
+        if woken.is_set():
+            done.wait(1.0)
+        save_manual(mode)
+
+    ctl.listeners.append(daemon_wakes)
+    ctl.save_manual = slow_save
+    report = pair.sw["node1"].run(pair.call("node2"))
+    pair.settle()
+    assert done.wait(5) and "promoted" not in extra[0].message, extra[0].message
+    assert report["code"] == DONE, report
+    assert pair.state("node1") == ("Secondary", False, False)
+    assert pair.state("node2") == ("Primary", True, True)
+
+
 def test_the_release_is_persisted_only_once_released(tmp_path):
     """A controller killed during its release restarts in the mode it had (and serves again),
     not in a half-done manual secondary that nobody would ever end."""

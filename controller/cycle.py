@@ -153,7 +153,7 @@ class Controller:
         # Called with each cycle's result (not dry runs): the switchover's armed host waits
         # for the cycle that serves (switchover.py). A listener must not block.
         self.listeners: List[Callable[[CycleResult], None]] = []
-        self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist=False)
+        self._manual_override: Optional[ManualMode] = None  # run_with_manual(persist_if=...)
         # observe() reads the target and the VIP beside DRBD (each adapter in one thread at once).
         self._readers = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="observe")
         self.switchover_phases: Tuple[Tuple[str, float], ...] = ()  # the last switchover's
@@ -525,36 +525,35 @@ class Controller:
     def save_manual(self, mode: ManualMode) -> None:
         """Persist ``mode`` between two cycles and show it at once; the next cycle acts on it."""
         with self.lock:
-            self.manual_store.save(mode)
-            self._manual_problem = None
+            self._store_manual(mode)
             self.publish(self._snapshot.last if self._snapshot else None, mode)
 
     def run_with_manual(
-        self,
-        mode: ManualMode,
-        persist: bool = True,
-        persist_if: Optional[Callable[[CycleResult], bool]] = None,
+        self, mode: ManualMode, persist_if: Optional[Callable[[CycleResult], bool]] = None
     ) -> CycleResult:
-        """Run a cycle on ``mode`` now, in one hold of the lock; ``persist`` saves it first.
-        Otherwise it holds for this cycle only (a controller killed during it restarts in the
-        mode it had: a switchover's release must not outlive a dead controller), and is saved
-        after the cycle, still in the same hold, if ``persist_if(result)``: a cycle woken
-        meanwhile (DRBD's event of the demotion) must not run on the old mode in between. The
-        VM lab saw that one promote the old holder again in the middle of a switchover."""
+        """Run a cycle on ``mode`` now, in one hold of the lock. Without ``persist_if`` the
+        mode is saved first. With it, the mode holds for this cycle only (a controller killed
+        during it restarts in the mode it had: a switchover's release must not outlive a dead
+        controller) and is saved after the cycle, still in the same hold, if
+        ``persist_if(result)``: a cycle woken meanwhile (DRBD's event of the demotion) must not
+        run on the old mode in between. The VM lab saw that one promote the old holder again in
+        the middle of a switchover."""
         with self.lock:
-            if persist:
-                self.manual_store.save(mode)
-                self._manual_problem = None
+            if persist_if is None:
+                self._store_manual(mode)
                 return self._run_cycle(dry_run=False)
             self._manual_override = mode
             try:
                 result = self._run_cycle(dry_run=False)
             finally:
                 self._manual_override = None
-            if persist_if is not None and persist_if(result):
-                self.manual_store.save(mode)
-                self._manual_problem = None
+            if persist_if(result):
+                self._store_manual(mode)
             return result
+
+    def _store_manual(self, mode: ManualMode) -> None:
+        self.manual_store.save(mode)
+        self._manual_problem = None
 
     def set_switchover_phases(self, phases: Dict[str, float]) -> None:
         self.switchover_phases = tuple(phases.items())
@@ -591,8 +590,7 @@ class Controller:
         manual = self.load_manual()
         if manual.enabled and not self._manual_problem:
             return 0, "manual mode is already enabled"
-        self.manual_store.save(ManualMode(enabled=True, requested=None, since=self.clock()))
-        self._manual_problem = None
+        self._store_manual(ManualMode(enabled=True, requested=None, since=self.clock()))
         return 0, "manual mode enabled: automatic role changes are stopped on this host"
 
     def _manual_disable(self) -> Tuple[int, str]:

@@ -454,7 +454,7 @@ class Switchover:
         secondary = ManualMode(True, StorageRole.SECONDARY, self.clock())
         # Persisted only once released: a controller killed in the middle restarts in the mode
         # it had and serves again (or holds, if the new holder got DRBD first): one host serves.
-        result = self.controller.run_with_manual(secondary, persist=False, persist_if=released)
+        result = self.controller.run_with_manual(secondary, persist_if=released)
         if released(result):
             at = result.started + result.duration  # DRBD Secondary by then, before the fsync
             return {

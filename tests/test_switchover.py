@@ -245,7 +245,7 @@ def test_switchover_moves_the_storage_and_leaves_both_in_manual_mode(tmp_path, o
 
 
 def test_the_new_holder_takes_over_even_when_drbds_event_does_not_come(tmp_path):
-    # No event stream wakes node2 (lost, or lagging as seen in the VM lab): the orchestrator's
+    # No event stream wakes node2 (the event lost or late): the orchestrator's
     # first wait makes it look, and it promotes because DRBD shows node1 Secondary by then.
     pair = Pair(tmp_path, takeover_timeout=3.0, drbd_events=False)
     report = pair.sw["node1"].run(pair.call("node2"))

@@ -18,11 +18,28 @@ from iscsi_ha.controller.systems.vip_sessions import (
     SsParseError,
     VipSessions,
     parse_ss,
+    unanswered,
 )
 
 SS = Path(__file__).parent / "fixtures" / "ss"
 VIP = "10.98.0.3"
 LIST = ("ss", "-tnH", "dst", VIP, "dport", "=", ":3260")
+BOTH_SIDES = (
+    "ss",
+    "-tnH",
+    "(",
+    *LIST[2:],
+    ")",
+    "or",
+    "(",
+    "src",
+    VIP,
+    "and",
+    "sport",
+    "=",
+    ":3260",
+    ")",
+)
 TWO = ("and", "(", "sport", "=", ":59484", "or", "sport", "=", ":59494", ")")
 
 
@@ -75,9 +92,20 @@ def sessions(runner: FakeRunner, served=lambda: True, wait: float = 30.0, clock=
     )
 
 
+def test_unanswered_are_the_connections_whose_target_side_is_elsewhere():
+    # The new holder right after a move: 47450 was made while the other host held the VIP,
+    # 47466 after (its target side, 10.98.0.3:3260 -> 10.98.0.2:47466, is here).
+    conns = parse_ss(fixture("list-both-sides.txt"))
+    assert len(conns) == 3
+    (old,) = unanswered(conns, VIP, 3260)
+    assert old.local == "10.98.0.2:47450"
+    assert unanswered(conns, VIP, 860) == ()  # another port: nothing of ours
+
+
 def answering(listed: str, killed: str = "", after: str = "") -> FakeRunner:
     runner = FakeRunner()
     runner.answer(LIST, stdout=listed)
+    runner.answer(BOTH_SIDES, stdout=listed)
     runner.answer(LIST + TWO, stdout=after)
     runner.answer(("ss", "-K", "-tnH", "dst", VIP, "dport", "=", ":3260") + TWO, stdout=killed)
     return runner
@@ -122,6 +150,19 @@ def test_bind_ends_them_at_once_without_probing():
 
     sessions(runner, served).after_bind()
     assert len(runner.ran("ss", "-K")) == 1
+
+
+def test_bind_leaves_a_reconnect_made_meanwhile_alone():
+    # Listed after the initiator already reconnected to the target here: only the old one ends.
+    runner = answering(fixture("list-both-sides.txt"))
+    one = ("and", "(", "sport", "=", ":47450", ")")
+    runner.answer(LIST + one, stdout="")
+    runner.answer(
+        ("ss", "-K", "-tnH", *LIST[2:], *one), stdout=fixture("list-both-sides.txt").splitlines()[1]
+    )
+    sessions(runner).after_bind()
+    assert len(runner.ran("ss", "-K")) == 1
+    assert runner.unexpected == []
 
 
 def test_a_connect_under_way_is_left_alone():

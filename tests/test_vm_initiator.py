@@ -2,10 +2,11 @@
 both controllers), a direct-I/O workload that checks what it wrote, stock and tuned settings.
 
 Asserted, for stock (XenServer's settings: DefaultTime2Wait 2 on both sides) and tuned (the target
-offers 0, the node record asks 0): no reconnect fails (iscsid reports every recovery after 1
-attempt: a failed one would cost 3 s more), no I/O error, nothing read back differs from what was
-written, and I/O resumes after the new holder serves (pool.conf written until it serves at the
-VIP) before the NOP-Out timer would have noticed a dead connection twice. The stall figures are
+offers 0, the node record asks 0): the session breaks once per move and no reconnect fails
+(iscsid reports one recovery, after 1 attempt: a failed one would cost 3 s more), no I/O error,
+nothing read back differs from what was written, and I/O resumes after the new holder serves
+(pool.conf written until it serves at the VIP) before the NOP-Out timer would have noticed a
+dead connection twice. The stall figures are
 printed: they are the lab's measurement, not a bound (see the end of the test).
 
 Under TCG a move takes ~7 s (controller cycles of 1-3 s, pool.conf on 9p seen by the 0.5 s
@@ -109,7 +110,7 @@ def test_stock_then_tuned(pool):
     initiator.login(ini.STOCK)
     stock = move(lab, c, initiator, "node2")
     assert stock["errors"] == [] and stock["mismatches"] == 0, stock
-    assert stock["recoveries"] and all(n == 1 for n in stock["recoveries"]), stock
+    assert stock["recoveries"] == [1], stock  # one break, back at the first attempt
 
     # Tuned: iscsi-ha's target.default_time2wait 0 (reloaded with SIGHUP) makes every target it
     # creates offer 0; the one serving now was created before, so it is set as the adapter would.
@@ -124,7 +125,7 @@ def test_stock_then_tuned(pool):
     tuned = move(lab, c, initiator, "node1")
     assert ini.target_time2wait(lab.vm("node1")) == "0"  # created by the controller with 0
     assert tuned["errors"] == [] and tuned["mismatches"] == 0, tuned
-    assert tuned["recoveries"] and all(n == 1 for n in tuned["recoveries"]), tuned
+    assert tuned["recoveries"] == [1], tuned
     print(
         f"\nlongest I/O stall: stock {stock['longest']:.2f} s (move {stock['moved']:.2f} s), "
         f"tuned {tuned['longest']:.2f} s (move {tuned['moved']:.2f} s)"
@@ -179,7 +180,14 @@ def test_switchover_both_ways_under_the_tuned_initiator(pool):
     back = switch(lab, c, initiator, on="node2", to="node1")
     for s in (there, back):  # the data: never an I/O error or a wrong block
         assert s["errors"] == [] and s["mismatches"] == 0, s
-        assert s["recoveries"], s  # the session broke with each move and came back
+        # The session broke once with each move and came back at the first attempt. A failed
+        # attempt costs open-iscsi 3 s; a second break, a second stall. Both came from this
+        # host ending its own fresh reconnect (vip_sessions listed its connections only after
+        # the initiator had reconnected by itself: "predate the move" must be told by what the
+        # host holds, not by when it looks), in some runs mid-login (iscsid: "after recovery
+        # (2 attempts)"), blamed before on a reconnect into the gap. The old holder's target
+        # cannot close the session: its VIP is removed first, and no FIN leaves without it.
+        assert s["recoveries"] == [1], s
     print(
         f"\nlongest I/O stall across a switchover: to node2 {there['longest']:.2f} s "
         f"(command {there['switchover']:.2f} s), back to node1 {back['longest']:.2f} s "
@@ -191,16 +199,3 @@ def test_switchover_both_ways_under_the_tuned_initiator(pool):
         assert s["longest"] < s["switchover"] + 3, s
     c.cfg(node1, "manual-mode-disable")
     c.cfg(node2, "manual-mode-disable")
-    # Known, issue #15 (VIP absent <= 10 ms, not met). The releasing host's target stop closes
-    # the session ("TCP connection closed"); with DefaultTime2Wait 0 the initiator reconnects at
-    # once, into the gap while nobody has the VIP (the new holder's promote, serve and bind:
-    # ~0.6 s under TCG), and when that attempt fails the next is 3 s later (iscsid: "after
-    # recovery (2 attempts)"). Before 4515a67 a race widened the gap by seconds: the old
-    # holder's own cycle ran between its release and the save of manual secondary and promoted
-    # it again ("react 2716 ms" in the VM log; most likely CI's "react 2311 ms" too;
-    # test_switchover.py keeps that case). React is now 11-119 ms, and the failed reconnect
-    # still comes in some runs.
-    # Reported as an expected failure, not a pass, until the VIP stays bound through the move.
-    late = [s["recoveries"] for s in (there, back) if any(n != 1 for n in s["recoveries"])]
-    if late:
-        pytest.xfail(f"#15: a reconnect failed while the VIP was absent (attempts {late})")

@@ -26,9 +26,16 @@ thread bounded by ``wait``. open-iscsi sees the connection fail at once and reco
 DefaultTime2Wait. Ending them on the old holder before the new holder serves would make that
 reconnect fail and cost open-iscsi's 3 s reopen delay (``ISCSI_CONN_ERR_REOPEN_DELAY``).
 
-Only the established connections that existed when the VIP moved are ended (matched by their
-local port): a reconnect made or under way meanwhile is left alone. Nothing runs when there is
-none (a host that is not an initiator of its own SR).
+Only the established connections that predate the move are ended (matched by their local port):
+a reconnect made or under way meanwhile is left alone. On the old holder they are the ones listed
+right after the release (nothing can reconnect while nobody serves the VIP). On the new holder a
+list taken "right after the bind" is not enough: the connection's own retransmission, answered
+with a reset by this host's stack once the VIP is local, may have reconnected it before the
+watcher's ``ss`` runs (VM lab, under TCG: the list came 0.77 s after the bind, the reconnect
+0.2 s after it, and ending that fresh connection cost a second recovery; ended mid-login, a failed
+attempt and 3 s more). So there the predating ones are told by what this host holds: a
+connection to the now-local VIP whose target side is not here was made while the VIP was
+elsewhere. Nothing runs when there is none (a host that is not an initiator of its own SR).
 
 ``ss -tnH FILTER`` prints ``STATE RECV-Q SEND-Q LOCAL:PORT PEER:PORT`` (no state column when a
 single ``state`` is asked for, so none is); ``ss -K`` prints the sockets it ended, and nothing for
@@ -81,6 +88,14 @@ def parse_ss(text: str) -> Tuple[Connection, ...]:
             raise SsParseError(f"unexpected ss line: {line.strip()!r}")
         out.append(Connection(local, peer, fields[0]))
     return tuple(out)
+
+
+def unanswered(conns: Sequence[Connection], address: str, port: int) -> Tuple[Connection, ...]:
+    """The connections to ``address:port`` that no socket of ``conns`` answers: with the address
+    local, their target side is on another host (they predate the address moving here)."""
+    here = f"{address}:{port}"
+    answered = {c.peer for c in conns if c.local == here}
+    return tuple(c for c in conns if c.peer == here and c.local != here and c.local not in answered)
 
 
 def tcp_answers(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:
@@ -145,6 +160,12 @@ class VipSessions:
         """This host's connections to ``VIP:port`` (none when ss failed: it warns once)."""
         return self._ss("-tnH", *self._filter()) or ()
 
+    def find_unanswered(self) -> Tuple[Connection, ...]:
+        """This host's connections to ``VIP:port`` with no target side here (``unanswered``)."""
+        sides = ["(", *self._filter(), ")", "or", "(", "src", self.address, "and"]
+        sides += ["sport", "=", f":{self.port}", ")"]
+        return unanswered(self._ss("-tnH", *sides) or (), self.address, self.port)
+
     def end(self, conns: Sequence[Connection]) -> Tuple[int, int]:
         """End these connections now: (ended, still there afterwards)."""
         if not conns:
@@ -161,13 +182,18 @@ class VipSessions:
 
     def after_bind(self) -> None:
         """Called once the VIP is bound here (the target serves already); returns at once."""
-        self._begin("bound", self._end_now)
+        self._begin("bound", self.find_unanswered, self._end_now)
 
     def after_release(self) -> None:
         """Called once the VIP is removed from here; returns at once."""
-        self._begin("released", self._end_when_served)
+        self._begin("released", self.find, self._end_when_served)
 
-    def _begin(self, event: str, then: Callable[[Tuple[Connection, ...], float], None]) -> None:
+    def _begin(
+        self,
+        event: str,
+        find: Callable[[], Tuple[Connection, ...]],
+        then: Callable[[Tuple[Connection, ...], float], None],
+    ) -> None:
         if self.wait <= 0 or not self._busy.acquire(blocking=False):
             return  # off, or a watcher runs (a move back while waiting: it ends them too)
         since = self.clock()
@@ -177,7 +203,7 @@ class VipSessions:
                 # Established ones only (and those the target already closed): a connect still
                 # under way (SYN-SENT) is a reconnect that will reach the target once it serves,
                 # and ending it would cost open-iscsi its 3 s reopen delay.
-                found = tuple(c for c in self.find() if c.state in HUNG)
+                found = tuple(c for c in find() if c.state in HUNG)
                 if found:
                     log.info(
                         "VIP %s %s: %d iSCSI connection(s) of this host to it predate the move",

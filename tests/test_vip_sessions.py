@@ -100,6 +100,8 @@ def test_unanswered_are_the_connections_whose_target_side_is_elsewhere():
     (old,) = unanswered(conns, VIP, 3260)
     assert old.local == "10.98.0.2:47450"
     assert unanswered(conns, VIP, 860) == ()  # another port: nothing of ours
+    # A dual-stack listener's side prints as [::ffff:10.98.0.3]:3260: still this connection's.
+    assert unanswered(parse_ss(fixture("list-both-sides-dual-stack.txt")), VIP, 3260) == ()
 
 
 def answering(listed: str, killed: str = "", after: str = "") -> FakeRunner:

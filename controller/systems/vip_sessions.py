@@ -94,8 +94,17 @@ def unanswered(conns: Sequence[Connection], address: str, port: int) -> Tuple[Co
     """The connections to ``address:port`` that no socket of ``conns`` answers: with the address
     local, their target side is on another host (they predate the address moving here)."""
     here = f"{address}:{port}"
-    answered = {c.peer for c in conns if c.local == here}
+    answered = {_ipv4(c.peer) for c in conns if _ipv4(c.local) == here}
     return tuple(c for c in conns if c.peer == here and c.local != here and c.local not in answered)
+
+
+def _ipv4(endpoint: str) -> str:
+    """``[::ffff:10.98.0.3]:3260`` (how ss prints a dual-stack socket's IPv4 end) as
+    ``10.98.0.3:3260``; any other endpoint as it is."""
+    host, _, port = endpoint.rpartition(":")
+    if host.startswith("[::ffff:") and host.endswith("]"):
+        return f"{host[len('[::ffff:') : -1]}:{port}"
+    return endpoint
 
 
 def tcp_answers(address: str, port: int, timeout: float = CONNECT_TIMEOUT) -> bool:

@@ -10,9 +10,9 @@ move, and only TCP's retransmission timer (exponential backoff) or open-iscsi's 
   node2 -> node1) iscsid reported "A NOP has timed out", then "connect to 10.98.0.3:3260 failed
   (No route to host)" and a recovery after 2 attempts: 16.48 s of stall for a 14.35 s move
   (6.25 s for 2.59 s in a CI run). Its own retransmissions reach the new holder, which answers
-  with a reset, only when one falls after the new holder has bound the VIP. (When the target's
-  close does reach it, as in a switchover, open-iscsi reconnects at once and that reconnect
-  fails if nobody serves the VIP yet: nothing here can help that; the VIP must stay served.)
+  with a reset, only when one falls after the new holder has bound the VIP. (The target's own
+  close never reaches it: the VIP is removed before the target stops, and no packet leaves from
+  an address the host no longer has; the FIN waits in FIN-WAIT-1.)
 * On the **new holder** the connection went to the old holder; once the VIP is local, this
   host's next retransmission is answered with a reset by its own stack, again only after the
   backoff.

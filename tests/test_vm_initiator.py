@@ -6,8 +6,8 @@ offers 0, the node record asks 0): the session breaks once per move and no recon
 (iscsid reports one recovery, after 1 attempt: a failed one would cost 3 s more), no I/O error,
 nothing read back differs from what was written, and I/O resumes after the new holder serves
 (pool.conf written until it serves at the VIP) before the NOP-Out timer would have noticed a
-dead connection twice. The stall figures are
-printed: they are the lab's measurement, not a bound (see the end of the test).
+dead connection twice. The stall figures are printed: they are the lab's measurement, not a
+bound (see the end of the test).
 
 Under TCG a move takes ~7 s (controller cycles of 1-3 s, pool.conf on 9p seen by the 0.5 s
 backstop read), longer than the 2 s the stock session waits before reconnecting, so that wait is

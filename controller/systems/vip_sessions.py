@@ -75,7 +75,7 @@ class SsParseError(ValueError):
 def parse_ss(text: str) -> Tuple[Connection, ...]:
     """The connections of ``ss -tnH`` (or ``ss -K -tnH``) output; raises SsParseError on a line
     that is not ``STATE RECV-Q SEND-Q LOCAL PEER [...]`` (indented detail lines, as ``-i`` adds,
-    are skipped)."""
+    are skipped). A dual-stack socket's IPv4 ends are given as IPv4 (``_ipv4``)."""
     out: List[Connection] = []
     for line in text.splitlines():
         fields = line.split()
@@ -86,7 +86,7 @@ def parse_ss(text: str) -> Tuple[Connection, ...]:
         local, peer = fields[3], fields[4]
         if ":" not in local or ":" not in peer:
             raise SsParseError(f"unexpected ss line: {line.strip()!r}")
-        out.append(Connection(local, peer, fields[0]))
+        out.append(Connection(_ipv4(local), _ipv4(peer), fields[0]))
     return tuple(out)
 
 
@@ -94,7 +94,7 @@ def unanswered(conns: Sequence[Connection], address: str, port: int) -> Tuple[Co
     """The connections to ``address:port`` that no socket of ``conns`` answers: with the address
     local, their target side is on another host (they predate the address moving here)."""
     here = f"{address}:{port}"
-    answered = {_ipv4(c.peer) for c in conns if _ipv4(c.local) == here}
+    answered = {c.peer for c in conns if c.local == here}
     return tuple(c for c in conns if c.peer == here and c.local != here and c.local not in answered)
 
 
@@ -171,8 +171,8 @@ class VipSessions:
 
     def find_unanswered(self) -> Tuple[Connection, ...]:
         """This host's connections to ``VIP:port`` with no target side here (``unanswered``)."""
-        sides = ["(", *self._filter(), ")", "or", "(", "src", self.address, "and"]
-        sides += ["sport", "=", f":{self.port}", ")"]
+        target_side = ["src", self.address, "and", "sport", "=", f":{self.port}"]
+        sides = ["(", *self._filter(), ")", "or", "(", *target_side, ")"]
         return unanswered(self._ss("-tnH", *sides) or (), self.address, self.port)
 
     def end(self, conns: Sequence[Connection]) -> Tuple[int, int]:

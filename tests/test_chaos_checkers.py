@@ -304,9 +304,11 @@ def test_an_earlier_kills_grace_does_not_end_a_later_ones(tmp_path):
     runner = Runner(SimpleNamespace(node1=node), seed=1, converge=1.0)
     checker = runner.checker = InvariantChecker(None)
 
-    def cycle():
+    def cycle():  # as the controller writes it: renamed into place, one change of mtime
         time.sleep(0.2)
-        node.status_file.write_text(f"LAST CYCLE: ok {time.monotonic()}\n")
+        tmp = tmp_path / "status.tmp"
+        tmp.write_text(f"LAST CYCLE: ok {time.monotonic()}\n")
+        os.replace(tmp, node.status_file)
 
     runner._grace_until_repaired(node)  # the first kill
     cycle()
